@@ -1,0 +1,30 @@
+//! settled's on-chain side.
+//!
+//! * Typed alloy bindings for the ERC-4337 contracts (EntryPoint v0.7 in [`v07`], v0.8 in
+//!   [`v08`]) and for settled's own contracts, generated from the committed artifacts in
+//!   `contracts/artifacts/` (regenerate with `cargo artifacts`).
+//! * [`deploy_all`]: canonical, idempotent deployment onto a dev chain, yielding a [`Deployment`].
+//! * [`ChainFollower`]: the node's one view of the chain — new blocks, their logs, reorgs.
+//! * With feature `anvil`: [`LocalAnvil`], a local Anvil from the pinned npm package.
+
+#[cfg(feature = "anvil")]
+mod anvil;
+mod bindings;
+mod deploy;
+mod deployment;
+mod follower;
+
+#[cfg(feature = "anvil")]
+pub use anvil::{AnvilError, AnvilOptions, LocalAnvil, find_anvil};
+pub use bindings::{settled::MockUSDC, v07, v08};
+pub use deploy::{DeployError, deploy_all, expected_deployment};
+pub use deployment::{
+    Deployment, DeploymentError, ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion,
+};
+pub use follower::{
+    BlockRef, ChainEvent, ChainFollower, FollowerConfig, FollowerHandle, NewBlock, Reorg,
+};
+
+/// The deterministic CREATE2 deployer (`0x4e59…956c`) through which settled deploys.
+pub const DETERMINISTIC_DEPLOYER: alloy::primitives::Address =
+    bindings::create2::DETERMINISTIC_DEPLOYER;

@@ -1,0 +1,415 @@
+//! The `settled` command line: one clap struct with dotted flags, environment fallbacks and an
+//! optional TOML file, turned into the plain [`NodeConfig`] and [`ChainSource`].
+//!
+//! Precedence: command line, then environment, then the `--config` file, then defaults. A key of
+//! the file is the long flag without dashes; tables give the dotted prefix:
+//!
+//! ```toml
+//! datadir = "/var/lib/settled"
+//! [rpc]
+//! port = 4337
+//! [log]
+//! json = true
+//! ```
+
+use std::{
+    ffi::OsString,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use clap::{
+    ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, parser::ValueSource,
+};
+use settled_contracts::AnvilOptions;
+
+use crate::config::{
+    ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
+    RpcConfig,
+};
+
+/// settled: an ERC-4337 bundler, paymaster and per-second USDC streaming node.
+#[derive(Debug, Parser)]
+#[command(name = "settled", version, about, propagate_version = true)]
+pub struct Cli {
+    /// TOML file with settings; command-line flags and environment variables override it.
+    #[arg(long, global = true, env = "SETTLED_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local Anvil (or attach to one), deploy everything, fund the dev accounts, serve.
+    Dev(DevArgs),
+    /// Serve against any chain, given its RPC endpoint and a deployment file.
+    Run(RunArgs),
+}
+
+/// Flags of `settled dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Node settings.
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Attach to a running Anvil at this URL instead of starting one.
+    #[arg(long = "dev.attach", env = "SETTLED_DEV_ATTACH", value_name = "URL")]
+    pub attach: Option<String>,
+
+    /// Anvil binary (default: the project's npm install, then $PATH).
+    #[arg(long = "anvil.path", env = "SETTLED_ANVIL", value_name = "PATH")]
+    pub anvil_path: Option<PathBuf>,
+
+    /// Anvil port on 127.0.0.1 (0: a free port).
+    #[arg(long = "anvil.port", env = "SETTLED_ANVIL_PORT", default_value_t = 0)]
+    pub anvil_port: u16,
+
+    /// Seconds between Anvil blocks (default: mine every transaction at once).
+    #[arg(long = "anvil.block-time", env = "SETTLED_ANVIL_BLOCK_TIME", value_name = "SECS")]
+    pub anvil_block_time: Option<u64>,
+
+    /// Anvil hardfork (Prague or newer).
+    #[arg(long = "anvil.hardfork", env = "SETTLED_ANVIL_HARDFORK", default_value = "prague")]
+    pub anvil_hardfork: String,
+}
+
+/// Flags of `settled run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Node settings.
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Ethereum JSON-RPC endpoint of the chain.
+    #[arg(long = "eth.rpc-url", visible_alias = "rpc-url", env = "SETTLED_ETH_RPC_URL")]
+    pub rpc_url: String,
+
+    /// Deployment file (JSON, as `settled dev` writes to <datadir>/deployment.json).
+    #[arg(long = "eth.deployment", visible_alias = "deployment", env = "SETTLED_DEPLOYMENT")]
+    pub deployment: PathBuf,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Data directory (database, deployment file).
+    #[arg(long, env = "SETTLED_DATADIR", default_value = ".settled")]
+    pub datadir: PathBuf,
+
+    /// JSON-RPC listen address.
+    #[arg(long = "rpc.addr", env = "SETTLED_RPC_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub rpc_addr: IpAddr,
+
+    /// JSON-RPC port (HTTP and WebSocket; 0: a free port).
+    #[arg(long = "rpc.port", env = "SETTLED_RPC_PORT", default_value_t = DEFAULT_RPC_PORT)]
+    pub rpc_port: u16,
+
+    /// Largest JSON-RPC request body, in bytes.
+    #[arg(long = "rpc.max-request-bytes", env = "SETTLED_RPC_MAX_REQUEST_BYTES", default_value_t = RpcConfig::default().max_request_bytes)]
+    pub rpc_max_request_bytes: u32,
+
+    /// Most concurrent JSON-RPC connections.
+    #[arg(long = "rpc.max-connections", env = "SETTLED_RPC_MAX_CONNECTIONS", default_value_t = RpcConfig::default().max_connections)]
+    pub rpc_max_connections: u32,
+
+    /// Prometheus listen address.
+    #[arg(long = "metrics.addr", env = "SETTLED_METRICS_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub metrics_addr: IpAddr,
+
+    /// Prometheus port (0: a free port).
+    #[arg(long = "metrics.port", env = "SETTLED_METRICS_PORT", default_value_t = DEFAULT_METRICS_PORT)]
+    pub metrics_port: u16,
+
+    /// Do not serve Prometheus metrics.
+    #[arg(long = "metrics.disable", env = "SETTLED_METRICS_DISABLE")]
+    pub metrics_disable: bool,
+
+    /// Milliseconds between polls for a new block.
+    #[arg(
+        long = "chain.poll-interval-ms",
+        env = "SETTLED_CHAIN_POLL_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub chain_poll_interval_ms: u64,
+
+    /// Deepest chain reorganisation the node unwinds.
+    #[arg(long = "chain.reorg-depth", env = "SETTLED_CHAIN_REORG_DEPTH", default_value_t = 64)]
+    pub chain_reorg_depth: u64,
+
+    /// Seconds to wait for the chain's RPC endpoint at start-up.
+    #[arg(
+        long = "chain.connect-timeout-secs",
+        env = "SETTLED_CHAIN_CONNECT_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
+    pub chain_connect_timeout_secs: u64,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long = "log.json", env = "SETTLED_LOG_JSON")]
+    pub log_json: bool,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,settled_contracts=debug`.
+    #[arg(long = "log.filter", env = "SETTLED_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// Logging settings (applied by the binary, not by the library).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// `EnvFilter` directives.
+    pub filter: String,
+}
+
+/// Why the command line or config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// clap rejected the arguments (or `--help`/`--version` was asked for).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    /// The config file could not be read.
+    #[error("config file {path}: {source}")]
+    ConfigIo {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has a value of the wrong shape.
+    #[error("config file {path}: {message}")]
+    ConfigInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Cli {
+    /// Parses `args` (program name first), merging the `--config` file under flags and env.
+    pub fn parse_with_config<I, T>(args: I) -> Result<Self, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Self::command().try_get_matches_from(&args)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Self::from_arg_matches(&matches)?);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| CliError::ConfigIo { path: path.clone(), source })?;
+        let invalid = |message: String| CliError::ConfigInvalid { path: path.clone(), message };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mut entries = Vec::new();
+        flatten(&table, "", &mut entries).map_err(invalid)?;
+
+        let (sub_name, sub_matches) =
+            matches.subcommand().ok_or_else(|| invalid("no subcommand".into()))?;
+        let command = Self::command();
+        let sub = command
+            .find_subcommand(sub_name)
+            .ok_or_else(|| invalid(format!("unknown subcommand {sub_name}")))?;
+        for (key, value) in entries {
+            let arg = sub
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .ok_or_else(|| invalid(format!("unknown key `{key}` for `settled {sub_name}`")))?;
+            let given = matches!(
+                sub_matches.value_source(arg.get_id().as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if given {
+                continue;
+            }
+            match arg.get_action() {
+                ArgAction::SetTrue => match value.as_str() {
+                    "true" => args.push(format!("--{key}").into()),
+                    "false" => {}
+                    other => {
+                        return Err(invalid(format!("`{key}` must be true or false, not {other}")));
+                    }
+                },
+                _ => args.push(format!("--{key}={value}").into()),
+            }
+        }
+        let matches = Self::command().try_get_matches_from(&args)?;
+        Ok(Self::from_arg_matches(&matches)?)
+    }
+
+    /// The node settings, chain source and log settings this command line asks for.
+    pub fn into_parts(self) -> (NodeConfig, ChainSource, LogConfig) {
+        match self.command {
+            Command::Dev(dev) => {
+                let anvil = AnvilOptions {
+                    binary: dev.anvil_path,
+                    port: dev.anvil_port,
+                    block_time: dev.anvil_block_time,
+                    hardfork: dev.anvil_hardfork,
+                };
+                let (node, log) = dev.node.into_config();
+                let source =
+                    ChainSource::Dev(DevConfig { attach: dev.attach, anvil, ..Default::default() });
+                (node, source, log)
+            }
+            Command::Run(run) => {
+                let (node, log) = run.node.into_config();
+                (
+                    node,
+                    ChainSource::Remote { rpc_url: run.rpc_url, deployment: run.deployment },
+                    log,
+                )
+            }
+        }
+    }
+}
+
+impl NodeArgs {
+    fn into_config(self) -> (NodeConfig, LogConfig) {
+        let node = NodeConfig {
+            datadir: self.datadir,
+            rpc: RpcConfig {
+                addr: SocketAddr::new(self.rpc_addr, self.rpc_port),
+                max_request_bytes: self.rpc_max_request_bytes,
+                max_connections: self.rpc_max_connections,
+            },
+            metrics: (!self.metrics_disable)
+                .then(|| SocketAddr::new(self.metrics_addr, self.metrics_port)),
+            chain: ChainConfig {
+                poll_interval: Duration::from_millis(self.chain_poll_interval_ms.max(1)),
+                reorg_depth: self.chain_reorg_depth,
+                connect_timeout: Duration::from_secs(self.chain_connect_timeout_secs.max(1)),
+            },
+        };
+        (node, LogConfig { json: self.log_json, filter: self.log_filter })
+    }
+}
+
+/// Flattens nested tables into `(dotted.key, value)` pairs.
+fn flatten(
+    table: &toml::Table,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    for (key, value) in table {
+        let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let text = match value {
+            toml::Value::Table(inner) => {
+                flatten(inner, &key, out)?;
+                continue;
+            }
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+            toml::Value::Array(_) => return Err(format!("`{key}`: arrays are not supported")),
+        };
+        out.push((key, text));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn parse(args: &[&str]) -> Result<Cli, CliError> {
+        Cli::parse_with_config(std::iter::once("settled").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_flags_gives_the_defaults() -> TestResult {
+        let (node, source, log) = parse(&["dev"])?.into_parts();
+        assert_eq!(node, NodeConfig::default());
+        assert_eq!(source, ChainSource::Dev(DevConfig::default()));
+        assert_eq!(log, LogConfig { json: false, filter: "info".into() });
+        Ok(())
+    }
+
+    #[test]
+    fn dotted_flags_map_to_plain_config() -> TestResult {
+        let (node, source, log) = parse(&[
+            "run",
+            "--rpc-url",
+            "http://127.0.0.1:1",
+            "--deployment",
+            "d.json",
+            "--rpc.port",
+            "0",
+            "--metrics.disable",
+            "--chain.reorg-depth",
+            "3",
+            "--log.json",
+        ])?
+        .into_parts();
+        assert_eq!(node.rpc.addr.port(), 0);
+        assert_eq!(node.metrics, None);
+        assert_eq!(node.chain.reorg_depth, 3);
+        assert!(log.json);
+        assert_eq!(
+            source,
+            ChainSource::Remote {
+                rpc_url: "http://127.0.0.1:1".into(),
+                deployment: "d.json".into()
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn config_file_fills_in_under_flags() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("settled.toml");
+        std::fs::write(
+            &file,
+            "datadir = \"/tmp/x\"\n[rpc]\nport = 1234\n[metrics]\nport = 99\n[log]\njson = true\n",
+        )?;
+        let file = file.to_string_lossy().into_owned();
+        let (node, _, log) = parse(&["dev", "--config", &file, "--rpc.port", "555"])?.into_parts();
+        assert_eq!(node.rpc.addr.port(), 555, "flag beats file");
+        assert_eq!(node.metrics.map(|m| m.port()), Some(99), "file beats default");
+        assert_eq!(node.datadir, PathBuf::from("/tmp/x"));
+        assert!(log.json);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_config_files_are_errors() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("settled.toml");
+        let path = file.to_string_lossy().into_owned();
+        for (text, expect) in [
+            ("[rpc]\nprot = 1\n", "unknown key `rpc.prot`"),
+            ("rpc = [1]\n", "arrays are not supported"),
+            ("[rpc\n", "settled.toml"),
+        ] {
+            std::fs::write(&file, text)?;
+            let err = parse(&["dev", "--config", &path]).err().ok_or("accepted a bad file")?;
+            assert!(err.to_string().contains(expect), "{err} should mention {expect}");
+        }
+        let missing = dir.path().join("missing.toml").to_string_lossy().into_owned();
+        assert!(matches!(parse(&["dev", "--config", &missing]), Err(CliError::ConfigIo { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_flags_are_rejected() {
+        assert!(matches!(parse(&["dev", "--no-such-flag"]), Err(CliError::Clap(_))));
+        assert!(matches!(parse(&["run"]), Err(CliError::Clap(_))), "run needs --rpc-url");
+    }
+}

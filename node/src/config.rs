@@ -1,0 +1,146 @@
+//! Plain configuration of a node, built from the CLI (see `cli.rs`) or directly by embedders
+//! and tests.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use settled_contracts::{AnvilOptions, FollowerConfig};
+
+/// Everything a node needs besides the chain it runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Directory of the node's database and its deployment file.
+    pub datadir: PathBuf,
+    /// JSON-RPC server (HTTP and WebSocket on one port).
+    pub rpc: RpcConfig,
+    /// Prometheus endpoint; `None` disables it.
+    pub metrics: Option<SocketAddr>,
+    /// How the chain is followed.
+    pub chain: ChainConfig,
+}
+
+/// JSON-RPC server settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: u32,
+    /// Most concurrent connections.
+    pub max_connections: u32,
+}
+
+/// Chain-following settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConfig {
+    /// Time between polls for a new head.
+    pub poll_interval: Duration,
+    /// Deepest reorg the follower unwinds.
+    pub reorg_depth: u64,
+    /// How long to wait for the chain's RPC endpoint to answer at start-up.
+    pub connect_timeout: Duration,
+}
+
+/// Where a node's chain comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainSource {
+    /// A local dev chain: start Anvil (or attach to `attach`), deploy, fund the dev accounts.
+    Dev(DevConfig),
+    /// Any chain, given its endpoint and a deployment file.
+    Remote {
+        /// Ethereum JSON-RPC endpoint.
+        rpc_url: String,
+        /// Deployment file (JSON) naming the contracts.
+        deployment: PathBuf,
+    },
+}
+
+/// Settings of `settled dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevConfig {
+    /// Attach to this Anvil instead of starting one.
+    pub attach: Option<String>,
+    /// How to start Anvil when not attaching.
+    pub anvil: AnvilOptions,
+    /// USDC base units minted to each dev account.
+    pub usdc_per_account: u128,
+}
+
+/// Default JSON-RPC port: the ERC-4337 number.
+pub const DEFAULT_RPC_PORT: u16 = 4337;
+/// Default Prometheus port.
+pub const DEFAULT_METRICS_PORT: u16 = 9337;
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            datadir: PathBuf::from(".settled"),
+            rpc: RpcConfig::default(),
+            metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_METRICS_PORT))),
+            chain: ChainConfig::default(),
+        }
+    }
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_RPC_PORT)),
+            max_request_bytes: 10 * 1024 * 1024,
+            max_connections: 1_000,
+        }
+    }
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(1_000),
+            reorg_depth: 64,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            attach: None,
+            anvil: AnvilOptions::default(),
+            usdc_per_account: 1_000_000 * 1_000_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A preset for tests: everything on free loopback ports, fast polling, data in `datadir`.
+    pub fn test(datadir: PathBuf) -> Self {
+        Self {
+            datadir,
+            rpc: RpcConfig {
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                ..Default::default()
+            },
+            metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
+            chain: ChainConfig { poll_interval: Duration::from_millis(100), ..Default::default() },
+        }
+    }
+
+    /// The chain follower's settings for this node.
+    pub fn follower(
+        &self,
+        start_block: u64,
+        addresses: Vec<alloy::primitives::Address>,
+    ) -> FollowerConfig {
+        FollowerConfig {
+            poll_interval: self.chain.poll_interval,
+            reorg_depth: self.chain.reorg_depth,
+            addresses,
+            start_block: Some(start_block),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `settled dev`: a local Anvil (started here or attached to), everything deployed, the dev
+//! accounts funded with USDC, and the deployment written to `<datadir>/deployment.json`.
+
+use std::path::Path;
+
+use alloy::{
+    primitives::U256,
+    providers::{DynProvider, Provider},
+};
+use settled_contracts::{Deployment, LocalAnvil, MockUSDC, deploy_all};
+use tracing::info;
+
+use crate::{
+    config::{DevConfig, NodeConfig},
+    error::NodeError,
+    launch::connect,
+};
+
+/// A dev chain ready for the node.
+pub(crate) struct DevChain {
+    /// The Anvil we started (killed when dropped), if we did not attach.
+    pub(crate) anvil: Option<LocalAnvil>,
+    pub(crate) rpc_url: String,
+    pub(crate) provider: DynProvider,
+    pub(crate) deployment: Deployment,
+}
+
+/// Starts or attaches to Anvil, deploys, funds.
+pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevChain, NodeError> {
+    let (anvil, rpc_url) = match &dev.attach {
+        Some(url) => (None, url.clone()),
+        None => {
+            let options = dev.anvil.clone();
+            let anvil = tokio::task::spawn_blocking(move || LocalAnvil::spawn(&options))
+                .await
+                .map_err(|e| NodeError::DevSetup(e.to_string()))??;
+            info!(endpoint = %anvil.endpoint(), "anvil started");
+            let url = anvil.endpoint();
+            (Some(anvil), url)
+        }
+    };
+    let provider = connect(&rpc_url, config.chain.connect_timeout).await?;
+
+    // Anvil signs for its unlocked dev accounts, so no key is needed here.
+    let accounts = provider.get_accounts().await.map_err(|e| NodeError::DevSetup(e.to_string()))?;
+    let deployer = *accounts
+        .first()
+        .ok_or_else(|| NodeError::DevSetup(format!("{rpc_url} has no unlocked dev accounts")))?;
+    let deployment = deploy_all(&provider, deployer).await?;
+    fund(&provider, &deployment, deployer, &accounts, dev.usdc_per_account).await?;
+    save(&config.datadir, &deployment)?;
+    Ok(DevChain { anvil, rpc_url, provider, deployment })
+}
+
+/// Tops every dev account up to `amount` USDC base units.
+async fn fund(
+    provider: &DynProvider,
+    deployment: &Deployment,
+    owner: alloy::primitives::Address,
+    accounts: &[alloy::primitives::Address],
+    amount: u128,
+) -> Result<(), NodeError> {
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    let err = |e: &dyn std::fmt::Display| NodeError::DevSetup(format!("funding dev accounts: {e}"));
+    let target = U256::from(amount);
+    for account in accounts {
+        let balance = usdc.balanceOf(*account).call().await.map_err(|e| err(&e))?;
+        if balance >= target {
+            continue;
+        }
+        let receipt = usdc
+            .mint(*account, target - balance)
+            .from(owner)
+            .send()
+            .await
+            .map_err(|e| err(&e))?
+            .get_receipt()
+            .await
+            .map_err(|e| err(&e))?;
+        if !receipt.status() {
+            return Err(err(&format!("mint to {account} reverted")));
+        }
+    }
+    info!(accounts = accounts.len(), usdc_each = amount, "dev accounts funded");
+    Ok(())
+}
+
+fn save(datadir: &Path, deployment: &Deployment) -> Result<(), NodeError> {
+    std::fs::create_dir_all(datadir)
+        .map_err(|e| NodeError::Storage { path: datadir.to_path_buf(), reason: e.to_string() })?;
+    let path = datadir.join("deployment.json");
+    deployment.save(&path)?;
+    info!(path = %path.display(), "deployment written");
+    Ok(())
+}

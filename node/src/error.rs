@@ -1,0 +1,69 @@
+//! Why a node could not start or keep running.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+/// Start-up and run-time failures of a node, each worded for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The chain's RPC endpoint did not answer.
+    #[error("cannot reach the chain's RPC endpoint {url}: {reason}")]
+    Unreachable {
+        /// The endpoint.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The RPC URL is not a URL.
+    #[error("invalid RPC URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The deployment file is missing, invalid or does not match the chain.
+    #[error(transparent)]
+    Deployment(#[from] settled_contracts::DeploymentError),
+    /// Deploying to the dev chain failed.
+    #[error("deploying to the dev chain: {0}")]
+    Deploy(#[from] settled_contracts::DeployError),
+    /// Anvil could not be started.
+    #[error(transparent)]
+    Anvil(#[from] settled_contracts::AnvilError),
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        /// RPC or metrics.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why (e.g. address in use).
+        source: std::io::Error,
+    },
+    /// The database could not be opened or used.
+    #[error("database in {path}: {reason}")]
+    Storage {
+        /// The datadir.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The datadir belongs to another chain.
+    #[error(
+        "datadir {path} holds data of chain {stored}, not of chain {actual}; use another --datadir"
+    )]
+    WrongChainData {
+        /// The datadir.
+        path: PathBuf,
+        /// Chain id recorded in it.
+        stored: u64,
+        /// Chain id of the endpoint.
+        actual: u64,
+    },
+    /// A dev-chain setup transaction failed.
+    #[error("dev chain setup: {0}")]
+    DevSetup(String),
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
+}

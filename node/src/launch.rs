@@ -1,0 +1,214 @@
+//! Wiring: connect to the chain, open storage, start the chain follower, the RPC server and the
+//! metrics endpoint, and stop them all together.
+
+use std::{net::SocketAddr, time::Duration};
+
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use jsonrpsee::server::ServerHandle;
+use settled_contracts::{ChainEvent, ChainFollower, Deployment, FollowerHandle, LocalAnvil};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::{ChainSource, NodeConfig},
+    dev,
+    error::NodeError,
+    metrics::{self, names},
+    rpc,
+    storage::Storage,
+};
+
+/// A running node. Dropping it does not stop it: cancel its token (or call
+/// [`NodeHandle::shutdown`]) and await [`NodeHandle::stopped`].
+#[derive(Debug)]
+pub struct NodeHandle {
+    rpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    chain_rpc_url: String,
+    deployment: Deployment,
+    cancel: CancellationToken,
+    server: ServerHandle,
+    follower: FollowerHandle,
+    tasks: Vec<JoinHandle<()>>,
+    storage: Storage,
+    anvil: Option<LocalAnvil>,
+}
+
+/// Connects to an Ethereum JSON-RPC endpoint and checks that it answers within `timeout`.
+pub async fn connect(url: &str, timeout: Duration) -> Result<DynProvider, NodeError> {
+    let parsed: alloy::transports::http::reqwest::Url = url
+        .parse()
+        .map_err(|e| NodeError::InvalidUrl { url: url.into(), reason: format!("{e}") })?;
+    let provider = ProviderBuilder::new().connect_http(parsed).erased();
+    let unreachable = |reason: String| NodeError::Unreachable { url: url.into(), reason };
+    match tokio::time::timeout(timeout, provider.get_chain_id()).await {
+        Ok(Ok(_)) => Ok(provider),
+        Ok(Err(err)) => Err(unreachable(root_cause(&err))),
+        Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// The innermost error message: "connection refused" rather than a chain of wrappers.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Starts a node on `source` with `config`; it runs until `cancel` fires.
+pub async fn launch(
+    config: NodeConfig,
+    source: ChainSource,
+    cancel: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    let started = std::time::Instant::now();
+    let (anvil, chain_rpc_url, provider, deployment) = match source {
+        ChainSource::Dev(dev_config) => {
+            let chain = dev::prepare(&config, &dev_config).await?;
+            (chain.anvil, chain.rpc_url, chain.provider, chain.deployment)
+        }
+        ChainSource::Remote { rpc_url, deployment } => {
+            let deployment = Deployment::load(&deployment)?;
+            let provider = connect(&rpc_url, config.chain.connect_timeout).await?;
+            (None, rpc_url, provider, deployment)
+        }
+    };
+    deployment.verify(&provider).await?;
+    let chain_id = deployment.chain_id;
+    let storage = Storage::open(&config.datadir, chain_id).await?;
+
+    let metrics_handle = metrics::install()?;
+    ::metrics::gauge!(names::INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    ::metrics::gauge!(names::START_TIME).set(now.as_secs_f64());
+
+    let watched = deployment.contracts().iter().map(|(_, address)| *address).collect();
+    let follower =
+        ChainFollower::new(provider.clone(), config.follower(deployment.start_block, watched));
+    let mut tasks = vec![tokio::spawn(record_chain_metrics(follower.subscribe(), cancel.clone()))];
+    let follower = follower.spawn(cancel.child_token());
+
+    let module = rpc::node_module(chain_id, follower.head_watch())?;
+    let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;
+
+    let metrics_addr = match config.metrics {
+        Some(addr) => {
+            let (bound, task) = metrics::serve(addr, metrics_handle, cancel.clone()).await?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
+
+    info!(
+        rpc = %rpc_addr,
+        metrics = ?metrics_addr,
+        chain_id,
+        chain = %chain_rpc_url,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "settled ready"
+    );
+    Ok(NodeHandle {
+        rpc_addr,
+        metrics_addr,
+        chain_rpc_url,
+        deployment,
+        cancel,
+        server,
+        follower,
+        tasks,
+        storage,
+        anvil,
+    })
+}
+
+async fn record_chain_metrics(
+    mut events: tokio::sync::broadcast::Receiver<ChainEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(ChainEvent::Block(block)) => {
+                ::metrics::gauge!(names::CHAIN_HEAD).set(block.block.number as f64);
+            }
+            Ok(ChainEvent::Reorg(reorg)) => {
+                ::metrics::counter!(names::CHAIN_REORGS).increment(1);
+                ::metrics::counter!(names::CHAIN_REORGED_BLOCKS)
+                    .increment(reorg.removed.len() as u64);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "metrics fell behind the chain follower");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+impl NodeHandle {
+    /// Where the JSON-RPC server listens.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addr
+    }
+
+    /// `http://` URL of the JSON-RPC server.
+    pub fn rpc_url(&self) -> String {
+        format!("http://{}", self.rpc_addr)
+    }
+
+    /// Where `/metrics` is served, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The chain's RPC endpoint the node uses.
+    pub fn chain_rpc_url(&self) -> &str {
+        &self.chain_rpc_url
+    }
+
+    /// The contracts the node serves.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The chain follower, for components that subscribe to it.
+    pub fn follower(&self) -> &FollowerHandle {
+        &self.follower
+    }
+
+    /// The Anvil started by `settled dev`, if any.
+    pub fn anvil(&self) -> Option<&LocalAnvil> {
+        self.anvil.as_ref()
+    }
+
+    /// Asks every component to stop.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the cancellation token, then stops the server, the follower and the tasks, and
+    /// flushes the database. Anvil (if started by the node) is killed last.
+    pub async fn stopped(self) -> Result<(), NodeError> {
+        self.cancel.cancelled().await;
+        if self.server.stop().is_ok() {
+            self.server.stopped().await;
+        }
+        self.follower.join().await;
+        for task in self.tasks {
+            if let Err(err) = task.await {
+                warn!(%err, "a node task ended abnormally");
+            }
+        }
+        self.storage.flush().await?;
+        drop(self.anvil);
+        info!("settled stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! The settled node: configuration, wiring and serving of the bundler, paymaster and settlement
+//! domains over one JSON-RPC server, with Prometheus metrics and a sled database.
+//!
+//! The `settled` binary only parses its command line ([`Cli`]) and calls [`launch`]; embedders
+//! and tests build a [`NodeConfig`] (see [`NodeConfig::test`]) and do the same.
+
+mod cli;
+mod config;
+mod dev;
+mod error;
+mod launch;
+mod metrics;
+mod rpc;
+mod storage;
+
+pub use cli::{Cli, CliError, Command, LogConfig};
+pub use config::{
+    ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
+    RpcConfig,
+};
+pub use error::NodeError;
+pub use launch::{NodeHandle, connect, launch};
+pub use storage::Storage;

@@ -1,0 +1,88 @@
+//! `settled`: parse the command line, set up logging, run the node until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use settled_node::{Cli, CliError, LogConfig, launch};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{EnvFilter, fmt};
+
+fn main() -> ExitCode {
+    let cli = match Cli::parse_with_config(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(CliError::Clap(err))
+            if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(CliError::Clap(err)) => {
+            // clap's first paragraph names the problem; the usage block after it is noise here.
+            let text = err.render().to_string();
+            let first: Vec<&str> =
+                text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            eprintln!("{} (see `settled --help`)", first.join(" "));
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (config, source, log) = cli.into_parts();
+    let json_logs = log.json;
+    if let Err(err) = init_logging(&log) {
+        eprintln!("error: --log.filter: {err}");
+        return ExitCode::from(2);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let cancel = CancellationToken::new();
+        let node = launch(config, source, cancel.clone()).await?;
+        tokio::spawn(shutdown_on_signal(cancel));
+        node.stopped().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if json_logs {
+                tracing::error!(%err, "settled failed");
+            }
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(log: &LogConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let filter = EnvFilter::try_new(&log.filter)?;
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.json { builder.json().try_init() } else { builder.try_init() }
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+    cancel.cancel();
+}

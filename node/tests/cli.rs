@@ -1,0 +1,169 @@
+//! The `settled` binary as an operator meets it: bad input gets one line naming the problem and
+//! a non-zero exit, never a panic; `settled dev` comes up, serves, and stops cleanly on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const SETTLED: &str = env!("CARGO_BIN_EXE_settled");
+
+fn settled(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(SETTLED).args(args).stdin(Stdio::null()).output()
+}
+
+/// Exit code, and stderr as lines.
+fn failure(output: &Output) -> (Option<i32>, Vec<String>) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), stderr.lines().map(str::to_owned).collect())
+}
+
+fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
+    let (exit, lines) = failure(output);
+    assert_eq!(exit, Some(code), "exit code; stderr: {lines:?}");
+    let errors: Vec<_> = lines.iter().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {lines:?}");
+    assert!(errors[0].contains(needle), "{:?} should mention {needle}", errors[0]);
+    assert!(!lines.iter().any(|l| l.contains("panicked")), "panic: {lines:?}");
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() -> TestResult {
+    let output = settled(&["dev", "--no-such-flag"])?;
+    assert_one_line_error(&output, 2, "--no-such-flag");
+    assert_eq!(failure(&output).1.len(), 1, "usage noise printed");
+    Ok(())
+}
+
+#[test]
+fn missing_required_flag_names_it() -> TestResult {
+    assert_one_line_error(&settled(&["run", "--deployment", "x.json"])?, 2, "--eth.rpc-url");
+    Ok(())
+}
+
+#[test]
+fn unreachable_rpc_endpoint() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let deployment = dir.path().join("deployment.json");
+    std::fs::write(
+        &deployment,
+        r#"{"chainId":1,"entryPointV07":"0x0000000071727De22E5E9d8BAf0edAc6f37da032","entryPointV08":"0x4337084D9E255Ff0702461CF8895CE9E3b5Ff108","simpleAccountFactoryV07":"0x0000000000000000000000000000000000000001","simpleAccountFactoryV08":"0x0000000000000000000000000000000000000002","simple7702AccountV08":"0x0000000000000000000000000000000000000003","usdc":"0x0000000000000000000000000000000000000004","startBlock":0}"#,
+    )?;
+    // A port that was free a moment ago: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("http://127.0.0.1:{port}");
+    let output = settled(&[
+        "run",
+        "--rpc-url",
+        &url,
+        "--deployment",
+        &deployment.to_string_lossy(),
+        "--datadir",
+        &dir.path().to_string_lossy(),
+    ])?;
+    assert_one_line_error(&output, 1, "cannot reach the chain's RPC endpoint");
+    Ok(())
+}
+
+#[test]
+fn missing_deployment_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("nope.json");
+    let output = settled(&[
+        "run",
+        "--rpc-url",
+        "http://127.0.0.1:1",
+        "--deployment",
+        &missing.to_string_lossy(),
+    ])?;
+    assert_one_line_error(&output, 1, "nope.json");
+    Ok(())
+}
+
+#[test]
+fn bad_config_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("settled.toml");
+    std::fs::write(&file, "[rpc]\nprot = 1\n")?;
+    let output = settled(&["dev", "--config", &file.to_string_lossy()])?;
+    assert_one_line_error(&output, 2, "unknown key `rpc.prot`");
+    Ok(())
+}
+
+#[test]
+fn rpc_port_in_use() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let busy = TcpListener::bind("127.0.0.1:0")?;
+    let port = busy.local_addr()?.port().to_string();
+    let output = settled(&[
+        "dev",
+        "--rpc.port",
+        &port,
+        "--metrics.disable",
+        "--datadir",
+        &dir.path().to_string_lossy(),
+    ])?;
+    assert_one_line_error(&output, 1, "Address already in use");
+    Ok(())
+}
+
+/// `settled dev` starts its own Anvil, deploys, serves; SIGTERM stops node and Anvil, exit 0.
+#[test]
+fn dev_serves_and_stops_on_sigterm() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let mut child = Command::new(SETTLED)
+        .args(["dev", "--rpc.port", "0", "--metrics.port", "0", "--log.json", "--datadir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+
+    // Wait for the JSON "settled ready" line.
+    let ready = loop {
+        let line = lines.next().ok_or("settled exited before it was ready")??;
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        if event["fields"]["message"] == "settled ready" {
+            break event;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            return Err("not ready within 60 s".into());
+        }
+    };
+    eprintln!("settled dev ready after {:?}", started.elapsed());
+    let rpc = ready["fields"]["rpc"].as_str().ok_or("no rpc address")?.to_owned();
+    let chain = ready["fields"]["chain"].as_str().ok_or("no chain url")?.to_owned();
+    assert!(dir.path().join("deployment.json").exists(), "deployment not written");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use alloy::providers::{Provider, ProviderBuilder};
+        let node = ProviderBuilder::new().connect_http(format!("http://{rpc}").parse()?);
+        assert_eq!(node.get_chain_id().await?, 31337);
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait()?;
+    assert!(exit.success(), "exit {exit:?}; stderr: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("settled stopped")), "{rest:?}");
+
+    // The Anvil it started is gone with it.
+    let gone = runtime.block_on(async {
+        use alloy::providers::{Provider, ProviderBuilder};
+        let anvil = ProviderBuilder::new().connect_http(chain.parse()?);
+        Ok::<_, Box<dyn std::error::Error>>(anvil.get_chain_id().await.is_err())
+    })?;
+    assert!(gone, "anvil still answers at {chain}");
+    Ok(())
+}

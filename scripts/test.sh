@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: Solidity (forge: unit, fuzz, invariant) then Rust (unit, integration,
+# Anvil end-to-end). Installs the pinned toolchain first, so it runs on a fresh clone.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+scripts/install-toolchain.sh
+
+echo "== forge test (contracts/)" >&2
+(cd contracts && ../node_modules/.bin/forge test)
+
+echo "== cargo tests" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

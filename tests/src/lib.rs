@@ -1,0 +1,172 @@
+//! The Anvil end-to-end harness of settled.
+//!
+//! [`TestChain`] spawns a fresh Anvil on a free loopback port (killed on drop, also when the
+//! test panics) and deploys everything; [`TestNode`] adds a settled node running in-process on
+//! free ports against that chain and hands the test typed clients for both.
+
+use std::{path::PathBuf, time::Duration};
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::Address,
+    providers::{DynProvider, Provider, ProviderBuilder},
+    signers::local::PrivateKeySigner,
+    transports::http::reqwest,
+};
+use serde_json::Value;
+use settled_contracts::{AnvilOptions, Deployment, LocalAnvil, deploy_all};
+use settled_node::{ChainSource, NodeConfig, NodeHandle, launch};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// Test results: any error fails the test with its message.
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A fresh Anvil with settled's contracts deployed.
+#[derive(Debug)]
+pub struct TestChain {
+    anvil: LocalAnvil,
+    provider: DynProvider,
+    deployment: Deployment,
+}
+
+impl TestChain {
+    /// Spawns Anvil (Prague rules, instant mining) and deploys everything.
+    pub async fn spawn() -> TestResult<Self> {
+        Self::spawn_with(AnvilOptions::default()).await
+    }
+
+    /// Spawns Anvil with `options` and deploys everything.
+    pub async fn spawn_with(options: AnvilOptions) -> TestResult<Self> {
+        let anvil = tokio::task::spawn_blocking(move || LocalAnvil::spawn(&options)).await??;
+        // Dev account 0 signs by default; the others when named as `from`.
+        let mut wallet = EthereumWallet::new(anvil.signer(0).ok_or("anvil has no dev accounts")?);
+        for index in 1..anvil.addresses().len() {
+            if let Some(signer) = anvil.signer(index) {
+                wallet.register_signer(signer);
+            }
+        }
+        let provider =
+            ProviderBuilder::new().wallet(wallet).connect_http(anvil.endpoint().parse()?).erased();
+        let deployer = *anvil.addresses().first().ok_or("anvil has no dev accounts")?;
+        let deployment = deploy_all(&provider, deployer).await?;
+        Ok(Self { anvil, provider, deployment })
+    }
+
+    /// A provider for the chain that signs for every Anvil dev account.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The deployed contracts.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The Anvil process.
+    pub fn anvil(&self) -> &LocalAnvil {
+        &self.anvil
+    }
+
+    /// Dev account `index` (funded with ETH by Anvil).
+    pub fn account(&self, index: usize) -> TestResult<Address> {
+        Ok(*self.anvil.addresses().get(index).ok_or("no such dev account")?)
+    }
+
+    /// Signer of dev account `index`.
+    pub fn signer(&self, index: usize) -> TestResult<PrivateKeySigner> {
+        Ok(self.anvil.signer(index).ok_or("no such dev account")?)
+    }
+}
+
+/// A settled node running in-process against its own [`TestChain`].
+#[derive(Debug)]
+pub struct TestNode {
+    chain: TestChain,
+    node: Option<NodeHandle>,
+    cancel: CancellationToken,
+    client: DynProvider,
+    http: reqwest::Client,
+    datadir: TempDir,
+}
+
+impl TestNode {
+    /// Spawns a chain and a node on it (`settled run` with a deployment file), all on free ports.
+    pub async fn spawn() -> TestResult<Self> {
+        let chain = TestChain::spawn().await?;
+        let datadir = tempfile::tempdir()?;
+        let deployment_file = datadir.path().join("deployment.json");
+        chain.deployment.save(&deployment_file)?;
+        let source =
+            ChainSource::Remote { rpc_url: chain.anvil.endpoint(), deployment: deployment_file };
+        Self::start(chain, datadir, source).await
+    }
+
+    async fn start(chain: TestChain, datadir: TempDir, source: ChainSource) -> TestResult<Self> {
+        let cancel = CancellationToken::new();
+        let config = NodeConfig::test(datadir.path().to_path_buf());
+        let node = launch(config, source, cancel.clone()).await?;
+        let client = ProviderBuilder::new().connect_http(node.rpc_url().parse()?).erased();
+        Ok(Self { chain, node: Some(node), cancel, client, http: reqwest::Client::new(), datadir })
+    }
+
+    /// The chain under the node.
+    pub fn chain(&self) -> &TestChain {
+        &self.chain
+    }
+
+    /// The running node.
+    pub fn node(&self) -> TestResult<&NodeHandle> {
+        Ok(self.node.as_ref().ok_or("node already stopped")?)
+    }
+
+    /// A JSON-RPC client of the node (use `raw_request` for settled's own namespaces).
+    pub fn client(&self) -> &DynProvider {
+        &self.client
+    }
+
+    /// The node's data directory.
+    pub fn datadir(&self) -> PathBuf {
+        self.datadir.path().to_path_buf()
+    }
+
+    /// `GET /health` on the node's RPC port, as JSON.
+    pub async fn health(&self) -> TestResult<Value> {
+        let url = format!("{}/health", self.node()?.rpc_url());
+        let response = self.http.get(url).send().await?.error_for_status()?;
+        Ok(response.json().await?)
+    }
+
+    /// `GET /metrics`, as Prometheus text.
+    pub async fn metrics(&self) -> TestResult<String> {
+        let addr = self.node()?.metrics_addr().ok_or("metrics disabled")?;
+        let response =
+            self.http.get(format!("http://{addr}/metrics")).send().await?.error_for_status()?;
+        Ok(response.text().await?)
+    }
+
+    /// Waits until the node's chain follower has delivered block `number`.
+    pub async fn wait_for_head(&self, number: u64, timeout: Duration) -> TestResult<()> {
+        let mut head = self.node()?.follower().head_watch();
+        tokio::time::timeout(timeout, head.wait_for(|h| h.is_some_and(|b| b.number >= number)))
+            .await
+            .map_err(|_| format!("node did not reach block {number} within {timeout:?}"))??;
+        Ok(())
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn shutdown(mut self) -> TestResult<()> {
+        self.cancel.cancel();
+        if let Some(node) = self.node.take() {
+            node.stopped().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // Stops the node's tasks; the Anvil process dies with `chain`.
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,202 @@
+//! End to end on a real Anvil: node up, chain id, health and metrics, canonical EntryPoints,
+//! accounts created through the v0.7 factory and through EntryPoint v0.8's `handleOps`.
+
+use std::time::Duration;
+
+use alloy::{
+    primitives::{B256, Bytes, U256, address},
+    providers::{Provider, ext::AnvilApi},
+    signers::{Signer, local::PrivateKeySigner},
+    sol_types::SolCall,
+};
+use settled_contracts::{ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion, v07, v08};
+use settled_tests::{TestChain, TestNode, TestResult};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_serves_chain_id_health_and_metrics() -> TestResult {
+    let node = TestNode::spawn().await?;
+    let anvil_chain_id = node.chain().provider().get_chain_id().await?;
+
+    assert_eq!(node.client().get_chain_id().await?, anvil_chain_id);
+    let version: String = node.client().raw_request("web3_clientVersion".into(), ()).await?;
+    assert!(version.starts_with("settled/v"), "{version}");
+
+    // The follower reaches the chain head; /health and /metrics say so.
+    node.chain().provider().anvil_mine(Some(3), None).await?;
+    let head = node.chain().provider().get_block_number().await?;
+    node.wait_for_head(head, Duration::from_secs(10)).await?;
+
+    let health = node.health().await?;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["chainId"], anvil_chain_id);
+    assert!(health["headBlock"].as_u64().is_some_and(|h| h >= head), "{health}");
+
+    let metrics = node.metrics().await?;
+    for name in ["settled_info", "settled_chain_head_block", "settled_start_time_seconds"] {
+        assert!(metrics.contains(&format!("# HELP {name} ")), "{name} undocumented:\n{metrics}");
+    }
+    let reported: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("settled_chain_head_block "))
+        .ok_or("no head gauge")?
+        .trim()
+        .parse()?;
+    assert!(reported >= 1.0, "head gauge {reported}");
+
+    node.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_rpc_errors() -> TestResult {
+    let node = TestNode::spawn().await?;
+    let url = node.node()?.rpc_url();
+    let http = alloy::transports::http::reqwest::Client::new();
+    for (body, code) in [
+        (r#"{"jsonrpc":"2.0","id":1,"method":"no_such_method","params":[]}"#, -32601),
+        (r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId""#, -32700),
+        (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
+    ] {
+        let response: serde_json::Value = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(response["error"]["code"], code, "{body} -> {response}");
+    }
+    // The node still serves after bad input.
+    assert_eq!(node.client().get_chain_id().await?, node.chain().provider().get_chain_id().await?);
+    node.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_points_are_at_canonical_addresses() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let provider = chain.provider();
+    assert_eq!(chain.deployment().entry_point_v07, ENTRY_POINT_V07);
+    assert_eq!(chain.deployment().entry_point_v08, ENTRY_POINT_V08);
+
+    for version in EntryPointVersion::ALL {
+        let entry_point = version.canonical_address();
+        let code = provider.get_code_at(entry_point).await?;
+        assert!(code.len() > 10_000, "{version:?}: {} bytes of code", code.len());
+        // Deployed by CREATE2 with the real constructor, so the EntryPoint created its
+        // SenderCreator as its first CREATE (nonce 1).
+        let sender_creator = entry_point.create(1);
+        assert!(
+            !provider.get_code_at(sender_creator).await?.is_empty(),
+            "{version:?} senderCreator"
+        );
+        if version == EntryPointVersion::V08 {
+            let reported =
+                v08::IEntryPoint::new(entry_point, provider).senderCreator().call().await?;
+            assert_eq!(reported, sender_creator);
+            assert_eq!(sender_creator, address!("0x449ED7C3e6Fee6a97311d4b55475DF59C44AdD33"));
+        }
+    }
+
+    // Deploying again is a no-op: same addresses, no transaction sent.
+    let block = provider.get_block_number().await?;
+    let again = settled_contracts::deploy_all(provider, chain.account(0)?).await?;
+    assert_eq!(provider.get_block_number().await?, block, "redeploy sent transactions");
+    assert_eq!(again.entry_point_v07, chain.deployment().entry_point_v07);
+    assert_eq!(again.usdc, chain.deployment().usdc);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_account_v07_created_through_factory() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let provider = chain.provider();
+    let factory =
+        v07::SimpleAccountFactory::new(chain.deployment().simple_account_factory_v07, provider);
+    let owner = PrivateKeySigner::random().address();
+    let salt = U256::from(7);
+
+    let predicted = factory.getAddress(owner, salt).call().await?;
+    assert!(provider.get_code_at(predicted).await?.is_empty());
+    let receipt = factory.createAccount(owner, salt).send().await?.get_receipt().await?;
+    assert!(receipt.status());
+
+    let account = v07::SimpleAccount::new(predicted, provider);
+    assert_eq!(account.owner().call().await?, owner);
+    assert_eq!(account.entryPoint().call().await?, ENTRY_POINT_V07);
+    Ok(())
+}
+
+/// The full v0.8 path: counterfactual address, prefund, a signed UserOperation with initCode,
+/// `handleOps`, account deployed and the op reported successful.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_account_v08_created_by_handle_ops() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let entry_point = v08::IEntryPoint::new(ENTRY_POINT_V08, provider);
+    let factory = v08::SimpleAccountFactory::new(deployment.simple_account_factory_v08, provider);
+    let owner = PrivateKeySigner::random();
+    let sender = factory.getAddress(owner.address(), U256::ZERO).call().await?;
+
+    // Only the SenderCreator may call the v0.8 factory, so creation goes through the EntryPoint.
+    // (eth_call, not a transaction: a failed send would still consume a cached nonce.)
+    assert!(factory.createAccount(owner.address(), U256::ZERO).call().await.is_err());
+
+    entry_point
+        .depositTo(sender)
+        .value(U256::from(10u128.pow(18)))
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+
+    let create =
+        v08::SimpleAccountFactory::createAccountCall { owner: owner.address(), salt: U256::ZERO };
+    let mut init_code = deployment.simple_account_factory_v08.to_vec();
+    init_code.extend_from_slice(&create.abi_encode());
+    let mut op = v08::PackedUserOperation {
+        sender,
+        nonce: U256::ZERO,
+        initCode: Bytes::from(init_code),
+        callData: Bytes::new(),
+        accountGasLimits: pack_u128s(1_000_000, 50_000),
+        preVerificationGas: U256::from(60_000),
+        gasFees: pack_u128s(1_000_000_000, 20_000_000_000),
+        paymasterAndData: Bytes::new(),
+        signature: Bytes::new(),
+    };
+    let op_hash = entry_point.getUserOpHash(op.clone()).call().await?;
+    op.signature = owner.sign_hash(&op_hash).await?.as_bytes().to_vec().into();
+
+    let beneficiary = chain.account(1)?;
+    let receipt = entry_point.handleOps(vec![op], beneficiary).send().await?.get_receipt().await?;
+    assert!(receipt.status(), "handleOps reverted");
+
+    assert!(!provider.get_code_at(sender).await?.is_empty(), "account not deployed");
+    let account = v08::SimpleAccount::new(sender, provider);
+    assert_eq!(account.owner().call().await?, owner.address());
+    let event = receipt
+        .inner
+        .logs()
+        .iter()
+        .find_map(|log| log.log_decode::<v08::IEntryPoint::UserOperationEvent>().ok())
+        .ok_or("no UserOperationEvent")?;
+    assert_eq!(event.inner.userOpHash, op_hash);
+    assert!(event.inner.success);
+    assert!(event.inner.actualGasCost > U256::ZERO);
+    Ok(())
+}
+
+/// `high << 128 | low` as the EntryPoint packs two 128-bit values into one word.
+fn pack_u128s(high: u128, low: u128) -> B256 {
+    let mut word = [0u8; 32];
+    word[..16].copy_from_slice(&high.to_be_bytes());
+    word[16..].copy_from_slice(&low.to_be_bytes());
+    B256::from(word)
+}
+
+#[test]
+fn packing_puts_the_first_value_high() {
+    let word = pack_u128s(1, 2);
+    assert_eq!(U256::from_be_bytes(word.0), (U256::from(1) << 128) | U256::from(2));
+}
