@@ -200,3 +200,48 @@ fn packing_puts_the_first_value_high() {
     let word = pack_u128s(1, 2);
     assert_eq!(U256::from_be_bytes(word.0), (U256::from(1) << 128) | U256::from(2));
 }
+
+/// The JSON-RPC port also speaks WebSocket: upgrade, one request frame, one response frame.
+/// (Raw frames, so the test needs no WebSocket client crate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_on_the_rpc_port() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let node = TestNode::spawn().await?;
+    let addr = node.node()?.rpc_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let upgrade = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(upgrade.as_bytes()).await?;
+
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await?);
+    }
+    let head = String::from_utf8(head)?;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    // One masked text frame (client frames must be masked), payload under 126 bytes.
+    let request = br#"{"jsonrpc":"2.0","id":7,"method":"eth_chainId","params":[]}"#;
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | request.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(request.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).await?;
+
+    let opcode = stream.read_u8().await?;
+    assert_eq!(opcode, 0x81, "a final text frame");
+    let len = match stream.read_u8().await? {
+        126 => stream.read_u16().await? as usize,
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).await?;
+    let response: serde_json::Value = serde_json::from_slice(&payload)?;
+    let chain_id = node.chain().provider().get_chain_id().await?;
+    assert_eq!(response["id"], 7);
+    assert_eq!(response["result"], format!("{chain_id:#x}"));
+    node.shutdown().await
+}
