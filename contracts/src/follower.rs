@@ -156,15 +156,10 @@ impl ChainFollower {
 
         // A reorg that replaced our newest block (same height, or a shorter chain) shows only here:
         // no new block would carry a mismatching parent hash.
-        if let Some(last) = state.recent.back().copied() {
-            let canonical = self
-                .provider
-                .get_block_by_number(BlockNumberOrTag::Number(last.number))
-                .await?
-                .map(|b| b.header.hash);
-            if canonical != Some(last.hash) {
-                self.report_reorg(state).await?;
-            }
+        if let Some(last) = state.recent.back().copied()
+            && self.canonical_hash(last.number).await? != Some(last.hash)
+        {
+            self.report_reorg(state).await?;
         }
 
         let mut next = state.next.unwrap_or(latest);
@@ -223,16 +218,17 @@ impl ChainFollower {
         Ok(next)
     }
 
+    /// The hash of the canonical block at `number`, if the chain is that long.
+    async fn canonical_hash(&self, number: u64) -> Result<Option<B256>, TransportError> {
+        let block = self.provider.get_block_by_number(BlockNumberOrTag::Number(number)).await?;
+        Ok(block.map(|b| b.header.hash))
+    }
+
     /// Drops remembered blocks until one is still canonical.
     async fn unwind(&self, state: &mut FollowState) -> Result<Reorg, TransportError> {
         let mut removed = Vec::new();
         while let Some(known) = state.recent.back().copied() {
-            let canonical = self
-                .provider
-                .get_block_by_number(BlockNumberOrTag::Number(known.number))
-                .await?
-                .map(|b| b.header.hash);
-            if canonical == Some(known.hash) {
+            if self.canonical_hash(known.number).await? == Some(known.hash) {
                 return Ok(Reorg { ancestor: known, removed, deeper_than_tracked: false });
             }
             removed.push(known);
@@ -240,12 +236,7 @@ impl ChainFollower {
         }
         // Everything we remembered is gone: resume right below the oldest removed block.
         let number = removed.last().map_or(0, |b| b.number.saturating_sub(1));
-        let hash = self
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Number(number))
-            .await?
-            .map(|b| b.header.hash)
-            .unwrap_or_default();
+        let hash = self.canonical_hash(number).await?.unwrap_or_default();
         let ancestor = BlockRef { number, hash };
         state.recent.push_back(ancestor);
         Ok(Reorg { ancestor, removed, deeper_than_tracked: true })
