@@ -17,6 +17,12 @@ mod follower;
 #[cfg(feature = "anvil")]
 pub use anvil::{AnvilError, AnvilOptions, LocalAnvil, find_anvil};
 pub use bindings::{settled::MockUSDC, v07, v08};
+
+/// A user operation as EntryPoint v0.7 and v0.8 take it (`handleOps`, `simulateValidation`).
+///
+/// Each binding has its own Rust type for this struct; they share one ABI, so this one converts
+/// to any of them by ABI round trip.
+pub type PackedUserOperation = v07::PackedUserOperation;
 pub use deploy::{DeployError, deploy_all, expected_deployment};
 pub use deployment::{
     Deployment, DeploymentError, ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion,

@@ -1,5 +1,19 @@
-//! UserOperation simulation in revm with the ERC-7562 validation rules.
+//! UserOperation simulation in revm over state forked from any JSON-RPC node.
 //!
-//! Not built yet: issue #3 adds forked state, `simulateValidation`/`simulateHandleOp`, the
-//! ERC-7562 inspector and gas estimation here. The crate exists now so the workspace has its
-//! final shape (contracts ← sim ← bundler, paymaster ← node).
+//! Built so far (issue #3, first part): [`BlockState`], one block's state read through and
+//! cached for every simulation against it, and [`Simulator::simulate_validation`], which runs
+//! `simulateValidation` with the EntryPoint's address running its version's
+//! `EntryPointSimulations` code, decodes the `ValidationResult`, and decodes `FailedOp` reverts.
+//! Still to come: the ERC-7562 inspector, `simulateHandleOp`, gas estimation, state overrides,
+//! EIP-7702 authorizations, time bounds.
+
+mod error;
+mod fork;
+mod validation;
+
+pub use error::SimError;
+pub use fork::{BlockState, ForkError};
+pub use validation::{
+    BlockContext, SimulationLimits, Simulator, StakeInfo, ValidationData, ValidationOutcome,
+    decode_validation_result, simulate_validation_calldata,
+};

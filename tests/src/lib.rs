@@ -8,13 +8,17 @@ use std::{path::PathBuf, time::Duration};
 
 use alloy::{
     network::EthereumWallet,
-    primitives::Address,
+    primitives::{Address, B256, Bytes, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
-    signers::local::PrivateKeySigner,
+    signers::{Signer, local::PrivateKeySigner},
+    sol_types::{SolCall, SolValue},
     transports::http::reqwest,
 };
 use serde_json::Value;
-use settled_contracts::{AnvilOptions, Deployment, LocalAnvil, deploy_all};
+use settled_contracts::{
+    AnvilOptions, Deployment, EntryPointVersion, LocalAnvil, PackedUserOperation, deploy_all, v07,
+    v08,
+};
 use settled_node::{ChainSource, NodeConfig, NodeHandle, launch};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +80,114 @@ impl TestChain {
     /// Signer of dev account `index`.
     pub fn signer(&self, index: usize) -> TestResult<PrivateKeySigner> {
         Ok(self.anvil.signer(index).ok_or("no such dev account")?)
+    }
+}
+
+/// `high << 128 | low`, as the EntryPoint packs two 128-bit values into one word
+/// (`accountGasLimits`, `gasFees`).
+pub fn pack_u128s(high: u128, low: u128) -> B256 {
+    let mut word = [0u8; 32];
+    word[..16].copy_from_slice(&high.to_be_bytes());
+    word[16..].copy_from_slice(&low.to_be_bytes());
+    B256::from(word)
+}
+
+impl TestChain {
+    /// A signed UserOperation that creates `owner`'s SimpleAccount (salt 0) for `version` through
+    /// its factory, with no call; the account's EntryPoint deposit is topped up by `prefund` wei
+    /// first (0: none, so the op cannot pay).
+    pub async fn account_creation_op(
+        &self,
+        version: EntryPointVersion,
+        owner: &PrivateKeySigner,
+        prefund: u128,
+    ) -> TestResult<PackedUserOperation> {
+        let entry_point = version.canonical_address();
+        let (factory, create) = match version {
+            EntryPointVersion::V07 => (
+                self.deployment.simple_account_factory_v07,
+                v07::SimpleAccountFactory::createAccountCall {
+                    owner: owner.address(),
+                    salt: U256::ZERO,
+                }
+                .abi_encode(),
+            ),
+            EntryPointVersion::V08 => (
+                self.deployment.simple_account_factory_v08,
+                v08::SimpleAccountFactory::createAccountCall {
+                    owner: owner.address(),
+                    salt: U256::ZERO,
+                }
+                .abi_encode(),
+            ),
+        };
+        let sender = v07::SimpleAccountFactory::new(factory, &self.provider)
+            .getAddress(owner.address(), U256::ZERO)
+            .call()
+            .await?;
+        if prefund > 0 {
+            v07::IEntryPoint::new(entry_point, &self.provider)
+                .depositTo(sender)
+                .value(U256::from(prefund))
+                .send()
+                .await?
+                .get_receipt()
+                .await?;
+        }
+        let mut init_code = factory.to_vec();
+        init_code.extend_from_slice(&create);
+        let mut op = PackedUserOperation {
+            sender,
+            nonce: U256::ZERO,
+            initCode: Bytes::from(init_code),
+            callData: Bytes::new(),
+            accountGasLimits: pack_u128s(1_000_000, 50_000),
+            preVerificationGas: U256::from(60_000),
+            gasFees: pack_u128s(1_000_000_000, 20_000_000_000),
+            paymasterAndData: Bytes::new(),
+            signature: Bytes::new(),
+        };
+        op.signature = self.sign_op(version, owner, &op).await?;
+        Ok(op)
+    }
+
+    /// The EntryPoint's hash of `op`.
+    pub async fn op_hash(
+        &self,
+        version: EntryPointVersion,
+        op: &PackedUserOperation,
+    ) -> TestResult<B256> {
+        let entry_point = version.canonical_address();
+        Ok(match version {
+            EntryPointVersion::V07 => {
+                v07::IEntryPoint::new(entry_point, &self.provider)
+                    .getUserOpHash(op.clone())
+                    .call()
+                    .await?
+            }
+            EntryPointVersion::V08 => {
+                v08::IEntryPoint::new(entry_point, &self.provider)
+                    .getUserOpHash(SolValue::abi_decode(&op.abi_encode())?)
+                    .call()
+                    .await?
+            }
+        })
+    }
+
+    /// `owner`'s SimpleAccount signature over `op`: v0.7 signs the hash as an EIP-191 message,
+    /// v0.8's hash is already EIP-712 and is signed as is.
+    pub async fn sign_op(
+        &self,
+        version: EntryPointVersion,
+        owner: &PrivateKeySigner,
+        op: &PackedUserOperation,
+    ) -> TestResult<Bytes> {
+        let hash = self.op_hash(version, op).await?;
+        let signature = match version {
+            EntryPointVersion::V07 => owner.sign_message(hash.as_slice()).await?,
+            EntryPointVersion::V08 => owner.sign_hash(&hash).await?,
+        };
+        Ok(signature.as_bytes().to_vec().into())
     }
 }
 
@@ -168,5 +280,16 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         // Stops the node's tasks; the Anvil process dies with `chain`.
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_puts_the_first_value_high() {
+        let word = pack_u128s(1, 2);
+        assert_eq!(U256::from_be_bytes(word.0), (U256::from(1) << 128) | U256::from(2));
     }
 }

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use alloy::{
-    primitives::{B256, Bytes, U256, address},
+    primitives::{U256, address},
     providers::{Provider, ext::AnvilApi},
-    signers::{Signer, local::PrivateKeySigner},
-    sol_types::SolCall,
+    signers::local::PrivateKeySigner,
+    sol_types::SolValue,
 };
 use settled_contracts::{ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion, v07, v08};
 use settled_tests::{TestChain, TestNode, TestResult};
@@ -142,31 +142,10 @@ async fn simple_account_v08_created_by_handle_ops() -> TestResult {
     // (eth_call, not a transaction: a failed send would still consume a cached nonce.)
     assert!(factory.createAccount(owner.address(), U256::ZERO).call().await.is_err());
 
-    entry_point
-        .depositTo(sender)
-        .value(U256::from(10u128.pow(18)))
-        .send()
-        .await?
-        .get_receipt()
-        .await?;
-
-    let create =
-        v08::SimpleAccountFactory::createAccountCall { owner: owner.address(), salt: U256::ZERO };
-    let mut init_code = deployment.simple_account_factory_v08.to_vec();
-    init_code.extend_from_slice(&create.abi_encode());
-    let mut op = v08::PackedUserOperation {
-        sender,
-        nonce: U256::ZERO,
-        initCode: Bytes::from(init_code),
-        callData: Bytes::new(),
-        accountGasLimits: pack_u128s(1_000_000, 50_000),
-        preVerificationGas: U256::from(60_000),
-        gasFees: pack_u128s(1_000_000_000, 20_000_000_000),
-        paymasterAndData: Bytes::new(),
-        signature: Bytes::new(),
-    };
-    let op_hash = entry_point.getUserOpHash(op.clone()).call().await?;
-    op.signature = owner.sign_hash(&op_hash).await?.as_bytes().to_vec().into();
+    let op = chain.account_creation_op(EntryPointVersion::V08, &owner, 10u128.pow(18)).await?;
+    assert_eq!(op.sender, sender);
+    let op_hash = chain.op_hash(EntryPointVersion::V08, &op).await?;
+    let op: v08::PackedUserOperation = SolValue::abi_decode(&op.abi_encode())?;
 
     let beneficiary = chain.account(1)?;
     let receipt = entry_point.handleOps(vec![op], beneficiary).send().await?.get_receipt().await?;
@@ -185,20 +164,6 @@ async fn simple_account_v08_created_by_handle_ops() -> TestResult {
     assert!(event.inner.success);
     assert!(event.inner.actualGasCost > U256::ZERO);
     Ok(())
-}
-
-/// `high << 128 | low` as the EntryPoint packs two 128-bit values into one word.
-fn pack_u128s(high: u128, low: u128) -> B256 {
-    let mut word = [0u8; 32];
-    word[..16].copy_from_slice(&high.to_be_bytes());
-    word[16..].copy_from_slice(&low.to_be_bytes());
-    B256::from(word)
-}
-
-#[test]
-fn packing_puts_the_first_value_high() {
-    let word = pack_u128s(1, 2);
-    assert_eq!(U256::from_be_bytes(word.0), (U256::from(1) << 128) | U256::from(2));
 }
 
 /// The JSON-RPC port also speaks WebSocket: upgrade, one request frame, one response frame.

@@ -1,0 +1,36 @@
+//! Why a simulation did not produce a result.
+
+use alloy::primitives::{Address, Bytes};
+
+use crate::fork::ForkError;
+
+/// Simulation failures. The RPC layer maps them to ERC-7769 codes.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The EntryPoint rejected the op (`FailedOp`/`FailedOpWithRevert`, an `AAxx` reason).
+    #[error("{reason}")]
+    Rejected {
+        /// The EntryPoint's reason, e.g. `AA23 reverted`.
+        reason: String,
+        /// The revert data of the entity's call, for `FailedOpWithRevert`.
+        inner: Option<Bytes>,
+    },
+    /// The simulation reverted with data the EntryPoint does not define.
+    #[error("simulation reverted: {0}")]
+    Reverted(Bytes),
+    /// The simulation halted (out of gas, invalid opcode, ...).
+    #[error("simulation halted: {0}")]
+    Halted(String),
+    /// There is no EntryPoint code at the address.
+    #[error("no EntryPoint deployed at {0}")]
+    NoEntryPoint(Address),
+    /// The op could not be encoded.
+    #[error("invalid user operation: {0}")]
+    InvalidOp(String),
+    /// The EVM could not run the call.
+    #[error("evm: {0}")]
+    Evm(String),
+    /// Forked state could not be read.
+    #[error(transparent)]
+    Fork(#[from] ForkError),
+}

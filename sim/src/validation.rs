@@ -1,0 +1,325 @@
+//! `simulateValidation` in revm: the EntryPoint's address runs its version's
+//! `EntryPointSimulations` code over forked state, as a bundler's `eth_call` with a code override
+//! would, but without any RPC round trip after the state is cached.
+
+use alloy::{
+    eips::BlockId,
+    primitives::{Address, Bytes, TxKind, U256},
+    providers::{DynProvider, Provider},
+    sol_types::{SolCall, SolInterface, SolValue},
+};
+use revm::{
+    Context, DatabaseRef, ExecuteEvm, MainBuilder, MainContext,
+    context::TxEnv,
+    context_interface::result::{ExecutionResult, Output},
+    primitives::hardfork::SpecId,
+    state::Bytecode,
+};
+use settled_contracts::{EntryPointVersion, PackedUserOperation, v07, v08};
+
+use crate::{
+    error::SimError,
+    fork::{BlockState, ForkError},
+};
+
+/// Bounds every simulation: a malicious op cannot run longer than this much gas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimulationLimits {
+    /// Gas given to the whole simulation call.
+    pub gas_cap: u64,
+}
+
+impl Default for SimulationLimits {
+    fn default() -> Self {
+        Self { gas_cap: 30_000_000 }
+    }
+}
+
+/// The block a simulation runs "in": number, time and fees of the forked block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockContext {
+    /// Chain id.
+    pub chain_id: u64,
+    /// Block number.
+    pub number: u64,
+    /// Block timestamp.
+    pub timestamp: u64,
+    /// Block gas limit.
+    pub gas_limit: u64,
+}
+
+/// Time range and signature verdict packed in a `validationData` word (ERC-4337).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationData {
+    /// The aggregator, or `None` for none; `Some(0x..01)` is the signature-failure marker.
+    pub aggregator: Option<Address>,
+    /// The signature check failed (aggregator field is 1).
+    pub signature_failed: bool,
+    /// Valid from this timestamp on.
+    pub valid_after: u64,
+    /// Valid until this timestamp (`u64::MAX`-like 0xffff_ffff_ffff means forever).
+    pub valid_until: u64,
+}
+
+impl ValidationData {
+    /// Unpacks `aggregator (160 bits) | validUntil (48) | validAfter (48)`, validUntil 0 meaning
+    /// "no expiry" (ERC-4337).
+    pub fn unpack(word: U256) -> Self {
+        let low160: U256 = word & ((U256::from(1) << 160) - U256::from(1));
+        let aggregator = Address::from_word(low160.into());
+        // 48-bit fields: the masks make the narrowing conversions exact.
+        let mask48 = U256::from(0xffff_ffff_ffff_u64);
+        let valid_until: u64 = ((word >> 160_usize) & mask48).to::<u64>();
+        let valid_after: u64 = ((word >> 208_usize) & mask48).to::<u64>();
+        let signature_failed = aggregator == Address::with_last_byte(1);
+        Self {
+            aggregator: (aggregator != Address::ZERO && !signature_failed).then_some(aggregator),
+            signature_failed,
+            valid_after,
+            valid_until: if valid_until == 0 { 0xffff_ffff_ffff } else { valid_until },
+        }
+    }
+}
+
+/// Stake of an entity at the EntryPoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StakeInfo {
+    /// Stake in wei.
+    pub stake: U256,
+    /// Unstake delay in seconds.
+    pub unstake_delay_sec: U256,
+}
+
+/// What `simulateValidation` reports, the same for every EntryPoint version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationOutcome {
+    /// Gas used by validation, including preVerificationGas.
+    pub pre_op_gas: U256,
+    /// Required prefund.
+    pub prefund: U256,
+    /// The account's verdict.
+    pub account: ValidationData,
+    /// The paymaster's verdict.
+    pub paymaster: ValidationData,
+    /// Context the paymaster returned for postOp.
+    pub paymaster_context: Bytes,
+    /// Sender stake.
+    pub sender_info: StakeInfo,
+    /// Factory stake.
+    pub factory_info: StakeInfo,
+    /// Paymaster stake.
+    pub paymaster_info: StakeInfo,
+    /// Gas the simulation call used.
+    pub gas_used: u64,
+    /// The raw ABI-encoded `ValidationResult` (for differential checks and caching).
+    pub raw: Bytes,
+}
+
+/// Runs UserOperation simulations against forked state.
+#[derive(Debug, Clone, Default)]
+pub struct Simulator {
+    limits: SimulationLimits,
+}
+
+impl Simulator {
+    /// A simulator with `limits`.
+    pub fn new(limits: SimulationLimits) -> Self {
+        Self { limits }
+    }
+
+    /// Runs `simulateValidation(op)` for `version`'s EntryPoint over `state`. Blocking (reads
+    /// forked state on a miss): call from a blocking thread.
+    pub fn simulate_validation(
+        &self,
+        state: &BlockState,
+        block: &BlockContext,
+        version: EntryPointVersion,
+        op: &PackedUserOperation,
+    ) -> Result<ValidationOutcome, SimError> {
+        let calldata = simulate_validation_calldata(version, op)?;
+        let (output, gas_used) = self.call_simulations(state, block, version, calldata)?;
+        decode_validation_result(version, &output, gas_used)
+    }
+
+    /// Calls the EntryPoint (running its simulations code) with `calldata`; returns the output of
+    /// a successful call, or the decoded failure.
+    fn call_simulations(
+        &self,
+        state: &BlockState,
+        block: &BlockContext,
+        version: EntryPointVersion,
+        calldata: Bytes,
+    ) -> Result<(Bytes, u64), SimError> {
+        let entry_point = version.canonical_address();
+        let mut db = state.overlay();
+        let mut info = state.basic_ref(entry_point)?.ok_or(SimError::NoEntryPoint(entry_point))?;
+        if info.is_empty_code_hash() {
+            return Err(SimError::NoEntryPoint(entry_point));
+        }
+        let code = Bytecode::new_raw(simulations_code(version));
+        info.code_hash = code.hash_slow();
+        info.code = Some(code);
+        db.insert_account_info(entry_point, info);
+
+        let mut evm = Context::mainnet()
+            .with_db(db)
+            .modify_cfg_chained(|cfg| {
+                cfg.chain_id = block.chain_id;
+                cfg.spec = SpecId::PRAGUE;
+                // The simulation caller is the zero address with no balance: gas price 0 and
+                // basefee 0 make that valid without revm's optional checks.
+                cfg.disable_nonce_check = true;
+            })
+            .modify_block_chained(|env| {
+                env.number = U256::from(block.number);
+                env.timestamp = U256::from(block.timestamp);
+                env.gas_limit = block.gas_limit.max(self.limits.gas_cap);
+                env.basefee = 0;
+            })
+            .build_mainnet();
+        let tx = TxEnv::builder()
+            .caller(Address::ZERO)
+            .kind(TxKind::Call(entry_point))
+            .data(calldata)
+            .gas_limit(self.limits.gas_cap)
+            .gas_price(0)
+            .chain_id(Some(block.chain_id))
+            .build_fill();
+        let result = evm.transact(tx).map_err(|e| SimError::Evm(e.to_string()))?;
+        match result.result {
+            ExecutionResult::Success { output: Output::Call(bytes), gas, .. } => {
+                Ok((bytes, gas.tx_gas_used()))
+            }
+            ExecutionResult::Success { .. } => {
+                Err(SimError::Evm("unexpected create output".into()))
+            }
+            ExecutionResult::Revert { output, .. } => Err(decode_revert(version, &output)),
+            ExecutionResult::Halt { reason, .. } => Err(SimError::Halted(format!("{reason:?}"))),
+        }
+    }
+}
+
+impl BlockContext {
+    /// The context of `block` on `provider`'s chain.
+    pub async fn fetch(provider: &DynProvider, block: BlockId) -> Result<Self, SimError> {
+        let chain_id = provider.get_chain_id().await.map_err(|e| ForkError(e.to_string()))?;
+        let header = provider
+            .get_block(block)
+            .await
+            .map_err(|e| ForkError(e.to_string()))?
+            .ok_or_else(|| ForkError(format!("block {block} not found")))?
+            .header;
+        Ok(Self {
+            chain_id,
+            number: header.number,
+            timestamp: header.timestamp,
+            gas_limit: header.gas_limit,
+        })
+    }
+}
+
+/// The runtime code that replaces the EntryPoint's during simulation.
+fn simulations_code(version: EntryPointVersion) -> Bytes {
+    match version {
+        EntryPointVersion::V07 => v07::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
+        EntryPointVersion::V08 => v08::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
+    }
+}
+
+/// `simulateValidation(op)` calldata for `version` (the op types of the bindings share one ABI).
+pub fn simulate_validation_calldata(
+    version: EntryPointVersion,
+    op: &PackedUserOperation,
+) -> Result<Bytes, SimError> {
+    let encoded = op.abi_encode();
+    let bad = |e: alloy::sol_types::Error| SimError::InvalidOp(e.to_string());
+    Ok(match version {
+        EntryPointVersion::V07 => v07::EntryPointSimulations::simulateValidationCall {
+            userOp: SolValue::abi_decode(&encoded).map_err(bad)?,
+        }
+        .abi_encode(),
+        EntryPointVersion::V08 => v08::EntryPointSimulations::simulateValidationCall {
+            userOp: SolValue::abi_decode(&encoded).map_err(bad)?,
+        }
+        .abi_encode(),
+    }
+    .into())
+}
+
+/// Decodes the return data of `simulateValidation`.
+pub fn decode_validation_result(
+    version: EntryPointVersion,
+    output: &Bytes,
+    gas_used: u64,
+) -> Result<ValidationOutcome, SimError> {
+    let bad =
+        |e: alloy::sol_types::Error| SimError::Evm(format!("undecodable ValidationResult: {e}"));
+    macro_rules! outcome {
+        ($module:ident) => {{
+            let r =
+                $module::EntryPointSimulations::simulateValidationCall::abi_decode_returns(output)
+                    .map_err(bad)?;
+            let stake = |s: &$module::entry_point_simulations::EntryPointSimulations::StakeInfo| {
+                StakeInfo { stake: s.stake, unstake_delay_sec: s.unstakeDelaySec }
+            };
+            ValidationOutcome {
+                pre_op_gas: r.returnInfo.preOpGas,
+                prefund: r.returnInfo.prefund,
+                account: ValidationData::unpack(r.returnInfo.accountValidationData),
+                paymaster: ValidationData::unpack(r.returnInfo.paymasterValidationData),
+                paymaster_context: r.returnInfo.paymasterContext.clone(),
+                sender_info: stake(&r.senderInfo),
+                factory_info: stake(&r.factoryInfo),
+                paymaster_info: stake(&r.paymasterInfo),
+                gas_used,
+                raw: output.clone(),
+            }
+        }};
+    }
+    Ok(match version {
+        EntryPointVersion::V07 => outcome!(v07),
+        EntryPointVersion::V08 => outcome!(v08),
+    })
+}
+
+/// Turns revert data into the EntryPoint's verdict.
+fn decode_revert(version: EntryPointVersion, data: &Bytes) -> SimError {
+    macro_rules! decode {
+        ($module:ident) => {{
+            use $module::EntryPointSimulations::EntryPointSimulationsErrors as E;
+            match E::abi_decode(data) {
+                Ok(E::FailedOp(e)) => SimError::Rejected { reason: e.reason, inner: None },
+                Ok(E::FailedOpWithRevert(e)) => {
+                    SimError::Rejected { reason: e.reason, inner: Some(e.inner) }
+                }
+                _ => SimError::Reverted(data.clone()),
+            }
+        }};
+    }
+    match version {
+        EntryPointVersion::V07 => decode!(v07),
+        EntryPointVersion::V08 => decode!(v08),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_data_unpacks_fields() {
+        let aggregator = Address::repeat_byte(0xaa);
+        let word = U256::from_be_slice(aggregator.as_slice())
+            | (U256::from(2_000u64) << 160)
+            | (U256::from(1_000u64) << 208);
+        let data = ValidationData::unpack(word);
+        assert_eq!(data.aggregator, Some(aggregator));
+        assert!(!data.signature_failed);
+        assert_eq!((data.valid_after, data.valid_until), (1_000, 2_000));
+
+        let failed = ValidationData::unpack(U256::from(1));
+        assert!(failed.signature_failed);
+        assert_eq!(failed.aggregator, None);
+        assert_eq!(failed.valid_until, 0xffff_ffff_ffff, "0 means no expiry");
+    }
+}
