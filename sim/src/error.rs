@@ -2,7 +2,7 @@
 
 use alloy::primitives::{Address, Bytes};
 
-use crate::fork::ForkError;
+use crate::{fork::ForkError, rules::RuleViolation};
 
 /// Simulation failures. The RPC layer maps them to ERC-7769 codes.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,9 @@ pub enum SimError {
         /// The revert data of the entity's call, for `FailedOpWithRevert`.
         inner: Option<Bytes>,
     },
+    /// Validation broke ERC-7562 rules; every violation is listed.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    RuleViolations(Vec<RuleViolation>),
     /// The simulation reverted with data the EntryPoint does not define.
     #[error("simulation reverted: {0}")]
     Reverted(Bytes),

@@ -4,12 +4,12 @@
 
 use alloy::{
     eips::BlockId,
-    primitives::{Address, Bytes, TxKind, U256},
+    primitives::{Address, B256, Bytes, TxKind, U256},
     providers::{DynProvider, Provider},
     sol_types::{SolCall, SolInterface, SolValue},
 };
 use revm::{
-    Context, DatabaseRef, ExecuteEvm, MainBuilder, MainContext,
+    Context, DatabaseRef, InspectEvm, MainBuilder, MainContext,
     context::TxEnv,
     context_interface::result::{ExecutionResult, Output},
     primitives::hardfork::SpecId,
@@ -20,6 +20,8 @@ use settled_contracts::{EntryPointVersion, PackedUserOperation, v07, v08};
 use crate::{
     error::SimError,
     fork::{BlockState, ForkError},
+    inspector::{OpAddresses, ValidationInspector, ValidationTrace},
+    rules::{Stakes, ValidationRules},
 };
 
 /// Bounds every simulation: a malicious op cannot run longer than this much gas.
@@ -111,24 +113,46 @@ pub struct ValidationOutcome {
     pub paymaster_info: StakeInfo,
     /// Gas the simulation call used.
     pub gas_used: u64,
+    /// What the ERC-7562 tracer saw (code hashes for COD-010, storage, calls).
+    pub trace: ValidationTrace,
     /// The raw ABI-encoded `ValidationResult` (for differential checks and caching).
     pub raw: Bytes,
 }
 
 /// Runs UserOperation simulations against forked state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Simulator {
     limits: SimulationLimits,
+    rules: ValidationRules,
+    /// `EntryPointSimulations` runtime code per version, analysed and hashed once: hashing and
+    /// jump analysis of ~26 KB per call would dominate a warm validation.
+    simulations_code: [(Bytecode, B256); 2],
+}
+
+impl Default for Simulator {
+    fn default() -> Self {
+        Self::new(SimulationLimits::default(), ValidationRules::default())
+    }
 }
 
 impl Simulator {
-    /// A simulator with `limits`.
-    pub fn new(limits: SimulationLimits) -> Self {
-        Self { limits }
+    /// A simulator with `limits`, enforcing `rules`.
+    pub fn new(limits: SimulationLimits, rules: ValidationRules) -> Self {
+        let analysed = |version| {
+            let code = Bytecode::new_raw(simulations_code(version));
+            let hash = code.hash_slow();
+            (code, hash)
+        };
+        Self {
+            limits,
+            rules,
+            simulations_code: [analysed(EntryPointVersion::V07), analysed(EntryPointVersion::V08)],
+        }
     }
 
-    /// Runs `simulateValidation(op)` for `version`'s EntryPoint over `state`. Blocking (reads
-    /// forked state on a miss): call from a blocking thread.
+    /// Runs `simulateValidation(op)` for `version`'s EntryPoint over `state` under the ERC-7562
+    /// tracer. The EntryPoint's own rejection (`AAxx`) comes first; then every rule violation.
+    /// Blocking (reads forked state on a miss): call from a blocking thread.
     pub fn simulate_validation(
         &self,
         state: &BlockState,
@@ -136,29 +160,48 @@ impl Simulator {
         version: EntryPointVersion,
         op: &PackedUserOperation,
     ) -> Result<ValidationOutcome, SimError> {
+        let addresses = op_addresses(version, op);
         let calldata = simulate_validation_calldata(version, op)?;
-        let (output, gas_used) = self.call_simulations(state, block, version, calldata)?;
-        decode_validation_result(version, &output, gas_used)
+        let (output, gas_used, trace) =
+            self.call_simulations(state, block, version, calldata, addresses)?;
+        let mut outcome = decode_validation_result(version, &output, gas_used)?;
+        let staked = |info: &StakeInfo| self.rules.is_staked(info.stake, info.unstake_delay_sec);
+        let stakes = Stakes {
+            factory: staked(&outcome.factory_info),
+            account: staked(&outcome.sender_info),
+            paymaster: staked(&outcome.paymaster_info),
+        };
+        let violations =
+            self.rules.check(&addresses, &trace, &stakes, outcome.paymaster_context.len());
+        if !violations.is_empty() {
+            return Err(SimError::RuleViolations(violations));
+        }
+        outcome.trace = trace;
+        Ok(outcome)
     }
 
-    /// Calls the EntryPoint (running its simulations code) with `calldata`; returns the output of
-    /// a successful call, or the decoded failure.
+    /// Calls the EntryPoint (running its simulations code) with `calldata` under the tracer;
+    /// returns the output of a successful call and the trace, or the decoded failure.
     fn call_simulations(
         &self,
         state: &BlockState,
         block: &BlockContext,
         version: EntryPointVersion,
         calldata: Bytes,
-    ) -> Result<(Bytes, u64), SimError> {
+        addresses: OpAddresses,
+    ) -> Result<(Bytes, u64, ValidationTrace), SimError> {
         let entry_point = version.canonical_address();
         let mut db = state.overlay();
         let mut info = state.basic_ref(entry_point)?.ok_or(SimError::NoEntryPoint(entry_point))?;
         if info.is_empty_code_hash() {
             return Err(SimError::NoEntryPoint(entry_point));
         }
-        let code = Bytecode::new_raw(simulations_code(version));
-        info.code_hash = code.hash_slow();
-        info.code = Some(code);
+        let (code, hash) = match version {
+            EntryPointVersion::V07 => &self.simulations_code[0],
+            EntryPointVersion::V08 => &self.simulations_code[1],
+        };
+        info.code_hash = *hash;
+        info.code = Some(code.clone());
         db.insert_account_info(entry_point, info);
 
         let mut evm = Context::mainnet()
@@ -176,7 +219,7 @@ impl Simulator {
                 env.gas_limit = block.gas_limit.max(self.limits.gas_cap);
                 env.basefee = 0;
             })
-            .build_mainnet();
+            .build_mainnet_with_inspector(ValidationInspector::new(addresses));
         let tx = TxEnv::builder()
             .caller(Address::ZERO)
             .kind(TxKind::Call(entry_point))
@@ -185,10 +228,11 @@ impl Simulator {
             .gas_price(0)
             .chain_id(Some(block.chain_id))
             .build_fill();
-        let result = evm.transact(tx).map_err(|e| SimError::Evm(e.to_string()))?;
+        let result = evm.inspect_tx(tx).map_err(|e| SimError::Evm(e.to_string()))?;
+        let trace = evm.into_inspector().into_trace();
         match result.result {
             ExecutionResult::Success { output: Output::Call(bytes), gas, .. } => {
-                Ok((bytes, gas.tx_gas_used()))
+                Ok((bytes, gas.tx_gas_used(), trace))
             }
             ExecutionResult::Success { .. } => {
                 Err(SimError::Evm("unexpected create output".into()))
@@ -215,6 +259,21 @@ impl BlockContext {
             timestamp: header.timestamp,
             gas_limit: header.gas_limit,
         })
+    }
+}
+
+/// The entities of `op` and the EntryPoint's infrastructure addresses.
+fn op_addresses(version: EntryPointVersion, op: &PackedUserOperation) -> OpAddresses {
+    let entry_point = version.canonical_address();
+    let leading_address =
+        |data: &Bytes| (data.len() >= 20).then(|| Address::from_slice(&data[..20]));
+    OpAddresses {
+        entry_point,
+        // Both versions' EntryPoints create their SenderCreator as their first CREATE.
+        sender_creator: entry_point.create(1),
+        sender: op.sender,
+        factory: leading_address(&op.initCode),
+        paymaster: leading_address(&op.paymasterAndData),
     }
 }
 
@@ -272,6 +331,7 @@ pub fn decode_validation_result(
                 factory_info: stake(&r.factoryInfo),
                 paymaster_info: stake(&r.paymasterInfo),
                 gas_used,
+                trace: ValidationTrace::default(),
                 raw: output.clone(),
             }
         }};

@@ -293,3 +293,48 @@ mod tests {
         assert_eq!(U256::from_be_bytes(word.0), (U256::from(1) << 128) | U256::from(2));
     }
 }
+
+/// Contracts only tests deploy (`contracts/sol/testing`), e.g. validation code that breaks each
+/// ERC-7562 rule on demand.
+#[allow(missing_docs)]
+pub mod testing_contracts {
+    alloy::sol!(
+        #[sol(rpc)]
+        RuleTarget,
+        "../contracts/artifacts/testing/RuleTarget.json"
+    );
+    pub mod account {
+        alloy::sol!(
+            #[sol(rpc)]
+            RuleBreakingAccount,
+            "../contracts/artifacts/testing/RuleBreakingAccount.json"
+        );
+    }
+    pub mod paymaster {
+        alloy::sol!(
+            #[sol(rpc)]
+            RuleBreakingPaymaster,
+            "../contracts/artifacts/testing/RuleBreakingPaymaster.json"
+        );
+    }
+    pub use account::RuleBreakingAccount;
+    pub use paymaster::RuleBreakingPaymaster;
+
+    /// The behaviours of `Breaks` in `RuleBreakers.sol`.
+    pub mod breaks {
+        pub const NONE: u64 = 0;
+        pub const TIMESTAMP: u64 = 1;
+        pub const GAS: u64 = 2;
+        pub const SELFBALANCE: u64 = 3;
+        pub const CALL_WITH_VALUE: u64 = 4;
+        pub const EXTCODESIZE_EMPTY: u64 = 5;
+        pub const FOREIGN_STORAGE: u64 = 6;
+        pub const ASSOCIATED_STORAGE: u64 = 7;
+        pub const ENTRY_POINT_CALL: u64 = 8;
+        pub const CREATE: u64 = 9;
+        pub const OUT_OF_GAS: u64 = 10;
+        pub const TWO_BLOCKED: u64 = 11;
+        pub const OWN_STORAGE: u64 = 12;
+        pub const CONTEXT: u64 = 13;
+    }
+}

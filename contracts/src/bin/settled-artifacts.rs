@@ -82,7 +82,10 @@ fn run(check: bool) -> Result<bool, Error> {
     let out_dir = root.join("contracts/artifacts");
 
     let mut generated = Generated::new();
-    compile_own(&root, &mut generated)?;
+    // Production contracts, and contracts that only tests deploy (kept apart so no binding of the
+    // contracts crate exposes them).
+    compile_own(&root, "contracts/sol/src", "settled", &mut generated)?;
+    compile_own(&root, "contracts/sol/testing", "testing", &mut generated)?;
     copy_account_abstraction(&root, &mut generated)?;
 
     let on_disk = list_json(&out_dir)?;
@@ -127,15 +130,16 @@ fn run(check: bool) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Compiles every `.sol` file under `contracts/sol/src` in one standard-JSON run. Source unit
-/// names are relative to the repository root so the metadata (and thus the bytecode) does not
-/// depend on where the repository is checked out.
-fn compile_own(root: &Path, generated: &mut Generated) -> Result<(), Error> {
+/// Compiles every `.sol` file under `src` (relative to the root) in one standard-JSON run into
+/// `artifacts/<out>/`. Source unit names are relative to the repository root so the metadata
+/// (and thus the bytecode) does not depend on where the repository is checked out. Contracts of
+/// imported files are not written.
+fn compile_own(root: &Path, src: &str, out: &str, generated: &mut Generated) -> Result<(), Error> {
     let mut solc = Solc::new(root.join("scripts/solc"))
         .map_err(|e| format!("scripts/solc: {e} (run scripts/install-toolchain.sh)"))?;
     solc.base_path = Some(root.to_path_buf());
 
-    let src_dir = root.join("contracts/sol/src");
+    let src_dir = root.join(src);
     let mut sources = Sources::new();
     for file in sol_files(&src_dir)? {
         let rel = file.strip_prefix(root)?.to_path_buf();
@@ -184,8 +188,7 @@ fn compile_own(root: &Path, generated: &mut Generated) -> Result<(), Error> {
                 "bytecode": hex_prefixed(&bytecode),
                 "deployedBytecode": hex_prefixed(&deployed),
             });
-            generated
-                .insert(PathBuf::from("settled").join(format!("{name}.json")), pretty(&artifact)?);
+            generated.insert(PathBuf::from(out).join(format!("{name}.json")), pretty(&artifact)?);
         }
     }
     Ok(())

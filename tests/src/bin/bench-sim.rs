@@ -1,0 +1,121 @@
+//! Benchmark of `simulate_validation` (issue #3). Prints:
+//! - warm validations per second on one thread (state of the block already cached),
+//! - cold latency: the first validation after a new block (every read goes to the node),
+//! - the same op validated by Anvil's `eth_call` with the simulations code override.
+//!
+//! Run: `cargo run --release -p settled-tests --bin bench-sim [-- WARM_ITERATIONS]`.
+
+use std::time::{Duration, Instant};
+
+use alloy::{
+    eips::BlockId,
+    network::TransactionBuilder,
+    providers::{Provider, ext::AnvilApi},
+    rpc::types::{TransactionRequest, state::StateOverridesBuilder},
+    signers::local::PrivateKeySigner,
+};
+use settled_contracts::{EntryPointVersion, v07, v08};
+use settled_sim::{BlockContext, BlockState, Simulator, simulate_validation_calldata};
+use settled_tests::{TestChain, TestResult};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> TestResult {
+    let warm_iterations: usize =
+        std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(20_000);
+    let chain = TestChain::spawn().await?;
+    println!(
+        "bench-sim: SimpleAccount creation op (initCode + ECDSA signature), Anvil {}",
+        chain.anvil().endpoint()
+    );
+
+    for version in EntryPointVersion::ALL {
+        let owner = PrivateKeySigner::random();
+        let op = chain.account_creation_op(version, &owner, 10u128.pow(18)).await?;
+        let provider = chain.provider().clone();
+
+        // Cold: a new block, a new BlockState, the first validation reads everything remotely.
+        let mut cold = Vec::new();
+        for _ in 0..10 {
+            provider.anvil_mine(Some(1), None).await?;
+            let block = BlockId::number(provider.get_block_number().await?);
+            let context = BlockContext::fetch(&provider, block).await?;
+            let state = BlockState::new(provider.clone(), block, tokio::runtime::Handle::current());
+            let op = op.clone();
+            let started = Instant::now();
+            let outcome = tokio::task::spawn_blocking(move || {
+                Simulator::default()
+                    .simulate_validation(&state, &context, version, &op)
+                    .map(|o| (o, state))
+            })
+            .await??;
+            cold.push(started.elapsed());
+            assert!(!outcome.0.account.signature_failed);
+        }
+        cold.sort();
+
+        // Warm: one thread, the same block's cached state.
+        let block = BlockId::number(provider.get_block_number().await?);
+        let context = BlockContext::fetch(&provider, block).await?;
+        let state = BlockState::new(provider.clone(), block, tokio::runtime::Handle::current());
+        let warm_op = op.clone();
+        let (elapsed, accounts, slots) = tokio::task::spawn_blocking(move || {
+            let simulator = Simulator::default();
+            simulator.simulate_validation(&state, &context, version, &warm_op)?;
+            let started = Instant::now();
+            for _ in 0..warm_iterations {
+                let outcome = simulator.simulate_validation(&state, &context, version, &warm_op)?;
+                std::hint::black_box(outcome);
+            }
+            let (accounts, slots) = state.cached();
+            Ok::<_, settled_sim::SimError>((started.elapsed(), accounts, slots))
+        })
+        .await??;
+        let per_second = warm_iterations as f64 / elapsed.as_secs_f64();
+
+        // Anvil: eth_call with the same override, sequentially.
+        let entry_point = version.canonical_address();
+        let code = match version {
+            EntryPointVersion::V07 => v07::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
+            EntryPointVersion::V08 => v08::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
+        };
+        let overrides = StateOverridesBuilder::default().with_code(entry_point, code).build();
+        let tx = TransactionRequest::default()
+            .with_to(entry_point)
+            .with_input(simulate_validation_calldata(version, &op)?)
+            .with_gas_limit(30_000_000);
+        let mut anvil = Vec::new();
+        for _ in 0..200 {
+            let started = Instant::now();
+            provider.call(tx.clone()).block(block).overrides(overrides.clone()).await?;
+            anvil.push(started.elapsed());
+        }
+        anvil.sort();
+        let anvil_mean = anvil.iter().sum::<Duration>() / anvil.len() as u32;
+        let warm_mean = elapsed / warm_iterations as u32;
+
+        println!("{version:?}:");
+        println!(
+            "  warm  revm   {per_second:>10.0} validations/s on one thread ({warm_iterations} runs, mean {warm_mean:?}); cache {accounts} accounts, {slots} slots"
+        );
+        println!(
+            "  cold  revm   p50 {:?}  max {:?}  (first validation after a new block, 10 blocks)",
+            percentile(&cold, 0.5),
+            percentile(&cold, 1.0)
+        );
+        println!(
+            "  anvil eth_call p50 {:?}  p99 {:?}  mean {anvil_mean:?}  (200 calls)",
+            percentile(&anvil, 0.5),
+            percentile(&anvil, 0.99)
+        );
+        println!(
+            "  ratio anvil eth_call mean / warm revm mean: {:.2}x",
+            anvil_mean.as_secs_f64() / warm_mean.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! ERC-7562 rules on a real chain: an account and a paymaster that break one rule at a time
+//! (`contracts/sol/testing/RuleBreakers.sol`); revm's tracer must report exactly that rule id,
+//! with the right entity, for both EntryPoint versions — and accept the allowed twins.
+
+use alloy::{
+    eips::BlockId,
+    primitives::{Address, Bytes, U256},
+    providers::Provider,
+};
+use settled_contracts::{EntryPointVersion, PackedUserOperation, v07};
+use settled_sim::{BlockContext, BlockState, Entity, SimError, Simulator};
+use settled_tests::{
+    TestChain, TestResult, pack_u128s,
+    testing_contracts::{RuleBreakingAccount, RuleBreakingPaymaster, RuleTarget, breaks},
+};
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+
+struct Setup {
+    chain: TestChain,
+    account: Address,
+    paymaster: Address,
+}
+
+async fn setup(version: EntryPointVersion) -> TestResult<Setup> {
+    let chain = TestChain::spawn().await?;
+    let provider = chain.provider().clone();
+    let provider = &provider;
+    let entry_point = version.canonical_address();
+    let target = RuleTarget::deploy(provider).await?;
+    let account = RuleBreakingAccount::deploy(provider, entry_point, *target.address()).await?;
+    let paymaster = RuleBreakingPaymaster::deploy(provider, entry_point, *target.address()).await?;
+    let ep = v07::IEntryPoint::new(entry_point, provider);
+    ep.depositTo(*account.address()).value(U256::from(ETH)).send().await?.get_receipt().await?;
+    paymaster.deposit().value(U256::from(ETH)).send().await?.get_receipt().await?;
+    // Some ETH in the account, so CALL_WITH_VALUE has something to send.
+    let fund = alloy::rpc::types::TransactionRequest::default()
+        .to(*account.address())
+        .value(U256::from(ETH));
+    provider.send_transaction(fund).await?.get_receipt().await?;
+    Ok(Setup { chain, account: *account.address(), paymaster: *paymaster.address() })
+}
+
+impl Setup {
+    async fn op(
+        &self,
+        version: EntryPointVersion,
+        with_paymaster: bool,
+    ) -> TestResult<PackedUserOperation> {
+        let nonce = v07::IEntryPoint::new(version.canonical_address(), self.chain.provider())
+            .getNonce(self.account, alloy::primitives::aliases::U192::ZERO)
+            .call()
+            .await?;
+        let paymaster_and_data = if with_paymaster {
+            let mut data = self.paymaster.to_vec();
+            data.extend_from_slice(&200_000u128.to_be_bytes()); // paymasterVerificationGasLimit
+            data.extend_from_slice(&50_000u128.to_be_bytes()); // paymasterPostOpGasLimit
+            Bytes::from(data)
+        } else {
+            Bytes::new()
+        };
+        Ok(PackedUserOperation {
+            sender: self.account,
+            nonce,
+            initCode: Bytes::new(),
+            callData: Bytes::new(),
+            accountGasLimits: pack_u128s(500_000, 50_000),
+            preVerificationGas: U256::from(50_000),
+            gasFees: pack_u128s(1_000_000_000, 20_000_000_000),
+            paymasterAndData: paymaster_and_data,
+            signature: Bytes::new(),
+        })
+    }
+
+    async fn simulate(
+        &self,
+        version: EntryPointVersion,
+        op: PackedUserOperation,
+    ) -> TestResult<Result<settled_sim::ValidationOutcome, SimError>> {
+        let provider = self.chain.provider().clone();
+        let block = BlockId::number(provider.get_block_number().await?);
+        let context = BlockContext::fetch(&provider, block).await?;
+        let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
+        Ok(tokio::task::spawn_blocking(move || {
+            Simulator::default().simulate_validation(&state, &context, version, &op)
+        })
+        .await?)
+    }
+
+    /// Rule ids reported (empty: validation passed), all attributed to `entity`.
+    async fn rules(
+        &self,
+        version: EntryPointVersion,
+        with_paymaster: bool,
+        entity: Entity,
+    ) -> TestResult<Vec<&'static str>> {
+        let op = self.op(version, with_paymaster).await?;
+        match self.simulate(version, op).await? {
+            Ok(_) => Ok(Vec::new()),
+            Err(SimError::RuleViolations(violations)) => {
+                for v in &violations {
+                    assert_eq!(v.entity, entity, "{v}");
+                }
+                Ok(violations.iter().map(|v| v.rule.id()).collect())
+            }
+            Err(other) => Err(format!("expected rule violations, got: {other}").into()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_rules_report_exact_ids() -> TestResult {
+    for version in EntryPointVersion::ALL {
+        let setup = setup(version).await?;
+        let account = RuleBreakingAccount::new(setup.account, setup.chain.provider());
+        for (what, expected) in [
+            (breaks::NONE, vec![]),
+            (breaks::TIMESTAMP, vec!["OP-011"]),
+            (breaks::TWO_BLOCKED, vec!["OP-011", "OP-011"]),
+            (breaks::GAS, vec!["OP-012"]),
+            (breaks::SELFBALANCE, vec!["OP-080"]),
+            (breaks::CALL_WITH_VALUE, vec!["OP-061"]),
+            (breaks::EXTCODESIZE_EMPTY, vec!["OP-041"]),
+            (breaks::FOREIGN_STORAGE, vec!["STO-021"]),
+            (breaks::ASSOCIATED_STORAGE, vec![]),
+            (breaks::ENTRY_POINT_CALL, vec!["OP-054"]),
+            (breaks::CREATE, vec!["OP-011", "STO-021"]),
+            (breaks::OUT_OF_GAS, vec!["OP-020"]),
+        ] {
+            account.setBreaks(U256::from(what)).send().await?.get_receipt().await?;
+            let found = setup.rules(version, false, Entity::Account).await?;
+            assert_eq!(found, expected, "{version:?}: account breaks #{what}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paymaster_rules_depend_on_stake() -> TestResult {
+    for version in EntryPointVersion::ALL {
+        let setup = setup(version).await?;
+        let paymaster = RuleBreakingPaymaster::new(setup.paymaster, setup.chain.provider());
+        // The paymaster always reads its own `breaks` slot: STO-031 while unstaked.
+        for (what, expected) in [
+            (breaks::OWN_STORAGE, vec!["STO-031"]),
+            (breaks::CONTEXT, vec!["STO-031", "EREP-050"]),
+            (breaks::TIMESTAMP, vec!["OP-011", "STO-031"]),
+            (breaks::SELFBALANCE, vec!["OP-080", "STO-031"]),
+        ] {
+            paymaster.setBreaks(U256::from(what)).send().await?.get_receipt().await?;
+            let found = setup.rules(version, true, Entity::Paymaster).await?;
+            assert_eq!(found, expected, "{version:?}: unstaked paymaster breaks #{what}");
+        }
+
+        paymaster.stake(86_400).value(U256::from(ETH)).send().await?.get_receipt().await?;
+        for (what, expected) in [
+            (breaks::OWN_STORAGE, vec![]),
+            (breaks::CONTEXT, vec![]),
+            (breaks::SELFBALANCE, vec![]),
+            (breaks::FOREIGN_STORAGE, vec![]), // STO-033: read-only is fine when staked
+            (breaks::TIMESTAMP, vec!["OP-011"]), // staking never allows environment opcodes
+        ] {
+            paymaster.setBreaks(U256::from(what)).send().await?.get_receipt().await?;
+            let found = setup.rules(version, true, Entity::Paymaster).await?;
+            assert_eq!(found, expected, "{version:?}: staked paymaster breaks #{what}");
+        }
+    }
+    Ok(())
+}
