@@ -6,7 +6,7 @@ use alloy::{
     eips::BlockId,
     primitives::{Address, B256, Bytes, TxKind, U256},
     providers::{DynProvider, Provider},
-    sol_types::{SolCall, SolInterface, SolValue},
+    sol_types::{SolCall, SolError, SolInterface, SolValue},
 };
 use revm::{
     Context, DatabaseRef, InspectEvm, MainBuilder, MainContext,
@@ -352,7 +352,13 @@ fn decode_revert(version: EntryPointVersion, data: &Bytes) -> SimError {
                 Ok(E::FailedOpWithRevert(e)) => {
                     SimError::Rejected { reason: e.reason, inner: Some(e.inner) }
                 }
-                _ => SimError::Reverted(data.clone()),
+                // Some checks are plain `require(.., "AAxx ...")` (e.g. AA94 gas overflow).
+                _ => match alloy::sol_types::Revert::abi_decode(data) {
+                    Ok(revert) if revert.reason.starts_with("AA") => {
+                        SimError::Rejected { reason: revert.reason, inner: None }
+                    }
+                    _ => SimError::Reverted(data.clone()),
+                },
             }
         }};
     }

@@ -109,3 +109,69 @@ async fn unfunded_op_is_rejected_with_the_entry_point_reason() -> TestResult {
     }
     Ok(())
 }
+
+/// Bad input gets a typed error (or a normal result), never a panic or an unbounded run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ops_get_typed_errors() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    for version in EntryPointVersion::ALL {
+        let owner = PrivateKeySigner::random();
+        let good = chain.account_creation_op(version, &owner, 10u128.pow(18)).await?;
+
+        // Absurd gas limits: the EntryPoint's own overflow check.
+        let mut absurd = good.clone();
+        absurd.accountGasLimits = settled_tests::pack_u128s(u128::MAX, u128::MAX);
+        match in_revm(&chain, version, &absurd).await? {
+            Err(SimError::Rejected { reason, .. }) => {
+                assert!(reason.starts_with("AA94"), "{reason}")
+            }
+            other => return Err(format!("{version:?}: absurd gas limits gave {other:?}").into()),
+        }
+
+        // initCode naming a factory without code.
+        let mut no_factory = good.clone();
+        let mut init_code = vec![0x11u8; 20];
+        init_code.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        no_factory.initCode = init_code.into();
+        match in_revm(&chain, version, &no_factory).await? {
+            Err(SimError::Rejected { reason, .. }) => {
+                assert!(reason.starts_with("AA1"), "{reason}")
+            }
+            other => return Err(format!("{version:?}: codeless factory gave {other:?}").into()),
+        }
+
+        // 100 KB of callData: validated normally (SimpleAccount ignores it), gas-bounded.
+        let mut huge = good.clone();
+        huge.callData = vec![0xab; 100_000].into();
+        huge.signature = chain.sign_op(version, &owner, &huge).await?;
+        let outcome = in_revm(&chain, version, &huge).await??;
+        assert!(!outcome.account.signature_failed);
+    }
+
+    // A chain without the EntryPoints.
+    let bare =
+        tokio::task::spawn_blocking(|| settled_contracts::LocalAnvil::spawn(&Default::default()))
+            .await??;
+    let provider =
+        alloy::providers::ProviderBuilder::new().connect_http(bare.endpoint().parse()?).erased();
+    let block = BlockId::number(provider.get_block_number().await?);
+    let context = BlockContext::fetch(&provider, block).await?;
+    let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
+    let op = PackedUserOperation {
+        sender: alloy::primitives::Address::repeat_byte(1),
+        nonce: U256::ZERO,
+        initCode: Bytes::new(),
+        callData: Bytes::new(),
+        accountGasLimits: Default::default(),
+        preVerificationGas: U256::ZERO,
+        gasFees: Default::default(),
+        paymasterAndData: Bytes::new(),
+        signature: Bytes::new(),
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        Simulator::default().simulate_validation(&state, &context, EntryPointVersion::V08, &op)
+    })
+    .await?;
+    assert!(matches!(result, Err(SimError::NoEntryPoint(_))), "{result:?}");
+    Ok(())
+}
