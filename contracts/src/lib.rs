@@ -31,6 +31,17 @@ pub use follower::{
     BlockRef, ChainEvent, ChainFollower, FollowerConfig, FollowerHandle, NewBlock, Reorg,
 };
 
+impl EntryPointVersion {
+    /// Runtime code of this version's `EntryPointSimulations`, which simulators (revm, or a node's
+    /// `eth_call` with a code override) run at the EntryPoint's address.
+    pub fn simulations_code(self) -> alloy::primitives::Bytes {
+        match self {
+            Self::V07 => v07::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
+            Self::V08 => v08::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
+        }
+    }
+}
+
 /// The deterministic CREATE2 deployer (`0x4e59…956c`) through which settled deploys.
 pub const DETERMINISTIC_DEPLOYER: alloy::primitives::Address =
     bindings::create2::DETERMINISTIC_DEPLOYER;

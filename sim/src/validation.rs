@@ -139,7 +139,7 @@ impl Simulator {
     /// A simulator with `limits`, enforcing `rules`.
     pub fn new(limits: SimulationLimits, rules: ValidationRules) -> Self {
         let analysed = |version| {
-            let code = Bytecode::new_raw(simulations_code(version));
+            let code = Bytecode::new_raw(EntryPointVersion::simulations_code(version));
             let hash = code.hash_slow();
             (code, hash)
         };
@@ -274,14 +274,6 @@ fn op_addresses(version: EntryPointVersion, op: &PackedUserOperation) -> OpAddre
         sender: op.sender,
         factory: leading_address(&op.initCode),
         paymaster: leading_address(&op.paymasterAndData),
-    }
-}
-
-/// The runtime code that replaces the EntryPoint's during simulation.
-fn simulations_code(version: EntryPointVersion) -> Bytes {
-    match version {
-        EntryPointVersion::V07 => v07::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
-        EntryPointVersion::V08 => v08::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
     }
 }
 

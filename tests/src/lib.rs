@@ -7,9 +7,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use alloy::{
-    network::EthereumWallet,
+    eips::BlockId,
+    network::{EthereumWallet, TransactionBuilder},
     primitives::{Address, B256, Bytes, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::{TransactionRequest, state::StateOverridesBuilder},
     signers::{Signer, local::PrivateKeySigner},
     sol_types::{SolCall, SolValue},
     transports::http::reqwest,
@@ -20,6 +22,9 @@ use settled_contracts::{
     v08,
 };
 use settled_node::{ChainSource, NodeConfig, NodeHandle, launch};
+use settled_sim::{
+    BlockContext, BlockState, SimError, Simulator, ValidationOutcome, simulate_validation_calldata,
+};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -151,6 +156,36 @@ impl TestChain {
         Ok(op)
     }
 
+    /// `simulateValidation(op)` in revm, pinned to the current block.
+    pub async fn simulate_in_revm(
+        &self,
+        version: EntryPointVersion,
+        op: &PackedUserOperation,
+    ) -> TestResult<Result<ValidationOutcome, SimError>> {
+        let provider = self.provider.clone();
+        let block = BlockId::number(provider.get_block_number().await?);
+        let context = BlockContext::fetch(&provider, block).await?;
+        let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
+        let op = op.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            Simulator::default().simulate_validation(&state, &context, version, &op)
+        })
+        .await?)
+    }
+
+    /// The same call through Anvil: `eth_call` with the simulations code at the EntryPoint,
+    /// pinned to the current block; the return data, or the error text.
+    pub async fn simulate_in_anvil(
+        &self,
+        version: EntryPointVersion,
+        op: &PackedUserOperation,
+    ) -> TestResult<Result<Bytes, String>> {
+        let (tx, overrides) = simulate_validation_request(version, op)?;
+        let block = BlockId::number(self.provider.get_block_number().await?);
+        let result = self.provider.call(tx).block(block).overrides(overrides).await;
+        Ok(result.map_err(|e| e.to_string()))
+    }
+
     /// The EntryPoint's hash of `op`.
     pub async fn op_hash(
         &self,
@@ -189,6 +224,22 @@ impl TestChain {
         };
         Ok(signature.as_bytes().to_vec().into())
     }
+}
+
+/// The `eth_call` a tracer-less bundler makes for `simulateValidation(op)`: the request and the
+/// code override that puts `EntryPointSimulations` at the EntryPoint.
+pub fn simulate_validation_request(
+    version: EntryPointVersion,
+    op: &PackedUserOperation,
+) -> TestResult<(TransactionRequest, alloy::rpc::types::state::StateOverride)> {
+    let entry_point = version.canonical_address();
+    let overrides =
+        StateOverridesBuilder::default().with_code(entry_point, version.simulations_code()).build();
+    let tx = TransactionRequest::default()
+        .with_to(entry_point)
+        .with_input(simulate_validation_calldata(version, op)?)
+        .with_gas_limit(settled_sim::SimulationLimits::default().gas_cap);
+    Ok((tx, overrides))
 }
 
 /// A settled node running in-process against its own [`TestChain`].

@@ -3,12 +3,11 @@
 //! with the right entity, for both EntryPoint versions — and accept the allowed twins.
 
 use alloy::{
-    eips::BlockId,
     primitives::{Address, Bytes, U256},
     providers::Provider,
 };
 use settled_contracts::{EntryPointVersion, PackedUserOperation, v07};
-use settled_sim::{BlockContext, BlockState, Entity, SimError, Simulator};
+use settled_sim::{Entity, SimError};
 use settled_tests::{
     TestChain, TestResult, pack_u128s,
     testing_contracts::{RuleBreakingAccount, RuleBreakingPaymaster, RuleTarget, breaks},
@@ -77,14 +76,7 @@ impl Setup {
         version: EntryPointVersion,
         op: PackedUserOperation,
     ) -> TestResult<Result<settled_sim::ValidationOutcome, SimError>> {
-        let provider = self.chain.provider().clone();
-        let block = BlockId::number(provider.get_block_number().await?);
-        let context = BlockContext::fetch(&provider, block).await?;
-        let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
-        Ok(tokio::task::spawn_blocking(move || {
-            Simulator::default().simulate_validation(&state, &context, version, &op)
-        })
-        .await?)
+        self.chain.simulate_in_revm(version, &op).await
     }
 
     /// Rule ids reported (empty: validation passed), all attributed to `entity`.

@@ -4,54 +4,13 @@
 
 use alloy::{
     eips::BlockId,
-    network::TransactionBuilder,
     primitives::{Bytes, U256},
     providers::Provider,
-    rpc::types::{TransactionRequest, state::StateOverridesBuilder},
     signers::local::PrivateKeySigner,
 };
-use settled_contracts::{EntryPointVersion, PackedUserOperation, v07, v08};
-use settled_sim::{BlockContext, BlockState, SimError, Simulator, simulate_validation_calldata};
+use settled_contracts::{EntryPointVersion, PackedUserOperation};
+use settled_sim::{BlockContext, BlockState, SimError, Simulator};
 use settled_tests::{TestChain, TestResult};
-
-const GAS: u64 = 30_000_000;
-
-/// Runs the op in revm, pinned to the current block.
-async fn in_revm(
-    chain: &TestChain,
-    version: EntryPointVersion,
-    op: &PackedUserOperation,
-) -> TestResult<Result<settled_sim::ValidationOutcome, SimError>> {
-    let provider = chain.provider().clone();
-    let block = BlockId::number(provider.get_block_number().await?);
-    let context = BlockContext::fetch(&provider, block).await?;
-    let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
-    let op = op.clone();
-    Ok(tokio::task::spawn_blocking(move || {
-        Simulator::default().simulate_validation(&state, &context, version, &op)
-    })
-    .await?)
-}
-
-/// The same call through Anvil: `eth_call` with the simulations code at the EntryPoint.
-async fn in_anvil(
-    chain: &TestChain,
-    version: EntryPointVersion,
-    op: &PackedUserOperation,
-) -> TestResult<Result<Bytes, String>> {
-    let entry_point = version.canonical_address();
-    let code = match version {
-        EntryPointVersion::V07 => v07::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
-        EntryPointVersion::V08 => v08::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
-    };
-    let overrides = StateOverridesBuilder::default().with_code(entry_point, code).build();
-    let tx = TransactionRequest::default()
-        .with_to(entry_point)
-        .with_input(simulate_validation_calldata(version, op)?)
-        .with_gas_limit(GAS);
-    let block = BlockId::number(chain.provider().get_block_number().await?);
-    Ok(chain.provider().call(tx).block(block).overrides(overrides).await.map_err(|e| e.to_string()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_ops_match_anvil_byte_for_byte() -> TestResult {
@@ -60,9 +19,11 @@ async fn valid_ops_match_anvil_byte_for_byte() -> TestResult {
         let owner = PrivateKeySigner::random();
         let op = chain.account_creation_op(version, &owner, 10u128.pow(18)).await?;
 
-        let revm = in_revm(&chain, version, &op).await??;
-        let anvil =
-            in_anvil(&chain, version, &op).await?.map_err(|e| format!("{version:?}: {e}"))?;
+        let revm = chain.simulate_in_revm(version, &op).await??;
+        let anvil = chain
+            .simulate_in_anvil(version, &op)
+            .await?
+            .map_err(|e| format!("{version:?}: {e}"))?;
         assert_eq!(revm.raw, anvil, "{version:?}: revm and anvil disagree");
 
         assert!(!revm.account.signature_failed, "{version:?}: signature should verify");
@@ -82,9 +43,11 @@ async fn bad_signature_is_reported_not_reverted() -> TestResult {
         // Signed by somebody else: SimpleAccount returns SIG_VALIDATION_FAILED.
         op.signature = chain.sign_op(version, &PrivateKeySigner::random(), &op).await?;
 
-        let revm = in_revm(&chain, version, &op).await??;
-        let anvil =
-            in_anvil(&chain, version, &op).await?.map_err(|e| format!("{version:?}: {e}"))?;
+        let revm = chain.simulate_in_revm(version, &op).await??;
+        let anvil = chain
+            .simulate_in_anvil(version, &op)
+            .await?
+            .map_err(|e| format!("{version:?}: {e}"))?;
         assert_eq!(revm.raw, anvil);
         assert!(revm.account.signature_failed, "{version:?}");
     }
@@ -98,13 +61,13 @@ async fn unfunded_op_is_rejected_with_the_entry_point_reason() -> TestResult {
         let owner = PrivateKeySigner::random();
         let op = chain.account_creation_op(version, &owner, 0).await?;
 
-        let revm = in_revm(&chain, version, &op).await?;
+        let revm = chain.simulate_in_revm(version, &op).await?;
         let Err(SimError::Rejected { reason, .. }) = revm else {
             return Err(format!("{version:?}: expected a rejection, got {revm:?}").into());
         };
         assert_eq!(reason, "AA21 didn't pay prefund", "{version:?}");
 
-        let anvil = in_anvil(&chain, version, &op).await?;
+        let anvil = chain.simulate_in_anvil(version, &op).await?;
         assert!(anvil.is_err(), "{version:?}: anvil accepted an unfunded op");
     }
     Ok(())
@@ -121,7 +84,7 @@ async fn bad_ops_get_typed_errors() -> TestResult {
         // Absurd gas limits: the EntryPoint's own overflow check.
         let mut absurd = good.clone();
         absurd.accountGasLimits = settled_tests::pack_u128s(u128::MAX, u128::MAX);
-        match in_revm(&chain, version, &absurd).await? {
+        match chain.simulate_in_revm(version, &absurd).await? {
             Err(SimError::Rejected { reason, .. }) => {
                 assert!(reason.starts_with("AA94"), "{reason}")
             }
@@ -133,7 +96,7 @@ async fn bad_ops_get_typed_errors() -> TestResult {
         let mut init_code = vec![0x11u8; 20];
         init_code.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
         no_factory.initCode = init_code.into();
-        match in_revm(&chain, version, &no_factory).await? {
+        match chain.simulate_in_revm(version, &no_factory).await? {
             Err(SimError::Rejected { reason, .. }) => {
                 assert!(reason.starts_with("AA1"), "{reason}")
             }
@@ -144,7 +107,7 @@ async fn bad_ops_get_typed_errors() -> TestResult {
         let mut huge = good.clone();
         huge.callData = vec![0xab; 100_000].into();
         huge.signature = chain.sign_op(version, &owner, &huge).await?;
-        let outcome = in_revm(&chain, version, &huge).await??;
+        let outcome = chain.simulate_in_revm(version, &huge).await??;
         assert!(!outcome.account.signature_failed);
     }
 

@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use alloy::{
     eips::BlockId,
-    network::TransactionBuilder,
     providers::{Provider, ext::AnvilApi},
-    rpc::types::{TransactionRequest, state::StateOverridesBuilder},
     signers::local::PrivateKeySigner,
 };
-use settled_contracts::{EntryPointVersion, v07, v08};
-use settled_sim::{BlockContext, BlockState, Simulator, simulate_validation_calldata};
-use settled_tests::{TestChain, TestResult};
+use settled_contracts::EntryPointVersion;
+use settled_sim::{BlockContext, BlockState, Simulator};
+use settled_tests::{TestChain, TestResult, simulate_validation_request};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -78,16 +76,7 @@ async fn main() -> TestResult {
         let per_second = warm_iterations as f64 / elapsed.as_secs_f64();
 
         // Anvil: eth_call with the same override, sequentially.
-        let entry_point = version.canonical_address();
-        let code = match version {
-            EntryPointVersion::V07 => v07::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
-            EntryPointVersion::V08 => v08::EntryPointSimulations::DEPLOYED_BYTECODE.clone(),
-        };
-        let overrides = StateOverridesBuilder::default().with_code(entry_point, code).build();
-        let tx = TransactionRequest::default()
-            .with_to(entry_point)
-            .with_input(simulate_validation_calldata(version, &op)?)
-            .with_gas_limit(30_000_000);
+        let (tx, overrides) = simulate_validation_request(version, &op)?;
         let mut anvil = Vec::new();
         for _ in 0..200 {
             let started = Instant::now();
