@@ -26,5 +26,5 @@ pub use inspector::{
 pub use rules::{Rule, RuleViolation, Stakes, ValidationRules};
 pub use validation::{
     BlockContext, SimulationLimits, Simulator, StakeInfo, ValidationData, ValidationOutcome,
-    decode_validation_result, simulate_validation_calldata,
+    changed_code, decode_validation_result, simulate_validation_calldata,
 };

@@ -262,6 +262,19 @@ impl BlockContext {
     }
 }
 
+/// COD-010: the addresses whose code hash in `state` differs from what the first validation
+/// saw (`trace.code_hashes`). A non-empty answer makes the op invalid for bundling. Blocking.
+pub fn changed_code(state: &BlockState, trace: &ValidationTrace) -> Result<Vec<Address>, SimError> {
+    let mut changed = Vec::new();
+    for (&address, &seen) in &trace.code_hashes {
+        let now = state.basic_ref(address)?.map(|info| info.code_hash);
+        if now != Some(seen) {
+            changed.push(address);
+        }
+    }
+    Ok(changed)
+}
+
 /// The entities of `op` and the EntryPoint's infrastructure addresses.
 fn op_addresses(version: EntryPointVersion, op: &PackedUserOperation) -> OpAddresses {
     let entry_point = version.canonical_address();

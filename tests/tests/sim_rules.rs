@@ -159,3 +159,41 @@ async fn paymaster_rules_depend_on_stake() -> TestResult {
     }
     Ok(())
 }
+
+/// COD-010: the code hashes seen by the first validation are re-checked against a later block;
+/// replacing the account's code (here with `anvil_setCode`) is detected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_change_between_validations_is_detected() -> TestResult {
+    use alloy::{eips::BlockId, providers::ext::AnvilApi};
+    use settled_sim::{BlockState, changed_code};
+
+    let version = EntryPointVersion::V07;
+    let setup = setup(version).await?;
+    let op = setup.op(version, false).await?;
+    let outcome = setup.simulate(version, op).await?.map_err(|e| e.to_string())?;
+    assert!(outcome.trace.code_hashes.contains_key(&setup.account), "account code not recorded");
+
+    let provider = setup.chain.provider().clone();
+    let recheck = |provider: alloy::providers::DynProvider, trace: settled_sim::ValidationTrace| async move {
+        let block = BlockId::number(provider.get_block_number().await?);
+        let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
+        let changed = tokio::task::spawn_blocking(move || changed_code(&state, &trace)).await??;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(changed)
+    };
+    assert!(
+        recheck(provider.clone(), outcome.trace.clone()).await?.is_empty(),
+        "nothing changed yet"
+    );
+
+    let target_code =
+        provider.get_code_at(*RuleTarget::new(Address::ZERO, &provider).address()).await?;
+    let other_code = if target_code.is_empty() {
+        Bytes::from_static(&[0x60, 0x00, 0x60, 0x00, 0xf3])
+    } else {
+        target_code
+    };
+    provider.anvil_set_code(setup.account, other_code).await?;
+    provider.anvil_mine(Some(1), None).await?;
+    assert_eq!(recheck(provider, outcome.trace).await?, vec![setup.account]);
+    Ok(())
+}
