@@ -13,6 +13,7 @@ mod bindings;
 mod deploy;
 mod deployment;
 mod follower;
+mod user_op;
 
 #[cfg(feature = "anvil")]
 pub use anvil::{AnvilError, AnvilOptions, LocalAnvil, find_anvil};
@@ -30,6 +31,7 @@ pub use deployment::{
 pub use follower::{
     BlockRef, ChainEvent, ChainFollower, FollowerConfig, FollowerHandle, NewBlock, Reorg,
 };
+pub use user_op::{EIP7702_INIT_CODE_MARKER, pack_u128s, unpack_u128s};
 
 impl EntryPointVersion {
     /// Runtime code of this version's `EntryPointSimulations`, which simulators (revm, or a node's

@@ -27,6 +27,27 @@ pub enum SimError {
     /// There is no EntryPoint code at the address.
     #[error("no EntryPoint deployed at {0}")]
     NoEntryPoint(Address),
+    /// The op's execution (`callData`) reverted; `reason` is the account's revert data.
+    #[error("execution reverted")]
+    ExecutionReverted {
+        /// Revert data (empty when the call ran out of gas or reverted without data).
+        reason: Bytes,
+    },
+    /// The paymaster's `postOp` reverted.
+    #[error("paymaster postOp reverted")]
+    PostOpReverted {
+        /// Revert data.
+        reason: Bytes,
+    },
+    /// The simulation ran past its wall-clock bound.
+    #[error("simulation exceeded its time limit of {0:?}")]
+    Timeout(std::time::Duration),
+    /// A caller-supplied state override cannot be applied.
+    #[error("invalid state override: {0}")]
+    InvalidOverride(String),
+    /// The op's EIP-7702 authorization is not valid for its sender on this chain.
+    #[error("invalid eip7702Auth: {0}")]
+    InvalidAuthorization(String),
     /// The op could not be encoded.
     #[error("invalid user operation: {0}")]
     InvalidOp(String),

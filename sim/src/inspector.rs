@@ -6,8 +6,12 @@
 //! It never loads state the EVM has not loaded itself (that would warm accounts and change gas):
 //! code presence is read after the opcode or call that loaded it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Duration,
+};
 
+use crate::evm::Deadline;
 use alloy::primitives::{Address, B256, U256, keccak256};
 use revm::{
     Inspector,
@@ -174,6 +178,7 @@ pub struct ValidationInspector {
     gas_pending: Option<(usize, Address, Entity)>,
     /// The previous step was an `EXTCODE*`: decided at the next step (OP-051).
     ext_pending: Option<(usize, Entity, ExtCodeAccess)>,
+    deadline: Option<Deadline>,
 }
 
 const UNRESTRICTED_GAS_FOLLOWERS: [u8; 4] =
@@ -205,7 +210,18 @@ impl ValidationInspector {
             trace: ValidationTrace::default(),
             gas_pending: None,
             ext_pending: None,
+            deadline: None,
         }
+    }
+
+    /// The same tracer, halting the run once `timeout` has passed.
+    pub(crate) fn with_timeout(addresses: OpAddresses, timeout: Duration) -> Self {
+        Self { deadline: Some(Deadline::after(timeout)), ..Self::new(addresses) }
+    }
+
+    /// Whether the run was cut short by its time limit.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| d.passed())
     }
 
     /// What was seen.
@@ -266,6 +282,11 @@ fn has_code<CTX: ContextTr>(context: &mut CTX, address: Address) -> (bool, Optio
 
 impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
     fn step(&mut self, interp: &mut Interpreter<EthInterpreter>, _context: &mut CTX) {
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.halt_if_passed(interp)
+        {
+            return;
+        }
         let Some(entity) = self.entity() else {
             self.gas_pending = None;
             self.ext_pending = None;

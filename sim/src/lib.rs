@@ -1,28 +1,41 @@
-//! UserOperation simulation in revm over state forked from any JSON-RPC node.
+//! UserOperation simulation in revm over state forked from any JSON-RPC node: no
+//! `debug_traceCall`, no tracer on the node, only plain state reads.
 //!
-//! Built so far (issue #3, in progress):
-//! * [`BlockState`]: one block's state, read through from any JSON-RPC node and cached for
-//!   every simulation against it.
+//! * [`BlockState`]: one block's state, read through from any JSON-RPC node and cached for every
+//!   simulation against it.
 //! * [`Simulator::simulate_validation`]: `simulateValidation` with the EntryPoint's address
 //!   running its version's `EntryPointSimulations` code, under the ERC-7562 tracer
 //!   ([`ValidationInspector`]); decodes the `ValidationResult`, `FailedOp` reverts, and reports
 //!   every rule violation ([`ValidationRules`], rule ids as in the spec).
+//! * [`Simulator::simulate_handle_op`]: validation and execution of one op, with the
+//!   EntryPoint's events decoded ([`ExecutionOutcome`]).
+//! * [`Simulator::estimate_gas`]: ERC-7769 gas estimation by binary search ([`GasEstimate`]).
+//! * [`SimOverrides`]: caller state overrides and a v0.8 op's EIP-7702 authorization.
 //!
-//! Still to come: `simulateHandleOp`, gas estimation, caller state overrides, EIP-7702
-//! authorizations, a wall-clock bound, and the rules not yet traced (see the README).
+//! Every run is bounded by [`SimulationLimits`]: a gas cap and a wall-clock timeout.
 
 mod error;
+mod estimate;
+mod evm;
+mod execution;
 mod fork;
 mod inspector;
+mod overrides;
 mod rules;
 mod validation;
 
 pub use error::SimError;
+pub use estimate::{
+    EstimationMargins, GasEstimate, MIN_CALL_GAS_LIMIT, PRE_VERIFICATION_OVERHEAD_GAS,
+    pre_verification_gas,
+};
+pub use execution::{ExecutionOutcome, FrameGas};
 pub use fork::{BlockState, ForkError};
 pub use inspector::{
     CallMade, Creation, Entity, EntityTrace, ExtCodeAccess, OpAddresses, StorageAccess,
     ValidationInspector, ValidationTrace,
 };
+pub use overrides::SimOverrides;
 pub use rules::{Rule, RuleViolation, Stakes, ValidationRules};
 pub use validation::{
     BlockContext, SimulationLimits, Simulator, StakeInfo, ValidationData, ValidationOutcome,

@@ -2,38 +2,42 @@
 //! `EntryPointSimulations` code over forked state, as a bundler's `eth_call` with a code override
 //! would, but without any RPC round trip after the state is cached.
 
+use std::time::Duration;
+
 use alloy::{
     eips::BlockId,
-    primitives::{Address, B256, Bytes, TxKind, U256},
+    primitives::{Address, Bytes, U256},
     providers::{DynProvider, Provider},
     sol_types::{SolCall, SolError, SolInterface, SolValue},
 };
 use revm::{
-    Context, DatabaseRef, InspectEvm, MainBuilder, MainContext,
-    context::TxEnv,
+    DatabaseRef,
     context_interface::result::{ExecutionResult, Output},
-    primitives::hardfork::SpecId,
-    state::Bytecode,
 };
 use settled_contracts::{EntryPointVersion, PackedUserOperation, v07, v08};
 
 use crate::{
     error::SimError,
+    estimate::EstimationMargins,
+    evm::{EntryPointCall, SimulationsCode, call_entry_point},
     fork::{BlockState, ForkError},
     inspector::{OpAddresses, ValidationInspector, ValidationTrace},
+    overrides::SimOverrides,
     rules::{Stakes, ValidationRules},
 };
 
-/// Bounds every simulation: a malicious op cannot run longer than this much gas.
+/// Bounds every simulation: a malicious op cannot run longer than this much gas or time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimulationLimits {
     /// Gas given to the whole simulation call.
     pub gas_cap: u64,
+    /// Wall-clock bound of one simulation run, state reads included.
+    pub timeout: Duration,
 }
 
 impl Default for SimulationLimits {
     fn default() -> Self {
-        Self { gas_cap: 30_000_000 }
+        Self { gas_cap: 30_000_000, timeout: Duration::from_secs(2) }
     }
 }
 
@@ -122,11 +126,10 @@ pub struct ValidationOutcome {
 /// Runs UserOperation simulations against forked state.
 #[derive(Debug, Clone)]
 pub struct Simulator {
-    limits: SimulationLimits,
+    pub(crate) limits: SimulationLimits,
     rules: ValidationRules,
-    /// `EntryPointSimulations` runtime code per version, analysed and hashed once: hashing and
-    /// jump analysis of ~26 KB per call would dominate a warm validation.
-    simulations_code: [(Bytecode, B256); 2],
+    pub(crate) margins: EstimationMargins,
+    pub(crate) code: SimulationsCode,
 }
 
 impl Default for Simulator {
@@ -138,32 +141,45 @@ impl Default for Simulator {
 impl Simulator {
     /// A simulator with `limits`, enforcing `rules`.
     pub fn new(limits: SimulationLimits, rules: ValidationRules) -> Self {
-        let analysed = |version| {
-            let code = Bytecode::new_raw(EntryPointVersion::simulations_code(version));
-            let hash = code.hash_slow();
-            (code, hash)
-        };
-        Self {
-            limits,
-            rules,
-            simulations_code: [analysed(EntryPointVersion::V07), analysed(EntryPointVersion::V08)],
-        }
+        Self { limits, rules, margins: EstimationMargins::default(), code: SimulationsCode::new() }
     }
 
-    /// Runs `simulateValidation(op)` for `version`'s EntryPoint over `state` under the ERC-7562
-    /// tracer. The EntryPoint's own rejection (`AAxx`) comes first; then every rule violation.
-    /// Blocking (reads forked state on a miss): call from a blocking thread.
+    /// The same simulator, estimating with `margins`.
+    pub fn with_margins(self, margins: EstimationMargins) -> Self {
+        Self { margins, ..self }
+    }
+
+    /// The bounds of every run.
+    pub fn limits(&self) -> SimulationLimits {
+        self.limits
+    }
+
+    /// Runs `simulateValidation(op)` for `version`'s EntryPoint over `state` (with `overrides`)
+    /// under the ERC-7562 tracer. The EntryPoint's own rejection (`AAxx`) comes first; then every
+    /// rule violation. Blocking (reads forked state on a miss): call from a blocking thread.
     pub fn simulate_validation(
         &self,
         state: &BlockState,
         block: &BlockContext,
         version: EntryPointVersion,
         op: &PackedUserOperation,
+        overrides: &SimOverrides,
     ) -> Result<ValidationOutcome, SimError> {
         let addresses = op_addresses(version, op);
-        let calldata = simulate_validation_calldata(version, op)?;
-        let (output, gas_used, trace) =
-            self.call_simulations(state, block, version, calldata, addresses)?;
+        let call = EntryPointCall {
+            version,
+            calldata: simulate_validation_calldata(version, op)?,
+            overrides,
+            sender: op.sender,
+            gas_cap: self.limits.gas_cap,
+        };
+        let inspector = ValidationInspector::with_timeout(addresses, self.limits.timeout);
+        let (result, inspector) = call_entry_point(state, block, &self.code, call, inspector)?;
+        if inspector.timed_out() {
+            return Err(SimError::Timeout(self.limits.timeout));
+        }
+        let trace = inspector.into_trace();
+        let (output, gas_used) = success_output(version, result)?;
         let mut outcome = decode_validation_result(version, &output, gas_used)?;
         let staked = |info: &StakeInfo| self.rules.is_staked(info.stake, info.unstake_delay_sec);
         let stakes = Stakes {
@@ -178,68 +194,6 @@ impl Simulator {
         }
         outcome.trace = trace;
         Ok(outcome)
-    }
-
-    /// Calls the EntryPoint (running its simulations code) with `calldata` under the tracer;
-    /// returns the output of a successful call and the trace, or the decoded failure.
-    fn call_simulations(
-        &self,
-        state: &BlockState,
-        block: &BlockContext,
-        version: EntryPointVersion,
-        calldata: Bytes,
-        addresses: OpAddresses,
-    ) -> Result<(Bytes, u64, ValidationTrace), SimError> {
-        let entry_point = version.canonical_address();
-        let mut db = state.overlay();
-        let mut info = state.basic_ref(entry_point)?.ok_or(SimError::NoEntryPoint(entry_point))?;
-        if info.is_empty_code_hash() {
-            return Err(SimError::NoEntryPoint(entry_point));
-        }
-        let (code, hash) = match version {
-            EntryPointVersion::V07 => &self.simulations_code[0],
-            EntryPointVersion::V08 => &self.simulations_code[1],
-        };
-        info.code_hash = *hash;
-        info.code = Some(code.clone());
-        db.insert_account_info(entry_point, info);
-
-        let mut evm = Context::mainnet()
-            .with_db(db)
-            .modify_cfg_chained(|cfg| {
-                cfg.chain_id = block.chain_id;
-                cfg.spec = SpecId::PRAGUE;
-                // The simulation caller is the zero address with no balance: gas price 0 and
-                // basefee 0 make that valid without revm's optional checks.
-                cfg.disable_nonce_check = true;
-            })
-            .modify_block_chained(|env| {
-                env.number = U256::from(block.number);
-                env.timestamp = U256::from(block.timestamp);
-                env.gas_limit = block.gas_limit.max(self.limits.gas_cap);
-                env.basefee = 0;
-            })
-            .build_mainnet_with_inspector(ValidationInspector::new(addresses));
-        let tx = TxEnv::builder()
-            .caller(Address::ZERO)
-            .kind(TxKind::Call(entry_point))
-            .data(calldata)
-            .gas_limit(self.limits.gas_cap)
-            .gas_price(0)
-            .chain_id(Some(block.chain_id))
-            .build_fill();
-        let result = evm.inspect_tx(tx).map_err(|e| SimError::Evm(e.to_string()))?;
-        let trace = evm.into_inspector().into_trace();
-        match result.result {
-            ExecutionResult::Success { output: Output::Call(bytes), gas, .. } => {
-                Ok((bytes, gas.tx_gas_used(), trace))
-            }
-            ExecutionResult::Success { .. } => {
-                Err(SimError::Evm("unexpected create output".into()))
-            }
-            ExecutionResult::Revert { output, .. } => Err(decode_revert(version, &output)),
-            ExecutionResult::Halt { reason, .. } => Err(SimError::Halted(format!("{reason:?}"))),
-        }
     }
 }
 
@@ -275,18 +229,31 @@ pub fn changed_code(state: &BlockState, trace: &ValidationTrace) -> Result<Vec<A
     Ok(changed)
 }
 
+/// The output and gas of a successful simulation call, or the EntryPoint's verdict.
+pub(crate) fn success_output(
+    version: EntryPointVersion,
+    result: ExecutionResult,
+) -> Result<(Bytes, u64), SimError> {
+    match result {
+        ExecutionResult::Success { output: Output::Call(bytes), gas, .. } => {
+            Ok((bytes, gas.tx_gas_used()))
+        }
+        ExecutionResult::Success { .. } => Err(SimError::Evm("unexpected create output".into())),
+        ExecutionResult::Revert { output, .. } => Err(decode_revert(version, &output)),
+        ExecutionResult::Halt { reason, .. } => Err(SimError::Halted(format!("{reason:?}"))),
+    }
+}
+
 /// The entities of `op` and the EntryPoint's infrastructure addresses.
-fn op_addresses(version: EntryPointVersion, op: &PackedUserOperation) -> OpAddresses {
+pub(crate) fn op_addresses(version: EntryPointVersion, op: &PackedUserOperation) -> OpAddresses {
     let entry_point = version.canonical_address();
-    let leading_address =
-        |data: &Bytes| (data.len() >= 20).then(|| Address::from_slice(&data[..20]));
     OpAddresses {
         entry_point,
         // Both versions' EntryPoints create their SenderCreator as their first CREATE.
         sender_creator: entry_point.create(1),
         sender: op.sender,
-        factory: leading_address(&op.initCode),
-        paymaster: leading_address(&op.paymasterAndData),
+        factory: op.factory(),
+        paymaster: op.paymaster(),
     }
 }
 
@@ -348,7 +315,7 @@ pub fn decode_validation_result(
 }
 
 /// Turns revert data into the EntryPoint's verdict.
-fn decode_revert(version: EntryPointVersion, data: &Bytes) -> SimError {
+pub(crate) fn decode_revert(version: EntryPointVersion, data: &Bytes) -> SimError {
     macro_rules! decode {
         ($module:ident) => {{
             use $module::EntryPointSimulations::EntryPointSimulationsErrors as E;

@@ -7,23 +7,24 @@
 use std::{path::PathBuf, time::Duration};
 
 use alloy::{
-    eips::BlockId,
-    network::{EthereumWallet, TransactionBuilder},
+    eips::{BlockId, eip7702::SignedAuthorization},
+    network::{EthereumWallet, TransactionBuilder, TransactionBuilder7702},
     primitives::{Address, B256, Bytes, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
-    rpc::types::{TransactionRequest, state::StateOverridesBuilder},
+    rpc::types::{TransactionReceipt, TransactionRequest, state::StateOverridesBuilder},
     signers::{Signer, local::PrivateKeySigner},
     sol_types::{SolCall, SolValue},
     transports::http::reqwest,
 };
 use serde_json::Value;
 use settled_contracts::{
-    AnvilOptions, Deployment, EntryPointVersion, LocalAnvil, PackedUserOperation, deploy_all, v07,
-    v08,
+    AnvilOptions, Deployment, EntryPointVersion, LocalAnvil, PackedUserOperation, deploy_all,
+    pack_u128s, v07, v08,
 };
 use settled_node::{ChainSource, NodeConfig, NodeHandle, launch};
 use settled_sim::{
-    BlockContext, BlockState, SimError, Simulator, ValidationOutcome, simulate_validation_calldata,
+    BlockContext, BlockState, SimError, SimOverrides, Simulator, ValidationOutcome,
+    simulate_validation_calldata,
 };
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -88,16 +89,35 @@ impl TestChain {
     }
 }
 
-/// `high << 128 | low`, as the EntryPoint packs two 128-bit values into one word
-/// (`accountGasLimits`, `gasFees`).
-pub fn pack_u128s(high: u128, low: u128) -> B256 {
-    let mut word = [0u8; 32];
-    word[..16].copy_from_slice(&high.to_be_bytes());
-    word[16..].copy_from_slice(&low.to_be_bytes());
-    B256::from(word)
-}
-
 impl TestChain {
+    /// `owner`'s SimpleAccount (salt 0) for `version`: its counterfactual address and the
+    /// `initCode` that deploys it through the factory.
+    pub async fn simple_account(
+        &self,
+        version: EntryPointVersion,
+        owner: Address,
+    ) -> TestResult<(Address, Bytes)> {
+        let (factory, create) = match version {
+            EntryPointVersion::V07 => (
+                self.deployment.simple_account_factory_v07,
+                v07::SimpleAccountFactory::createAccountCall { owner, salt: U256::ZERO }
+                    .abi_encode(),
+            ),
+            EntryPointVersion::V08 => (
+                self.deployment.simple_account_factory_v08,
+                v08::SimpleAccountFactory::createAccountCall { owner, salt: U256::ZERO }
+                    .abi_encode(),
+            ),
+        };
+        let sender = v07::SimpleAccountFactory::new(factory, &self.provider)
+            .getAddress(owner, U256::ZERO)
+            .call()
+            .await?;
+        let mut init_code = factory.to_vec();
+        init_code.extend_from_slice(&create);
+        Ok((sender, init_code.into()))
+    }
+
     /// A signed UserOperation that creates `owner`'s SimpleAccount (salt 0) for `version` through
     /// its factory, with no call; the account's EntryPoint deposit is topped up by `prefund` wei
     /// first (0: none, so the op cannot pay).
@@ -108,28 +128,7 @@ impl TestChain {
         prefund: u128,
     ) -> TestResult<PackedUserOperation> {
         let entry_point = version.canonical_address();
-        let (factory, create) = match version {
-            EntryPointVersion::V07 => (
-                self.deployment.simple_account_factory_v07,
-                v07::SimpleAccountFactory::createAccountCall {
-                    owner: owner.address(),
-                    salt: U256::ZERO,
-                }
-                .abi_encode(),
-            ),
-            EntryPointVersion::V08 => (
-                self.deployment.simple_account_factory_v08,
-                v08::SimpleAccountFactory::createAccountCall {
-                    owner: owner.address(),
-                    salt: U256::ZERO,
-                }
-                .abi_encode(),
-            ),
-        };
-        let sender = v07::SimpleAccountFactory::new(factory, &self.provider)
-            .getAddress(owner.address(), U256::ZERO)
-            .call()
-            .await?;
+        let (sender, init_code) = self.simple_account(version, owner.address()).await?;
         if prefund > 0 {
             v07::IEntryPoint::new(entry_point, &self.provider)
                 .depositTo(sender)
@@ -139,12 +138,10 @@ impl TestChain {
                 .get_receipt()
                 .await?;
         }
-        let mut init_code = factory.to_vec();
-        init_code.extend_from_slice(&create);
         let mut op = PackedUserOperation {
             sender,
             nonce: U256::ZERO,
-            initCode: Bytes::from(init_code),
+            initCode: init_code,
             callData: Bytes::new(),
             accountGasLimits: pack_u128s(1_000_000, 50_000),
             preVerificationGas: U256::from(60_000),
@@ -156,21 +153,50 @@ impl TestChain {
         Ok(op)
     }
 
+    /// Runs `f` with a default [`Simulator`] over the state of the current block, on a blocking
+    /// thread (simulations block on state reads).
+    pub async fn in_revm<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Simulator, &BlockState, &BlockContext) -> T + Send + 'static,
+    ) -> TestResult<T> {
+        let provider = self.provider.clone();
+        let block = BlockId::number(provider.get_block_number().await?);
+        let context = BlockContext::fetch(&provider, block).await?;
+        let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
+        Ok(tokio::task::spawn_blocking(move || f(&Simulator::default(), &state, &context)).await?)
+    }
+
     /// `simulateValidation(op)` in revm, pinned to the current block.
     pub async fn simulate_in_revm(
         &self,
         version: EntryPointVersion,
         op: &PackedUserOperation,
     ) -> TestResult<Result<ValidationOutcome, SimError>> {
-        let provider = self.provider.clone();
-        let block = BlockId::number(provider.get_block_number().await?);
-        let context = BlockContext::fetch(&provider, block).await?;
-        let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
         let op = op.clone();
-        Ok(tokio::task::spawn_blocking(move || {
-            Simulator::default().simulate_validation(&state, &context, version, &op)
+        self.in_revm(move |simulator, state, context| {
+            simulator.simulate_validation(state, context, version, &op, SimOverrides::none())
         })
-        .await?)
+        .await
+    }
+
+    /// `handleOps(ops, beneficiary)` sent by dev account 0 (in a type-4 transaction carrying
+    /// `authorizations` when there are any); the mined receipt.
+    pub async fn handle_ops(
+        &self,
+        version: EntryPointVersion,
+        ops: Vec<PackedUserOperation>,
+        beneficiary: Address,
+        authorizations: Vec<SignedAuthorization>,
+    ) -> TestResult<TransactionReceipt> {
+        let input: Bytes = v07::IEntryPoint::handleOpsCall { ops, beneficiary }.abi_encode().into();
+        let mut tx = TransactionRequest::default()
+            .with_to(version.canonical_address())
+            .with_input(input)
+            .with_gas_limit(10_000_000);
+        if !authorizations.is_empty() {
+            tx = tx.with_authorization_list(authorizations);
+        }
+        Ok(self.provider.send_transaction(tx).await?.get_receipt().await?)
     }
 
     /// The same call through Anvil: `eth_call` with the simulations code at the EntryPoint,
@@ -209,6 +235,39 @@ impl TestChain {
         })
     }
 
+    /// The v0.8 EntryPoint's hash of an EIP-7702 `op` whose sender delegates to `delegate` (the
+    /// hash covers the delegate, read from the sender's code: an override until it is mined).
+    pub async fn op_hash_delegated(
+        &self,
+        op: &PackedUserOperation,
+        delegate: Address,
+    ) -> TestResult<B256> {
+        let mut code = vec![0xef, 0x01, 0x00];
+        code.extend_from_slice(delegate.as_slice());
+        let overrides = StateOverridesBuilder::default().with_code(op.sender, code).build();
+        Ok(v08::IEntryPoint::new(EntryPointVersion::V08.canonical_address(), &self.provider)
+            .getUserOpHash(SolValue::abi_decode(&op.abi_encode())?)
+            .state(overrides)
+            .call()
+            .await?)
+    }
+
+    /// `signer`'s EIP-7702 authorization to delegate to `delegate`, at its current nonce.
+    pub async fn authorize(
+        &self,
+        signer: &PrivateKeySigner,
+        delegate: Address,
+    ) -> TestResult<SignedAuthorization> {
+        let nonce = self.provider.get_transaction_count(signer.address()).await?;
+        let authorization = alloy::eips::eip7702::Authorization {
+            chain_id: U256::from(self.provider.get_chain_id().await?),
+            address: delegate,
+            nonce,
+        };
+        let signature = signer.sign_hash(&authorization.signature_hash()).await?;
+        Ok(authorization.into_signed(signature))
+    }
+
     /// `owner`'s SimpleAccount signature over `op`: v0.7 signs the hash as an EIP-191 message,
     /// v0.8's hash is already EIP-712 and is signed as is.
     pub async fn sign_op(
@@ -224,6 +283,19 @@ impl TestChain {
         };
         Ok(signature.as_bytes().to_vec().into())
     }
+}
+
+/// The `UserOperationEvent`s in `receipt` (both versions declare the event identically).
+pub fn user_operation_events(
+    receipt: &TransactionReceipt,
+) -> Vec<v07::IEntryPoint::UserOperationEvent> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter_map(|log| log.log_decode::<v07::IEntryPoint::UserOperationEvent>().ok())
+        .map(|log| log.inner.data)
+        .collect()
 }
 
 /// The `eth_call` a tracer-less bundler makes for `simulateValidation(op)`: the request and the
@@ -331,17 +403,6 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         // Stops the node's tasks; the Anvil process dies with `chain`.
         self.cancel.cancel();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packing_puts_the_first_value_high() {
-        let word = pack_u128s(1, 2);
-        assert_eq!(U256::from_be_bytes(word.0), (U256::from(1) << 128) | U256::from(2));
     }
 }
 

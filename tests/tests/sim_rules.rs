@@ -6,10 +6,10 @@ use alloy::{
     primitives::{Address, Bytes, U256},
     providers::Provider,
 };
-use settled_contracts::{EntryPointVersion, PackedUserOperation, v07};
+use settled_contracts::{EntryPointVersion, PackedUserOperation, pack_u128s, v07};
 use settled_sim::{Entity, SimError};
 use settled_tests::{
-    TestChain, TestResult, pack_u128s,
+    TestChain, TestResult,
     testing_contracts::{RuleBreakingAccount, RuleBreakingPaymaster, RuleTarget, breaks},
 };
 

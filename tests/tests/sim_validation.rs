@@ -9,7 +9,7 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use settled_contracts::{EntryPointVersion, PackedUserOperation};
-use settled_sim::{BlockContext, BlockState, SimError, Simulator};
+use settled_sim::{BlockContext, BlockState, SimError, SimOverrides, Simulator};
 use settled_tests::{TestChain, TestResult};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +83,7 @@ async fn bad_ops_get_typed_errors() -> TestResult {
 
         // Absurd gas limits: the EntryPoint's own overflow check.
         let mut absurd = good.clone();
-        absurd.accountGasLimits = settled_tests::pack_u128s(u128::MAX, u128::MAX);
+        absurd.accountGasLimits = settled_contracts::pack_u128s(u128::MAX, u128::MAX);
         match chain.simulate_in_revm(version, &absurd).await? {
             Err(SimError::Rejected { reason, .. }) => {
                 assert!(reason.starts_with("AA94"), "{reason}")
@@ -132,7 +132,13 @@ async fn bad_ops_get_typed_errors() -> TestResult {
         signature: Bytes::new(),
     };
     let result = tokio::task::spawn_blocking(move || {
-        Simulator::default().simulate_validation(&state, &context, EntryPointVersion::V08, &op)
+        Simulator::default().simulate_validation(
+            &state,
+            &context,
+            EntryPointVersion::V08,
+            &op,
+            SimOverrides::none(),
+        )
     })
     .await?;
     assert!(matches!(result, Err(SimError::NoEntryPoint(_))), "{result:?}");

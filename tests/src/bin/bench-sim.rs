@@ -13,7 +13,7 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use settled_contracts::EntryPointVersion;
-use settled_sim::{BlockContext, BlockState, Simulator};
+use settled_sim::{BlockContext, BlockState, SimOverrides, Simulator};
 use settled_tests::{TestChain, TestResult, simulate_validation_request};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -47,7 +47,7 @@ async fn main() -> TestResult {
             let started = Instant::now();
             let outcome = tokio::task::spawn_blocking(move || {
                 Simulator::default()
-                    .simulate_validation(&state, &context, version, &op)
+                    .simulate_validation(&state, &context, version, &op, SimOverrides::none())
                     .map(|o| (o, state))
             })
             .await??;
@@ -63,10 +63,22 @@ async fn main() -> TestResult {
         let warm_op = op.clone();
         let (elapsed, accounts, slots) = tokio::task::spawn_blocking(move || {
             let simulator = Simulator::default();
-            simulator.simulate_validation(&state, &context, version, &warm_op)?;
+            simulator.simulate_validation(
+                &state,
+                &context,
+                version,
+                &warm_op,
+                SimOverrides::none(),
+            )?;
             let started = Instant::now();
             for _ in 0..warm_iterations {
-                let outcome = simulator.simulate_validation(&state, &context, version, &warm_op)?;
+                let outcome = simulator.simulate_validation(
+                    &state,
+                    &context,
+                    version,
+                    &warm_op,
+                    SimOverrides::none(),
+                )?;
                 std::hint::black_box(outcome);
             }
             let (accounts, slots) = state.cached();
