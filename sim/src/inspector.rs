@@ -102,6 +102,8 @@ pub struct CallMade {
     pub selector: Option<[u8; 4]>,
     /// Whether the calldata was empty (a fallback call).
     pub empty_calldata: bool,
+    /// The first argument word after the selector, if any (OP-052: `depositTo(sender)`).
+    pub first_argument: Option<B256>,
     /// Whether the target had code when called.
     pub target_has_code: bool,
 }
@@ -384,6 +386,7 @@ impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
                 value: inputs.value.get(),
                 selector: data.get(..4).and_then(|s| s.try_into().ok()),
                 empty_calldata: data.is_empty(),
+                first_argument: data.get(4..36).map(B256::from_slice),
                 target_has_code: false, // known at call_end
             };
             (current, made)

@@ -270,7 +270,9 @@ impl EntityCheck<'_> {
         for call in &seen.calls {
             if call.target == a.entry_point {
                 let from_sender = call.caller == a.sender;
-                let allowed = (call.selector == Some(DEPOSIT_TO)
+                let deposit_to_sender = call.selector == Some(DEPOSIT_TO)
+                    && call.first_argument == Some(a.sender.into_word());
+                let allowed = (deposit_to_sender
                     && (from_sender || Some(call.caller) == a.factory)) // OP-052
                     || (call.empty_calldata && from_sender) // OP-053
                     || (call.selector == Some(INCREMENT_NONCE) && from_sender); // OP-055
@@ -310,6 +312,11 @@ impl EntityCheck<'_> {
                 // what an allowed call (depositTo, incrementNonce) then touches is its business.
                 continue;
             }
+            if self.created_here(contract) {
+                // A contract created in this validation had no state anyone else could share or
+                // invalidate; creating it is judged by OP-011/031/032 and EREP-060.
+                continue;
+            }
             if Some(contract) == own {
                 if !self.staked() {
                     self.report(
@@ -344,6 +351,15 @@ impl EntityCheck<'_> {
                 format!("unassociated slot {slot:#x} of another contract"),
             );
         }
+    }
+
+    /// Was `contract` created during this validation (by any entity)?
+    fn created_here(&self, contract: Address) -> bool {
+        self.trace
+            .entities
+            .values()
+            .flat_map(|seen| &seen.creations)
+            .any(|creation| creation.created == Some(contract))
     }
 
     /// Is `slot` associated with `address`: equal to it, or `keccak(address || x) + n`, n ≤ 128?
@@ -421,7 +437,12 @@ mod tests {
             value: U256::from(5),
             selector,
             empty_calldata: empty,
+            first_argument: (!empty).then(|| a.sender.into_word()),
             target_has_code: true,
+        };
+        let deposit_for_other = CallMade {
+            first_argument: Some(Address::repeat_byte(0x99).into_word()),
+            ..call(a.sender, Some(DEPOSIT_TO), false)
         };
         for (made, entity, expected) in [
             (call(a.sender, Some(DEPOSIT_TO), false), Entity::Account, vec![]),
@@ -434,6 +455,8 @@ mod tests {
                 vec!["OP-054"],
             ),
             (call(a.sender, Some([1, 2, 3, 4]), false), Entity::Account, vec!["OP-054"]),
+            // OP-052 allows depositTo(sender) only.
+            (deposit_for_other, Entity::Account, vec!["OP-054"]),
         ] {
             let seen = EntityTrace { calls: [made.clone()].into(), ..Default::default() };
             assert_eq!(
@@ -452,6 +475,7 @@ mod tests {
             value: U256::from(value),
             selector: None,
             empty_calldata: true,
+            first_argument: None,
             target_has_code: code,
         };
         for (made, expected) in [
@@ -592,6 +616,60 @@ mod tests {
                 "{entity} {made:?} {stakes:?}"
             );
         }
+    }
+
+    /// Nested mappings, as ERC-7562 defines association (`keccak(A || x) + n`): in
+    /// `m[key1][key2]` = `keccak(key2 || keccak(key1 || p))` the slot is associated with `key2`.
+    /// So `allowance[owner][sender]` is the sender's; `allowance[sender][spender]` is not.
+    #[test]
+    fn nested_mapping_association() {
+        let a = addresses();
+        let token = Address::repeat_byte(0x70);
+        let word = |address: Address| address.into_word().0;
+        let owner = Address::repeat_byte(0x0e);
+        let mut trace = ValidationTrace::default();
+        let mut slot_of = |outer: Address, inner: Address| {
+            let inner_hash = keccak256([word(inner).as_slice(), &[0u8; 32]].concat());
+            trace.keccak_preimages.insert(inner_hash, inner);
+            let outer_hash = keccak256([word(outer).as_slice(), inner_hash.as_slice()].concat());
+            trace.keccak_preimages.insert(outer_hash, outer);
+            U256::from_be_bytes(outer_hash.0)
+        };
+        let sender_last = slot_of(a.sender, owner); // allowance[owner][sender]
+        let sender_first = slot_of(Address::repeat_byte(0x5b), a.sender); // allowance[sender][x]
+        let staked_factory = Stakes { factory: true, ..Default::default() };
+        for (slot, expected) in [(sender_last, vec![]), (sender_first, vec!["STO-021"])] {
+            let access = StorageAccess { contract: token, slot, write: false, transient: false };
+            let seen = EntityTrace { storage: [access].into(), ..Default::default() };
+            assert_eq!(check(Entity::Account, seen, staked_factory, trace.clone()), expected);
+        }
+    }
+
+    /// Storage of a contract created during this validation is no one else's shared state.
+    #[test]
+    fn storage_of_contracts_created_here_is_exempt() {
+        let a = addresses();
+        let created = Address::repeat_byte(0xc4);
+        let mut trace = ValidationTrace::default();
+        trace.entities.insert(
+            Entity::Factory,
+            EntityTrace {
+                creations: vec![Creation {
+                    creator: a.factory.unwrap_or_default(),
+                    create2: true,
+                    created: Some(created),
+                }],
+                ..Default::default()
+            },
+        );
+        let write =
+            StorageAccess { contract: created, slot: U256::ZERO, write: true, transient: false };
+        let seen = EntityTrace { storage: [write].into(), ..Default::default() };
+        // A staked factory may create it (EREP-060); the account then writes its storage.
+        let staked = Stakes { factory: true, ..Default::default() };
+        assert!(check(Entity::Account, seen.clone(), staked, trace).is_empty());
+        // The same write to a contract that existed before is STO-021.
+        assert_eq!(check(Entity::Account, seen, staked, Default::default()), vec!["STO-021"]);
     }
 
     #[test]

@@ -429,7 +429,15 @@ pub mod testing_contracts {
             "../contracts/artifacts/testing/RuleBreakingPaymaster.json"
         );
     }
+    pub mod factory {
+        alloy::sol!(
+            #[sol(rpc)]
+            RuleBreakingFactory,
+            "../contracts/artifacts/testing/RuleBreakingFactory.json"
+        );
+    }
     pub use account::RuleBreakingAccount;
+    pub use factory::RuleBreakingFactory;
     pub use paymaster::RuleBreakingPaymaster;
 
     /// The behaviours of `Breaks` in `RuleBreakers.sol`.
@@ -448,5 +456,7 @@ pub mod testing_contracts {
         pub const TWO_BLOCKED: u64 = 11;
         pub const OWN_STORAGE: u64 = 12;
         pub const CONTEXT: u64 = 13;
+        pub const STORAGE_SWEEP: u64 = 14;
+        pub const SECOND_CREATE2: u64 = 15;
     }
 }

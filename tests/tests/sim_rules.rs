@@ -116,7 +116,8 @@ async fn account_rules_report_exact_ids() -> TestResult {
             (breaks::FOREIGN_STORAGE, vec!["STO-021"]),
             (breaks::ASSOCIATED_STORAGE, vec![]),
             (breaks::ENTRY_POINT_CALL, vec!["OP-054"]),
-            (breaks::CREATE, vec!["OP-011", "STO-021"]),
+            // The created contract's own storage is exempt: only the CREATE is at fault.
+            (breaks::CREATE, vec!["OP-011"]),
             (breaks::OUT_OF_GAS, vec!["OP-020"]),
         ] {
             account.setBreaks(U256::from(what)).send().await?.get_receipt().await?;
@@ -195,5 +196,136 @@ async fn code_change_between_validations_is_detected() -> TestResult {
     provider.anvil_set_code(setup.account, other_code).await?;
     provider.anvil_mine(Some(1), None).await?;
     assert_eq!(recheck(provider, outcome.trace).await?, vec![setup.account]);
+    Ok(())
+}
+
+/// A validation that reads fresh storage slot after slot (each a state fetch from the node) is
+/// cut at the simulator's wall-clock bound with a typed error, long before its gas runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_validation_stops_at_the_time_limit() -> TestResult {
+    use alloy::eips::BlockId;
+    use settled_sim::{BlockContext, BlockState, SimOverrides, SimulationLimits, Simulator};
+
+    let version = EntryPointVersion::V07;
+    let setup = setup(version).await?;
+    let provider = setup.chain.provider().clone();
+    RuleBreakingAccount::new(setup.account, &provider)
+        .setBreaks(U256::from(breaks::STORAGE_SWEEP))
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+    let mut op = setup.op(version, false).await?;
+    // Enough gas for ~12,000 cold SLOADs, i.e. as many round trips to the node.
+    op.set_account_gas_limits(25_000_000, 0);
+    op.set_fees(1, 1);
+
+    let block = BlockId::number(provider.get_block_number().await?);
+    let context = BlockContext::fetch(&provider, block).await?;
+    let state = BlockState::new(provider, block, tokio::runtime::Handle::current());
+    let limits =
+        SimulationLimits { timeout: std::time::Duration::from_millis(100), ..Default::default() };
+    let simulator = Simulator::new(limits, Default::default());
+    let cut = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let validation =
+            simulator.simulate_validation(&cut, &context, version, &op, SimOverrides::none());
+        let execution =
+            simulator.simulate_handle_op(&cut, &context, version, &op, SimOverrides::none());
+        (validation, execution)
+    })
+    .await?;
+    assert!(matches!(result.0, Err(SimError::Timeout(_))), "validation: {:?}", result.0);
+    assert!(matches!(result.1, Err(SimError::Timeout(_))), "handleOp: {:?}", result.1);
+    let (_, slots) = state.cached();
+    assert!(slots < 10_000, "fetched {slots} slots: the sweep was not cut short");
+    Ok(())
+}
+
+/// The factory's frame and the account's frame during deployment: a `RuleBreakingFactory`
+/// deploys the sender, does one thing in its own frame, and tells the new account what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factory_rules_and_deployment_exemptions() -> TestResult {
+    use settled_tests::testing_contracts::RuleBreakingFactory;
+
+    let chain = TestChain::spawn().await?;
+    let provider = chain.provider().clone();
+    for version in EntryPointVersion::ALL {
+        let entry_point = version.canonical_address();
+        let target = RuleTarget::deploy(&provider).await?;
+        let factory =
+            RuleBreakingFactory::deploy(&provider, entry_point, *target.address()).await?;
+        let ep = v07::IEntryPoint::new(entry_point, &provider);
+        let mut salt = 0u64;
+        // (factory does, account does, factory staked) → (entity, rule ids).
+        let mut rules = async |factory_breaks: u64,
+                               account_breaks: u64|
+               -> TestResult<Vec<(Entity, &'static str)>> {
+            salt += 1;
+            let sender = factory.getAddress(U256::from(salt)).call().await?;
+            ep.depositTo(sender).value(U256::from(ETH)).send().await?.get_receipt().await?;
+            let create = RuleBreakingFactory::createAccountCall {
+                salt: U256::from(salt),
+                factoryBreaks: U256::from(factory_breaks),
+                accountBreaks: U256::from(account_breaks),
+            };
+            let mut init_code = factory.address().to_vec();
+            init_code.extend_from_slice(&alloy::sol_types::SolCall::abi_encode(&create));
+            let op = PackedUserOperation {
+                sender,
+                nonce: U256::ZERO,
+                initCode: init_code.into(),
+                callData: Bytes::new(),
+                accountGasLimits: pack_u128s(2_000_000, 50_000),
+                preVerificationGas: U256::from(50_000),
+                gasFees: pack_u128s(1_000_000_000, 20_000_000_000),
+                paymasterAndData: Bytes::new(),
+                signature: Bytes::new(),
+            };
+            match chain.simulate_in_revm(version, &op).await? {
+                Ok(_) => Ok(Vec::new()),
+                Err(SimError::RuleViolations(found)) => {
+                    Ok(found.iter().map(|v| (v.entity, v.rule.id())).collect())
+                }
+                Err(other) => {
+                    Err(format!("{version:?}: expected rule violations, got {other}").into())
+                }
+            }
+        };
+        use Entity::{Account, Factory};
+        let unstaked = [
+            ((breaks::NONE, breaks::NONE), vec![]),
+            ((breaks::TIMESTAMP, breaks::NONE), vec![(Factory, "OP-011")]),
+            ((breaks::SECOND_CREATE2, breaks::NONE), vec![(Factory, "OP-031")]),
+            ((breaks::FOREIGN_STORAGE, breaks::NONE), vec![(Factory, "STO-021")]),
+            // OP-032: with a factory, the new account may CREATE.
+            ((breaks::NONE, breaks::CREATE), vec![]),
+            // STO-022: the sender's associated storage elsewhere, while an unstaked factory deploys.
+            ((breaks::NONE, breaks::ASSOCIATED_STORAGE), vec![(Account, "STO-022")]),
+        ];
+        for ((factory_breaks, account_breaks), expected) in unstaked {
+            let found = rules(factory_breaks, account_breaks).await?;
+            assert_eq!(
+                found, expected,
+                "{version:?} unstaked factory: factory #{factory_breaks}, account #{account_breaks}"
+            );
+        }
+        factory.stake(86_400).value(U256::from(ETH)).send().await?.get_receipt().await?;
+        let staked = [
+            ((breaks::TIMESTAMP, breaks::NONE), vec![(Factory, "OP-011")]),
+            // A staked factory may read others' storage (STO-033) and create more (EREP-060) …
+            ((breaks::FOREIGN_STORAGE, breaks::NONE), vec![]),
+            ((breaks::SECOND_CREATE2, breaks::NONE), vec![]),
+            // … and the account it deploys may use its associated storage elsewhere (STO-022).
+            ((breaks::NONE, breaks::ASSOCIATED_STORAGE), vec![]),
+        ];
+        for ((factory_breaks, account_breaks), expected) in staked {
+            let found = rules(factory_breaks, account_breaks).await?;
+            assert_eq!(
+                found, expected,
+                "{version:?} staked factory: factory #{factory_breaks}, account #{account_breaks}"
+            );
+        }
+    }
     Ok(())
 }

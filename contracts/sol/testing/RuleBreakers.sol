@@ -36,6 +36,8 @@ library Breaks {
     uint256 internal constant TWO_BLOCKED = 11; // OP-011 twice
     uint256 internal constant OWN_STORAGE = 12; // STO-031 for an unstaked paymaster
     uint256 internal constant CONTEXT = 13; // EREP-050 for an unstaked paymaster
+    uint256 internal constant STORAGE_SWEEP = 14; // reads fresh slots until out of gas (time bound)
+    uint256 internal constant SECOND_CREATE2 = 15; // OP-031
 
     function run(uint256 what, address entryPoint, RuleTarget target) internal returns (uint256 sink) {
         if (what == TIMESTAMP) {
@@ -68,6 +70,15 @@ library Breaks {
             }
         } else if (what == TWO_BLOCKED) {
             sink = block.timestamp + block.number;
+        } else if (what == SECOND_CREATE2) {
+            sink = uint160(address(new RuleTarget{salt: keccak256("second")}()));
+        } else if (what == STORAGE_SWEEP) {
+            // Every slot is new, so a simulator forking remote state fetches each one.
+            for (uint256 slot = 1000; slot != 0; slot++) {
+                assembly {
+                    sink := add(sink, sload(slot))
+                }
+            }
         }
     }
 }
@@ -144,4 +155,38 @@ contract RuleBreakingPaymaster is IPaymaster {
     }
 
     function postOp(PostOpMode, bytes calldata, uint256, uint256) external {}
+}
+
+/// A factory that deploys a `RuleBreakingAccount` with CREATE2, then does `factoryBreaks` in its
+/// own frame and sets the new account's `breaks` (what the account's validation then does).
+/// Arguments, not storage: reading its own storage would itself be STO-031 while unstaked.
+contract RuleBreakingFactory {
+    address public immutable entryPoint;
+    RuleTarget public immutable target;
+
+    constructor(address entryPoint_, RuleTarget target_) {
+        entryPoint = entryPoint_;
+        target = target_;
+    }
+
+    function createAccount(uint256 salt, uint256 factoryBreaks, uint256 accountBreaks)
+        external
+        returns (RuleBreakingAccount account)
+    {
+        account = new RuleBreakingAccount{salt: bytes32(salt)}(entryPoint, target);
+        Breaks.run(factoryBreaks, entryPoint, target);
+        account.setBreaks(accountBreaks);
+    }
+
+    function getAddress(uint256 salt) external view returns (address) {
+        bytes memory creation =
+            abi.encodePacked(type(RuleBreakingAccount).creationCode, abi.encode(entryPoint, target));
+        bytes32 hash = keccak256(abi.encodePacked(bytes1(0xff), address(this), bytes32(salt), keccak256(creation)));
+        return address(uint160(uint256(hash)));
+    }
+
+    function stake(uint32 unstakeDelaySec) external payable {
+        (bool ok,) = entryPoint.call{value: msg.value}(abi.encodeWithSignature("addStake(uint32)", unstakeDelaySec));
+        require(ok, "stake failed");
+    }
 }

@@ -1,7 +1,9 @@
 //! Benchmark of `simulate_validation` (issue #3). Prints:
 //! - warm validations per second on one thread (state of the block already cached),
 //! - cold latency: the first validation after a new block (every read goes to the node),
-//! - the same op validated by Anvil's `eth_call` with the simulations code override.
+//! - the same op validated by Anvil's `eth_call` with the simulations code override,
+//! - warm `simulateHandleOp` runs per second and warm gas estimations per second (each a probe,
+//!   four searches and a final run).
 //!
 //! Run: `cargo run --release -p settled-tests --bin bench-sim [-- WARM_ITERATIONS]`.
 
@@ -87,6 +89,46 @@ async fn main() -> TestResult {
         .await??;
         let per_second = warm_iterations as f64 / elapsed.as_secs_f64();
 
+        // Warm simulateHandleOp and estimate_gas on the same cached state.
+        let block_state =
+            BlockState::new(provider.clone(), block, tokio::runtime::Handle::current());
+        let handle_op = op.clone();
+        let handle_op_runs = (warm_iterations / 4).max(1);
+        let estimate_runs = (warm_iterations / 100).max(1);
+        let (handle_op_elapsed, estimate_elapsed, estimate) =
+            tokio::task::spawn_blocking(move || {
+                let simulator = Simulator::default();
+                let none = SimOverrides::none();
+                simulator.simulate_handle_op(&block_state, &context, version, &handle_op, none)?;
+                let started = Instant::now();
+                for _ in 0..handle_op_runs {
+                    let outcome = simulator.simulate_handle_op(
+                        &block_state,
+                        &context,
+                        version,
+                        &handle_op,
+                        none,
+                    )?;
+                    std::hint::black_box(outcome);
+                }
+                let handle_op_elapsed = started.elapsed();
+                let estimate =
+                    simulator.estimate_gas(&block_state, &context, version, &handle_op, none)?;
+                let started = Instant::now();
+                for _ in 0..estimate_runs {
+                    let outcome = simulator.estimate_gas(
+                        &block_state,
+                        &context,
+                        version,
+                        &handle_op,
+                        none,
+                    )?;
+                    std::hint::black_box(outcome);
+                }
+                Ok::<_, settled_sim::SimError>((handle_op_elapsed, started.elapsed(), estimate))
+            })
+            .await??;
+
         // Anvil: eth_call with the same override, sequentially.
         let (tx, overrides) = simulate_validation_request(version, &op)?;
         let mut anvil = Vec::new();
@@ -116,6 +158,15 @@ async fn main() -> TestResult {
         println!(
             "  ratio anvil eth_call mean / warm revm mean: {:.2}x",
             anvil_mean.as_secs_f64() / warm_mean.as_secs_f64()
+        );
+        println!(
+            "  warm  revm   {:>10.0} simulateHandleOp/s on one thread ({handle_op_runs} runs)",
+            handle_op_runs as f64 / handle_op_elapsed.as_secs_f64()
+        );
+        println!(
+            "  warm  revm   {:>10.1} gas estimations/s on one thread ({estimate_runs} runs, mean {:?}): {estimate:?}",
+            estimate_runs as f64 / estimate_elapsed.as_secs_f64(),
+            estimate_elapsed / estimate_runs as u32
         );
     }
     Ok(())
