@@ -2,7 +2,8 @@
 //! `debug_traceCall`, no tracer on the node, only plain state reads.
 //!
 //! * [`BlockState`]: one block's state, read through from any JSON-RPC node and cached for every
-//!   simulation against it.
+//!   simulation against it; [`BlockState::successor`] keeps, for the next block, what provably
+//!   did not change (code by hash, slots by storage root).
 //! * [`Simulator::simulate_validation`]: `simulateValidation` with the EntryPoint's address
 //!   running its version's `EntryPointSimulations` code, under the ERC-7562 tracer
 //!   ([`ValidationInspector`]); decodes the `ValidationResult`, `FailedOp` reverts, and reports
@@ -30,7 +31,7 @@ pub use estimate::{
     pre_verification_gas,
 };
 pub use execution::{ExecutionOutcome, FrameGas};
-pub use fork::{BlockState, ForkError};
+pub use fork::{BlockState, ForkError, ForkStats};
 pub use inspector::{
     CallMade, Creation, Entity, EntityTrace, ExtCodeAccess, OpAddresses, StorageAccess,
     ValidationInspector, ValidationTrace,

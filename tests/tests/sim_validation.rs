@@ -8,7 +8,7 @@ use alloy::{
     providers::Provider,
     signers::local::PrivateKeySigner,
 };
-use settled_contracts::{EntryPointVersion, PackedUserOperation};
+use settled_contracts::{EntryPointVersion, PackedUserOperation, v07};
 use settled_sim::{BlockContext, BlockState, SimError, SimOverrides, Simulator};
 use settled_tests::{TestChain, TestResult};
 
@@ -142,5 +142,67 @@ async fn bad_ops_get_typed_errors() -> TestResult {
     })
     .await?;
     assert!(matches!(result, Err(SimError::NoEntryPoint(_))), "{result:?}");
+    Ok(())
+}
+
+/// A new block's view keeps what provably did not change: slots whose account has the same
+/// storage root are reused, not fetched again; a changed account is read afresh, and the result
+/// still equals Anvil's own `eth_call`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_views_reuse_unchanged_state() -> TestResult {
+    use alloy::providers::ext::AnvilApi;
+
+    let chain = TestChain::spawn().await?;
+    let version = EntryPointVersion::V07;
+    let owner = PrivateKeySigner::random();
+    let op = chain.account_creation_op(version, &owner, 10u128.pow(18)).await?;
+    let provider = chain.provider().clone();
+
+    let validate = async |state: BlockState| -> TestResult<(Bytes, settled_sim::ForkStats)> {
+        let block = state.block();
+        let context = BlockContext::fetch(&provider, block).await?;
+        let op = op.clone();
+        let (outcome, state) = tokio::task::spawn_blocking(move || {
+            let outcome = Simulator::default().simulate_validation(
+                &state,
+                &context,
+                version,
+                &op,
+                SimOverrides::none(),
+            );
+            (outcome, state)
+        })
+        .await?;
+        Ok((outcome?.raw, state.stats()))
+    };
+
+    let first_block = BlockId::number(provider.get_block_number().await?);
+    let first = BlockState::new(provider.clone(), first_block, tokio::runtime::Handle::current());
+    let (raw, cold) = validate(first.clone()).await?;
+    assert!(cold.slots_fetched > 0 && cold.accounts_fetched > 0, "{cold:?}");
+
+    // An empty block: every storage root is unchanged, no slot is fetched again.
+    provider.anvil_mine(Some(1), None).await?;
+    let next = first.successor(BlockId::number(provider.get_block_number().await?));
+    let (same, warm) = validate(next.clone()).await?;
+    assert_eq!(same, raw);
+    assert_eq!(warm.slots_fetched, 0, "{warm:?}");
+    assert!(warm.slots_reused >= cold.slots_fetched, "{warm:?} vs {cold:?}");
+
+    // A deposit changes the EntryPoint's storage: its slots are read afresh, and the prefund
+    // the op still owes changes with it — exactly as Anvil says.
+    v07::IEntryPoint::new(version.canonical_address(), &provider)
+        .depositTo(op.sender)
+        .value(U256::from(10u128.pow(17)))
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+    let changed_block = BlockId::number(provider.get_block_number().await?);
+    let changed = next.successor(changed_block);
+    let (after, stats) = validate(changed).await?;
+    assert!(stats.slots_fetched > 0, "{stats:?}");
+    let anvil = chain.simulate_in_anvil(version, &op).await?.map_err(|e| e.to_string())?;
+    assert_eq!(after, anvil, "the reused view disagrees with Anvil after a change");
     Ok(())
 }

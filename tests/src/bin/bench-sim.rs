@@ -1,6 +1,7 @@
 //! Benchmark of `simulate_validation` (issue #3). Prints:
 //! - warm validations per second on one thread (state of the block already cached),
-//! - cold latency: the first validation after a new block (every read goes to the node),
+//! - cold latency: the first validation after a new block (every read goes to the node), and the
+//!   same with the view derived from the previous block's (`BlockState::successor`),
 //! - the same op validated by Anvil's `eth_call` with the simulations code override,
 //! - warm `simulateHandleOp` runs per second and warm gas estimations per second (each a probe,
 //!   four searches and a final run).
@@ -39,24 +40,42 @@ async fn main() -> TestResult {
         let provider = chain.provider().clone();
 
         // Cold: a new block, a new BlockState, the first validation reads everything remotely.
+        // Successor: a new block's view from the previous one (unchanged storage roots reuse
+        // their slots; code is kept by hash), the way the node moves from block to block.
         let mut cold = Vec::new();
+        let mut successor = Vec::new();
+        let mut previous: Option<BlockState> = None;
         for _ in 0..10 {
             provider.anvil_mine(Some(1), None).await?;
             let block = BlockId::number(provider.get_block_number().await?);
             let context = BlockContext::fetch(&provider, block).await?;
-            let state = BlockState::new(provider.clone(), block, tokio::runtime::Handle::current());
+            let fresh = BlockState::new(provider.clone(), block, tokio::runtime::Handle::current());
+            let next = match &previous {
+                Some(view) => view.successor(block),
+                None => fresh.clone(),
+            };
             let op = op.clone();
-            let started = Instant::now();
-            let outcome = tokio::task::spawn_blocking(move || {
-                Simulator::default()
-                    .simulate_validation(&state, &context, version, &op, SimOverrides::none())
-                    .map(|o| (o, state))
+            let (fresh_time, next_time, next) = tokio::task::spawn_blocking(move || {
+                let simulator = Simulator::default();
+                let none = SimOverrides::none();
+                let started = Instant::now();
+                let outcome =
+                    simulator.simulate_validation(&fresh, &context, version, &op, none)?;
+                let fresh_time = started.elapsed();
+                assert!(!outcome.account.signature_failed);
+                let started = Instant::now();
+                simulator.simulate_validation(&next, &context, version, &op, none)?;
+                Ok::<_, settled_sim::SimError>((fresh_time, started.elapsed(), next))
             })
             .await??;
-            cold.push(started.elapsed());
-            assert!(!outcome.0.account.signature_failed);
+            cold.push(fresh_time);
+            if previous.is_some() {
+                successor.push(next_time);
+            }
+            previous = Some(next);
         }
         cold.sort();
+        successor.sort();
 
         // Warm: one thread, the same block's cached state.
         let block = BlockId::number(provider.get_block_number().await?);
@@ -149,6 +168,11 @@ async fn main() -> TestResult {
             "  cold  revm   p50 {:?}  max {:?}  (first validation after a new block, 10 blocks)",
             percentile(&cold, 0.5),
             percentile(&cold, 1.0)
+        );
+        println!(
+            "  next  revm   p50 {:?}  max {:?}  (first validation after a new block, successor view, 9 blocks)",
+            percentile(&successor, 0.5),
+            percentile(&successor, 1.0)
         );
         println!(
             "  anvil eth_call p50 {:?}  p99 {:?}  mean {anvil_mean:?}  (200 calls)",
