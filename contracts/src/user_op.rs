@@ -2,9 +2,18 @@
 //! word (`accountGasLimits`, `gasFees`) and the paymaster's gas limits into `paymasterAndData`.
 //! One place reads and writes those layouts, so nothing else slices bytes by hand.
 
-use alloy::primitives::{Address, B256, Bytes, address};
+use alloy::{
+    primitives::{Address, B256, Bytes, U256, address, keccak256},
+    sol_types::SolValue,
+};
 
-use crate::PackedUserOperation;
+use crate::{EntryPointVersion, PackedUserOperation};
+
+/// EntryPoint v0.8's EIP-712 type of a packed user operation.
+const PACKED_USER_OP_TYPE: &[u8] = b"PackedUserOperation(address sender,uint256 nonce,bytes initCode,bytes callData,bytes32 accountGasLimits,uint256 preVerificationGas,bytes32 gasFees,bytes paymasterAndData)";
+/// EntryPoint v0.8's EIP-712 domain type.
+const DOMAIN_TYPE: &[u8] =
+    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)";
 
 /// `paymasterAndData` = paymaster (20) ‖ validation gas (16) ‖ postOp gas (16) ‖ paymaster data.
 const PAYMASTER_GAS_END: usize = 20 + 16 + 16;
@@ -102,6 +111,66 @@ impl PackedUserOperation {
         data[20..PAYMASTER_GAS_END].copy_from_slice(pack_u128s(verification, post_op).as_slice());
         self.paymasterAndData = data.into();
         true
+    }
+}
+
+impl PackedUserOperation {
+    /// The `userOpHash` `version`'s EntryPoint computes on `chain_id`, as `getUserOpHash` returns
+    /// it: v0.7 hashes the packed fields with the EntryPoint and chain id; v0.8 is EIP-712 (domain
+    /// `ERC4337`/`1`), and for an EIP-7702 op hashes the sender's delegate (`eip7702_delegate`:
+    /// the authorization's address, or the delegation already on chain) in place of `initCode`.
+    pub fn hash(
+        &self,
+        version: EntryPointVersion,
+        chain_id: u64,
+        eip7702_delegate: Option<Address>,
+    ) -> B256 {
+        let entry_point = version.canonical_address();
+        let init_code_hash = match (version, self.is_eip7702(), eip7702_delegate) {
+            (EntryPointVersion::V08, true, Some(delegate)) => {
+                let mut preimage = delegate.to_vec();
+                preimage.extend_from_slice(self.initCode.get(20..).unwrap_or_default());
+                keccak256(preimage)
+            }
+            _ => keccak256(&self.initCode),
+        };
+        let fields = (
+            self.sender,
+            self.nonce,
+            init_code_hash,
+            keccak256(&self.callData),
+            self.accountGasLimits,
+            self.preVerificationGas,
+            self.gasFees,
+            keccak256(&self.paymasterAndData),
+        );
+        match version {
+            EntryPointVersion::V07 => {
+                let packed = keccak256(fields.abi_encode_params());
+                keccak256((packed, entry_point, U256::from(chain_id)).abi_encode_params())
+            }
+            EntryPointVersion::V08 => {
+                let (a, b, c, d, e, f, g, h) = fields;
+                let struct_hash = keccak256(
+                    (keccak256(PACKED_USER_OP_TYPE), a, b, c, d, e, f, g, h).abi_encode_params(),
+                );
+                let domain = keccak256(
+                    (
+                        keccak256(DOMAIN_TYPE),
+                        keccak256(b"ERC4337"),
+                        keccak256(b"1"),
+                        U256::from(chain_id),
+                        entry_point,
+                    )
+                        .abi_encode_params(),
+                );
+                let mut preimage = Vec::with_capacity(66);
+                preimage.extend_from_slice(&[0x19, 0x01]);
+                preimage.extend_from_slice(domain.as_slice());
+                preimage.extend_from_slice(struct_hash.as_slice());
+                keccak256(preimage)
+            }
+        }
     }
 }
 

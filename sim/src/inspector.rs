@@ -106,6 +106,8 @@ pub struct CallMade {
     pub first_argument: Option<B256>,
     /// Whether the target had code when called.
     pub target_has_code: bool,
+    /// Whether the target is an EIP-7702 delegated account (AUTH-030).
+    pub target_delegated: bool,
 }
 
 /// An `EXTCODE*` inside a validation frame.
@@ -117,6 +119,8 @@ pub struct ExtCodeAccess {
     pub target: Address,
     /// Whether it had code.
     pub target_has_code: bool,
+    /// Whether it is an EIP-7702 delegated account (AUTH-030).
+    pub target_delegated: bool,
     /// Whether the next opcode was `ISZERO` (the OP-051 pattern).
     pub followed_by_iszero: bool,
 }
@@ -273,12 +277,23 @@ fn address_from_word(word: U256) -> Address {
     Address::from_word(B256::from(word))
 }
 
-fn has_code<CTX: ContextTr>(context: &mut CTX, address: Address) -> (bool, Option<B256>) {
-    match context.journal_mut().code_hash(address) {
+/// What the code at `address` is: present, its hash, and whether it is an EIP-7702 delegation.
+/// Only called for accounts the current opcode or call has already loaded (no gas effect).
+struct CodeSeen {
+    present: bool,
+    hash: Option<B256>,
+    delegated: bool,
+}
+
+fn code_seen<CTX: ContextTr>(context: &mut CTX, address: Address) -> CodeSeen {
+    let journal = context.journal_mut();
+    match journal.code_hash(address) {
         Ok(load) if load.data != B256::ZERO && load.data != revm::primitives::KECCAK_EMPTY => {
-            (true, Some(load.data))
+            let delegated =
+                journal.code(address).is_ok_and(|code| code.data.starts_with(&[0xef, 0x01, 0x00]));
+            CodeSeen { present: true, hash: Some(load.data), delegated }
         }
-        _ => (false, None),
+        _ => CodeSeen { present: false, hash: None, delegated: false },
     }
 }
 
@@ -353,6 +368,7 @@ impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
                         opcode: op,
                         target: address_from_word(word),
                         target_has_code: false, // filled in at step_end
+                        target_delegated: false,
                         followed_by_iszero: false,
                     };
                     self.ext_pending = Some((depth, entity, access));
@@ -368,9 +384,10 @@ impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
     fn step_end(&mut self, _interp: &mut Interpreter<EthInterpreter>, context: &mut CTX) {
         // The EXTCODE* opcode has loaded its target now; reading it changes nothing.
         if let Some((_, _, access)) = self.ext_pending.as_mut() {
-            let (code, hash) = has_code(context, access.target);
-            access.target_has_code = code;
-            if let Some(hash) = hash {
+            let seen = code_seen(context, access.target);
+            access.target_has_code = seen.present;
+            access.target_delegated = seen.delegated;
+            if let Some(hash) = seen.hash {
                 self.trace.code_hashes.insert(access.target, hash);
             }
         }
@@ -388,6 +405,7 @@ impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
                 empty_calldata: data.is_empty(),
                 first_argument: data.get(4..36).map(B256::from_slice),
                 target_has_code: false, // known at call_end
+                target_delegated: false,
             };
             (current, made)
         });
@@ -399,12 +417,13 @@ impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
         let Some(frame) = self.frames.pop() else { return };
         if frame.entity.is_some() || frame.call.is_some() {
             // The call has loaded its target; reading it now changes no gas.
-            let (code, hash) = has_code(context, inputs.bytecode_address);
-            if let Some(hash) = hash {
+            let seen = code_seen(context, inputs.bytecode_address);
+            if let Some(hash) = seen.hash {
                 self.trace.code_hashes.insert(inputs.bytecode_address, hash);
             }
             if let Some((caller_entity, mut made)) = frame.call {
-                made.target_has_code = code;
+                made.target_has_code = seen.present;
+                made.target_delegated = seen.delegated;
                 self.of(caller_entity).calls.insert(made);
             }
         }

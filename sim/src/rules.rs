@@ -49,6 +49,8 @@ pub enum Rule {
     Sto033,
     /// An unstaked paymaster returned a context.
     Erep050,
+    /// An EIP-7702 delegated account other than the sender was accessed.
+    Auth030,
 }
 
 impl Rule {
@@ -70,6 +72,7 @@ impl Rule {
             Self::Sto031 => "STO-031",
             Self::Sto033 => "STO-033",
             Self::Erep050 => "EREP-050",
+            Self::Auth030 => "AUTH-030",
         }
     }
 }
@@ -248,6 +251,13 @@ impl EntityCheck<'_> {
 
     fn ext_code(&mut self, seen: &EntityTrace) {
         for access in &seen.ext_code {
+            if access.target_delegated && access.target != self.addresses.sender {
+                self.report(
+                    Rule::Auth030,
+                    access.target,
+                    "EXTCODE* on a delegated EOA other than the sender",
+                );
+            }
             let name = revm::bytecode::opcode::OpCode::new(access.opcode)
                 .map_or("EXTCODE*", |o| o.as_str());
             if access.target == self.addresses.entry_point {
@@ -268,6 +278,13 @@ impl EntityCheck<'_> {
     fn calls(&mut self, seen: &EntityTrace) {
         let a = self.addresses;
         for call in &seen.calls {
+            if call.target_delegated && call.target != a.sender {
+                self.report(
+                    Rule::Auth030,
+                    call.target,
+                    "call to a delegated EOA other than the sender",
+                );
+            }
             if call.target == a.entry_point {
                 let from_sender = call.caller == a.sender;
                 let deposit_to_sender = call.selector == Some(DEPOSIT_TO)
@@ -439,6 +456,7 @@ mod tests {
             empty_calldata: empty,
             first_argument: (!empty).then(|| a.sender.into_word()),
             target_has_code: true,
+            target_delegated: false,
         };
         let deposit_for_other = CallMade {
             first_argument: Some(Address::repeat_byte(0x99).into_word()),
@@ -477,6 +495,7 @@ mod tests {
             empty_calldata: true,
             first_argument: None,
             target_has_code: code,
+            target_delegated: false,
         };
         for (made, expected) in [
             (call(Address::repeat_byte(7), 1, true), vec!["OP-061"]),
@@ -484,6 +503,12 @@ mod tests {
             (call(Address::with_last_byte(1), 0, false), vec![]),
             (call(P256_VERIFY, 0, false), vec![]),
             (call(Address::with_last_byte(0x42), 0, false), vec!["OP-062"]),
+            // AUTH-030: a delegated EOA may be called only when it is the sender.
+            (
+                CallMade { target_delegated: true, ..call(Address::repeat_byte(8), 0, true) },
+                vec!["AUTH-030"],
+            ),
+            (CallMade { target_delegated: true, ..call(addresses().sender, 0, true) }, vec![]),
         ] {
             let seen = EntityTrace { calls: [made.clone()].into(), ..Default::default() };
             assert_eq!(
