@@ -1,3 +1,28 @@
-//! The ERC-4337 bundler: mempool, reputation, bundle builder, submitter and ERC-7769 RPC.
+//! The ERC-4337 bundler: mempool, bundle building and submission, ERC-7769 RPC.
 //!
-//! Not built yet: issue #4. The crate exists now so the workspace has its final shape.
+//! * [`UserOperation`]: the op as ERC-7769 clients send it, packed for the EntryPoint.
+//! * [`Bundler`]: first validation (revm, ERC-7562) into the [`Mempool`] (persisted in sled),
+//!   second validation and COD-010 before bundling, the node's `eth_estimateGas` of the whole
+//!   bundle as the third, submission, an index of mined ops fed by the chain follower, reorged
+//!   ops back in the pool.
+//! * [`bundler_module`]: `eth_sendUserOperation`, `eth_estimateUserOperationGas`,
+//!   `eth_getUserOperationByHash`, `eth_getUserOperationReceipt`, `eth_supportedEntryPoints`,
+//!   and `debug_bundler_*`; [`BundlerError`] → ERC-7769 codes ([`codes`]) at this edge only.
+
+mod error;
+mod pool;
+mod rpc;
+mod service;
+mod user_op;
+
+pub use error::BundlerError;
+pub use pool::{
+    Mempool, PoolConfig, PoolEntry, PoolError, REPLACEMENT_FEE_BUMP_PERCENT,
+    SAME_SENDER_MEMPOOL_COUNT, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT, StakedEntities,
+};
+pub use rpc::{GasEstimateResponse, bundler_module, codes};
+pub use service::{
+    Bundler, BundlerConfig, BundlingMode, MAX_VERIFICATION_GAS, MinedOp, UserOperationByHash,
+    UserOperationReceipt,
+};
+pub use user_op::{InvalidUserOperation, UserOperation};

@@ -25,8 +25,8 @@ use clap::{
 use settled_contracts::AnvilOptions;
 
 use crate::config::{
-    ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
-    RpcConfig,
+    BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig,
+    NodeConfig, RpcConfig, SecretKey,
 };
 
 /// settled: an ERC-4337 bundler, paymaster and per-second USDC streaming node.
@@ -117,6 +117,39 @@ pub struct NodeArgs {
     /// Most concurrent JSON-RPC connections.
     #[arg(long = "rpc.max-connections", env = "SETTLED_RPC_MAX_CONNECTIONS", default_value_t = RpcConfig::default().max_connections)]
     pub rpc_max_connections: u32,
+
+    /// Serve the `debug_bundler_*` JSON-RPC methods (development and tests only).
+    #[arg(long = "rpc.debug", env = "SETTLED_RPC_DEBUG")]
+    pub rpc_debug: bool,
+
+    /// Do not run the ERC-4337 bundler.
+    #[arg(long = "bundler.disable", env = "SETTLED_BUNDLER_DISABLE")]
+    pub bundler_disable: bool,
+
+    /// The bundler's signing key, hex (prefer the environment or a key file to a flag).
+    #[arg(long = "bundler.key", env = "SETTLED_BUNDLER_KEY", hide_env_values = true)]
+    pub bundler_key: Option<String>,
+
+    /// File holding the bundler's signing key, hex.
+    #[arg(long = "bundler.key-file", env = "SETTLED_BUNDLER_KEY_FILE")]
+    pub bundler_key_file: Option<PathBuf>,
+
+    /// Address receiving the bundles' fees (default: the bundler's own).
+    #[arg(long = "bundler.beneficiary", env = "SETTLED_BUNDLER_BENEFICIARY")]
+    pub bundler_beneficiary: Option<alloy::primitives::Address>,
+
+    /// `auto`: a bundle after each block with ops pending; `manual`: only on
+    /// `debug_bundler_sendBundleNow`.
+    #[arg(long = "bundler.mode", env = "SETTLED_BUNDLER_MODE", default_value = "auto", value_parser = parse_mode)]
+    pub bundler_mode: settled_bundler::BundlingMode,
+
+    /// In auto mode, milliseconds between bundle attempts (besides one per new block).
+    #[arg(
+        long = "bundler.interval-ms",
+        env = "SETTLED_BUNDLER_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub bundler_interval_ms: u64,
 
     /// Prometheus listen address.
     #[arg(long = "metrics.addr", env = "SETTLED_METRICS_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
@@ -279,6 +312,7 @@ impl NodeArgs {
                 addr: SocketAddr::new(self.rpc_addr, self.rpc_port),
                 max_request_bytes: self.rpc_max_request_bytes,
                 max_connections: self.rpc_max_connections,
+                debug: self.rpc_debug,
             },
             metrics: (!self.metrics_disable)
                 .then(|| SocketAddr::new(self.metrics_addr, self.metrics_port)),
@@ -287,8 +321,24 @@ impl NodeArgs {
                 reorg_depth: self.chain_reorg_depth,
                 connect_timeout: Duration::from_secs(self.chain_connect_timeout_secs.max(1)),
             },
+            bundler: BundlerSettings {
+                enabled: !self.bundler_disable,
+                key: self.bundler_key.map(SecretKey),
+                key_file: self.bundler_key_file,
+                beneficiary: self.bundler_beneficiary,
+                mode: self.bundler_mode,
+                interval: Duration::from_millis(self.bundler_interval_ms.max(10)),
+            },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })
+    }
+}
+
+fn parse_mode(value: &str) -> Result<settled_bundler::BundlingMode, String> {
+    match value {
+        "auto" => Ok(settled_bundler::BundlingMode::Auto),
+        "manual" => Ok(settled_bundler::BundlingMode::Manual),
+        other => Err(format!("`{other}` is not a bundling mode (auto, manual)")),
     }
 }
 

@@ -20,6 +20,48 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// How the chain is followed.
     pub chain: ChainConfig,
+    /// The ERC-4337 bundler.
+    pub bundler: BundlerSettings,
+}
+
+/// The bundler's node-level settings (its engine settings are `settled_bundler::BundlerConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundlerSettings {
+    /// Serve the bundler (needs a key; `settled dev` uses a dev account's).
+    pub enabled: bool,
+    /// The bundler's signing key (hex), e.g. from `SETTLED_BUNDLER_KEY`.
+    pub key: Option<SecretKey>,
+    /// A file holding the bundler's signing key (hex).
+    pub key_file: Option<PathBuf>,
+    /// Receives the bundles' fees (default: the bundler's address).
+    pub beneficiary: Option<alloy::primitives::Address>,
+    /// `auto` (a bundle per block) or `manual` (`debug_bundler_sendBundleNow`).
+    pub mode: settled_bundler::BundlingMode,
+    /// In auto mode, also try a bundle this often.
+    pub interval: Duration,
+}
+
+impl Default for BundlerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key: None,
+            key_file: None,
+            beneficiary: None,
+            mode: settled_bundler::BundlingMode::Auto,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A private key that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(pub String);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
 }
 
 /// JSON-RPC server settings.
@@ -31,6 +73,8 @@ pub struct RpcConfig {
     pub max_request_bytes: u32,
     /// Most concurrent connections.
     pub max_connections: u32,
+    /// Serve the `debug_bundler_*` methods (tests and development only).
+    pub debug: bool,
 }
 
 /// Chain-following settings.
@@ -81,6 +125,7 @@ impl Default for NodeConfig {
             rpc: RpcConfig::default(),
             metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_METRICS_PORT))),
             chain: ChainConfig::default(),
+            bundler: BundlerSettings::default(),
         }
     }
 }
@@ -91,6 +136,7 @@ impl Default for RpcConfig {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_RPC_PORT)),
             max_request_bytes: 10 * 1024 * 1024,
             max_connections: 1_000,
+            debug: false,
         }
     }
 }
@@ -122,10 +168,12 @@ impl NodeConfig {
             datadir,
             rpc: RpcConfig {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                debug: true,
                 ..Default::default()
             },
             metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             chain: ChainConfig { poll_interval: Duration::from_millis(100), ..Default::default() },
+            bundler: BundlerSettings { interval: Duration::from_millis(100), ..Default::default() },
         }
     }
 

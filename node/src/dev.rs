@@ -6,6 +6,7 @@ use std::path::Path;
 use alloy::{
     primitives::U256,
     providers::{DynProvider, Provider},
+    signers::local::PrivateKeySigner,
 };
 use settled_contracts::{Deployment, LocalAnvil, MockUSDC, deploy_all};
 use tracing::info;
@@ -23,7 +24,12 @@ pub(crate) struct DevChain {
     pub(crate) rpc_url: String,
     pub(crate) provider: DynProvider,
     pub(crate) deployment: Deployment,
+    /// The key the bundler signs with: dev account 1 (account 0 deploys and mints).
+    pub(crate) bundler_key: Option<PrivateKeySigner>,
 }
+
+/// Anvil's default dev account 1 (mnemonic `test test … junk`), for an attached Anvil.
+const ANVIL_DEV_KEY_1: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 
 /// Starts or attaches to Anvil, deploys, funds.
 pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevChain, NodeError> {
@@ -49,7 +55,11 @@ pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevC
     let deployment = deploy_all(&provider, deployer).await?;
     fund(&provider, &deployment, deployer, &accounts, dev.usdc_per_account).await?;
     save(&config.datadir, &deployment)?;
-    Ok(DevChain { anvil, rpc_url, provider, deployment })
+    let bundler_key = match &anvil {
+        Some(anvil) => anvil.signer(1),
+        None => ANVIL_DEV_KEY_1.parse().ok(),
+    };
+    Ok(DevChain { anvil, rpc_url, provider, deployment, bundler_key })
 }
 
 /// Tops every dev account up to `amount` USDC base units.

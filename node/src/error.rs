@@ -66,4 +66,10 @@ pub enum NodeError {
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The bundler could not start.
+    #[error("bundler: {0}")]
+    Bundler(#[from] settled_bundler::BundlerError),
+    /// The bundler's key is missing or unreadable.
+    #[error("bundler key: {0}")]
+    BundlerKey(String),
 }

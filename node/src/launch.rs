@@ -3,8 +3,12 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::{
+    providers::{DynProvider, Provider, ProviderBuilder},
+    signers::local::PrivateKeySigner,
+};
 use jsonrpsee::server::ServerHandle;
+use settled_bundler::{Bundler, BundlerConfig};
 use settled_contracts::{ChainEvent, ChainFollower, Deployment, FollowerHandle, LocalAnvil};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +37,29 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<()>>,
     storage: Storage,
     anvil: Option<LocalAnvil>,
+    bundler: Option<Bundler>,
+}
+
+/// The bundler's key: the configured one (environment or file), else the dev chain's.
+fn bundler_signer(
+    config: &NodeConfig,
+    dev_key: Option<PrivateKeySigner>,
+) -> Result<Option<PrivateKeySigner>, NodeError> {
+    let parse = |hex: &str| {
+        hex.trim()
+            .parse::<PrivateKeySigner>()
+            .map(Some)
+            .map_err(|e| NodeError::BundlerKey(format!("not a private key: {e}")))
+    };
+    if let Some(key) = &config.bundler.key {
+        return parse(&key.0);
+    }
+    if let Some(path) = &config.bundler.key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NodeError::BundlerKey(format!("{}: {e}", path.display())))?;
+        return parse(&text);
+    }
+    Ok(dev_key)
 }
 
 /// Connects to an Ethereum JSON-RPC endpoint and checks that it answers within `timeout`.
@@ -65,15 +92,15 @@ pub async fn launch(
     cancel: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
     let started = std::time::Instant::now();
-    let (anvil, chain_rpc_url, provider, deployment) = match source {
+    let (anvil, chain_rpc_url, provider, deployment, dev_key) = match source {
         ChainSource::Dev(dev_config) => {
             let chain = dev::prepare(&config, &dev_config).await?;
-            (chain.anvil, chain.rpc_url, chain.provider, chain.deployment)
+            (chain.anvil, chain.rpc_url, chain.provider, chain.deployment, chain.bundler_key)
         }
         ChainSource::Remote { rpc_url, deployment } => {
             let deployment = Deployment::load(&deployment)?;
             let provider = connect(&rpc_url, config.chain.connect_timeout).await?;
-            (None, rpc_url, provider, deployment)
+            (None, rpc_url, provider, deployment, None)
         }
     };
     deployment.verify(&provider).await?;
@@ -90,9 +117,35 @@ pub async fn launch(
     let follower =
         ChainFollower::new(provider.clone(), config.follower(deployment.start_block, watched));
     let mut tasks = vec![tokio::spawn(record_chain_metrics(follower.subscribe(), cancel.clone()))];
+
+    let bundler = match bundler_signer(&config, dev_key)? {
+        Some(signer) if config.bundler.enabled => {
+            let settings = BundlerConfig {
+                beneficiary: config.bundler.beneficiary,
+                mode: config.bundler.mode,
+                auto_interval: config.bundler.interval,
+                ..Default::default()
+            };
+            let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;
+            tasks.push(tokio::spawn(bundler.clone().run(follower.subscribe(), cancel.clone())));
+            info!(address = %bundler.address(), mode = ?config.bundler.mode, "bundler running");
+            Some(bundler)
+        }
+        None if config.bundler.enabled => {
+            warn!("bundler disabled: no key (--bundler.key-file or SETTLED_BUNDLER_KEY)");
+            None
+        }
+        _ => None,
+    };
     let follower = follower.spawn(cancel.child_token());
 
-    let module = rpc::node_module(chain_id, follower.head_watch())?;
+    let mut module = rpc::node_module(chain_id, follower.head_watch())?;
+    if let Some(bundler) = &bundler {
+        module
+            .merge(settled_bundler::bundler_module(bundler.clone(), config.rpc.debug)?)
+            .map_err(|e| NodeError::Metrics(e.to_string()))?;
+    }
+
     let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;
 
     let metrics_addr = match config.metrics {
@@ -123,6 +176,7 @@ pub async fn launch(
         tasks,
         storage,
         anvil,
+        bundler,
     })
 }
 
@@ -181,6 +235,11 @@ impl NodeHandle {
     /// The chain follower, for components that subscribe to it.
     pub fn follower(&self) -> &FollowerHandle {
         &self.follower
+    }
+
+    /// The bundler, when it runs.
+    pub fn bundler(&self) -> Option<&Bundler> {
+        self.bundler.as_ref()
     }
 
     /// The Anvil started by `settled dev`, if any.

@@ -15,8 +15,8 @@ mod storage;
 
 pub use cli::{Cli, CliError, Command, LogConfig};
 pub use config::{
-    ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
-    RpcConfig,
+    BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig,
+    NodeConfig, RpcConfig, SecretKey,
 };
 pub use error::NodeError;
 pub use launch::{NodeHandle, connect, launch};

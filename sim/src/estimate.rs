@@ -168,12 +168,16 @@ fn calldata_gas(data: &[u8]) -> (u64, u64) {
 }
 
 /// `preVerificationGas` before the EIP-7623 floor: the calldata cost of the op's serialization
-/// (with a four-byte `preVerificationGas`, the widest it will be) plus the ERC-4337 overhead,
+/// (with a four-byte `preVerificationGas`, the widest it will be, and its signature's bytes all
+/// non-zero) plus the ERC-4337 overhead,
 /// plus EIP-7702's intrinsic cost of the op's authorization when it carries one (charged to the
 /// bundle transaction; its partial refund is capped, so not counted on).
 pub fn pre_verification_gas(op: &PackedUserOperation, has_authorization: bool) -> u64 {
     let mut sized = op.clone();
     sized.preVerificationGas = U256::from(u32::MAX);
+    // The signature is priced as all non-zero bytes: an estimate is made with a stub, and the
+    // real signature of the same length must not need more.
+    sized.signature = vec![0xff; op.signature.len()].into();
     let authorization = if has_authorization { PER_AUTHORIZATION_GAS } else { 0 };
     calldata_gas(&sized.abi_encode()).0 + PRE_VERIFICATION_OVERHEAD_GAS + authorization
 }

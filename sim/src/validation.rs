@@ -52,6 +52,8 @@ pub struct BlockContext {
     pub timestamp: u64,
     /// Block gas limit.
     pub gas_limit: u64,
+    /// Base fee per gas (0 before London).
+    pub base_fee: u64,
 }
 
 /// Time range and signature verdict packed in a `validationData` word (ERC-4337).
@@ -192,6 +194,18 @@ impl Simulator {
         if !violations.is_empty() {
             return Err(SimError::RuleViolations(violations));
         }
+        // COD-010 compares code that existed before validation: contracts created in it (the
+        // sender, by its factory) have none on chain until the op is included.
+        let mut trace = trace;
+        let created: Vec<Address> = trace
+            .entities
+            .values()
+            .flat_map(|seen| seen.creations.iter().filter_map(|c| c.created))
+            .collect();
+        // The EntryPoint ran its simulations code here; its real code is not the op's to change.
+        trace
+            .code_hashes
+            .retain(|address, _| !created.contains(address) && *address != addresses.entry_point);
         outcome.trace = trace;
         Ok(outcome)
     }
@@ -212,6 +226,7 @@ impl BlockContext {
             number: header.number,
             timestamp: header.timestamp,
             gas_limit: header.gas_limit,
+            base_fee: header.base_fee_per_gas.unwrap_or_default(),
         })
     }
 }

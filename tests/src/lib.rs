@@ -18,8 +18,8 @@ use alloy::{
 };
 use serde_json::Value;
 use settled_contracts::{
-    AnvilOptions, Deployment, EntryPointVersion, LocalAnvil, PackedUserOperation, deploy_all,
-    pack_u128s, v07, v08,
+    AnvilOptions, Deployment, EntryPointVersion, LocalAnvil, MockUSDC, PackedUserOperation,
+    deploy_all, pack_u128s, v07, v08,
 };
 use settled_node::{ChainSource, NodeConfig, NodeHandle, launch};
 use settled_sim::{
@@ -285,6 +285,56 @@ impl TestChain {
     }
 }
 
+/// `account.execute(usdc, 0, transfer(to, amount))` for `version`'s SimpleAccount (or the v0.8
+/// Simple7702Account, which shares the v0.8 `execute`).
+pub fn usdc_transfer(version: EntryPointVersion, usdc: Address, to: Address, amount: u64) -> Bytes {
+    let transfer = MockUSDC::transferCall { to, value: U256::from(amount) }.abi_encode().into();
+    match version {
+        EntryPointVersion::V07 => {
+            v07::SimpleAccount::executeCall { dest: usdc, value: U256::ZERO, func: transfer }
+                .abi_encode()
+        }
+        EntryPointVersion::V08 => {
+            v08::SimpleAccount::executeCall { target: usdc, value: U256::ZERO, data: transfer }
+                .abi_encode()
+        }
+    }
+    .into()
+}
+
+/// A well-formed ECDSA signature by a random key: SimpleAccount reports it as a signature failure
+/// instead of reverting (a malformed one makes OpenZeppelin's ECDSA revert), as wallets' stubs do.
+pub fn stub_signature() -> Bytes {
+    use alloy::signers::SignerSync;
+    let signature = PrivateKeySigner::random()
+        .sign_hash_sync(&alloy::primitives::B256::repeat_byte(0x5a))
+        .map(|s| s.as_bytes().to_vec())
+        .unwrap_or_else(|_| vec![0x5a; 65]);
+    signature.into()
+}
+
+/// An op without gas limits, with fees, and a stub signature.
+pub fn unestimated_op(
+    sender: Address,
+    nonce: u64,
+    init_code: Bytes,
+    call_data: Bytes,
+) -> PackedUserOperation {
+    let mut op = PackedUserOperation {
+        sender,
+        nonce: U256::from(nonce),
+        initCode: init_code,
+        callData: call_data,
+        accountGasLimits: Default::default(),
+        preVerificationGas: U256::ZERO,
+        gasFees: Default::default(),
+        paymasterAndData: Bytes::new(),
+        signature: stub_signature(),
+    };
+    op.set_fees(1_000_000_000, 20_000_000_000);
+    op
+}
+
 /// The `UserOperationEvent`s in `receipt` (both versions declare the event identically).
 pub fn user_operation_events(
     receipt: &TransactionReceipt,
@@ -314,6 +364,9 @@ pub fn simulate_validation_request(
     Ok((tx, overrides))
 }
 
+/// The dev account the test node's bundler signs with.
+pub const BUNDLER_ACCOUNT: usize = 9;
+
 /// A settled node running in-process against its own [`TestChain`].
 #[derive(Debug)]
 pub struct TestNode {
@@ -338,8 +391,19 @@ impl TestNode {
     }
 
     async fn start(chain: TestChain, datadir: TempDir, source: ChainSource) -> TestResult<Self> {
+        // The node's logs in the test's output (`RUST_LOG=settled_bundler=debug` and so on).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         let cancel = CancellationToken::new();
-        let config = NodeConfig::test(datadir.path().to_path_buf());
+        let mut config = NodeConfig::test(datadir.path().to_path_buf());
+        // The bundler signs with dev account 9: the tests' own transactions come from 0 and 1.
+        let key = chain.signer(BUNDLER_ACCOUNT)?.to_bytes();
+        config.bundler.key = Some(settled_node::SecretKey(key.to_string()));
         let node = launch(config, source, cancel.clone()).await?;
         let client = ProviderBuilder::new().connect_http(node.rpc_url().parse()?).erased();
         Ok(Self { chain, node: Some(node), cancel, client, http: reqwest::Client::new(), datadir })

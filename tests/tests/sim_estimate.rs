@@ -8,65 +8,15 @@ use alloy::{
     providers::Provider,
     rpc::types::state::StateOverridesBuilder,
     signers::{Signer, local::PrivateKeySigner},
-    sol_types::{SolCall, SolValue},
+    sol_types::SolValue,
 };
 use settled_contracts::{
-    EIP7702_INIT_CODE_MARKER, EntryPointVersion, MockUSDC, PackedUserOperation, v07, v08,
+    EIP7702_INIT_CODE_MARKER, EntryPointVersion, MockUSDC, PackedUserOperation,
 };
 use settled_sim::{GasEstimate, SimError, SimOverrides};
-use settled_tests::{TestChain, TestResult, user_operation_events};
+use settled_tests::{TestChain, TestResult, unestimated_op, usdc_transfer, user_operation_events};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
-
-/// `account.execute(usdc, 0, transfer(to, amount))` for `version`'s SimpleAccount (or the v0.8
-/// Simple7702Account, which shares the v0.8 `execute`).
-fn usdc_transfer(version: EntryPointVersion, usdc: Address, to: Address, amount: u64) -> Bytes {
-    let transfer = MockUSDC::transferCall { to, value: U256::from(amount) }.abi_encode().into();
-    match version {
-        EntryPointVersion::V07 => {
-            v07::SimpleAccount::executeCall { dest: usdc, value: U256::ZERO, func: transfer }
-                .abi_encode()
-        }
-        EntryPointVersion::V08 => {
-            v08::SimpleAccount::executeCall { target: usdc, value: U256::ZERO, data: transfer }
-                .abi_encode()
-        }
-    }
-    .into()
-}
-
-/// A well-formed ECDSA signature by a random key: SimpleAccount reports it as a signature failure
-/// instead of reverting (a malformed one makes OpenZeppelin's ECDSA revert), as wallets' stubs do.
-fn stub_signature() -> Bytes {
-    use alloy::signers::SignerSync;
-    let signature = PrivateKeySigner::random()
-        .sign_hash_sync(&alloy::primitives::B256::repeat_byte(0x5a))
-        .map(|s| s.as_bytes().to_vec())
-        .unwrap_or_else(|_| vec![0x5a; 65]);
-    signature.into()
-}
-
-/// An op without gas limits, with fees, and a stub signature.
-fn unestimated(
-    sender: Address,
-    nonce: u64,
-    init_code: Bytes,
-    call_data: Bytes,
-) -> PackedUserOperation {
-    let mut op = PackedUserOperation {
-        sender,
-        nonce: U256::from(nonce),
-        initCode: init_code,
-        callData: call_data,
-        accountGasLimits: Default::default(),
-        preVerificationGas: U256::ZERO,
-        gasFees: Default::default(),
-        paymasterAndData: Bytes::new(),
-        signature: stub_signature(),
-    };
-    op.set_fees(1_000_000_000, 20_000_000_000);
-    op
-}
 
 struct Mined {
     estimate: GasEstimate,
@@ -170,7 +120,7 @@ async fn estimates_cover_mined_ops_within_five_percent() -> TestResult {
 
         for (nonce, init_code) in [(0, init_code), (1, Bytes::new())] {
             let call = usdc_transfer(version, usdc, recipient, 1_000_000);
-            let op = unestimated(sender, nonce, init_code.clone(), call);
+            let op = unestimated_op(sender, nonce, init_code.clone(), call);
             let mined =
                 estimate_and_mine(&chain, version, op, SimOverrides::default(), async |op| {
                     chain.sign_op(version, &owner, op).await
@@ -214,7 +164,7 @@ async fn eip7702_op_is_estimated_validated_and_mined() -> TestResult {
 
     let authorization = chain.authorize(&eoa, delegate).await?;
     let call = usdc_transfer(EntryPointVersion::V08, usdc, Address::repeat_byte(0x78), 5);
-    let op = unestimated(eoa.address(), 0, EIP7702_INIT_CODE_MARKER.to_vec().into(), call);
+    let op = unestimated_op(eoa.address(), 0, EIP7702_INIT_CODE_MARKER.to_vec().into(), call);
 
     // Without the authorization the sender has no code: the EntryPoint cannot hash the op.
     let bare = op.clone();
@@ -290,7 +240,7 @@ async fn estimation_errors_and_state_overrides() -> TestResult {
     let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
     // No USDC: the transfer reverts (ERC20InsufficientBalance), the estimate says so.
     let call = usdc_transfer(version, usdc, Address::repeat_byte(0x79), 1_000);
-    let op = unestimated(sender, 0, init_code, call);
+    let op = unestimated_op(sender, 0, init_code, call);
     let reverting = op.clone();
     let result = chain
         .in_revm(move |simulator, state, context| {
@@ -373,7 +323,7 @@ async fn sponsored_op_estimates_paymaster_limits() -> TestResult {
             .get_receipt()
             .await?;
         let call = usdc_transfer(version, usdc, Address::repeat_byte(0x7a), 10);
-        let mut op = unestimated(sender, 0, init_code, call);
+        let mut op = unestimated_op(sender, 0, init_code, call);
         op.paymasterAndData = paymaster.address().to_vec().into();
         op.set_paymaster_gas_limits(0, 0);
 

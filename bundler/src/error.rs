@@ -1,0 +1,133 @@
+//! Why the bundler refused or could not handle a UserOperation. The RPC edge
+//! ([`crate::rpc`]) maps each to its ERC-7769 code; nothing else knows the codes.
+
+use alloy::primitives::{Address, U256};
+use settled_sim::{RuleViolation, SimError};
+
+use crate::user_op::InvalidUserOperation;
+
+/// Everything `eth_sendUserOperation` / `eth_estimateUserOperationGas` can answer instead of a
+/// result.
+#[derive(Debug, thiserror::Error)]
+pub enum BundlerError {
+    /// Malformed fields (-32602).
+    #[error(transparent)]
+    InvalidOp(#[from] InvalidUserOperation),
+    /// A well-formed op the bundler will not take as is (-32602): gas limits, fees, sizes.
+    #[error("{0}")]
+    InvalidField(String),
+    /// The EntryPoint is not one this node serves (-32602).
+    #[error("unsupported EntryPoint {0}")]
+    UnsupportedEntryPoint(Address),
+    /// The EntryPoint rejected the op in validation (-32500; AA3x: -32501; AA31: -32508).
+    #[error("{reason}")]
+    EntryPointRejected {
+        /// `AAxx …`.
+        reason: String,
+        /// The paymaster, for AA3x.
+        paymaster: Option<Address>,
+    },
+    /// ERC-7562 rules broken (-32502).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    RuleViolations(Vec<RuleViolation>),
+    /// Expired or not yet valid (-32503).
+    #[error("UserOperation out of time range: valid from {valid_after} until {valid_until}")]
+    OutOfTimeRange {
+        /// validAfter.
+        valid_after: u64,
+        /// validUntil.
+        valid_until: u64,
+        /// The paymaster, when its range is the one out of bounds.
+        paymaster: Option<Address>,
+    },
+    /// An entity is throttled or banned (-32504).
+    #[error("{entity} {address} is {status} by reputation")]
+    Reputation {
+        /// `paymaster`, `factory`, `account`.
+        entity: &'static str,
+        /// Its address.
+        address: Address,
+        /// `throttled` or `banned`.
+        status: &'static str,
+    },
+    /// An entity needs a stake it does not have (-32505).
+    #[error("{entity} {address} stake too low")]
+    StakeTooLow {
+        /// `paymaster`, `factory`, `account`.
+        entity: &'static str,
+        /// Its address.
+        address: Address,
+        /// MIN_STAKE_VALUE.
+        minimum_stake: U256,
+        /// MIN_UNSTAKE_DELAY.
+        minimum_unstake_delay: u64,
+    },
+    /// The account's signature did not verify (-32507).
+    #[error("invalid UserOperation signature")]
+    InvalidSignature,
+    /// The paymaster's deposit cannot cover its pending ops (-32508).
+    #[error("paymaster {0} deposit too low for its pending UserOperations")]
+    PaymasterDepositTooLow(Address),
+    /// The op's execution (or postOp) reverted (-32521).
+    #[error("execution reverted")]
+    ExecutionReverted {
+        /// The revert data.
+        reason: alloy::primitives::Bytes,
+    },
+    /// Mempool rules (replacement, limits, duplicates) (-32602 with the rule in the message).
+    #[error("{0}")]
+    Mempool(String),
+    /// The node itself failed (state reads, storage) (-32603).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BundlerError {
+    /// The bundler's verdict on a simulation failure of the op whose paymaster is `paymaster`.
+    pub fn from_sim(error: SimError, paymaster: Option<Address>) -> Self {
+        match error {
+            SimError::Rejected { reason, .. } if reason.starts_with("AA24") => {
+                Self::InvalidSignature
+            }
+            SimError::Rejected { reason, .. }
+                if reason.starts_with("AA22") || reason.starts_with("AA32") =>
+            {
+                Self::OutOfTimeRange {
+                    valid_after: 0,
+                    valid_until: 0,
+                    paymaster: if reason.starts_with("AA32") { paymaster } else { None },
+                }
+            }
+            SimError::Rejected { reason, .. } if reason.starts_with("AA31") => paymaster
+                .map_or(Self::EntryPointRejected { reason, paymaster }, |p| {
+                    Self::PaymasterDepositTooLow(p)
+                }),
+            SimError::Rejected { reason, .. } => Self::EntryPointRejected {
+                paymaster: if reason.starts_with("AA3") { paymaster } else { None },
+                reason,
+            },
+            SimError::RuleViolations(violations) => Self::RuleViolations(violations),
+            SimError::ExecutionReverted { reason } | SimError::PostOpReverted { reason } => {
+                Self::ExecutionReverted { reason }
+            }
+            SimError::InvalidOp(message)
+            | SimError::InvalidOverride(message)
+            | SimError::InvalidAuthorization(message) => Self::InvalidField(message),
+            SimError::NoEntryPoint(address) => Self::UnsupportedEntryPoint(address),
+            SimError::Timeout(limit) => Self::EntryPointRejected {
+                reason: format!("validation exceeded the simulation time limit of {limit:?}"),
+                paymaster: None,
+            },
+            SimError::Reverted(data) => Self::EntryPointRejected {
+                reason: format!("simulation reverted: {data}"),
+                paymaster: None,
+            },
+            SimError::Halted(reason) => Self::EntryPointRejected {
+                reason: format!("simulation halted: {reason}"),
+                paymaster: None,
+            },
+            SimError::Evm(message) => Self::Internal(message),
+            SimError::Fork(error) => Self::Internal(error.to_string()),
+        }
+    }
+}

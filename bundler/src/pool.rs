@@ -1,0 +1,371 @@
+//! The UserOperation mempool: what was accepted and not yet mined, with ERC-7562's mempool rules
+//! (per-sender and per-unstaked-entity limits, STO-040, replacement by fee) and a size bound
+//! with fee-based eviction. Pure data: the service persists it and validates before adding.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use alloy::primitives::{Address, B256, U256};
+use serde::{Deserialize, Serialize};
+use settled_contracts::{EntryPointVersion, PackedUserOperation};
+
+use crate::user_op::UserOperation;
+
+/// ERC-7562 `SAME_SENDER_MEMPOOL_COUNT`.
+pub const SAME_SENDER_MEMPOOL_COUNT: usize = 4;
+/// ERC-7562 `SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT`.
+pub const SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT: usize = 10;
+/// A replacement must raise both fees by this percentage (ERC-4337).
+pub const REPLACEMENT_FEE_BUMP_PERCENT: u128 = 10;
+
+/// Mempool bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    /// Most ops held; a full pool evicts its cheapest op for a better-paying one.
+    pub max_ops: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { max_ops: 4096 }
+    }
+}
+
+/// Which of an op's entities are staked (as validation found them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StakedEntities {
+    /// The sender.
+    pub sender: bool,
+    /// The factory.
+    pub factory: bool,
+    /// The paymaster.
+    pub paymaster: bool,
+}
+
+/// An accepted op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolEntry {
+    /// `userOpHash`.
+    pub hash: B256,
+    /// Its EntryPoint.
+    pub entry_point: EntryPointVersion,
+    /// The op as the client sent it (with `eip7702Auth`).
+    pub op: UserOperation,
+    /// Staked entities at acceptance.
+    pub staked: StakedEntities,
+    /// Code hashes validation saw (COD-010: re-checked before bundling).
+    pub code_hashes: BTreeMap<Address, B256>,
+    /// The op is valid until this timestamp (account and paymaster ranges combined).
+    pub valid_until: u64,
+    /// Chain head when accepted.
+    pub accepted_at_block: u64,
+}
+
+impl PoolEntry {
+    /// The packed op. Entries are only built from ops that packed.
+    pub fn packed(&self) -> PackedUserOperation {
+        self.op.pack().unwrap_or_else(|_| PackedUserOperation {
+            sender: self.op.sender,
+            nonce: self.op.nonce,
+            initCode: Default::default(),
+            callData: Default::default(),
+            accountGasLimits: Default::default(),
+            preVerificationGas: U256::ZERO,
+            gasFees: Default::default(),
+            paymasterAndData: Default::default(),
+            signature: Default::default(),
+        })
+    }
+
+    fn factory(&self) -> Option<Address> {
+        self.op.factory.as_ref().filter(|f| f.len() == 20).map(|f| Address::from_slice(f))
+    }
+
+    fn priority_fee(&self) -> U256 {
+        self.op.max_priority_fee_per_gas
+    }
+}
+
+/// Why the pool refused an op.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The same op is already in the pool.
+    #[error("UserOperation {0} is already in the mempool")]
+    Duplicate(B256),
+    /// A replacement (same sender and nonce) did not raise both fees by 10%.
+    #[error(
+        "replacement underpriced: raise maxFeePerGas and maxPriorityFeePerGas by at least {REPLACEMENT_FEE_BUMP_PERCENT}% over {existing}"
+    )]
+    ReplacementUnderpriced {
+        /// The op it would replace.
+        existing: B256,
+    },
+    /// An unstaked sender already has the most ops allowed.
+    #[error(
+        "sender {0} already has {SAME_SENDER_MEMPOOL_COUNT} UserOperations in the mempool (stake to send more)"
+    )]
+    SenderLimit(Address),
+    /// An unstaked factory or paymaster is referenced by the most ops allowed.
+    #[error(
+        "unstaked {entity} {address} is already used by {SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT} UserOperations in the mempool"
+    )]
+    EntityLimit {
+        /// `factory` or `paymaster`.
+        entity: &'static str,
+        /// Its address.
+        address: Address,
+    },
+    /// STO-040: an address is a sender in one op and a factory or paymaster in another.
+    #[error("{0} is a sender of one UserOperation and a factory or paymaster of another (STO-040)")]
+    SenderEntityConflict(Address),
+    /// The pool is full of better-paying ops.
+    #[error("mempool full: maxPriorityFeePerGas must exceed {0}")]
+    Full(U256),
+}
+
+/// The pool.
+#[derive(Debug, Default)]
+pub struct Mempool {
+    config: PoolConfig,
+    by_hash: HashMap<B256, Arc<PoolEntry>>,
+    by_sender_nonce: BTreeMap<(EntryPointVersion, Address, U256), B256>,
+}
+
+fn bumped(old: U256) -> U256 {
+    // Rounds up, so a fee of 1 must become at least 2.
+    old + (old * U256::from(REPLACEMENT_FEE_BUMP_PERCENT)).div_ceil(U256::from(100))
+}
+
+impl Mempool {
+    /// An empty pool.
+    pub fn new(config: PoolConfig) -> Self {
+        Self { config, ..Self::default() }
+    }
+
+    /// Number of ops held.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether the pool is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The op with `hash`.
+    pub fn get(&self, hash: &B256) -> Option<Arc<PoolEntry>> {
+        self.by_hash.get(hash).cloned()
+    }
+
+    /// Adds `entry` under the mempool rules. Returns the ops it displaced (a replaced op, an
+    /// evicted cheapest op), which the caller forgets too.
+    pub fn add(&mut self, entry: PoolEntry) -> Result<Vec<Arc<PoolEntry>>, PoolError> {
+        if self.by_hash.contains_key(&entry.hash) {
+            return Err(PoolError::Duplicate(entry.hash));
+        }
+        let key = (entry.entry_point, entry.op.sender, entry.op.nonce);
+        let mut displaced = Vec::new();
+        let replaced = self.by_sender_nonce.get(&key).and_then(|h| self.by_hash.get(h)).cloned();
+        if let Some(existing) = &replaced {
+            let raises = entry.op.max_fee_per_gas >= bumped(existing.op.max_fee_per_gas)
+                && entry.op.max_priority_fee_per_gas
+                    >= bumped(existing.op.max_priority_fee_per_gas);
+            if !raises {
+                return Err(PoolError::ReplacementUnderpriced { existing: existing.hash });
+            }
+        }
+        let others = || {
+            self.by_hash.values().filter(|e| {
+                e.entry_point == entry.entry_point
+                    && Some(e.hash) != replaced.as_ref().map(|r| r.hash)
+            })
+        };
+        // STO-040 both ways.
+        let sender = entry.op.sender;
+        let entities = [entry.factory(), entry.op.paymaster];
+        for other in others() {
+            if entities.contains(&Some(other.op.sender)) {
+                return Err(PoolError::SenderEntityConflict(other.op.sender));
+            }
+            if other.factory() == Some(sender) || other.op.paymaster == Some(sender) {
+                return Err(PoolError::SenderEntityConflict(sender));
+            }
+        }
+        if !entry.staked.sender
+            && others().filter(|e| e.op.sender == sender).count() >= SAME_SENDER_MEMPOOL_COUNT
+        {
+            return Err(PoolError::SenderLimit(sender));
+        }
+        for (entity, address, staked) in [
+            ("factory", entry.factory(), entry.staked.factory),
+            ("paymaster", entry.op.paymaster, entry.staked.paymaster),
+        ] {
+            let Some(address) = address else { continue };
+            let uses = others()
+                .filter(|e| e.factory() == Some(address) || e.op.paymaster == Some(address))
+                .count();
+            if !staked && uses >= SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT {
+                return Err(PoolError::EntityLimit { entity, address });
+            }
+        }
+        if replaced.is_none() && self.by_hash.len() >= self.config.max_ops {
+            let cheapest = self
+                .by_hash
+                .values()
+                .min_by_key(|e| (e.priority_fee(), std::cmp::Reverse(e.accepted_at_block)))
+                .cloned();
+            match cheapest {
+                Some(cheapest) if entry.priority_fee() > cheapest.priority_fee() => {
+                    self.remove(&cheapest.hash);
+                    displaced.push(cheapest);
+                }
+                Some(cheapest) => return Err(PoolError::Full(cheapest.priority_fee())),
+                None => return Err(PoolError::Full(U256::ZERO)),
+            }
+        }
+        if let Some(existing) = replaced {
+            self.remove(&existing.hash);
+            displaced.push(existing);
+        }
+        self.by_sender_nonce.insert(key, entry.hash);
+        self.by_hash.insert(entry.hash, Arc::new(entry));
+        Ok(displaced)
+    }
+
+    /// Removes the op with `hash`.
+    pub fn remove(&mut self, hash: &B256) -> Option<Arc<PoolEntry>> {
+        let entry = self.by_hash.remove(hash)?;
+        self.by_sender_nonce.remove(&(entry.entry_point, entry.op.sender, entry.op.nonce));
+        Some(entry)
+    }
+
+    /// Ops of `entry_point`, best-paying first (ties: earliest accepted).
+    pub fn best(&self, entry_point: EntryPointVersion) -> Vec<Arc<PoolEntry>> {
+        let mut ops: Vec<_> =
+            self.by_hash.values().filter(|e| e.entry_point == entry_point).cloned().collect();
+        ops.sort_by(|a, b| {
+            b.priority_fee()
+                .cmp(&a.priority_fee())
+                .then(a.accepted_at_block.cmp(&b.accepted_at_block))
+                .then(a.op.nonce.cmp(&b.op.nonce))
+        });
+        ops
+    }
+
+    /// Ops whose `validUntil` is before `timestamp`.
+    pub fn expired(&self, timestamp: u64) -> Vec<B256> {
+        self.by_hash.values().filter(|e| e.valid_until < timestamp).map(|e| e.hash).collect()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.by_hash.clear();
+        self.by_sender_nonce.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::Bytes;
+
+    fn entry(sender: u8, nonce: u64, priority: u64) -> PoolEntry {
+        let op = UserOperation {
+            sender: Address::repeat_byte(sender),
+            nonce: U256::from(nonce),
+            factory: None,
+            factory_data: None,
+            call_data: Bytes::new(),
+            call_gas_limit: U256::from(10_000),
+            verification_gas_limit: U256::from(100_000),
+            pre_verification_gas: U256::from(50_000),
+            max_fee_per_gas: U256::from(priority * 2),
+            max_priority_fee_per_gas: U256::from(priority),
+            paymaster: None,
+            paymaster_verification_gas_limit: None,
+            paymaster_post_op_gas_limit: None,
+            paymaster_data: None,
+            signature: Bytes::new(),
+            eip7702_auth: None,
+        };
+        let hash = op.pack().map(|p| p.hash(EntryPointVersion::V07, 1, None)).unwrap_or_default();
+        PoolEntry {
+            hash,
+            entry_point: EntryPointVersion::V07,
+            op,
+            staked: StakedEntities::default(),
+            code_hashes: BTreeMap::new(),
+            valid_until: u64::MAX,
+            accepted_at_block: 1,
+        }
+    }
+
+    #[test]
+    fn duplicates_and_replacements() {
+        let mut pool = Mempool::new(PoolConfig::default());
+        let first = entry(1, 0, 100);
+        pool.add(first.clone()).map_err(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(pool.add(first.clone()), Err(PoolError::Duplicate(first.hash)));
+        // +9%: refused; +10% on both: replaces.
+        assert!(matches!(
+            pool.add(entry(1, 0, 109)),
+            Err(PoolError::ReplacementUnderpriced { .. })
+        ));
+        let displaced = pool.add(entry(1, 0, 110)).map_err(|e| e.to_string());
+        assert_eq!(displaced.map(|d| d.len()), Ok(1));
+        assert_eq!(pool.len(), 1);
+        assert!(pool.get(&first.hash).is_none());
+    }
+
+    #[test]
+    fn unstaked_sender_limit() {
+        let mut pool = Mempool::new(PoolConfig::default());
+        for nonce in 0..SAME_SENDER_MEMPOOL_COUNT as u64 {
+            assert!(pool.add(entry(1, nonce, 10)).is_ok());
+        }
+        assert_eq!(
+            pool.add(entry(1, 99, 10)),
+            Err(PoolError::SenderLimit(Address::repeat_byte(1)))
+        );
+        let mut staked = entry(1, 99, 10);
+        staked.staked.sender = true;
+        assert!(pool.add(staked).is_ok(), "a staked sender is not limited");
+    }
+
+    #[test]
+    fn unstaked_paymaster_limit_and_sto_040() {
+        let mut pool = Mempool::new(PoolConfig::default());
+        let paymaster = Address::repeat_byte(0xaa);
+        let sponsored = |sender| {
+            let mut e = entry(sender, 0, 10);
+            e.op.paymaster = Some(paymaster);
+            e.hash = B256::repeat_byte(sender);
+            e
+        };
+        for sender in 1..=SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT as u8 {
+            assert!(pool.add(sponsored(sender)).is_ok());
+        }
+        assert!(matches!(
+            pool.add(sponsored(50)),
+            Err(PoolError::EntityLimit { entity: "paymaster", .. })
+        ));
+        // The paymaster cannot also be a sender (STO-040).
+        let mut as_sender = entry(0xaa, 0, 10);
+        as_sender.hash = B256::repeat_byte(0xaa);
+        assert_eq!(pool.add(as_sender), Err(PoolError::SenderEntityConflict(paymaster)));
+    }
+
+    #[test]
+    fn full_pool_evicts_the_cheapest() {
+        let mut pool = Mempool::new(PoolConfig { max_ops: 2 });
+        assert!(pool.add(entry(1, 0, 10)).is_ok());
+        assert!(pool.add(entry(2, 0, 20)).is_ok());
+        assert_eq!(pool.add(entry(3, 0, 5)), Err(PoolError::Full(U256::from(10))));
+        let displaced = pool.add(entry(3, 0, 30)).map_err(|e| e.to_string());
+        assert_eq!(displaced.map(|d| d[0].op.sender), Ok(Address::repeat_byte(1)));
+        let best: Vec<_> = pool.best(EntryPointVersion::V07).iter().map(|e| e.op.sender).collect();
+        assert_eq!(best, vec![Address::repeat_byte(3), Address::repeat_byte(2)]);
+    }
+}

@@ -1,0 +1,345 @@
+//! The ERC-7769 RPC edge: `eth_*` UserOperation methods, the `debug_bundler_*` namespace, and
+//! the one place [`BundlerError`]s become JSON-RPC error codes.
+
+use alloy::{
+    primitives::{Address, B256, U256},
+    rpc::types::state::StateOverride,
+};
+use jsonrpsee::{
+    RpcModule,
+    core::{RpcResult, async_trait},
+    proc_macros::rpc,
+    types::{ErrorObject, ErrorObjectOwned},
+};
+use serde::Serialize;
+use serde_json::json;
+use settled_sim::GasEstimate;
+
+use crate::{
+    error::BundlerError,
+    service::{Bundler, BundlingMode, UserOperationByHash, UserOperationReceipt},
+    user_op::UserOperation,
+};
+
+/// ERC-7769 error codes.
+pub mod codes {
+    /// Invalid fields, unsupported EntryPoint, mempool rules.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Rejected by the EntryPoint (`AAxx`).
+    pub const REJECTED_BY_ENTRY_POINT: i32 = -32500;
+    /// Rejected by the paymaster.
+    pub const REJECTED_BY_PAYMASTER: i32 = -32501;
+    /// ERC-7562 opcode or storage rule broken.
+    pub const BANNED_OPCODE_OR_STORAGE: i32 = -32502;
+    /// Out of time range.
+    pub const OUT_OF_TIME_RANGE: i32 = -32503;
+    /// An entity is throttled or banned.
+    pub const THROTTLED_OR_BANNED: i32 = -32504;
+    /// An entity's stake is too low.
+    pub const STAKE_TOO_LOW: i32 = -32505;
+    /// The account's signature failed.
+    pub const INVALID_SIGNATURE: i32 = -32507;
+    /// The paymaster's deposit cannot cover its pending ops.
+    pub const PAYMASTER_DEPOSIT_TOO_LOW: i32 = -32508;
+    /// The op's execution reverted (estimation).
+    pub const EXECUTION_REVERTED: i32 = -32521;
+    /// The node failed.
+    pub const INTERNAL: i32 = -32603;
+}
+
+impl From<BundlerError> for ErrorObjectOwned {
+    fn from(error: BundlerError) -> Self {
+        use BundlerError as E;
+        let message = error.to_string();
+        let (code, data) = match &error {
+            E::InvalidOp(_) | E::InvalidField(_) | E::UnsupportedEntryPoint(_) | E::Mempool(_) => {
+                (codes::INVALID_PARAMS, None)
+            }
+            E::EntryPointRejected { paymaster: Some(paymaster), .. } => {
+                (codes::REJECTED_BY_PAYMASTER, Some(json!({ "paymaster": paymaster })))
+            }
+            E::EntryPointRejected { paymaster: None, .. } => (codes::REJECTED_BY_ENTRY_POINT, None),
+            E::RuleViolations(violations) => (
+                codes::BANNED_OPCODE_OR_STORAGE,
+                Some(json!(
+                    violations
+                        .iter()
+                        .map(|v| json!({
+                            "rule": v.rule.id(),
+                            "entity": v.entity.to_string(),
+                            "address": v.address,
+                            "detail": v.detail,
+                        }))
+                        .collect::<Vec<_>>()
+                )),
+            ),
+            E::OutOfTimeRange { valid_after, valid_until, paymaster } => (
+                codes::OUT_OF_TIME_RANGE,
+                Some(json!({
+                    "validAfter": U256::from(*valid_after),
+                    "validUntil": U256::from(*valid_until),
+                    "paymaster": paymaster,
+                })),
+            ),
+            E::Reputation { entity, address, .. } => {
+                (codes::THROTTLED_OR_BANNED, Some(json!({ *entity: address })))
+            }
+            E::StakeTooLow { entity, address, minimum_stake, minimum_unstake_delay } => (
+                codes::STAKE_TOO_LOW,
+                Some(json!({
+                    *entity: address,
+                    "minimumStake": minimum_stake,
+                    "minimumUnstakeDelay": U256::from(*minimum_unstake_delay),
+                })),
+            ),
+            E::InvalidSignature => (codes::INVALID_SIGNATURE, None),
+            E::PaymasterDepositTooLow(paymaster) => {
+                (codes::PAYMASTER_DEPOSIT_TOO_LOW, Some(json!({ "paymaster": paymaster })))
+            }
+            E::ExecutionReverted { reason } => {
+                (codes::EXECUTION_REVERTED, Some(json!({ "reason": reason })))
+            }
+            E::Internal(_) => (codes::INTERNAL, None),
+        };
+        ErrorObject::owned(code, message, data)
+    }
+}
+
+/// `eth_estimateUserOperationGas`'s answer (ERC-7769; `paymasterPostOpGasLimit` too, when the
+/// op has a paymaster).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GasEstimateResponse {
+    /// `preVerificationGas`.
+    pub pre_verification_gas: U256,
+    /// `verificationGasLimit`.
+    pub verification_gas_limit: U256,
+    /// `callGasLimit`.
+    pub call_gas_limit: U256,
+    /// `paymasterVerificationGasLimit` (ops with a paymaster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paymaster_verification_gas_limit: Option<U256>,
+    /// `paymasterPostOpGasLimit` (ops with a paymaster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paymaster_post_op_gas_limit: Option<U256>,
+}
+
+impl From<GasEstimate> for GasEstimateResponse {
+    fn from(e: GasEstimate) -> Self {
+        Self {
+            pre_verification_gas: U256::from(e.pre_verification_gas),
+            verification_gas_limit: U256::from(e.verification_gas_limit),
+            call_gas_limit: U256::from(e.call_gas_limit),
+            paymaster_verification_gas_limit: e.paymaster_verification_gas_limit.map(U256::from),
+            paymaster_post_op_gas_limit: e.paymaster_post_op_gas_limit.map(U256::from),
+        }
+    }
+}
+
+/// The ERC-7769 `eth` methods (`eth_chainId` is the node's).
+#[rpc(server, namespace = "eth")]
+pub trait UserOperationApi {
+    /// Validates `op` and adds it to the mempool; its `userOpHash`.
+    #[method(name = "sendUserOperation")]
+    async fn send_user_operation(&self, op: UserOperation, entry_point: Address)
+    -> RpcResult<B256>;
+
+    /// Gas limits for `op`.
+    #[method(name = "estimateUserOperationGas")]
+    async fn estimate_user_operation_gas(
+        &self,
+        op: UserOperation,
+        entry_point: Address,
+        state_override: Option<StateOverride>,
+    ) -> RpcResult<GasEstimateResponse>;
+
+    /// The op with `hash`, pending or mined.
+    #[method(name = "getUserOperationByHash")]
+    async fn get_user_operation_by_hash(
+        &self,
+        hash: B256,
+    ) -> RpcResult<Option<UserOperationByHash>>;
+
+    /// The receipt of the mined op with `hash`.
+    #[method(name = "getUserOperationReceipt")]
+    async fn get_user_operation_receipt(
+        &self,
+        hash: B256,
+    ) -> RpcResult<Option<UserOperationReceipt>>;
+
+    /// EntryPoints served, the preferred first.
+    #[method(name = "supportedEntryPoints")]
+    fn supported_entry_points(&self) -> RpcResult<Vec<Address>>;
+}
+
+/// ERC-7769's `debug_bundler_*` methods (served only with `--rpc.debug`).
+#[rpc(server, namespace = "debug")]
+pub trait BundlerDebugApi {
+    /// Clears the mempool and reputation.
+    #[method(name = "bundler_clearState")]
+    fn clear_state(&self) -> RpcResult<&'static str>;
+
+    /// Clears the mempool.
+    #[method(name = "bundler_clearMempool")]
+    fn clear_mempool(&self) -> RpcResult<&'static str>;
+
+    /// The mempool of `entry_point`.
+    #[method(name = "bundler_dumpMempool")]
+    fn dump_mempool(&self, entry_point: Address) -> RpcResult<Vec<UserOperation>>;
+
+    /// Sends a bundle now and waits for it; its transaction hash (null: nothing to bundle).
+    #[method(name = "bundler_sendBundleNow")]
+    async fn send_bundle_now(&self) -> RpcResult<Option<B256>>;
+
+    /// `auto` or `manual`.
+    #[method(name = "bundler_setBundlingMode")]
+    fn set_bundling_mode(&self, mode: BundlingMode) -> RpcResult<&'static str>;
+}
+
+#[async_trait]
+impl UserOperationApiServer for Bundler {
+    async fn send_user_operation(
+        &self,
+        op: UserOperation,
+        entry_point: Address,
+    ) -> RpcResult<B256> {
+        Ok(self.send(op, entry_point).await?)
+    }
+
+    async fn estimate_user_operation_gas(
+        &self,
+        op: UserOperation,
+        entry_point: Address,
+        state_override: Option<StateOverride>,
+    ) -> RpcResult<GasEstimateResponse> {
+        Ok(self.estimate(op, entry_point, state_override).await?.into())
+    }
+
+    async fn get_user_operation_by_hash(
+        &self,
+        hash: B256,
+    ) -> RpcResult<Option<UserOperationByHash>> {
+        Ok(self.op_by_hash(hash).await?)
+    }
+
+    async fn get_user_operation_receipt(
+        &self,
+        hash: B256,
+    ) -> RpcResult<Option<UserOperationReceipt>> {
+        Ok(self.receipt(hash).await?)
+    }
+
+    fn supported_entry_points(&self) -> RpcResult<Vec<Address>> {
+        Ok(Bundler::supported_entry_points(self))
+    }
+}
+
+#[async_trait]
+impl BundlerDebugApiServer for Bundler {
+    fn clear_state(&self) -> RpcResult<&'static str> {
+        self.clear_mempool()?;
+        Ok("ok")
+    }
+
+    fn clear_mempool(&self) -> RpcResult<&'static str> {
+        Bundler::clear_mempool(self)?;
+        Ok("ok")
+    }
+
+    fn dump_mempool(&self, entry_point: Address) -> RpcResult<Vec<UserOperation>> {
+        Ok(Bundler::dump_mempool(self, entry_point)?)
+    }
+
+    async fn send_bundle_now(&self) -> RpcResult<Option<B256>> {
+        Ok(self.send_bundles().await?.last().copied())
+    }
+
+    fn set_bundling_mode(&self, mode: BundlingMode) -> RpcResult<&'static str> {
+        self.set_mode(mode);
+        Ok("ok")
+    }
+}
+
+/// The bundler's RPC methods: the `eth` ones, and the `debug_bundler_*` ones when `debug`.
+pub fn bundler_module(bundler: Bundler, debug: bool) -> Result<RpcModule<()>, BundlerError> {
+    let mut module = RpcModule::new(());
+    let merge = |e: jsonrpsee::core::RegisterMethodError| BundlerError::Internal(e.to_string());
+    module.merge(UserOperationApiServer::into_rpc(bundler.clone())).map_err(merge)?;
+    if debug {
+        module.merge(BundlerDebugApiServer::into_rpc(bundler)).map_err(merge)?;
+    }
+    Ok(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use settled_sim::{Entity, Rule, RuleViolation};
+
+    /// Every error the bundler can answer, with its ERC-7769 code.
+    #[test]
+    fn every_error_has_its_code() {
+        let a = Address::repeat_byte(0xaa);
+        let table: Vec<(BundlerError, i32)> = vec![
+            (crate::user_op::InvalidUserOperation("x".into()).into(), codes::INVALID_PARAMS),
+            (BundlerError::InvalidField("x".into()), codes::INVALID_PARAMS),
+            (BundlerError::UnsupportedEntryPoint(a), codes::INVALID_PARAMS),
+            (BundlerError::Mempool("x".into()), codes::INVALID_PARAMS),
+            (
+                BundlerError::EntryPointRejected { reason: "AA21".into(), paymaster: None },
+                codes::REJECTED_BY_ENTRY_POINT,
+            ),
+            (
+                BundlerError::EntryPointRejected { reason: "AA33".into(), paymaster: Some(a) },
+                codes::REJECTED_BY_PAYMASTER,
+            ),
+            (
+                BundlerError::RuleViolations(vec![RuleViolation {
+                    rule: Rule::Op011,
+                    entity: Entity::Account,
+                    address: a,
+                    detail: "x".into(),
+                }]),
+                codes::BANNED_OPCODE_OR_STORAGE,
+            ),
+            (
+                BundlerError::OutOfTimeRange { valid_after: 1, valid_until: 2, paymaster: None },
+                codes::OUT_OF_TIME_RANGE,
+            ),
+            (
+                BundlerError::Reputation { entity: "paymaster", address: a, status: "banned" },
+                codes::THROTTLED_OR_BANNED,
+            ),
+            (
+                BundlerError::StakeTooLow {
+                    entity: "paymaster",
+                    address: a,
+                    minimum_stake: U256::from(1),
+                    minimum_unstake_delay: 1,
+                },
+                codes::STAKE_TOO_LOW,
+            ),
+            (BundlerError::InvalidSignature, codes::INVALID_SIGNATURE),
+            (BundlerError::PaymasterDepositTooLow(a), codes::PAYMASTER_DEPOSIT_TOO_LOW),
+            (
+                BundlerError::ExecutionReverted { reason: Default::default() },
+                codes::EXECUTION_REVERTED,
+            ),
+            (BundlerError::Internal("x".into()), codes::INTERNAL),
+        ];
+        for (error, code) in table {
+            let shown = format!("{error:?}");
+            let object = ErrorObjectOwned::from(error);
+            assert_eq!(object.code(), code, "{shown}");
+            assert!(!object.message().is_empty());
+        }
+    }
+
+    #[test]
+    fn paymaster_errors_name_the_paymaster() {
+        let a = Address::repeat_byte(0xaa);
+        let object = ErrorObjectOwned::from(BundlerError::PaymasterDepositTooLow(a));
+        let data = object.data().map(|d| d.get().to_string()).unwrap_or_default();
+        assert!(data.contains("0xaaaaaaaa"), "{data}");
+    }
+}

@@ -1,0 +1,900 @@
+//! The bundler service: accepts ops (first validation), keeps the pool in memory and in sled,
+//! follows the chain (new state per block, mined ops indexed, reorged ops back in the pool), and
+//! builds, checks and submits bundles.
+
+use std::{
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use alloy::{
+    consensus::Transaction as _,
+    eips::BlockId,
+    network::{EthereumWallet, TransactionBuilder, TransactionBuilder7702},
+    primitives::{Address, B256, Bytes, U256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::{Log, TransactionReceipt, TransactionRequest, state::StateOverride},
+    signers::local::PrivateKeySigner,
+    sol_types::{SolCall, SolEvent, SolInterface},
+};
+use serde::{Deserialize, Serialize};
+use settled_contracts::{ChainEvent, EntryPointVersion, PackedUserOperation, v07};
+use settled_sim::{
+    BlockContext, BlockState, GasEstimate, SimError, SimOverrides, SimulationLimits, Simulator,
+    ValidationOutcome, ValidationRules, changed_code, pre_verification_gas,
+};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    error::BundlerError,
+    pool::{Mempool, PoolConfig, PoolEntry, StakedEntities},
+    user_op::UserOperation,
+};
+
+/// ERC-4337 `MAX_VERIFICATION_GAS`.
+pub const MAX_VERIFICATION_GAS: u64 = 500_000;
+/// An op must stay valid at least this long after acceptance (ERC-7769 -32503 "expire soon").
+const MIN_VALIDITY_SECONDS: u64 = 30;
+/// How many ops a bundle may drop (each a failed `eth_estimateGas`) before giving up.
+const MAX_BUNDLE_RETRIES: usize = 8;
+
+/// When bundles are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundlingMode {
+    /// After every new block with ops pending.
+    Auto,
+    /// Only on `debug_bundler_sendBundleNow`.
+    Manual,
+}
+
+/// Bundler settings.
+#[derive(Debug, Clone)]
+pub struct BundlerConfig {
+    /// EntryPoints served, the preferred first.
+    pub entry_points: Vec<EntryPointVersion>,
+    /// Receives the bundles' fees (default: the bundler's own address).
+    pub beneficiary: Option<Address>,
+    /// Auto or manual bundling.
+    pub mode: BundlingMode,
+    /// Sum of the ops' gas limits a bundle may hold.
+    pub max_bundle_gas: u64,
+    /// Ops per bundle.
+    pub max_bundle_ops: usize,
+    /// Mempool bounds.
+    pub pool: PoolConfig,
+    /// Simulation bounds.
+    pub limits: SimulationLimits,
+    /// Staking thresholds.
+    pub rules: ValidationRules,
+    /// How long a submitted bundle may take to be mined.
+    pub inclusion_timeout: Duration,
+    /// In auto mode, a bundle is also tried this often (a chain that mines only on demand,
+    /// like Anvil's default, has no new block to wait for).
+    pub auto_interval: Duration,
+}
+
+impl Default for BundlerConfig {
+    fn default() -> Self {
+        Self {
+            entry_points: vec![EntryPointVersion::V08, EntryPointVersion::V07],
+            beneficiary: None,
+            mode: BundlingMode::Auto,
+            max_bundle_gas: 10_000_000,
+            max_bundle_ops: 64,
+            pool: PoolConfig::default(),
+            limits: SimulationLimits::default(),
+            rules: ValidationRules::default(),
+            inclusion_timeout: Duration::from_secs(60),
+            auto_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A mined op as the index keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MinedOp {
+    /// `userOpHash`.
+    pub hash: B256,
+    /// The EntryPoint.
+    pub entry_point: Address,
+    /// The op, when it went through this bundler.
+    pub op: Option<UserOperation>,
+    /// `UserOperationEvent` fields.
+    pub sender: Address,
+    /// The op's nonce.
+    pub nonce: U256,
+    /// The paymaster (zero: none).
+    pub paymaster: Address,
+    /// What it paid.
+    pub actual_gas_cost: U256,
+    /// Gas it was charged for.
+    pub actual_gas_used: U256,
+    /// Whether its call succeeded.
+    pub success: bool,
+    /// Where it was mined.
+    pub block_number: u64,
+    /// Where it was mined.
+    pub block_hash: B256,
+    /// The bundle.
+    pub transaction_hash: B256,
+    /// Index of its `UserOperationEvent` in the block.
+    pub log_index: u64,
+}
+
+/// `eth_getUserOperationByHash`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserOperationByHash {
+    /// The op.
+    pub user_operation: UserOperation,
+    /// Its EntryPoint.
+    pub entry_point: Address,
+    /// Block, when mined.
+    pub block_number: Option<U256>,
+    /// Block, when mined.
+    pub block_hash: Option<B256>,
+    /// Bundle, when mined.
+    pub transaction_hash: Option<B256>,
+}
+
+/// `eth_getUserOperationReceipt`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserOperationReceipt {
+    /// The request hash.
+    pub user_op_hash: B256,
+    /// The EntryPoint.
+    pub entry_point: Address,
+    /// The sender.
+    pub sender: Address,
+    /// The nonce.
+    pub nonce: U256,
+    /// The paymaster (zero address: none).
+    pub paymaster: Address,
+    /// What it paid.
+    pub actual_gas_cost: U256,
+    /// Gas it was charged for.
+    pub actual_gas_used: U256,
+    /// Whether the call succeeded.
+    pub success: bool,
+    /// The revert data, when it failed with some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Bytes>,
+    /// The op's own logs.
+    pub logs: Vec<Log>,
+    /// The bundle's receipt.
+    pub receipt: TransactionReceipt,
+}
+
+struct Head {
+    state: BlockState,
+    context: BlockContext,
+}
+
+struct Shared {
+    config: BundlerConfig,
+    chain_id: u64,
+    provider: DynProvider,
+    sender: DynProvider,
+    bundler_address: Address,
+    simulator: Simulator,
+    pool: Mutex<Mempool>,
+    mode: RwLock<BundlingMode>,
+    head: RwLock<Option<Head>>,
+    pool_tree: sled::Tree,
+    mined_tree: sled::Tree,
+    /// One bundle at a time.
+    bundling: tokio::sync::Mutex<()>,
+}
+
+/// The bundler. Cheap to clone; every clone is the same service.
+#[derive(Clone)]
+pub struct Bundler {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Bundler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundler").field("address", &self.shared.bundler_address).finish()
+    }
+}
+
+fn storage_error(error: impl std::fmt::Display) -> BundlerError {
+    BundlerError::Internal(format!("storage: {error}"))
+}
+
+fn rpc_error(error: impl std::fmt::Display) -> BundlerError {
+    BundlerError::Internal(format!("chain: {error}"))
+}
+
+impl Bundler {
+    /// A bundler on `provider`'s chain that signs bundles with `signer`, persisting in `db`.
+    /// Ops persisted by an earlier run are back in the pool (they are validated again before
+    /// bundling).
+    pub async fn new(
+        config: BundlerConfig,
+        provider: DynProvider,
+        signer: PrivateKeySigner,
+        db: &sled::Db,
+    ) -> Result<Self, BundlerError> {
+        let chain_id = provider.get_chain_id().await.map_err(rpc_error)?;
+        let bundler_address = signer.address();
+        let sender = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_provider(provider.clone())
+            .erased();
+        let pool_tree = db.open_tree("bundler.pool").map_err(storage_error)?;
+        let mined_tree = db.open_tree("bundler.mined").map_err(storage_error)?;
+        let mut pool = Mempool::new(config.pool);
+        let mut restored = 0;
+        for item in pool_tree.iter() {
+            let (_, value) = item.map_err(storage_error)?;
+            match serde_json::from_slice::<PoolEntry>(&value) {
+                Ok(entry) => {
+                    if pool.add(entry).is_ok() {
+                        restored += 1;
+                    }
+                }
+                Err(error) => warn!(%error, "skipping an unreadable persisted UserOperation"),
+            }
+        }
+        if restored > 0 {
+            info!(restored, "UserOperations restored to the mempool");
+        }
+        let simulator = Simulator::new(config.limits, config.rules);
+        let mode = RwLock::new(config.mode);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                chain_id,
+                provider,
+                sender,
+                bundler_address,
+                simulator,
+                pool: Mutex::new(pool),
+                mode,
+                head: RwLock::new(None),
+                pool_tree,
+                mined_tree,
+                bundling: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The address that signs bundles.
+    pub fn address(&self) -> Address {
+        self.shared.bundler_address
+    }
+
+    /// Supported EntryPoints, preferred first.
+    pub fn supported_entry_points(&self) -> Vec<Address> {
+        self.shared.config.entry_points.iter().map(|v| v.canonical_address()).collect()
+    }
+
+    /// The bundling mode.
+    pub fn mode(&self) -> BundlingMode {
+        self.shared.mode.read().map(|m| *m).unwrap_or(BundlingMode::Manual)
+    }
+
+    /// Sets the bundling mode.
+    pub fn set_mode(&self, mode: BundlingMode) {
+        if let Ok(mut current) = self.shared.mode.write() {
+            *current = mode;
+        }
+    }
+
+    /// Ops in the pool.
+    pub fn pool_len(&self) -> usize {
+        self.shared.pool.lock().map(|p| p.len()).unwrap_or_default()
+    }
+
+    fn version(&self, entry_point: Address) -> Result<EntryPointVersion, BundlerError> {
+        EntryPointVersion::from_address(entry_point)
+            .filter(|v| self.shared.config.entry_points.contains(v))
+            .ok_or(BundlerError::UnsupportedEntryPoint(entry_point))
+    }
+
+    /// The state and context of the chain head (a successor view of the last one).
+    async fn head(&self) -> Result<(BlockState, BlockContext), BundlerError> {
+        let number = self.shared.provider.get_block_number().await.map_err(rpc_error)?;
+        let block = BlockId::number(number);
+        if let Ok(head) = self.shared.head.read()
+            && let Some(head) = head.as_ref()
+            && head.context.number == number
+        {
+            return Ok((head.state.clone(), head.context));
+        }
+        let context = BlockContext::fetch(&self.shared.provider, block)
+            .await
+            .map_err(|e| BundlerError::from_sim(e, None))?;
+        let state =
+            match self.shared.head.read().ok().and_then(|h| h.as_ref().map(|h| h.state.clone())) {
+                Some(previous) => previous.successor(block),
+                None => BlockState::new(
+                    self.shared.provider.clone(),
+                    block,
+                    tokio::runtime::Handle::current(),
+                ),
+            };
+        if let Ok(mut head) = self.shared.head.write() {
+            *head = Some(Head { state: state.clone(), context });
+        }
+        Ok((state, context))
+    }
+
+    /// Runs `f` with the simulator on a blocking thread.
+    async fn simulate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Simulator) -> T + Send + 'static,
+    ) -> Result<T, BundlerError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared.simulator))
+            .await
+            .map_err(|e| BundlerError::Internal(format!("simulation task: {e}")))
+    }
+
+    /// `eth_sendUserOperation`: sanity checks, first validation, mempool rules; the op's hash.
+    pub async fn send(
+        &self,
+        op: UserOperation,
+        entry_point: Address,
+    ) -> Result<B256, BundlerError> {
+        let version = self.version(entry_point)?;
+        let packed = op.pack()?;
+        let (state, context) = self.head().await?;
+        self.sanity_check(&op, &packed, &context)?;
+        let overrides = match &op.eip7702_auth {
+            Some(auth) => SimOverrides::with_authorization(auth.clone()),
+            None => SimOverrides::default(),
+        };
+        let delegate = op.eip7702_auth.as_ref().map(|a| a.address);
+        let hash = packed.hash(version, self.shared.chain_id, delegate);
+        let paymaster = packed.paymaster();
+        let validated = {
+            let (state, packed, overrides) = (state.clone(), packed.clone(), overrides.clone());
+            self.simulate(move |sim| {
+                sim.simulate_validation(&state, &context, version, &packed, &overrides)
+            })
+            .await?
+        };
+        let outcome = validated.map_err(|e| BundlerError::from_sim(e, paymaster))?;
+        self.check_outcome(&outcome, &context, paymaster)?;
+        let staked = |info: &settled_sim::StakeInfo| {
+            self.shared.config.rules.is_staked(info.stake, info.unstake_delay_sec)
+        };
+        let entry = PoolEntry {
+            hash,
+            entry_point: version,
+            op,
+            staked: StakedEntities {
+                sender: staked(&outcome.sender_info),
+                factory: staked(&outcome.factory_info),
+                paymaster: staked(&outcome.paymaster_info),
+            },
+            code_hashes: outcome.trace.code_hashes.clone(),
+            valid_until: outcome.account.valid_until.min(outcome.paymaster.valid_until),
+            accepted_at_block: context.number,
+        };
+        let value = serde_json::to_vec(&entry).map_err(storage_error)?;
+        let displaced = {
+            let mut pool = self.shared.pool.lock().map_err(storage_error)?;
+            pool.add(entry).map_err(|e| BundlerError::Mempool(e.to_string()))?
+        };
+        for old in &displaced {
+            self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
+        }
+        // Persisted before the hash is returned: an accepted op survives a crash.
+        self.shared.pool_tree.insert(hash, value).map_err(storage_error)?;
+        self.shared.pool_tree.flush_async().await.map_err(storage_error)?;
+        debug!(%hash, sender = %packed.sender, "UserOperation accepted");
+        Ok(hash)
+    }
+
+    fn sanity_check(
+        &self,
+        op: &UserOperation,
+        packed: &PackedUserOperation,
+        context: &BlockContext,
+    ) -> Result<(), BundlerError> {
+        let invalid = |m: String| Err(BundlerError::InvalidField(m));
+        if packed.verification_gas_limit() > u128::from(MAX_VERIFICATION_GAS) {
+            return invalid(format!("verificationGasLimit above {MAX_VERIFICATION_GAS}"));
+        }
+        if let Some((pm_verification, _)) = packed.paymaster_gas_limits()
+            && pm_verification > u128::from(MAX_VERIFICATION_GAS)
+        {
+            return invalid(format!("paymasterVerificationGasLimit above {MAX_VERIFICATION_GAS}"));
+        }
+        let required = pre_verification_gas(packed, op.eip7702_auth.is_some());
+        if packed.preVerificationGas < U256::from(required) {
+            return invalid(format!(
+                "preVerificationGas {} below the required {required}",
+                packed.preVerificationGas
+            ));
+        }
+        if packed.call_gas_limit() < u128::from(settled_sim::MIN_CALL_GAS_LIMIT) {
+            return invalid(format!("callGasLimit below {}", settled_sim::MIN_CALL_GAS_LIMIT));
+        }
+        if packed.max_priority_fee_per_gas() > packed.max_fee_per_gas() {
+            return invalid("maxPriorityFeePerGas above maxFeePerGas".into());
+        }
+        if packed.max_fee_per_gas() < u128::from(context.base_fee) {
+            return invalid(format!(
+                "maxFeePerGas {} below the block's base fee {}",
+                packed.max_fee_per_gas(),
+                context.base_fee
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_outcome(
+        &self,
+        outcome: &ValidationOutcome,
+        context: &BlockContext,
+        paymaster: Option<Address>,
+    ) -> Result<(), BundlerError> {
+        if outcome.account.signature_failed {
+            return Err(BundlerError::InvalidSignature);
+        }
+        if outcome.paymaster.signature_failed {
+            return Err(BundlerError::EntryPointRejected {
+                reason: "AA34 signature error".into(),
+                paymaster,
+            });
+        }
+        for (data, who) in [(&outcome.account, None), (&outcome.paymaster, paymaster)] {
+            let expires_soon = data.valid_until < context.timestamp + MIN_VALIDITY_SECONDS;
+            if data.valid_after > context.timestamp || expires_soon {
+                return Err(BundlerError::OutOfTimeRange {
+                    valid_after: data.valid_after,
+                    valid_until: data.valid_until,
+                    paymaster: who,
+                });
+            }
+            if data.aggregator.is_some() {
+                return Err(BundlerError::InvalidField("aggregators are not supported".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `eth_estimateUserOperationGas`.
+    pub async fn estimate(
+        &self,
+        op: UserOperation,
+        entry_point: Address,
+        state_override: Option<StateOverride>,
+    ) -> Result<GasEstimate, BundlerError> {
+        let version = self.version(entry_point)?;
+        let packed = op.pack()?;
+        let paymaster = packed.paymaster();
+        let (state, context) = self.head().await?;
+        let mut overrides = SimOverrides::with_state(state_override.unwrap_or_default());
+        overrides.eip7702_auth = op.eip7702_auth.clone();
+        self.simulate(move |sim| sim.estimate_gas(&state, &context, version, &packed, &overrides))
+            .await?
+            .map_err(|e| BundlerError::from_sim(e, paymaster))
+    }
+
+    /// `eth_getUserOperationByHash`.
+    pub async fn op_by_hash(
+        &self,
+        hash: B256,
+    ) -> Result<Option<UserOperationByHash>, BundlerError> {
+        if let Some(entry) = self.shared.pool.lock().map_err(storage_error)?.get(&hash) {
+            return Ok(Some(UserOperationByHash {
+                user_operation: entry.op.clone(),
+                entry_point: entry.entry_point.canonical_address(),
+                block_number: None,
+                block_hash: None,
+                transaction_hash: None,
+            }));
+        }
+        let Some(mined) = self.mined(hash)? else { return Ok(None) };
+        let op = match mined.op.clone() {
+            Some(op) => Some(op),
+            None => self.op_from_bundle(&mined).await?,
+        };
+        Ok(op.map(|user_operation| UserOperationByHash {
+            user_operation,
+            entry_point: mined.entry_point,
+            block_number: Some(U256::from(mined.block_number)),
+            block_hash: Some(mined.block_hash),
+            transaction_hash: Some(mined.transaction_hash),
+        }))
+    }
+
+    /// The op of a bundle someone else sent: from the transaction's `handleOps` input.
+    async fn op_from_bundle(&self, mined: &MinedOp) -> Result<Option<UserOperation>, BundlerError> {
+        let Some(tx) = self
+            .shared
+            .provider
+            .get_transaction_by_hash(mined.transaction_hash)
+            .await
+            .map_err(rpc_error)?
+        else {
+            return Ok(None);
+        };
+        let Ok(call) = v07::IEntryPoint::handleOpsCall::abi_decode(tx.inner.input()) else {
+            return Ok(None);
+        };
+        let authorization = |sender: Address| {
+            tx.inner.authorization_list().and_then(|list| {
+                list.iter().find(|a| a.recover_authority().ok() == Some(sender)).cloned()
+            })
+        };
+        Ok(call
+            .ops
+            .iter()
+            .find(|op| op.sender == mined.sender && op.nonce == mined.nonce)
+            .map(|op| UserOperation::unpack(op, authorization(op.sender))))
+    }
+
+    fn mined(&self, hash: B256) -> Result<Option<MinedOp>, BundlerError> {
+        let Some(value) = self.shared.mined_tree.get(hash).map_err(storage_error)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&value).map(Some).map_err(storage_error)
+    }
+
+    /// `eth_getUserOperationReceipt`.
+    pub async fn receipt(&self, hash: B256) -> Result<Option<UserOperationReceipt>, BundlerError> {
+        let Some(mined) = self.mined(hash)? else { return Ok(None) };
+        let Some(receipt) = self
+            .shared
+            .provider
+            .get_transaction_receipt(mined.transaction_hash)
+            .await
+            .map_err(rpc_error)?
+        else {
+            return Ok(None);
+        };
+        let logs = receipt.inner.logs();
+        let position = logs.iter().position(|l| l.log_index == Some(mined.log_index));
+        let Some(position) = position else { return Ok(None) };
+        // The op's logs: after the previous op's event (or BeforeExecution), up to its own.
+        let boundary = |log: &Log| {
+            log.address() == mined.entry_point
+                && matches!(
+                    log.topics().first(),
+                    Some(&v07::IEntryPoint::UserOperationEvent::SIGNATURE_HASH)
+                        | Some(&v07::IEntryPoint::BeforeExecution::SIGNATURE_HASH)
+                )
+        };
+        let start = logs[..position].iter().rposition(boundary).map_or(0, |i| i + 1);
+        let own: Vec<Log> = logs[start..position].to_vec();
+        let reason = own.iter().find_map(|log| {
+            let decoded = log.log_decode::<v07::IEntryPoint::UserOperationRevertReason>().ok()?;
+            (decoded.inner.userOpHash == hash).then(|| decoded.inner.data.revertReason.clone())
+        });
+        Ok(Some(UserOperationReceipt {
+            user_op_hash: hash,
+            entry_point: mined.entry_point,
+            sender: mined.sender,
+            nonce: mined.nonce,
+            paymaster: mined.paymaster,
+            actual_gas_cost: mined.actual_gas_cost,
+            actual_gas_used: mined.actual_gas_used,
+            success: mined.success,
+            reason,
+            logs: own,
+            receipt,
+        }))
+    }
+
+    /// `debug_bundler_dumpMempool`.
+    pub fn dump_mempool(&self, entry_point: Address) -> Result<Vec<UserOperation>, BundlerError> {
+        let version = self.version(entry_point)?;
+        let pool = self.shared.pool.lock().map_err(storage_error)?;
+        Ok(pool.best(version).iter().map(|e| e.op.clone()).collect())
+    }
+
+    /// `debug_bundler_clearMempool` / `clearState`.
+    pub fn clear_mempool(&self) -> Result<(), BundlerError> {
+        self.shared.pool.lock().map_err(storage_error)?.clear();
+        self.shared.pool_tree.clear().map_err(storage_error)
+    }
+
+    /// Indexes the `UserOperationEvent`s in `logs` and takes those ops out of the pool.
+    fn index_logs(&self, logs: &[Log]) -> Result<usize, BundlerError> {
+        let mut indexed = 0;
+        for log in logs {
+            let Some(version) = EntryPointVersion::from_address(log.address()) else { continue };
+            let Ok(event) = log.log_decode::<v07::IEntryPoint::UserOperationEvent>() else {
+                continue;
+            };
+            let (Some(block_number), Some(block_hash), Some(transaction_hash), Some(log_index)) =
+                (log.block_number, log.block_hash, log.transaction_hash, log.log_index)
+            else {
+                continue;
+            };
+            let event = event.inner.data;
+            let hash = event.userOpHash;
+            let pooled = self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
+            let op = match pooled {
+                Some(entry) => Some(entry.op.clone()),
+                None => self.mined(hash)?.and_then(|m| m.op),
+            };
+            let mined = MinedOp {
+                hash,
+                entry_point: version.canonical_address(),
+                op,
+                sender: event.sender,
+                nonce: event.nonce,
+                paymaster: event.paymaster,
+                actual_gas_cost: event.actualGasCost,
+                actual_gas_used: event.actualGasUsed,
+                success: event.success,
+                block_number,
+                block_hash,
+                transaction_hash,
+                log_index,
+            };
+            let value = serde_json::to_vec(&mined).map_err(storage_error)?;
+            self.shared.mined_tree.insert(hash, value).map_err(storage_error)?;
+            self.shared.pool_tree.remove(hash).map_err(storage_error)?;
+            indexed += 1;
+        }
+        Ok(indexed)
+    }
+
+    /// Ops mined in blocks a reorg removed go back to the pool (and out of the index).
+    fn unindex_blocks(&self, removed: &[B256]) -> Result<usize, BundlerError> {
+        let mut requeued = 0;
+        for item in self.shared.mined_tree.iter() {
+            let (key, value) = item.map_err(storage_error)?;
+            let Ok(mined) = serde_json::from_slice::<MinedOp>(&value) else { continue };
+            if !removed.contains(&mined.block_hash) {
+                continue;
+            }
+            self.shared.mined_tree.remove(key).map_err(storage_error)?;
+            let (Some(op), Some(version)) =
+                (mined.op, EntryPointVersion::from_address(mined.entry_point))
+            else {
+                continue;
+            };
+            let entry = PoolEntry {
+                hash: mined.hash,
+                entry_point: version,
+                op,
+                staked: StakedEntities::default(),
+                code_hashes: Default::default(),
+                valid_until: u64::MAX,
+                accepted_at_block: mined.block_number,
+            };
+            let value = serde_json::to_vec(&entry).map_err(storage_error)?;
+            if self.shared.pool.lock().map_err(storage_error)?.add(entry).is_ok() {
+                self.shared.pool_tree.insert(mined.hash, value).map_err(storage_error)?;
+                requeued += 1;
+            }
+        }
+        Ok(requeued)
+    }
+
+    /// Builds, checks and submits one bundle per EntryPoint with pending ops, and waits for
+    /// each to be mined. Returns the bundles' transaction hashes.
+    pub async fn send_bundles(&self) -> Result<Vec<B256>, BundlerError> {
+        let _one_at_a_time = self.shared.bundling.lock().await;
+        let mut sent = Vec::new();
+        for version in self.shared.config.entry_points.clone() {
+            if let Some(hash) = self.send_bundle(version).await? {
+                sent.push(hash);
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn send_bundle(&self, version: EntryPointVersion) -> Result<Option<B256>, BundlerError> {
+        let candidates = self.shared.pool.lock().map_err(storage_error)?.best(version);
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let (state, context) = self.head().await?;
+        // Pick: one op per sender, within the bundle's gas, not expiring.
+        let mut picked = Vec::new();
+        let mut senders = std::collections::HashSet::new();
+        let mut gas = 0u128;
+        for entry in candidates {
+            if picked.len() >= self.shared.config.max_bundle_ops {
+                break;
+            }
+            if entry.valid_until < context.timestamp + MIN_VALIDITY_SECONDS {
+                self.drop_op(entry.hash, "expired")?;
+                continue;
+            }
+            let packed = entry.packed();
+            let op_gas = packed.verification_gas_limit()
+                + packed.call_gas_limit()
+                + packed.preVerificationGas.saturating_to::<u128>()
+                + packed.paymaster_gas_limits().map_or(0, |(v, p)| v + p);
+            if gas + op_gas > u128::from(self.shared.config.max_bundle_gas)
+                || !senders.insert(packed.sender)
+            {
+                continue;
+            }
+            gas += op_gas;
+            picked.push(entry);
+        }
+        // Second validation, against the head, with COD-010.
+        let checks = {
+            let picked = picked.clone();
+            self.simulate(move |sim| {
+                picked
+                    .iter()
+                    .map(|entry| {
+                        let overrides = match &entry.op.eip7702_auth {
+                            Some(auth) => SimOverrides::with_authorization(auth.clone()),
+                            None => SimOverrides::default(),
+                        };
+                        let packed = entry.packed();
+                        let outcome = sim.simulate_validation(
+                            &state,
+                            &context,
+                            entry.entry_point,
+                            &packed,
+                            &overrides,
+                        )?;
+                        let seen = settled_sim::ValidationTrace {
+                            code_hashes: entry.code_hashes.clone(),
+                            ..Default::default()
+                        };
+                        let changed = changed_code(&state, &seen)?;
+                        if !changed.is_empty() && !entry.code_hashes.is_empty() {
+                            return Err(SimError::Rejected {
+                                reason: format!("COD-010: code changed at {changed:?}"),
+                                inner: None,
+                            });
+                        }
+                        Ok(outcome.account.signature_failed)
+                    })
+                    .collect::<Vec<Result<bool, SimError>>>()
+            })
+            .await?
+        };
+        let mut bundle = Vec::new();
+        for (entry, check) in picked.into_iter().zip(checks) {
+            match check {
+                Ok(false) => bundle.push(entry),
+                Ok(true) => self.drop_op(entry.hash, "signature no longer valid")?,
+                Err(SimError::Fork(error)) => {
+                    return Err(BundlerError::Internal(error.to_string()));
+                }
+                Err(error) => self.drop_op(entry.hash, &error.to_string())?,
+            }
+        }
+        // Third validation: the node's eth_estimateGas of the whole bundle; drop what fails.
+        let beneficiary = self.shared.config.beneficiary.unwrap_or(self.shared.bundler_address);
+        for _ in 0..MAX_BUNDLE_RETRIES {
+            if bundle.is_empty() {
+                return Ok(None);
+            }
+            let ops: Vec<PackedUserOperation> = bundle.iter().map(|e| e.packed()).collect();
+            let authorizations: Vec<_> =
+                bundle.iter().filter_map(|e| e.op.eip7702_auth.clone()).collect();
+            let input: Bytes =
+                v07::IEntryPoint::handleOpsCall { ops, beneficiary }.abi_encode().into();
+            let mut tx = TransactionRequest::default()
+                .with_from(self.shared.bundler_address)
+                .with_to(version.canonical_address())
+                .with_input(input);
+            if !authorizations.is_empty() {
+                tx = tx.with_authorization_list(authorizations);
+            }
+            match self.shared.provider.estimate_gas(tx.clone()).await {
+                Ok(gas) => {
+                    // Headroom over the estimate: the EntryPoint's 63/64 checks inside handleOps.
+                    let tx = tx.with_gas_limit(gas + gas / 5);
+                    let pending =
+                        self.shared.sender.send_transaction(tx).await.map_err(rpc_error)?;
+                    let hash = *pending.tx_hash();
+                    info!(%hash, ops = bundle.len(), ?version, "bundle sent");
+                    let receipt = pending
+                        .with_timeout(Some(self.shared.config.inclusion_timeout))
+                        .get_receipt()
+                        .await
+                        .map_err(rpc_error)?;
+                    if !receipt.status() {
+                        warn!(%hash, "bundle reverted");
+                    }
+                    self.index_logs(receipt.inner.logs())?;
+                    return Ok(Some(hash));
+                }
+                Err(error) => {
+                    let failed =
+                        error.as_error_resp().and_then(|e| e.as_revert_data()).and_then(|data| {
+                            v07::IEntryPoint::IEntryPointErrors::abi_decode(&data).ok()
+                        });
+                    match failed {
+                        Some(v07::IEntryPoint::IEntryPointErrors::FailedOp(f)) => {
+                            let index = f.opIndex.saturating_to::<usize>();
+                            if index < bundle.len() {
+                                let entry = bundle.remove(index);
+                                self.drop_op(entry.hash, &f.reason)?;
+                                continue;
+                            }
+                            return Err(rpc_error(f.reason));
+                        }
+                        Some(v07::IEntryPoint::IEntryPointErrors::FailedOpWithRevert(f)) => {
+                            let index = f.opIndex.saturating_to::<usize>();
+                            if index < bundle.len() {
+                                let entry = bundle.remove(index);
+                                self.drop_op(entry.hash, &f.reason)?;
+                                continue;
+                            }
+                            return Err(rpc_error(f.reason));
+                        }
+                        _ => return Err(rpc_error(error)),
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn drop_op(&self, hash: B256, why: &str) -> Result<(), BundlerError> {
+        warn!(%hash, why, "UserOperation dropped from the mempool");
+        self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
+        self.shared.pool_tree.remove(hash).map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// Follows the chain until `cancel`: indexes mined ops, re-queues reorged ones, and in auto
+    /// mode sends a bundle after each new block with ops pending.
+    pub async fn run(self, mut events: broadcast::Receiver<ChainEvent>, cancel: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.shared.config.auto_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return,
+                event = events.recv() => event,
+                _ = ticks.tick() => {
+                    if self.mode() == BundlingMode::Auto
+                        && self.pool_len() > 0
+                        && let Err(error) = self.send_bundles().await
+                    {
+                        warn!(%error, "bundling failed");
+                    }
+                    continue;
+                }
+            };
+            match event {
+                Ok(ChainEvent::Block(block)) => {
+                    if let Err(error) = self.index_logs(&block.logs) {
+                        warn!(%error, "indexing UserOperationEvents failed");
+                    }
+                    let expired = self.shared.pool.lock().map(|p| p.expired(block.timestamp));
+                    for hash in expired.unwrap_or_default() {
+                        let _ = self.drop_op(hash, "validUntil passed");
+                    }
+                    if self.mode() == BundlingMode::Auto
+                        && self.pool_len() > 0
+                        && let Err(error) = self.send_bundles().await
+                    {
+                        warn!(%error, "bundling failed");
+                    }
+                }
+                Ok(ChainEvent::Reorg(reorg)) => {
+                    let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
+                    match self.unindex_blocks(&removed) {
+                        Ok(requeued) => {
+                            info!(requeued, "reorg: mined UserOperations back in the mempool")
+                        }
+                        Err(error) => warn!(%error, "reorg handling failed"),
+                    }
+                    if let Ok(mut head) = self.shared.head.write() {
+                        *head = None;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(missed, "bundler fell behind the chain follower");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

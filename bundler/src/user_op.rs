@@ -1,0 +1,186 @@
+//! The UserOperation as ERC-7769 clients send it (unpacked fields, hex quantities, optional
+//! factory/paymaster groups and `eip7702Auth`), and its conversion to the packed form the
+//! EntryPoint takes. Every malformed field is an [`InvalidUserOperation`], never a panic.
+
+use alloy::{
+    eips::eip7702::SignedAuthorization,
+    primitives::{Address, Bytes, U256},
+};
+use serde::{Deserialize, Serialize};
+use settled_contracts::{EIP7702_INIT_CODE_MARKER, PackedUserOperation, pack_u128s};
+
+/// A UserOperation for EntryPoint v0.7/v0.8 in ERC-7769's JSON shape.
+///
+/// Gas limits and fees default to zero (estimation takes them as optional); `factory` is an
+/// address or the EIP-7702 marker `0x7702`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserOperation {
+    /// The account.
+    pub sender: Address,
+    /// Key (192 bits) and sequence (64 bits).
+    pub nonce: U256,
+    /// Factory address, or `0x7702` for an EIP-7702 account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factory: Option<Bytes>,
+    /// Calldata for the factory (or, for EIP-7702, for the sender's initialization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factory_data: Option<Bytes>,
+    /// The account's execution calldata.
+    pub call_data: Bytes,
+    /// Gas for the execution.
+    #[serde(default)]
+    pub call_gas_limit: U256,
+    /// Gas for validation (and deployment).
+    #[serde(default)]
+    pub verification_gas_limit: U256,
+    /// Gas paid for what the EntryPoint does not meter.
+    #[serde(default)]
+    pub pre_verification_gas: U256,
+    /// EIP-1559 max fee.
+    #[serde(default)]
+    pub max_fee_per_gas: U256,
+    /// EIP-1559 priority fee.
+    #[serde(default)]
+    pub max_priority_fee_per_gas: U256,
+    /// The paymaster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paymaster: Option<Address>,
+    /// Gas for the paymaster's validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paymaster_verification_gas_limit: Option<U256>,
+    /// Gas for the paymaster's postOp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paymaster_post_op_gas_limit: Option<U256>,
+    /// Data for the paymaster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paymaster_data: Option<Bytes>,
+    /// The account's signature.
+    #[serde(default)]
+    pub signature: Bytes,
+    /// An EIP-7702 authorization to install with the bundle (v0.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eip7702_auth: Option<SignedAuthorization>,
+}
+
+/// Why a UserOperation's fields do not form a valid op (ERC-7769 -32602).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid UserOperation: {0}")]
+pub struct InvalidUserOperation(pub String);
+
+fn u128_field(name: &str, value: U256) -> Result<u128, InvalidUserOperation> {
+    u128::try_from(value)
+        .map_err(|_| InvalidUserOperation(format!("{name} {value} exceeds 128 bits")))
+}
+
+impl UserOperation {
+    /// The packed form (`initCode`, `accountGasLimits`, `gasFees`, `paymasterAndData`).
+    pub fn pack(&self) -> Result<PackedUserOperation, InvalidUserOperation> {
+        let init_code = match (&self.factory, &self.factory_data) {
+            (None, None) => Bytes::new(),
+            (None, Some(data)) if data.is_empty() => Bytes::new(),
+            (None, Some(_)) => {
+                return Err(InvalidUserOperation("factoryData without factory".into()));
+            }
+            (Some(factory), data) => {
+                let factory = match factory.len() {
+                    20 => Address::from_slice(factory),
+                    2 if factory[..] == [0x77, 0x02] => EIP7702_INIT_CODE_MARKER,
+                    _ => {
+                        return Err(InvalidUserOperation(format!(
+                            "factory must be an address or 0x7702, got {factory}"
+                        )));
+                    }
+                };
+                let mut init_code = factory.to_vec();
+                init_code.extend_from_slice(data.as_ref().map_or(&[][..], |d| &d[..]));
+                init_code.into()
+            }
+        };
+        let paymaster_and_data = match self.paymaster {
+            None => {
+                let stray = self.paymaster_data.as_ref().is_some_and(|d| !d.is_empty())
+                    || self.paymaster_verification_gas_limit.is_some_and(|g| !g.is_zero())
+                    || self.paymaster_post_op_gas_limit.is_some_and(|g| !g.is_zero());
+                if stray {
+                    return Err(InvalidUserOperation("paymaster fields without paymaster".into()));
+                }
+                Bytes::new()
+            }
+            Some(paymaster) => {
+                let verification = u128_field(
+                    "paymasterVerificationGasLimit",
+                    self.paymaster_verification_gas_limit.unwrap_or_default(),
+                )?;
+                let post_op = u128_field(
+                    "paymasterPostOpGasLimit",
+                    self.paymaster_post_op_gas_limit.unwrap_or_default(),
+                )?;
+                let mut data = paymaster.to_vec();
+                data.extend_from_slice(pack_u128s(verification, post_op).as_slice());
+                data.extend_from_slice(self.paymaster_data.as_ref().map_or(&[][..], |d| &d[..]));
+                data.into()
+            }
+        };
+        let op = PackedUserOperation {
+            sender: self.sender,
+            nonce: self.nonce,
+            initCode: init_code,
+            callData: self.call_data.clone(),
+            accountGasLimits: pack_u128s(
+                u128_field("verificationGasLimit", self.verification_gas_limit)?,
+                u128_field("callGasLimit", self.call_gas_limit)?,
+            ),
+            preVerificationGas: self.pre_verification_gas,
+            gasFees: pack_u128s(
+                u128_field("maxPriorityFeePerGas", self.max_priority_fee_per_gas)?,
+                u128_field("maxFeePerGas", self.max_fee_per_gas)?,
+            ),
+            paymasterAndData: paymaster_and_data,
+            signature: self.signature.clone(),
+        };
+        if self.eip7702_auth.is_some() && !op.is_eip7702() {
+            return Err(InvalidUserOperation("eip7702Auth needs factory 0x7702".into()));
+        }
+        Ok(op)
+    }
+
+    /// The unpacked form of `op` (with `eip7702_auth`, which the packed op does not carry).
+    pub fn unpack(op: &PackedUserOperation, eip7702_auth: Option<SignedAuthorization>) -> Self {
+        let (factory, factory_data) = if op.initCode.len() >= 20 {
+            let factory: Bytes = if op.is_eip7702() {
+                Bytes::from_static(&[0x77, 0x02])
+            } else {
+                op.initCode.slice(..20)
+            };
+            (Some(factory), Some(op.initCode.slice(20..)))
+        } else {
+            (None, None)
+        };
+        let (paymaster_verification_gas_limit, paymaster_post_op_gas_limit) =
+            match op.paymaster_gas_limits() {
+                Some((v, p)) => (Some(U256::from(v)), Some(U256::from(p))),
+                None => (None, None),
+            };
+        Self {
+            sender: op.sender,
+            nonce: op.nonce,
+            factory,
+            factory_data,
+            call_data: op.callData.clone(),
+            call_gas_limit: U256::from(op.call_gas_limit()),
+            verification_gas_limit: U256::from(op.verification_gas_limit()),
+            pre_verification_gas: op.preVerificationGas,
+            max_fee_per_gas: U256::from(op.max_fee_per_gas()),
+            max_priority_fee_per_gas: U256::from(op.max_priority_fee_per_gas()),
+            paymaster: op.paymaster(),
+            paymaster_verification_gas_limit,
+            paymaster_post_op_gas_limit,
+            paymaster_data: op
+                .paymaster()
+                .map(|_| op.paymasterAndData.slice(52.min(op.paymasterAndData.len())..)),
+            signature: op.signature.clone(),
+            eip7702_auth,
+        }
+    }
+}

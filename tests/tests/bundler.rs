@@ -1,0 +1,294 @@
+//! The bundler over JSON-RPC, as a wallet SDK uses it: estimate, sign, send, wait for the
+//! receipt, look the op up — for both EntryPoints — plus manual bundling through the debug
+//! namespace, persistence across a restart, and the ERC-7769 error codes of bad input.
+
+use std::time::Duration;
+
+use alloy::{
+    primitives::{Address, B256, Bytes, U256},
+    providers::Provider,
+    signers::local::PrivateKeySigner,
+};
+use serde_json::{Value, json};
+use settled_bundler::{UserOperation, codes};
+use settled_contracts::{EntryPointVersion, MockUSDC, PackedUserOperation};
+use settled_tests::{TestNode, TestResult, unestimated_op, usdc_transfer};
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+
+/// A JSON-RPC call to the node; the result, or the error's code and message.
+async fn call(
+    node: &TestNode,
+    method: &str,
+    params: Value,
+) -> TestResult<Result<Value, (i64, String)>> {
+    let url = node.node()?.rpc_url();
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    let response: Value = reqwest_json(&url, &body).await?;
+    if let Some(error) = response.get("error") {
+        let code = error["code"].as_i64().unwrap_or_default();
+        let message = error["message"].as_str().unwrap_or_default().to_string();
+        return Ok(Err((code, message)));
+    }
+    Ok(Ok(response["result"].clone()))
+}
+
+async fn reqwest_json(url: &str, body: &Value) -> TestResult<Value> {
+    let client = alloy::transports::http::reqwest::Client::new();
+    Ok(client.post(url).json(body).send().await?.json().await?)
+}
+
+/// A funded SimpleAccount (ETH for prefund, USDC to move) and an op that creates it and
+/// transfers USDC, estimated through the node and signed.
+async fn funded_op(
+    node: &TestNode,
+    version: EntryPointVersion,
+    owner: &PrivateKeySigner,
+) -> TestResult<PackedUserOperation> {
+    let chain = node.chain();
+    let provider = chain.provider();
+    let usdc = chain.deployment().usdc;
+    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
+    let fund = alloy::rpc::types::TransactionRequest::default().to(sender).value(U256::from(ETH));
+    provider.send_transaction(fund).await?.get_receipt().await?;
+    MockUSDC::new(usdc, provider)
+        .mint(sender, U256::from(1_000_000u64))
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+    let call_data = usdc_transfer(version, usdc, Address::repeat_byte(0x55), 1_000);
+    let op = unestimated_op(sender, 0, init_code, call_data);
+    estimate_and_sign(node, version, owner, op).await
+}
+
+async fn estimate_and_sign(
+    node: &TestNode,
+    version: EntryPointVersion,
+    owner: &PrivateKeySigner,
+    mut op: PackedUserOperation,
+) -> TestResult<PackedUserOperation> {
+    let entry_point = version.canonical_address();
+    let estimate = call(
+        node,
+        "eth_estimateUserOperationGas",
+        json!([UserOperation::unpack(&op, None), entry_point]),
+    )
+    .await?
+    .map_err(|e| format!("estimate failed: {e:?}"))?;
+    let gas = |name: &str| -> TestResult<u128> {
+        let value: U256 = serde_json::from_value(estimate[name].clone())?;
+        Ok(value.to())
+    };
+    op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
+    op.preVerificationGas = U256::from(gas("preVerificationGas")?);
+    op.signature = node.chain().sign_op(version, owner, &op).await?;
+    Ok(op)
+}
+
+async fn send(
+    node: &TestNode,
+    version: EntryPointVersion,
+    op: &PackedUserOperation,
+) -> TestResult<Result<Value, (i64, String)>> {
+    call(
+        node,
+        "eth_sendUserOperation",
+        json!([UserOperation::unpack(op, None), version.canonical_address()]),
+    )
+    .await
+}
+
+async fn wait_for_receipt(node: &TestNode, hash: B256) -> TestResult<Value> {
+    for _ in 0..100 {
+        let receipt = call(node, "eth_getUserOperationReceipt", json!([hash])).await?;
+        match receipt {
+            Ok(Value::Null) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(receipt) => return Ok(receipt),
+            Err(error) => return Err(format!("receipt: {error:?}").into()),
+        }
+    }
+    Err(format!("no receipt for {hash} within 10 s").into())
+}
+
+/// The path a wallet takes: estimate, sign, send, receipt, lookup — v0.7 and v0.8, auto mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_estimate_receipt_lookup() -> TestResult {
+    let node = TestNode::spawn().await?;
+    let chain_id = node.chain().provider().get_chain_id().await?;
+    let entry_points = call(&node, "eth_supportedEntryPoints", json!([])).await?;
+    assert_eq!(
+        entry_points.map_err(|e| format!("{e:?}"))?,
+        json!([
+            EntryPointVersion::V08.canonical_address(),
+            EntryPointVersion::V07.canonical_address()
+        ])
+    );
+    for version in EntryPointVersion::ALL {
+        let owner = PrivateKeySigner::random();
+        let op = funded_op(&node, version, &owner).await?;
+        let hash: B256 = serde_json::from_value(
+            send(&node, version, &op).await?.map_err(|e| format!("{version:?} send: {e:?}"))?,
+        )?;
+        assert_eq!(hash, op.hash(version, chain_id, None), "{version:?}: userOpHash");
+
+        let receipt = wait_for_receipt(&node, hash).await?;
+        assert_eq!(receipt["success"], json!(true), "{version:?}: {receipt}");
+        assert_eq!(receipt["sender"], json!(op.sender));
+        assert_eq!(receipt["entryPoint"], json!(version.canonical_address()));
+        let bundle = &receipt["receipt"];
+        assert_eq!(bundle["status"], json!("0x1"));
+        // The op's own logs: the USDC transfer among them, no other op's.
+        let logs = receipt["logs"].as_array().cloned().unwrap_or_default();
+        assert!(
+            logs.iter().any(|l| l["address"] == json!(node.chain().deployment().usdc)),
+            "{version:?}: no USDC Transfer log in {logs:?}"
+        );
+
+        let found = call(&node, "eth_getUserOperationByHash", json!([hash])).await?;
+        let found = found.map_err(|e| format!("{e:?}"))?;
+        assert_eq!(found["transactionHash"], bundle["transactionHash"]);
+        assert_eq!(found["userOperation"]["sender"], json!(op.sender));
+        assert_eq!(found["entryPoint"], json!(version.canonical_address()));
+    }
+    Ok(())
+}
+
+/// Manual mode: ops wait in the mempool until `debug_bundler_sendBundleNow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_bundling_through_the_debug_namespace() -> TestResult {
+    let node = TestNode::spawn().await?;
+    let version = EntryPointVersion::V07;
+    let mode = call(&node, "debug_bundler_setBundlingMode", json!(["manual"])).await?;
+    assert_eq!(mode.map_err(|e| format!("{e:?}"))?, json!("ok"));
+
+    let owner = PrivateKeySigner::random();
+    let op = funded_op(&node, version, &owner).await?;
+    let hash = send(&node, version, &op).await?.map_err(|e| format!("{e:?}"))?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pending = call(&node, "eth_getUserOperationByHash", json!([hash])).await?;
+    let pending = pending.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(pending["blockNumber"], Value::Null, "manual mode bundled by itself");
+    let dump =
+        call(&node, "debug_bundler_dumpMempool", json!([version.canonical_address()])).await?;
+    assert_eq!(dump.map_err(|e| format!("{e:?}"))?.as_array().map(Vec::len), Some(1));
+
+    let tx = call(&node, "debug_bundler_sendBundleNow", json!([])).await?;
+    let tx = tx.map_err(|e| format!("{e:?}"))?;
+    assert!(tx.is_string(), "{tx}");
+    let receipt = wait_for_receipt(&node, serde_json::from_value(hash)?).await?;
+    assert_eq!(receipt["receipt"]["transactionHash"], tx);
+    let dump =
+        call(&node, "debug_bundler_dumpMempool", json!([version.canonical_address()])).await?;
+    assert_eq!(dump.map_err(|e| format!("{e:?}"))?, json!([]));
+    Ok(())
+}
+
+/// Bad input gets the exact ERC-7769 code; nothing already accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_gets_erc_7769_codes() -> TestResult {
+    let node = TestNode::spawn().await?;
+    let mode = call(&node, "debug_bundler_setBundlingMode", json!(["manual"])).await?;
+    assert!(mode.is_ok());
+    let version = EntryPointVersion::V07;
+    let entry_point = version.canonical_address();
+    let owner = PrivateKeySigner::random();
+    let good = funded_op(&node, version, &owner).await?;
+    let good_json = serde_json::to_value(UserOperation::unpack(&good, None))?;
+    let code = |result: Result<Value, (i64, String)>| result.err().map(|(code, _)| code);
+
+    // Malformed: bad hex, missing field, wrong length, unknown field, unsupported EntryPoint.
+    let mut bad_hex = good_json.clone();
+    bad_hex["callData"] = json!("0xzz");
+    let mut missing = good_json.clone();
+    missing.as_object_mut().map(|o| o.remove("sender"));
+    let mut short_sender = good_json.clone();
+    short_sender["sender"] = json!("0x1234");
+    let mut unknown = good_json.clone();
+    unknown["surprise"] = json!(1);
+    let mut huge_gas = good_json.clone();
+    huge_gas["callGasLimit"] = json!(format!("{:#x}", U256::MAX));
+    let mut bad_factory = good_json.clone();
+    bad_factory["factory"] = json!("0x1234");
+    for (label, op, ep) in [
+        ("bad hex", bad_hex, json!(entry_point)),
+        ("missing sender", missing, json!(entry_point)),
+        ("short sender", short_sender, json!(entry_point)),
+        ("unknown field", unknown, json!(entry_point)),
+        ("gas over 128 bits", huge_gas, json!(entry_point)),
+        ("factory neither address nor 0x7702", bad_factory, json!(entry_point)),
+        ("unsupported EntryPoint", good_json.clone(), json!(Address::repeat_byte(1))),
+        ("EntryPoint not an address", good_json.clone(), json!("entrypoint")),
+    ] {
+        let result = call(&node, "eth_sendUserOperation", json!([op, ep])).await?;
+        assert_eq!(code(result), Some(i64::from(codes::INVALID_PARAMS)), "{label}");
+    }
+    let result = call(&node, "eth_sendUserOperation", json!([])).await?;
+    assert_eq!(code(result), Some(i64::from(codes::INVALID_PARAMS)), "no params");
+
+    // Signed by someone else: -32507.
+    let mut forged = good.clone();
+    forged.signature = node.chain().sign_op(version, &PrivateKeySigner::random(), &forged).await?;
+    assert_eq!(
+        code(send(&node, version, &forged).await?),
+        Some(i64::from(codes::INVALID_SIGNATURE))
+    );
+
+    // preVerificationGas below the requirement: -32602.
+    let mut cheap = good.clone();
+    cheap.preVerificationGas = U256::from(1_000);
+    cheap.signature = node.chain().sign_op(version, &owner, &cheap).await?;
+    assert_eq!(code(send(&node, version, &cheap).await?), Some(i64::from(codes::INVALID_PARAMS)));
+
+    // A sender with no funds: the EntryPoint's AA21, -32500.
+    let poor_owner = PrivateKeySigner::random();
+    let (poor, init_code) = node.chain().simple_account(version, poor_owner.address()).await?;
+    let mut unfunded = good.clone();
+    unfunded.sender = poor;
+    unfunded.initCode = init_code;
+    unfunded.signature = node.chain().sign_op(version, &poor_owner, &unfunded).await?;
+    match send(&node, version, &unfunded).await? {
+        Err((code, message)) => {
+            assert_eq!(code, i64::from(codes::REJECTED_BY_ENTRY_POINT));
+            assert!(message.starts_with("AA21"), "{message}");
+        }
+        Ok(result) => return Err(format!("unfunded op accepted: {result}").into()),
+    }
+
+    // Estimating a call that reverts: -32521.
+    let mut reverting = good.clone();
+    reverting.callData =
+        usdc_transfer(version, node.chain().deployment().usdc, Address::repeat_byte(1), u64::MAX);
+    let result = call(
+        &node,
+        "eth_estimateUserOperationGas",
+        json!([UserOperation::unpack(&reverting, None), entry_point]),
+    )
+    .await?;
+    assert_eq!(code(result), Some(i64::from(codes::EXECUTION_REVERTED)));
+
+    // The good op is accepted once; again: duplicate; same nonce, same fees: underpriced.
+    let hash = send(&node, version, &good).await?.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(code(send(&node, version, &good).await?), Some(i64::from(codes::INVALID_PARAMS)));
+    let mut same_fees = good.clone();
+    same_fees.callData = Bytes::from_static(&[]);
+    same_fees.set_account_gas_limits(good.verification_gas_limit(), 20_000);
+    same_fees.signature = node.chain().sign_op(version, &owner, &same_fees).await?;
+    match send(&node, version, &same_fees).await? {
+        Err((code, message)) => {
+            assert_eq!(code, i64::from(codes::INVALID_PARAMS));
+            assert!(message.contains("replacement underpriced"), "{message}");
+        }
+        Ok(result) => return Err(format!("underpriced replacement accepted: {result}").into()),
+    }
+    // None of that lost the accepted op.
+    let dump = call(&node, "debug_bundler_dumpMempool", json!([entry_point])).await?;
+    let dump = dump.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(dump.as_array().map(Vec::len), Some(1));
+    assert_eq!(dump[0]["sender"], json!(good.sender));
+    let tx = call(&node, "debug_bundler_sendBundleNow", json!([])).await?;
+    assert!(tx.map_err(|e| format!("{e:?}"))?.is_string());
+    let receipt = wait_for_receipt(&node, serde_json::from_value(hash)?).await?;
+    assert_eq!(receipt["success"], json!(true));
+    Ok(())
+}
