@@ -364,6 +364,78 @@ pub fn simulate_validation_request(
     Ok((tx, overrides))
 }
 
+/// A `settled run` process (the real binary) on `chain`, killed on drop — for crash tests.
+#[derive(Debug)]
+pub struct SettledProcess {
+    child: std::process::Child,
+    rpc_url: String,
+}
+
+impl SettledProcess {
+    /// The `settled` binary next to this test executable (cargo builds it for the workspace's
+    /// tests).
+    pub fn binary() -> TestResult<PathBuf> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().and_then(|deps| deps.parent()).ok_or("no target directory")?;
+        let binary = dir.join("settled");
+        if !binary.exists() {
+            return Err(format!("{} missing: cargo build -p settled-node", binary.display()).into());
+        }
+        Ok(binary)
+    }
+
+    /// Starts `settled run` on `chain` with `datadir`, manual bundling and the debug namespace,
+    /// and waits until it answers.
+    pub async fn start(chain: &TestChain, datadir: &std::path::Path) -> TestResult<Self> {
+        let deployment = datadir.join("deployment.json");
+        chain.deployment.save(&deployment)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let key = chain.signer(BUNDLER_ACCOUNT)?.to_bytes().to_string();
+        let child = std::process::Command::new(Self::binary()?)
+            .args(["run", "--eth.rpc-url", &chain.anvil.endpoint()])
+            .arg("--eth.deployment")
+            .arg(&deployment)
+            .arg("--datadir")
+            .arg(datadir)
+            .args(["--rpc.port", &port.to_string(), "--rpc.debug", "--metrics.disable"])
+            .args(["--bundler.mode", "manual", "--chain.poll-interval-ms", "100"])
+            .env("SETTLED_BUNDLER_KEY", key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let process = Self { child, rpc_url: format!("http://127.0.0.1:{port}") };
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(response) = client.get(format!("{}/health", process.rpc_url)).send().await
+                && response.status().is_success()
+            {
+                return Ok(process);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("settled did not answer within 10 s".into())
+    }
+
+    /// Its JSON-RPC URL.
+    pub fn rpc_url(&self) -> &str {
+        &self.rpc_url
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) -> TestResult<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for SettledProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The dev account the test node's bundler signs with.
 pub const BUNDLER_ACCOUNT: usize = 9;
 

@@ -12,7 +12,9 @@ use alloy::{
 use serde_json::{Value, json};
 use settled_bundler::{UserOperation, codes};
 use settled_contracts::{EntryPointVersion, MockUSDC, PackedUserOperation};
-use settled_tests::{TestNode, TestResult, unestimated_op, usdc_transfer};
+use settled_tests::{
+    SettledProcess, TestChain, TestNode, TestResult, unestimated_op, usdc_transfer,
+};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 
@@ -22,9 +24,16 @@ async fn call(
     method: &str,
     params: Value,
 ) -> TestResult<Result<Value, (i64, String)>> {
-    let url = node.node()?.rpc_url();
+    call_url(&node.node()?.rpc_url(), method, params).await
+}
+
+async fn call_url(
+    url: &str,
+    method: &str,
+    params: Value,
+) -> TestResult<Result<Value, (i64, String)>> {
     let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    let response: Value = reqwest_json(&url, &body).await?;
+    let response: Value = reqwest_json(url, &body).await?;
     if let Some(error) = response.get("error") {
         let code = error["code"].as_i64().unwrap_or_default();
         let message = error["message"].as_str().unwrap_or_default().to_string();
@@ -45,7 +54,15 @@ async fn funded_op(
     version: EntryPointVersion,
     owner: &PrivateKeySigner,
 ) -> TestResult<PackedUserOperation> {
-    let chain = node.chain();
+    funded_op_at(&node.node()?.rpc_url(), node.chain(), version, owner).await
+}
+
+async fn funded_op_at(
+    url: &str,
+    chain: &TestChain,
+    version: EntryPointVersion,
+    owner: &PrivateKeySigner,
+) -> TestResult<PackedUserOperation> {
     let provider = chain.provider();
     let usdc = chain.deployment().usdc;
     let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
@@ -58,19 +75,10 @@ async fn funded_op(
         .get_receipt()
         .await?;
     let call_data = usdc_transfer(version, usdc, Address::repeat_byte(0x55), 1_000);
-    let op = unestimated_op(sender, 0, init_code, call_data);
-    estimate_and_sign(node, version, owner, op).await
-}
-
-async fn estimate_and_sign(
-    node: &TestNode,
-    version: EntryPointVersion,
-    owner: &PrivateKeySigner,
-    mut op: PackedUserOperation,
-) -> TestResult<PackedUserOperation> {
+    let mut op = unestimated_op(sender, 0, init_code, call_data);
     let entry_point = version.canonical_address();
-    let estimate = call(
-        node,
+    let estimate = call_url(
+        url,
         "eth_estimateUserOperationGas",
         json!([UserOperation::unpack(&op, None), entry_point]),
     )
@@ -82,7 +90,7 @@ async fn estimate_and_sign(
     };
     op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
     op.preVerificationGas = U256::from(gas("preVerificationGas")?);
-    op.signature = node.chain().sign_op(version, owner, &op).await?;
+    op.signature = chain.sign_op(version, owner, &op).await?;
     Ok(op)
 }
 
@@ -91,8 +99,16 @@ async fn send(
     version: EntryPointVersion,
     op: &PackedUserOperation,
 ) -> TestResult<Result<Value, (i64, String)>> {
-    call(
-        node,
+    send_at(&node.node()?.rpc_url(), version, op).await
+}
+
+async fn send_at(
+    url: &str,
+    version: EntryPointVersion,
+    op: &PackedUserOperation,
+) -> TestResult<Result<Value, (i64, String)>> {
+    call_url(
+        url,
         "eth_sendUserOperation",
         json!([UserOperation::unpack(op, None), version.canonical_address()]),
     )
@@ -100,8 +116,12 @@ async fn send(
 }
 
 async fn wait_for_receipt(node: &TestNode, hash: B256) -> TestResult<Value> {
+    wait_for_receipt_at(&node.node()?.rpc_url(), hash).await
+}
+
+async fn wait_for_receipt_at(url: &str, hash: B256) -> TestResult<Value> {
     for _ in 0..100 {
-        let receipt = call(node, "eth_getUserOperationReceipt", json!([hash])).await?;
+        let receipt = call_url(url, "eth_getUserOperationReceipt", json!([hash])).await?;
         match receipt {
             Ok(Value::Null) => tokio::time::sleep(Duration::from_millis(100)).await,
             Ok(receipt) => return Ok(receipt),
@@ -246,6 +266,8 @@ async fn invalid_input_gets_erc_7769_codes() -> TestResult {
     let mut unfunded = good.clone();
     unfunded.sender = poor;
     unfunded.initCode = init_code;
+    // Another owner's initCode may have more non-zero bytes: keep preVerificationGas ample.
+    unfunded.preVerificationGas += U256::from(1_000);
     unfunded.signature = node.chain().sign_op(version, &poor_owner, &unfunded).await?;
     match send(&node, version, &unfunded).await? {
         Err((code, message)) => {
@@ -289,6 +311,34 @@ async fn invalid_input_gets_erc_7769_codes() -> TestResult {
     let tx = call(&node, "debug_bundler_sendBundleNow", json!([])).await?;
     assert!(tx.map_err(|e| format!("{e:?}"))?.is_string());
     let receipt = wait_for_receipt(&node, serde_json::from_value(hash)?).await?;
+    assert_eq!(receipt["success"], json!(true));
+    Ok(())
+}
+
+/// An accepted op survives `kill -9` of the node: after a restart on the same datadir it is in
+/// the mempool again and gets bundled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_ops_survive_kill_9() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let datadir = tempfile::tempdir()?;
+    let version = EntryPointVersion::V08;
+    let entry_point = version.canonical_address();
+
+    let first = SettledProcess::start(&chain, datadir.path()).await?;
+    let owner = PrivateKeySigner::random();
+    let op = funded_op_at(first.rpc_url(), &chain, version, &owner).await?;
+    let hash = send_at(first.rpc_url(), version, &op).await?.map_err(|e| format!("{e:?}"))?;
+    first.kill()?;
+
+    let second = SettledProcess::start(&chain, datadir.path()).await?;
+    let dump =
+        call_url(second.rpc_url(), "debug_bundler_dumpMempool", json!([entry_point])).await?;
+    let dump = dump.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(dump.as_array().map(Vec::len), Some(1), "the op was lost: {dump}");
+    assert_eq!(dump[0]["sender"], json!(op.sender));
+    let tx = call_url(second.rpc_url(), "debug_bundler_sendBundleNow", json!([])).await?;
+    assert!(tx.map_err(|e| format!("{e:?}"))?.is_string());
+    let receipt = wait_for_receipt_at(second.rpc_url(), serde_json::from_value(hash)?).await?;
     assert_eq!(receipt["success"], json!(true));
     Ok(())
 }
