@@ -10,12 +10,14 @@
 //!   and `debug_bundler_*`; [`BundlerError`] → ERC-7769 codes ([`codes`]) at this edge only.
 
 mod error;
+mod metrics;
 mod pool;
 mod rpc;
 mod service;
 mod user_op;
 
 pub use error::BundlerError;
+pub use metrics::describe_metrics;
 pub use pool::{
     Mempool, PoolConfig, PoolEntry, PoolError, REPLACEMENT_FEE_BUMP_PERCENT,
     SAME_SENDER_MEMPOOL_COUNT, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT, StakedEntities,

@@ -47,61 +47,69 @@ pub mod codes {
     pub const INTERNAL: i32 = -32603;
 }
 
+/// The ERC-7769 code of `error` (for metrics labels).
+pub(crate) fn error_code(error: &BundlerError) -> i32 {
+    code_and_data(error).0
+}
+
+fn code_and_data(error: &BundlerError) -> (i32, Option<serde_json::Value>) {
+    use BundlerError as E;
+    match error {
+        E::InvalidOp(_) | E::InvalidField(_) | E::UnsupportedEntryPoint(_) | E::Mempool(_) => {
+            (codes::INVALID_PARAMS, None)
+        }
+        E::EntryPointRejected { paymaster: Some(paymaster), .. } => {
+            (codes::REJECTED_BY_PAYMASTER, Some(json!({ "paymaster": paymaster })))
+        }
+        E::EntryPointRejected { paymaster: None, .. } => (codes::REJECTED_BY_ENTRY_POINT, None),
+        E::RuleViolations(violations) => (
+            codes::BANNED_OPCODE_OR_STORAGE,
+            Some(json!(
+                violations
+                    .iter()
+                    .map(|v| json!({
+                        "rule": v.rule.id(),
+                        "entity": v.entity.to_string(),
+                        "address": v.address,
+                        "detail": v.detail,
+                    }))
+                    .collect::<Vec<_>>()
+            )),
+        ),
+        E::OutOfTimeRange { valid_after, valid_until, paymaster } => (
+            codes::OUT_OF_TIME_RANGE,
+            Some(json!({
+                "validAfter": U256::from(*valid_after),
+                "validUntil": U256::from(*valid_until),
+                "paymaster": paymaster,
+            })),
+        ),
+        E::Reputation { entity, address, .. } => {
+            (codes::THROTTLED_OR_BANNED, Some(json!({ *entity: address })))
+        }
+        E::StakeTooLow { entity, address, minimum_stake, minimum_unstake_delay } => (
+            codes::STAKE_TOO_LOW,
+            Some(json!({
+                *entity: address,
+                "minimumStake": minimum_stake,
+                "minimumUnstakeDelay": U256::from(*minimum_unstake_delay),
+            })),
+        ),
+        E::InvalidSignature => (codes::INVALID_SIGNATURE, None),
+        E::PaymasterDepositTooLow(paymaster) => {
+            (codes::PAYMASTER_DEPOSIT_TOO_LOW, Some(json!({ "paymaster": paymaster })))
+        }
+        E::ExecutionReverted { reason } => {
+            (codes::EXECUTION_REVERTED, Some(json!({ "reason": reason })))
+        }
+        E::Internal(_) => (codes::INTERNAL, None),
+    }
+}
+
 impl From<BundlerError> for ErrorObjectOwned {
     fn from(error: BundlerError) -> Self {
-        use BundlerError as E;
-        let message = error.to_string();
-        let (code, data) = match &error {
-            E::InvalidOp(_) | E::InvalidField(_) | E::UnsupportedEntryPoint(_) | E::Mempool(_) => {
-                (codes::INVALID_PARAMS, None)
-            }
-            E::EntryPointRejected { paymaster: Some(paymaster), .. } => {
-                (codes::REJECTED_BY_PAYMASTER, Some(json!({ "paymaster": paymaster })))
-            }
-            E::EntryPointRejected { paymaster: None, .. } => (codes::REJECTED_BY_ENTRY_POINT, None),
-            E::RuleViolations(violations) => (
-                codes::BANNED_OPCODE_OR_STORAGE,
-                Some(json!(
-                    violations
-                        .iter()
-                        .map(|v| json!({
-                            "rule": v.rule.id(),
-                            "entity": v.entity.to_string(),
-                            "address": v.address,
-                            "detail": v.detail,
-                        }))
-                        .collect::<Vec<_>>()
-                )),
-            ),
-            E::OutOfTimeRange { valid_after, valid_until, paymaster } => (
-                codes::OUT_OF_TIME_RANGE,
-                Some(json!({
-                    "validAfter": U256::from(*valid_after),
-                    "validUntil": U256::from(*valid_until),
-                    "paymaster": paymaster,
-                })),
-            ),
-            E::Reputation { entity, address, .. } => {
-                (codes::THROTTLED_OR_BANNED, Some(json!({ *entity: address })))
-            }
-            E::StakeTooLow { entity, address, minimum_stake, minimum_unstake_delay } => (
-                codes::STAKE_TOO_LOW,
-                Some(json!({
-                    *entity: address,
-                    "minimumStake": minimum_stake,
-                    "minimumUnstakeDelay": U256::from(*minimum_unstake_delay),
-                })),
-            ),
-            E::InvalidSignature => (codes::INVALID_SIGNATURE, None),
-            E::PaymasterDepositTooLow(paymaster) => {
-                (codes::PAYMASTER_DEPOSIT_TOO_LOW, Some(json!({ "paymaster": paymaster })))
-            }
-            E::ExecutionReverted { reason } => {
-                (codes::EXECUTION_REVERTED, Some(json!({ "reason": reason })))
-            }
-            E::Internal(_) => (codes::INTERNAL, None),
-        };
-        ErrorObject::owned(code, message, data)
+        let (code, data) = code_and_data(&error);
+        ErrorObject::owned(code, error.to_string(), data)
     }
 }
 

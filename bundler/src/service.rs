@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     error::BundlerError,
+    metrics,
     pool::{Mempool, PoolConfig, PoolEntry, StakedEntities},
     user_op::UserOperation,
 };
@@ -189,6 +190,9 @@ struct Shared {
     mined_tree: sled::Tree,
     /// One bundle at a time.
     bundling: tokio::sync::Mutex<()>,
+    /// Blocks of our own bundles, indexed from their receipts before the chain follower saw
+    /// them: if the follower then reports another block at that height, they were reorged out.
+    unconfirmed: Mutex<Vec<(u64, B256)>>,
 }
 
 /// The bundler. Cheap to clone; every clone is the same service.
@@ -223,7 +227,12 @@ impl Bundler {
     ) -> Result<Self, BundlerError> {
         let chain_id = provider.get_chain_id().await.map_err(rpc_error)?;
         let bundler_address = signer.address();
-        let sender = ProviderBuilder::new()
+        // The nonce is read from the node for every bundle (no cache): a reorg can take a sent
+        // bundle out of the chain, and its nonce with it.
+        let sender = ProviderBuilder::default()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
             .wallet(EthereumWallet::from(signer))
             .connect_provider(provider.clone())
             .erased();
@@ -261,6 +270,7 @@ impl Bundler {
                 pool_tree,
                 mined_tree,
                 bundling: tokio::sync::Mutex::new(()),
+                unconfirmed: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -343,6 +353,20 @@ impl Bundler {
         op: UserOperation,
         entry_point: Address,
     ) -> Result<B256, BundlerError> {
+        ::metrics::counter!(metrics::OPS_RECEIVED).increment(1);
+        let result = self.accept(op, entry_point).await;
+        match &result {
+            Ok(_) => ::metrics::counter!(metrics::OPS_ACCEPTED).increment(1),
+            Err(error) => {
+                let code = crate::rpc::error_code(error).to_string();
+                ::metrics::counter!(metrics::OPS_REJECTED, "code" => code).increment(1);
+            }
+        }
+        ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
+        result
+    }
+
+    async fn accept(&self, op: UserOperation, entry_point: Address) -> Result<B256, BundlerError> {
         let version = self.version(entry_point)?;
         let packed = op.pack()?;
         let (state, context) = self.head().await?;
@@ -354,6 +378,7 @@ impl Bundler {
         let delegate = op.eip7702_auth.as_ref().map(|a| a.address);
         let hash = packed.hash(version, self.shared.chain_id, delegate);
         let paymaster = packed.paymaster();
+        let started = std::time::Instant::now();
         let validated = {
             let (state, packed, overrides) = (state.clone(), packed.clone(), overrides.clone());
             self.simulate(move |sim| {
@@ -361,6 +386,7 @@ impl Bundler {
             })
             .await?
         };
+        ::metrics::histogram!(metrics::VALIDATION_SECONDS).record(started.elapsed().as_secs_f64());
         let outcome = validated.map_err(|e| BundlerError::from_sim(e, paymaster))?;
         self.check_outcome(&outcome, &context, paymaster)?;
         let staked = |info: &settled_sim::StakeInfo| {
@@ -638,6 +664,7 @@ impl Bundler {
             let value = serde_json::to_vec(&mined).map_err(storage_error)?;
             self.shared.mined_tree.insert(hash, value).map_err(storage_error)?;
             self.shared.pool_tree.remove(hash).map_err(storage_error)?;
+            ::metrics::counter!(metrics::OPS_MINED).increment(1);
             indexed += 1;
         }
         Ok(indexed)
@@ -792,16 +819,26 @@ impl Bundler {
                     let pending =
                         self.shared.sender.send_transaction(tx).await.map_err(rpc_error)?;
                     let hash = *pending.tx_hash();
+                    ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
                     info!(%hash, ops = bundle.len(), ?version, "bundle sent");
                     let receipt = pending
                         .with_timeout(Some(self.shared.config.inclusion_timeout))
                         .get_receipt()
                         .await
                         .map_err(rpc_error)?;
-                    if !receipt.status() {
+                    if receipt.status() {
+                        ::metrics::counter!(metrics::BUNDLES_MINED).increment(1);
+                        ::metrics::histogram!(metrics::BUNDLE_GAS).record(receipt.gas_used as f64);
+                    } else {
+                        ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
                         warn!(%hash, "bundle reverted");
                     }
                     self.index_logs(receipt.inner.logs())?;
+                    if let (Some(number), Some(block)) = (receipt.block_number, receipt.block_hash)
+                        && let Ok(mut unconfirmed) = self.shared.unconfirmed.lock()
+                    {
+                        unconfirmed.push((number, block));
+                    }
                     return Ok(Some(hash));
                 }
                 Err(error) => {
@@ -836,8 +873,23 @@ impl Bundler {
         Ok(None)
     }
 
+    /// Our bundles' blocks at `number` other than `hash` (the follower saw another block there),
+    /// and forgets every unconfirmed block up to `number`.
+    fn replaced_blocks(&self, number: u64, hash: B256) -> Vec<B256> {
+        let Ok(mut unconfirmed) = self.shared.unconfirmed.lock() else { return Vec::new() };
+        let replaced = unconfirmed
+            .iter()
+            .filter(|(n, block)| *n == number && *block != hash)
+            .map(|(_, block)| *block)
+            .collect();
+        unconfirmed.retain(|(n, _)| *n > number);
+        replaced
+    }
+
     fn drop_op(&self, hash: B256, why: &str) -> Result<(), BundlerError> {
         warn!(%hash, why, "UserOperation dropped from the mempool");
+        let reason = why.split(':').next().unwrap_or(why).to_string();
+        ::metrics::counter!(metrics::OPS_DROPPED, "reason" => reason).increment(1);
         self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
         self.shared.pool_tree.remove(hash).map_err(storage_error)?;
         Ok(())
@@ -864,6 +916,18 @@ impl Bundler {
             };
             match event {
                 Ok(ChainEvent::Block(block)) => {
+                    let replaced = self.replaced_blocks(block.block.number, block.block.hash);
+                    if !replaced.is_empty() {
+                        match self.unindex_blocks(&replaced) {
+                            Ok(requeued) => {
+                                info!(
+                                    requeued,
+                                    "replaced block: UserOperations back in the mempool"
+                                )
+                            }
+                            Err(error) => warn!(%error, "replaced-block handling failed"),
+                        }
+                    }
                     if let Err(error) = self.index_logs(&block.logs) {
                         warn!(%error, "indexing UserOperationEvents failed");
                     }
@@ -871,6 +935,7 @@ impl Bundler {
                     for hash in expired.unwrap_or_default() {
                         let _ = self.drop_op(hash, "validUntil passed");
                     }
+                    ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
                     if self.mode() == BundlingMode::Auto
                         && self.pool_len() > 0
                         && let Err(error) = self.send_bundles().await

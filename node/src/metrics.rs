@@ -41,6 +41,7 @@ pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
     match metrics::set_global_recorder(recorder) {
         Ok(()) => {
             describe();
+            settled_bundler::describe_metrics();
             Ok(HANDLE.get_or_init(|| handle).clone())
         }
         // Another thread won the race; use its recorder.

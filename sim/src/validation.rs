@@ -203,9 +203,13 @@ impl Simulator {
             .flat_map(|seen| seen.creations.iter().filter_map(|c| c.created))
             .collect();
         // The EntryPoint ran its simulations code here; its real code is not the op's to change.
-        trace
-            .code_hashes
-            .retain(|address, _| !created.contains(address) && *address != addresses.entry_point);
+        // A sender delegating through the op's own eip7702Auth gets its code from the bundle.
+        let delegated_sender = overrides.eip7702_auth.is_some().then_some(op.sender);
+        trace.code_hashes.retain(|address, _| {
+            !created.contains(address)
+                && *address != addresses.entry_point
+                && Some(*address) != delegated_sender
+        });
         outcome.trace = trace;
         Ok(outcome)
     }

@@ -201,6 +201,18 @@ async fn manual_bundling_through_the_debug_namespace() -> TestResult {
     let dump =
         call(&node, "debug_bundler_dumpMempool", json!([version.canonical_address()])).await?;
     assert_eq!(dump.map_err(|e| format!("{e:?}"))?, json!([]));
+
+    // Operators see it in Prometheus, each metric with its help line.
+    let metrics = node.metrics().await?;
+    for name in [
+        "settled_bundler_ops_accepted_total",
+        "settled_bundler_bundles_sent_total",
+        "settled_bundler_bundles_mined_total",
+        "settled_bundler_ops_mined_total",
+        "settled_bundler_validation_seconds",
+    ] {
+        assert!(metrics.contains(&format!("# HELP {name}")), "{name} missing:\n{metrics}");
+    }
     Ok(())
 }
 
@@ -340,5 +352,110 @@ async fn accepted_ops_survive_kill_9() -> TestResult {
     assert!(tx.map_err(|e| format!("{e:?}"))?.is_string());
     let receipt = wait_for_receipt_at(second.rpc_url(), serde_json::from_value(hash)?).await?;
     assert_eq!(receipt["success"], json!(true));
+    Ok(())
+}
+
+/// A v0.8 op from an EOA that delegates to Simple7702Account in the same op (`eip7702Auth`):
+/// estimated and sent over JSON-RPC, bundled in a type-4 transaction, mined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eip7702_op_through_the_bundler() -> TestResult {
+    use alloy::signers::Signer;
+
+    let node = TestNode::spawn().await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let version = EntryPointVersion::V08;
+    let delegate = chain.deployment().simple_7702_account_v08;
+    let usdc = chain.deployment().usdc;
+    let eoa = PrivateKeySigner::random();
+    let fund =
+        alloy::rpc::types::TransactionRequest::default().to(eoa.address()).value(U256::from(ETH));
+    provider.send_transaction(fund).await?.get_receipt().await?;
+    MockUSDC::new(usdc, provider)
+        .mint(eoa.address(), U256::from(1_000u64))
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+
+    let authorization = chain.authorize(&eoa, delegate).await?;
+    let call_data = usdc_transfer(version, usdc, Address::repeat_byte(0x56), 10);
+    let marker = settled_contracts::EIP7702_INIT_CODE_MARKER.to_vec().into();
+    let mut op = unestimated_op(eoa.address(), 0, marker, call_data);
+    let json_op = |op: &PackedUserOperation| UserOperation::unpack(op, Some(authorization.clone()));
+    assert_eq!(
+        serde_json::to_value(json_op(&op))?["factory"],
+        json!("0x7702"),
+        "ERC-7769 spells the marker 0x7702"
+    );
+    let estimate = call(
+        &node,
+        "eth_estimateUserOperationGas",
+        json!([json_op(&op), version.canonical_address()]),
+    )
+    .await?
+    .map_err(|e| format!("estimate: {e:?}"))?;
+    let gas = |name: &str| -> TestResult<u128> {
+        Ok(serde_json::from_value::<U256>(estimate[name].clone())?.to())
+    };
+    op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
+    op.preVerificationGas = U256::from(gas("preVerificationGas")?);
+    let hash = chain.op_hash_delegated(&op, delegate).await?;
+    op.signature = eoa.sign_hash(&hash).await?.as_bytes().to_vec().into();
+
+    let sent =
+        call(&node, "eth_sendUserOperation", json!([json_op(&op), version.canonical_address()]))
+            .await?
+            .map_err(|e| format!("send: {e:?}"))?;
+    assert_eq!(sent, json!(hash));
+    let receipt = wait_for_receipt(&node, hash).await?;
+    assert_eq!(receipt["success"], json!(true), "{receipt}");
+    assert_eq!(receipt["receipt"]["type"], json!("0x4"), "a type-4 bundle");
+    let code = provider.get_code_at(eoa.address()).await?;
+    assert_eq!(&code[..3], &[0xef, 0x01, 0x00]);
+    Ok(())
+}
+
+/// A reorg that takes a bundle out of the chain puts its ops back in the mempool; they are
+/// bundled again and mined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reorged_ops_return_to_the_mempool() -> TestResult {
+    let node = TestNode::spawn().await?;
+    let version = EntryPointVersion::V07;
+    let entry_point = version.canonical_address();
+    assert!(call(&node, "debug_bundler_setBundlingMode", json!(["manual"])).await?.is_ok());
+    let owner = PrivateKeySigner::random();
+    let op = funded_op(&node, version, &owner).await?;
+    let hash: B256 =
+        serde_json::from_value(send(&node, version, &op).await?.map_err(|e| format!("{e:?}"))?)?;
+    let first_tx = call(&node, "debug_bundler_sendBundleNow", json!([]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    wait_for_receipt(&node, hash).await?;
+
+    // Replace the bundle's block with an empty one.
+    let provider = node.chain().provider();
+    let mined_at = provider.get_block_number().await?;
+    provider.raw_request::<_, ()>("anvil_reorg".into(), (1u64, Vec::<()>::new())).await?;
+    let mut back = false;
+    for _ in 0..100 {
+        let dump = call(&node, "debug_bundler_dumpMempool", json!([entry_point])).await?;
+        if dump.map_err(|e| format!("{e:?}"))?.as_array().is_some_and(|ops| ops.len() == 1) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the reorged op did not return to the mempool (bundle was at block {mined_at})");
+    let gone = call(&node, "eth_getUserOperationReceipt", json!([hash])).await?;
+    assert_eq!(gone.map_err(|e| format!("{e:?}"))?, Value::Null, "receipt of a reorged-out op");
+
+    let second_tx = call(&node, "debug_bundler_sendBundleNow", json!([]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert!(second_tx.is_string());
+    let receipt = wait_for_receipt(&node, hash).await?;
+    assert_eq!(receipt["success"], json!(true));
+    assert_ne!(receipt["receipt"]["transactionHash"], first_tx, "mined again, in a new bundle");
     Ok(())
 }
