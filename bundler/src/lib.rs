@@ -24,7 +24,7 @@ pub use pool::{
 };
 pub use rpc::{GasEstimateResponse, bundler_module, codes};
 pub use service::{
-    Bundler, BundlerConfig, BundlingMode, MAX_VERIFICATION_GAS, MinedOp, UserOperationByHash,
-    UserOperationReceipt,
+    Bundler, BundlerConfig, BundlingMode, GasPrice, GasPrices, MAX_VERIFICATION_GAS, MinedOp,
+    UserOperationByHash, UserOperationReceipt,
 };
 pub use user_op::{InvalidUserOperation, UserOperation};

@@ -23,6 +23,8 @@ pub(crate) const BUNDLES_MINED: &str = "settled_bundler_bundles_mined_total";
 pub(crate) const BUNDLES_FAILED: &str = "settled_bundler_bundles_failed_total";
 /// Histogram: gas used by mined bundles.
 pub(crate) const BUNDLE_GAS: &str = "settled_bundler_bundle_gas_used";
+/// Histogram: seconds from picking a bundle's ops to sending it (second validation, estimate).
+pub(crate) const BUNDLE_BUILD_SECONDS: &str = "settled_bundler_bundle_build_seconds";
 /// Histogram: seconds per first validation of an op.
 pub(crate) const VALIDATION_SECONDS: &str = "settled_bundler_validation_seconds";
 
@@ -38,5 +40,10 @@ pub fn describe_metrics() {
     describe_counter!(BUNDLES_MINED, "Bundles mined");
     describe_counter!(BUNDLES_FAILED, "Bundles that reverted or could not be sent");
     describe_histogram!(BUNDLE_GAS, "Gas used by mined bundles");
+    describe_histogram!(
+        BUNDLE_BUILD_SECONDS,
+        Unit::Seconds,
+        "Building a bundle: second validation of its ops and the node's gas estimate"
+    );
     describe_histogram!(VALIDATION_SECONDS, Unit::Seconds, "First validation of a UserOperation");
 }

@@ -17,7 +17,7 @@ use settled_sim::GasEstimate;
 
 use crate::{
     error::BundlerError,
-    service::{Bundler, BundlingMode, UserOperationByHash, UserOperationReceipt},
+    service::{Bundler, BundlingMode, GasPrices, UserOperationByHash, UserOperationReceipt},
     user_op::UserOperation,
 };
 
@@ -180,6 +180,21 @@ pub trait UserOperationApi {
     fn supported_entry_points(&self) -> RpcResult<Vec<Address>>;
 }
 
+/// settled's own bundler helpers.
+#[rpc(server, namespace = "settled")]
+pub trait BundlerExtrasApi {
+    /// Fees for a UserOperation: slow, standard, fast.
+    #[method(name = "getUserOperationGasPrice")]
+    async fn get_user_operation_gas_price(&self) -> RpcResult<GasPrices>;
+}
+
+#[async_trait]
+impl BundlerExtrasApiServer for Bundler {
+    async fn get_user_operation_gas_price(&self) -> RpcResult<GasPrices> {
+        Ok(self.gas_prices().await?)
+    }
+}
+
 /// ERC-7769's `debug_bundler_*` methods (served only with `--rpc.debug`).
 #[rpc(server, namespace = "debug")]
 pub trait BundlerDebugApi {
@@ -273,6 +288,7 @@ pub fn bundler_module(bundler: Bundler, debug: bool) -> Result<RpcModule<()>, Bu
     let mut module = RpcModule::new(());
     let merge = |e: jsonrpsee::core::RegisterMethodError| BundlerError::Internal(e.to_string());
     module.merge(UserOperationApiServer::into_rpc(bundler.clone())).map_err(merge)?;
+    module.merge(BundlerExtrasApiServer::into_rpc(bundler.clone())).map_err(merge)?;
     if debug {
         module.merge(BundlerDebugApiServer::into_rpc(bundler)).map_err(merge)?;
     }

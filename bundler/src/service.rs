@@ -15,13 +15,14 @@ use alloy::{
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::{Log, TransactionReceipt, TransactionRequest, state::StateOverride},
     signers::local::PrivateKeySigner,
-    sol_types::{SolCall, SolEvent, SolInterface},
+    sol_types::{SolCall, SolEvent},
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::{ChainEvent, EntryPointVersion, PackedUserOperation, v07};
 use settled_sim::{
-    BlockContext, BlockState, GasEstimate, SimError, SimOverrides, SimulationLimits, Simulator,
-    ValidationOutcome, ValidationRules, changed_code, pre_verification_gas,
+    AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, GasEstimate, SimError,
+    SimOverrides, SimulationLimits, Simulator, ValidationOutcome, ValidationRules, changed_code,
+    pre_verification_gas,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +127,27 @@ pub struct MinedOp {
     pub log_index: u64,
 }
 
+/// One fee level of `settled_getUserOperationGasPrice`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GasPrice {
+    /// `maxFeePerGas` for the op.
+    pub max_fee_per_gas: U256,
+    /// `maxPriorityFeePerGas` for the op.
+    pub max_priority_fee_per_gas: U256,
+}
+
+/// `settled_getUserOperationGasPrice`'s answer: fees that get an op into the next bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GasPrices {
+    /// The node's suggested priority fee.
+    pub slow: GasPrice,
+    /// A quarter above it.
+    pub standard: GasPrice,
+    /// Half above it.
+    pub fast: GasPrice,
+}
+
 /// `eth_getUserOperationByHash`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -183,6 +205,7 @@ struct Shared {
     sender: DynProvider,
     bundler_address: Address,
     simulator: Simulator,
+    account_reads: AccountReads,
     pool: Mutex<Mempool>,
     mode: RwLock<BundlingMode>,
     head: RwLock<Option<Head>>,
@@ -211,6 +234,60 @@ fn storage_error(error: impl std::fmt::Display) -> BundlerError {
     BundlerError::Internal(format!("storage: {error}"))
 }
 
+/// What the second validation of a pooled op found.
+struct Revalidated {
+    signature_failed: bool,
+    /// Contracts whose storage the validation touched.
+    storage_of: std::collections::BTreeSet<Address>,
+}
+
+/// Validates `entry` again at the head (blocking): the op must still pass, and the code it ran
+/// at acceptance must be unchanged (COD-010).
+fn revalidate(
+    sim: &Simulator,
+    state: &BlockState,
+    context: &BlockContext,
+    entry: &PoolEntry,
+) -> Result<Revalidated, SimError> {
+    let overrides = match &entry.op.eip7702_auth {
+        Some(auth) => SimOverrides::with_authorization(auth.clone()),
+        None => SimOverrides::default(),
+    };
+    let outcome =
+        sim.simulate_validation(state, context, entry.entry_point, &entry.packed(), &overrides)?;
+    let seen = settled_sim::ValidationTrace {
+        code_hashes: entry.code_hashes.clone(),
+        ..Default::default()
+    };
+    let changed = changed_code(state, &seen)?;
+    if !changed.is_empty() && !entry.code_hashes.is_empty() {
+        return Err(SimError::Rejected {
+            reason: format!("COD-010: code changed at {changed:?}"),
+            inner: None,
+        });
+    }
+    let storage_of = outcome
+        .trace
+        .entities
+        .values()
+        .flat_map(|trace| trace.storage.iter().filter(|s| !s.transient).map(|s| s.contract))
+        .collect();
+    Ok(Revalidated { signature_failed: outcome.account.signature_failed, storage_of })
+}
+
+/// Waits until every write made to `tree` so far is on disk. A blocking `flush` on a blocking
+/// thread, not `flush_async`: concurrent `flush_async` calls can hang forever in sled 0.34
+/// (spacejam/sled#1308, seen here under load). Concurrent flushes share one fsync, since a
+/// flush returns at once when the log is already stable past its writes.
+async fn make_durable(tree: &sled::Tree) -> Result<(), BundlerError> {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(storage_error)?
+        .map(drop)
+        .map_err(storage_error)
+}
+
 fn rpc_error(error: impl std::fmt::Display) -> BundlerError {
     BundlerError::Internal(format!("chain: {error}"))
 }
@@ -226,6 +303,9 @@ impl Bundler {
         db: &sled::Db,
     ) -> Result<Self, BundlerError> {
         let chain_id = provider.get_chain_id().await.map_err(rpc_error)?;
+        let client_version = provider.get_client_version().await.unwrap_or_default();
+        let account_reads = AccountReads::for_client(&client_version);
+        info!(client = %client_version, ?account_reads, "reading chain state");
         let bundler_address = signer.address();
         // The nonce is read from the node for every bundle (no cache): a reorg can take a sent
         // bundle out of the chain, and its nonce with it.
@@ -264,6 +344,7 @@ impl Bundler {
                 sender,
                 bundler_address,
                 simulator,
+                account_reads,
                 pool: Mutex::new(pool),
                 mode,
                 head: RwLock::new(None),
@@ -324,10 +405,11 @@ impl Bundler {
         let state =
             match self.shared.head.read().ok().and_then(|h| h.as_ref().map(|h| h.state.clone())) {
                 Some(previous) => previous.successor(block),
-                None => BlockState::new(
+                None => BlockState::with_account_reads(
                     self.shared.provider.clone(),
                     block,
                     tokio::runtime::Handle::current(),
+                    self.shared.account_reads,
                 ),
             };
         if let Ok(mut head) = self.shared.head.write() {
@@ -415,7 +497,7 @@ impl Bundler {
         }
         // Persisted before the hash is returned: an accepted op survives a crash.
         self.shared.pool_tree.insert(hash, value).map_err(storage_error)?;
-        self.shared.pool_tree.flush_async().await.map_err(storage_error)?;
+        make_durable(&self.shared.pool_tree).await?;
         debug!(%hash, sender = %packed.sender, "UserOperation accepted");
         Ok(hash)
     }
@@ -505,6 +587,25 @@ impl Bundler {
         self.simulate(move |sim| sim.estimate_gas(&state, &context, version, &packed, &overrides))
             .await?
             .map_err(|e| BundlerError::from_sim(e, paymaster))
+    }
+
+    /// `settled_getUserOperationGasPrice`: the node's priority fee at 100/125/150%, each with a
+    /// max fee of twice the head's base fee on top (room for six full blocks of base-fee rise),
+    /// never below what the bundler itself requires.
+    pub async fn gas_prices(&self) -> Result<GasPrices, BundlerError> {
+        let (_, context) = self.head().await?;
+        let priority =
+            self.shared.provider.get_max_priority_fee_per_gas().await.map_err(rpc_error)?;
+        let level = |percent: u128| {
+            let priority = priority.saturating_mul(percent) / 100;
+            GasPrice {
+                max_fee_per_gas: U256::from(
+                    u128::from(context.base_fee).saturating_mul(2).saturating_add(priority),
+                ),
+                max_priority_fee_per_gas: U256::from(priority),
+            }
+        };
+        Ok(GasPrices { slow: level(100), standard: level(125), fast: level(150) })
     }
 
     /// `eth_getUserOperationByHash`.
@@ -721,6 +822,7 @@ impl Bundler {
         if candidates.is_empty() {
             return Ok(None);
         }
+        let building = std::time::Instant::now();
         let (state, context) = self.head().await?;
         // Pick: one op per sender, within the bundle's gas, not expiring.
         let mut picked = Vec::new();
@@ -747,128 +849,128 @@ impl Bundler {
             gas += op_gas;
             picked.push(entry);
         }
-        // Second validation, against the head, with COD-010.
-        let checks = {
-            let picked = picked.clone();
+        // Second validation, against the head, with COD-010; on both cores (ops are independent).
+        let revalidate_all = |entries: Vec<Arc<PoolEntry>>| {
+            let state = state.clone();
             self.simulate(move |sim| {
-                picked
+                entries
                     .iter()
-                    .map(|entry| {
-                        let overrides = match &entry.op.eip7702_auth {
-                            Some(auth) => SimOverrides::with_authorization(auth.clone()),
-                            None => SimOverrides::default(),
-                        };
-                        let packed = entry.packed();
-                        let outcome = sim.simulate_validation(
-                            &state,
-                            &context,
-                            entry.entry_point,
-                            &packed,
-                            &overrides,
-                        )?;
-                        let seen = settled_sim::ValidationTrace {
-                            code_hashes: entry.code_hashes.clone(),
-                            ..Default::default()
-                        };
-                        let changed = changed_code(&state, &seen)?;
-                        if !changed.is_empty() && !entry.code_hashes.is_empty() {
-                            return Err(SimError::Rejected {
-                                reason: format!("COD-010: code changed at {changed:?}"),
-                                inner: None,
-                            });
-                        }
-                        Ok(outcome.account.signature_failed)
-                    })
-                    .collect::<Vec<Result<bool, SimError>>>()
+                    .map(|entry| revalidate(sim, &state, &context, entry))
+                    .collect::<Vec<Result<Revalidated, SimError>>>()
             })
-            .await?
         };
+        let half = picked.len().div_ceil(2);
+        let (first, second) = tokio::join!(
+            revalidate_all(picked[..half].to_vec()),
+            revalidate_all(picked[half..].to_vec())
+        );
+        let checks = first?.into_iter().chain(second?);
+        // No op may touch the storage of another sender in the bundle (its validation could
+        // change when that sender's op runs first): it waits for a later bundle.
+        let senders: std::collections::HashSet<Address> =
+            picked.iter().map(|e| e.op.sender).collect();
         let mut bundle = Vec::new();
         for (entry, check) in picked.into_iter().zip(checks) {
             match check {
-                Ok(false) => bundle.push(entry),
-                Ok(true) => self.drop_op(entry.hash, "signature no longer valid")?,
+                Ok(checked) if checked.signature_failed => {
+                    self.drop_op(entry.hash, "signature no longer valid")?
+                }
+                Ok(checked)
+                    if checked
+                        .storage_of
+                        .iter()
+                        .any(|c| *c != entry.op.sender && senders.contains(c)) =>
+                {
+                    debug!(hash = %entry.hash, "touches another bundled sender's storage; deferred");
+                }
+                Ok(_) => bundle.push(entry),
                 Err(SimError::Fork(error)) => {
                     return Err(BundlerError::Internal(error.to_string()));
                 }
                 Err(error) => self.drop_op(entry.hash, &error.to_string())?,
             }
         }
-        // Third validation: the node's eth_estimateGas of the whole bundle; drop what fails.
+        let revalidated = building.elapsed();
+        // Third validation: the whole handleOps in revm with the EntryPoint's real code (its gas
+        // is the transaction's); an op the EntryPoint rejects is dropped and the rest run again.
         let beneficiary = self.shared.config.beneficiary.unwrap_or(self.shared.bundler_address);
         for _ in 0..MAX_BUNDLE_RETRIES {
             if bundle.is_empty() {
                 return Ok(None);
             }
-            let ops: Vec<PackedUserOperation> = bundle.iter().map(|e| e.packed()).collect();
-            let authorizations: Vec<_> =
-                bundle.iter().filter_map(|e| e.op.eip7702_auth.clone()).collect();
-            let input: Bytes =
-                v07::IEntryPoint::handleOpsCall { ops, beneficiary }.abi_encode().into();
+            let candidate = Bundle {
+                version,
+                ops: bundle.iter().map(|e| e.packed()).collect(),
+                beneficiary,
+                bundler: self.shared.bundler_address,
+                authorizations: bundle
+                    .iter()
+                    .filter_map(|e| e.op.eip7702_auth.clone().map(|a| (e.op.sender, a)))
+                    .collect(),
+            };
+            let outcome = {
+                let (state, candidate) = (state.clone(), candidate.clone());
+                self.simulate(move |sim| sim.simulate_bundle(&state, &context, &candidate))
+                    .await?
+                    .map_err(|e| BundlerError::Internal(format!("bundle simulation: {e}")))?
+            };
+            let gas_spent = match outcome {
+                BundleOutcome::Included { gas_spent, .. } => gas_spent,
+                BundleOutcome::OpFailed { index, reason } if index < bundle.len() => {
+                    let entry = bundle.remove(index);
+                    self.drop_op(entry.hash, &reason)?;
+                    continue;
+                }
+                BundleOutcome::OpFailed { reason, .. } => {
+                    return Err(BundlerError::Internal(format!("bundle rejected: {reason}")));
+                }
+                BundleOutcome::Reverted(data) => {
+                    return Err(BundlerError::Internal(format!("bundle reverts: {data}")));
+                }
+            };
             let mut tx = TransactionRequest::default()
                 .with_from(self.shared.bundler_address)
                 .with_to(version.canonical_address())
-                .with_input(input);
-            if !authorizations.is_empty() {
-                tx = tx.with_authorization_list(authorizations);
+                .with_input(candidate.calldata())
+                // Headroom over revm's figure: the EntryPoint's 63/64 checks inside handleOps.
+                .with_gas_limit((gas_spent + gas_spent / 5).min(context.gas_limit));
+            if !candidate.authorizations.is_empty() {
+                tx = tx.with_authorization_list(
+                    candidate.authorizations.into_iter().map(|(_, a)| a).collect(),
+                );
             }
-            match self.shared.provider.estimate_gas(tx.clone()).await {
-                Ok(gas) => {
-                    // Headroom over the estimate: the EntryPoint's 63/64 checks inside handleOps.
-                    let tx = tx.with_gas_limit(gas + gas / 5);
-                    let pending =
-                        self.shared.sender.send_transaction(tx).await.map_err(rpc_error)?;
-                    let hash = *pending.tx_hash();
-                    ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
-                    info!(%hash, ops = bundle.len(), ?version, "bundle sent");
-                    let receipt = pending
-                        .with_timeout(Some(self.shared.config.inclusion_timeout))
-                        .get_receipt()
-                        .await
-                        .map_err(rpc_error)?;
-                    if receipt.status() {
-                        ::metrics::counter!(metrics::BUNDLES_MINED).increment(1);
-                        ::metrics::histogram!(metrics::BUNDLE_GAS).record(receipt.gas_used as f64);
-                    } else {
-                        ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
-                        warn!(%hash, "bundle reverted");
-                    }
-                    self.index_logs(receipt.inner.logs())?;
-                    if let (Some(number), Some(block)) = (receipt.block_number, receipt.block_hash)
-                        && let Ok(mut unconfirmed) = self.shared.unconfirmed.lock()
-                    {
-                        unconfirmed.push((number, block));
-                    }
-                    return Ok(Some(hash));
-                }
-                Err(error) => {
-                    let failed =
-                        error.as_error_resp().and_then(|e| e.as_revert_data()).and_then(|data| {
-                            v07::IEntryPoint::IEntryPointErrors::abi_decode(&data).ok()
-                        });
-                    match failed {
-                        Some(v07::IEntryPoint::IEntryPointErrors::FailedOp(f)) => {
-                            let index = f.opIndex.saturating_to::<usize>();
-                            if index < bundle.len() {
-                                let entry = bundle.remove(index);
-                                self.drop_op(entry.hash, &f.reason)?;
-                                continue;
-                            }
-                            return Err(rpc_error(f.reason));
-                        }
-                        Some(v07::IEntryPoint::IEntryPointErrors::FailedOpWithRevert(f)) => {
-                            let index = f.opIndex.saturating_to::<usize>();
-                            if index < bundle.len() {
-                                let entry = bundle.remove(index);
-                                self.drop_op(entry.hash, &f.reason)?;
-                                continue;
-                            }
-                            return Err(rpc_error(f.reason));
-                        }
-                        _ => return Err(rpc_error(error)),
-                    }
-                }
+            let pending = self.shared.sender.send_transaction(tx).await.map_err(rpc_error)?;
+            let hash = *pending.tx_hash();
+            ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
+            let built = building.elapsed();
+            ::metrics::histogram!(metrics::BUNDLE_BUILD_SECONDS).record(built.as_secs_f64());
+            info!(
+                %hash,
+                ops = bundle.len(),
+                ?version,
+                revalidation_ms = revalidated.as_millis() as u64,
+                build_ms = built.as_millis() as u64,
+                "bundle sent"
+            );
+            let receipt = pending
+                .with_timeout(Some(self.shared.config.inclusion_timeout))
+                .get_receipt()
+                .await
+                .map_err(rpc_error)?;
+            if receipt.status() {
+                ::metrics::counter!(metrics::BUNDLES_MINED).increment(1);
+                ::metrics::histogram!(metrics::BUNDLE_GAS).record(receipt.gas_used as f64);
+            } else {
+                ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
+                warn!(%hash, "bundle reverted");
             }
+            self.index_logs(receipt.inner.logs())?;
+            if let (Some(number), Some(block)) = (receipt.block_number, receipt.block_hash)
+                && let Ok(mut unconfirmed) = self.shared.unconfirmed.lock()
+            {
+                unconfirmed.push((number, block));
+            }
+            return Ok(Some(hash));
         }
         Ok(None)
     }

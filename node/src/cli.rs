@@ -151,6 +151,22 @@ pub struct NodeArgs {
     )]
     pub bundler_interval_ms: u64,
 
+    /// Sum of the ops' gas limits one bundle may hold.
+    #[arg(
+        long = "bundler.max-bundle-gas",
+        env = "SETTLED_BUNDLER_MAX_BUNDLE_GAS",
+        default_value_t = 10_000_000
+    )]
+    pub bundler_max_bundle_gas: u64,
+
+    /// Ops per bundle.
+    #[arg(
+        long = "bundler.max-bundle-ops",
+        env = "SETTLED_BUNDLER_MAX_BUNDLE_OPS",
+        default_value_t = 64
+    )]
+    pub bundler_max_bundle_ops: usize,
+
     /// Prometheus listen address.
     #[arg(long = "metrics.addr", env = "SETTLED_METRICS_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub metrics_addr: IpAddr,
@@ -328,6 +344,8 @@ impl NodeArgs {
                 beneficiary: self.bundler_beneficiary,
                 mode: self.bundler_mode,
                 interval: Duration::from_millis(self.bundler_interval_ms.max(10)),
+                max_bundle_gas: self.bundler_max_bundle_gas,
+                max_bundle_ops: self.bundler_max_bundle_ops.max(1),
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })

@@ -39,6 +39,10 @@ pub struct BundlerSettings {
     pub mode: settled_bundler::BundlingMode,
     /// In auto mode, also try a bundle this often.
     pub interval: Duration,
+    /// Sum of the ops' gas limits one bundle may hold.
+    pub max_bundle_gas: u64,
+    /// Ops per bundle.
+    pub max_bundle_ops: usize,
 }
 
 impl Default for BundlerSettings {
@@ -50,6 +54,8 @@ impl Default for BundlerSettings {
             beneficiary: None,
             mode: settled_bundler::BundlingMode::Auto,
             interval: Duration::from_secs(1),
+            max_bundle_gas: 10_000_000,
+            max_bundle_ops: 64,
         }
     }
 }

@@ -124,6 +124,8 @@ pub async fn launch(
                 beneficiary: config.bundler.beneficiary,
                 mode: config.bundler.mode,
                 auto_interval: config.bundler.interval,
+                max_bundle_gas: config.bundler.max_bundle_gas,
+                max_bundle_ops: config.bundler.max_bundle_ops,
                 ..Default::default()
             };
             let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;

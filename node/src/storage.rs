@@ -64,13 +64,16 @@ impl Storage {
         &self.db
     }
 
-    /// Flushes everything to disk (at shutdown).
+    /// Flushes everything to disk (at shutdown). A blocking `flush` on a blocking thread:
+    /// sled 0.34's `flush_async` can hang when another flush runs (spacejam/sled#1308).
     pub async fn flush(&self) -> Result<(), NodeError> {
-        self.db
-            .flush_async()
+        let db = self.db.clone();
+        let storage_error = |reason: String| NodeError::Storage { path: self.path.clone(), reason };
+        tokio::task::spawn_blocking(move || db.flush())
             .await
+            .map_err(|e| storage_error(e.to_string()))?
             .map(drop)
-            .map_err(|e| NodeError::Storage { path: self.path.clone(), reason: e.to_string() })
+            .map_err(|e| storage_error(e.to_string()))
     }
 }
 

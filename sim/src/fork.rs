@@ -67,6 +67,30 @@ pub struct ForkStats {
     pub slots_reused: usize,
 }
 
+/// How a view reads an account from the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountReads {
+    /// One `eth_getProof`: also yields the storage root, so slots carry over between blocks.
+    Proof,
+    /// `eth_getBalance`, `eth_getTransactionCount` and `eth_getCode` at once; slots are read
+    /// again in each block.
+    PlainCalls,
+}
+
+impl AccountReads {
+    /// The cheaper way for the node that answers `web3_clientVersion` with `client_version`.
+    /// Anvil builds its whole state trie for every `eth_getProof` (measured: 0.5 ms on an empty
+    /// chain, 4.3 ms with 1,000 accounts, 10.5 ms with 3,000, against 0.4 ms for a plain read), so
+    /// it gets plain calls; nodes with a persistent trie (geth, reth, erigon, nethermind) proofs.
+    pub fn for_client(client_version: &str) -> Self {
+        if client_version.to_ascii_lowercase().starts_with("anvil") {
+            Self::PlainCalls
+        } else {
+            Self::Proof
+        }
+    }
+}
+
 /// The state of the chain at one block, read through from the node and cached.
 ///
 /// Cheap to clone (shared); a new block needs a new `BlockState` — preferably
@@ -92,8 +116,19 @@ impl BlockState {
     /// State at `block` of `provider`'s chain. `handle` runs the RPC reads; simulations block on
     /// them, so run simulations on blocking threads (`spawn_blocking`), never on the runtime.
     pub fn new(provider: DynProvider, block: BlockId, handle: Handle) -> Self {
+        Self::with_account_reads(provider, block, handle, AccountReads::Proof)
+    }
+
+    /// Like [`BlockState::new`], reading accounts as `reads` says (it and its successors; a
+    /// node that fails `eth_getProof` gets plain calls anyway).
+    pub fn with_account_reads(
+        provider: DynProvider,
+        block: BlockId,
+        handle: Handle,
+        reads: AccountReads,
+    ) -> Self {
         let proven = Arc::new(RwLock::new(ProvenCache::default()));
-        let proofs = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let proofs = Arc::new(std::sync::atomic::AtomicBool::new(reads == AccountReads::Proof));
         Self::with_shared(provider, block, handle, proven, proofs)
     }
 

@@ -11,10 +11,13 @@
 //! * [`Simulator::simulate_handle_op`]: validation and execution of one op, with the
 //!   EntryPoint's events decoded ([`ExecutionOutcome`]).
 //! * [`Simulator::estimate_gas`]: ERC-7769 gas estimation by binary search ([`GasEstimate`]).
+//! * [`Simulator::simulate_bundle`]: a whole `handleOps` transaction with the EntryPoint's real
+//!   code — the bundle's last check and its gas ([`BundleOutcome`]).
 //! * [`SimOverrides`]: caller state overrides and a v0.8 op's EIP-7702 authorization.
 //!
 //! Every run is bounded by [`SimulationLimits`]: a gas cap and a wall-clock timeout.
 
+mod bundle;
 mod error;
 mod estimate;
 mod evm;
@@ -25,13 +28,14 @@ mod overrides;
 mod rules;
 mod validation;
 
+pub use bundle::{Bundle, BundleOutcome};
 pub use error::SimError;
 pub use estimate::{
     EstimationMargins, GasEstimate, MIN_CALL_GAS_LIMIT, PRE_VERIFICATION_OVERHEAD_GAS,
     pre_verification_gas,
 };
 pub use execution::{ExecutionOutcome, FrameGas};
-pub use fork::{BlockState, ForkError, ForkStats};
+pub use fork::{AccountReads, BlockState, ForkError, ForkStats};
 pub use inspector::{
     CallMade, Creation, Entity, EntityTrace, ExtCodeAccess, OpAddresses, StorageAccess,
     ValidationInspector, ValidationTrace,

@@ -453,16 +453,29 @@ pub struct TestNode {
 impl TestNode {
     /// Spawns a chain and a node on it (`settled run` with a deployment file), all on free ports.
     pub async fn spawn() -> TestResult<Self> {
-        let chain = TestChain::spawn().await?;
+        Self::spawn_with(AnvilOptions::default(), |_| {}).await
+    }
+
+    /// The same with Anvil started with `anvil` and the node's config adjusted by `configure`.
+    pub async fn spawn_with(
+        anvil: AnvilOptions,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> TestResult<Self> {
+        let chain = TestChain::spawn_with(anvil).await?;
         let datadir = tempfile::tempdir()?;
         let deployment_file = datadir.path().join("deployment.json");
         chain.deployment.save(&deployment_file)?;
         let source =
             ChainSource::Remote { rpc_url: chain.anvil.endpoint(), deployment: deployment_file };
-        Self::start(chain, datadir, source).await
+        Self::start(chain, datadir, source, configure).await
     }
 
-    async fn start(chain: TestChain, datadir: TempDir, source: ChainSource) -> TestResult<Self> {
+    async fn start(
+        chain: TestChain,
+        datadir: TempDir,
+        source: ChainSource,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> TestResult<Self> {
         // The node's logs in the test's output (`RUST_LOG=settled_bundler=debug` and so on).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -476,6 +489,7 @@ impl TestNode {
         // The bundler signs with dev account 9: the tests' own transactions come from 0 and 1.
         let key = chain.signer(BUNDLER_ACCOUNT)?.to_bytes();
         config.bundler.key = Some(settled_node::SecretKey(key.to_string()));
+        configure(&mut config);
         let node = launch(config, source, cancel.clone()).await?;
         let client = ProviderBuilder::new().connect_http(node.rpc_url().parse()?).erased();
         Ok(Self { chain, node: Some(node), cancel, client, http: reqwest::Client::new(), datadir })

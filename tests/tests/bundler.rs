@@ -144,6 +144,21 @@ async fn send_estimate_receipt_lookup() -> TestResult {
             EntryPointVersion::V07.canonical_address()
         ])
     );
+    let prices = call(&node, "settled_getUserOperationGasPrice", json!([])).await?;
+    let prices = prices.map_err(|e| format!("{e:?}"))?;
+    let fee = |level: &str, field: &str| -> TestResult<U256> {
+        Ok(serde_json::from_value(prices[level][field].clone())?)
+    };
+    assert!(fee("slow", "maxPriorityFeePerGas")? <= fee("standard", "maxPriorityFeePerGas")?);
+    assert!(fee("standard", "maxPriorityFeePerGas")? <= fee("fast", "maxPriorityFeePerGas")?);
+    let base_fee = node
+        .chain()
+        .provider()
+        .get_block_by_number(Default::default())
+        .await?
+        .and_then(|b| b.header.base_fee_per_gas)
+        .unwrap_or_default();
+    assert!(fee("slow", "maxFeePerGas")? >= U256::from(base_fee));
     for version in EntryPointVersion::ALL {
         let owner = PrivateKeySigner::random();
         let op = funded_op(&node, version, &owner).await?;
