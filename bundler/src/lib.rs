@@ -12,6 +12,7 @@
 mod error;
 mod metrics;
 mod pool;
+mod reputation;
 mod rpc;
 mod service;
 mod user_op;
@@ -22,9 +23,15 @@ pub use pool::{
     Mempool, PoolConfig, PoolEntry, PoolError, REPLACEMENT_FEE_BUMP_PERCENT,
     SAME_SENDER_MEMPOOL_COUNT, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT, StakedEntities,
 };
-pub use rpc::{GasEstimateResponse, bundler_module, codes};
+pub use reputation::{
+    BAN_OPS_SEEN_PENALTY, BAN_SLACK, MAX_OPS_ALLOWED_UNSTAKED_ENTITY,
+    MIN_INCLUSION_RATE_DENOMINATOR, Reputation, ReputationCounts, ReputationLists,
+    ReputationStatus, THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
+    THROTTLED_ENTITY_MEMPOOL_COUNT, THROTTLING_SLACK,
+};
+pub use rpc::{GasEstimateResponse, ReputationEntry, bundler_module, codes};
 pub use service::{
     Bundler, BundlerConfig, BundlingMode, GasPrice, GasPrices, MAX_VERIFICATION_GAS, MinedOp,
-    UserOperationByHash, UserOperationReceipt,
+    StakeInfo, StakeStatus, UserOperationByHash, UserOperationReceipt,
 };
 pub use user_op::{InvalidUserOperation, UserOperation};

@@ -80,7 +80,24 @@ impl PoolEntry {
     }
 
     fn factory(&self) -> Option<Address> {
-        self.op.factory.as_ref().filter(|f| f.len() == 20).map(|f| Address::from_slice(f))
+        self.op.factory_address()
+    }
+
+    /// The op's entities as `(kind, address, staked)`: the sender (`account`), its factory and
+    /// its paymaster, where present.
+    pub fn entities(&self) -> impl Iterator<Item = (&'static str, Address, bool)> {
+        [
+            ("account", Some(self.op.sender), self.staked.sender),
+            ("factory", self.factory(), self.staked.factory),
+            ("paymaster", self.op.paymaster, self.staked.paymaster),
+        ]
+        .into_iter()
+        .filter_map(|(kind, address, staked)| address.map(|a| (kind, a, staked)))
+    }
+
+    /// Whether `address` is one of the op's entities.
+    pub fn references(&self, address: Address) -> bool {
+        self.entities().any(|(_, a, _)| a == address)
     }
 
     fn priority_fee(&self) -> U256 {
@@ -109,13 +126,15 @@ pub enum PoolError {
     SenderLimit(Address),
     /// An unstaked factory or paymaster is referenced by the most ops allowed.
     #[error(
-        "unstaked {entity} {address} is already used by {SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT} UserOperations in the mempool"
+        "unstaked {entity} {address} is already used by {allowed} UserOperations in the mempool"
     )]
     EntityLimit {
         /// `factory` or `paymaster`.
         entity: &'static str,
         /// Its address.
         address: Address,
+        /// Ops it may have in the pool.
+        allowed: usize,
     },
     /// STO-040: an address is a sender in one op and a factory or paymaster in another.
     #[error("{0} is a sender of one UserOperation and a factory or paymaster of another (STO-040)")]
@@ -159,9 +178,15 @@ impl Mempool {
         self.by_hash.get(hash).cloned()
     }
 
-    /// Adds `entry` under the mempool rules. Returns the ops it displaced (a replaced op, an
-    /// evicted cheapest op), which the caller forgets too.
-    pub fn add(&mut self, entry: PoolEntry) -> Result<Vec<Arc<PoolEntry>>, PoolError> {
+    /// Adds `entry` under the mempool rules, an unstaked paymaster being allowed
+    /// `paymaster_allowance` ops (UREP-020; `SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT` for a new one).
+    /// Returns the ops it displaced (a replaced op, an evicted cheapest op), which the caller
+    /// forgets too.
+    pub fn add(
+        &mut self,
+        entry: PoolEntry,
+        paymaster_allowance: usize,
+    ) -> Result<Vec<Arc<PoolEntry>>, PoolError> {
         if self.by_hash.contains_key(&entry.hash) {
             return Err(PoolError::Duplicate(entry.hash));
         }
@@ -198,16 +223,16 @@ impl Mempool {
         {
             return Err(PoolError::SenderLimit(sender));
         }
-        for (entity, address, staked) in [
-            ("factory", entry.factory(), entry.staked.factory),
-            ("paymaster", entry.op.paymaster, entry.staked.paymaster),
+        for (entity, address, staked, allowed) in [
+            ("factory", entry.factory(), entry.staked.factory, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
+            ("paymaster", entry.op.paymaster, entry.staked.paymaster, paymaster_allowance),
         ] {
             let Some(address) = address else { continue };
             let uses = others()
                 .filter(|e| e.factory() == Some(address) || e.op.paymaster == Some(address))
                 .count();
-            if !staked && uses >= SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT {
-                return Err(PoolError::EntityLimit { entity, address });
+            if !staked && uses >= allowed {
+                return Err(PoolError::EntityLimit { entity, address, allowed });
             }
         }
         if replaced.is_none() && self.by_hash.len() >= self.config.max_ops {
@@ -252,6 +277,20 @@ impl Mempool {
                 .then(a.op.nonce.cmp(&b.op.nonce))
         });
         ops
+    }
+
+    /// Ops of `entry_point` that reference `address` as sender, factory or paymaster.
+    pub fn referencing(&self, entry_point: EntryPointVersion, address: Address) -> Vec<B256> {
+        self.by_hash
+            .values()
+            .filter(|e| e.entry_point == entry_point && e.references(address))
+            .map(|e| e.hash)
+            .collect()
+    }
+
+    /// Every op.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<PoolEntry>> {
+        self.by_hash.values()
     }
 
     /// Ops whose `validUntil` is before `timestamp`.
@@ -306,14 +345,21 @@ mod tests {
     fn duplicates_and_replacements() {
         let mut pool = Mempool::new(PoolConfig::default());
         let first = entry(1, 0, 100);
-        pool.add(first.clone()).map_err(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(pool.add(first.clone()), Err(PoolError::Duplicate(first.hash)));
+        pool.add(first.clone(), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT)
+            .map_err(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            pool.add(first.clone(), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
+            Err(PoolError::Duplicate(first.hash))
+        );
         // +9%: refused; +10% on both: replaces.
         assert!(matches!(
-            pool.add(entry(1, 0, 109)),
+            pool.add(entry(1, 0, 109), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
             Err(PoolError::ReplacementUnderpriced { .. })
         ));
-        let displaced = pool.add(entry(1, 0, 110)).map_err(|e| e.to_string());
+        let displaced = pool
+            .add(entry(1, 0, 110), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT)
+            .map_err(|e| e.to_string());
         assert_eq!(displaced.map(|d| d.len()), Ok(1));
         assert_eq!(pool.len(), 1);
         assert!(pool.get(&first.hash).is_none());
@@ -323,15 +369,18 @@ mod tests {
     fn unstaked_sender_limit() {
         let mut pool = Mempool::new(PoolConfig::default());
         for nonce in 0..SAME_SENDER_MEMPOOL_COUNT as u64 {
-            assert!(pool.add(entry(1, nonce, 10)).is_ok());
+            assert!(pool.add(entry(1, nonce, 10), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
         }
         assert_eq!(
-            pool.add(entry(1, 99, 10)),
+            pool.add(entry(1, 99, 10), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
             Err(PoolError::SenderLimit(Address::repeat_byte(1)))
         );
         let mut staked = entry(1, 99, 10);
         staked.staked.sender = true;
-        assert!(pool.add(staked).is_ok(), "a staked sender is not limited");
+        assert!(
+            pool.add(staked, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok(),
+            "a staked sender is not limited"
+        );
     }
 
     #[test]
@@ -345,25 +394,37 @@ mod tests {
             e
         };
         for sender in 1..=SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT as u8 {
-            assert!(pool.add(sponsored(sender)).is_ok());
+            assert!(pool.add(sponsored(sender), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
         }
         assert!(matches!(
-            pool.add(sponsored(50)),
+            pool.add(sponsored(50), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
             Err(PoolError::EntityLimit { entity: "paymaster", .. })
         ));
+        // UREP-020: a paymaster with a record of inclusion is allowed more.
+        let allowance = SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT + 1;
+        assert!(pool.add(sponsored(50), allowance).is_ok());
+        assert_eq!(pool.referencing(EntryPointVersion::V07, paymaster).len(), allowance);
         // The paymaster cannot also be a sender (STO-040).
         let mut as_sender = entry(0xaa, 0, 10);
         as_sender.hash = B256::repeat_byte(0xaa);
-        assert_eq!(pool.add(as_sender), Err(PoolError::SenderEntityConflict(paymaster)));
+        assert_eq!(
+            pool.add(as_sender, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
+            Err(PoolError::SenderEntityConflict(paymaster))
+        );
     }
 
     #[test]
     fn full_pool_evicts_the_cheapest() {
         let mut pool = Mempool::new(PoolConfig { max_ops: 2 });
-        assert!(pool.add(entry(1, 0, 10)).is_ok());
-        assert!(pool.add(entry(2, 0, 20)).is_ok());
-        assert_eq!(pool.add(entry(3, 0, 5)), Err(PoolError::Full(U256::from(10))));
-        let displaced = pool.add(entry(3, 0, 30)).map_err(|e| e.to_string());
+        assert!(pool.add(entry(1, 0, 10), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
+        assert!(pool.add(entry(2, 0, 20), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
+        assert_eq!(
+            pool.add(entry(3, 0, 5), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
+            Err(PoolError::Full(U256::from(10)))
+        );
+        let displaced = pool
+            .add(entry(3, 0, 30), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT)
+            .map_err(|e| e.to_string());
         assert_eq!(displaced.map(|d| d[0].op.sender), Ok(Address::repeat_byte(1)));
         let best: Vec<_> = pool.best(EntryPointVersion::V07).iter().map(|e| e.op.sender).collect();
         assert_eq!(best, vec![Address::repeat_byte(3), Address::repeat_byte(2)]);

@@ -2,7 +2,7 @@
 //! the one place [`BundlerError`]s become JSON-RPC error codes.
 
 use alloy::{
-    primitives::{Address, B256, U256},
+    primitives::{Address, B256, U64, U256},
     rpc::types::state::StateOverride,
 };
 use jsonrpsee::{
@@ -11,13 +11,16 @@ use jsonrpsee::{
     proc_macros::rpc,
     types::{ErrorObject, ErrorObjectOwned},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use settled_sim::GasEstimate;
 
 use crate::{
     error::BundlerError,
-    service::{Bundler, BundlingMode, GasPrices, UserOperationByHash, UserOperationReceipt},
+    reputation::{ReputationCounts, ReputationStatus},
+    service::{
+        Bundler, BundlingMode, GasPrices, StakeStatus, UserOperationByHash, UserOperationReceipt,
+    },
     user_op::UserOperation,
 };
 
@@ -195,6 +198,22 @@ impl BundlerExtrasApiServer for Bundler {
     }
 }
 
+/// One entity's reputation as `debug_bundler_setReputation` takes it and `dumpReputation`
+/// returns it (`status` only in the latter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReputationEntry {
+    /// The entity.
+    pub address: Address,
+    /// `opsSeen`.
+    pub ops_seen: U64,
+    /// `opsIncluded`.
+    pub ops_included: U64,
+    /// `ok`, `throttled` or `banned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ReputationStatus>,
+}
+
 /// ERC-7769's `debug_bundler_*` methods (served only with `--rpc.debug`).
 #[rpc(server, namespace = "debug")]
 pub trait BundlerDebugApi {
@@ -217,6 +236,30 @@ pub trait BundlerDebugApi {
     /// `auto` or `manual`.
     #[method(name = "bundler_setBundlingMode")]
     fn set_bundling_mode(&self, mode: BundlingMode) -> RpcResult<&'static str>;
+
+    /// Sets entities' reputation counters for `entry_point`.
+    #[method(name = "bundler_setReputation")]
+    fn set_reputation(
+        &self,
+        entries: Vec<ReputationEntry>,
+        entry_point: Address,
+    ) -> RpcResult<&'static str>;
+
+    /// Every entity's reputation for `entry_point`.
+    #[method(name = "bundler_dumpReputation")]
+    fn dump_reputation(&self, entry_point: Address) -> RpcResult<Vec<ReputationEntry>>;
+
+    /// Forgets every reputation counter.
+    #[method(name = "bundler_clearReputation")]
+    fn clear_reputation(&self) -> RpcResult<&'static str>;
+
+    /// `address`'s stake at `entry_point`.
+    #[method(name = "bundler_getStakeStatus")]
+    async fn get_stake_status(
+        &self,
+        address: Address,
+        entry_point: Address,
+    ) -> RpcResult<StakeStatus>;
 }
 
 #[async_trait]
@@ -260,7 +303,8 @@ impl UserOperationApiServer for Bundler {
 #[async_trait]
 impl BundlerDebugApiServer for Bundler {
     fn clear_state(&self) -> RpcResult<&'static str> {
-        self.clear_mempool()?;
+        Bundler::clear_mempool(self)?;
+        Bundler::clear_reputation(self)?;
         Ok("ok")
     }
 
@@ -280,6 +324,50 @@ impl BundlerDebugApiServer for Bundler {
     fn set_bundling_mode(&self, mode: BundlingMode) -> RpcResult<&'static str> {
         self.set_mode(mode);
         Ok("ok")
+    }
+
+    fn set_reputation(
+        &self,
+        entries: Vec<ReputationEntry>,
+        entry_point: Address,
+    ) -> RpcResult<&'static str> {
+        let entries: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let counts = ReputationCounts {
+                    ops_seen: e.ops_seen.to(),
+                    ops_included: e.ops_included.to(),
+                };
+                (e.address, counts)
+            })
+            .collect();
+        Bundler::set_reputation(self, &entries, entry_point)?;
+        Ok("ok")
+    }
+
+    fn dump_reputation(&self, entry_point: Address) -> RpcResult<Vec<ReputationEntry>> {
+        Ok(Bundler::dump_reputation(self, entry_point)?
+            .into_iter()
+            .map(|(address, counts, status)| ReputationEntry {
+                address,
+                ops_seen: U64::from(counts.ops_seen),
+                ops_included: U64::from(counts.ops_included),
+                status: Some(status),
+            })
+            .collect())
+    }
+
+    fn clear_reputation(&self) -> RpcResult<&'static str> {
+        Bundler::clear_reputation(self)?;
+        Ok("ok")
+    }
+
+    async fn get_stake_status(
+        &self,
+        address: Address,
+        entry_point: Address,
+    ) -> RpcResult<StakeStatus> {
+        Ok(self.stake_status(address, entry_point).await?)
     }
 }
 

@@ -3,6 +3,7 @@
 //! builds, checks and submits bundles.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -20,7 +21,7 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 use settled_contracts::{ChainEvent, EntryPointVersion, PackedUserOperation, v07};
 use settled_sim::{
-    AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, GasEstimate, SimError,
+    AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, Entity, GasEstimate, SimError,
     SimOverrides, SimulationLimits, Simulator, ValidationOutcome, ValidationRules, changed_code,
     pre_verification_gas,
 };
@@ -32,6 +33,11 @@ use crate::{
     error::BundlerError,
     metrics,
     pool::{Mempool, PoolConfig, PoolEntry, StakedEntities},
+    reputation::{
+        Reputation, ReputationCounts, ReputationLists, ReputationStatus, ReputationStore,
+        THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
+        THROTTLED_ENTITY_MEMPOOL_COUNT,
+    },
     user_op::UserOperation,
 };
 
@@ -67,6 +73,10 @@ pub struct BundlerConfig {
     pub max_bundle_ops: usize,
     /// Mempool bounds.
     pub pool: PoolConfig,
+    /// Entities always allowed or always banned, whatever their reputation.
+    pub reputation: ReputationLists,
+    /// How often reputation counters decay (ERC-7562: hourly).
+    pub reputation_decay_interval: Duration,
     /// Simulation bounds.
     pub limits: SimulationLimits,
     /// Staking thresholds.
@@ -87,12 +97,36 @@ impl Default for BundlerConfig {
             max_bundle_gas: 10_000_000,
             max_bundle_ops: 64,
             pool: PoolConfig::default(),
+            reputation: ReputationLists::default(),
+            reputation_decay_interval: Duration::from_secs(3600),
             limits: SimulationLimits::default(),
             rules: ValidationRules::default(),
             inclusion_timeout: Duration::from_secs(60),
             auto_interval: Duration::from_secs(1),
         }
     }
+}
+
+/// `debug_bundler_getStakeStatus`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StakeStatus {
+    /// The entity's stake.
+    pub stake_info: StakeInfo,
+    /// Whether it meets the staking thresholds.
+    pub is_staked: bool,
+}
+
+/// An entity's stake at the EntryPoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StakeInfo {
+    /// The entity.
+    pub addr: Address,
+    /// Wei staked.
+    pub stake: U256,
+    /// Unstake delay in seconds.
+    pub unstake_delay_sec: U256,
 }
 
 /// A mined op as the index keeps it.
@@ -207,6 +241,7 @@ struct Shared {
     simulator: Simulator,
     account_reads: AccountReads,
     pool: Mutex<Mempool>,
+    reputation: ReputationStore,
     mode: RwLock<BundlingMode>,
     head: RwLock<Option<Head>>,
     pool_tree: sled::Tree,
@@ -232,6 +267,21 @@ impl std::fmt::Debug for Bundler {
 
 fn storage_error(error: impl std::fmt::Display) -> BundlerError {
     BundlerError::Internal(format!("storage: {error}"))
+}
+
+/// The entity a failed validation is attributed to: by the EntryPoint's code (AA1x factory, AA2x
+/// account, AA3x paymaster) or the first broken rule's frame.
+fn blamed_entity(error: &SimError) -> Option<Entity> {
+    match error {
+        SimError::Rejected { reason, .. } => match reason.get(..3) {
+            Some("AA1") => Some(Entity::Factory),
+            Some("AA2") => Some(Entity::Account),
+            Some("AA3") => Some(Entity::Paymaster),
+            _ => None,
+        },
+        SimError::RuleViolations(violations) => violations.first().map(|v| v.entity),
+        _ => None,
+    }
 }
 
 /// What the second validation of a pooled op found.
@@ -324,7 +374,8 @@ impl Bundler {
             let (_, value) = item.map_err(storage_error)?;
             match serde_json::from_slice::<PoolEntry>(&value) {
                 Ok(entry) => {
-                    if pool.add(entry).is_ok() {
+                    // Accepted once under the limits of their time: not re-judged.
+                    if pool.add(entry, usize::MAX).is_ok() {
                         restored += 1;
                     }
                 }
@@ -334,6 +385,8 @@ impl Bundler {
         if restored > 0 {
             info!(restored, "UserOperations restored to the mempool");
         }
+        let reputation =
+            ReputationStore::open(db, config.reputation.clone()).map_err(storage_error)?;
         let simulator = Simulator::new(config.limits, config.rules);
         let mode = RwLock::new(config.mode);
         Ok(Self {
@@ -346,6 +399,7 @@ impl Bundler {
                 simulator,
                 account_reads,
                 pool: Mutex::new(pool),
+                reputation,
                 mode,
                 head: RwLock::new(None),
                 pool_tree,
@@ -488,18 +542,67 @@ impl Bundler {
             accepted_at_block: context.number,
         };
         let value = serde_json::to_vec(&entry).map_err(storage_error)?;
+        let entities: Vec<(&'static str, Address, bool)> = entry.entities().collect();
         let displaced = {
             let mut pool = self.shared.pool.lock().map_err(storage_error)?;
-            pool.add(entry).map_err(|e| BundlerError::Mempool(e.to_string()))?
+            self.check_reputation(&pool, version, &entities)?;
+            let allowance = match entry.op.paymaster {
+                Some(paymaster) => {
+                    self.shared.reputation.read(|r| r.unstaked_allowance(version, paymaster))
+                }
+                None => usize::MAX,
+            };
+            pool.add(entry, allowance).map_err(|e| BundlerError::Mempool(e.to_string()))?
         };
+        for (_, address, _) in &entities {
+            self.shared
+                .reputation
+                .update(version, *address, Reputation::seen)
+                .map_err(storage_error)?;
+        }
         for old in &displaced {
             self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
+            // GREP-050: an entity the replacement no longer uses is not charged for it.
+            if old.op.sender == packed.sender && old.op.nonce == packed.nonce {
+                for (_, address, _) in old.entities() {
+                    if !entities.iter().any(|(_, a, _)| *a == address) {
+                        self.shared
+                            .reputation
+                            .update(version, address, Reputation::unseen)
+                            .map_err(storage_error)?;
+                    }
+                }
+            }
         }
         // Persisted before the hash is returned: an accepted op survives a crash.
         self.shared.pool_tree.insert(hash, value).map_err(storage_error)?;
         make_durable(&self.shared.pool_tree).await?;
         debug!(%hash, sender = %packed.sender, "UserOperation accepted");
         Ok(hash)
+    }
+
+    /// GREP-010 and GREP-020 for an op's `entities`: none banned, and a throttled one has fewer
+    /// than `THROTTLED_ENTITY_MEMPOOL_COUNT` ops in the pool.
+    fn check_reputation(
+        &self,
+        pool: &Mempool,
+        version: EntryPointVersion,
+        entities: &[(&'static str, Address, bool)],
+    ) -> Result<(), BundlerError> {
+        for &(entity, address, _) in entities {
+            let status = self.shared.reputation.read(|r| r.status(version, address));
+            let refused = match status {
+                ReputationStatus::Ok => false,
+                ReputationStatus::Banned => true,
+                ReputationStatus::Throttled => {
+                    pool.referencing(version, address).len() >= THROTTLED_ENTITY_MEMPOOL_COUNT
+                }
+            };
+            if refused {
+                return Err(BundlerError::Reputation { entity, address, status: status.as_str() });
+            }
+        }
+        Ok(())
     }
 
     fn sanity_check(
@@ -727,6 +830,60 @@ impl Bundler {
         self.shared.pool_tree.clear().map_err(storage_error)
     }
 
+    /// `debug_bundler_setReputation`: sets counters; an entity they ban leaves the pool.
+    pub fn set_reputation(
+        &self,
+        entries: &[(Address, ReputationCounts)],
+        entry_point: Address,
+    ) -> Result<(), BundlerError> {
+        let version = self.version(entry_point)?;
+        for &(address, counts) in entries {
+            let status = self
+                .shared
+                .reputation
+                .update(version, address, |r, ep, a| r.set(ep, a, counts))
+                .map_err(storage_error)?;
+            if status == ReputationStatus::Banned {
+                self.drop_banned(version, address)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `debug_bundler_dumpReputation`: every entity seen with its counters and status.
+    pub fn dump_reputation(
+        &self,
+        entry_point: Address,
+    ) -> Result<Vec<(Address, ReputationCounts, ReputationStatus)>, BundlerError> {
+        let version = self.version(entry_point)?;
+        Ok(self.shared.reputation.read(|r| r.dump(version)))
+    }
+
+    /// `debug_bundler_clearReputation` (and `clearState`).
+    pub fn clear_reputation(&self) -> Result<(), BundlerError> {
+        self.shared.reputation.clear().map_err(storage_error)
+    }
+
+    /// `debug_bundler_getStakeStatus`: `address`'s stake at `entry_point` and whether it counts
+    /// as staked (ERC-7562 `MIN_STAKE_VALUE`, `MIN_UNSTAKE_DELAY`).
+    pub async fn stake_status(
+        &self,
+        address: Address,
+        entry_point: Address,
+    ) -> Result<StakeStatus, BundlerError> {
+        self.version(entry_point)?;
+        let info = v07::IEntryPoint::new(entry_point, &self.shared.provider)
+            .getDepositInfo(address)
+            .call()
+            .await
+            .map_err(rpc_error)?;
+        let (stake, delay) = (U256::from(info.stake), U256::from(info.unstakeDelaySec));
+        Ok(StakeStatus {
+            stake_info: StakeInfo { addr: address, stake, unstake_delay_sec: delay },
+            is_staked: self.shared.config.rules.is_staked(stake, delay),
+        })
+    }
+
     /// Indexes the `UserOperationEvent`s in `logs` and takes those ops out of the pool.
     fn index_logs(&self, logs: &[Log]) -> Result<usize, BundlerError> {
         let mut indexed = 0;
@@ -743,6 +900,15 @@ impl Bundler {
             let event = event.inner.data;
             let hash = event.userOpHash;
             let pooled = self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
+            if let Some(entry) = &pooled {
+                // opsIncluded counts only ops this bundler saw (and so counted in opsSeen).
+                for (_, address, _) in entry.entities() {
+                    self.shared
+                        .reputation
+                        .update(version, address, Reputation::included)
+                        .map_err(storage_error)?;
+                }
+            }
             let op = match pooled {
                 Some(entry) => Some(entry.op.clone()),
                 None => self.mined(hash)?.and_then(|m| m.op),
@@ -796,7 +962,7 @@ impl Bundler {
                 accepted_at_block: mined.block_number,
             };
             let value = serde_json::to_vec(&entry).map_err(storage_error)?;
-            if self.shared.pool.lock().map_err(storage_error)?.add(entry).is_ok() {
+            if self.shared.pool.lock().map_err(storage_error)?.add(entry, usize::MAX).is_ok() {
                 self.shared.pool_tree.insert(mined.hash, value).map_err(storage_error)?;
                 requeued += 1;
             }
@@ -827,14 +993,32 @@ impl Bundler {
         // Pick: one op per sender, within the bundle's gas, not expiring.
         let mut picked = Vec::new();
         let mut senders = std::collections::HashSet::new();
+        let mut throttled_uses: HashMap<Address, usize> = HashMap::new();
         let mut gas = 0u128;
-        for entry in candidates {
+        'candidates: for entry in candidates {
             if picked.len() >= self.shared.config.max_bundle_ops {
                 break;
             }
             if entry.valid_until < context.timestamp + MIN_VALIDITY_SECONDS {
                 self.drop_op(entry.hash, "expired")?;
                 continue;
+            }
+            // GREP-010 (banned: out of the pool) and GREP-020 (throttled: a few per bundle).
+            for (_, address, _) in entry.entities() {
+                match self.shared.reputation.read(|r| r.status(version, address)) {
+                    ReputationStatus::Ok => {}
+                    ReputationStatus::Banned => {
+                        self.drop_op(entry.hash, "an entity is banned")?;
+                        continue 'candidates;
+                    }
+                    ReputationStatus::Throttled => {
+                        let uses = throttled_uses.entry(address).or_default();
+                        if *uses >= THROTTLED_ENTITY_BUNDLE_COUNT {
+                            continue 'candidates;
+                        }
+                        *uses += 1;
+                    }
+                }
             }
             let packed = entry.packed();
             let op_gas = packed.verification_gas_limit()
@@ -887,7 +1071,19 @@ impl Bundler {
                 Err(SimError::Fork(error)) => {
                     return Err(BundlerError::Internal(error.to_string()));
                 }
-                Err(error) => self.drop_op(entry.hash, &error.to_string())?,
+                Err(error) => {
+                    // EREP-015: the paymaster is not charged for the account's or factory's
+                    // failure.
+                    if matches!(blamed_entity(&error), Some(Entity::Account | Entity::Factory))
+                        && let Some(paymaster) = entry.op.paymaster
+                    {
+                        self.shared
+                            .reputation
+                            .update(version, paymaster, Reputation::unseen)
+                            .map_err(storage_error)?;
+                    }
+                    self.drop_op(entry.hash, &error.to_string())?
+                }
             }
         }
         let revalidated = building.elapsed();
@@ -919,6 +1115,15 @@ impl Bundler {
                 BundleOutcome::OpFailed { index, reason } if index < bundle.len() => {
                     let entry = bundle.remove(index);
                     self.drop_op(entry.hash, &reason)?;
+                    // GREP-040: it passed the second validation, so its entity is banned
+                    // (GREP-010: with every op that uses it).
+                    let culprit = match reason.get(..3) {
+                        Some("AA1") => entry.op.factory_address().unwrap_or(entry.op.sender),
+                        Some("AA3") => entry.op.paymaster.unwrap_or(entry.op.sender),
+                        _ => entry.op.sender,
+                    };
+                    self.ban(version, culprit, &reason)?;
+                    bundle.retain(|e| !e.references(culprit));
                     continue;
                 }
                 BundleOutcome::OpFailed { reason, .. } => {
@@ -988,6 +1193,49 @@ impl Bundler {
         replaced
     }
 
+    /// GREP-020: ops with a throttled entity stay at most `THROTTLED_ENTITY_LIVE_BLOCKS` blocks.
+    fn throttled_too_long(&self, head: u64) -> Vec<B256> {
+        let Ok(pool) = self.shared.pool.lock() else { return Vec::new() };
+        pool.entries()
+            .filter(|e| e.accepted_at_block + THROTTLED_ENTITY_LIVE_BLOCKS < head)
+            .filter(|e| {
+                e.entities().any(|(_, address, _)| {
+                    self.shared.reputation.read(|r| r.status(e.entry_point, address))
+                        == ReputationStatus::Throttled
+                })
+            })
+            .map(|e| e.hash)
+            .collect()
+    }
+
+    /// Bans `address` (GREP-040) and removes every op that uses it (GREP-010).
+    fn ban(
+        &self,
+        version: EntryPointVersion,
+        address: Address,
+        why: &str,
+    ) -> Result<(), BundlerError> {
+        warn!(%address, why, "entity banned: failed bundle creation after the second validation");
+        self.shared
+            .reputation
+            .update(version, address, Reputation::penalize)
+            .map_err(storage_error)?;
+        self.drop_banned(version, address)
+    }
+
+    /// GREP-010: the ops of `version` that use `address` leave the pool.
+    fn drop_banned(
+        &self,
+        version: EntryPointVersion,
+        address: Address,
+    ) -> Result<(), BundlerError> {
+        let hashes = self.shared.pool.lock().map_err(storage_error)?.referencing(version, address);
+        for hash in hashes {
+            self.drop_op(hash, "an entity is banned")?;
+        }
+        Ok(())
+    }
+
     fn drop_op(&self, hash: B256, why: &str) -> Result<(), BundlerError> {
         warn!(%hash, why, "UserOperation dropped from the mempool");
         let reason = why.split(':').next().unwrap_or(why).to_string();
@@ -1002,9 +1250,18 @@ impl Bundler {
     pub async fn run(self, mut events: broadcast::Receiver<ChainEvent>, cancel: CancellationToken) {
         let mut ticks = tokio::time::interval(self.shared.config.auto_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let decay_every = self.shared.config.reputation_decay_interval;
+        let mut decay =
+            tokio::time::interval_at(tokio::time::Instant::now() + decay_every, decay_every);
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = decay.tick() => {
+                    if let Err(error) = self.shared.reputation.decay() {
+                        warn!(%error, "reputation decay failed");
+                    }
+                    continue;
+                }
                 event = events.recv() => event,
                 _ = ticks.tick() => {
                     if self.mode() == BundlingMode::Auto
@@ -1036,6 +1293,9 @@ impl Bundler {
                     let expired = self.shared.pool.lock().map(|p| p.expired(block.timestamp));
                     for hash in expired.unwrap_or_default() {
                         let _ = self.drop_op(hash, "validUntil passed");
+                    }
+                    for hash in self.throttled_too_long(block.block.number) {
+                        let _ = self.drop_op(hash, "throttled entity: live blocks passed");
                     }
                     ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
                     if self.mode() == BundlingMode::Auto

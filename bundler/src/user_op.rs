@@ -74,6 +74,11 @@ fn u128_field(name: &str, value: U256) -> Result<u128, InvalidUserOperation> {
 }
 
 impl UserOperation {
+    /// The factory, when it is an address (not absent, not the EIP-7702 marker).
+    pub fn factory_address(&self) -> Option<Address> {
+        self.factory.as_ref().filter(|f| f.len() == 20).map(|f| Address::from_slice(f))
+    }
+
     /// The packed form (`initCode`, `accountGasLimits`, `gasFees`, `paymasterAndData`).
     pub fn pack(&self) -> Result<PackedUserOperation, InvalidUserOperation> {
         let init_code = match (&self.factory, &self.factory_data) {

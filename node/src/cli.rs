@@ -167,6 +167,15 @@ pub struct NodeArgs {
     )]
     pub bundler_max_bundle_ops: usize,
 
+    /// Entities (sender, factory, paymaster addresses) always in good standing, whatever their
+    /// ERC-7562 reputation; comma-separated.
+    #[arg(long = "bundler.allowlist", env = "SETTLED_BUNDLER_ALLOWLIST", value_delimiter = ',')]
+    pub bundler_allowlist: Vec<alloy::primitives::Address>,
+
+    /// Entities always banned from the mempool; comma-separated.
+    #[arg(long = "bundler.blocklist", env = "SETTLED_BUNDLER_BLOCKLIST", value_delimiter = ',')]
+    pub bundler_blocklist: Vec<alloy::primitives::Address>,
+
     /// Prometheus listen address.
     #[arg(long = "metrics.addr", env = "SETTLED_METRICS_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub metrics_addr: IpAddr,
@@ -346,6 +355,10 @@ impl NodeArgs {
                 interval: Duration::from_millis(self.bundler_interval_ms.max(10)),
                 max_bundle_gas: self.bundler_max_bundle_gas,
                 max_bundle_ops: self.bundler_max_bundle_ops.max(1),
+                reputation: settled_bundler::ReputationLists {
+                    allowlist: self.bundler_allowlist.into_iter().collect(),
+                    blocklist: self.bundler_blocklist.into_iter().collect(),
+                },
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })
@@ -378,7 +391,16 @@ fn flatten(
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Datetime(d) => d.to_string(),
-            toml::Value::Array(_) => return Err(format!("`{key}`: arrays are not supported")),
+            // A list flag takes comma-separated values.
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    toml::Value::Integer(i) => Ok(i.to_string()),
+                    _ => Err(format!("`{key}`: list items must be strings or integers")),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
         };
         out.push((key, text));
     }
@@ -445,7 +467,9 @@ mod tests {
         let file = dir.path().join("settled.toml");
         std::fs::write(
             &file,
-            "datadir = \"/tmp/x\"\n[rpc]\nport = 1234\n[metrics]\nport = 99\n[log]\njson = true\n",
+            "datadir = \"/tmp/x\"\n[rpc]\nport = 1234\n[metrics]\nport = 99\n[log]\njson = true\n\
+             [bundler]\nblocklist = [\"0x0000000000000000000000000000000000000001\", \
+             \"0x0000000000000000000000000000000000000002\"]\n",
         )?;
         let file = file.to_string_lossy().into_owned();
         let (node, _, log) = parse(&["dev", "--config", &file, "--rpc.port", "555"])?.into_parts();
@@ -453,6 +477,7 @@ mod tests {
         assert_eq!(node.metrics.map(|m| m.port()), Some(99), "file beats default");
         assert_eq!(node.datadir, PathBuf::from("/tmp/x"));
         assert!(log.json);
+        assert_eq!(node.bundler.reputation.blocklist.len(), 2, "a TOML list");
         Ok(())
     }
 
@@ -463,7 +488,8 @@ mod tests {
         let path = file.to_string_lossy().into_owned();
         for (text, expect) in [
             ("[rpc]\nprot = 1\n", "unknown key `rpc.prot`"),
-            ("rpc = [1]\n", "arrays are not supported"),
+            ("rpc = [1]\n", "unknown key `rpc`"),
+            ("[bundler]\nallowlist = [true]\n", "list items must be strings or integers"),
             ("[rpc\n", "settled.toml"),
         ] {
             std::fs::write(&file, text)?;

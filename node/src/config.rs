@@ -43,6 +43,8 @@ pub struct BundlerSettings {
     pub max_bundle_gas: u64,
     /// Ops per bundle.
     pub max_bundle_ops: usize,
+    /// Entities always allowed or always banned, whatever their reputation.
+    pub reputation: settled_bundler::ReputationLists,
 }
 
 impl Default for BundlerSettings {
@@ -56,6 +58,7 @@ impl Default for BundlerSettings {
             interval: Duration::from_secs(1),
             max_bundle_gas: 10_000_000,
             max_bundle_ops: 64,
+            reputation: settled_bundler::ReputationLists::default(),
         }
     }
 }

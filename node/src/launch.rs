@@ -126,6 +126,7 @@ pub async fn launch(
                 auto_interval: config.bundler.interval,
                 max_bundle_gas: config.bundler.max_bundle_gas,
                 max_bundle_ops: config.bundler.max_bundle_ops,
+                reputation: config.bundler.reputation.clone(),
                 ..Default::default()
             };
             let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;

@@ -474,3 +474,153 @@ async fn reorged_ops_return_to_the_mempool() -> TestResult {
     assert_ne!(receipt["receipt"]["transactionHash"], first_tx, "mined again, in a new bundle");
     Ok(())
 }
+
+/// A brand-new account's creation, sponsored by `paymaster` (one that pays for anything),
+/// estimated through the node and signed.
+async fn sponsored_creation_op(
+    node: &TestNode,
+    version: EntryPointVersion,
+    paymaster: Address,
+) -> TestResult<PackedUserOperation> {
+    let chain = node.chain();
+    let owner = PrivateKeySigner::random();
+    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
+    let mut op = unestimated_op(sender, 0, init_code, Bytes::new());
+    op.paymasterAndData = paymaster.to_vec().into();
+    op.set_paymaster_gas_limits(0, 0);
+    let estimate = call(
+        node,
+        "eth_estimateUserOperationGas",
+        json!([UserOperation::unpack(&op, None), version.canonical_address()]),
+    )
+    .await?
+    .map_err(|e| format!("estimate failed: {e:?}"))?;
+    let gas = |name: &str| -> TestResult<u128> {
+        let value: U256 = serde_json::from_value(estimate[name].clone())?;
+        Ok(value.to())
+    };
+    op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
+    op.preVerificationGas = U256::from(gas("preVerificationGas")?);
+    op.set_paymaster_gas_limits(
+        gas("paymasterVerificationGasLimit")?,
+        gas("paymasterPostOpGasLimit")?,
+    );
+    op.signature = chain.sign_op(version, &owner, &op).await?;
+    Ok(op)
+}
+
+async fn reputation_of(
+    node: &TestNode,
+    version: EntryPointVersion,
+    address: Address,
+) -> TestResult<Value> {
+    let dump =
+        call(node, "debug_bundler_dumpReputation", json!([version.canonical_address()])).await?;
+    let dump = dump.map_err(|e| format!("{e:?}"))?;
+    Ok(dump
+        .as_array()
+        .and_then(|entries| {
+            entries
+                .iter()
+                .find(|e| {
+                    serde_json::from_value::<Address>(e["address"].clone()).ok() == Some(address)
+                })
+                .cloned()
+        })
+        .unwrap_or(Value::Null))
+}
+
+/// ERC-7562 reputation over the debug namespace: a throttled paymaster gets four ops into the
+/// mempool and no more (GREP-020), a banned one none, and banning it empties the pool of its ops
+/// (GREP-010); cleared, it is served again, and a mined op counts as seen and included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reputation_throttles_and_bans_a_paymaster() -> TestResult {
+    use settled_tests::testing_contracts::{RuleBreakingPaymaster, RuleTarget};
+
+    let node = TestNode::spawn().await?;
+    let version = EntryPointVersion::V07;
+    let entry_point = version.canonical_address();
+    let provider = node.chain().provider().clone();
+    let ok = |r: Result<Value, (i64, String)>| r.map_err(|e| format!("{e:?}"));
+    ok(call(&node, "debug_bundler_setBundlingMode", json!(["manual"])).await?)?;
+    let target = RuleTarget::deploy(&provider).await?;
+    let paymaster =
+        RuleBreakingPaymaster::deploy(&provider, entry_point, *target.address()).await?;
+    paymaster.deposit().value(U256::from(ETH)).send().await?.get_receipt().await?;
+    // Staked: it reads its own storage (ERC-7562 allows that only to a staked paymaster).
+    paymaster.stake(86_400).value(U256::from(ETH)).send().await?.get_receipt().await?;
+    let paymaster = *paymaster.address();
+
+    // Throttled: opsSeen / 10 = 11 > opsIncluded + THROTTLING_SLACK (10).
+    let throttled = json!([{ "address": paymaster, "opsSeen": "0x6e", "opsIncluded": "0x0" }]);
+    ok(call(&node, "debug_bundler_setReputation", json!([throttled, entry_point])).await?)?;
+    assert_eq!(reputation_of(&node, version, paymaster).await?["status"], "throttled");
+    for _ in 0..settled_bundler::THROTTLED_ENTITY_MEMPOOL_COUNT {
+        let op = sponsored_creation_op(&node, version, paymaster).await?;
+        ok(send(&node, version, &op).await?)?;
+    }
+    let fifth = sponsored_creation_op(&node, version, paymaster).await?;
+    let refused = send(&node, version, &fifth).await?.err().ok_or("a fifth op was accepted")?;
+    assert_eq!(refused.0, i64::from(codes::THROTTLED_OR_BANNED), "{refused:?}");
+    assert!(refused.1.contains("throttled"), "{refused:?}");
+
+    // Banned (opsSeen / 10 = 100 > 0 + BAN_SLACK): its ops leave the pool, new ones are refused.
+    let banned = json!([{ "address": paymaster, "opsSeen": "0x3e8", "opsIncluded": "0x0" }]);
+    ok(call(&node, "debug_bundler_setReputation", json!([banned, entry_point])).await?)?;
+    let dump = ok(call(&node, "debug_bundler_dumpMempool", json!([entry_point])).await?)?;
+    assert_eq!(dump, json!([]), "GREP-010: a banned paymaster's ops are removed");
+    let refused = send(&node, version, &fifth).await?.err().ok_or("a banned paymaster's op")?;
+    assert_eq!(refused.0, i64::from(codes::THROTTLED_OR_BANNED));
+    assert!(refused.1.contains("banned"), "{refused:?}");
+
+    // Cleared, it is served; once mined, the op counts as seen and included for each entity.
+    ok(call(&node, "debug_bundler_clearReputation", json!([])).await?)?;
+    let hash = ok(send(&node, version, &fifth).await?)?;
+    let factory =
+        reputation_of(&node, version, node.chain().deployment().simple_account_factory_v07).await?;
+    assert_eq!(factory["opsSeen"], "0x1", "{factory}");
+    ok(call(&node, "debug_bundler_sendBundleNow", json!([])).await?)?;
+    wait_for_receipt(&node, serde_json::from_value(hash)?).await?;
+    let entry = reputation_of(&node, version, paymaster).await?;
+    assert_eq!(
+        (&entry["opsSeen"], &entry["opsIncluded"], &entry["status"]),
+        (&json!("0x1"), &json!("0x1"), &json!("ok"))
+    );
+
+    // Its stake, as the EntryPoint has it; and an address with none.
+    let stake =
+        ok(call(&node, "debug_bundler_getStakeStatus", json!([paymaster, entry_point])).await?)?;
+    assert_eq!(stake["isStaked"], true, "{stake}");
+    assert_eq!(stake["stakeInfo"]["addr"], json!(paymaster));
+    assert_eq!(stake["stakeInfo"]["stake"], json!(U256::from(ETH)));
+    assert_eq!(stake["stakeInfo"]["unstakeDelaySec"], "0x15180");
+    let none =
+        ok(call(&node, "debug_bundler_getStakeStatus", json!([target.address(), entry_point]))
+            .await?)?;
+    assert_eq!((&none["isStaked"], &none["stakeInfo"]["stake"]), (&json!(false), &json!("0x0")));
+    // clearState forgets reputation too.
+    ok(call(&node, "debug_bundler_clearState", json!([])).await?)?;
+    assert_eq!(reputation_of(&node, version, paymaster).await?, Value::Null);
+    Ok(())
+}
+
+/// The operator's block list bans an entity whatever its record: an account creation through a
+/// blocked factory gets -32504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocklisted_factory_is_refused() -> TestResult {
+    let probe = TestChain::spawn().await?;
+    let factory = probe.deployment().simple_account_factory_v07;
+    drop(probe);
+    let node = TestNode::spawn_with(Default::default(), |config| {
+        config.bundler.reputation.blocklist.insert(factory);
+    })
+    .await?;
+    assert_eq!(node.chain().deployment().simple_account_factory_v07, factory, "deterministic");
+    let version = EntryPointVersion::V07;
+    let owner = PrivateKeySigner::random();
+    let op = funded_op(&node, version, &owner).await?;
+    let refused = send(&node, version, &op).await?.err().ok_or("a blocked factory's op")?;
+    assert_eq!(refused.0, i64::from(codes::THROTTLED_OR_BANNED), "{refused:?}");
+    assert!(refused.1.contains(&format!("factory {factory}")), "{refused:?}");
+    Ok(())
+}
