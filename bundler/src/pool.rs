@@ -136,6 +136,18 @@ pub enum PoolError {
         /// Ops it may have in the pool.
         allowed: usize,
     },
+    /// AUTH-040: the sender's pooled ops with an EIP-7702 authorization delegate elsewhere.
+    #[error(
+        "sender {sender} has UserOperations in the mempool delegating to {pooled}, not {delegate} (AUTH-040)"
+    )]
+    DelegateConflict {
+        /// The sender.
+        sender: Address,
+        /// The delegate the pooled ops authorize.
+        pooled: Address,
+        /// The delegate this op authorizes.
+        delegate: Address,
+    },
     /// STO-040: an address is a sender in one op and a factory or paymaster in another.
     #[error("{0} is a sender of one UserOperation and a factory or paymaster of another (STO-040)")]
     SenderEntityConflict(Address),
@@ -217,6 +229,14 @@ impl Mempool {
             if other.factory() == Some(sender) || other.op.paymaster == Some(sender) {
                 return Err(PoolError::SenderEntityConflict(sender));
             }
+        }
+        if let Some(delegate) = entry.op.eip7702_auth.as_ref().map(|a| a.address)
+            && let Some(pooled) = others()
+                .filter(|e| e.op.sender == sender)
+                .filter_map(|e| e.op.eip7702_auth.as_ref().map(|a| a.address))
+                .find(|pooled| *pooled != delegate)
+        {
+            return Err(PoolError::DelegateConflict { sender, pooled, delegate });
         }
         if !entry.staked.sender
             && others().filter(|e| e.op.sender == sender).count() >= SAME_SENDER_MEMPOOL_COUNT
@@ -410,6 +430,34 @@ mod tests {
         assert_eq!(
             pool.add(as_sender, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
             Err(PoolError::SenderEntityConflict(paymaster))
+        );
+    }
+
+    #[test]
+    fn one_delegate_per_sender_auth_040() {
+        use alloy::eips::eip7702::{Authorization, SignedAuthorization};
+        let authorized = |nonce: u64, delegate: u8| {
+            let mut e = entry(1, nonce, 10);
+            let auth = Authorization {
+                chain_id: U256::from(1),
+                address: Address::repeat_byte(delegate),
+                nonce: 0,
+            };
+            e.op.eip7702_auth =
+                Some(SignedAuthorization::new_unchecked(auth, 0, U256::from(1), U256::from(1)));
+            e.hash = B256::with_last_byte(nonce as u8 + 1);
+            e
+        };
+        let mut pool = Mempool::new(PoolConfig::default());
+        assert!(pool.add(authorized(0, 0xd1), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
+        assert!(pool.add(authorized(1, 0xd1), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
+        assert_eq!(
+            pool.add(authorized(2, 0xd2), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
+            Err(PoolError::DelegateConflict {
+                sender: Address::repeat_byte(1),
+                pooled: Address::repeat_byte(0xd1),
+                delegate: Address::repeat_byte(0xd2),
+            })
         );
     }
 

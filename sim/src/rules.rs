@@ -49,6 +49,8 @@ pub enum Rule {
     Sto033,
     /// An unstaked paymaster returned a context.
     Erep050,
+    /// A factory or paymaster is an EIP-7702 delegated account.
+    Auth020,
     /// An EIP-7702 delegated account other than the sender was accessed.
     Auth030,
 }
@@ -72,6 +74,7 @@ impl Rule {
             Self::Sto031 => "STO-031",
             Self::Sto033 => "STO-033",
             Self::Erep050 => "EREP-050",
+            Self::Auth020 => "AUTH-020",
             Self::Auth030 => "AUTH-030",
         }
     }

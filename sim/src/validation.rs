@@ -21,9 +21,9 @@ use crate::{
     estimate::EstimationMargins,
     evm::{EntryPointCall, SimulationsCode, call_entry_point},
     fork::{BlockState, ForkError},
-    inspector::{OpAddresses, ValidationInspector, ValidationTrace},
+    inspector::{Entity, OpAddresses, ValidationInspector, ValidationTrace},
     overrides::SimOverrides,
-    rules::{Stakes, ValidationRules},
+    rules::{Rule, RuleViolation, Stakes, ValidationRules},
 };
 
 /// Bounds every simulation: a malicious op cannot run longer than this much gas or time.
@@ -189,8 +189,23 @@ impl Simulator {
             account: staked(&outcome.sender_info),
             paymaster: staked(&outcome.paymaster_info),
         };
-        let violations =
+        let mut violations =
             self.rules.check(&addresses, &trace, &stakes, outcome.paymaster_context.len());
+        // AUTH-020: a delegated EOA may only be the op's sender, never its factory or paymaster.
+        for (entity, address) in
+            [(Entity::Factory, addresses.factory), (Entity::Paymaster, addresses.paymaster)]
+        {
+            let Some(address) = address else { continue };
+            if state.basic_ref(address)?.and_then(|info| info.code).is_some_and(|c| c.is_eip7702())
+            {
+                violations.push(RuleViolation {
+                    rule: Rule::Auth020,
+                    entity,
+                    address,
+                    detail: format!("the {entity} is an EIP-7702 delegated account"),
+                });
+            }
+        }
         if !violations.is_empty() {
             return Err(SimError::RuleViolations(violations));
         }

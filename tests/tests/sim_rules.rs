@@ -329,3 +329,38 @@ async fn factory_rules_and_deployment_exemptions() -> TestResult {
     }
     Ok(())
 }
+
+/// AUTH-020: an EIP-7702 delegated account may only be a sender. An EOA delegating to a working
+/// paymaster, with its own deposit, is refused as a paymaster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegated_account_as_paymaster_breaks_auth_020() -> TestResult {
+    use alloy::providers::ext::AnvilApi;
+
+    let version = EntryPointVersion::V08;
+    let setup = setup(version).await?;
+    let provider = setup.chain.provider().clone();
+    let eoa = Address::repeat_byte(0x77);
+    let designator = [&[0xef, 0x01, 0x00][..], setup.paymaster.as_slice()].concat();
+    provider.anvil_set_code(eoa, designator.into()).await?;
+    v07::IEntryPoint::new(version.canonical_address(), &provider)
+        .depositTo(eoa)
+        .value(U256::from(ETH))
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+    let mut op = setup.op(version, true).await?;
+    let mut paymaster_and_data = op.paymasterAndData.to_vec();
+    paymaster_and_data[..20].copy_from_slice(eoa.as_slice());
+    op.paymasterAndData = paymaster_and_data.into();
+    match setup.simulate(version, op).await? {
+        Err(SimError::RuleViolations(violations)) => {
+            let auth_020: Vec<_> =
+                violations.iter().filter(|v| v.rule.id() == "AUTH-020").collect();
+            assert_eq!(auth_020.len(), 1, "{violations:?}");
+            assert_eq!((auth_020[0].entity, auth_020[0].address), (Entity::Paymaster, eoa));
+        }
+        other => return Err(format!("expected AUTH-020, got {other:?}").into()),
+    }
+    Ok(())
+}
