@@ -19,6 +19,8 @@ pub(crate) const OPS_MINED: &str = "settled_bundler_ops_mined_total";
 pub(crate) const BUNDLES_SENT: &str = "settled_bundler_bundles_sent_total";
 /// Counter: bundles mined.
 pub(crate) const BUNDLES_MINED: &str = "settled_bundler_bundles_mined_total";
+/// Counter: bundle transactions replaced with higher fees (not mined in time).
+pub(crate) const BUNDLES_REPLACED: &str = "settled_bundler_bundles_replaced_total";
 /// Counter: bundles that reverted or could not be sent.
 pub(crate) const BUNDLES_FAILED: &str = "settled_bundler_bundles_failed_total";
 /// Histogram: gas used by mined bundles.
@@ -38,6 +40,7 @@ pub fn describe_metrics() {
     describe_counter!(OPS_MINED, "UserOperationEvents seen on chain");
     describe_counter!(BUNDLES_SENT, "Bundles (handleOps transactions) sent");
     describe_counter!(BUNDLES_MINED, "Bundles mined");
+    describe_counter!(BUNDLES_REPLACED, "Bundle transactions replaced with higher fees");
     describe_counter!(BUNDLES_FAILED, "Bundles that reverted or could not be sent");
     describe_histogram!(BUNDLE_GAS, "Gas used by mined bundles");
     describe_histogram!(

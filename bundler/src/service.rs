@@ -45,6 +45,8 @@ use crate::{
 pub const MAX_VERIFICATION_GAS: u64 = 500_000;
 /// An op must stay valid at least this long after acceptance (ERC-7769 -32503 "expire soon").
 const MIN_VALIDITY_SECONDS: u64 = 30;
+/// How often a sent bundle's receipt is looked for.
+const RECEIPT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How many ops a bundle may drop (each a failed `eth_estimateGas`) before giving up.
 const MAX_BUNDLE_RETRIES: usize = 8;
 
@@ -83,6 +85,8 @@ pub struct BundlerConfig {
     pub rules: ValidationRules,
     /// How long a submitted bundle may take to be mined.
     pub inclusion_timeout: Duration,
+    /// A bundle not mined after this many blocks is resent with higher fees.
+    pub fee_bump_after_blocks: u64,
     /// In auto mode, a bundle is also tried this often (a chain that mines only on demand,
     /// like Anvil's default, has no new block to wait for).
     pub auto_interval: Duration,
@@ -102,6 +106,7 @@ impl Default for BundlerConfig {
             limits: SimulationLimits::default(),
             rules: ValidationRules::default(),
             inclusion_timeout: Duration::from_secs(60),
+            fee_bump_after_blocks: 3,
             auto_interval: Duration::from_secs(1),
         }
     }
@@ -282,6 +287,11 @@ fn blamed_entity(error: &SimError) -> Option<Entity> {
         SimError::RuleViolations(violations) => violations.first().map(|v| v.entity),
         _ => None,
     }
+}
+
+/// A replacement transaction's fee: at least 10% more (nodes refuse less), rounded up.
+fn bump_fee(fee: u128) -> u128 {
+    fee.saturating_add(fee.div_ceil(10).max(1))
 }
 
 /// What the second validation of a pooled op found.
@@ -1144,24 +1154,16 @@ impl Bundler {
                     candidate.authorizations.into_iter().map(|(_, a)| a).collect(),
                 );
             }
-            let pending = self.shared.sender.send_transaction(tx).await.map_err(rpc_error)?;
-            let hash = *pending.tx_hash();
-            ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
             let built = building.elapsed();
             ::metrics::histogram!(metrics::BUNDLE_BUILD_SECONDS).record(built.as_secs_f64());
             info!(
-                %hash,
                 ops = bundle.len(),
                 ?version,
                 revalidation_ms = revalidated.as_millis() as u64,
                 build_ms = built.as_millis() as u64,
-                "bundle sent"
+                "bundle built"
             );
-            let receipt = pending
-                .with_timeout(Some(self.shared.config.inclusion_timeout))
-                .get_receipt()
-                .await
-                .map_err(rpc_error)?;
+            let (hash, receipt) = self.submit(tx).await?;
             if receipt.status() {
                 ::metrics::counter!(metrics::BUNDLES_MINED).increment(1);
                 ::metrics::histogram!(metrics::BUNDLE_GAS).record(receipt.gas_used as f64);
@@ -1178,6 +1180,89 @@ impl Bundler {
             return Ok(Some(hash));
         }
         Ok(None)
+    }
+
+    /// Sends a bundle transaction and waits until it is mined. One not mined within
+    /// `fee_bump_after_blocks` blocks is replaced (same nonce) with both fees raised by at least
+    /// 10%, or to the node's current estimate if higher; the wait ends at `inclusion_timeout`.
+    /// The mined transaction's hash and receipt.
+    async fn submit(
+        &self,
+        tx: TransactionRequest,
+    ) -> Result<(B256, alloy::rpc::types::TransactionReceipt), BundlerError> {
+        let provider = &self.shared.provider;
+        let config = &self.shared.config;
+        let nonce = provider
+            .get_transaction_count(self.shared.bundler_address)
+            .pending()
+            .await
+            .map_err(rpc_error)?;
+        let fees = provider.estimate_eip1559_fees().await.map_err(rpc_error)?;
+        let (mut max_fee, mut priority_fee) = (fees.max_fee_per_gas, fees.max_priority_fee_per_gas);
+        let tx = tx.with_nonce(nonce);
+        let deadline = tokio::time::Instant::now() + config.inclusion_timeout;
+        let mut sent: Vec<B256> = Vec::new();
+        loop {
+            let attempt = tx
+                .clone()
+                .with_max_fee_per_gas(max_fee)
+                .with_max_priority_fee_per_gas(priority_fee);
+            match self.shared.sender.send_transaction(attempt).await {
+                Ok(pending) => {
+                    let hash = *pending.tx_hash();
+                    ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
+                    info!(%hash, nonce, max_fee, priority_fee, "bundle sent");
+                    sent.push(hash);
+                }
+                // The node prices it out at once (below the next base fee, an underpriced
+                // replacement): raise the fees and try again.
+                Err(error)
+                    if ["base fee", "underpriced"]
+                        .iter()
+                        .any(|m| error.to_string().contains(m))
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    warn!(%error, "bundle priced out: raising its fees");
+                    let current = provider.estimate_eip1559_fees().await.ok();
+                    max_fee = bump_fee(max_fee).max(current.map_or(0, |f| f.max_fee_per_gas));
+                    priority_fee = bump_fee(priority_fee)
+                        .max(current.map_or(0, |f| f.max_priority_fee_per_gas));
+                    tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
+                    continue;
+                }
+                Err(error) if sent.is_empty() => return Err(rpc_error(error)),
+                // E.g. "nonce too low": an earlier attempt was mined meanwhile.
+                Err(error) => warn!(%error, "bundle replacement not accepted"),
+            }
+            let sent_at = provider.get_block_number().await.map_err(rpc_error)?;
+            loop {
+                for hash in &sent {
+                    if let Some(receipt) =
+                        provider.get_transaction_receipt(*hash).await.map_err(rpc_error)?
+                    {
+                        return Ok((*hash, receipt));
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
+                    return Err(BundlerError::Internal(format!(
+                        "bundle not mined within {:?} (sent {sent:?})",
+                        config.inclusion_timeout
+                    )));
+                }
+                let head = provider.get_block_number().await.map_err(rpc_error)?;
+                if head >= sent_at + config.fee_bump_after_blocks {
+                    break;
+                }
+                tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
+            }
+            let current = provider.estimate_eip1559_fees().await.ok();
+            max_fee = bump_fee(max_fee).max(current.map_or(0, |f| f.max_fee_per_gas));
+            priority_fee =
+                bump_fee(priority_fee).max(current.map_or(0, |f| f.max_priority_fee_per_gas));
+            ::metrics::counter!(metrics::BUNDLES_REPLACED).increment(1);
+            warn!(nonce, max_fee, priority_fee, "bundle not mined: replacing it with higher fees");
+        }
     }
 
     /// Our bundles' blocks at `number` other than `hash` (the follower saw another block there),

@@ -167,6 +167,14 @@ pub struct NodeArgs {
     )]
     pub bundler_max_bundle_ops: usize,
 
+    /// A bundle not mined after this many blocks is resent with fees raised by at least 10%.
+    #[arg(
+        long = "bundler.fee-bump-blocks",
+        env = "SETTLED_BUNDLER_FEE_BUMP_BLOCKS",
+        default_value_t = 3
+    )]
+    pub bundler_fee_bump_blocks: u64,
+
     /// Entities (sender, factory, paymaster addresses) always in good standing, whatever their
     /// ERC-7562 reputation; comma-separated.
     #[arg(long = "bundler.allowlist", env = "SETTLED_BUNDLER_ALLOWLIST", value_delimiter = ',')]
@@ -355,6 +363,7 @@ impl NodeArgs {
                 interval: Duration::from_millis(self.bundler_interval_ms.max(10)),
                 max_bundle_gas: self.bundler_max_bundle_gas,
                 max_bundle_ops: self.bundler_max_bundle_ops.max(1),
+                fee_bump_after_blocks: self.bundler_fee_bump_blocks.max(1),
                 reputation: settled_bundler::ReputationLists {
                     allowlist: self.bundler_allowlist.into_iter().collect(),
                     blocklist: self.bundler_blocklist.into_iter().collect(),

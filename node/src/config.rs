@@ -43,6 +43,8 @@ pub struct BundlerSettings {
     pub max_bundle_gas: u64,
     /// Ops per bundle.
     pub max_bundle_ops: usize,
+    /// A bundle not mined after this many blocks is resent with higher fees.
+    pub fee_bump_after_blocks: u64,
     /// Entities always allowed or always banned, whatever their reputation.
     pub reputation: settled_bundler::ReputationLists,
 }
@@ -58,6 +60,7 @@ impl Default for BundlerSettings {
             interval: Duration::from_secs(1),
             max_bundle_gas: 10_000_000,
             max_bundle_ops: 64,
+            fee_bump_after_blocks: 3,
             reputation: settled_bundler::ReputationLists::default(),
         }
     }

@@ -127,6 +127,7 @@ pub async fn launch(
                 max_bundle_gas: config.bundler.max_bundle_gas,
                 max_bundle_ops: config.bundler.max_bundle_ops,
                 reputation: config.bundler.reputation.clone(),
+                fee_bump_after_blocks: config.bundler.fee_bump_after_blocks,
                 ..Default::default()
             };
             let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;

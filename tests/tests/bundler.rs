@@ -624,3 +624,68 @@ async fn blocklisted_factory_is_refused() -> TestResult {
     assert!(refused.1.contains(&format!("factory {factory}")), "{refused:?}");
     Ok(())
 }
+
+/// A bundle stuck below the base fee is replaced with higher fees after
+/// `fee_bump_after_blocks` blocks and mined: with Anvil mining only on demand, the bundle enters
+/// its pool, then the next blocks' base fee jumps to 1,000 gwei.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_bundle_is_replaced_with_higher_fees() -> TestResult {
+    use alloy::{consensus::Transaction as _, providers::ext::AnvilApi};
+
+    let node = TestNode::spawn_with(Default::default(), |config| {
+        config.bundler.mode = settled_bundler::BundlingMode::Manual;
+        config.bundler.fee_bump_after_blocks = 2;
+    })
+    .await?;
+    let version = EntryPointVersion::V07;
+    let owner = PrivateKeySigner::random();
+    let op = funded_op(&node, version, &owner).await?;
+    let hash: B256 =
+        serde_json::from_value(send(&node, version, &op).await?.map_err(|e| format!("{e:?}"))?)?;
+
+    let provider = node.chain().provider().clone();
+    let bundler = node.chain().account(settled_tests::BUNDLER_ACCOUNT)?;
+    let nonce = provider.get_transaction_count(bundler).await?;
+    provider.anvil_set_auto_mine(false).await?;
+    let url = node.node()?.rpc_url();
+    let bundling = tokio::spawn(async move {
+        call_url(&url, "debug_bundler_sendBundleNow", json!([])).await.map_err(|e| e.to_string())
+    });
+    // The bundle is in Anvil's pool; the blocks that follow cost more than it pays.
+    for _ in 0..100 {
+        if provider.get_transaction_count(bundler).pending().await? > nonce {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spike: u128 = 1_000_000_000_000; // 1,000 gwei
+    provider.anvil_set_next_block_base_fee_per_gas(spike).await?;
+    let mut receipt = None;
+    for _ in 0..30 {
+        provider.anvil_mine(Some(1), None).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Ok(Value::Object(found)) =
+            call(&node, "eth_getUserOperationReceipt", json!([hash])).await?
+        {
+            receipt = Some(Value::Object(found));
+            break;
+        }
+    }
+    let receipt = receipt.ok_or("the stuck bundle was never replaced and mined")?;
+    let tx = bundling.await?.map_err(|e| format!("{e:?}"))?.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(receipt["receipt"]["transactionHash"], tx);
+    let tx: B256 = serde_json::from_value(tx)?;
+    let mined = provider.get_transaction_by_hash(tx).await?.ok_or("no bundle transaction")?;
+    assert!(
+        mined.max_fee_per_gas() > spike / 2,
+        "the replacement pays the raised base fee: {}",
+        mined.max_fee_per_gas()
+    );
+    let metrics = node.metrics().await?;
+    let replaced = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("settled_bundler_bundles_replaced_total "))
+        .ok_or("no replacement counted")?;
+    assert!(replaced.trim().parse::<f64>()? >= 1.0, "{replaced}");
+    Ok(())
+}
