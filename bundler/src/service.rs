@@ -256,6 +256,8 @@ struct Shared {
     /// Blocks of our own bundles, indexed from their receipts before the chain follower saw
     /// them: if the follower then reports another block at that height, they were reorged out.
     unconfirmed: Mutex<Vec<(u64, B256)>>,
+    /// Ops in sent, not yet mined bundles, with their senders.
+    in_flight: Mutex<HashMap<B256, Address>>,
 }
 
 /// The bundler. Cheap to clone; every clone is the same service.
@@ -286,6 +288,28 @@ fn blamed_entity(error: &SimError) -> Option<Entity> {
         },
         SimError::RuleViolations(violations) => violations.first().map(|v| v.entity),
         _ => None,
+    }
+}
+
+/// A sent bundle's watcher: resolves to the mined transaction's hash.
+type Submission = tokio::task::JoinHandle<Result<B256, BundlerError>>;
+
+/// A bundle transaction sent and not yet mined, with every hash it was sent under.
+struct SentBundle {
+    tx: TransactionRequest,
+    nonce: u64,
+    max_fee: u128,
+    priority_fee: u128,
+    hashes: Vec<B256>,
+    deadline: tokio::time::Instant,
+}
+
+impl SentBundle {
+    /// Both fees up by at least 10%, or to `current` (the node's estimate) if higher.
+    fn raise_fees(&mut self, current: Option<alloy::eips::eip1559::Eip1559Estimation>) {
+        self.max_fee = bump_fee(self.max_fee).max(current.map_or(0, |f| f.max_fee_per_gas));
+        self.priority_fee =
+            bump_fee(self.priority_fee).max(current.map_or(0, |f| f.max_priority_fee_per_gas));
     }
 }
 
@@ -416,6 +440,7 @@ impl Bundler {
                 mined_tree,
                 bundling: tokio::sync::Mutex::new(()),
                 unconfirmed: Mutex::new(Vec::new()),
+                in_flight: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -981,20 +1006,50 @@ impl Bundler {
     }
 
     /// Builds, checks and submits one bundle per EntryPoint with pending ops, and waits for
-    /// each to be mined. Returns the bundles' transaction hashes.
+    /// each to be mined. Returns the mined bundles' transaction hashes.
     pub async fn send_bundles(&self) -> Result<Vec<B256>, BundlerError> {
-        let _one_at_a_time = self.shared.bundling.lock().await;
-        let mut sent = Vec::new();
-        for version in self.shared.config.entry_points.clone() {
-            if let Some(hash) = self.send_bundle(version).await? {
-                sent.push(hash);
-            }
+        let mut mined = Vec::new();
+        for submission in self.start_bundles().await? {
+            mined.push(
+                submission
+                    .await
+                    .map_err(|e| BundlerError::Internal(format!("bundle submission: {e}")))??,
+            );
         }
-        Ok(sent)
+        Ok(mined)
     }
 
-    async fn send_bundle(&self, version: EntryPointVersion) -> Result<Option<B256>, BundlerError> {
-        let candidates = self.shared.pool.lock().map_err(storage_error)?.best(version);
+    /// Builds, checks and sends one bundle per EntryPoint with pending ops not already in a sent
+    /// bundle; each is then watched until mined (fee bumps included) by its own task. Bundles
+    /// are pipelined: the next one goes out while earlier ones wait for their block.
+    async fn start_bundles(&self) -> Result<Vec<Submission>, BundlerError> {
+        let _one_at_a_time = self.shared.bundling.lock().await;
+        let mut started = Vec::new();
+        for version in self.shared.config.entry_points.clone() {
+            if let Some(submission) = self.send_bundle(version).await? {
+                started.push(submission);
+            }
+        }
+        Ok(started)
+    }
+
+    async fn send_bundle(
+        &self,
+        version: EntryPointVersion,
+    ) -> Result<Option<Submission>, BundlerError> {
+        let candidates: Vec<Arc<PoolEntry>> = {
+            let pool = self.shared.pool.lock().map_err(storage_error)?;
+            let in_flight = self.shared.in_flight.lock().map_err(storage_error)?;
+            // An op of a sender with an op in a sent bundle would fail its nonce check until
+            // that bundle is mined: it waits.
+            pool.best(version)
+                .into_iter()
+                .filter(|e| {
+                    !in_flight.contains_key(&e.hash)
+                        && !in_flight.values().any(|sender| *sender == e.op.sender)
+                })
+                .collect()
+        };
         if candidates.is_empty() {
             return Ok(None);
         }
@@ -1163,91 +1218,99 @@ impl Bundler {
                 build_ms = built.as_millis() as u64,
                 "bundle built"
             );
-            let (hash, receipt) = self.submit(tx).await?;
-            if receipt.status() {
-                ::metrics::counter!(metrics::BUNDLES_MINED).increment(1);
-                ::metrics::histogram!(metrics::BUNDLE_GAS).record(receipt.gas_used as f64);
-            } else {
-                ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
-                warn!(%hash, "bundle reverted");
+            let sent = self.send_first(tx).await?;
+            let ops: Vec<(B256, Address)> = bundle.iter().map(|e| (e.hash, e.op.sender)).collect();
+            if let Ok(mut in_flight) = self.shared.in_flight.lock() {
+                in_flight.extend(ops.iter().copied());
             }
-            self.index_logs(receipt.inner.logs())?;
-            if let (Some(number), Some(block)) = (receipt.block_number, receipt.block_hash)
-                && let Ok(mut unconfirmed) = self.shared.unconfirmed.lock()
-            {
-                unconfirmed.push((number, block));
-            }
-            return Ok(Some(hash));
+            let bundler = self.clone();
+            return Ok(Some(tokio::spawn(async move {
+                let result = bundler.until_mined(sent).await;
+                if let Ok(mut in_flight) = bundler.shared.in_flight.lock() {
+                    for (hash, _) in &ops {
+                        in_flight.remove(hash);
+                    }
+                }
+                let (hash, receipt) = result.inspect_err(|error| {
+                    warn!(%error, "bundle not mined; its ops stay in the mempool");
+                })?;
+                bundler.record_mined(hash, &receipt)?;
+                Ok(hash)
+            })));
         }
         Ok(None)
     }
 
-    /// Sends a bundle transaction and waits until it is mined. One not mined within
-    /// `fee_bump_after_blocks` blocks is replaced (same nonce) with both fees raised by at least
-    /// 10%, or to the node's current estimate if higher; the wait ends at `inclusion_timeout`.
-    /// The mined transaction's hash and receipt.
-    async fn submit(
+    /// Accounts for a mined bundle: metrics, its ops indexed, its block remembered (a later
+    /// block at that height means it was reorged out).
+    fn record_mined(
         &self,
-        tx: TransactionRequest,
-    ) -> Result<(B256, alloy::rpc::types::TransactionReceipt), BundlerError> {
+        hash: B256,
+        receipt: &alloy::rpc::types::TransactionReceipt,
+    ) -> Result<(), BundlerError> {
+        if receipt.status() {
+            ::metrics::counter!(metrics::BUNDLES_MINED).increment(1);
+            ::metrics::histogram!(metrics::BUNDLE_GAS).record(receipt.gas_used as f64);
+        } else {
+            ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
+            warn!(%hash, "bundle reverted");
+        }
+        self.index_logs(receipt.inner.logs())?;
+        if let (Some(number), Some(block)) = (receipt.block_number, receipt.block_hash)
+            && let Ok(mut unconfirmed) = self.shared.unconfirmed.lock()
+        {
+            unconfirmed.push((number, block));
+        }
+        Ok(())
+    }
+
+    /// Sends a bundle transaction with the next nonce (after any bundle still pending) at the
+    /// node's fee estimate: the start of its [`Bundler::until_mined`].
+    async fn send_first(&self, tx: TransactionRequest) -> Result<SentBundle, BundlerError> {
         let provider = &self.shared.provider;
-        let config = &self.shared.config;
         let nonce = provider
             .get_transaction_count(self.shared.bundler_address)
             .pending()
             .await
             .map_err(rpc_error)?;
         let fees = provider.estimate_eip1559_fees().await.map_err(rpc_error)?;
-        let (mut max_fee, mut priority_fee) = (fees.max_fee_per_gas, fees.max_priority_fee_per_gas);
-        let tx = tx.with_nonce(nonce);
-        let deadline = tokio::time::Instant::now() + config.inclusion_timeout;
-        let mut sent: Vec<B256> = Vec::new();
+        let mut sent = SentBundle {
+            tx: tx.with_nonce(nonce),
+            nonce,
+            max_fee: fees.max_fee_per_gas,
+            priority_fee: fees.max_priority_fee_per_gas,
+            hashes: Vec::new(),
+            deadline: tokio::time::Instant::now() + self.shared.config.inclusion_timeout,
+        };
+        self.send_attempt(&mut sent, true).await?;
+        Ok(sent)
+    }
+
+    /// Waits until `sent` is mined. One not mined within `fee_bump_after_blocks` blocks is
+    /// replaced (same nonce) with both fees raised by at least 10%, or to the node's current
+    /// estimate if higher; the wait ends at `inclusion_timeout`. The mined transaction's hash
+    /// and receipt.
+    async fn until_mined(
+        &self,
+        mut sent: SentBundle,
+    ) -> Result<(B256, alloy::rpc::types::TransactionReceipt), BundlerError> {
+        let provider = &self.shared.provider;
+        let config = &self.shared.config;
         loop {
-            let attempt = tx
-                .clone()
-                .with_max_fee_per_gas(max_fee)
-                .with_max_priority_fee_per_gas(priority_fee);
-            match self.shared.sender.send_transaction(attempt).await {
-                Ok(pending) => {
-                    let hash = *pending.tx_hash();
-                    ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
-                    info!(%hash, nonce, max_fee, priority_fee, "bundle sent");
-                    sent.push(hash);
-                }
-                // The node prices it out at once (below the next base fee, an underpriced
-                // replacement): raise the fees and try again.
-                Err(error)
-                    if ["base fee", "underpriced"]
-                        .iter()
-                        .any(|m| error.to_string().contains(m))
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    warn!(%error, "bundle priced out: raising its fees");
-                    let current = provider.estimate_eip1559_fees().await.ok();
-                    max_fee = bump_fee(max_fee).max(current.map_or(0, |f| f.max_fee_per_gas));
-                    priority_fee = bump_fee(priority_fee)
-                        .max(current.map_or(0, |f| f.max_priority_fee_per_gas));
-                    tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
-                    continue;
-                }
-                Err(error) if sent.is_empty() => return Err(rpc_error(error)),
-                // E.g. "nonce too low": an earlier attempt was mined meanwhile.
-                Err(error) => warn!(%error, "bundle replacement not accepted"),
-            }
             let sent_at = provider.get_block_number().await.map_err(rpc_error)?;
             loop {
-                for hash in &sent {
+                for hash in &sent.hashes {
                     if let Some(receipt) =
                         provider.get_transaction_receipt(*hash).await.map_err(rpc_error)?
                     {
                         return Ok((*hash, receipt));
                     }
                 }
-                if tokio::time::Instant::now() >= deadline {
+                if tokio::time::Instant::now() >= sent.deadline {
                     ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
                     return Err(BundlerError::Internal(format!(
-                        "bundle not mined within {:?} (sent {sent:?})",
-                        config.inclusion_timeout
+                        "bundle not mined within {:?} (sent {:?})",
+                        config.inclusion_timeout, sent.hashes
                     )));
                 }
                 let head = provider.get_block_number().await.map_err(rpc_error)?;
@@ -1256,12 +1319,59 @@ impl Bundler {
                 }
                 tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
             }
-            let current = provider.estimate_eip1559_fees().await.ok();
-            max_fee = bump_fee(max_fee).max(current.map_or(0, |f| f.max_fee_per_gas));
-            priority_fee =
-                bump_fee(priority_fee).max(current.map_or(0, |f| f.max_priority_fee_per_gas));
+            sent.raise_fees(provider.estimate_eip1559_fees().await.ok());
             ::metrics::counter!(metrics::BUNDLES_REPLACED).increment(1);
-            warn!(nonce, max_fee, priority_fee, "bundle not mined: replacing it with higher fees");
+            warn!(
+                nonce = sent.nonce,
+                max_fee = sent.max_fee,
+                priority_fee = sent.priority_fee,
+                "bundle not mined: replacing it with higher fees"
+            );
+            self.send_attempt(&mut sent, false).await?;
+        }
+    }
+
+    /// Sends `sent` at its current fees; a node that prices it out at once (below the next
+    /// base fee, an underpriced replacement) gets it again with higher fees.
+    async fn send_attempt(&self, sent: &mut SentBundle, first: bool) -> Result<(), BundlerError> {
+        let provider = &self.shared.provider;
+        loop {
+            let attempt = sent
+                .tx
+                .clone()
+                .with_max_fee_per_gas(sent.max_fee)
+                .with_max_priority_fee_per_gas(sent.priority_fee);
+            match self.shared.sender.send_transaction(attempt).await {
+                Ok(pending) => {
+                    let hash = *pending.tx_hash();
+                    ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
+                    info!(
+                        %hash,
+                        nonce = sent.nonce,
+                        max_fee = sent.max_fee,
+                        priority_fee = sent.priority_fee,
+                        "bundle sent"
+                    );
+                    sent.hashes.push(hash);
+                    return Ok(());
+                }
+                Err(error)
+                    if ["base fee", "underpriced"]
+                        .iter()
+                        .any(|m| error.to_string().contains(m))
+                        && tokio::time::Instant::now() < sent.deadline =>
+                {
+                    warn!(%error, "bundle priced out: raising its fees");
+                    sent.raise_fees(provider.estimate_eip1559_fees().await.ok());
+                    tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
+                }
+                Err(error) if first => return Err(rpc_error(error)),
+                // E.g. "nonce too low": an earlier attempt was mined meanwhile.
+                Err(error) => {
+                    warn!(%error, "bundle replacement not accepted");
+                    return Ok(());
+                }
+            }
         }
     }
 
@@ -1331,7 +1441,8 @@ impl Bundler {
     }
 
     /// Follows the chain until `cancel`: indexes mined ops, re-queues reorged ones, and in auto
-    /// mode sends a bundle after each new block with ops pending.
+    /// mode sends a bundle after each new block (and each `auto_interval`) with ops pending that
+    /// are not in a bundle already sent.
     pub async fn run(self, mut events: broadcast::Receiver<ChainEvent>, cancel: CancellationToken) {
         let mut ticks = tokio::time::interval(self.shared.config.auto_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1351,7 +1462,7 @@ impl Bundler {
                 _ = ticks.tick() => {
                     if self.mode() == BundlingMode::Auto
                         && self.pool_len() > 0
-                        && let Err(error) = self.send_bundles().await
+                        && let Err(error) = self.start_bundles().await
                     {
                         warn!(%error, "bundling failed");
                     }
@@ -1385,7 +1496,7 @@ impl Bundler {
                     ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
                     if self.mode() == BundlingMode::Auto
                         && self.pool_len() > 0
-                        && let Err(error) = self.send_bundles().await
+                        && let Err(error) = self.start_bundles().await
                     {
                         warn!(%error, "bundling failed");
                     }
