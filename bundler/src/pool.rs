@@ -286,13 +286,18 @@ impl Mempool {
         Some(entry)
     }
 
-    /// Ops of `entry_point`, best-paying first (ties: earliest accepted).
-    pub fn best(&self, entry_point: EntryPointVersion) -> Vec<Arc<PoolEntry>> {
+    /// Ops of `entry_point`, best-paying first at `base_fee`: by effective tip,
+    /// `min(maxPriorityFeePerGas, maxFeePerGas - baseFee)` (ties: earliest accepted).
+    pub fn best(&self, entry_point: EntryPointVersion, base_fee: u64) -> Vec<Arc<PoolEntry>> {
+        let base_fee = U256::from(base_fee);
+        let tip = |e: &PoolEntry| {
+            e.op.max_priority_fee_per_gas.min(e.op.max_fee_per_gas.saturating_sub(base_fee))
+        };
         let mut ops: Vec<_> =
             self.by_hash.values().filter(|e| e.entry_point == entry_point).cloned().collect();
         ops.sort_by(|a, b| {
-            b.priority_fee()
-                .cmp(&a.priority_fee())
+            tip(b)
+                .cmp(&tip(a))
                 .then(a.accepted_at_block.cmp(&b.accepted_at_block))
                 .then(a.op.nonce.cmp(&b.op.nonce))
         });
@@ -474,7 +479,26 @@ mod tests {
             .add(entry(3, 0, 30), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT)
             .map_err(|e| e.to_string());
         assert_eq!(displaced.map(|d| d[0].op.sender), Ok(Address::repeat_byte(1)));
-        let best: Vec<_> = pool.best(EntryPointVersion::V07).iter().map(|e| e.op.sender).collect();
+        let best: Vec<_> =
+            pool.best(EntryPointVersion::V07, 0).iter().map(|e| e.op.sender).collect();
         assert_eq!(best, vec![Address::repeat_byte(3), Address::repeat_byte(2)]);
+    }
+
+    #[test]
+    fn best_orders_by_effective_tip_at_the_base_fee() {
+        let mut pool = Mempool::new(PoolConfig::default());
+        let mut modest = entry(1, 0, 10);
+        modest.op.max_fee_per_gas = U256::from(100);
+        let mut capped = entry(2, 0, 50);
+        capped.op.max_fee_per_gas = U256::from(55);
+        for e in [modest, capped] {
+            assert!(pool.add(e, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
+        }
+        let order = |base_fee| -> Vec<Address> {
+            pool.best(EntryPointVersion::V07, base_fee).iter().map(|e| e.op.sender).collect()
+        };
+        assert_eq!(order(0), vec![Address::repeat_byte(2), Address::repeat_byte(1)]);
+        // At base fee 50 the capped op tips 5, the modest one still 10.
+        assert_eq!(order(50), vec![Address::repeat_byte(1), Address::repeat_byte(2)]);
     }
 }

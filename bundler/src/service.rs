@@ -856,7 +856,7 @@ impl Bundler {
     pub fn dump_mempool(&self, entry_point: Address) -> Result<Vec<UserOperation>, BundlerError> {
         let version = self.version(entry_point)?;
         let pool = self.shared.pool.lock().map_err(storage_error)?;
-        Ok(pool.best(version).iter().map(|e| e.op.clone()).collect())
+        Ok(pool.best(version, 0).iter().map(|e| e.op.clone()).collect())
     }
 
     /// `debug_bundler_clearMempool` / `clearState`.
@@ -1037,12 +1037,17 @@ impl Bundler {
         &self,
         version: EntryPointVersion,
     ) -> Result<Option<Submission>, BundlerError> {
+        if self.pool_len() == 0 {
+            return Ok(None);
+        }
+        let building = std::time::Instant::now();
+        let (state, context) = self.head().await?;
         let candidates: Vec<Arc<PoolEntry>> = {
             let pool = self.shared.pool.lock().map_err(storage_error)?;
             let in_flight = self.shared.in_flight.lock().map_err(storage_error)?;
             // An op of a sender with an op in a sent bundle would fail its nonce check until
             // that bundle is mined: it waits.
-            pool.best(version)
+            pool.best(version, context.base_fee)
                 .into_iter()
                 .filter(|e| {
                     !in_flight.contains_key(&e.hash)
@@ -1053,8 +1058,6 @@ impl Bundler {
         if candidates.is_empty() {
             return Ok(None);
         }
-        let building = std::time::Instant::now();
-        let (state, context) = self.head().await?;
         // Pick: one op per sender, within the bundle's gas, not expiring.
         let mut picked = Vec::new();
         let mut senders = std::collections::HashSet::new();

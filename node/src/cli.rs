@@ -118,6 +118,10 @@ pub struct NodeArgs {
     #[arg(long = "rpc.max-connections", env = "SETTLED_RPC_MAX_CONNECTIONS", default_value_t = RpcConfig::default().max_connections)]
     pub rpc_max_connections: u32,
 
+    /// Most calls in one JSON-RPC batch.
+    #[arg(long = "rpc.max-batch", env = "SETTLED_RPC_MAX_BATCH", default_value_t = RpcConfig::default().max_batch_len)]
+    pub rpc_max_batch: u32,
+
     /// Serve the `debug_bundler_*` JSON-RPC methods (development and tests only).
     #[arg(long = "rpc.debug", env = "SETTLED_RPC_DEBUG")]
     pub rpc_debug: bool,
@@ -345,6 +349,7 @@ impl NodeArgs {
                 addr: SocketAddr::new(self.rpc_addr, self.rpc_port),
                 max_request_bytes: self.rpc_max_request_bytes,
                 max_connections: self.rpc_max_connections,
+                max_batch_len: self.rpc_max_batch.max(1),
                 debug: self.rpc_debug,
             },
             metrics: (!self.metrics_disable)

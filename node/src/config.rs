@@ -85,6 +85,8 @@ pub struct RpcConfig {
     pub max_request_bytes: u32,
     /// Most concurrent connections.
     pub max_connections: u32,
+    /// Most calls in one JSON-RPC batch.
+    pub max_batch_len: u32,
     /// Serve the `debug_bundler_*` methods (tests and development only).
     pub debug: bool,
 }
@@ -148,6 +150,7 @@ impl Default for RpcConfig {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_RPC_PORT)),
             max_request_bytes: 10 * 1024 * 1024,
             max_connections: 1_000,
+            max_batch_len: 100,
             debug: false,
         }
     }

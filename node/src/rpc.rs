@@ -6,7 +6,10 @@ use std::{net::SocketAddr, sync::Arc};
 use alloy::primitives::U64;
 use jsonrpsee::{
     RpcModule,
-    server::{Server, ServerConfig, ServerHandle, middleware::http::ProxyGetRequestLayer},
+    server::{
+        BatchRequestConfig, Server, ServerConfig, ServerHandle,
+        middleware::http::ProxyGetRequestLayer,
+    },
     types::ErrorObjectOwned,
 };
 use serde::Serialize;
@@ -72,6 +75,7 @@ pub(crate) async fn serve(
         .max_request_body_size(config.max_request_bytes)
         .max_response_body_size(config.max_request_bytes.saturating_mul(2))
         .max_connections(config.max_connections)
+        .set_batch_request_config(BatchRequestConfig::Limit(config.max_batch_len))
         .build();
     let server = Server::builder()
         .set_config(server_config)

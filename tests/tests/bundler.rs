@@ -689,3 +689,106 @@ async fn stuck_bundle_is_replaced_with_higher_fees() -> TestResult {
     assert!(replaced.trim().parse::<f64>()? >= 1.0, "{replaced}");
     Ok(())
 }
+
+/// The mempool rules over RPC: an unstaked sender gets SAME_SENDER_MEMPOOL_COUNT ops in (one per
+/// nonce key, each valid at the head) and no more; a replacement raising both fees by 10% takes
+/// its op's place; an unstaked factory serves SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT pending
+/// creations. Oversized requests and batches get JSON-RPC errors; nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mempool_rules_and_limits_over_rpc() -> TestResult {
+    let node = TestNode::spawn_with(Default::default(), |config| {
+        config.bundler.mode = settled_bundler::BundlingMode::Manual;
+        config.rpc.max_request_bytes = 256 * 1024;
+        config.rpc.max_batch_len = 10;
+    })
+    .await?;
+    let version = EntryPointVersion::V07;
+    let entry_point = version.canonical_address();
+    let ok = |r: Result<Value, (i64, String)>| r.map_err(|e| format!("{e:?}"));
+    // A deployed, funded account.
+    let owner = PrivateKeySigner::random();
+    let creation = funded_op(&node, version, &owner).await?;
+    let created = ok(send(&node, version, &creation).await?)?;
+    ok(call(&node, "debug_bundler_sendBundleNow", json!([])).await?)?;
+    wait_for_receipt(&node, serde_json::from_value(created)?).await?;
+
+    // Ops under nonce keys 1..=5 (sequence 0 each), limits estimated once.
+    let usdc = node.chain().deployment().usdc;
+    let call_data = usdc_transfer(version, usdc, Address::repeat_byte(0x55), 1);
+    let keyed = |key: u64| {
+        let mut op = unestimated_op(creation.sender, 0, Bytes::new(), call_data.clone());
+        op.nonce = U256::from(key) << 64;
+        op
+    };
+    let estimate = ok(call(
+        &node,
+        "eth_estimateUserOperationGas",
+        json!([UserOperation::unpack(&keyed(1), None), entry_point]),
+    )
+    .await?)?;
+    let gas = |name: &str| -> TestResult<u128> {
+        Ok(serde_json::from_value::<U256>(estimate[name].clone())?.to())
+    };
+    let mut ops = Vec::new();
+    for key in 1..=settled_bundler::SAME_SENDER_MEMPOOL_COUNT as u64 + 1 {
+        let mut op = keyed(key);
+        op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
+        op.preVerificationGas = U256::from(gas("preVerificationGas")?);
+        op.signature = node.chain().sign_op(version, &owner, &op).await?;
+        ops.push(op);
+    }
+    let (last, allowed) = ops.split_last().ok_or("no ops")?;
+    let mut hashes = Vec::new();
+    for op in allowed {
+        hashes.push(ok(send(&node, version, op).await?)?);
+    }
+    let refused = send(&node, version, last).await?.err().ok_or("a fifth op was accepted")?;
+    assert_eq!(refused.0, i64::from(codes::INVALID_PARAMS), "{refused:?}");
+    assert!(refused.1.contains("already has 4"), "{refused:?}");
+
+    // A replacement with both fees 10% higher takes the first op's place.
+    let mut replacement = allowed[0].clone();
+    let (priority, max) = (replacement.max_priority_fee_per_gas(), replacement.max_fee_per_gas());
+    replacement.set_fees(priority + priority / 10, max + max / 10);
+    replacement.signature = node.chain().sign_op(version, &owner, &replacement).await?;
+    let replaced_by = ok(send(&node, version, &replacement).await?)?;
+    assert_ne!(replaced_by, hashes[0]);
+    let old = ok(call(&node, "eth_getUserOperationByHash", json!([hashes[0]])).await?)?;
+    assert_eq!(old, Value::Null, "the replaced op is gone");
+    let dump = ok(call(&node, "debug_bundler_dumpMempool", json!([entry_point])).await?)?;
+    assert_eq!(dump.as_array().map(Vec::len), Some(allowed.len()));
+
+    // Too big a body, too long a batch: JSON-RPC errors, not a crash.
+    let url = node.node()?.rpc_url();
+    let client = alloy::transports::http::reqwest::Client::new();
+    let huge = json!({ "jsonrpc": "2.0", "id": 1, "method": "eth_chainId",
+        "params": ["0x".to_string() + &"ab".repeat(200 * 1024)] });
+    let response = client.post(&url).json(&huge).send().await?;
+    assert_eq!(response.status().as_u16(), 413, "request too big");
+    let batch: Vec<Value> = (0..11)
+        .map(|id| json!({ "jsonrpc": "2.0", "id": id, "method": "eth_chainId", "params": [] }))
+        .collect();
+    let response: Value = client.post(&url).json(&batch).send().await?.json().await?;
+    let code = response["error"]["code"].as_i64().ok_or(format!("no batch error: {response}"))?;
+    assert!(code < 0 && response["error"]["message"].as_str().is_some(), "{response}");
+    let within: Vec<Value> = batch.into_iter().take(10).collect();
+    let response: Value = client.post(&url).json(&within).send().await?.json().await?;
+    assert_eq!(response.as_array().map(Vec::len), Some(10), "a batch within the limit");
+    let dump = ok(call(&node, "debug_bundler_dumpMempool", json!([entry_point])).await?)?;
+    assert_eq!(dump.as_array().map(Vec::len), Some(allowed.len()), "nothing accepted was lost");
+
+    // The unstaked factory: SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT account creations, then -32602.
+    let limit = settled_bundler::SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT;
+    for created in 0..=limit {
+        let op = funded_op(&node, version, &PrivateKeySigner::random()).await?;
+        match send(&node, version, &op).await? {
+            Ok(_) if created < limit => {}
+            Err((code, message)) if created == limit => {
+                assert_eq!(code, i64::from(codes::INVALID_PARAMS), "{message}");
+                assert!(message.contains("unstaked factory"), "{message}");
+            }
+            other => return Err(format!("creation #{created}: {other:?}").into()),
+        }
+    }
+    Ok(())
+}
