@@ -45,6 +45,8 @@ use crate::{
 pub const MAX_VERIFICATION_GAS: u64 = 500_000;
 /// An op must stay valid at least this long after acceptance (ERC-7769 -32503 "expire soon").
 const MIN_VALIDITY_SECONDS: u64 = 30;
+/// After an op is accepted, how long auto mode gathers more before bundling.
+const ACCEPT_BATCHING_DELAY: Duration = Duration::from_millis(25);
 /// How often a sent bundle's receipt is looked for.
 const RECEIPT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How many ops a bundle may drop (each a failed `eth_estimateGas`) before giving up.
@@ -256,6 +258,12 @@ struct Shared {
     /// Blocks of our own bundles, indexed from their receipts before the chain follower saw
     /// them: if the follower then reports another block at that height, they were reorged out.
     unconfirmed: Mutex<Vec<(u64, B256)>>,
+    /// Signalled on each accepted op: in auto mode a bundle goes out without waiting for the
+    /// next block or tick (ops accepted while one is built share the next).
+    accepted: tokio::sync::Notify,
+    /// The nonce after our last sent bundle: the node's pending count can lag a transaction just
+    /// sent, and two bundles must never share a nonce. Forgotten when a bundle is given up.
+    next_nonce: Mutex<Option<u64>>,
     /// Ops in sent, not yet mined bundles, with their senders.
     in_flight: Mutex<HashMap<B256, Address>>,
 }
@@ -441,6 +449,8 @@ impl Bundler {
                 bundling: tokio::sync::Mutex::new(()),
                 unconfirmed: Mutex::new(Vec::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                next_nonce: Mutex::new(None),
+                accepted: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -612,6 +622,7 @@ impl Bundler {
         // Persisted before the hash is returned: an accepted op survives a crash.
         self.shared.pool_tree.insert(hash, value).map_err(storage_error)?;
         make_durable(&self.shared.pool_tree).await?;
+        self.shared.accepted.notify_one();
         debug!(%hash, sender = %packed.sender, "UserOperation accepted");
         Ok(hash)
     }
@@ -1271,11 +1282,13 @@ impl Bundler {
     /// node's fee estimate: the start of its [`Bundler::until_mined`].
     async fn send_first(&self, tx: TransactionRequest) -> Result<SentBundle, BundlerError> {
         let provider = &self.shared.provider;
-        let nonce = provider
+        let pending = provider
             .get_transaction_count(self.shared.bundler_address)
             .pending()
             .await
             .map_err(rpc_error)?;
+        let local = self.shared.next_nonce.lock().map_err(storage_error)?.unwrap_or_default();
+        let nonce = pending.max(local);
         let fees = provider.estimate_eip1559_fees().await.map_err(rpc_error)?;
         let mut sent = SentBundle {
             tx: tx.with_nonce(nonce),
@@ -1286,6 +1299,7 @@ impl Bundler {
             deadline: tokio::time::Instant::now() + self.shared.config.inclusion_timeout,
         };
         self.send_attempt(&mut sent, true).await?;
+        *self.shared.next_nonce.lock().map_err(storage_error)? = Some(nonce + 1);
         Ok(sent)
     }
 
@@ -1311,6 +1325,8 @@ impl Bundler {
                 }
                 if tokio::time::Instant::now() >= sent.deadline {
                     ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
+                    // Its nonce may be free again: ask the node next time.
+                    self.forget_nonce();
                     return Err(BundlerError::Internal(format!(
                         "bundle not mined within {:?} (sent {:?})",
                         config.inclusion_timeout, sent.hashes
@@ -1331,6 +1347,13 @@ impl Bundler {
                 "bundle not mined: replacing it with higher fees"
             );
             self.send_attempt(&mut sent, false).await?;
+        }
+    }
+
+    /// The next bundle's nonce comes from the node again (a bundle given up, a reorg).
+    fn forget_nonce(&self) {
+        if let Ok(mut next) = self.shared.next_nonce.lock() {
+            *next = None;
         }
     }
 
@@ -1455,6 +1478,16 @@ impl Bundler {
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = self.shared.accepted.notified() => {
+                    // A moment for more ops to arrive: fewer, fuller bundles for the same block.
+                    tokio::time::sleep(ACCEPT_BATCHING_DELAY).await;
+                    if self.mode() == BundlingMode::Auto
+                        && let Err(error) = self.start_bundles().await
+                    {
+                        warn!(%error, "bundling failed");
+                    }
+                    continue;
+                }
                 _ = decay.tick() => {
                     if let Err(error) = self.shared.reputation.decay() {
                         warn!(%error, "reputation decay failed");
@@ -1476,6 +1509,7 @@ impl Bundler {
                 Ok(ChainEvent::Block(block)) => {
                     let replaced = self.replaced_blocks(block.block.number, block.block.hash);
                     if !replaced.is_empty() {
+                        self.forget_nonce();
                         match self.unindex_blocks(&replaced) {
                             Ok(requeued) => {
                                 info!(
@@ -1505,6 +1539,7 @@ impl Bundler {
                     }
                 }
                 Ok(ChainEvent::Reorg(reorg)) => {
+                    self.forget_nonce();
                     let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
                     match self.unindex_blocks(&removed) {
                         Ok(requeued) => {

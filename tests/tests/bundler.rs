@@ -763,8 +763,12 @@ async fn mempool_rules_and_limits_over_rpc() -> TestResult {
     let client = alloy::transports::http::reqwest::Client::new();
     let huge = json!({ "jsonrpc": "2.0", "id": 1, "method": "eth_chainId",
         "params": ["0x".to_string() + &"ab".repeat(200 * 1024)] });
-    let response = client.post(&url).json(&huge).send().await?;
-    assert_eq!(response.status().as_u16(), 413, "request too big");
+    // The server answers 413 from the Content-Length alone and may close before the client has
+    // written the whole body: either way it refused, and kept serving (below).
+    match client.post(&url).json(&huge).send().await {
+        Ok(response) => assert_eq!(response.status().as_u16(), 413, "request too big"),
+        Err(error) => assert!(error.is_request(), "{error}"),
+    }
     let batch: Vec<Value> = (0..11)
         .map(|id| json!({ "jsonrpc": "2.0", "id": id, "method": "eth_chainId", "params": [] }))
         .collect();
