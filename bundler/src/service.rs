@@ -284,6 +284,16 @@ fn storage_error(error: impl std::fmt::Display) -> BundlerError {
     BundlerError::Internal(format!("storage: {error}"))
 }
 
+/// The entity an EntryPoint rejection inside a bundle is charged to: AA1x the factory, AA3x the
+/// paymaster, anything else the account.
+fn culprit(op: &UserOperation, reason: &str) -> Address {
+    match reason.get(..3) {
+        Some("AA1") => op.factory_address().unwrap_or(op.sender),
+        Some("AA3") => op.paymaster.unwrap_or(op.sender),
+        _ => op.sender,
+    }
+}
+
 /// The entity a failed validation is attributed to: by the EntryPoint's code (AA1x factory, AA2x
 /// account, AA3x paymaster) or the first broken rule's frame.
 fn blamed_entity(error: &SimError) -> Option<Entity> {
@@ -1196,11 +1206,7 @@ impl Bundler {
                     self.drop_op(entry.hash, &reason)?;
                     // GREP-040: it passed the second validation, so its entity is banned
                     // (GREP-010: with every op that uses it).
-                    let culprit = match reason.get(..3) {
-                        Some("AA1") => entry.op.factory_address().unwrap_or(entry.op.sender),
-                        Some("AA3") => entry.op.paymaster.unwrap_or(entry.op.sender),
-                        _ => entry.op.sender,
-                    };
+                    let culprit = culprit(&entry.op, &reason);
                     self.ban(version, culprit, &reason)?;
                     bundle.retain(|e| !e.references(culprit));
                     continue;
@@ -1556,6 +1562,82 @@ impl Bundler {
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::primitives::{Bytes, U256};
+    use settled_sim::{Rule, RuleViolation};
+
+    use super::*;
+
+    fn op(factory: Option<Address>, paymaster: Option<Address>) -> UserOperation {
+        UserOperation {
+            sender: Address::repeat_byte(0x5e),
+            nonce: U256::ZERO,
+            factory: factory.map(|f| Bytes::copy_from_slice(f.as_slice())),
+            factory_data: factory.map(|_| Bytes::new()),
+            call_data: Bytes::new(),
+            call_gas_limit: U256::ZERO,
+            verification_gas_limit: U256::ZERO,
+            pre_verification_gas: U256::ZERO,
+            max_fee_per_gas: U256::ZERO,
+            max_priority_fee_per_gas: U256::ZERO,
+            paymaster,
+            paymaster_verification_gas_limit: None,
+            paymaster_post_op_gas_limit: None,
+            paymaster_data: None,
+            signature: Bytes::new(),
+            eip7702_auth: None,
+        }
+    }
+
+    /// GREP-040 charges the entity the EntryPoint's code names.
+    #[test]
+    fn bundle_failures_are_charged_to_the_named_entity() {
+        let (factory, paymaster) = (Address::repeat_byte(0xfa), Address::repeat_byte(0xba));
+        let full = op(Some(factory), Some(paymaster));
+        let bare = op(None, None);
+        let sender = full.sender;
+        for (op, reason, expected) in [
+            (&full, "AA13 initCode failed or OOG", factory),
+            (&full, "AA23 reverted", sender),
+            (&full, "AA25 invalid account nonce", sender),
+            (&full, "AA31 paymaster deposit too low", paymaster),
+            (&full, "AA33 reverted", paymaster),
+            (&full, "AA95 out of gas", sender),
+            (&full, "", sender),
+            (&bare, "AA13 initCode failed or OOG", sender),
+            (&bare, "AA33 reverted", sender),
+        ] {
+            assert_eq!(culprit(op, reason), expected, "{reason}");
+        }
+    }
+
+    /// EREP-015: which failures spare the paymaster.
+    #[test]
+    fn validation_failures_are_blamed_on_their_entity() {
+        let rejected = |reason: &str| SimError::Rejected { reason: reason.into(), inner: None };
+        let broke = |entity| {
+            SimError::RuleViolations(vec![RuleViolation {
+                rule: Rule::Op011,
+                entity,
+                address: Address::ZERO,
+                detail: String::new(),
+            }])
+        };
+        for (error, expected) in [
+            (rejected("AA10 sender already constructed"), Some(Entity::Factory)),
+            (rejected("AA24 signature error"), Some(Entity::Account)),
+            (rejected("AA34 signature error"), Some(Entity::Paymaster)),
+            (rejected("AA95 out of gas"), None),
+            (broke(Entity::Account), Some(Entity::Account)),
+            (broke(Entity::Paymaster), Some(Entity::Paymaster)),
+            (SimError::Timeout(Duration::from_millis(1)), None),
+        ] {
+            assert_eq!(blamed_entity(&error), expected, "{error}");
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use alloy::{
     primitives::{Address, B256, Bytes, U256},
-    providers::Provider,
+    providers::{Provider, ext::AnvilApi},
     signers::local::PrivateKeySigner,
 };
 use serde_json::{Value, json};
@@ -564,6 +564,23 @@ async fn reputation_throttles_and_bans_a_paymaster() -> TestResult {
     assert_eq!(refused.0, i64::from(codes::THROTTLED_OR_BANNED), "{refused:?}");
     assert!(refused.1.contains("throttled"), "{refused:?}");
 
+    // GREP-020: ops with a throttled entity stay at most THROTTLED_ENTITY_LIVE_BLOCKS blocks.
+    let live = settled_bundler::THROTTLED_ENTITY_LIVE_BLOCKS;
+    node.chain().provider().anvil_mine(Some(live + 2), None).await?;
+    let head = node.chain().provider().get_block_number().await?;
+    node.wait_for_head(head, Duration::from_secs(10)).await?;
+    let mut dump = Value::Null;
+    for _ in 0..50 {
+        dump = ok(call(&node, "debug_bundler_dumpMempool", json!([entry_point])).await?)?;
+        if dump == json!([]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dump, json!([]), "throttled ops outlived their residency");
+    let again = sponsored_creation_op(&node, version, paymaster).await?;
+    ok(send(&node, version, &again).await?)?;
+
     // Banned (opsSeen / 10 = 100 > 0 + BAN_SLACK): its ops leave the pool, new ones are refused.
     let banned = json!([{ "address": paymaster, "opsSeen": "0x3e8", "opsIncluded": "0x0" }]);
     ok(call(&node, "debug_bundler_setReputation", json!([banned, entry_point])).await?)?;
@@ -630,7 +647,7 @@ async fn blocklisted_factory_is_refused() -> TestResult {
 /// its pool, then the next blocks' base fee jumps to 1,000 gwei.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_bundle_is_replaced_with_higher_fees() -> TestResult {
-    use alloy::{consensus::Transaction as _, providers::ext::AnvilApi};
+    use alloy::consensus::Transaction as _;
 
     let node = TestNode::spawn_with(Default::default(), |config| {
         config.bundler.mode = settled_bundler::BundlingMode::Manual;
