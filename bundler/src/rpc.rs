@@ -237,6 +237,15 @@ pub trait BundlerDebugApi {
     #[method(name = "bundler_setBundlingMode")]
     fn set_bundling_mode(&self, mode: BundlingMode) -> RpcResult<&'static str>;
 
+    /// Puts ops in the mempool without validating them (for `entry_point`, by default the
+    /// preferred one).
+    #[method(name = "bundler_addUserOps")]
+    async fn add_user_ops(
+        &self,
+        ops: Vec<UserOperation>,
+        entry_point: Option<Address>,
+    ) -> RpcResult<&'static str>;
+
     /// Sets entities' reputation counters for `entry_point`.
     #[method(name = "bundler_setReputation")]
     fn set_reputation(
@@ -323,6 +332,18 @@ impl BundlerDebugApiServer for Bundler {
 
     fn set_bundling_mode(&self, mode: BundlingMode) -> RpcResult<&'static str> {
         self.set_mode(mode);
+        Ok("ok")
+    }
+
+    async fn add_user_ops(
+        &self,
+        ops: Vec<UserOperation>,
+        entry_point: Option<Address>,
+    ) -> RpcResult<&'static str> {
+        let entry_point = entry_point
+            .or_else(|| self.supported_entry_points().first().copied())
+            .unwrap_or_default();
+        self.add_unvalidated(ops, entry_point).await?;
         Ok("ok")
     }
 

@@ -253,6 +253,8 @@ struct Shared {
     head: RwLock<Option<Head>>,
     pool_tree: sled::Tree,
     mined_tree: sled::Tree,
+    /// `block hash ‖ op hash` of every indexed op: a reorg finds its blocks' ops directly.
+    mined_by_block: sled::Tree,
     /// One bundle at a time.
     bundling: tokio::sync::Mutex<()>,
     /// Blocks of our own bundles, indexed from their receipts before the chain follower saw
@@ -420,6 +422,7 @@ impl Bundler {
             .erased();
         let pool_tree = db.open_tree("bundler.pool").map_err(storage_error)?;
         let mined_tree = db.open_tree("bundler.mined").map_err(storage_error)?;
+        let mined_by_block = db.open_tree("bundler.mined_by_block").map_err(storage_error)?;
         let mut pool = Mempool::new(config.pool);
         let mut restored = 0;
         for item in pool_tree.iter() {
@@ -456,6 +459,7 @@ impl Bundler {
                 head: RwLock::new(None),
                 pool_tree,
                 mined_tree,
+                mined_by_block,
                 bundling: tokio::sync::Mutex::new(()),
                 unconfirmed: Mutex::new(Vec::new()),
                 in_flight: Mutex::new(HashMap::new()),
@@ -886,6 +890,47 @@ impl Bundler {
         self.shared.pool_tree.clear().map_err(storage_error)
     }
 
+    /// `debug_bundler_addUserOps`: puts `ops` in `entry_point`'s mempool without validating
+    /// them (the mempool rules still apply); they are validated before bundling like any other.
+    pub async fn add_unvalidated(
+        &self,
+        ops: Vec<UserOperation>,
+        entry_point: Address,
+    ) -> Result<(), BundlerError> {
+        let version = self.version(entry_point)?;
+        let head = self.shared.provider.get_block_number().await.map_err(rpc_error)?;
+        for op in ops {
+            let packed = op.pack()?;
+            let delegate = op.eip7702_auth.as_ref().map(|a| a.address);
+            let hash = packed.hash(version, self.shared.chain_id, delegate);
+            let entry = PoolEntry {
+                hash,
+                entry_point: version,
+                op,
+                staked: StakedEntities::default(),
+                code_hashes: Default::default(),
+                valid_until: u64::MAX,
+                accepted_at_block: head,
+            };
+            let value = serde_json::to_vec(&entry).map_err(storage_error)?;
+            let displaced = self
+                .shared
+                .pool
+                .lock()
+                .map_err(storage_error)?
+                .add(entry, usize::MAX)
+                .map_err(|e| BundlerError::Mempool(e.to_string()))?;
+            for old in displaced {
+                self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
+            }
+            self.shared.pool_tree.insert(hash, value).map_err(storage_error)?;
+        }
+        make_durable(&self.shared.pool_tree).await?;
+        ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
+        self.shared.accepted.notify_one();
+        Ok(())
+    }
+
     /// `debug_bundler_setReputation`: sets counters; an entity they ban leaves the pool.
     pub fn set_reputation(
         &self,
@@ -986,6 +1031,10 @@ impl Bundler {
             };
             let value = serde_json::to_vec(&mined).map_err(storage_error)?;
             self.shared.mined_tree.insert(hash, value).map_err(storage_error)?;
+            self.shared
+                .mined_by_block
+                .insert([block_hash.as_slice(), hash.as_slice()].concat(), &[])
+                .map_err(storage_error)?;
             self.shared.pool_tree.remove(hash).map_err(storage_error)?;
             ::metrics::counter!(metrics::OPS_MINED).increment(1);
             indexed += 1;
@@ -996,13 +1045,24 @@ impl Bundler {
     /// Ops mined in blocks a reorg removed go back to the pool (and out of the index).
     fn unindex_blocks(&self, removed: &[B256]) -> Result<usize, BundlerError> {
         let mut requeued = 0;
-        for item in self.shared.mined_tree.iter() {
-            let (key, value) = item.map_err(storage_error)?;
+        let mut keys = Vec::new();
+        for block in removed {
+            for item in self.shared.mined_by_block.scan_prefix(block) {
+                keys.push(item.map_err(storage_error)?.0);
+            }
+        }
+        for key in keys {
+            self.shared.mined_by_block.remove(&key).map_err(storage_error)?;
+            let Some(hash) = key.get(32..).map(B256::from_slice) else { continue };
+            let Some(value) = self.shared.mined_tree.get(hash).map_err(storage_error)? else {
+                continue;
+            };
             let Ok(mined) = serde_json::from_slice::<MinedOp>(&value) else { continue };
+            // Indexed again in a block that stayed: not this reorg's.
             if !removed.contains(&mined.block_hash) {
                 continue;
             }
-            self.shared.mined_tree.remove(key).map_err(storage_error)?;
+            self.shared.mined_tree.remove(hash).map_err(storage_error)?;
             let (Some(op), Some(version)) =
                 (mined.op, EntryPointVersion::from_address(mined.entry_point))
             else {

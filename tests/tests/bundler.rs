@@ -217,6 +217,18 @@ async fn manual_bundling_through_the_debug_namespace() -> TestResult {
         call(&node, "debug_bundler_dumpMempool", json!([version.canonical_address()])).await?;
     assert_eq!(dump.map_err(|e| format!("{e:?}"))?, json!([]));
 
+    // debug_bundler_addUserOps skips validation; the op is still validated before bundling.
+    let owner = PrivateKeySigner::random();
+    let added = funded_op(&node, version, &owner).await?;
+    let ops = json!([[UserOperation::unpack(&added, None)], version.canonical_address()]);
+    let result = call(&node, "debug_bundler_addUserOps", ops).await?;
+    assert_eq!(result.map_err(|e| format!("{e:?}"))?, json!("ok"));
+    let dump =
+        call(&node, "debug_bundler_dumpMempool", json!([version.canonical_address()])).await?;
+    assert_eq!(dump.map_err(|e| format!("{e:?}"))?[0]["sender"], json!(added.sender));
+    let tx = call(&node, "debug_bundler_sendBundleNow", json!([])).await?;
+    assert!(tx.map_err(|e| format!("{e:?}"))?.is_string());
+
     // Operators see it in Prometheus, each metric with its help line.
     let metrics = node.metrics().await?;
     for name in [
