@@ -47,8 +47,10 @@ pub const MAX_VERIFICATION_GAS: u64 = 500_000;
 const MIN_VALIDITY_SECONDS: u64 = 30;
 /// After an op is accepted, how long auto mode gathers more before bundling.
 const ACCEPT_BATCHING_DELAY: Duration = Duration::from_millis(25);
-/// How often a sent bundle's receipt is looked for.
-const RECEIPT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long to wait before sending again a bundle the node priced out.
+const REPRICE_DELAY: Duration = Duration::from_millis(100);
+/// A sent bundle's receipt is looked for at each new block, and at least this often.
+const RECEIPT_POLL_FALLBACK: Duration = Duration::from_secs(1);
 /// How many ops a bundle may drop (each a failed `eth_estimateGas`) before giving up.
 const MAX_BUNDLE_RETRIES: usize = 8;
 
@@ -263,6 +265,8 @@ struct Shared {
     /// Signalled on each accepted op: in auto mode a bundle goes out without waiting for the
     /// next block or tick (ops accepted while one is built share the next).
     accepted: tokio::sync::Notify,
+    /// The latest block number the chain follower reported (0: none yet).
+    head_number: tokio::sync::watch::Sender<u64>,
     /// The nonce after our last sent bundle: the node's pending count can lag a transaction just
     /// sent, and two bundles must never share a nonce. Forgotten when a bundle is given up.
     next_nonce: Mutex<Option<u64>>,
@@ -464,6 +468,7 @@ impl Bundler {
                 unconfirmed: Mutex::new(Vec::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 next_nonce: Mutex::new(None),
+                head_number: tokio::sync::watch::Sender::new(0),
                 accepted: tokio::sync::Notify::new(),
             }),
         })
@@ -1379,8 +1384,11 @@ impl Bundler {
     ) -> Result<(B256, alloy::rpc::types::TransactionReceipt), BundlerError> {
         let provider = &self.shared.provider;
         let config = &self.shared.config;
+        // Receipts are looked for when the chain follower reports a block (or every second), not
+        // in a tight loop: dozens of bundles can be in flight.
+        let mut heads = self.shared.head_number.subscribe();
         loop {
-            let sent_at = provider.get_block_number().await.map_err(rpc_error)?;
+            let sent_at = self.head_number(&mut heads).await?;
             loop {
                 for hash in &sent.hashes {
                     if let Some(receipt) =
@@ -1398,11 +1406,13 @@ impl Bundler {
                         config.inclusion_timeout, sent.hashes
                     )));
                 }
-                let head = provider.get_block_number().await.map_err(rpc_error)?;
-                if head >= sent_at + config.fee_bump_after_blocks {
+                if self.head_number(&mut heads).await? >= sent_at + config.fee_bump_after_blocks {
                     break;
                 }
-                tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
+                tokio::select! {
+                    _ = heads.changed() => {}
+                    _ = tokio::time::sleep(RECEIPT_POLL_FALLBACK) => {}
+                }
             }
             sent.raise_fees(provider.estimate_eip1559_fees().await.ok());
             ::metrics::counter!(metrics::BUNDLES_REPLACED).increment(1);
@@ -1413,6 +1423,18 @@ impl Bundler {
                 "bundle not mined: replacing it with higher fees"
             );
             self.send_attempt(&mut sent, false).await?;
+        }
+    }
+
+    /// The latest block the chain follower reported (the node's head before it reported any).
+    async fn head_number(
+        &self,
+        heads: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<u64, BundlerError> {
+        let reported = *heads.borrow_and_update();
+        match reported {
+            0 => self.shared.provider.get_block_number().await.map_err(rpc_error),
+            number => Ok(number),
         }
     }
 
@@ -1455,7 +1477,7 @@ impl Bundler {
                 {
                     warn!(%error, "bundle priced out: raising its fees");
                     sent.raise_fees(provider.estimate_eip1559_fees().await.ok());
-                    tokio::time::sleep(RECEIPT_POLL_INTERVAL).await;
+                    tokio::time::sleep(REPRICE_DELAY).await;
                 }
                 Err(error) if first => return Err(rpc_error(error)),
                 // E.g. "nonce too low": an earlier attempt was mined meanwhile.
@@ -1573,6 +1595,7 @@ impl Bundler {
             };
             match event {
                 Ok(ChainEvent::Block(block)) => {
+                    self.shared.head_number.send_replace(block.block.number);
                     let replaced = self.replaced_blocks(block.block.number, block.block.hash);
                     if !replaced.is_empty() {
                         self.forget_nonce();
