@@ -4,18 +4,18 @@
 
 use alloy::{
     eips::eip7702::SignedAuthorization,
-    primitives::{Address, Bytes, TxKind, U256},
+    primitives::{Address, Bytes, TxKind},
     sol_types::{SolCall, SolInterface},
 };
 use revm::{
-    Context, DatabaseRef, ExecuteEvm, MainBuilder, MainContext, context::TxEnv,
-    context_interface::result::ExecutionResult, database::CacheDB, primitives::hardfork::SpecId,
+    DatabaseRef, ExecuteEvm, MainBuilder, context::TxEnv,
+    context_interface::result::ExecutionResult, database::CacheDB,
 };
 use settled_contracts::{EntryPointVersion, PackedUserOperation, v07};
 
 use crate::{
     error::SimError,
-    evm::Overlay,
+    evm::{Overlay, sim_context},
     fork::BlockState,
     overrides::SimOverrides,
     validation::{BlockContext, Simulator},
@@ -89,21 +89,10 @@ impl Simulator {
             )?;
         }
         let gas_limit = block.gas_limit.max(self.limits.gas_cap);
-        let mut evm = Context::mainnet()
-            .with_db(db)
-            .modify_cfg_chained(|cfg| {
-                cfg.chain_id = block.chain_id;
-                cfg.spec = SpecId::PRAGUE;
-                // The bundler's own nonce and balance are the submitter's concern, not the ops'.
-                cfg.disable_nonce_check = true;
-            })
-            .modify_block_chained(|env| {
-                env.number = U256::from(block.number + 1);
-                env.timestamp = U256::from(block.timestamp + 1);
-                env.gas_limit = gas_limit;
-                env.basefee = 0;
-            })
-            .build_mainnet();
+        // The bundle lands in the next block at the earliest.
+        let next =
+            BlockContext { number: block.number + 1, timestamp: block.timestamp + 1, ..*block };
+        let mut evm = sim_context(db, &next, gas_limit).build_mainnet();
         let tx = TxEnv::builder()
             .caller(bundle.bundler)
             .kind(TxKind::Call(entry_point))
@@ -143,7 +132,7 @@ fn decode_failed_op(output: &Bytes) -> BundleOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::sol_types::SolError;
+    use alloy::{primitives::U256, sol_types::SolError};
 
     #[test]
     fn failed_op_reverts_name_the_op() {

@@ -94,6 +94,29 @@ pub(crate) struct EntryPointCall<'o> {
     pub(crate) gas_cap: u64,
 }
 
+/// The revm context every simulation runs in: `block`'s chain and Prague rules, a block gas
+/// limit of `gas_limit`, and no fee checks — callers (the zero address, or the bundler) pay gas
+/// price 0 at base fee 0, and their nonce is not the op's concern.
+pub(crate) fn sim_context<'a>(
+    db: Overlay<'a>,
+    block: &BlockContext,
+    gas_limit: u64,
+) -> SimContext<'a> {
+    Context::mainnet()
+        .with_db(db)
+        .modify_cfg_chained(|cfg| {
+            cfg.chain_id = block.chain_id;
+            cfg.spec = SpecId::PRAGUE;
+            cfg.disable_nonce_check = true;
+        })
+        .modify_block_chained(|env| {
+            env.number = U256::from(block.number);
+            env.timestamp = U256::from(block.timestamp);
+            env.gas_limit = gas_limit;
+            env.basefee = 0;
+        })
+}
+
 /// Runs `call` over a fresh overlay of `state` under `inspector`; returns the result and the
 /// inspector. Blocking (reads forked state on a miss).
 pub(crate) fn call_entry_point<'a, I>(
@@ -118,21 +141,7 @@ where
     db.insert_account_info(entry_point, info);
     call.overrides.apply(&mut db, block.chain_id, entry_point, call.sender)?;
 
-    let mut evm = Context::mainnet()
-        .with_db(db)
-        .modify_cfg_chained(|cfg| {
-            cfg.chain_id = block.chain_id;
-            cfg.spec = SpecId::PRAGUE;
-            // The simulation caller is the zero address with no balance: gas price 0 and basefee
-            // 0 make that valid without revm's optional checks.
-            cfg.disable_nonce_check = true;
-        })
-        .modify_block_chained(|env| {
-            env.number = U256::from(block.number);
-            env.timestamp = U256::from(block.timestamp);
-            env.gas_limit = block.gas_limit.max(call.gas_cap);
-            env.basefee = 0;
-        })
+    let mut evm = sim_context(db, block, block.gas_limit.max(call.gas_cap))
         .build_mainnet_with_inspector(inspector);
     let tx = TxEnv::builder()
         .caller(Address::ZERO)

@@ -75,22 +75,39 @@ async fn funded_op_at(
         .get_receipt()
         .await?;
     let call_data = usdc_transfer(version, usdc, Address::repeat_byte(0x55), 1_000);
-    let mut op = unestimated_op(sender, 0, init_code, call_data);
-    let entry_point = version.canonical_address();
+    let op = unestimated_op(sender, 0, init_code, call_data);
+    let mut op = with_estimated_limits(url, version, op).await?;
+    op.signature = chain.sign_op(version, owner, &op).await?;
+    Ok(op)
+}
+
+/// `op` with the gas limits the node estimates for it (`eth_estimateUserOperationGas`), the
+/// paymaster's too when it has one.
+async fn with_estimated_limits(
+    url: &str,
+    version: EntryPointVersion,
+    mut op: PackedUserOperation,
+) -> TestResult<PackedUserOperation> {
     let estimate = call_url(
         url,
         "eth_estimateUserOperationGas",
-        json!([UserOperation::unpack(&op, None), entry_point]),
+        json!([UserOperation::unpack(&op, None), version.canonical_address()]),
     )
     .await?
     .map_err(|e| format!("estimate failed: {e:?}"))?;
     let gas = |name: &str| -> TestResult<u128> {
-        let value: U256 = serde_json::from_value(estimate[name].clone())?;
+        let value: U256 = serde_json::from_value(estimate[name].clone())
+            .map_err(|e| format!("{name} in {estimate}: {e}"))?;
         Ok(value.to())
     };
     op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
     op.preVerificationGas = U256::from(gas("preVerificationGas")?);
-    op.signature = chain.sign_op(version, owner, &op).await?;
+    if op.paymaster().is_some() {
+        op.set_paymaster_gas_limits(
+            gas("paymasterVerificationGasLimit")?,
+            gas("paymasterPostOpGasLimit")?,
+        );
+    }
     Ok(op)
 }
 
@@ -500,23 +517,7 @@ async fn sponsored_creation_op(
     let mut op = unestimated_op(sender, 0, init_code, Bytes::new());
     op.paymasterAndData = paymaster.to_vec().into();
     op.set_paymaster_gas_limits(0, 0);
-    let estimate = call(
-        node,
-        "eth_estimateUserOperationGas",
-        json!([UserOperation::unpack(&op, None), version.canonical_address()]),
-    )
-    .await?
-    .map_err(|e| format!("estimate failed: {e:?}"))?;
-    let gas = |name: &str| -> TestResult<u128> {
-        let value: U256 = serde_json::from_value(estimate[name].clone())?;
-        Ok(value.to())
-    };
-    op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
-    op.preVerificationGas = U256::from(gas("preVerificationGas")?);
-    op.set_paymaster_gas_limits(
-        gas("paymasterVerificationGasLimit")?,
-        gas("paymasterPostOpGasLimit")?,
-    );
+    let mut op = with_estimated_limits(&node.node()?.rpc_url(), version, op).await?;
     op.signature = chain.sign_op(version, &owner, &op).await?;
     Ok(op)
 }
@@ -749,20 +750,12 @@ async fn mempool_rules_and_limits_over_rpc() -> TestResult {
         op.nonce = U256::from(key) << 64;
         op
     };
-    let estimate = ok(call(
-        &node,
-        "eth_estimateUserOperationGas",
-        json!([UserOperation::unpack(&keyed(1), None), entry_point]),
-    )
-    .await?)?;
-    let gas = |name: &str| -> TestResult<u128> {
-        Ok(serde_json::from_value::<U256>(estimate[name].clone())?.to())
-    };
+    let url = node.node()?.rpc_url();
+    let estimated = with_estimated_limits(&url, version, keyed(1)).await?;
     let mut ops = Vec::new();
     for key in 1..=settled_bundler::SAME_SENDER_MEMPOOL_COUNT as u64 + 1 {
-        let mut op = keyed(key);
-        op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
-        op.preVerificationGas = U256::from(gas("preVerificationGas")?);
+        let mut op = estimated.clone();
+        op.nonce = keyed(key).nonce;
         op.signature = node.chain().sign_op(version, &owner, &op).await?;
         ops.push(op);
     }
@@ -788,7 +781,6 @@ async fn mempool_rules_and_limits_over_rpc() -> TestResult {
     assert_eq!(dump.as_array().map(Vec::len), Some(allowed.len()));
 
     // Too big a body, too long a batch: JSON-RPC errors, not a crash.
-    let url = node.node()?.rpc_url();
     let client = alloy::transports::http::reqwest::Client::new();
     let huge = json!({ "jsonrpc": "2.0", "id": 1, "method": "eth_chainId",
         "params": ["0x".to_string() + &"ab".repeat(200 * 1024)] });
