@@ -1,10 +1,10 @@
 //! The ERC-4337 bundler: mempool, bundle building and submission, ERC-7769 RPC.
 //!
 //! * [`UserOperation`]: the op as ERC-7769 clients send it, packed for the EntryPoint.
-//! * [`Bundler`]: first validation (revm, ERC-7562) into the [`Mempool`] (persisted in sled),
-//!   second validation and COD-010 before bundling, the node's `eth_estimateGas` of the whole
-//!   bundle as the third, submission, an index of mined ops fed by the chain follower, reorged
-//!   ops back in the pool.
+//! * [`Bundler`]: first validation (revm, ERC-7562) into the [`Mempool`] (persisted in sled)
+//!   under [`Reputation`], second validation and COD-010 before bundling, the whole `handleOps`
+//!   in revm as the third, pipelined submission with fee bumping, an index of mined ops fed by
+//!   the chain follower, reorged ops back in the pool.
 //! * [`bundler_module`]: `eth_sendUserOperation`, `eth_estimateUserOperationGas`,
 //!   `eth_getUserOperationByHash`, `eth_getUserOperationReceipt`, `eth_supportedEntryPoints`,
 //!   and `debug_bundler_*`; [`BundlerError`] → ERC-7769 codes ([`codes`]) at this edge only.

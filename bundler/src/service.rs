@@ -51,7 +51,7 @@ const ACCEPT_BATCHING_DELAY: Duration = Duration::from_millis(25);
 const REPRICE_DELAY: Duration = Duration::from_millis(100);
 /// A sent bundle's receipt is looked for at each new block, and at least this often.
 const RECEIPT_POLL_FALLBACK: Duration = Duration::from_secs(1);
-/// How many ops a bundle may drop (each a failed `eth_estimateGas`) before giving up.
+/// How many ops a bundle may drop (each a `FailedOp` in the revm bundle run) before giving up.
 const MAX_BUNDLE_RETRIES: usize = 8;
 
 /// When bundles are sent.
