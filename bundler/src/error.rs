@@ -4,7 +4,7 @@
 use alloy::primitives::{Address, U256};
 use settled_sim::{RuleViolation, SimError};
 
-use crate::user_op::InvalidUserOperation;
+use settled_contracts::InvalidUserOperation;
 
 /// Everything `eth_sendUserOperation` / `eth_estimateUserOperationGas` can answer instead of a
 /// result.

@@ -15,7 +15,6 @@ mod pool;
 mod reputation;
 mod rpc;
 mod service;
-mod user_op;
 
 pub use error::BundlerError;
 pub use metrics::describe_metrics;
@@ -34,4 +33,5 @@ pub use service::{
     Bundler, BundlerConfig, BundlingMode, GasPrice, GasPrices, MAX_VERIFICATION_GAS, MinedOp,
     StakeInfo, StakeStatus, UserOperationByHash, UserOperationReceipt,
 };
-pub use user_op::{InvalidUserOperation, UserOperation};
+/// The op as ERC-7769 clients send it; defined in `settled-contracts`, shared with the paymaster.
+pub use settled_contracts::{InvalidUserOperation, UserOperation};

@@ -11,7 +11,7 @@ use alloy::primitives::{Address, B256, U256};
 use serde::{Deserialize, Serialize};
 use settled_contracts::{EntryPointVersion, PackedUserOperation};
 
-use crate::user_op::UserOperation;
+use settled_contracts::UserOperation;
 
 /// ERC-7562 `SAME_SENDER_MEMPOOL_COUNT`.
 pub const SAME_SENDER_MEMPOOL_COUNT: usize = 4;

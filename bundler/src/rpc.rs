@@ -21,34 +21,11 @@ use crate::{
     service::{
         Bundler, BundlingMode, GasPrices, StakeStatus, UserOperationByHash, UserOperationReceipt,
     },
-    user_op::UserOperation,
 };
+use settled_contracts::UserOperation;
 
-/// ERC-7769 error codes.
-pub mod codes {
-    /// Invalid fields, unsupported EntryPoint, mempool rules.
-    pub const INVALID_PARAMS: i32 = -32602;
-    /// Rejected by the EntryPoint (`AAxx`).
-    pub const REJECTED_BY_ENTRY_POINT: i32 = -32500;
-    /// Rejected by the paymaster.
-    pub const REJECTED_BY_PAYMASTER: i32 = -32501;
-    /// ERC-7562 opcode or storage rule broken.
-    pub const BANNED_OPCODE_OR_STORAGE: i32 = -32502;
-    /// Out of time range.
-    pub const OUT_OF_TIME_RANGE: i32 = -32503;
-    /// An entity is throttled or banned.
-    pub const THROTTLED_OR_BANNED: i32 = -32504;
-    /// An entity's stake is too low.
-    pub const STAKE_TOO_LOW: i32 = -32505;
-    /// The account's signature failed.
-    pub const INVALID_SIGNATURE: i32 = -32507;
-    /// The paymaster's deposit cannot cover its pending ops.
-    pub const PAYMASTER_DEPOSIT_TOO_LOW: i32 = -32508;
-    /// The op's execution reverted (estimation).
-    pub const EXECUTION_REVERTED: i32 = -32521;
-    /// The node failed.
-    pub const INTERNAL: i32 = -32603;
-}
+/// ERC-7769 error codes (shared with the paymaster's RPC).
+pub use settled_contracts::rpc_codes as codes;
 
 /// The ERC-7769 code of `error` (for metrics labels).
 pub(crate) fn error_code(error: &BundlerError) -> i32 {
@@ -414,7 +391,7 @@ mod tests {
     fn every_error_has_its_code() {
         let a = Address::repeat_byte(0xaa);
         let table: Vec<(BundlerError, i32)> = vec![
-            (crate::user_op::InvalidUserOperation("x".into()).into(), codes::INVALID_PARAMS),
+            (settled_contracts::InvalidUserOperation("x".into()).into(), codes::INVALID_PARAMS),
             (BundlerError::InvalidField("x".into()), codes::INVALID_PARAMS),
             (BundlerError::UnsupportedEntryPoint(a), codes::INVALID_PARAMS),
             (BundlerError::Mempool("x".into()), codes::INVALID_PARAMS),

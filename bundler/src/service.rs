@@ -10,7 +10,6 @@ use std::{
 
 use alloy::{
     consensus::Transaction as _,
-    eips::BlockId,
     network::{EthereumWallet, TransactionBuilder, TransactionBuilder7702},
     primitives::{Address, B256, Bytes, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
@@ -19,11 +18,11 @@ use alloy::{
     sol_types::{SolCall, SolEvent},
 };
 use serde::{Deserialize, Serialize};
-use settled_contracts::{ChainEvent, EntryPointVersion, PackedUserOperation, v07};
+use settled_contracts::{ChainEvent, EntryPointVersion, PackedUserOperation, UserOperation, v07};
 use settled_sim::{
-    AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, Entity, GasEstimate, SimError,
-    SimOverrides, SimulationLimits, Simulator, ValidationOutcome, ValidationRules, changed_code,
-    pre_verification_gas,
+    AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, Entity, GasEstimate,
+    SimError, SimOverrides, SimulationLimits, Simulator, ValidationOutcome, ValidationRules,
+    changed_code, pre_verification_gas,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +37,6 @@ use crate::{
         THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
         THROTTLED_ENTITY_MEMPOOL_COUNT,
     },
-    user_op::UserOperation,
 };
 
 /// ERC-4337 `MAX_VERIFICATION_GAS`.
@@ -236,11 +234,6 @@ pub struct UserOperationReceipt {
     pub receipt: TransactionReceipt,
 }
 
-struct Head {
-    state: BlockState,
-    context: BlockContext,
-}
-
 struct Shared {
     config: BundlerConfig,
     chain_id: u64,
@@ -248,11 +241,10 @@ struct Shared {
     sender: DynProvider,
     bundler_address: Address,
     simulator: Simulator,
-    account_reads: AccountReads,
     pool: Mutex<Mempool>,
     reputation: ReputationStore,
     mode: RwLock<BundlingMode>,
-    head: RwLock<Option<Head>>,
+    head: ChainHead,
     pool_tree: sled::Tree,
     mined_tree: sled::Tree,
     /// `block hash ‖ op hash` of every indexed op: a reorg finds its blocks' ops directly.
@@ -448,6 +440,7 @@ impl Bundler {
             ReputationStore::open(db, config.reputation.clone()).map_err(storage_error)?;
         let simulator = Simulator::new(config.limits, config.rules);
         let mode = RwLock::new(config.mode);
+        let head = ChainHead::new(provider.clone(), account_reads);
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -456,11 +449,10 @@ impl Bundler {
                 sender,
                 bundler_address,
                 simulator,
-                account_reads,
                 pool: Mutex::new(pool),
                 reputation,
                 mode,
-                head: RwLock::new(None),
+                head,
                 pool_tree,
                 mined_tree,
                 mined_by_block,
@@ -509,31 +501,7 @@ impl Bundler {
 
     /// The state and context of the chain head (a successor view of the last one).
     async fn head(&self) -> Result<(BlockState, BlockContext), BundlerError> {
-        let number = self.shared.provider.get_block_number().await.map_err(rpc_error)?;
-        let block = BlockId::number(number);
-        if let Ok(head) = self.shared.head.read()
-            && let Some(head) = head.as_ref()
-            && head.context.number == number
-        {
-            return Ok((head.state.clone(), head.context));
-        }
-        let context = BlockContext::fetch(&self.shared.provider, block)
-            .await
-            .map_err(|e| BundlerError::from_sim(e, None))?;
-        let state =
-            match self.shared.head.read().ok().and_then(|h| h.as_ref().map(|h| h.state.clone())) {
-                Some(previous) => previous.successor(block),
-                None => BlockState::with_account_reads(
-                    self.shared.provider.clone(),
-                    block,
-                    tokio::runtime::Handle::current(),
-                    self.shared.account_reads,
-                ),
-            };
-        if let Ok(mut head) = self.shared.head.write() {
-            *head = Some(Head { state: state.clone(), context });
-        }
-        Ok((state, context))
+        self.shared.head.latest().await.map_err(|e| BundlerError::from_sim(e, None))
     }
 
     /// Runs `f` with the simulator on a blocking thread.
@@ -1175,10 +1143,7 @@ impl Bundler {
                 }
             }
             let packed = entry.packed();
-            let op_gas = packed.verification_gas_limit()
-                + packed.call_gas_limit()
-                + packed.preVerificationGas.saturating_to::<u128>()
-                + packed.paymaster_gas_limits().map_or(0, |(v, p)| v + p);
+            let op_gas = packed.total_gas_limit();
             if gas + op_gas > u128::from(self.shared.config.max_bundle_gas)
                 || !senders.insert(packed.sender)
             {
@@ -1283,12 +1248,17 @@ impl Bundler {
                     return Err(BundlerError::Internal(format!("bundle reverts: {data}")));
                 }
             };
+            // Headroom over revm's figure for the EntryPoint's 63/64 checks, and at least the
+            // ops' limits: before each call the EntryPoint requires gas for the whole callGasLimit
+            // and paymasterPostOpGasLimit (`AA95 out of gas`), however little the op then uses.
+            let limits: u128 = candidate.ops.iter().map(|op| op.total_gas_limit()).sum();
+            let limits = u64::try_from(limits).unwrap_or(u64::MAX);
+            let gas_limit = (gas_spent + gas_spent / 5).max(limits).min(context.gas_limit);
             let mut tx = TransactionRequest::default()
                 .with_from(self.shared.bundler_address)
                 .with_to(version.canonical_address())
                 .with_input(candidate.calldata())
-                // Headroom over revm's figure: the EntryPoint's 63/64 checks inside handleOps.
-                .with_gas_limit((gas_spent + gas_spent / 5).min(context.gas_limit));
+                .with_gas_limit(gas_limit);
             if !candidate.authorizations.is_empty() {
                 tx = tx.with_authorization_list(
                     candidate.authorizations.into_iter().map(|(_, a)| a).collect(),
@@ -1636,9 +1606,7 @@ impl Bundler {
                         }
                         Err(error) => warn!(%error, "reorg handling failed"),
                     }
-                    if let Ok(mut head) = self.shared.head.write() {
-                        *head = None;
-                    }
+                    self.shared.head.reset();
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     warn!(missed, "bundler fell behind the chain follower");

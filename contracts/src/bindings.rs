@@ -50,6 +50,7 @@ pub mod v08 {
 pub mod settled {
     bind! {
         mock_usdc => MockUSDC, "artifacts/settled/MockUSDC.json";
+        sponsor_paymaster => SponsorPaymaster, "artifacts/settled/SponsorPaymaster.json";
     }
 }
 

@@ -6,7 +6,7 @@
 
 use alloy::{
     network::TransactionBuilder,
-    primitives::{Address, B256, Bytes, b256},
+    primitives::{Address, B256, Bytes, U256, b256},
     providers::Provider,
     rpc::types::TransactionRequest,
     sol_types::SolConstructor,
@@ -15,7 +15,11 @@ use tracing::{debug, info};
 
 use crate::{
     EntryPointVersion,
-    bindings::{create2, settled::MockUSDC, v07, v08},
+    bindings::{
+        create2,
+        settled::{MockUSDC, SponsorPaymaster},
+        v07, v08,
+    },
     deployment::Deployment,
 };
 
@@ -48,6 +52,17 @@ pub enum DeployError {
     /// A transaction was sent but its receipt could not be obtained.
     #[error("waiting for a deployment transaction: {0}")]
     Pending(#[from] alloy::providers::PendingTransactionError),
+    /// A contract call or transaction failed.
+    #[error("contract call: {0}")]
+    Contract(#[from] alloy::contract::Error),
+    /// A setup transaction reverted.
+    #[error("{what} reverted (transaction {tx})")]
+    Reverted {
+        /// What was being done.
+        what: &'static str,
+        /// The transaction.
+        tx: B256,
+    },
 }
 
 /// One contract to deploy through the deterministic deployer.
@@ -70,7 +85,8 @@ impl Create2Plan {
     }
 }
 
-/// The address each contract of a settled deployment gets, given the USDC owner.
+/// The address each contract of a settled deployment gets, given the owner (of USDC and of the
+/// paymasters).
 ///
 /// Pure: lets tooling know the addresses before (or without) deploying.
 pub fn expected_deployment(chain_id: u64, usdc_owner: Address) -> Deployment {
@@ -83,11 +99,22 @@ pub fn expected_deployment(chain_id: u64, usdc_owner: Address) -> Deployment {
         simple_account_factory_v08: plans[3].address(),
         simple_7702_account_v08: plans[4].address(),
         usdc: plans[5].address(),
+        paymaster_v07: plans[6].address(),
+        paymaster_v08: plans[7].address(),
         start_block: 0,
     }
 }
 
-fn plans(usdc_owner: Address) -> [Create2Plan; 6] {
+fn plans(usdc_owner: Address) -> [Create2Plan; 8] {
+    let paymaster = |name, entry_point| {
+        Create2Plan::new(
+            name,
+            SALT_SETTLED,
+            &SponsorPaymaster::BYTECODE,
+            &SponsorPaymaster::constructorCall { entryPoint_: entry_point, owner_: usdc_owner }
+                .abi_encode(),
+        )
+    };
     let ep07 = EntryPointVersion::V07.canonical_address();
     let ep08 = EntryPointVersion::V08.canonical_address();
     [
@@ -117,7 +144,73 @@ fn plans(usdc_owner: Address) -> [Create2Plan; 6] {
             &MockUSDC::BYTECODE,
             &MockUSDC::constructorCall { initialOwner: usdc_owner }.abi_encode(),
         ),
+        paymaster("SponsorPaymaster v0.7", ep07),
+        paymaster("SponsorPaymaster v0.8", ep08),
     ]
+}
+
+/// How a paymaster is readied for sponsoring: who signs, how much deposit it keeps at least,
+/// and its stake (ERC-7562 lets only a staked paymaster read its own storage and use postOp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymasterFunding {
+    /// The key whose signatures the paymaster accepts.
+    pub signer: Address,
+    /// Deposit at the EntryPoint to top up to.
+    pub min_deposit: U256,
+    /// Stake at the EntryPoint to top up to.
+    pub stake: U256,
+    /// Unstake delay of the stake, in seconds.
+    pub unstake_delay_sec: u32,
+}
+
+/// Sets `paymaster`'s signer and tops its deposit and stake up to `funding`, sending from its
+/// owner `owner`. Idempotent: does nothing that is already done.
+pub async fn fund_paymaster<P: Provider>(
+    provider: &P,
+    owner: Address,
+    paymaster: Address,
+    funding: &PaymasterFunding,
+) -> Result<(), DeployError> {
+    let contract = SponsorPaymaster::new(paymaster, provider);
+    let sent = |what: &'static str, receipt: alloy::rpc::types::TransactionReceipt| {
+        if receipt.status() {
+            Ok(())
+        } else {
+            Err(DeployError::Reverted { what, tx: receipt.transaction_hash })
+        }
+    };
+    if contract.signer().call().await? != funding.signer {
+        let receipt =
+            contract.setSigner(funding.signer).from(owner).send().await?.get_receipt().await?;
+        sent("setSigner", receipt)?;
+    }
+    let deposit = contract.getDeposit().call().await?;
+    if deposit < funding.min_deposit {
+        let receipt = contract
+            .deposit()
+            .value(funding.min_deposit - deposit)
+            .from(owner)
+            .send()
+            .await?
+            .get_receipt()
+            .await?;
+        sent("deposit", receipt)?;
+    }
+    let entry_point = v07::IEntryPoint::new(contract.entryPoint().call().await?, provider);
+    let info = entry_point.getDepositInfo(paymaster).call().await?;
+    if U256::from(info.stake) < funding.stake {
+        let receipt = contract
+            .addStake(funding.unstake_delay_sec)
+            .value(funding.stake - U256::from(info.stake))
+            .from(owner)
+            .send()
+            .await?
+            .get_receipt()
+            .await?;
+        sent("addStake", receipt)?;
+    }
+    info!(%paymaster, signer = %funding.signer, "paymaster funded and staked");
+    Ok(())
 }
 
 /// Deploys everything settled needs on a dev chain, sending from the provider's default signer

@@ -61,6 +61,10 @@ pub struct Deployment {
     pub simple_7702_account_v08: Address,
     /// The settlement token (USDC; `MockUSDC` on dev chains).
     pub usdc: Address,
+    /// settled's `SponsorPaymaster` at EntryPoint v0.7.
+    pub paymaster_v07: Address,
+    /// settled's `SponsorPaymaster` at EntryPoint v0.8.
+    pub paymaster_v08: Address,
     /// First block that can hold logs of these contracts: where the chain follower starts.
     pub start_block: u64,
 }
@@ -134,8 +138,16 @@ impl Deployment {
         }
     }
 
+    /// settled's paymaster at `version`'s EntryPoint.
+    pub const fn paymaster(&self, version: EntryPointVersion) -> Address {
+        match version {
+            EntryPointVersion::V07 => self.paymaster_v07,
+            EntryPointVersion::V08 => self.paymaster_v08,
+        }
+    }
+
     /// Every named contract with its address.
-    pub fn contracts(&self) -> [(&'static str, Address); 6] {
+    pub fn contracts(&self) -> [(&'static str, Address); 8] {
         [
             ("EntryPoint v0.7", self.entry_point_v07),
             ("EntryPoint v0.8", self.entry_point_v08),
@@ -143,6 +155,8 @@ impl Deployment {
             ("SimpleAccountFactory v0.8", self.simple_account_factory_v08),
             ("Simple7702Account v0.8", self.simple_7702_account_v08),
             ("USDC", self.usdc),
+            ("SponsorPaymaster v0.7", self.paymaster_v07),
+            ("SponsorPaymaster v0.8", self.paymaster_v08),
         ]
     }
 
@@ -174,6 +188,8 @@ mod tests {
             simple_account_factory_v08: Address::repeat_byte(2),
             simple_7702_account_v08: Address::repeat_byte(3),
             usdc: Address::repeat_byte(4),
+            paymaster_v07: Address::repeat_byte(5),
+            paymaster_v08: Address::repeat_byte(6),
             start_block: 7,
         }
     }

@@ -5,6 +5,8 @@
 //!   `contracts/artifacts/` (regenerate with `cargo artifacts`).
 //! * [`deploy_all`]: canonical, idempotent deployment onto a dev chain, yielding a [`Deployment`].
 //! * [`ChainFollower`]: the node's one view of the chain — new blocks, their logs, reorgs.
+//! * [`UserOperation`]: the op in ERC-7769's JSON shape (bundler and paymaster RPC), packed into
+//!   [`PackedUserOperation`] for the EntryPoint.
 //! * With feature `anvil`: [`LocalAnvil`], a local Anvil from the pinned npm package.
 
 #[cfg(feature = "anvil")]
@@ -14,17 +16,21 @@ mod deploy;
 mod deployment;
 mod follower;
 mod user_op;
+mod user_operation;
 
 #[cfg(feature = "anvil")]
 pub use anvil::{AnvilError, AnvilOptions, LocalAnvil, find_anvil};
-pub use bindings::{settled::MockUSDC, v07, v08};
+pub use bindings::{
+    settled::{MockUSDC, SponsorPaymaster},
+    v07, v08,
+};
 
 /// A user operation as EntryPoint v0.7 and v0.8 take it (`handleOps`, `simulateValidation`).
 ///
 /// Each binding has its own Rust type for this struct; they share one ABI, so this one converts
 /// to any of them by ABI round trip.
 pub type PackedUserOperation = v07::PackedUserOperation;
-pub use deploy::{DeployError, deploy_all, expected_deployment};
+pub use deploy::{DeployError, PaymasterFunding, deploy_all, expected_deployment, fund_paymaster};
 pub use deployment::{
     Deployment, DeploymentError, ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion,
 };
@@ -32,6 +38,7 @@ pub use follower::{
     BlockRef, ChainEvent, ChainFollower, FollowerConfig, FollowerHandle, NewBlock, Reorg,
 };
 pub use user_op::{EIP7702_INIT_CODE_MARKER, pack_u128s, unpack_u128s};
+pub use user_operation::{InvalidUserOperation, UserOperation, rpc_codes};
 
 impl EntryPointVersion {
     /// Runtime code of this version's `EntryPointSimulations`, which simulators (revm, or a node's

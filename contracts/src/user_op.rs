@@ -98,6 +98,17 @@ impl PackedUserOperation {
         Some(unpack_u128s(B256::from_slice(data)))
     }
 
+    /// Every gas limit of the op plus its `preVerificationGas`: the most gas it can take in a
+    /// bundle (and, times `maxFeePerGas`, the most it can cost).
+    pub fn total_gas_limit(&self) -> u128 {
+        let (pm_verification, post_op) = self.paymaster_gas_limits().unwrap_or_default();
+        self.verification_gas_limit()
+            .saturating_add(self.call_gas_limit())
+            .saturating_add(self.preVerificationGas.saturating_to::<u128>())
+            .saturating_add(pm_verification)
+            .saturating_add(post_op)
+    }
+
     /// Sets the paymaster's validation and postOp gas limits, keeping its address and data.
     /// Returns false (and changes nothing) when the op has no paymaster.
     pub fn set_paymaster_gas_limits(&mut self, verification: u128, post_op: u128) -> bool {

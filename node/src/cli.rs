@@ -26,8 +26,9 @@ use settled_contracts::AnvilOptions;
 
 use crate::config::{
     BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig,
-    NodeConfig, RpcConfig, SecretKey,
+    NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
 };
+use crate::paymaster::{PaymasterAction, PaymasterCommandConfig};
 
 /// settled: an ERC-4337 bundler, paymaster and per-second USDC streaming node.
 #[derive(Debug, Parser)]
@@ -49,6 +50,78 @@ pub enum Command {
     Dev(DevArgs),
     /// Serve against any chain, given its RPC endpoint and a deployment file.
     Run(RunArgs),
+    /// Operate the paymaster contracts: status, deposit, withdraw.
+    #[command(subcommand)]
+    Paymaster(PaymasterCommand),
+}
+
+/// `settled paymaster ...`.
+#[derive(Debug, Subcommand)]
+pub enum PaymasterCommand {
+    /// Deposit, stake and signer of each paymaster, as JSON.
+    Status(PaymasterChainArgs),
+    /// Adds ETH to a paymaster's deposit at its EntryPoint.
+    Deposit(PaymasterFundsArgs),
+    /// Withdraws ETH from a paymaster's deposit (the paymaster's owner only).
+    Withdraw(PaymasterWithdrawArgs),
+}
+
+/// The chain and deployment a paymaster command works on.
+#[derive(Debug, Args)]
+pub struct PaymasterChainArgs {
+    /// Ethereum JSON-RPC endpoint of the chain.
+    #[arg(
+        long = "eth.rpc-url",
+        visible_alias = "rpc-url",
+        env = "SETTLED_ETH_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
+    pub rpc_url: String,
+
+    /// Deployment file (JSON, as `settled dev` writes to <datadir>/deployment.json).
+    #[arg(
+        long = "eth.deployment",
+        visible_alias = "deployment",
+        env = "SETTLED_DEPLOYMENT",
+        default_value = ".settled/deployment.json"
+    )]
+    pub deployment: PathBuf,
+}
+
+/// `settled paymaster deposit`.
+#[derive(Debug, Args)]
+pub struct PaymasterFundsArgs {
+    /// Chain and deployment.
+    #[command(flatten)]
+    pub chain: PaymasterChainArgs,
+
+    /// EntryPoint version whose paymaster to fund: 0.7 or 0.8.
+    #[arg(long = "entry-point", value_parser = parse_version)]
+    pub entry_point: settled_contracts::EntryPointVersion,
+
+    /// Amount in ether, e.g. 1.5 (exact to the wei).
+    #[arg(long, value_parser = parse_ether)]
+    pub amount: alloy::primitives::U256,
+
+    /// Key (hex) of the account that pays (prefer the environment or a key file to a flag).
+    #[arg(long = "key", env = "SETTLED_PAYMASTER_OWNER_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+
+    /// File holding that key, hex.
+    #[arg(long = "key-file", env = "SETTLED_PAYMASTER_OWNER_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `settled paymaster withdraw`.
+#[derive(Debug, Args)]
+pub struct PaymasterWithdrawArgs {
+    /// EntryPoint version, amount and the owner's key.
+    #[command(flatten)]
+    pub funds: PaymasterFundsArgs,
+
+    /// Where the ETH goes (default: the owner).
+    #[arg(long)]
+    pub to: Option<alloy::primitives::Address>,
 }
 
 /// Flags of `settled dev`.
@@ -125,6 +198,39 @@ pub struct NodeArgs {
     /// Serve the `debug_bundler_*` JSON-RPC methods (development and tests only).
     #[arg(long = "rpc.debug", env = "SETTLED_RPC_DEBUG")]
     pub rpc_debug: bool,
+
+    /// Serve the operator's `paymaster_*` JSON-RPC methods (policies at run time, status); keep
+    /// the server on loopback or behind an authenticating proxy.
+    #[arg(long = "rpc.admin", env = "SETTLED_RPC_ADMIN")]
+    pub rpc_admin: bool,
+
+    /// Do not run the paymaster.
+    #[arg(long = "paymaster.disable", env = "SETTLED_PAYMASTER_DISABLE")]
+    pub paymaster_disable: bool,
+
+    /// The paymaster's signing key, hex (prefer the environment or a key file to a flag).
+    #[arg(long = "paymaster.key", env = "SETTLED_PAYMASTER_KEY", hide_env_values = true)]
+    pub paymaster_key: Option<String>,
+
+    /// File holding the paymaster's signing key, hex.
+    #[arg(long = "paymaster.key-file", env = "SETTLED_PAYMASTER_KEY_FILE")]
+    pub paymaster_key_file: Option<PathBuf>,
+
+    /// TOML file of sponsorship policies (`[[policies]]` tables).
+    #[arg(long = "paymaster.policies-file", env = "SETTLED_PAYMASTER_POLICIES_FILE")]
+    pub paymaster_policies_file: Option<PathBuf>,
+
+    /// Seconds a sponsorship signature stays valid.
+    #[arg(long = "paymaster.validity-secs", env = "SETTLED_PAYMASTER_VALIDITY_SECS", default_value_t = PaymasterSettings::default().validity_secs)]
+    pub paymaster_validity_secs: u64,
+
+    /// Wei the paymaster sponsors per day across all policies (default: no global budget).
+    #[arg(long = "paymaster.daily-budget-wei", env = "SETTLED_PAYMASTER_DAILY_BUDGET_WEI")]
+    pub paymaster_daily_budget_wei: Option<alloy::primitives::U256>,
+
+    /// Warn when a paymaster deposit falls below this many wei.
+    #[arg(long = "paymaster.low-deposit-wei", env = "SETTLED_PAYMASTER_LOW_DEPOSIT_WEI", default_value_t = PaymasterSettings::default().low_deposit_wei)]
+    pub paymaster_low_deposit_wei: alloy::primitives::U256,
 
     /// Do not run the ERC-4337 bundler.
     #[arg(long = "bundler.disable", env = "SETTLED_BUNDLER_DISABLE")]
@@ -314,7 +420,20 @@ impl Cli {
         Ok(Self::from_arg_matches(&matches)?)
     }
 
-    /// The node settings, chain source and log settings this command line asks for.
+    /// What this command line asks for: a node (settings, chain source, logging) or a one-shot
+    /// paymaster command.
+    pub fn into_action(self) -> Action {
+        match self.command {
+            Command::Paymaster(command) => Action::Paymaster(command.into_config()),
+            Command::Dev(_) | Command::Run(_) => {
+                let (node, source, log) = self.into_parts();
+                Action::Node(Box::new(node), source, log)
+            }
+        }
+    }
+
+    /// The node settings, chain source and log settings this command line asks for (a
+    /// paymaster command gets the defaults: it runs no node).
     pub fn into_parts(self) -> (NodeConfig, ChainSource, LogConfig) {
         match self.command {
             Command::Dev(dev) => {
@@ -337,8 +456,80 @@ impl Cli {
                     log,
                 )
             }
+            Command::Paymaster(_) => (
+                NodeConfig::default(),
+                ChainSource::Dev(DevConfig::default()),
+                LogConfig { json: false, filter: "info".into() },
+            ),
         }
     }
+}
+
+/// What the `settled` binary is asked to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Run a node.
+    Node(Box<NodeConfig>, ChainSource, LogConfig),
+    /// Run one paymaster command and exit.
+    Paymaster(PaymasterCommandConfig),
+}
+
+impl PaymasterCommand {
+    fn into_config(self) -> PaymasterCommandConfig {
+        let key =
+            |funds: &PaymasterFundsArgs| (funds.key.clone().map(SecretKey), funds.key_file.clone());
+        match self {
+            Self::Status(chain) => PaymasterCommandConfig {
+                rpc_url: chain.rpc_url,
+                deployment: chain.deployment,
+                action: PaymasterAction::Status,
+            },
+            Self::Deposit(funds) => {
+                let (key, key_file) = key(&funds);
+                PaymasterCommandConfig {
+                    rpc_url: funds.chain.rpc_url,
+                    deployment: funds.chain.deployment,
+                    action: PaymasterAction::Deposit {
+                        version: funds.entry_point,
+                        amount: funds.amount,
+                        key,
+                        key_file,
+                    },
+                }
+            }
+            Self::Withdraw(args) => {
+                let (key, key_file) = key(&args.funds);
+                PaymasterCommandConfig {
+                    rpc_url: args.funds.chain.rpc_url,
+                    deployment: args.funds.chain.deployment,
+                    action: PaymasterAction::Withdraw {
+                        version: args.funds.entry_point,
+                        amount: args.funds.amount,
+                        to: args.to,
+                        key,
+                        key_file,
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn parse_version(value: &str) -> Result<settled_contracts::EntryPointVersion, String> {
+    match value.trim_start_matches('v') {
+        "0.7" | "07" => Ok(settled_contracts::EntryPointVersion::V07),
+        "0.8" | "08" => Ok(settled_contracts::EntryPointVersion::V08),
+        other => Err(format!("`{other}` is not an EntryPoint version (0.7, 0.8)")),
+    }
+}
+
+fn parse_ether(value: &str) -> Result<alloy::primitives::U256, String> {
+    let wei =
+        alloy::primitives::utils::parse_ether(value).map_err(|e| format!("`{value}`: {e}"))?;
+    if wei.is_zero() {
+        return Err("the amount must be positive".into());
+    }
+    Ok(wei)
 }
 
 impl NodeArgs {
@@ -351,6 +542,7 @@ impl NodeArgs {
                 max_connections: self.rpc_max_connections,
                 max_batch_len: self.rpc_max_batch.max(1),
                 debug: self.rpc_debug,
+                admin: self.rpc_admin,
             },
             metrics: (!self.metrics_disable)
                 .then(|| SocketAddr::new(self.metrics_addr, self.metrics_port)),
@@ -373,6 +565,16 @@ impl NodeArgs {
                     allowlist: self.bundler_allowlist.into_iter().collect(),
                     blocklist: self.bundler_blocklist.into_iter().collect(),
                 },
+            },
+            paymaster: PaymasterSettings {
+                enabled: !self.paymaster_disable,
+                key: self.paymaster_key.map(SecretKey),
+                key_file: self.paymaster_key_file,
+                policies_file: self.paymaster_policies_file,
+                policies: Vec::new(),
+                validity_secs: self.paymaster_validity_secs.max(1),
+                daily_budget_wei: self.paymaster_daily_budget_wei,
+                low_deposit_wei: self.paymaster_low_deposit_wei,
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })

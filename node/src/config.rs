@@ -22,6 +22,46 @@ pub struct NodeConfig {
     pub chain: ChainConfig,
     /// The ERC-4337 bundler.
     pub bundler: BundlerSettings,
+    /// The gas-sponsoring paymaster.
+    pub paymaster: PaymasterSettings,
+}
+
+/// The paymaster's node-level settings (its engine settings are
+/// `settled_paymaster::PaymasterConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymasterSettings {
+    /// Serve the paymaster (needs a signing key; `settled dev` uses a dev account's).
+    pub enabled: bool,
+    /// The signing key (hex), e.g. from `SETTLED_PAYMASTER_KEY`.
+    pub key: Option<SecretKey>,
+    /// A file holding the signing key (hex).
+    pub key_file: Option<PathBuf>,
+    /// A TOML file of `[[policies]]`.
+    pub policies_file: Option<PathBuf>,
+    /// Policies given directly (embedders, tests); the file's are added to them.
+    pub policies: Vec<settled_paymaster::SponsorshipPolicy>,
+    /// Seconds a sponsorship signature stays valid.
+    pub validity_secs: u64,
+    /// Wei sponsored per day across all policies (`None`: no global budget).
+    pub daily_budget_wei: Option<alloy::primitives::U256>,
+    /// Warn (log and metric) when a paymaster deposit falls below this (wei).
+    pub low_deposit_wei: alloy::primitives::U256,
+}
+
+impl Default for PaymasterSettings {
+    fn default() -> Self {
+        let engine = settled_paymaster::PaymasterConfig::default();
+        Self {
+            enabled: true,
+            key: None,
+            key_file: None,
+            policies_file: None,
+            policies: Vec::new(),
+            validity_secs: engine.validity_secs,
+            daily_budget_wei: None,
+            low_deposit_wei: engine.low_deposit_wei,
+        }
+    }
 }
 
 /// The bundler's node-level settings (its engine settings are `settled_bundler::BundlerConfig`).
@@ -89,6 +129,9 @@ pub struct RpcConfig {
     pub max_batch_len: u32,
     /// Serve the `debug_bundler_*` methods (tests and development only).
     pub debug: bool,
+    /// Serve the operator's `paymaster_*` methods (policies, status). Bind the server to
+    /// loopback or put it behind an authenticating proxy when this is on.
+    pub admin: bool,
 }
 
 /// Chain-following settings.
@@ -140,6 +183,7 @@ impl Default for NodeConfig {
             metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_METRICS_PORT))),
             chain: ChainConfig::default(),
             bundler: BundlerSettings::default(),
+            paymaster: PaymasterSettings::default(),
         }
     }
 }
@@ -152,6 +196,7 @@ impl Default for RpcConfig {
             max_connections: 1_000,
             max_batch_len: 100,
             debug: false,
+            admin: false,
         }
     }
 }
@@ -184,11 +229,13 @@ impl NodeConfig {
             rpc: RpcConfig {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 debug: true,
+                admin: true,
                 ..Default::default()
             },
             metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             chain: ChainConfig { poll_interval: Duration::from_millis(100), ..Default::default() },
             bundler: BundlerSettings { interval: Duration::from_millis(100), ..Default::default() },
+            paymaster: PaymasterSettings::default(),
         }
     }
 

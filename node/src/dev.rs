@@ -8,13 +8,17 @@ use alloy::{
     providers::{DynProvider, Provider},
     signers::local::PrivateKeySigner,
 };
-use settled_contracts::{Deployment, LocalAnvil, MockUSDC, deploy_all};
+use settled_contracts::{
+    Deployment, EntryPointVersion, LocalAnvil, MockUSDC, PaymasterFunding, deploy_all,
+    fund_paymaster,
+};
 use tracing::info;
 
 use crate::{
     config::{DevConfig, NodeConfig},
     error::NodeError,
     launch::connect,
+    paymaster::paymaster_signer,
 };
 
 /// A dev chain ready for the node.
@@ -26,10 +30,25 @@ pub(crate) struct DevChain {
     pub(crate) deployment: Deployment,
     /// The key the bundler signs with: dev account 1 (account 0 deploys and mints).
     pub(crate) bundler_key: Option<PrivateKeySigner>,
+    /// The key the paymaster signs with: dev account 2.
+    pub(crate) paymaster_key: Option<PrivateKeySigner>,
 }
 
 /// Anvil's default dev account 1 (mnemonic `test test … junk`), for an attached Anvil.
 const ANVIL_DEV_KEY_1: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+/// Anvil's default dev account 2, for an attached Anvil.
+const ANVIL_DEV_KEY_2: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+
+/// How `settled dev` readies its paymasters: 100 ETH of deposit, staked 1 ETH for a day (the
+/// ERC-7562 minimums settled's simulator applies).
+fn dev_paymaster_funding(signer: alloy::primitives::Address) -> PaymasterFunding {
+    PaymasterFunding {
+        signer,
+        min_deposit: U256::from(100u128 * 10u128.pow(18)),
+        stake: U256::from(10u128.pow(18)),
+        unstake_delay_sec: 86_400,
+    }
+}
 
 /// Starts or attaches to Anvil, deploys, funds.
 pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevChain, NodeError> {
@@ -54,12 +73,27 @@ pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevC
         .ok_or_else(|| NodeError::DevSetup(format!("{rpc_url} has no unlocked dev accounts")))?;
     let deployment = deploy_all(&provider, deployer).await?;
     fund(&provider, &deployment, deployer, &accounts, dev.usdc_per_account).await?;
-    save(&config.datadir, &deployment)?;
-    let bundler_key = match &anvil {
-        Some(anvil) => anvil.signer(1),
-        None => ANVIL_DEV_KEY_1.parse().ok(),
+    let (bundler_key, dev_paymaster_key) = match &anvil {
+        Some(anvil) => (anvil.signer(1), anvil.signer(2)),
+        None => (ANVIL_DEV_KEY_1.parse().ok(), ANVIL_DEV_KEY_2.parse().ok()),
     };
-    Ok(DevChain { anvil, rpc_url, provider, deployment, bundler_key })
+    // The paymasters accept the key the node will sign with (a configured one wins).
+    let paymaster_key = paymaster_signer(config, dev_paymaster_key.clone())?;
+    if let Some(key) = &paymaster_key {
+        let funding = dev_paymaster_funding(key.address());
+        for version in EntryPointVersion::ALL {
+            fund_paymaster(&provider, deployer, deployment.paymaster(version), &funding).await?;
+        }
+    }
+    save(&config.datadir, &deployment)?;
+    Ok(DevChain {
+        anvil,
+        rpc_url,
+        provider,
+        deployment,
+        bundler_key,
+        paymaster_key: dev_paymaster_key,
+    })
 }
 
 /// Tops every dev account up to `amount` USDC base units.

@@ -69,7 +69,26 @@ pub enum NodeError {
     /// The bundler could not start.
     #[error("bundler: {0}")]
     Bundler(#[from] settled_bundler::BundlerError),
-    /// The bundler's key is missing or unreadable.
-    #[error("bundler key: {0}")]
-    BundlerKey(String),
+    /// A signing key (bundler, paymaster) is unreadable.
+    #[error("{what}: {reason}")]
+    Key {
+        /// Which key.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The paymaster could not start.
+    #[error("paymaster: {0}")]
+    Paymaster(#[from] settled_paymaster::PaymasterError),
+    /// The paymaster policies file is unreadable or invalid.
+    #[error("paymaster policies file {path}: {reason}")]
+    Policies {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `settled paymaster` command failed.
+    #[error("paymaster command: {0}")]
+    PaymasterCommand(String),
 }

@@ -9,7 +9,11 @@ use alloy::{
 };
 use jsonrpsee::server::ServerHandle;
 use settled_bundler::{Bundler, BundlerConfig};
-use settled_contracts::{ChainEvent, ChainFollower, Deployment, FollowerHandle, LocalAnvil};
+use settled_contracts::{
+    ChainEvent, ChainFollower, Deployment, EntryPointVersion, FollowerHandle, LocalAnvil,
+    SponsorPaymaster,
+};
+use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,6 +23,7 @@ use crate::{
     dev,
     error::NodeError,
     metrics::{self, names},
+    paymaster::{load_key, paymaster_signer, policies},
     rpc,
     storage::Storage,
 };
@@ -38,6 +43,7 @@ pub struct NodeHandle {
     storage: Storage,
     anvil: Option<LocalAnvil>,
     bundler: Option<Bundler>,
+    paymaster: Option<Paymaster>,
 }
 
 /// The bundler's key: the configured one (environment or file), else the dev chain's.
@@ -45,21 +51,8 @@ fn bundler_signer(
     config: &NodeConfig,
     dev_key: Option<PrivateKeySigner>,
 ) -> Result<Option<PrivateKeySigner>, NodeError> {
-    let parse = |hex: &str| {
-        hex.trim()
-            .parse::<PrivateKeySigner>()
-            .map(Some)
-            .map_err(|e| NodeError::BundlerKey(format!("not a private key: {e}")))
-    };
-    if let Some(key) = &config.bundler.key {
-        return parse(&key.0);
-    }
-    if let Some(path) = &config.bundler.key_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| NodeError::BundlerKey(format!("{}: {e}", path.display())))?;
-        return parse(&text);
-    }
-    Ok(dev_key)
+    let settings = &config.bundler;
+    Ok(load_key(settings.key.as_ref(), settings.key_file.as_deref(), "bundler key")?.or(dev_key))
 }
 
 /// Connects to an Ethereum JSON-RPC endpoint and checks that it answers within `timeout`.
@@ -92,15 +85,26 @@ pub async fn launch(
     cancel: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
     let started = std::time::Instant::now();
-    let (anvil, chain_rpc_url, provider, deployment, dev_key) = match source {
+    let mut config = config;
+    let (anvil, chain_rpc_url, provider, deployment, dev_key, dev_paymaster_key) = match source {
         ChainSource::Dev(dev_config) => {
             let chain = dev::prepare(&config, &dev_config).await?;
-            (chain.anvil, chain.rpc_url, chain.provider, chain.deployment, chain.bundler_key)
+            if config.paymaster.policies.is_empty() && config.paymaster.policies_file.is_none() {
+                config.paymaster.policies.push(crate::paymaster::dev_policy());
+            }
+            (
+                chain.anvil,
+                chain.rpc_url,
+                chain.provider,
+                chain.deployment,
+                chain.bundler_key,
+                chain.paymaster_key,
+            )
         }
         ChainSource::Remote { rpc_url, deployment } => {
             let deployment = Deployment::load(&deployment)?;
             let provider = connect(&rpc_url, config.chain.connect_timeout).await?;
-            (None, rpc_url, provider, deployment, None)
+            (None, rpc_url, provider, deployment, None, None)
         }
     };
     deployment.verify(&provider).await?;
@@ -141,13 +145,44 @@ pub async fn launch(
         }
         _ => None,
     };
+    let paymaster = match paymaster_signer(&config, dev_paymaster_key)? {
+        Some(key) if config.paymaster.enabled => {
+            let settings = PaymasterConfig {
+                paymasters: EntryPointVersion::ALL
+                    .iter()
+                    .map(|v| (*v, deployment.paymaster(*v)))
+                    .collect(),
+                validity_secs: config.paymaster.validity_secs,
+                daily_budget: config.paymaster.daily_budget_wei,
+                low_deposit_wei: config.paymaster.low_deposit_wei,
+                policies: policies(&config)?,
+                ..Default::default()
+            };
+            let signer = PaymasterSigner::new(key);
+            check_paymaster_signer(&provider, &deployment, signer.address()).await;
+            let paymaster =
+                Paymaster::new(settings, provider.clone(), signer, storage.db()).await?;
+            tasks.push(tokio::spawn(paymaster.clone().run(follower.subscribe(), cancel.clone())));
+            info!(signer = %paymaster.signer(), "paymaster running");
+            Some(paymaster)
+        }
+        None if config.paymaster.enabled => {
+            warn!("paymaster disabled: no key (--paymaster.key-file or SETTLED_PAYMASTER_KEY)");
+            None
+        }
+        _ => None,
+    };
     let follower = follower.spawn(cancel.child_token());
 
     let mut module = rpc::node_module(chain_id, follower.head_watch())?;
+    let merge = |e: jsonrpsee::core::RegisterMethodError| NodeError::Metrics(e.to_string());
     if let Some(bundler) = &bundler {
         module
             .merge(settled_bundler::bundler_module(bundler.clone(), config.rpc.debug)?)
-            .map_err(|e| NodeError::Metrics(e.to_string()))?;
+            .map_err(merge)?;
+    }
+    if let Some(paymaster) = &paymaster {
+        module.merge(paymaster_module(paymaster.clone(), config.rpc.admin)?).map_err(merge)?;
     }
 
     let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;
@@ -181,7 +216,32 @@ pub async fn launch(
         storage,
         anvil,
         bundler,
+        paymaster,
     })
+}
+
+/// Warns when the paymaster contracts accept another signer than our key: every sponsorship
+/// would then fail the EntryPoint's check (the denial-of-wallet guard refuses to hand them out).
+async fn check_paymaster_signer(
+    provider: &DynProvider,
+    deployment: &Deployment,
+    ours: alloy::primitives::Address,
+) {
+    for version in EntryPointVersion::ALL {
+        let address = deployment.paymaster(version);
+        match SponsorPaymaster::new(address, provider).signer().call().await {
+            Ok(accepted) if accepted == ours => {}
+            Ok(accepted) => warn!(
+                paymaster = %address,
+                %accepted,
+                key = %ours,
+                "the paymaster contract accepts another signer than this node's key: sponsorships will be refused"
+            ),
+            Err(error) => {
+                warn!(paymaster = %address, %error, "could not read the paymaster's signer")
+            }
+        }
+    }
 }
 
 async fn record_chain_metrics(
@@ -244,6 +304,11 @@ impl NodeHandle {
     /// The bundler, when it runs.
     pub fn bundler(&self) -> Option<&Bundler> {
         self.bundler.as_ref()
+    }
+
+    /// The paymaster, when it runs.
+    pub fn paymaster(&self) -> Option<&Paymaster> {
+        self.paymaster.as_ref()
     }
 
     /// The Anvil started by `settled dev`, if any.

@@ -10,14 +10,19 @@ mod dev;
 mod error;
 mod launch;
 mod metrics;
+mod paymaster;
 mod rpc;
 mod storage;
 
-pub use cli::{Cli, CliError, Command, LogConfig};
+pub use cli::{Action, Cli, CliError, Command, LogConfig};
 pub use config::{
     BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig,
-    NodeConfig, RpcConfig, SecretKey,
+    NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
 };
 pub use error::NodeError;
 pub use launch::{NodeHandle, connect, launch};
+pub use paymaster::{
+    PaymasterAction, PaymasterCommandConfig, PaymasterCommandOutput, PaymasterReport,
+    run_paymaster_command,
+};
 pub use storage::Storage;

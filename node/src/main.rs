@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use settled_node::{Cli, CliError, LogConfig, launch};
+use settled_node::{
+    Action, Cli, CliError, LogConfig, PaymasterCommandConfig, launch, run_paymaster_command,
+};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -29,7 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (config, source, log) = cli.into_parts();
+    let (config, source, log) = match cli.into_action() {
+        Action::Node(config, source, log) => (*config, source, log),
+        Action::Paymaster(command) => return paymaster_command(command),
+    };
     let json_logs = log.json;
     if let Err(err) = init_logging(&log) {
         eprintln!("error: --log.filter: {err}");
@@ -55,6 +60,33 @@ fn main() -> ExitCode {
             if json_logs {
                 tracing::error!(%err, "settled failed");
             }
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `settled paymaster ...`: one command, its result as JSON on stdout.
+fn paymaster_command(command: PaymasterCommandConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_paymaster_command(command)) {
+        Ok(output) => match serde_json::to_string_pretty(&output) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }

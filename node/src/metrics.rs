@@ -29,26 +29,24 @@ pub(crate) mod names {
     pub(crate) const START_TIME: &str = "settled_start_time_seconds";
 }
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
-/// Installs the process-wide recorder once (several in-process nodes, as in tests, share it).
+/// Installs the process-wide recorder once (several in-process nodes, as in tests, share it;
+/// concurrent callers wait for the first to finish installing).
 pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    match metrics::set_global_recorder(recorder) {
-        Ok(()) => {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| "a metrics recorder not owned by settled is installed".to_string())?;
             describe();
             settled_bundler::describe_metrics();
-            Ok(HANDLE.get_or_init(|| handle).clone())
-        }
-        // Another thread won the race; use its recorder.
-        Err(_) => HANDLE.get().cloned().ok_or_else(|| {
-            NodeError::Metrics("a metrics recorder not owned by settled is installed".into())
-        }),
-    }
+            settled_paymaster::describe_metrics();
+            Ok(handle)
+        })
+        .clone()
+        .map_err(NodeError::Metrics)
 }
 
 fn describe() {

@@ -51,7 +51,7 @@ fn unreachable_rpc_endpoint() -> TestResult {
     let deployment = dir.path().join("deployment.json");
     std::fs::write(
         &deployment,
-        r#"{"chainId":1,"entryPointV07":"0x0000000071727De22E5E9d8BAf0edAc6f37da032","entryPointV08":"0x4337084D9E255Ff0702461CF8895CE9E3b5Ff108","simpleAccountFactoryV07":"0x0000000000000000000000000000000000000001","simpleAccountFactoryV08":"0x0000000000000000000000000000000000000002","simple7702AccountV08":"0x0000000000000000000000000000000000000003","usdc":"0x0000000000000000000000000000000000000004","startBlock":0}"#,
+        r#"{"chainId":1,"entryPointV07":"0x0000000071727De22E5E9d8BAf0edAc6f37da032","entryPointV08":"0x4337084D9E255Ff0702461CF8895CE9E3b5Ff108","simpleAccountFactoryV07":"0x0000000000000000000000000000000000000001","simpleAccountFactoryV08":"0x0000000000000000000000000000000000000002","simple7702AccountV08":"0x0000000000000000000000000000000000000003","usdc":"0x0000000000000000000000000000000000000004","paymasterV07":"0x0000000000000000000000000000000000000005","paymasterV08":"0x0000000000000000000000000000000000000006","startBlock":0}"#,
     )?;
     // A port that was free a moment ago: nothing listens there.
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

@@ -1,3 +1,39 @@
 //! The gas-sponsoring paymaster: policy, signer, accounting and ERC-7677 RPC.
 //!
-//! Not built yet: issue #5. The crate exists now so the workspace has its final shape.
+//! * [`SponsorshipPolicy`]: what a named policy sponsors (gas and cost limits, allowlisted calls)
+//!   and its caps (ops and wei per sender and customer per period); the refusing
+//!   [`PolicyRule`] is named in every [`Rejection`].
+//! * [`Ledger`]: every sponsorship as a sled-persisted [`Reservation`] — reserved at its worst
+//!   case under one lock (so caps hold under concurrency), settled to the EntryPoint's
+//!   `actualGasCost`, released on expiry, reopened on reorg.
+//! * [`PaymasterSigner`]: the key and the `paymasterData` layout of `SponsorPaymaster`.
+//! * [`Paymaster`]: ERC-7677 requests → checks → reservation → signature → denial-of-wallet
+//!   guard (revm validation and execution), plus the chain-following [`Paymaster::run`].
+//! * [`paymaster_module`]: `pm_getPaymasterStubData`, `pm_getPaymasterData` and the admin
+//!   `paymaster_*` methods; [`PaymasterError`] → JSON-RPC codes at this edge only.
+
+mod error;
+mod ledger;
+mod metrics;
+mod policy;
+mod rpc;
+mod service;
+mod signer;
+
+pub use error::PaymasterError;
+pub use ledger::{
+    DAY_SECS, Ledger, LedgerError, LedgerStatus, LedgerTotals, RETENTION_SECS, Reservation,
+    ReservationRequest, ReservationState, SponsorshipId, Usage,
+};
+pub use metrics::describe_metrics;
+pub use policy::{
+    AllowedCall, PolicyRule, Rejection, Selector, SponsorshipPolicy, account_calls, max_cost,
+};
+pub use rpc::{UsageReport, paymaster_module};
+pub use service::{
+    Paymaster, PaymasterAccount, PaymasterConfig, PaymasterData, PaymasterStatus, Sponsor,
+    SponsorshipContext, StubData, paymaster_accounts,
+};
+pub use signer::{
+    PAYMASTER_DATA_LENGTH, PaymasterSigner, SponsorshipTerms, sponsorship_hash, stub_paymaster_data,
+};

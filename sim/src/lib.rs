@@ -4,6 +4,7 @@
 //! * [`BlockState`]: one block's state, read through from any JSON-RPC node and cached for every
 //!   simulation against it; [`BlockState::successor`] keeps, for the next block, what provably
 //!   did not change (code by hash, slots by storage root).
+//! * [`ChainHead`]: the head block's state and context, shared by every simulation at it.
 //! * [`Simulator::simulate_validation`]: `simulateValidation` with the EntryPoint's address
 //!   running its version's `EntryPointSimulations` code, under the ERC-7562 tracer
 //!   ([`ValidationInspector`]); decodes the `ValidationResult`, `FailedOp` reverts, and reports
@@ -23,6 +24,7 @@ mod estimate;
 mod evm;
 mod execution;
 mod fork;
+mod head;
 mod inspector;
 mod overrides;
 mod rules;
@@ -36,6 +38,7 @@ pub use estimate::{
 };
 pub use execution::{ExecutionOutcome, FrameGas};
 pub use fork::{AccountReads, BlockState, ForkError, ForkStats};
+pub use head::ChainHead;
 pub use inspector::{
     CallMade, Creation, Entity, EntityTrace, ExtCodeAccess, OpAddresses, StorageAccess,
     ValidationInspector, ValidationTrace,

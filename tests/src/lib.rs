@@ -4,6 +4,8 @@
 //! test panics) and deploys everything; [`TestNode`] adds a settled node running in-process on
 //! free ports against that chain and hands the test typed clients for both.
 
+pub mod rpc;
+
 use std::{path::PathBuf, time::Duration};
 
 use alloy::{
@@ -19,7 +21,7 @@ use alloy::{
 use serde_json::Value;
 use settled_contracts::{
     AnvilOptions, Deployment, EntryPointVersion, LocalAnvil, MockUSDC, PackedUserOperation,
-    deploy_all, pack_u128s, v07, v08,
+    PaymasterFunding, deploy_all, fund_paymaster, pack_u128s, v07, v08,
 };
 use settled_node::{ChainSource, NodeConfig, NodeHandle, launch};
 use settled_sim::{
@@ -28,6 +30,12 @@ use settled_sim::{
 };
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
+
+/// The `p` quantile (0..=1) of `sorted`, nearest rank; the default for an empty slice.
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
 
 /// Test results: any error fails the test with its message.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -60,6 +68,17 @@ impl TestChain {
             ProviderBuilder::new().wallet(wallet).connect_http(anvil.endpoint().parse()?).erased();
         let deployer = *anvil.addresses().first().ok_or("anvil has no dev accounts")?;
         let deployment = deploy_all(&provider, deployer).await?;
+        let signer =
+            *anvil.addresses().get(PAYMASTER_SIGNER_ACCOUNT).ok_or("too few dev accounts")?;
+        let funding = PaymasterFunding {
+            signer,
+            min_deposit: U256::from(100u128 * 10u128.pow(18)),
+            stake: U256::from(10u128.pow(18)),
+            unstake_delay_sec: 86_400,
+        };
+        for version in EntryPointVersion::ALL {
+            fund_paymaster(&provider, deployer, deployment.paymaster(version), &funding).await?;
+        }
         Ok(Self { anvil, provider, deployment })
     }
 
@@ -439,6 +458,10 @@ impl Drop for SettledProcess {
 /// The dev account the test node's bundler signs with.
 pub const BUNDLER_ACCOUNT: usize = 9;
 
+/// Dev account whose key the paymaster contracts accept and the test node signs sponsorships
+/// with (it needs no ETH).
+pub const PAYMASTER_SIGNER_ACCOUNT: usize = 8;
+
 /// A settled node running in-process against its own [`TestChain`].
 #[derive(Debug)]
 pub struct TestNode {
@@ -489,6 +512,8 @@ impl TestNode {
         // The bundler signs with dev account 9: the tests' own transactions come from 0 and 1.
         let key = chain.signer(BUNDLER_ACCOUNT)?.to_bytes();
         config.bundler.key = Some(settled_node::SecretKey(key.to_string()));
+        let key = chain.signer(PAYMASTER_SIGNER_ACCOUNT)?.to_bytes();
+        config.paymaster.key = Some(settled_node::SecretKey(key.to_string()));
         configure(&mut config);
         let node = launch(config, source, cancel.clone()).await?;
         let client = ProviderBuilder::new().connect_http(node.rpc_url().parse()?).erased();

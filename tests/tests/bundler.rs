@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use settled_bundler::{UserOperation, codes};
 use settled_contracts::{EntryPointVersion, MockUSDC, PackedUserOperation};
 use settled_tests::{
-    SettledProcess, TestChain, TestNode, TestResult, unestimated_op, usdc_transfer,
+    SettledProcess, TestChain, TestNode, TestResult,
+    rpc::{call_url, send_at, wait_for_receipt_at, with_estimated_limits},
+    unestimated_op, usdc_transfer,
 };
 
 const ETH: u128 = 1_000_000_000_000_000_000;
@@ -25,26 +27,6 @@ async fn call(
     params: Value,
 ) -> TestResult<Result<Value, (i64, String)>> {
     call_url(&node.node()?.rpc_url(), method, params).await
-}
-
-async fn call_url(
-    url: &str,
-    method: &str,
-    params: Value,
-) -> TestResult<Result<Value, (i64, String)>> {
-    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    let response: Value = reqwest_json(url, &body).await?;
-    if let Some(error) = response.get("error") {
-        let code = error["code"].as_i64().unwrap_or_default();
-        let message = error["message"].as_str().unwrap_or_default().to_string();
-        return Ok(Err((code, message)));
-    }
-    Ok(Ok(response["result"].clone()))
-}
-
-async fn reqwest_json(url: &str, body: &Value) -> TestResult<Value> {
-    let client = alloy::transports::http::reqwest::Client::new();
-    Ok(client.post(url).json(body).send().await?.json().await?)
 }
 
 /// A funded SimpleAccount (ETH for prefund, USDC to move) and an op that creates it and
@@ -81,36 +63,6 @@ async fn funded_op_at(
     Ok(op)
 }
 
-/// `op` with the gas limits the node estimates for it (`eth_estimateUserOperationGas`), the
-/// paymaster's too when it has one.
-async fn with_estimated_limits(
-    url: &str,
-    version: EntryPointVersion,
-    mut op: PackedUserOperation,
-) -> TestResult<PackedUserOperation> {
-    let estimate = call_url(
-        url,
-        "eth_estimateUserOperationGas",
-        json!([UserOperation::unpack(&op, None), version.canonical_address()]),
-    )
-    .await?
-    .map_err(|e| format!("estimate failed: {e:?}"))?;
-    let gas = |name: &str| -> TestResult<u128> {
-        let value: U256 = serde_json::from_value(estimate[name].clone())
-            .map_err(|e| format!("{name} in {estimate}: {e}"))?;
-        Ok(value.to())
-    };
-    op.set_account_gas_limits(gas("verificationGasLimit")?, gas("callGasLimit")?);
-    op.preVerificationGas = U256::from(gas("preVerificationGas")?);
-    if op.paymaster().is_some() {
-        op.set_paymaster_gas_limits(
-            gas("paymasterVerificationGasLimit")?,
-            gas("paymasterPostOpGasLimit")?,
-        );
-    }
-    Ok(op)
-}
-
 async fn send(
     node: &TestNode,
     version: EntryPointVersion,
@@ -119,33 +71,8 @@ async fn send(
     send_at(&node.node()?.rpc_url(), version, op).await
 }
 
-async fn send_at(
-    url: &str,
-    version: EntryPointVersion,
-    op: &PackedUserOperation,
-) -> TestResult<Result<Value, (i64, String)>> {
-    call_url(
-        url,
-        "eth_sendUserOperation",
-        json!([UserOperation::unpack(op, None), version.canonical_address()]),
-    )
-    .await
-}
-
 async fn wait_for_receipt(node: &TestNode, hash: B256) -> TestResult<Value> {
     wait_for_receipt_at(&node.node()?.rpc_url(), hash).await
-}
-
-async fn wait_for_receipt_at(url: &str, hash: B256) -> TestResult<Value> {
-    for _ in 0..100 {
-        let receipt = call_url(url, "eth_getUserOperationReceipt", json!([hash])).await?;
-        match receipt {
-            Ok(Value::Null) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Ok(receipt) => return Ok(receipt),
-            Err(error) => return Err(format!("receipt: {error:?}").into()),
-        }
-    }
-    Err(format!("no receipt for {hash} within 10 s").into())
 }
 
 /// The path a wallet takes: estimate, sign, send, receipt, lookup — v0.7 and v0.8, auto mode.

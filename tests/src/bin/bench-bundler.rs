@@ -23,16 +23,11 @@ use alloy::{
 use serde_json::{Value, json};
 use settled_bundler::UserOperation;
 use settled_contracts::{AnvilOptions, EntryPointVersion, PackedUserOperation, pack_u128s};
-use settled_tests::{TestNode, TestResult};
+use settled_tests::{TestNode, TestResult, percentile};
 
 /// One `eth_sendUserOperation`: its latency, and the op's hash with the head when accepted, or
 /// the error.
 type Sent = (Duration, Option<(B256, u64)>, Option<String>);
-
-fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> TestResult {

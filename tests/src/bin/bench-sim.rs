@@ -17,12 +17,7 @@ use alloy::{
 };
 use settled_contracts::EntryPointVersion;
 use settled_sim::{BlockContext, BlockState, SimOverrides, Simulator};
-use settled_tests::{TestChain, TestResult, simulate_validation_request};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
+use settled_tests::{TestChain, TestResult, percentile, simulate_validation_request};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> TestResult {

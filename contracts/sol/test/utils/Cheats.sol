@@ -15,6 +15,10 @@ interface Vm {
     function expectRevert(bytes calldata revertData) external;
     function assume(bool condition) external pure;
     function label(address account, string calldata name) external;
+    function chainId(uint256 newChainId) external;
+    function deal(address account, uint256 newBalance) external;
+    function readFile(string calldata path) external view returns (string memory);
+    function parseJsonBytes(string calldata json, string calldata key) external pure returns (bytes memory);
 }
 
 /// @notice Base for forge tests: cheatcodes plus assertions that revert with a message.

@@ -2,12 +2,12 @@
 //! factory/paymaster groups and `eip7702Auth`), and its conversion to the packed form the
 //! EntryPoint takes. Every malformed field is an [`InvalidUserOperation`], never a panic.
 
+use crate::{EIP7702_INIT_CODE_MARKER, PackedUserOperation, pack_u128s};
 use alloy::{
     eips::eip7702::SignedAuthorization,
     primitives::{Address, Bytes, U256},
 };
 use serde::{Deserialize, Serialize};
-use settled_contracts::{EIP7702_INIT_CODE_MARKER, PackedUserOperation, pack_u128s};
 
 /// A UserOperation for EntryPoint v0.7/v0.8 in ERC-7769's JSON shape.
 ///
@@ -188,4 +188,30 @@ impl UserOperation {
             eip7702_auth,
         }
     }
+}
+
+/// JSON-RPC error codes of ERC-7769, used by the bundler's and the paymaster's RPC.
+pub mod rpc_codes {
+    /// Invalid fields, unsupported EntryPoint, mempool rules.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Rejected by the EntryPoint (`AAxx`).
+    pub const REJECTED_BY_ENTRY_POINT: i32 = -32500;
+    /// Rejected by the paymaster.
+    pub const REJECTED_BY_PAYMASTER: i32 = -32501;
+    /// ERC-7562 opcode or storage rule broken.
+    pub const BANNED_OPCODE_OR_STORAGE: i32 = -32502;
+    /// Out of time range.
+    pub const OUT_OF_TIME_RANGE: i32 = -32503;
+    /// An entity is throttled or banned.
+    pub const THROTTLED_OR_BANNED: i32 = -32504;
+    /// An entity's stake is too low.
+    pub const STAKE_TOO_LOW: i32 = -32505;
+    /// The account's signature failed.
+    pub const INVALID_SIGNATURE: i32 = -32507;
+    /// The paymaster's deposit cannot cover its pending ops.
+    pub const PAYMASTER_DEPOSIT_TOO_LOW: i32 = -32508;
+    /// The op's execution reverted (estimation).
+    pub const EXECUTION_REVERTED: i32 = -32521;
+    /// The node failed.
+    pub const INTERNAL: i32 = -32603;
 }

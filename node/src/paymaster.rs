@@ -1,0 +1,208 @@
+//! The node's side of the paymaster: its key and policies from the settings, and the one-shot
+//! `settled paymaster status|deposit|withdraw` commands for operators.
+
+use std::path::{Path, PathBuf};
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256, U256},
+    providers::{Provider, ProviderBuilder},
+    signers::local::PrivateKeySigner,
+};
+use serde::{Deserialize, Serialize};
+use settled_contracts::{Deployment, EntryPointVersion, SponsorPaymaster};
+use settled_paymaster::{PaymasterAccount, SponsorshipPolicy, paymaster_accounts};
+
+use crate::{
+    config::{NodeConfig, SecretKey},
+    error::NodeError,
+    launch::connect,
+};
+
+/// A key from a flag/environment value or a file; `None` when neither is given.
+pub(crate) fn load_key(
+    key: Option<&SecretKey>,
+    file: Option<&Path>,
+    what: &'static str,
+) -> Result<Option<PrivateKeySigner>, NodeError> {
+    let parse = |hex: &str| {
+        hex.trim()
+            .parse::<PrivateKeySigner>()
+            .map(Some)
+            .map_err(|e| NodeError::Key { what, reason: format!("not a private key: {e}") })
+    };
+    if let Some(key) = key {
+        return parse(&key.0);
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NodeError::Key { what, reason: format!("{}: {e}", path.display()) })?;
+        return parse(&text);
+    }
+    Ok(None)
+}
+
+/// The paymaster's signing key: the configured one, else the dev chain's.
+pub(crate) fn paymaster_signer(
+    config: &NodeConfig,
+    dev_key: Option<PrivateKeySigner>,
+) -> Result<Option<PrivateKeySigner>, NodeError> {
+    let settings = &config.paymaster;
+    Ok(load_key(settings.key.as_ref(), settings.key_file.as_deref(), "paymaster key")?.or(dev_key))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoliciesFile {
+    #[serde(default)]
+    policies: Vec<SponsorshipPolicy>,
+}
+
+/// The configured policies: those given directly plus the policies file's.
+pub(crate) fn policies(config: &NodeConfig) -> Result<Vec<SponsorshipPolicy>, NodeError> {
+    let mut policies = config.paymaster.policies.clone();
+    if let Some(path) = &config.paymaster.policies_file {
+        let invalid = |reason: String| NodeError::Policies { path: path.clone(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let file: PoliciesFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        for policy in file.policies {
+            policy.validate().map_err(|e| invalid(format!("policy {:?}: {e}", policy.id)))?;
+            policies.push(policy);
+        }
+    }
+    Ok(policies)
+}
+
+/// The policy `settled dev` serves when none is configured: any call, 1,000 ops per sender per
+/// day, 0.1 ETH worst case per op.
+pub(crate) fn dev_policy() -> SponsorshipPolicy {
+    SponsorshipPolicy {
+        sponsor_name: Some("settled dev".into()),
+        max_ops_per_sender: Some(1_000),
+        max_cost_per_op: Some(U256::from(10u128.pow(17))),
+        ..SponsorshipPolicy::unlimited("default")
+    }
+}
+
+/// What a `settled paymaster` command does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymasterAction {
+    /// Print each paymaster's deposit, stake and signer.
+    Status,
+    /// Add `amount` wei to `version`'s paymaster deposit, paid by the key's account.
+    Deposit {
+        /// Which paymaster.
+        version: EntryPointVersion,
+        /// Wei.
+        amount: U256,
+        /// Paying key.
+        key: Option<SecretKey>,
+        /// Paying key, from a file.
+        key_file: Option<PathBuf>,
+    },
+    /// Withdraw `amount` wei of `version`'s paymaster deposit to `to` (owner only).
+    Withdraw {
+        /// Which paymaster.
+        version: EntryPointVersion,
+        /// Wei.
+        amount: U256,
+        /// Recipient (default: the owner).
+        to: Option<Address>,
+        /// Owner key.
+        key: Option<SecretKey>,
+        /// Owner key, from a file.
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// A `settled paymaster` command with its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymasterCommandConfig {
+    /// Ethereum JSON-RPC endpoint.
+    pub rpc_url: String,
+    /// Deployment file.
+    pub deployment: PathBuf,
+    /// What to do.
+    pub action: PaymasterAction,
+}
+
+/// One paymaster as `settled paymaster status` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymasterReport {
+    /// Deposit and stake.
+    #[serde(flatten)]
+    pub account: PaymasterAccount,
+    /// The signer the contract accepts.
+    pub signer: Address,
+    /// The contract's owner.
+    pub owner: Address,
+}
+
+/// What a paymaster command printed: every paymaster's state after it ran, and its transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymasterCommandOutput {
+    /// The transaction sent, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<B256>,
+    /// Each paymaster.
+    pub paymasters: Vec<PaymasterReport>,
+}
+
+/// Runs a `settled paymaster` command; its output is printed as JSON by the binary.
+pub async fn run_paymaster_command(
+    command: PaymasterCommandConfig,
+) -> Result<PaymasterCommandOutput, NodeError> {
+    let deployment = Deployment::load(&command.deployment)?;
+    let provider = connect(&command.rpc_url, std::time::Duration::from_secs(5)).await?;
+    deployment.verify(&provider).await?;
+    let failed = |e: &dyn std::fmt::Display| NodeError::PaymasterCommand(e.to_string());
+    let transaction = match &command.action {
+        PaymasterAction::Status => None,
+        PaymasterAction::Deposit { version, amount, key, key_file }
+        | PaymasterAction::Withdraw { version, amount, key, key_file, .. } => {
+            let signer = load_key(key.as_ref(), key_file.as_deref(), "paymaster owner key")?
+                .ok_or_else(|| {
+                    NodeError::PaymasterCommand(
+                        "a key is needed: --key-file or SETTLED_PAYMASTER_OWNER_KEY".into(),
+                    )
+                })?;
+            let from = signer.address();
+            let wallet_provider = ProviderBuilder::new()
+                .wallet(EthereumWallet::from(signer))
+                .connect_provider(provider.clone());
+            let paymaster = SponsorPaymaster::new(deployment.paymaster(*version), &wallet_provider);
+            let call = match &command.action {
+                PaymasterAction::Withdraw { to, .. } => {
+                    paymaster.withdrawTo(to.unwrap_or(from), *amount).into_transaction_request()
+                }
+                _ => paymaster.deposit().value(*amount).into_transaction_request(),
+            };
+            let receipt = wallet_provider
+                .send_transaction(call)
+                .await
+                .map_err(|e| failed(&e))?
+                .get_receipt()
+                .await
+                .map_err(|e| failed(&e))?;
+            if !receipt.status() {
+                return Err(NodeError::PaymasterCommand(format!(
+                    "transaction {} reverted (is {from} the paymaster's owner, with enough ETH?)",
+                    receipt.transaction_hash
+                )));
+            }
+            Some(receipt.transaction_hash)
+        }
+    };
+    let versions = EntryPointVersion::ALL.map(|v| (v, deployment.paymaster(v)));
+    let accounts = paymaster_accounts(&provider, &versions).await.map_err(|e| failed(&e))?;
+    let mut paymasters = Vec::with_capacity(accounts.len());
+    for account in accounts {
+        let contract = SponsorPaymaster::new(account.paymaster, &provider);
+        let signer = contract.signer().call().await.map_err(|e| failed(&e))?;
+        let owner = contract.owner().call().await.map_err(|e| failed(&e))?;
+        paymasters.push(PaymasterReport { account, signer, owner });
+    }
+    Ok(PaymasterCommandOutput { transaction, paymasters })
+}

@@ -1,0 +1,80 @@
+//! What can go wrong in the paymaster; mapped to JSON-RPC codes in `rpc.rs` only.
+
+use alloy::primitives::{Address, U256};
+use settled_contracts::InvalidUserOperation;
+use settled_sim::SimError;
+
+use crate::{ledger::LedgerError, policy::Rejection};
+
+/// A paymaster request that could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymasterError {
+    /// The op's fields are malformed.
+    #[error(transparent)]
+    InvalidOp(#[from] InvalidUserOperation),
+    /// A parameter other than the op is malformed.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    /// The request names another chain.
+    #[error("unsupported chain {requested}: this paymaster serves chain {served}")]
+    UnsupportedChain {
+        /// The chain id in the request.
+        requested: u64,
+        /// The chain this node serves.
+        served: u64,
+    },
+    /// No paymaster of ours serves this EntryPoint.
+    #[error("unsupported EntryPoint {0}")]
+    UnsupportedEntryPoint(Address),
+    /// The `context` does not name a policy.
+    #[error("context must name a policy: {{\"policyId\": \"...\"}} (optionally \"customer\")")]
+    MissingContext,
+    /// No such policy.
+    #[error("unknown policy {0:?}")]
+    UnknownPolicy(String),
+    /// A policy rule refused the op.
+    #[error("sponsorship refused by policy {policy:?}: {rejection}")]
+    Rejected {
+        /// The policy.
+        policy: String,
+        /// The rule and why.
+        rejection: Rejection,
+    },
+    /// The denial-of-wallet guard: the op failed simulation with our signature.
+    #[error("sponsorship refused: the op fails simulation: {0}")]
+    Simulation(SimError),
+    /// The op's execution reverts in simulation.
+    #[error("sponsorship refused: the op's execution reverts ({reason})")]
+    ExecutionReverts {
+        /// The revert data, hex.
+        reason: String,
+    },
+    /// Our deposit at the EntryPoint cannot cover the op's worst case.
+    #[error("paymaster {paymaster} deposit {deposit} wei cannot cover this op's {needed} wei")]
+    DepositTooLow {
+        /// The paymaster.
+        paymaster: Address,
+        /// Its deposit.
+        deposit: U256,
+        /// The op's worst-case cost.
+        needed: U256,
+    },
+    /// The ledger's store failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Anything else the node could not do (RPC, signing).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PaymasterError {
+    /// The policy rule behind a refusal (metrics label), if it was one.
+    pub fn rule(&self) -> Option<&'static str> {
+        match self {
+            Self::Rejected { rejection, .. } => Some(rejection.rule.as_str()),
+            Self::Simulation(_) | Self::ExecutionReverts { .. } => Some("simulation"),
+            Self::DepositTooLow { .. } => Some("deposit"),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,782 @@
+//! The sponsorship ledger: every signature the paymaster issued, what it may still cost, and what
+//! the chain says it cost — persisted in sled, with the caps checked and the reservation taken
+//! under one lock so concurrent requests can never overshoot a cap.
+//!
+//! A reservation is charged at its worst case (`maxCost`) while open, at the EntryPoint's
+//! `actualGasCost` once settled from a mined `UserOperationEvent`, and not at all once released
+//! (its signature expired unused). Usage per sender, customer and day is derived from the
+//! reservations, so it is rebuilt exactly from sled after a restart.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
+
+use alloy::primitives::{Address, B256, U256};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{PolicyRule, Rejection, SponsorshipPolicy};
+
+/// The id a signature carries on chain (`GasSponsored.sponsorshipId`).
+pub type SponsorshipId = u64;
+
+/// Seconds in the global budget's period.
+pub const DAY_SECS: u64 = 86_400;
+
+/// Settled and released reservations older than this are dropped from the ledger (the totals
+/// keep their sums). Longer than any sensible cap period.
+pub const RETENTION_SECS: u64 = 35 * DAY_SECS;
+
+/// Where a reservation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReservationState {
+    /// Signed, not (yet) seen mined: charged at `maxCost`.
+    Open,
+    /// Mined: charged at `actualCost`.
+    Settled,
+    /// Expired unused: charged nothing.
+    Released,
+}
+
+/// One sponsorship: a signature and what it costs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    /// The id signed into `paymasterAndData`.
+    pub id: SponsorshipId,
+    /// Policy it was granted under (empty for an op mined without a reservation).
+    pub policy: String,
+    /// Customer it is charged to.
+    pub customer: String,
+    /// The account.
+    pub sender: Address,
+    /// The EntryPoint.
+    pub entry_point: Address,
+    /// The op's hash, once signed.
+    pub user_op_hash: Option<B256>,
+    /// Worst-case cost (wei).
+    pub max_cost: U256,
+    /// What the EntryPoint charged (wei), once mined.
+    pub actual_cost: Option<U256>,
+    /// Where it stands.
+    pub state: ReservationState,
+    /// Chain time it was granted at.
+    pub created_at: u64,
+    /// The signature's `validUntil`.
+    pub valid_until: u64,
+    /// The policy's period when granted: usage is counted in that period.
+    pub period_secs: u64,
+    /// The block whose `UserOperationEvent` settled it.
+    pub settled_in: Option<B256>,
+}
+
+impl Reservation {
+    /// What it counts against caps: `(ops, wei)`.
+    fn charge(&self) -> Option<U256> {
+        match self.state {
+            ReservationState::Open => Some(self.max_cost),
+            ReservationState::Settled => Some(self.actual_cost.unwrap_or_default()),
+            ReservationState::Released => None,
+        }
+    }
+
+    fn usage_keys(&self) -> [UsageKey; 3] {
+        let period = self.period_secs.max(1);
+        [
+            UsageKey {
+                scope: Scope::Sender(self.policy.clone(), self.sender),
+                period_secs: period,
+                index: self.created_at / period,
+            },
+            UsageKey {
+                scope: Scope::Customer(self.policy.clone(), self.customer.clone()),
+                period_secs: period,
+                index: self.created_at / period,
+            },
+            UsageKey {
+                scope: Scope::Global,
+                period_secs: DAY_SECS,
+                index: self.created_at / DAY_SECS,
+            },
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Scope {
+    Sender(String, Address),
+    Customer(String, String),
+    Global,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct UsageKey {
+    scope: Scope,
+    period_secs: u64,
+    index: u64,
+}
+
+/// Ops and wei counted against a cap in one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Ops (open or settled).
+    pub ops: u64,
+    /// Wei (open at worst case, settled at actual cost).
+    pub wei: U256,
+}
+
+/// Everything ever settled, kept across pruning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerTotals {
+    /// Sponsored ops seen mined.
+    pub settled_ops: u64,
+    /// Their `actualGasCost` sum (wei): what the deposit paid.
+    pub settled_wei: U256,
+    /// Of those, ops mined without a reservation of this ledger (a lost database, another signer
+    /// with the same key): accounted, but a reason to look.
+    pub unreserved_ops: u64,
+}
+
+/// A snapshot for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerStatus {
+    /// Reservations open.
+    pub open_reservations: u64,
+    /// Their worst-case sum (wei).
+    pub open_wei: U256,
+    /// All-time settled totals.
+    pub totals: LedgerTotals,
+}
+
+/// What asks for a reservation.
+#[derive(Debug, Clone)]
+pub struct ReservationRequest<'a> {
+    /// The policy granting it.
+    pub policy: &'a SponsorshipPolicy,
+    /// The customer charged.
+    pub customer: &'a str,
+    /// The account.
+    pub sender: Address,
+    /// The EntryPoint.
+    pub entry_point: Address,
+    /// Worst-case cost (wei).
+    pub max_cost: U256,
+    /// Chain time now.
+    pub now: u64,
+    /// The signature's `validUntil`.
+    pub valid_until: u64,
+    /// The paymaster-wide budget per day (wei).
+    pub daily_budget: Option<U256>,
+}
+
+/// The ledger failed to read or write its store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("paymaster ledger storage: {0}")]
+pub struct LedgerError(pub String);
+
+fn storage(error: impl std::fmt::Display) -> LedgerError {
+    LedgerError(error.to_string())
+}
+
+#[derive(Debug, Default)]
+struct State {
+    reservations: BTreeMap<SponsorshipId, Reservation>,
+    by_hash: HashMap<B256, SponsorshipId>,
+    usage: HashMap<UsageKey, Usage>,
+    totals: LedgerTotals,
+    next_id: SponsorshipId,
+}
+
+impl State {
+    fn count(&mut self, reservation: &Reservation, add: bool) {
+        let Some(wei) = reservation.charge() else { return };
+        for key in reservation.usage_keys() {
+            let usage = self.usage.entry(key).or_default();
+            if add {
+                usage.ops += 1;
+                usage.wei += wei;
+            } else {
+                usage.ops = usage.ops.saturating_sub(1);
+                usage.wei = usage.wei.saturating_sub(wei);
+            }
+        }
+    }
+
+    fn usage(&self, key: &UsageKey) -> Usage {
+        self.usage.get(key).copied().unwrap_or_default()
+    }
+}
+
+const RESERVATION_PREFIX: u8 = b'r';
+const TOTALS_KEY: &[u8] = b"totals";
+const NEXT_ID_KEY: &[u8] = b"next-id";
+
+fn reservation_key(id: SponsorshipId) -> [u8; 9] {
+    let mut key = [RESERVATION_PREFIX; 9];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The ledger over one sled tree.
+#[derive(Debug)]
+pub struct Ledger {
+    tree: sled::Tree,
+    state: Mutex<State>,
+}
+
+impl Ledger {
+    /// Opens the ledger in `tree`, rebuilding usage from the stored reservations.
+    pub fn open(tree: sled::Tree) -> Result<Self, LedgerError> {
+        let mut state = State { next_id: 1, ..State::default() };
+        for entry in tree.scan_prefix([RESERVATION_PREFIX]) {
+            let (_, value) = entry.map_err(storage)?;
+            let reservation: Reservation = serde_json::from_slice(&value).map_err(storage)?;
+            state.count(&reservation, true);
+            if let Some(hash) = reservation.user_op_hash {
+                state.by_hash.insert(hash, reservation.id);
+            }
+            state.next_id = state.next_id.max(reservation.id + 1);
+            state.reservations.insert(reservation.id, reservation);
+        }
+        if let Some(value) = tree.get(TOTALS_KEY).map_err(storage)? {
+            state.totals = serde_json::from_slice(&value).map_err(storage)?;
+        }
+        if let Some(value) = tree.get(NEXT_ID_KEY).map_err(storage)? {
+            let bytes: [u8; 8] = value.as_ref().try_into().map_err(storage)?;
+            state.next_id = state.next_id.max(u64::from_be_bytes(bytes));
+        }
+        Ok(Self { tree, state: Mutex::new(state) })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, LedgerError> {
+        self.state.lock().map_err(|_| LedgerError("ledger lock poisoned".into()))
+    }
+
+    fn write(&self, batch: &mut sled::Batch, reservation: &Reservation) -> Result<(), LedgerError> {
+        batch.insert(
+            &reservation_key(reservation.id),
+            serde_json::to_vec(reservation).map_err(storage)?,
+        );
+        Ok(())
+    }
+
+    /// Checks every cap of `request` against current usage and, if all hold, takes a reservation
+    /// at `max_cost` — atomically, so N concurrent requests against a cap of N ops all see each
+    /// other. Not yet durable: [`Ledger::flush`] before handing out the signature.
+    pub fn reserve(
+        &self,
+        request: &ReservationRequest<'_>,
+    ) -> Result<Result<Reservation, Rejection>, LedgerError> {
+        let mut state = self.lock()?;
+        let reservation = Self::draft(&state, request);
+        if let Some(rejection) = Self::over_cap(&state, request, &reservation) {
+            return Ok(Err(rejection));
+        }
+        let mut batch = sled::Batch::default();
+        self.write(&mut batch, &reservation)?;
+        batch.insert(NEXT_ID_KEY, &(reservation.id + 1).to_be_bytes());
+        self.tree.apply_batch(batch).map_err(storage)?;
+        state.next_id = reservation.id + 1;
+        state.count(&reservation, true);
+        state.reservations.insert(reservation.id, reservation.clone());
+        Ok(Ok(reservation))
+    }
+
+    /// Whether `request` would get a reservation now (caps as they stand), without taking one.
+    pub fn check(
+        &self,
+        request: &ReservationRequest<'_>,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        let state = self.lock()?;
+        let draft = Self::draft(&state, request);
+        Ok(Self::over_cap(&state, request, &draft).map_or(Ok(()), Err))
+    }
+
+    fn draft(state: &State, request: &ReservationRequest<'_>) -> Reservation {
+        Reservation {
+            id: state.next_id,
+            policy: request.policy.id.clone(),
+            customer: request.customer.to_string(),
+            sender: request.sender,
+            entry_point: request.entry_point,
+            user_op_hash: None,
+            max_cost: request.max_cost,
+            actual_cost: None,
+            state: ReservationState::Open,
+            created_at: request.now,
+            valid_until: request.valid_until,
+            period_secs: request.policy.period_secs,
+            settled_in: None,
+        }
+    }
+
+    /// The first cap `reservation` would break on top of current usage.
+    fn over_cap(
+        state: &State,
+        request: &ReservationRequest<'_>,
+        reservation: &Reservation,
+    ) -> Option<Rejection> {
+        let policy = request.policy;
+        let [sender_key, customer_key, global_key] = reservation.usage_keys();
+        let caps = [
+            (
+                sender_key,
+                PolicyRule::SenderOps,
+                policy.max_ops_per_sender,
+                PolicyRule::SenderWei,
+                policy.max_wei_per_sender,
+            ),
+            (
+                customer_key,
+                PolicyRule::CustomerOps,
+                policy.max_ops_per_customer,
+                PolicyRule::CustomerWei,
+                policy.max_wei_per_customer,
+            ),
+            (
+                global_key,
+                PolicyRule::DailyBudget,
+                None,
+                PolicyRule::DailyBudget,
+                request.daily_budget,
+            ),
+        ];
+        for (key, ops_rule, max_ops, wei_rule, max_wei) in caps {
+            let used = state.usage(&key);
+            if let Some(max) = max_ops
+                && used.ops >= max
+            {
+                return Some(Rejection::new(
+                    ops_rule,
+                    format!("{} of {max} sponsored ops used this period", used.ops),
+                ));
+            }
+            if let Some(max) = max_wei
+                && used.wei + request.max_cost > max
+            {
+                return Some(Rejection::new(
+                    wei_rule,
+                    format!(
+                        "{} wei used this period; this op may cost {} more, above the {max} wei cap",
+                        used.wei, request.max_cost
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Records the signed op's hash on reservation `id`, so its `UserOperationEvent` settles it.
+    pub fn bind(&self, id: SponsorshipId, user_op_hash: B256) -> Result<(), LedgerError> {
+        let mut state = self.lock()?;
+        let Some(reservation) = state.reservations.get_mut(&id) else {
+            return Err(LedgerError(format!("no reservation {id}")));
+        };
+        reservation.user_op_hash = Some(user_op_hash);
+        let reservation = reservation.clone();
+        state.by_hash.insert(user_op_hash, id);
+        let mut batch = sled::Batch::default();
+        self.write(&mut batch, &reservation)?;
+        self.tree.apply_batch(batch).map_err(storage)
+    }
+
+    /// Drops an open reservation whose signature was never handed out (the request failed after
+    /// reserving): nothing of it is left.
+    pub fn cancel(&self, id: SponsorshipId) -> Result<(), LedgerError> {
+        let mut state = self.lock()?;
+        let Some(reservation) = state.reservations.remove(&id) else { return Ok(()) };
+        state.count(&reservation, false);
+        if let Some(hash) = reservation.user_op_hash {
+            state.by_hash.remove(&hash);
+        }
+        self.tree.remove(reservation_key(id)).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable. Blocking: call from a blocking thread.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        self.tree.flush().map(drop).map_err(storage)
+    }
+
+    /// A mined `UserOperationEvent` of our paymaster: settles its reservation at `actual_cost`
+    /// (or records an unreserved sponsorship). Idempotent per op hash.
+    pub fn settle(
+        &self,
+        user_op_hash: B256,
+        sender: Address,
+        entry_point: Address,
+        actual_cost: U256,
+        block: B256,
+        timestamp: u64,
+    ) -> Result<(), LedgerError> {
+        let mut state = self.lock()?;
+        let existing =
+            state.by_hash.get(&user_op_hash).and_then(|id| state.reservations.get(id)).cloned();
+        let mut totals = state.totals;
+        let reservation = match existing {
+            Some(old) if old.state == ReservationState::Settled => return Ok(()),
+            Some(old) => {
+                state.count(&old, false);
+                Reservation {
+                    actual_cost: Some(actual_cost),
+                    state: ReservationState::Settled,
+                    settled_in: Some(block),
+                    ..old
+                }
+            }
+            None => {
+                totals.unreserved_ops += 1;
+                let id = state.next_id;
+                state.next_id += 1;
+                Reservation {
+                    id,
+                    policy: String::new(),
+                    customer: String::new(),
+                    sender,
+                    entry_point,
+                    user_op_hash: Some(user_op_hash),
+                    max_cost: actual_cost,
+                    actual_cost: Some(actual_cost),
+                    state: ReservationState::Settled,
+                    created_at: timestamp,
+                    valid_until: timestamp,
+                    period_secs: DAY_SECS,
+                    settled_in: Some(block),
+                }
+            }
+        };
+        totals.settled_ops += 1;
+        totals.settled_wei += actual_cost;
+        let mut batch = sled::Batch::default();
+        self.write(&mut batch, &reservation)?;
+        batch.insert(TOTALS_KEY, serde_json::to_vec(&totals).map_err(storage)?);
+        batch.insert(NEXT_ID_KEY, &state.next_id.to_be_bytes());
+        self.tree.apply_batch(batch).map_err(storage)?;
+        state.totals = totals;
+        state.count(&reservation, true);
+        state.by_hash.insert(user_op_hash, reservation.id);
+        state.reservations.insert(reservation.id, reservation);
+        Ok(())
+    }
+
+    /// Blocks reorged out: what they settled is open again (or, unreserved, forgotten).
+    pub fn unsettle(&self, removed: &[B256]) -> Result<usize, LedgerError> {
+        let mut state = self.lock()?;
+        let hit: Vec<Reservation> = state
+            .reservations
+            .values()
+            .filter(|r| r.settled_in.is_some_and(|b| removed.contains(&b)))
+            .cloned()
+            .collect();
+        let mut totals = state.totals;
+        let mut batch = sled::Batch::default();
+        for old in &hit {
+            state.count(old, false);
+            let actual = old.actual_cost.unwrap_or_default();
+            totals.settled_ops = totals.settled_ops.saturating_sub(1);
+            totals.settled_wei = totals.settled_wei.saturating_sub(actual);
+            if old.policy.is_empty() {
+                totals.unreserved_ops = totals.unreserved_ops.saturating_sub(1);
+                batch.remove(&reservation_key(old.id));
+                state.reservations.remove(&old.id);
+                if let Some(hash) = old.user_op_hash {
+                    state.by_hash.remove(&hash);
+                }
+                continue;
+            }
+            let reopened = Reservation {
+                actual_cost: None,
+                state: ReservationState::Open,
+                settled_in: None,
+                ..old.clone()
+            };
+            self.write(&mut batch, &reopened)?;
+            state.count(&reopened, true);
+            state.reservations.insert(reopened.id, reopened);
+        }
+        batch.insert(TOTALS_KEY, serde_json::to_vec(&totals).map_err(storage)?);
+        self.tree.apply_batch(batch).map_err(storage)?;
+        state.totals = totals;
+        Ok(hit.len())
+    }
+
+    /// Releases open reservations whose signature expired more than `grace` seconds before chain
+    /// time `now` (the EntryPoint refuses them now), and prunes old finished ones. Returns how
+    /// many were released.
+    pub fn expire(&self, now: u64, grace: u64) -> Result<usize, LedgerError> {
+        let mut state = self.lock()?;
+        let expired: Vec<Reservation> = state
+            .reservations
+            .values()
+            .filter(|r| {
+                r.state == ReservationState::Open && r.valid_until.saturating_add(grace) < now
+            })
+            .cloned()
+            .collect();
+        let stale: Vec<SponsorshipId> = state
+            .reservations
+            .values()
+            .filter(|r| {
+                r.state != ReservationState::Open
+                    && r.created_at.saturating_add(RETENTION_SECS) < now
+            })
+            .map(|r| r.id)
+            .collect();
+        let mut batch = sled::Batch::default();
+        for old in &expired {
+            state.count(old, false);
+            let released = Reservation { state: ReservationState::Released, ..old.clone() };
+            self.write(&mut batch, &released)?;
+            state.reservations.insert(released.id, released);
+        }
+        for id in &stale {
+            if let Some(old) = state.reservations.remove(id) {
+                state.count(&old, false);
+                if let Some(hash) = old.user_op_hash {
+                    state.by_hash.remove(&hash);
+                }
+            }
+            batch.remove(&reservation_key(*id));
+        }
+        self.tree.apply_batch(batch).map_err(storage)?;
+        Ok(expired.len())
+    }
+
+    /// The reservation with `id`.
+    pub fn reservation(&self, id: SponsorshipId) -> Result<Option<Reservation>, LedgerError> {
+        Ok(self.lock()?.reservations.get(&id).cloned())
+    }
+
+    /// Open reservations and all-time totals.
+    pub fn status(&self) -> Result<LedgerStatus, LedgerError> {
+        let state = self.lock()?;
+        let open: Vec<&Reservation> =
+            state.reservations.values().filter(|r| r.state == ReservationState::Open).collect();
+        Ok(LedgerStatus {
+            open_reservations: open.len() as u64,
+            open_wei: open.iter().map(|r| r.max_cost).sum(),
+            totals: state.totals,
+        })
+    }
+
+    /// What `sender` used under `policy` in the period holding `now`.
+    pub fn sender_usage(
+        &self,
+        policy: &SponsorshipPolicy,
+        sender: Address,
+        now: u64,
+    ) -> Result<Usage, LedgerError> {
+        let period = policy.period_secs.max(1);
+        let key = UsageKey {
+            scope: Scope::Sender(policy.id.clone(), sender),
+            period_secs: period,
+            index: now / period,
+        };
+        Ok(self.lock()?.usage(&key))
+    }
+
+    /// What `customer` used under `policy` in the period holding `now`.
+    pub fn customer_usage(
+        &self,
+        policy: &SponsorshipPolicy,
+        customer: &str,
+        now: u64,
+    ) -> Result<Usage, LedgerError> {
+        let period = policy.period_secs.max(1);
+        let key = UsageKey {
+            scope: Scope::Customer(policy.id.clone(), customer.to_string()),
+            period_secs: period,
+            index: now / period,
+        };
+        Ok(self.lock()?.usage(&key))
+    }
+
+    /// Everything sponsored today (chain time `now`).
+    pub fn daily_usage(&self, now: u64) -> Result<Usage, LedgerError> {
+        let key = UsageKey { scope: Scope::Global, period_secs: DAY_SECS, index: now / DAY_SECS };
+        Ok(self.lock()?.usage(&key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn ledger() -> Result<(tempfile::TempDir, sled::Db, Ledger), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path())?;
+        let ledger = Ledger::open(db.open_tree("ledger")?)?;
+        Ok((dir, db, ledger))
+    }
+
+    fn request<'a>(policy: &'a SponsorshipPolicy, sender: u8, cost: u64) -> ReservationRequest<'a> {
+        ReservationRequest {
+            policy,
+            customer: "acme",
+            sender: Address::repeat_byte(sender),
+            entry_point: Address::repeat_byte(0xee),
+            max_cost: U256::from(cost),
+            now: 1_000_000,
+            valid_until: 1_000_300,
+            daily_budget: None,
+        }
+    }
+
+    #[test]
+    fn caps_table() -> Result<(), Box<dyn std::error::Error>> {
+        let base = SponsorshipPolicy::unlimited("p");
+        let cases = [
+            (
+                SponsorshipPolicy { max_ops_per_sender: Some(2), ..base.clone() },
+                None,
+                PolicyRule::SenderOps,
+            ),
+            (
+                SponsorshipPolicy { max_wei_per_sender: Some(U256::from(250)), ..base.clone() },
+                None,
+                PolicyRule::SenderWei,
+            ),
+            (
+                SponsorshipPolicy { max_ops_per_customer: Some(2), ..base.clone() },
+                None,
+                PolicyRule::CustomerOps,
+            ),
+            (
+                SponsorshipPolicy { max_wei_per_customer: Some(U256::from(250)), ..base.clone() },
+                None,
+                PolicyRule::CustomerWei,
+            ),
+            (base.clone(), Some(U256::from(250)), PolicyRule::DailyBudget),
+        ];
+        for (policy, budget, rule) in cases {
+            let (_dir, _db, ledger) = ledger()?;
+            let mut req = request(&policy, 1, 100);
+            req.daily_budget = budget;
+            assert!(ledger.reserve(&req)?.is_ok(), "{rule}: first");
+            assert!(ledger.reserve(&req)?.is_ok(), "{rule}: second");
+            let third = ledger.reserve(&req)?.err().map(|r| r.rule);
+            assert_eq!(third, Some(rule), "{rule}: third refused");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn settlement_charges_actual_cost_and_expiry_frees_the_cap()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let policy = SponsorshipPolicy {
+            max_wei_per_sender: Some(U256::from(200)),
+            ..SponsorshipPolicy::unlimited("p")
+        };
+        let (_dir, _db, ledger) = ledger()?;
+        let a = ledger.reserve(&request(&policy, 1, 100))?.map_err(|r| r.to_string())?;
+        let b = ledger.reserve(&request(&policy, 1, 100))?.map_err(|r| r.to_string())?;
+        assert!(ledger.reserve(&request(&policy, 1, 100))?.is_err(), "cap full at worst case");
+        let hash = B256::repeat_byte(1);
+        ledger.bind(a.id, hash)?;
+        ledger.settle(
+            hash,
+            a.sender,
+            a.entry_point,
+            U256::from(30),
+            B256::repeat_byte(0xb1),
+            1_000_010,
+        )?;
+        ledger.settle(
+            hash,
+            a.sender,
+            a.entry_point,
+            U256::from(30),
+            B256::repeat_byte(0xb1),
+            1_000_010,
+        )?;
+        let usage = ledger.sender_usage(&policy, a.sender, 1_000_000)?;
+        assert_eq!((usage.ops, usage.wei), (2, U256::from(130)), "settled at actual cost, once");
+        assert!(ledger.reserve(&request(&policy, 1, 100))?.is_err(), "30 + 100 + 100 > 200");
+        assert_eq!(ledger.expire(1_000_300 + 60, 60)?, 0, "not past the grace yet");
+        assert_eq!(ledger.expire(1_000_300 + 61, 60)?, 1, "b expired unused");
+        assert_eq!(ledger.reservation(b.id)?.map(|r| r.state), Some(ReservationState::Released));
+        let c = ledger.reserve(&request(&policy, 1, 100))?;
+        assert!(c.is_ok(), "the released reservation freed the cap");
+        let status = ledger.status()?;
+        assert_eq!(status.totals.settled_wei, U256::from(30));
+        assert_eq!(status.open_reservations, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn reorg_reopens_and_restart_rebuilds() -> Result<(), Box<dyn std::error::Error>> {
+        let policy =
+            SponsorshipPolicy { max_ops_per_sender: Some(5), ..SponsorshipPolicy::unlimited("p") };
+        let dir = tempfile::tempdir()?;
+        let block = B256::repeat_byte(0xb1);
+        let before = {
+            let db = sled::open(dir.path())?;
+            let ledger = Ledger::open(db.open_tree("ledger")?)?;
+            let a = ledger.reserve(&request(&policy, 1, 100))?.map_err(|r| r.to_string())?;
+            ledger.bind(a.id, B256::repeat_byte(1))?;
+            ledger.settle(
+                B256::repeat_byte(1),
+                a.sender,
+                a.entry_point,
+                U256::from(40),
+                block,
+                1,
+            )?;
+            ledger.settle(
+                B256::repeat_byte(2),
+                a.sender,
+                a.entry_point,
+                U256::from(7),
+                block,
+                1,
+            )?;
+            let cancelled =
+                ledger.reserve(&request(&policy, 1, 100))?.map_err(|r| r.to_string())?;
+            ledger.cancel(cancelled.id)?;
+            assert_eq!(ledger.status()?.totals.settled_wei, U256::from(47));
+            assert_eq!(ledger.status()?.totals.unreserved_ops, 1);
+            assert_eq!(ledger.unsettle(&[block])?, 2);
+            let status = ledger.status()?;
+            assert_eq!((status.totals.settled_wei, status.totals.unreserved_ops), (U256::ZERO, 0));
+            assert_eq!(status.open_reservations, 1);
+            ledger.flush()?;
+            (status, ledger.sender_usage(&policy, a.sender, 1_000_000)?)
+        };
+        let db = sled::open(dir.path())?;
+        let ledger = Ledger::open(db.open_tree("ledger")?)?;
+        assert_eq!(ledger.status()?, before.0);
+        assert_eq!(ledger.sender_usage(&policy, Address::repeat_byte(1), 1_000_000)?, before.1);
+        let next = ledger.reserve(&request(&policy, 1, 1))?.map_err(|r| r.to_string())?;
+        assert!(next.id > 3, "ids are never reused: {}", next.id);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overshoot_a_cap() -> Result<(), Box<dyn std::error::Error>> {
+        let policy = Arc::new(SponsorshipPolicy {
+            max_ops_per_customer: Some(17),
+            ..SponsorshipPolicy::unlimited("p")
+        });
+        let (_dir, _db, ledger) = ledger()?;
+        let ledger = Arc::new(ledger);
+        let granted: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..100u8)
+                .map(|i| {
+                    let (ledger, policy) = (ledger.clone(), policy.clone());
+                    scope.spawn(move || {
+                        ledger.reserve(&request(&policy, i, 10)).ok().and_then(|r| r.ok()).is_some()
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).filter(|ok| *ok).count()
+        });
+        assert_eq!(granted, 17);
+        Ok(())
+    }
+}
