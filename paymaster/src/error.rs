@@ -49,13 +49,11 @@ pub enum PaymasterError {
         /// The revert data, hex.
         reason: String,
     },
-    /// Our deposit at the EntryPoint cannot cover the op's worst case.
-    #[error("paymaster {paymaster} deposit {deposit} wei cannot cover this op's {needed} wei")]
+    /// Our deposit at the EntryPoint cannot cover the op's worst case (`AA31`).
+    #[error("paymaster {paymaster} deposit cannot cover this op's worst case of {needed} wei")]
     DepositTooLow {
         /// The paymaster.
         paymaster: Address,
-        /// Its deposit.
-        deposit: U256,
         /// The op's worst-case cost.
         needed: U256,
     },

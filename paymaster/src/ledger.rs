@@ -8,7 +8,7 @@
 //! reservations, so it is rebuilt exactly from sled after a restart.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Mutex,
 };
 
@@ -185,6 +185,10 @@ fn storage(error: impl std::fmt::Display) -> LedgerError {
 #[derive(Debug, Default)]
 struct State {
     reservations: BTreeMap<SponsorshipId, Reservation>,
+    /// Open reservations by `(validUntil, id)`: expiry visits only what expired.
+    open: BTreeSet<(u64, SponsorshipId)>,
+    /// Settled and released ones by `(createdAt, id)`: pruning visits only what is old.
+    finished: BTreeSet<(u64, SponsorshipId)>,
     by_hash: HashMap<B256, SponsorshipId>,
     usage: HashMap<UsageKey, Usage>,
     totals: LedgerTotals,
@@ -195,15 +199,45 @@ impl State {
     fn count(&mut self, reservation: &Reservation, add: bool) {
         let Some(wei) = reservation.charge() else { return };
         for key in reservation.usage_keys() {
-            let usage = self.usage.entry(key).or_default();
+            let usage = self.usage.entry(key.clone()).or_default();
             if add {
                 usage.ops += 1;
                 usage.wei += wei;
             } else {
                 usage.ops = usage.ops.saturating_sub(1);
                 usage.wei = usage.wei.saturating_sub(wei);
+                if usage.ops == 0 && usage.wei.is_zero() {
+                    self.usage.remove(&key);
+                }
             }
         }
+    }
+
+    fn index_key(reservation: &Reservation) -> (bool, (u64, SponsorshipId)) {
+        match reservation.state {
+            ReservationState::Open => (true, (reservation.valid_until, reservation.id)),
+            _ => (false, (reservation.created_at, reservation.id)),
+        }
+    }
+
+    /// Stores `reservation` (replacing one with its id), keeping the indexes.
+    fn put(&mut self, reservation: Reservation) {
+        self.take(reservation.id);
+        match Self::index_key(&reservation) {
+            (true, key) => self.open.insert(key),
+            (false, key) => self.finished.insert(key),
+        };
+        self.reservations.insert(reservation.id, reservation);
+    }
+
+    /// Removes reservation `id` and its index entries.
+    fn take(&mut self, id: SponsorshipId) -> Option<Reservation> {
+        let old = self.reservations.remove(&id)?;
+        match Self::index_key(&old) {
+            (true, key) => self.open.remove(&key),
+            (false, key) => self.finished.remove(&key),
+        };
+        Some(old)
     }
 
     fn usage(&self, key: &UsageKey) -> Usage {
@@ -240,7 +274,7 @@ impl Ledger {
                 state.by_hash.insert(hash, reservation.id);
             }
             state.next_id = state.next_id.max(reservation.id + 1);
-            state.reservations.insert(reservation.id, reservation);
+            state.put(reservation);
         }
         if let Some(value) = tree.get(TOTALS_KEY).map_err(storage)? {
             state.totals = serde_json::from_slice(&value).map_err(storage)?;
@@ -282,7 +316,7 @@ impl Ledger {
         self.tree.apply_batch(batch).map_err(storage)?;
         state.next_id = reservation.id + 1;
         state.count(&reservation, true);
-        state.reservations.insert(reservation.id, reservation.clone());
+        state.put(reservation.clone());
         Ok(Ok(reservation))
     }
 
@@ -388,7 +422,7 @@ impl Ledger {
     /// reserving): nothing of it is left.
     pub fn cancel(&self, id: SponsorshipId) -> Result<(), LedgerError> {
         let mut state = self.lock()?;
-        let Some(reservation) = state.reservations.remove(&id) else { return Ok(()) };
+        let Some(reservation) = state.take(id) else { return Ok(()) };
         state.count(&reservation, false);
         if let Some(hash) = reservation.user_op_hash {
             state.by_hash.remove(&hash);
@@ -459,7 +493,7 @@ impl Ledger {
         state.totals = totals;
         state.count(&reservation, true);
         state.by_hash.insert(user_op_hash, reservation.id);
-        state.reservations.insert(reservation.id, reservation);
+        state.put(reservation);
         Ok(())
     }
 
@@ -482,7 +516,7 @@ impl Ledger {
             if old.policy.is_empty() {
                 totals.unreserved_ops = totals.unreserved_ops.saturating_sub(1);
                 batch.remove(&reservation_key(old.id));
-                state.reservations.remove(&old.id);
+                state.take(old.id);
                 if let Some(hash) = old.user_op_hash {
                     state.by_hash.remove(&hash);
                 }
@@ -496,7 +530,7 @@ impl Ledger {
             };
             self.write(&mut batch, &reopened)?;
             state.count(&reopened, true);
-            state.reservations.insert(reopened.id, reopened);
+            state.put(reopened);
         }
         batch.insert(TOTALS_KEY, serde_json::to_vec(&totals).map_err(storage)?);
         self.tree.apply_batch(batch).map_err(storage)?;
@@ -509,32 +543,26 @@ impl Ledger {
     /// many were released.
     pub fn expire(&self, now: u64, grace: u64) -> Result<usize, LedgerError> {
         let mut state = self.lock()?;
+        // Expired: validUntil + grace < now, i.e. validUntil < now - grace.
         let expired: Vec<Reservation> = state
-            .reservations
-            .values()
-            .filter(|r| {
-                r.state == ReservationState::Open && r.valid_until.saturating_add(grace) < now
-            })
-            .cloned()
+            .open
+            .range(..(now.saturating_sub(grace), 0))
+            .filter_map(|(_, id)| state.reservations.get(id).cloned())
             .collect();
         let stale: Vec<SponsorshipId> = state
-            .reservations
-            .values()
-            .filter(|r| {
-                r.state != ReservationState::Open
-                    && r.created_at.saturating_add(RETENTION_SECS) < now
-            })
-            .map(|r| r.id)
+            .finished
+            .range(..(now.saturating_sub(RETENTION_SECS), 0))
+            .map(|(_, id)| *id)
             .collect();
         let mut batch = sled::Batch::default();
         for old in &expired {
             state.count(old, false);
             let released = Reservation { state: ReservationState::Released, ..old.clone() };
             self.write(&mut batch, &released)?;
-            state.reservations.insert(released.id, released);
+            state.put(released);
         }
         for id in &stale {
-            if let Some(old) = state.reservations.remove(id) {
+            if let Some(old) = state.take(*id) {
                 state.count(&old, false);
                 if let Some(hash) = old.user_op_hash {
                     state.by_hash.remove(&hash);
@@ -554,11 +582,15 @@ impl Ledger {
     /// Open reservations and all-time totals.
     pub fn status(&self) -> Result<LedgerStatus, LedgerError> {
         let state = self.lock()?;
-        let open: Vec<&Reservation> =
-            state.reservations.values().filter(|r| r.state == ReservationState::Open).collect();
+        let open_wei = state
+            .open
+            .iter()
+            .filter_map(|(_, id)| state.reservations.get(id))
+            .map(|r| r.max_cost)
+            .sum();
         Ok(LedgerStatus {
-            open_reservations: open.len() as u64,
-            open_wei: open.iter().map(|r| r.max_cost).sum(),
+            open_reservations: state.open.len() as u64,
+            open_wei,
             totals: state.totals,
         })
     }

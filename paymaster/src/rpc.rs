@@ -241,11 +241,7 @@ mod tests {
             ),
             (PaymasterError::ExecutionReverts { reason: "0x".into() }, codes::EXECUTION_REVERTED),
             (
-                PaymasterError::DepositTooLow {
-                    paymaster: Address::ZERO,
-                    deposit: U256::ZERO,
-                    needed: U256::from(1),
-                },
+                PaymasterError::DepositTooLow { paymaster: Address::ZERO, needed: U256::from(1) },
                 codes::PAYMASTER_DEPOSIT_TOO_LOW,
             ),
             (crate::ledger::LedgerError("x".into()).into(), codes::INTERNAL),

@@ -523,7 +523,6 @@ impl Paymaster {
             SimError::Rejected { reason, .. } if reason.starts_with("AA31") => {
                 PaymasterError::DepositTooLow {
                     paymaster: packed.paymaster().unwrap_or_default(),
-                    deposit: U256::ZERO,
                     needed: max_cost(packed),
                 }
             }
