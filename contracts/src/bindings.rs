@@ -51,6 +51,7 @@ pub mod settled {
     bind! {
         mock_usdc => MockUSDC, "artifacts/settled/MockUSDC.json";
         sponsor_paymaster => SponsorPaymaster, "artifacts/settled/SponsorPaymaster.json";
+        stream_vault => StreamVault, "artifacts/settled/StreamVault.json";
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Deployment {
     pub paymaster_v07: Address,
     /// settled's `SponsorPaymaster` at EntryPoint v0.8.
     pub paymaster_v08: Address,
+    /// settled's `StreamVault` (per-second streams).
+    pub stream_vault: Address,
     /// First block that can hold logs of these contracts: where the chain follower starts.
     pub start_block: u64,
 }
@@ -147,7 +149,7 @@ impl Deployment {
     }
 
     /// Every named contract with its address.
-    pub fn contracts(&self) -> [(&'static str, Address); 8] {
+    pub fn contracts(&self) -> [(&'static str, Address); 9] {
         [
             ("EntryPoint v0.7", self.entry_point_v07),
             ("EntryPoint v0.8", self.entry_point_v08),
@@ -157,6 +159,7 @@ impl Deployment {
             ("USDC", self.usdc),
             ("SponsorPaymaster v0.7", self.paymaster_v07),
             ("SponsorPaymaster v0.8", self.paymaster_v08),
+            ("StreamVault", self.stream_vault),
         ]
     }
 
@@ -190,6 +193,7 @@ mod tests {
             usdc: Address::repeat_byte(4),
             paymaster_v07: Address::repeat_byte(5),
             paymaster_v08: Address::repeat_byte(6),
+            stream_vault: Address::repeat_byte(7),
             start_block: 7,
         }
     }

@@ -13,6 +13,7 @@ mod metrics;
 mod paymaster;
 mod rpc;
 mod storage;
+mod streams;
 
 pub use cli::{Action, Cli, CliError, Command, LogConfig};
 pub use config::{
@@ -26,3 +27,4 @@ pub use paymaster::{
     run_paymaster_command,
 };
 pub use storage::Storage;
+pub use streams::{NEVER_DEPLETES, StreamError, StreamState};

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+pragma solidity ^0.8.28;
+
+import {StreamVaultFixture} from "./StreamVault.t.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
+/// @notice Gas per operation, measured as Sablier Flow's benchmark measures its functions: the
+///         call's own gas (`gasleft()` around it), on streams created in `setUp`, so their storage
+///         is cold in the test's transaction as on chain. Print with
+///         `forge test --match-contract StreamVaultGas -vv`; a batch is reported per stream.
+contract StreamVaultGasTest is StreamVaultFixture {
+    uint256 internal stream;
+    uint256[] internal batch;
+
+    function setUp() public {
+        _deployFunded();
+        usdc.mint(payee, 1); // the payee already holds USDC, as a vendor's treasury does
+        stream = openStream(ONE_USDC_PER_SEC, 1_000e6);
+        for (uint256 i; i < 100; ++i) {
+            batch.push(openStream(ONE_USDC_PER_SEC, 1_000e6));
+        }
+        vm.warp(T0 + 100);
+    }
+
+    function _report(string memory name, uint256 before) internal {
+        emit log_named_uint(name, before - gasleft());
+    }
+
+    function test_gas_open() public {
+        vm.prank(payer);
+        uint256 g = gasleft();
+        vault.open(payee, IERC20(address(usdc)), 1e18, operator, 0, 0, 0);
+        _report("open", g);
+    }
+
+    function test_gas_openWithDeposit() public {
+        vm.prank(payer);
+        uint256 g = gasleft();
+        vault.open(payee, IERC20(address(usdc)), 1e18, operator, 0, 0, 1_000e6);
+        _report("open with deposit", g);
+    }
+
+    function test_gas_topUp() public {
+        vm.prank(payer);
+        uint256 g = gasleft();
+        vault.deposit(stream, 100e6);
+        _report("top up", g);
+    }
+
+    function test_gas_pause() public {
+        vm.prank(operator);
+        uint256 g = gasleft();
+        vault.pause(stream);
+        _report("pause", g);
+    }
+
+    function test_gas_resume() public {
+        vm.prank(operator);
+        vault.pause(stream);
+        vm.warp(T0 + 200);
+        vm.prank(operator);
+        uint256 g = gasleft();
+        vault.resume(stream);
+        _report("resume (warm: after a pause in the same transaction)", g);
+    }
+
+    function test_gas_adjustRate() public {
+        vm.prank(operator);
+        uint256 g = gasleft();
+        vault.adjustRate(stream, 5e17);
+        _report("adjust rate", g);
+    }
+
+    function test_gas_withdraw() public {
+        vm.prank(payee);
+        uint256 g = gasleft();
+        vault.withdraw(stream, 50e6);
+        _report("withdraw", g);
+    }
+
+    function test_gas_refund() public {
+        vm.prank(payer);
+        uint256 g = gasleft();
+        vault.refund(stream, 100e6);
+        _report("refund", g);
+    }
+
+    function test_gas_close() public {
+        vm.prank(payer);
+        uint256 g = gasleft();
+        vault.close(stream);
+        _report("close", g);
+    }
+
+    function test_gas_batchWithdrawPerStream() public {
+        uint256[] memory ids = batch;
+        vm.prank(operator);
+        uint256 g = gasleft();
+        vault.withdrawBatch(ids);
+        emit log_named_uint("batch withdraw of 100, per stream", (g - gasleft()) / ids.length);
+    }
+}

@@ -1,0 +1,194 @@
+//! The node's stream math against `StreamVault` on Anvil: the same random sequences of
+//! operations, by every role, at chosen block times; after each one the stored stream and every
+//! view (debt, covered, uncovered, refundable, depletion time) equal the Rust mirror to the base
+//! unit.
+
+use alloy::{
+    eips::BlockId,
+    network::Ethereum,
+    primitives::{U256, aliases::U96},
+    providers::{PendingTransactionBuilder, Provider, ext::AnvilApi},
+};
+use settled_contracts::{MockUSDC, StreamVault};
+use settled_node::StreamState;
+use settled_tests::{TestChain, TestResult};
+
+/// Deterministic randomness without a dependency (xorshift64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+/// Waits for the transaction; the block it landed in.
+async fn confirm(pending: PendingTransactionBuilder<Ethereum>) -> TestResult<u64> {
+    let receipt = pending.get_receipt().await?;
+    if !receipt.status() {
+        return Err(format!("transaction {} reverted", receipt.transaction_hash).into());
+    }
+    Ok(receipt.block_number.ok_or("receipt without a block")?)
+}
+
+/// Mines an empty block (at the time set for it); its number.
+async fn mine<P: Provider>(provider: &P) -> TestResult<u64> {
+    provider.anvil_mine(Some(1), None).await?;
+    Ok(provider.get_block_number().await?)
+}
+
+/// The stored stream and every view at `block` (time `at`) against the mirror.
+async fn compare<P: Provider>(
+    vault: &StreamVault::StreamVaultInstance<P>,
+    id: U256,
+    mirror: &StreamState,
+    block: u64,
+    at: u64,
+    step: &str,
+) -> TestResult {
+    let block = BlockId::number(block);
+    let stored = vault.getStream(id).block(block).call().await?;
+    assert_eq!(stored.balance, mirror.balance, "{step}: balance");
+    assert_eq!(stored.withdrawn, mirror.withdrawn, "{step}: withdrawn");
+    assert_eq!(stored.snapshotDebtScaled, mirror.snapshot_debt_scaled, "{step}: snapshot debt");
+    assert_eq!(stored.snapshotTime.to::<u64>(), mirror.snapshot_time, "{step}: snapshot time");
+    assert_eq!(stored.ratePerSecond.to::<u128>(), mirror.rate_per_second, "{step}: rate");
+    assert_eq!((stored.paused, stored.closed), (mirror.paused, mirror.closed), "{step}: flags");
+    let debt = vault.totalDebt(id).block(block).call().await?;
+    assert_eq!(debt, mirror.total_debt(at), "{step}: total debt");
+    let covered = vault.coveredDebt(id).block(block).call().await?;
+    assert_eq!(covered, U256::from(mirror.covered_debt(at)), "{step}: covered debt");
+    let uncovered = vault.uncoveredDebt(id).block(block).call().await?;
+    assert_eq!(uncovered, mirror.uncovered_debt(at), "{step}: uncovered debt");
+    let refundable = vault.refundable(id).block(block).call().await?;
+    assert_eq!(refundable, U256::from(mirror.refundable(at)), "{step}: refundable");
+    let depletion = vault.depletionTime(id).block(block).call().await?;
+    assert_eq!(depletion, U256::from(mirror.depletion_time(at)), "{step}: depletion time");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_mirror_equals_the_vault_to_the_base_unit() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    confirm(usdc.mint(payer, U256::from(10u128.pow(18))).send().await?).await?;
+    confirm(usdc.approve(deployment.stream_vault, U256::MAX).from(payer).send().await?).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut t =
+        provider.get_block_by_number(Default::default()).await?.ok_or("no head")?.header.timestamp;
+    let mut checked = 0;
+    for round in 0..3 {
+        // 1 USDC/s, then slow odd rates that leave fractions of a base unit most seconds.
+        let rate: u128 = match round {
+            0 => 1_000_000_000_000_000_000,
+            _ => u128::from(rng.below(10_000_000_000_000)) + 1,
+        };
+        let deposit = u128::from(rng.below(1_000_000_000)) + 1;
+        t += 1;
+        provider.anvil_set_next_block_timestamp(t).await?;
+        let call = vault
+            .open(payee, deployment.usdc, U96::from(rate), operator, U96::ZERO, U96::ZERO, deposit)
+            .from(payer);
+        let mut block = confirm(call.send().await?).await?;
+        let id = vault.nextStreamId().call().await? - U256::from(1);
+        let mut mirror =
+            StreamState::opened(payer, payee, deployment.usdc, operator, 6, rate, 0, 0, t)?;
+        mirror.deposit(deposit)?;
+        compare(&vault, id, &mirror, block, t, "open").await?;
+
+        for step in 0..40 {
+            t += 1 + rng.below(5_000);
+            provider.anvil_set_next_block_timestamp(t).await?;
+            let by_operator = rng.below(2) == 0;
+            let name = match rng.below(7) {
+                0 => {
+                    let amount = u128::from(rng.below(100_000_000)) + 1;
+                    block = confirm(vault.deposit(id, amount).from(payer).send().await?).await?;
+                    mirror.deposit(amount)?;
+                    "deposit"
+                }
+                1 => {
+                    let available = mirror.covered_debt(t);
+                    if available == 0 {
+                        block = mine(provider).await?;
+                        "wait"
+                    } else {
+                        let amount = u128::from(rng.below(u64::try_from(available)?)) + 1;
+                        let from = if by_operator { operator } else { payee };
+                        block =
+                            confirm(vault.withdraw(id, amount).from(from).send().await?).await?;
+                        mirror.withdraw(amount, t)?;
+                        "withdraw"
+                    }
+                }
+                2 => {
+                    let available = mirror.refundable(t);
+                    if available == 0 {
+                        block = mine(provider).await?;
+                        "wait"
+                    } else {
+                        let amount = u128::from(rng.below(u64::try_from(available)?)) + 1;
+                        block = confirm(vault.refund(id, amount).from(payer).send().await?).await?;
+                        mirror.refund(amount, t)?;
+                        "refund"
+                    }
+                }
+                3 => {
+                    let from = if by_operator { operator } else { payer };
+                    if mirror.paused {
+                        block = confirm(vault.resume(id).from(from).send().await?).await?;
+                        mirror.resume(t)?;
+                        "resume"
+                    } else {
+                        block = confirm(vault.pause(id).from(from).send().await?).await?;
+                        mirror.pause(t)?;
+                        "pause"
+                    }
+                }
+                4 => {
+                    let rate = u128::from(rng.below(10_000_000_000_000)) + 1;
+                    block =
+                        confirm(vault.adjustRate(id, U96::from(rate)).from(payer).send().await?)
+                            .await?;
+                    mirror.adjust_rate(rate, t)?;
+                    "adjust rate"
+                }
+                5 => {
+                    let amount = mirror.covered_debt(t);
+                    block =
+                        confirm(vault.withdrawBatch(vec![id]).from(operator).send().await?).await?;
+                    if amount > 0 {
+                        mirror.withdraw(amount, t)?;
+                    }
+                    "batch withdraw"
+                }
+                _ => {
+                    block = mine(provider).await?;
+                    "wait"
+                }
+            };
+            compare(&vault, id, &mirror, block, t, &format!("round {round} step {step} {name}"))
+                .await?;
+            checked += 1;
+        }
+        t += 1 + rng.below(5_000);
+        provider.anvil_set_next_block_timestamp(t).await?;
+        block = confirm(vault.close(id).from(operator).send().await?).await?;
+        mirror.close(t)?;
+        compare(&vault, id, &mirror, block, t, "close").await?;
+    }
+    assert_eq!(checked, 120);
+    Ok(())
+}
