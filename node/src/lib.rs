@@ -23,8 +23,7 @@ pub use config::{
 pub use error::NodeError;
 pub use launch::{NodeHandle, connect, launch};
 pub use paymaster::{
-    PaymasterAction, PaymasterCommandConfig, PaymasterCommandOutput, PaymasterReport,
-    run_paymaster_command,
+    PaymasterAction, PaymasterCommandConfig, PaymasterCommandOutput, run_paymaster_command,
 };
 pub use storage::Storage;
 pub use streams::{NEVER_DEPLETES, StreamError, StreamState};

@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use alloy::{
     network::EthereumWallet,
     primitives::{Address, B256, U256},
-    providers::{Provider, ProviderBuilder},
+    providers::ProviderBuilder,
     signers::local::PrivateKeySigner,
 };
 use serde::{Deserialize, Serialize};
-use settled_contracts::{Deployment, EntryPointVersion, SponsorPaymaster};
-use settled_paymaster::{PaymasterAccount, SponsorshipPolicy, paymaster_accounts};
+use settled_contracts::{Deployment, EntryPointVersion};
+use settled_paymaster::{
+    PaymasterReport, SponsorshipPolicy, TreasuryError, deposit, paymaster_reports, withdraw,
+};
 
 use crate::{
     config::{NodeConfig, SecretKey},
@@ -51,24 +53,13 @@ pub(crate) fn paymaster_signer(
     Ok(load_key(settings.key.as_ref(), settings.key_file.as_deref(), "paymaster key")?.or(dev_key))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoliciesFile {
-    #[serde(default)]
-    policies: Vec<SponsorshipPolicy>,
-}
-
 /// The configured policies: those given directly plus the policies file's.
 pub(crate) fn policies(config: &NodeConfig) -> Result<Vec<SponsorshipPolicy>, NodeError> {
     let mut policies = config.paymaster.policies.clone();
     if let Some(path) = &config.paymaster.policies_file {
-        let invalid = |reason: String| NodeError::Policies { path: path.clone(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-        let file: PoliciesFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        for policy in file.policies {
-            policy.validate().map_err(|e| invalid(format!("policy {:?}: {e}", policy.id)))?;
-            policies.push(policy);
-        }
+        let loaded = SponsorshipPolicy::load_file(path)
+            .map_err(|reason| NodeError::Policies { path: path.clone(), reason })?;
+        policies.extend(loaded);
     }
     Ok(policies)
 }
@@ -126,19 +117,6 @@ pub struct PaymasterCommandConfig {
     pub action: PaymasterAction,
 }
 
-/// One paymaster as `settled paymaster status` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymasterReport {
-    /// Deposit and stake.
-    #[serde(flatten)]
-    pub account: PaymasterAccount,
-    /// The signer the contract accepts.
-    pub signer: Address,
-    /// The contract's owner.
-    pub owner: Address,
-}
-
 /// What a paymaster command printed: every paymaster's state after it ran, and its transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -157,7 +135,7 @@ pub async fn run_paymaster_command(
     let deployment = Deployment::load(&command.deployment)?;
     let provider = connect(&command.rpc_url, std::time::Duration::from_secs(5)).await?;
     deployment.verify(&provider).await?;
-    let failed = |e: &dyn std::fmt::Display| NodeError::PaymasterCommand(e.to_string());
+    let failed = |e: TreasuryError| NodeError::PaymasterCommand(e.to_string());
     let transaction = match &command.action {
         PaymasterAction::Status => None,
         PaymasterAction::Deposit { version, amount, key, key_file }
@@ -169,40 +147,20 @@ pub async fn run_paymaster_command(
                     )
                 })?;
             let from = signer.address();
-            let wallet_provider = ProviderBuilder::new()
+            let wallet = ProviderBuilder::new()
                 .wallet(EthereumWallet::from(signer))
                 .connect_provider(provider.clone());
-            let paymaster = SponsorPaymaster::new(deployment.paymaster(*version), &wallet_provider);
-            let call = match &command.action {
+            let paymaster = deployment.paymaster(*version);
+            let hash = match &command.action {
                 PaymasterAction::Withdraw { to, .. } => {
-                    paymaster.withdrawTo(to.unwrap_or(from), *amount).into_transaction_request()
+                    withdraw(&wallet, paymaster, to.unwrap_or(from), *amount).await
                 }
-                _ => paymaster.deposit().value(*amount).into_transaction_request(),
+                _ => deposit(&wallet, paymaster, *amount).await,
             };
-            let receipt = wallet_provider
-                .send_transaction(call)
-                .await
-                .map_err(|e| failed(&e))?
-                .get_receipt()
-                .await
-                .map_err(|e| failed(&e))?;
-            if !receipt.status() {
-                return Err(NodeError::PaymasterCommand(format!(
-                    "transaction {} reverted (is {from} the paymaster's owner, with enough ETH?)",
-                    receipt.transaction_hash
-                )));
-            }
-            Some(receipt.transaction_hash)
+            Some(hash.map_err(failed)?)
         }
     };
     let versions = EntryPointVersion::ALL.map(|v| (v, deployment.paymaster(v)));
-    let accounts = paymaster_accounts(&provider, &versions).await.map_err(|e| failed(&e))?;
-    let mut paymasters = Vec::with_capacity(accounts.len());
-    for account in accounts {
-        let contract = SponsorPaymaster::new(account.paymaster, &provider);
-        let signer = contract.signer().call().await.map_err(|e| failed(&e))?;
-        let owner = contract.owner().call().await.map_err(|e| failed(&e))?;
-        paymasters.push(PaymasterReport { account, signer, owner });
-    }
+    let paymasters = paymaster_reports(&provider, &versions).await.map_err(failed)?;
     Ok(PaymasterCommandOutput { transaction, paymasters })
 }

@@ -9,6 +9,7 @@
 //! * [`PaymasterSigner`]: the key and the `paymasterData` layout of `SponsorPaymaster`.
 //! * [`Paymaster`]: ERC-7677 requests → checks → reservation → signature → denial-of-wallet
 //!   guard (revm validation and execution), plus the chain-following [`Paymaster::run`].
+//! * Treasury: [`paymaster_reports`], [`deposit`], [`withdraw`] for operators.
 //! * [`paymaster_module`]: `pm_getPaymasterStubData`, `pm_getPaymasterData` and the admin
 //!   `paymaster_*` methods; [`PaymasterError`] → JSON-RPC codes at this edge only.
 
@@ -19,6 +20,7 @@ mod policy;
 mod rpc;
 mod service;
 mod signer;
+mod treasury;
 
 pub use error::PaymasterError;
 pub use ledger::{
@@ -32,8 +34,11 @@ pub use policy::{
 pub use rpc::{UsageReport, paymaster_module};
 pub use service::{
     Paymaster, PaymasterAccount, PaymasterConfig, PaymasterData, PaymasterStatus, Sponsor,
-    SponsorshipContext, StubData, paymaster_accounts,
+    SponsorshipContext, StubData,
 };
 pub use signer::{
     PAYMASTER_DATA_LENGTH, PaymasterSigner, SponsorshipTerms, sponsorship_hash, stub_paymaster_data,
+};
+pub use treasury::{
+    PaymasterReport, TreasuryError, deposit, paymaster_accounts, paymaster_reports, withdraw,
 };

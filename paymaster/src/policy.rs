@@ -275,6 +275,22 @@ impl SponsorshipPolicy {
         Ok(())
     }
 
+    /// The `[[policies]]` of a TOML file, each validated.
+    pub fn load_file(path: &std::path::Path) -> Result<Vec<Self>, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PoliciesFile {
+            #[serde(default)]
+            policies: Vec<SponsorshipPolicy>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let file: PoliciesFile = toml::from_str(&text).map_err(|e| e.to_string())?;
+        for policy in &file.policies {
+            policy.validate().map_err(|e| format!("policy {:?}: {e}", policy.id))?;
+        }
+        Ok(file.policies)
+    }
+
     /// Checks the policy itself (used before a policy set over RPC takes effect).
     pub fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() || self.id.len() > 128 {
@@ -411,6 +427,29 @@ mod tests {
         assert_eq!(policy.allowed_calls[0].selectors, vec![APPROVE]);
         assert!(policy.validate().is_ok());
         assert!(SponsorshipPolicy { period_secs: 0, ..policy }.validate().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn policies_files_load_or_say_what_is_wrong() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("policies.toml");
+        std::fs::write(
+            &path,
+            "[[policies]]\nid = \"a\"\n[[policies]]\nid = \"b\"\nmaxOpsPerSender = 3\n",
+        )?;
+        let loaded = SponsorshipPolicy::load_file(&path)?;
+        assert_eq!(loaded.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        for (text, expect) in [
+            ("[[policies]]\nid = \"a\"\nmaxOps = 1\n", "unknown field"),
+            ("[[policies]]\nid = \"a\"\nperiodSecs = 0\n", "periodSecs must be positive"),
+            ("[[policy]]\nid = \"a\"\n", "unknown field"),
+        ] {
+            std::fs::write(&path, text)?;
+            let err = SponsorshipPolicy::load_file(&path).err().ok_or("accepted a bad file")?;
+            assert!(err.contains(expect), "{err} should mention {expect}");
+        }
+        assert!(SponsorshipPolicy::load_file(&dir.path().join("missing.toml")).is_err());
         Ok(())
     }
 }

@@ -27,6 +27,7 @@ use crate::{
     metrics,
     policy::{PolicyRule, Rejection, SponsorshipPolicy, max_cost},
     signer::{PaymasterSigner, STUB_SIGNATURE, SponsorshipTerms, stub_paymaster_data},
+    treasury::paymaster_accounts,
 };
 
 /// The account signature the guard simulates an unsigned op with: accounts such as SimpleAccount
@@ -741,27 +742,4 @@ fn record<T>(result: &Result<T, PaymasterError>) {
 /// Wei as a float for gauges (exact up to 2^53 wei; the ledger itself is exact).
 fn wei_f64(wei: U256) -> f64 {
     f64::from(wei)
-}
-
-/// The deposit and stake of each paymaster at its EntryPoint.
-pub async fn paymaster_accounts(
-    provider: &DynProvider,
-    paymasters: &[(EntryPointVersion, Address)],
-) -> Result<Vec<PaymasterAccount>, alloy::contract::Error> {
-    let mut accounts = Vec::with_capacity(paymasters.len());
-    for (version, paymaster) in paymasters {
-        let entry_point = version.canonical_address();
-        let info =
-            v07::IEntryPoint::new(entry_point, provider).getDepositInfo(*paymaster).call().await?;
-        accounts.push(PaymasterAccount {
-            entry_point,
-            paymaster: *paymaster,
-            deposit: info.deposit,
-            staked: info.staked,
-            stake: U256::from(info.stake),
-            unstake_delay_sec: info.unstakeDelaySec,
-            withdraw_time: info.withdrawTime.to::<u64>(),
-        })
-    }
-    Ok(accounts)
 }
