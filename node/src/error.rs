@@ -88,6 +88,9 @@ pub enum NodeError {
         /// What is wrong.
         reason: String,
     },
+    /// The stream index could not open.
+    #[error(transparent)]
+    Streams(#[from] crate::streams::IndexError),
     /// A `settled paymaster` command failed.
     #[error("paymaster command: {0}")]
     PaymasterCommand(String),

@@ -26,6 +26,7 @@ use crate::{
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
     storage::Storage,
+    streams::StreamIndex,
 };
 
 /// A running node. Dropping it does not stop it: cancel its token (or call
@@ -44,6 +45,7 @@ pub struct NodeHandle {
     anvil: Option<LocalAnvil>,
     bundler: Option<Bundler>,
     paymaster: Option<Paymaster>,
+    streams: Option<std::sync::Arc<StreamIndex>>,
 }
 
 /// The bundler's key: the configured one (environment or file), else the dev chain's.
@@ -172,6 +174,22 @@ pub async fn launch(
         }
         _ => None,
     };
+    let streams = if deployment.stream_vault.is_zero() {
+        None
+    } else {
+        let db = storage.db().clone();
+        let (vault, depth) = (deployment.stream_vault, config.chain.reorg_depth);
+        let index = tokio::task::spawn_blocking(move || StreamIndex::open(&db, vault, depth))
+            .await
+            .map_err(|e| NodeError::Storage {
+                path: config.datadir.clone(),
+                reason: e.to_string(),
+            })??;
+        index.announce();
+        let index = std::sync::Arc::new(index);
+        tasks.push(tokio::spawn(index.clone().run(follower.subscribe(), cancel.clone())));
+        Some(index)
+    };
     let follower = follower.spawn(cancel.child_token());
 
     let mut module = rpc::node_module(chain_id, follower.head_watch())?;
@@ -217,6 +235,7 @@ pub async fn launch(
         anvil,
         bundler,
         paymaster,
+        streams,
     })
 }
 
@@ -304,6 +323,11 @@ impl NodeHandle {
     /// The bundler, when it runs.
     pub fn bundler(&self) -> Option<&Bundler> {
         self.bundler.as_ref()
+    }
+
+    /// The stream index, when the deployment has a `StreamVault`.
+    pub fn streams(&self) -> Option<&StreamIndex> {
+        self.streams.as_deref()
     }
 
     /// The paymaster, when it runs.

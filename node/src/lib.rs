@@ -26,4 +26,6 @@ pub use paymaster::{
     PaymasterAction, PaymasterCommandConfig, PaymasterCommandOutput, run_paymaster_command,
 };
 pub use storage::Storage;
-pub use streams::{NEVER_DEPLETES, StreamError, StreamState};
+pub use streams::{
+    IndexCursor, IndexError, NEVER_DEPLETES, StreamError, StreamId, StreamIndex, StreamState,
+};

@@ -192,3 +192,81 @@ async fn rust_mirror_equals_the_vault_to_the_base_unit() -> TestResult {
     assert_eq!(checked, 120);
     Ok(())
 }
+
+/// Waits until the node's stream index has applied `block`.
+async fn indexed(node: &settled_tests::TestNode, block: u64) -> TestResult {
+    let index = node.node()?.streams().ok_or("no stream index")?;
+    for _ in 0..100 {
+        if index.cursor()?.is_some_and(|c| c.number >= block) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(format!("the stream index did not reach block {block}").into())
+}
+
+/// The node's index follows the vault's events: after each operation (and after a reorg that
+/// removes one) the indexed stream equals the contract's, and its views at a later second equal
+/// the contract's at that second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_indexes_streams_from_events_and_unwinds_reorgs() -> TestResult {
+    let node = settled_tests::TestNode::spawn().await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    confirm(usdc.mint(payer, U256::from(10u128.pow(15))).send().await?).await?;
+    confirm(usdc.approve(deployment.stream_vault, U256::MAX).from(payer).send().await?).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    let index = node.node()?.streams().ok_or("no stream index")?;
+
+    let rate = 123_456_789_012u128; // slow and odd: fractions of a base unit accrue
+    let open = vault
+        .open(payee, deployment.usdc, U96::from(rate), operator, U96::ZERO, U96::ZERO, 5_000_000)
+        .from(payer);
+    let mut block = confirm(open.send().await?).await?;
+    let id = vault.nextStreamId().call().await? - U256::from(1);
+    for step in 0..6 {
+        provider.anvil_increase_time(777).await?;
+        block = match step {
+            0 | 3 => confirm(vault.withdrawBatch(vec![id]).from(operator).send().await?).await?,
+            1 => confirm(vault.pause(id).from(operator).send().await?).await?,
+            2 => confirm(vault.resume(id).from(payer).send().await?).await?,
+            4 => {
+                confirm(vault.adjustRate(id, U96::from(rate / 3)).from(operator).send().await?)
+                    .await?
+            }
+            _ => confirm(vault.refund(id, 1_000).from(payer).send().await?).await?,
+        };
+        indexed(&node, block).await?;
+        let mirror = index.get(id.to::<u64>())?.ok_or("stream not indexed")?;
+        let at =
+            provider.get_block_by_number(block.into()).await?.ok_or("no block")?.header.timestamp;
+        compare(&vault, id, &mirror, block, at, &format!("indexed step {step}")).await?;
+    }
+
+    // Reorg out the last operation: the index returns to the state before it.
+    let before = {
+        let parent = block - 1;
+        vault.getStream(id).block(BlockId::number(parent)).call().await?
+    };
+    provider.raw_request::<_, ()>("anvil_reorg".into(), (1u64, Vec::<()>::new())).await?;
+    let mut restored = false;
+    for _ in 0..100 {
+        let state = index.get(id.to::<u64>())?.ok_or("stream lost")?;
+        if state.balance == before.balance && state.snapshot_time == before.snapshotTime.to::<u64>()
+        {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(restored, "the reorged-out refund was unwound");
+    let head = provider.get_block_number().await?;
+    indexed(&node, head).await?;
+    let mirror = index.get(id.to::<u64>())?.ok_or("stream lost")?;
+    let at = provider.get_block_by_number(head.into()).await?.ok_or("no block")?.header.timestamp;
+    compare(&vault, id, &mirror, head, at, "after the reorg").await?;
+    node.shutdown().await
+}

@@ -63,6 +63,7 @@ contract StreamVault {
         address indexed payer,
         address indexed payee,
         address token,
+        uint8 decimals,
         address operator,
         uint96 ratePerSecond,
         uint96 maxRate,
@@ -175,7 +176,9 @@ contract StreamVault {
         s.maxRate = maxRate;
         s.operator = operator;
         s.maxTotal = maxTotal;
-        emit StreamOpened(streamId, msg.sender, payee, address(token), operator, ratePerSecond, maxRate, maxTotal);
+        emit StreamOpened(
+            streamId, msg.sender, payee, address(token), decimals, operator, ratePerSecond, maxRate, maxTotal
+        );
         if (amount != 0) _deposit(streamId, s, amount);
     }
 
