@@ -25,8 +25,8 @@ use clap::{
 use settled_contracts::AnvilOptions;
 
 use crate::config::{
-    BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig,
-    NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
+    BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT,
+    DEFAULT_RPC_PORT, DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
 };
 use crate::paymaster::{PaymasterAction, PaymasterCommandConfig};
 
@@ -203,6 +203,11 @@ pub struct NodeArgs {
     /// the server on loopback or behind an authenticating proxy.
     #[arg(long = "rpc.admin", env = "SETTLED_RPC_ADMIN")]
     pub rpc_admin: bool,
+
+    /// TOML file of billing API keys (`[[keys]]`: name, keccak256 of the token, payees or
+    /// `all = true`) for the `stream_*` JSON-RPC.
+    #[arg(long = "billing.api-keys-file", env = "SETTLED_BILLING_API_KEYS_FILE")]
+    pub billing_api_keys_file: Option<PathBuf>,
 
     /// Do not run the paymaster.
     #[arg(long = "paymaster.disable", env = "SETTLED_PAYMASTER_DISABLE")]
@@ -575,6 +580,10 @@ impl NodeArgs {
                 validity_secs: self.paymaster_validity_secs.max(1),
                 daily_budget_wei: self.paymaster_daily_budget_wei,
                 low_deposit_wei: self.paymaster_low_deposit_wei,
+            },
+            billing: BillingSettings {
+                api_keys_file: self.billing_api_keys_file,
+                api_keys: Vec::new(),
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })

@@ -24,6 +24,17 @@ pub struct NodeConfig {
     pub bundler: BundlerSettings,
     /// The gas-sponsoring paymaster.
     pub paymaster: PaymasterSettings,
+    /// The billing RPC (`stream_*`).
+    pub billing: BillingSettings,
+}
+
+/// Who may use the billing RPC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BillingSettings {
+    /// A TOML file of `[[keys]]` (name, keccak256 of the token, payees or `all`).
+    pub api_keys_file: Option<PathBuf>,
+    /// Keys given directly (embedders, tests); the file's are added.
+    pub api_keys: Vec<crate::streams::ApiKey>,
 }
 
 /// The paymaster's node-level settings (its engine settings are
@@ -184,6 +195,7 @@ impl Default for NodeConfig {
             chain: ChainConfig::default(),
             bundler: BundlerSettings::default(),
             paymaster: PaymasterSettings::default(),
+            billing: BillingSettings::default(),
         }
     }
 }
@@ -236,6 +248,7 @@ impl NodeConfig {
             chain: ChainConfig { poll_interval: Duration::from_millis(100), ..Default::default() },
             bundler: BundlerSettings { interval: Duration::from_millis(100), ..Default::default() },
             paymaster: PaymasterSettings::default(),
+            billing: BillingSettings::default(),
         }
     }
 

@@ -91,6 +91,14 @@ pub enum NodeError {
     /// The stream index could not open.
     #[error(transparent)]
     Streams(#[from] crate::streams::IndexError),
+    /// The billing API keys file is unreadable or invalid.
+    #[error("billing API keys file {path}: {reason}")]
+    ApiKeys {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A `settled paymaster` command failed.
     #[error("paymaster command: {0}")]
     PaymasterCommand(String),

@@ -26,7 +26,7 @@ use crate::{
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
     storage::Storage,
-    streams::StreamIndex,
+    streams::{StreamIndex, api_keys, billing_module},
 };
 
 /// A running node. Dropping it does not stop it: cancel its token (or call
@@ -201,6 +201,14 @@ pub async fn launch(
     }
     if let Some(paymaster) = &paymaster {
         module.merge(paymaster_module(paymaster.clone(), config.rpc.admin)?).map_err(merge)?;
+    }
+    if let Some(index) = &streams {
+        let keys = api_keys(&config.billing.api_keys, config.billing.api_keys_file.as_deref())
+            .map_err(|reason| NodeError::ApiKeys {
+                path: config.billing.api_keys_file.clone().unwrap_or_default(),
+                reason,
+            })?;
+        module.merge(billing_module(index.clone(), keys)).map_err(merge)?;
     }
 
     let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;

@@ -17,8 +17,8 @@ mod streams;
 
 pub use cli::{Action, Cli, CliError, Command, LogConfig};
 pub use config::{
-    BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig,
-    NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
+    BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT,
+    DEFAULT_RPC_PORT, DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
 };
 pub use error::NodeError;
 pub use launch::{NodeHandle, connect, launch};
@@ -27,5 +27,6 @@ pub use paymaster::{
 };
 pub use storage::Storage;
 pub use streams::{
-    IndexCursor, IndexError, NEVER_DEPLETES, StreamError, StreamId, StreamIndex, StreamState,
+    ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, StreamError, StreamId, StreamIndex,
+    StreamPage, StreamState, StreamView, billing_codes, billing_module,
 };

@@ -16,7 +16,7 @@ use serde::Serialize;
 use settled_contracts::BlockRef;
 use tokio::sync::watch;
 
-use crate::{config::RpcConfig, error::NodeError};
+use crate::{config::RpcConfig, error::NodeError, streams::BearerLayer};
 
 /// The node's identification in `web3_clientVersion`.
 pub(crate) const CLIENT_VERSION: &str = concat!("settled/v", env!("CARGO_PKG_VERSION"));
@@ -79,7 +79,7 @@ pub(crate) async fn serve(
         .build();
     let server = Server::builder()
         .set_config(server_config)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(health))
+        .set_http_middleware(tower::ServiceBuilder::new().layer(health).layer(BearerLayer))
         .build(config.addr)
         .await
         .map_err(bind)?;

@@ -270,3 +270,165 @@ async fn the_node_indexes_streams_from_events_and_unwinds_reorgs() -> TestResult
     compare(&vault, id, &mirror, head, at, "after the reorg").await?;
     node.shutdown().await
 }
+
+/// A `stream_*` call with `token` as the bearer API key (none: no header).
+async fn billing(
+    node: &settled_tests::TestNode,
+    token: Option<&str>,
+    method: &str,
+    params: serde_json::Value,
+) -> TestResult<Result<serde_json::Value, (i64, String)>> {
+    let body = serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    let mut request =
+        alloy::transports::http::reqwest::Client::new().post(node.node()?.rpc_url()).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response: serde_json::Value = request.send().await?.json().await?;
+    Ok(match response.get("error") {
+        Some(e) => Err((
+            e["code"].as_i64().unwrap_or_default(),
+            e["message"].as_str().unwrap_or_default().to_string(),
+        )),
+        None => Ok(response["result"].clone()),
+    })
+}
+
+fn decimal(value: &serde_json::Value) -> TestResult<U256> {
+    Ok(value.as_str().ok_or("not a decimal string")?.parse::<U256>()?)
+}
+
+/// The billing RPC's read side: API keys (missing, unknown, out of scope), exact balances now
+/// and at a future second equal to the contract's at that second, pagination, bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_reads_exact_balances_behind_api_keys() -> TestResult {
+    use settled_node::{ApiKey, billing_codes as codes};
+    // Anvil's dev account 4 (the mnemonic is fixed), the payee the vendor key may see.
+    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+    let keys = vec![
+        ApiKey {
+            name: "vendor".into(),
+            keccak256: alloy::primitives::keccak256(b"vendor-token"),
+            payees: vec![payee],
+            all: false,
+        },
+        ApiKey {
+            name: "other".into(),
+            keccak256: alloy::primitives::keccak256(b"other-token"),
+            payees: vec![alloy::primitives::Address::repeat_byte(9)],
+            all: false,
+        },
+    ];
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.api_keys = keys;
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, operator) = (chain.account(3)?, chain.account(5)?);
+    assert_eq!(chain.account(4)?, payee, "dev accounts are deterministic");
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    confirm(usdc.mint(payer, U256::from(10u128.pow(15))).send().await?).await?;
+    confirm(usdc.approve(deployment.stream_vault, U256::MAX).from(payer).send().await?).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    let rate = 1_234_567_890_123u128;
+    let mut ids = Vec::new();
+    let mut block = 0;
+    for deposit in [1_000_000u128, 2_000_000] {
+        let open = vault
+            .open(payee, deployment.usdc, U96::from(rate), operator, U96::ZERO, U96::ZERO, deposit)
+            .from(payer);
+        block = confirm(open.send().await?).await?;
+        ids.push((vault.nextStreamId().call().await? - U256::from(1)).to::<u64>());
+    }
+    provider.anvil_increase_time(1_000).await?;
+    block = mine(provider).await?.max(block);
+    indexed(&node, block).await?;
+    let id = ids[0].to_string();
+
+    // Keys.
+    for (token, code) in [
+        (None, codes::UNAUTHORIZED),
+        (Some("wrong"), codes::UNAUTHORIZED),
+        (Some("other-token"), codes::FORBIDDEN),
+    ] {
+        let answer = billing(&node, token, "stream_get", serde_json::json!([id])).await?;
+        assert_eq!(answer.err().map(|e| e.0), Some(i64::from(code)), "{token:?}");
+    }
+
+    // Now: equal to the contract at the indexed block.
+    let view = billing(&node, Some("vendor-token"), "stream_get", serde_json::json!([id]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let at_block = BlockId::number(block);
+    let sid = U256::from(ids[0]);
+    assert_eq!(decimal(&view["totalDebt"])?, vault.totalDebt(sid).block(at_block).call().await?);
+    assert_eq!(
+        decimal(&view["coveredDebt"])?,
+        vault.coveredDebt(sid).block(at_block).call().await?
+    );
+    assert_eq!(decimal(&view["refundable"])?, vault.refundable(sid).block(at_block).call().await?);
+    assert_eq!(view["rateScale"], serde_json::json!(18));
+    assert_eq!(view["status"], serde_json::json!("active"));
+
+    // A future second: computed by the node now, checked when the chain gets there.
+    let now = provider.get_block_by_number(block.into()).await?.ok_or("no block")?.header.timestamp;
+    let later = now + 86_400 * 3;
+    let future =
+        billing(&node, Some("vendor-token"), "stream_balanceAt", serde_json::json!([id, later]))
+            .await?
+            .map_err(|e| format!("{e:?}"))?;
+    provider.anvil_set_next_block_timestamp(later).await?;
+    let there = BlockId::number(mine(provider).await?);
+    assert_eq!(decimal(&future["totalDebt"])?, vault.totalDebt(sid).block(there).call().await?);
+    assert_eq!(decimal(&future["coveredDebt"])?, vault.coveredDebt(sid).block(there).call().await?);
+    assert_eq!(
+        decimal(&future["uncoveredDebt"])?,
+        vault.uncoveredDebt(sid).block(there).call().await?
+    );
+    let depletion = vault.depletionTime(sid).block(at_block).call().await?;
+    assert_eq!(view["depletionTime"].as_u64().map(U256::from), Some(depletion));
+
+    // Pages of one.
+    let first = billing(
+        &node,
+        Some("vendor-token"),
+        "stream_list",
+        serde_json::json!([{ "payee": payee, "limit": 1 }]),
+    )
+    .await?
+    .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(first["streams"][0]["id"], serde_json::json!(ids[0].to_string()));
+    let cursor = first["nextCursor"].clone();
+    let second = billing(
+        &node,
+        Some("vendor-token"),
+        "stream_list",
+        serde_json::json!([{ "payee": payee, "limit": 1, "cursor": cursor }]),
+    )
+    .await?
+    .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(second["streams"][0]["id"], serde_json::json!(ids[1].to_string()));
+    assert_eq!(second["nextCursor"], serde_json::Value::Null);
+    let hidden = billing(&node, Some("other-token"), "stream_list", serde_json::json!([]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(hidden["streams"], serde_json::json!([]), "out-of-scope streams are not listed");
+
+    // Bad input.
+    let invalid = i64::from(codes::INVALID_PARAMS);
+    for (method, params) in [
+        ("stream_get", serde_json::json!(["abc"])),
+        ("stream_get", serde_json::json!(["999"])),
+        ("stream_get", serde_json::json!([])),
+        ("stream_balanceAt", serde_json::json!([id, now - 5_000])),
+        ("stream_list", serde_json::json!([{ "limit": 0 }])),
+        ("stream_list", serde_json::json!([{ "status": "sleeping" }])),
+        ("stream_list", serde_json::json!([{ "surprise": 1 }])),
+    ] {
+        let answer = billing(&node, Some("vendor-token"), method, params.clone()).await?;
+        assert_eq!(answer.err().map(|e| e.0), Some(invalid), "{method} {params}");
+    }
+    node.shutdown().await
+}

@@ -2,10 +2,14 @@
 //!
 //! So far: [`StreamState`], the vault's accrual math in Rust, equal to the contract to the base
 //! unit (differential-tested against it on Anvil), and [`StreamIndex`], every stream mirrored in
-//! sled from the vault's events, reorg-safe. The billing RPC and alerts build on them.
+//! sled from the vault's events, reorg-safe, and the read side of the billing RPC
+//! ([`billing_module`]: `stream_get`, `stream_list`, `stream_balanceAt`, behind API keys).
 
 mod accrual;
 mod index;
+mod rpc;
 
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex};
+pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, billing_module, codes as billing_codes};
+pub(crate) use rpc::{BearerLayer, api_keys};

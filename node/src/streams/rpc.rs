@@ -1,0 +1,363 @@
+//! The billing JSON-RPC (`stream_*`), read side: streams as the node's index mirrors them, with
+//! exact balances at any second. Every call needs an API key (`Authorization: Bearer <token>`);
+//! keys are configured by their keccak-256 hash, each with the payees it may see.
+//!
+//! Amounts are decimal strings in the token's base units; `ratePerSecond` is a decimal string
+//! scaled to 18 decimals (`rateScale: 18`).
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use alloy::primitives::{Address, B256, keccak256};
+use jsonrpsee::{
+    Extensions, RpcModule,
+    types::{ErrorObject, ErrorObjectOwned, Params},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    accrual::StreamState,
+    index::{IndexError, StreamId, StreamIndex},
+};
+
+/// JSON-RPC error codes of the billing namespace.
+pub mod codes {
+    /// Malformed parameters, unknown stream, a time before the stream's last change.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// No API key, or one the node does not know.
+    pub const UNAUTHORIZED: i32 = -32001;
+    /// The key may not see this stream (its payee is outside the key's scope).
+    pub const FORBIDDEN: i32 = -32003;
+    /// The node failed.
+    pub const INTERNAL: i32 = -32603;
+}
+
+/// One configured API key: a name, the keccak-256 of its token, the payees it may see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKey {
+    /// For logs and operators.
+    pub name: String,
+    /// keccak-256 of the bearer token (the token itself is never stored).
+    pub keccak256: B256,
+    /// Payees whose streams the key may see; empty means none, `all = true` means every payee.
+    #[serde(default)]
+    pub payees: Vec<Address>,
+    /// Every payee.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl ApiKey {
+    fn may_see(&self, payee: Address) -> bool {
+        self.all || self.payees.contains(&payee)
+    }
+
+    /// The `[[keys]]` of a TOML file.
+    pub fn load_file(path: &Path) -> Result<Vec<Self>, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct KeysFile {
+            #[serde(default)]
+            keys: Vec<ApiKey>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let file: KeysFile = toml::from_str(&text).map_err(|e| e.to_string())?;
+        Ok(file.keys)
+    }
+}
+
+/// The bearer token of an HTTP request, put in the request's extensions by [`BearerLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct BearerToken(String);
+
+/// Tower layer: copies `Authorization: Bearer <token>` into the request's extensions, where the
+/// `stream_*` methods find it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BearerLayer;
+
+impl<S> tower::Layer<S> for BearerLayer {
+    type Service = BearerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerService { inner }
+    }
+}
+
+/// See [`BearerLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct BearerService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<hyper::Request<B>> for BearerService<S>
+where
+    S: tower::Service<hyper::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: hyper::Request<B>) -> Self::Future {
+        let token = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| BearerToken(t.trim().to_string()));
+        if let Some(token) = token {
+            request.extensions_mut().insert(token);
+        }
+        self.inner.call(request)
+    }
+}
+
+/// A stream as the billing RPC shows it, with its balances at `at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamView {
+    /// The stream id.
+    pub id: String,
+    /// Funds it.
+    pub payer: Address,
+    /// Earns from it.
+    pub payee: Address,
+    /// The token.
+    pub token: Address,
+    /// The vendor's node.
+    pub operator: Address,
+    /// Token decimals.
+    pub decimals: u8,
+    /// Rate, scaled by 10^`rateScale`, per second.
+    pub rate_per_second: String,
+    /// Always 18.
+    pub rate_scale: u8,
+    /// `active`, `paused` or `closed`.
+    pub status: String,
+    /// Base units held for the stream.
+    pub balance: String,
+    /// Base units paid out so far.
+    pub withdrawn: String,
+    /// Second the balances below are computed at.
+    pub at: u64,
+    /// Everything owed at `at`.
+    pub total_debt: String,
+    /// What the balance covers (withdrawable).
+    pub covered_debt: String,
+    /// What it does not.
+    pub uncovered_debt: String,
+    /// What the payer could take back.
+    pub refundable: String,
+    /// First second the debt exceeds the balance (0: already; null: never).
+    pub depletion_time: Option<u64>,
+}
+
+impl StreamView {
+    fn new(id: StreamId, s: &StreamState, at: u64) -> Self {
+        let status = if s.closed {
+            "closed"
+        } else if s.paused {
+            "paused"
+        } else {
+            "active"
+        };
+        let depletion = s.depletion_time(at);
+        Self {
+            id: id.to_string(),
+            payer: s.payer,
+            payee: s.payee,
+            token: s.token,
+            operator: s.operator,
+            decimals: s.decimals,
+            rate_per_second: s.rate_per_second.to_string(),
+            rate_scale: 18,
+            status: status.into(),
+            balance: s.balance.to_string(),
+            withdrawn: s.withdrawn.to_string(),
+            at,
+            total_debt: s.total_debt(at).to_string(),
+            covered_debt: s.covered_debt(at).to_string(),
+            uncovered_debt: s.uncovered_debt(at).to_string(),
+            refundable: s.refundable(at).to_string(),
+            depletion_time: (depletion != super::NEVER_DEPLETES).then_some(depletion),
+        }
+    }
+}
+
+/// `stream_list`'s filter and page.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this payer's streams.
+    #[serde(default)]
+    pub payer: Option<Address>,
+    /// Only this payee's streams.
+    #[serde(default)]
+    pub payee: Option<Address>,
+    /// `active`, `paused` or `closed`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// The `nextCursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (1–1,000; default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `stream_list`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPage {
+    /// The streams.
+    pub streams: Vec<StreamView>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+struct Billing {
+    index: Arc<StreamIndex>,
+    keys: HashMap<B256, ApiKey>,
+}
+
+fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObject::owned(code, message.into(), None::<()>)
+}
+
+fn internal(e: IndexError) -> ErrorObjectOwned {
+    error(codes::INTERNAL, e.to_string())
+}
+
+fn parse_id(text: &str) -> Result<StreamId, ErrorObjectOwned> {
+    text.parse::<StreamId>().map_err(|_| {
+        error(codes::INVALID_PARAMS, format!("stream id {text:?} is not a decimal integer"))
+    })
+}
+
+impl Billing {
+    fn key(&self, extensions: &Extensions) -> Result<&ApiKey, ErrorObjectOwned> {
+        let token = extensions.get::<BearerToken>().ok_or_else(|| {
+            error(codes::UNAUTHORIZED, "missing API key: send `Authorization: Bearer <token>`")
+        })?;
+        self.keys
+            .get(&keccak256(token.0.as_bytes()))
+            .ok_or_else(|| error(codes::UNAUTHORIZED, "unknown API key"))
+    }
+
+    fn visible(&self, key: &ApiKey, id: StreamId) -> Result<StreamState, ErrorObjectOwned> {
+        let state = self.index.get(id).map_err(internal)?;
+        match state {
+            Some(s) if key.may_see(s.payee) => Ok(s),
+            Some(_) => {
+                Err(error(codes::FORBIDDEN, format!("stream {id} is outside this key's payees")))
+            }
+            None => Err(error(codes::INVALID_PARAMS, format!("unknown stream {id}"))),
+        }
+    }
+
+    fn now(&self) -> Result<u64, ErrorObjectOwned> {
+        Ok(self.index.cursor().map_err(internal)?.map_or(0, |c| c.timestamp))
+    }
+}
+
+/// The `stream_*` methods over `index`, for the holders of `keys`.
+pub fn billing_module(index: Arc<StreamIndex>, keys: Vec<ApiKey>) -> RpcModule<()> {
+    let billing =
+        Arc::new(Billing { index, keys: keys.into_iter().map(|k| (k.keccak256, k)).collect() });
+    let mut module = RpcModule::new(());
+    let register = |module: &mut RpcModule<()>,
+                    name: &'static str,
+                    f: fn(
+        &Billing,
+        Params<'_>,
+        &Extensions,
+    ) -> Result<serde_json::Value, ErrorObjectOwned>| {
+        let billing = billing.clone();
+        // The names are distinct constants: registration cannot collide.
+        let _ = module.register_blocking_method(name, move |params, _, extensions| {
+            f(&billing, params, &extensions)
+        });
+    };
+    register(&mut module, "stream_get", |b, params, ext| {
+        let key = b.key(ext)?;
+        let (id,): (String,) = params.parse()?;
+        let id = parse_id(&id)?;
+        let state = b.visible(key, id)?;
+        to_value(StreamView::new(id, &state, b.now()?))
+    });
+    register(&mut module, "stream_balanceAt", |b, params, ext| {
+        let key = b.key(ext)?;
+        let (id, timestamp): (String, u64) = params.parse()?;
+        let id = parse_id(&id)?;
+        let state = b.visible(key, id)?;
+        if timestamp < state.snapshot_time {
+            return Err(error(
+                codes::INVALID_PARAMS,
+                format!(
+                    "timestamp {timestamp} is before the stream's last change at {}: only the current period can be computed",
+                    state.snapshot_time
+                ),
+            ));
+        }
+        to_value(StreamView::new(id, &state, timestamp))
+    });
+    register(&mut module, "stream_list", |b, params, ext| {
+        let key = b.key(ext)?;
+        let mut sequence = params.sequence();
+        let query: ListQuery = sequence.optional_next()?.unwrap_or_default();
+        let limit = query.limit.unwrap_or(100);
+        if limit == 0 || limit > 1_000 {
+            return Err(error(codes::INVALID_PARAMS, "limit must be 1 to 1000"));
+        }
+        if let Some(status) = &query.status
+            && !["active", "paused", "closed"].contains(&status.as_str())
+        {
+            return Err(error(codes::INVALID_PARAMS, format!("unknown status {status:?}")));
+        }
+        let after = query.cursor.as_deref().map(parse_id).transpose()?;
+        let now = b.now()?;
+        let page = b
+            .index
+            .list(after, limit + 1, |s| {
+                let status = if s.closed {
+                    "closed"
+                } else if s.paused {
+                    "paused"
+                } else {
+                    "active"
+                };
+                key.may_see(s.payee)
+                    && query.payer.is_none_or(|p| p == s.payer)
+                    && query.payee.is_none_or(|p| p == s.payee)
+                    && query.status.as_deref().is_none_or(|want| want == status)
+            })
+            .map_err(internal)?;
+        let more = page.len() > limit;
+        let streams: Vec<StreamView> =
+            page.iter().take(limit).map(|(id, s)| StreamView::new(*id, s, now)).collect();
+        let next_cursor = more.then(|| streams.last().map(|s| s.id.clone())).flatten();
+        to_value(StreamPage { streams, next_cursor })
+    });
+    module
+}
+
+fn to_value(value: impl Serialize) -> Result<serde_json::Value, ErrorObjectOwned> {
+    serde_json::to_value(value).map_err(|e| error(codes::INTERNAL, e.to_string()))
+}
+
+/// Keys from the settings: those given directly plus the keys file's.
+pub(crate) fn api_keys(direct: &[ApiKey], file: Option<&Path>) -> Result<Vec<ApiKey>, String> {
+    let mut keys = direct.to_vec();
+    if let Some(path) = file {
+        keys.extend(ApiKey::load_file(path)?);
+    }
+    Ok(keys)
+}
