@@ -209,6 +209,19 @@ pub struct NodeArgs {
     #[arg(long = "billing.api-keys-file", env = "SETTLED_BILLING_API_KEYS_FILE")]
     pub billing_api_keys_file: Option<PathBuf>,
 
+    /// The key the node signs stream operator transactions with, hex (prefer the environment
+    /// or a key file to a flag).
+    #[arg(
+        long = "billing.operator-key",
+        env = "SETTLED_BILLING_OPERATOR_KEY",
+        hide_env_values = true
+    )]
+    pub billing_operator_key: Option<String>,
+
+    /// File holding the stream operator's key, hex.
+    #[arg(long = "billing.operator-key-file", env = "SETTLED_BILLING_OPERATOR_KEY_FILE")]
+    pub billing_operator_key_file: Option<PathBuf>,
+
     /// Do not run the paymaster.
     #[arg(long = "paymaster.disable", env = "SETTLED_PAYMASTER_DISABLE")]
     pub paymaster_disable: bool,
@@ -584,6 +597,8 @@ impl NodeArgs {
             billing: BillingSettings {
                 api_keys_file: self.billing_api_keys_file,
                 api_keys: Vec::new(),
+                operator_key: self.billing_operator_key.map(SecretKey),
+                operator_key_file: self.billing_operator_key_file,
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })

@@ -35,6 +35,11 @@ pub struct BillingSettings {
     pub api_keys_file: Option<PathBuf>,
     /// Keys given directly (embedders, tests); the file's are added.
     pub api_keys: Vec<crate::streams::ApiKey>,
+    /// The key the node signs streams' operator transactions with (pause, resume, lower the
+    /// rate, withdraw, close); without one the mutating `stream_*` methods are not served.
+    pub operator_key: Option<SecretKey>,
+    /// A file holding that key (hex).
+    pub operator_key_file: Option<PathBuf>,
 }
 
 /// The paymaster's node-level settings (its engine settings are

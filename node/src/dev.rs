@@ -28,14 +28,25 @@ pub(crate) struct DevChain {
     pub(crate) rpc_url: String,
     pub(crate) provider: DynProvider,
     pub(crate) deployment: Deployment,
-    /// The key the bundler signs with: dev account 1 (account 0 deploys and mints).
-    pub(crate) bundler_key: Option<PrivateKeySigner>,
-    /// The key the paymaster signs with: dev account 2.
-    pub(crate) paymaster_key: Option<PrivateKeySigner>,
+    /// The dev accounts' keys the node's components sign with by default.
+    pub(crate) keys: DevKeys,
+}
+
+/// Default signing keys on a dev chain (a configured key wins over each).
+#[derive(Debug, Default)]
+pub(crate) struct DevKeys {
+    /// The bundler: dev account 1 (account 0 deploys and mints).
+    pub(crate) bundler: Option<PrivateKeySigner>,
+    /// The paymaster: dev account 2.
+    pub(crate) paymaster: Option<PrivateKeySigner>,
+    /// The streams' operator: dev account 3.
+    pub(crate) operator: Option<PrivateKeySigner>,
 }
 
 /// Anvil's default dev account 1 (mnemonic `test test … junk`), for an attached Anvil.
 const ANVIL_DEV_KEY_1: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+/// Anvil's default dev account 3, for an attached Anvil.
+const ANVIL_DEV_KEY_3: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
 /// Anvil's default dev account 2, for an attached Anvil.
 const ANVIL_DEV_KEY_2: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
 
@@ -73,12 +84,20 @@ pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevC
         .ok_or_else(|| NodeError::DevSetup(format!("{rpc_url} has no unlocked dev accounts")))?;
     let deployment = deploy_all(&provider, deployer).await?;
     fund(&provider, &deployment, deployer, &accounts, dev.usdc_per_account).await?;
-    let (bundler_key, dev_paymaster_key) = match &anvil {
-        Some(anvil) => (anvil.signer(1), anvil.signer(2)),
-        None => (ANVIL_DEV_KEY_1.parse().ok(), ANVIL_DEV_KEY_2.parse().ok()),
+    let keys = match &anvil {
+        Some(anvil) => DevKeys {
+            bundler: anvil.signer(1),
+            paymaster: anvil.signer(2),
+            operator: anvil.signer(3),
+        },
+        None => DevKeys {
+            bundler: ANVIL_DEV_KEY_1.parse().ok(),
+            paymaster: ANVIL_DEV_KEY_2.parse().ok(),
+            operator: ANVIL_DEV_KEY_3.parse().ok(),
+        },
     };
     // The paymasters accept the key the node will sign with (a configured one wins).
-    let paymaster_key = paymaster_signer(config, dev_paymaster_key.clone())?;
+    let paymaster_key = paymaster_signer(config, keys.paymaster.clone())?;
     if let Some(key) = &paymaster_key {
         let funding = dev_paymaster_funding(key.address());
         for version in EntryPointVersion::ALL {
@@ -86,14 +105,7 @@ pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevC
         }
     }
     save(&config.datadir, &deployment)?;
-    Ok(DevChain {
-        anvil,
-        rpc_url,
-        provider,
-        deployment,
-        bundler_key,
-        paymaster_key: dev_paymaster_key,
-    })
+    Ok(DevChain { anvil, rpc_url, provider, deployment, keys })
 }
 
 /// Tops every dev account up to `amount` USDC base units.

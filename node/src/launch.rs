@@ -20,13 +20,13 @@ use tracing::{info, warn};
 
 use crate::{
     config::{ChainSource, NodeConfig},
-    dev,
+    dev::{self, DevKeys},
     error::NodeError,
     metrics::{self, names},
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
     storage::Storage,
-    streams::{StreamIndex, api_keys, billing_module},
+    streams::{Operator, StreamIndex, api_keys, billing_module},
 };
 
 /// A running node. Dropping it does not stop it: cancel its token (or call
@@ -88,25 +88,18 @@ pub async fn launch(
 ) -> Result<NodeHandle, NodeError> {
     let started = std::time::Instant::now();
     let mut config = config;
-    let (anvil, chain_rpc_url, provider, deployment, dev_key, dev_paymaster_key) = match source {
+    let (anvil, chain_rpc_url, provider, deployment, dev_keys) = match source {
         ChainSource::Dev(dev_config) => {
             let chain = dev::prepare(&config, &dev_config).await?;
             if config.paymaster.policies.is_empty() && config.paymaster.policies_file.is_none() {
                 config.paymaster.policies.push(crate::paymaster::dev_policy());
             }
-            (
-                chain.anvil,
-                chain.rpc_url,
-                chain.provider,
-                chain.deployment,
-                chain.bundler_key,
-                chain.paymaster_key,
-            )
+            (chain.anvil, chain.rpc_url, chain.provider, chain.deployment, chain.keys)
         }
         ChainSource::Remote { rpc_url, deployment } => {
             let deployment = Deployment::load(&deployment)?;
             let provider = connect(&rpc_url, config.chain.connect_timeout).await?;
-            (None, rpc_url, provider, deployment, None, None)
+            (None, rpc_url, provider, deployment, DevKeys::default())
         }
     };
     deployment.verify(&provider).await?;
@@ -124,7 +117,7 @@ pub async fn launch(
         ChainFollower::new(provider.clone(), config.follower(deployment.start_block, watched));
     let mut tasks = vec![tokio::spawn(record_chain_metrics(follower.subscribe(), cancel.clone()))];
 
-    let bundler = match bundler_signer(&config, dev_key)? {
+    let bundler = match bundler_signer(&config, dev_keys.bundler)? {
         Some(signer) if config.bundler.enabled => {
             let settings = BundlerConfig {
                 beneficiary: config.bundler.beneficiary,
@@ -147,7 +140,7 @@ pub async fn launch(
         }
         _ => None,
     };
-    let paymaster = match paymaster_signer(&config, dev_paymaster_key)? {
+    let paymaster = match paymaster_signer(&config, dev_keys.paymaster)? {
         Some(key) if config.paymaster.enabled => {
             let settings = PaymasterConfig {
                 paymasters: EntryPointVersion::ALL
@@ -208,7 +201,26 @@ pub async fn launch(
                 path: config.billing.api_keys_file.clone().unwrap_or_default(),
                 reason,
             })?;
-        module.merge(billing_module(index.clone(), keys)).map_err(merge)?;
+        let billing = &config.billing;
+        let key = load_key(
+            billing.operator_key.as_ref(),
+            billing.operator_key_file.as_deref(),
+            "operator key",
+        )?
+        .or(dev_keys.operator);
+        let operator = match key {
+            Some(key) => {
+                let operator =
+                    Operator::new(provider.clone(), key, deployment.stream_vault, storage.db())
+                        .map_err(|e| NodeError::Storage {
+                            path: config.datadir.clone(),
+                            reason: e.to_string(),
+                        })?;
+                Some(std::sync::Arc::new(operator))
+            }
+            None => None,
+        };
+        module.merge(billing_module(index.clone(), keys, operator)).map_err(merge)?;
     }
 
     let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;

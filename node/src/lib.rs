@@ -27,6 +27,6 @@ pub use paymaster::{
 };
 pub use storage::Storage;
 pub use streams::{
-    ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, StreamError, StreamId, StreamIndex,
-    StreamPage, StreamState, StreamView, billing_codes, billing_module,
+    ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, OperatorReceipt, StreamError,
+    StreamId, StreamIndex, StreamPage, StreamState, StreamView, billing_codes,
 };

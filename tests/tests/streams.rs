@@ -432,3 +432,137 @@ async fn billing_reads_exact_balances_behind_api_keys() -> TestResult {
     }
     node.shutdown().await
 }
+
+/// The billing RPC's write side: the node, as the stream's operator, pauses, resumes, lowers the
+/// rate, withdraws to the payee and closes; an idempotent retry returns the first result without
+/// sending again, a reused key with other parameters is refused, and raising the rate is left to
+/// the payer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_operates_streams_idempotently() -> TestResult {
+    use serde_json::json;
+    use settled_node::{ApiKey, billing_codes as codes};
+    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+    let vendor = ApiKey {
+        name: "vendor".into(),
+        keccak256: alloy::primitives::keccak256(b"vendor-token"),
+        payees: vec![payee],
+        all: false,
+    };
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.api_keys = vec![vendor];
+        // Dev account 5 operates the streams (its key is Anvil's fixed mnemonic's).
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, operator) = (chain.account(3)?, chain.account(5)?);
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    confirm(usdc.mint(payer, U256::from(10u128.pow(15))).send().await?).await?;
+    confirm(usdc.approve(deployment.stream_vault, U256::MAX).from(payer).send().await?).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    let rate = 1_000_000_000_000_000_000u128; // 1 USDC/s
+    let open = vault
+        .open(payee, deployment.usdc, U96::from(rate), operator, U96::ZERO, U96::ZERO, 500_000_000)
+        .from(payer);
+    let block = confirm(open.send().await?).await?;
+    indexed(&node, block).await?;
+    let id = (vault.nextStreamId().call().await? - U256::from(1)).to::<u64>().to_string();
+    let sid = U256::from(id.parse::<u64>()?);
+    let token = Some("vendor-token");
+    let call = |method: &'static str, params: serde_json::Value| {
+        billing(&node, token, method, json!([params]))
+    };
+
+    let paused = call("stream_pause", json!({ "streamId": id, "idempotencyKey": "p-1" }))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert!(vault.getStream(sid).call().await?.paused, "paused on chain");
+    let head = provider.get_block_number().await?;
+    let again = call("stream_pause", json!({ "streamId": id, "idempotencyKey": "p-1" }))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(again, paused, "a retry returns the first result");
+    assert_eq!(provider.get_block_number().await?, head, "and sends nothing");
+    let reused = call("stream_resume", json!({ "streamId": id, "idempotencyKey": "p-1" })).await?;
+    assert_eq!(
+        reused.err().map(|e| e.0),
+        Some(i64::from(codes::INVALID_PARAMS)),
+        "reused key, other params"
+    );
+
+    let resumed = call("stream_resume", json!({ "streamId": id, "idempotencyKey": "r-1" }))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    indexed(&node, resumed["blockNumber"].as_u64().ok_or("no block")?).await?;
+    let raise = call(
+        "stream_adjustRate",
+        json!({ "streamId": id, "idempotencyKey": "a-1", "ratePerSecond": "2000000000000000000" }),
+    )
+    .await?;
+    let (code, message) = raise.err().ok_or("the operator raised the rate")?;
+    assert_eq!(code, i64::from(codes::INVALID_PARAMS));
+    assert!(message.contains("payer"), "{message}");
+    call(
+        "stream_adjustRate",
+        json!({ "streamId": id, "idempotencyKey": "a-2", "ratePerSecond": "500000000000000000" }),
+    )
+    .await?
+    .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(vault.getStream(sid).call().await?.ratePerSecond, U96::from(rate / 2));
+
+    provider.anvil_increase_time(100).await?;
+    let mined = mine(provider).await?;
+    indexed(&node, mined).await?;
+    let before = usdc.balanceOf(payee).call().await?;
+    let withdrew = call("stream_withdraw", json!({ "streamId": id, "idempotencyKey": "w-1" }))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let paid = usdc.balanceOf(payee).call().await? - before;
+    assert!(paid > U256::ZERO, "the payee was paid what was covered");
+    let at = BlockId::number(withdrew["blockNumber"].as_u64().ok_or("no block")?);
+    assert_eq!(
+        vault.coveredDebt(sid).block(at).call().await?,
+        U256::ZERO,
+        "everything covered was withdrawn"
+    );
+    let too_much = call(
+        "stream_withdraw",
+        json!({ "streamId": id, "idempotencyKey": "w-2", "amount": "999999999999" }),
+    )
+    .await?;
+    assert_eq!(too_much.err().map(|e| e.0), Some(i64::from(codes::INVALID_PARAMS)));
+
+    let closed = call("stream_close", json!({ "streamId": id, "idempotencyKey": "c-1" }))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert!(vault.getStream(sid).call().await?.closed);
+    assert_eq!(
+        call("stream_close", json!({ "streamId": id, "idempotencyKey": "c-1" }))
+            .await?
+            .map_err(|e| format!("{e:?}"))?,
+        closed
+    );
+    indexed(&node, closed["blockNumber"].as_u64().ok_or("no block")?).await?;
+    let view =
+        billing(&node, token, "stream_get", json!([id])).await?.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(view["status"], json!("closed"));
+
+    for (params, code) in [
+        (json!({ "streamId": id, "idempotencyKey": "" }), codes::INVALID_PARAMS),
+        (json!({ "streamId": "x", "idempotencyKey": "k" }), codes::INVALID_PARAMS),
+        (json!({ "streamId": id }), codes::INVALID_PARAMS),
+        (json!({ "streamId": id, "idempotencyKey": "z-1" }), codes::INVALID_PARAMS), // closed
+    ] {
+        let answer = call("stream_pause", params.clone()).await?;
+        assert_eq!(answer.err().map(|e| e.0), Some(i64::from(code)), "{params}");
+    }
+    let anonymous =
+        billing(&node, None, "stream_pause", json!([{ "streamId": id, "idempotencyKey": "n-1" }]))
+            .await?;
+    assert_eq!(anonymous.err().map(|e| e.0), Some(i64::from(codes::UNAUTHORIZED)));
+    node.shutdown().await
+}

@@ -7,9 +7,12 @@
 
 mod accrual;
 mod index;
+mod operator;
 mod rpc;
 
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex};
-pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, billing_module, codes as billing_codes};
-pub(crate) use rpc::{BearerLayer, api_keys};
+pub(crate) use operator::Operator;
+pub use operator::OperatorReceipt;
+pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, codes as billing_codes};
+pub(crate) use rpc::{BearerLayer, api_keys, billing_module};

@@ -32,6 +32,9 @@ pub mod codes {
     pub const UNAUTHORIZED: i32 = -32001;
     /// The key may not see this stream (its payee is outside the key's scope).
     pub const FORBIDDEN: i32 = -32003;
+    /// A call with the same idempotency key is in progress, or its transaction is not mined
+    /// yet: retry.
+    pub const CONFLICT: i32 = -32004;
     /// The node failed.
     pub const INTERNAL: i32 = -32603;
 }
@@ -223,7 +226,7 @@ pub struct StreamPage {
     pub next_cursor: Option<String>,
 }
 
-struct Billing {
+pub(crate) struct Billing {
     index: Arc<StreamIndex>,
     keys: HashMap<B256, ApiKey>,
 }
@@ -243,7 +246,7 @@ fn parse_id(text: &str) -> Result<StreamId, ErrorObjectOwned> {
 }
 
 impl Billing {
-    fn key(&self, extensions: &Extensions) -> Result<&ApiKey, ErrorObjectOwned> {
+    pub(crate) fn key(&self, extensions: &Extensions) -> Result<&ApiKey, ErrorObjectOwned> {
         let token = extensions.get::<BearerToken>().ok_or_else(|| {
             error(codes::UNAUTHORIZED, "missing API key: send `Authorization: Bearer <token>`")
         })?;
@@ -252,7 +255,11 @@ impl Billing {
             .ok_or_else(|| error(codes::UNAUTHORIZED, "unknown API key"))
     }
 
-    fn visible(&self, key: &ApiKey, id: StreamId) -> Result<StreamState, ErrorObjectOwned> {
+    pub(crate) fn visible(
+        &self,
+        key: &ApiKey,
+        id: StreamId,
+    ) -> Result<StreamState, ErrorObjectOwned> {
         let state = self.index.get(id).map_err(internal)?;
         match state {
             Some(s) if key.may_see(s.payee) => Ok(s),
@@ -263,13 +270,18 @@ impl Billing {
         }
     }
 
-    fn now(&self) -> Result<u64, ErrorObjectOwned> {
+    pub(crate) fn now(&self) -> Result<u64, ErrorObjectOwned> {
         Ok(self.index.cursor().map_err(internal)?.map_or(0, |c| c.timestamp))
     }
 }
 
-/// The `stream_*` methods over `index`, for the holders of `keys`.
-pub fn billing_module(index: Arc<StreamIndex>, keys: Vec<ApiKey>) -> RpcModule<()> {
+/// The `stream_*` methods over `index`, for the holders of `keys`; with an `operator`, the
+/// mutating ones too.
+pub(crate) fn billing_module(
+    index: Arc<StreamIndex>,
+    keys: Vec<ApiKey>,
+    operator: Option<Arc<super::operator::Operator>>,
+) -> RpcModule<()> {
     let billing =
         Arc::new(Billing { index, keys: keys.into_iter().map(|k| (k.keccak256, k)).collect() });
     let mut module = RpcModule::new(());
@@ -346,6 +358,9 @@ pub fn billing_module(index: Arc<StreamIndex>, keys: Vec<ApiKey>) -> RpcModule<(
         let next_cursor = more.then(|| streams.last().map(|s| s.id.clone())).flatten();
         to_value(StreamPage { streams, next_cursor })
     });
+    if let Some(operator) = operator {
+        super::operator::register_mutations(&mut module, billing, operator);
+    }
     module
 }
 

@@ -1,0 +1,316 @@
+//! The billing RPC's write side: the node, as each stream's operator, pauses, resumes, lowers
+//! the rate, withdraws to the payee and closes — on behalf of an API key whose scope covers the
+//! stream. Every call carries an idempotency key: a retry with the same key and parameters
+//! returns the first call's result and never sends twice; the same key with other parameters is
+//! refused.
+//!
+//! The idempotency record is written before the transaction is sent (claimed), updated with the
+//! transaction hash as soon as it is sent, and with the result once mined, so a retry after a
+//! crash finds the transaction instead of sending another.
+
+use std::sync::Arc;
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256, U256, aliases::U96, keccak256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::TransactionRequest,
+    signers::local::PrivateKeySigner,
+};
+use jsonrpsee::{
+    Extensions, RpcModule,
+    types::{ErrorObject, ErrorObjectOwned, Params},
+};
+use serde::{Deserialize, Serialize};
+use settled_contracts::StreamVault;
+
+use super::{
+    index::StreamId,
+    rpc::{Billing, codes},
+};
+
+/// What a mutating call did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorReceipt {
+    /// The transaction.
+    pub transaction_hash: B256,
+    /// Its block.
+    pub block_number: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Record {
+    /// Claimed by a call that has not sent yet (or failed before sending: then removed).
+    Claimed { params: B256 },
+    /// Sent, not yet known mined.
+    Sent { params: B256, transaction: B256 },
+    /// Mined.
+    Done { params: B256, receipt: OperatorReceipt },
+}
+
+impl Record {
+    fn params(&self) -> B256 {
+        match self {
+            Self::Claimed { params } | Self::Sent { params, .. } | Self::Done { params, .. } => {
+                *params
+            }
+        }
+    }
+}
+
+/// The operator: its signer, the vault, the idempotency records.
+pub(crate) struct Operator {
+    provider: DynProvider,
+    address: Address,
+    vault: Address,
+    records: sled::Tree,
+}
+
+fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObject::owned(code, message.into(), None::<()>)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
+    error(codes::INTERNAL, e.to_string())
+}
+
+impl Operator {
+    pub(crate) fn new(
+        provider: DynProvider,
+        signer: PrivateKeySigner,
+        vault: Address,
+        db: &sled::Db,
+    ) -> Result<Self, sled::Error> {
+        let address = signer.address();
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_provider(provider)
+            .erased();
+        Ok(Self { provider, address, vault, records: db.open_tree("streams.idempotency")? })
+    }
+
+    /// The record id of (API key, idempotency key).
+    fn record_id(key_name: &str, idempotency_key: &str) -> Result<B256, ErrorObjectOwned> {
+        if idempotency_key.is_empty() || idempotency_key.len() > 128 {
+            return Err(error(codes::INVALID_PARAMS, "idempotencyKey must be 1 to 128 characters"));
+        }
+        Ok(keccak256([key_name.as_bytes(), b"\0", idempotency_key.as_bytes()].concat()))
+    }
+
+    /// The earlier call's result under this key, if there was one (checked before anything
+    /// else, so a retry of a call that changed the stream is answered, not refused).
+    async fn replay(
+        &self,
+        id: B256,
+        params: B256,
+    ) -> Result<Option<OperatorReceipt>, ErrorObjectOwned> {
+        let Some(value) = self.records.get(id).map_err(internal)? else { return Ok(None) };
+        let existing: Record = serde_json::from_slice(&value).map_err(internal)?;
+        if existing.params() != params {
+            return Err(error(
+                codes::INVALID_PARAMS,
+                "idempotencyKey was already used with different parameters",
+            ));
+        }
+        match existing {
+            Record::Done { receipt, .. } => Ok(Some(receipt)),
+            Record::Sent { transaction, .. } => self.mined(id, params, transaction).await.map(Some),
+            Record::Claimed { .. } => Err(error(
+                codes::CONFLICT,
+                "a call with this idempotencyKey is in progress; retry shortly",
+            )),
+        }
+    }
+
+    /// Claims the key, sends `tx`, records its hash, waits for it.
+    async fn send_once(
+        &self,
+        id: B256,
+        params: B256,
+        tx: TransactionRequest,
+    ) -> Result<OperatorReceipt, ErrorObjectOwned> {
+        let claim = serde_json::to_vec(&Record::Claimed { params }).map_err(internal)?;
+        let claimed = self
+            .records
+            .compare_and_swap(id, None as Option<&[u8]>, Some(claim))
+            .map_err(internal)?;
+        if claimed.is_err() {
+            // A concurrent call with the same key got there first.
+            return match self.replay(id, params).await? {
+                Some(receipt) => Ok(receipt),
+                None => Err(error(codes::CONFLICT, "retry shortly")),
+            };
+        }
+        let pending = match self.provider.send_transaction(tx.from(self.address)).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                // Nothing was sent: the key is free for a retry.
+                let _ = self.records.remove(id);
+                return Err(error(codes::INTERNAL, format!("sending the transaction: {e}")));
+            }
+        };
+        let transaction = *pending.tx_hash();
+        let sent = serde_json::to_vec(&Record::Sent { params, transaction }).map_err(internal)?;
+        self.records.insert(id, sent).map_err(internal)?;
+        self.mined(id, params, transaction).await
+    }
+
+    async fn mined(
+        &self,
+        id: B256,
+        params: B256,
+        transaction: B256,
+    ) -> Result<OperatorReceipt, ErrorObjectOwned> {
+        let mut receipt = None;
+        for _ in 0..600 {
+            receipt = self.provider.get_transaction_receipt(transaction).await.map_err(internal)?;
+            if receipt.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let receipt = receipt.ok_or_else(|| {
+            error(codes::CONFLICT, format!("transaction {transaction} not mined yet; retry later"))
+        })?;
+        if !receipt.status() {
+            return Err(error(codes::INTERNAL, format!("transaction {transaction} reverted")));
+        }
+        let result = OperatorReceipt {
+            transaction_hash: transaction,
+            block_number: receipt.block_number.unwrap_or_default(),
+        };
+        let done = serde_json::to_vec(&Record::Done { params, receipt: result.clone() })
+            .map_err(internal)?;
+        self.records.insert(id, done).map_err(internal)?;
+        Ok(result)
+    }
+}
+
+/// The parameters of a mutating call: the stream, the idempotency key, and the action's own.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Mutation {
+    stream_id: String,
+    idempotency_key: String,
+    /// `stream_adjustRate`: the new rate, decimal, scaled to 18 decimals.
+    #[serde(default)]
+    rate_per_second: Option<String>,
+    /// `stream_withdraw`: base units (default: everything covered).
+    #[serde(default)]
+    amount: Option<String>,
+}
+
+fn decimal(name: &str, text: &str) -> Result<U256, ErrorObjectOwned> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(error(codes::INVALID_PARAMS, format!("{name} must be a decimal string")));
+    }
+    U256::from_str_radix(text, 10)
+        .map_err(|_| error(codes::INVALID_PARAMS, format!("{name} overflows 256 bits")))
+}
+
+/// Adds `stream_pause`, `stream_resume`, `stream_adjustRate`, `stream_withdraw` and
+/// `stream_close` to `module`. Each takes one object: `{streamId, idempotencyKey, ...}`.
+pub(crate) fn register_mutations(
+    module: &mut RpcModule<()>,
+    billing: Arc<Billing>,
+    operator: Arc<Operator>,
+) {
+    for name in
+        ["stream_pause", "stream_resume", "stream_adjustRate", "stream_withdraw", "stream_close"]
+    {
+        let (billing, operator) = (billing.clone(), operator.clone());
+        // The names are distinct constants: registration cannot collide.
+        let _ = module.register_async_method(name, move |params, _, extensions| {
+            let (billing, operator) = (billing.clone(), operator.clone());
+            async move { mutate(name, &billing, &operator, params, &extensions).await }
+        });
+    }
+}
+
+async fn mutate(
+    name: &str,
+    billing: &Billing,
+    operator: &Operator,
+    params: Params<'static>,
+    extensions: &Extensions,
+) -> Result<OperatorReceipt, ErrorObjectOwned> {
+    let key = billing.key(extensions)?;
+    let (mutation,): (Mutation,) = params.parse()?;
+    let id: StreamId = mutation.stream_id.parse().map_err(|_| {
+        error(
+            codes::INVALID_PARAMS,
+            format!("stream id {:?} is not a decimal integer", mutation.stream_id),
+        )
+    })?;
+    let state = billing.visible(key, id)?;
+    // The parameters the idempotency key is bound to: the method and everything it was given.
+    let params_hash = keccak256(
+        format!("{name}|{id}|{:?}|{:?}", mutation.rate_per_second, mutation.amount).as_bytes(),
+    );
+    let record = Operator::record_id(&key.name, &mutation.idempotency_key)?;
+    if let Some(receipt) = operator.replay(record, params_hash).await? {
+        return Ok(receipt);
+    }
+    if state.operator != operator.address {
+        return Err(error(
+            codes::FORBIDDEN,
+            format!(
+                "stream {id} names operator {}, not this node ({})",
+                state.operator, operator.address
+            ),
+        ));
+    }
+    if state.closed {
+        return Err(error(codes::INVALID_PARAMS, format!("stream {id} is closed")));
+    }
+    let now = billing.now()?;
+    let vault = StreamVault::new(operator.vault, &operator.provider);
+    let sid = U256::from(id);
+    let tx = match name {
+        "stream_pause" if state.paused => {
+            return Err(error(codes::INVALID_PARAMS, format!("stream {id} is already paused")));
+        }
+        "stream_pause" => vault.pause(sid).into_transaction_request(),
+        "stream_resume" if !state.paused => {
+            return Err(error(codes::INVALID_PARAMS, format!("stream {id} is not paused")));
+        }
+        "stream_resume" => vault.resume(sid).into_transaction_request(),
+        "stream_adjustRate" => {
+            let text = mutation.rate_per_second.as_deref().ok_or_else(|| {
+                error(codes::INVALID_PARAMS, "ratePerSecond (decimal, scaled to 18) is required")
+            })?;
+            let rate = decimal("ratePerSecond", text)?;
+            if rate.is_zero() {
+                return Err(error(
+                    codes::INVALID_PARAMS,
+                    "ratePerSecond must be positive (pause instead)",
+                ));
+            }
+            if rate > U256::from(state.rate_per_second) {
+                return Err(error(
+                    codes::INVALID_PARAMS,
+                    "the operator may only lower the rate: raising it needs the payer's signature",
+                ));
+            }
+            vault.adjustRate(sid, U96::from(rate)).into_transaction_request()
+        }
+        "stream_withdraw" => {
+            let available = state.covered_debt(now);
+            let amount = match mutation.amount.as_deref() {
+                Some(text) => decimal("amount", text)?,
+                None => U256::from(available),
+            };
+            if amount.is_zero() || amount > U256::from(available) {
+                return Err(error(
+                    codes::INVALID_PARAMS,
+                    format!("amount {amount} must be between 1 and the {available} withdrawable"),
+                ));
+            }
+            vault.withdraw(sid, amount.to::<u128>()).into_transaction_request()
+        }
+        _ => vault.close(sid).into_transaction_request(),
+    };
+    operator.send_once(record, params_hash, tx).await
+}
