@@ -9,6 +9,26 @@ use alloy::{
 
 use crate::{EntryPointVersion, PackedUserOperation};
 
+/// A well-formed ECDSA signature by a fixed throwaway key over a fixed digest, for ops the
+/// account has not signed yet (estimation, sponsorship checks): ECDSA accounts such as
+/// SimpleAccount report it as a failed signature instead of reverting (a malformed one, or one
+/// that recovers to no address, makes OpenZeppelin's `ECDSA.recover` revert), and it costs the
+/// gas of a real signature.
+pub fn stub_account_signature() -> Bytes {
+    static SIGNATURE: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    SIGNATURE
+        .get_or_init(|| {
+            use alloy::signers::{SignerSync, local::PrivateKeySigner};
+            PrivateKeySigner::from_bytes(&B256::repeat_byte(0x11))
+                .ok()
+                .and_then(|key| key.sign_hash_sync(&B256::repeat_byte(0x5a)).ok())
+                .map(|signature| Bytes::from(signature.as_bytes().to_vec()))
+                // Unreachable for this constant key; a same-length fallback keeps the shape.
+                .unwrap_or_else(|| Bytes::from(vec![0x5a; 65]))
+        })
+        .clone()
+}
+
 /// EntryPoint v0.8's EIP-712 type of a packed user operation.
 const PACKED_USER_OP_TYPE: &[u8] = b"PackedUserOperation(address sender,uint256 nonce,bytes initCode,bytes callData,bytes32 accountGasLimits,uint256 preVerificationGas,bytes32 gasFees,bytes paymasterAndData)";
 /// EntryPoint v0.8's EIP-712 domain type.

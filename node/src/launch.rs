@@ -26,7 +26,7 @@ use crate::{
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
     storage::Storage,
-    streams::{Operator, StreamIndex, api_keys, billing_module},
+    streams::{Opener, Operator, StreamIndex, api_keys, billing_module},
 };
 
 /// A running node. Dropping it does not stop it: cancel its token (or call
@@ -220,7 +220,29 @@ pub async fn launch(
             }
             None => None,
         };
-        module.merge(billing_module(index.clone(), keys, operator)).map_err(merge)?;
+        // stream_open prepares sponsored ops: it needs the bundler, the paymaster and an operator.
+        let opener = match (&bundler, &paymaster, &operator) {
+            (Some(bundler), Some(paymaster), Some(operator)) => {
+                let records = storage.db().open_tree("streams.open").map_err(|e| {
+                    NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() }
+                })?;
+                Some(std::sync::Arc::new(Opener {
+                    provider: provider.clone(),
+                    bundler: bundler.clone(),
+                    paymaster: paymaster.clone(),
+                    paymasters: EntryPointVersion::ALL
+                        .iter()
+                        .map(|v| (*v, deployment.paymaster(*v)))
+                        .collect(),
+                    vault: deployment.stream_vault,
+                    operator: operator.address,
+                    chain_id,
+                    records,
+                }))
+            }
+            _ => None,
+        };
+        module.merge(billing_module(index.clone(), keys, operator, opener)).map_err(merge)?;
     }
 
     let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;

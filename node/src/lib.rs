@@ -27,6 +27,6 @@ pub use paymaster::{
 };
 pub use storage::Storage;
 pub use streams::{
-    ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, OperatorReceipt, StreamError,
-    StreamId, StreamIndex, StreamPage, StreamState, StreamView, billing_codes,
+    ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, OperatorReceipt, PreparedOpen,
+    StreamError, StreamId, StreamIndex, StreamPage, StreamState, StreamView, billing_codes,
 };

@@ -26,14 +26,9 @@ use crate::{
     ledger::{Ledger, LedgerStatus, ReservationRequest, Usage},
     metrics,
     policy::{PolicyRule, Rejection, SponsorshipPolicy, max_cost},
-    signer::{PaymasterSigner, STUB_SIGNATURE, SponsorshipTerms, stub_paymaster_data},
+    signer::{PaymasterSigner, SponsorshipTerms, stub_paymaster_data},
     treasury::paymaster_accounts,
 };
-
-/// The account signature the guard simulates an unsigned op with: accounts such as SimpleAccount
-/// revert on a signature of the wrong length but report a well-formed wrong one as a failed
-/// signature, which the guard tolerates (the wallet signs after the paymaster).
-const UNSIGNED_ACCOUNT_SIGNATURE: [u8; 65] = STUB_SIGNATURE;
 
 /// How the paymaster works.
 #[derive(Debug, Clone)]
@@ -481,8 +476,10 @@ impl Paymaster {
         op: &UserOperation,
     ) -> Result<(), PaymasterError> {
         let mut sim_op = packed.clone();
+        // The wallet signs after the paymaster: an op without a signature is simulated with a
+        // well-formed stand-in, whose failure the guard tolerates.
         if sim_op.signature.is_empty() {
-            sim_op.signature = Bytes::from_static(&UNSIGNED_ACCOUNT_SIGNATURE);
+            sim_op.signature = settled_contracts::stub_account_signature();
         }
         let overrides = match &op.eip7702_auth {
             Some(auth) => SimOverrides::with_authorization(auth.clone()),

@@ -19,7 +19,7 @@ pub const PAYMASTER_DATA_LENGTH: usize = 6 + 6 + 8 + 65;
 /// A signature-shaped stub, so gas measured with it equals gas with a real signature: 65 bytes,
 /// no zero bytes to discount, `s` exactly half the curve order (the largest OpenZeppelin's ECDSA
 /// accepts, so it runs `ecrecover` as for a real one), `v` 28. It recovers to no one.
-pub(crate) const STUB_SIGNATURE: [u8; 65] = {
+const STUB_SIGNATURE: [u8; 65] = {
     let mut sig = [0xff_u8; 65];
     let half_order =
         alloy::primitives::hex!("7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0");

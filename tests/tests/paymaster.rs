@@ -212,6 +212,8 @@ async fn zero_eth_accounts_are_created_and_run_with_sponsored_gas() -> TestResul
             } else {
                 op.set_account_gas_limits(400_000, 100_000);
                 op.preVerificationGas = U256::from(100_000);
+                // As ERC-7677 has it: the op reaches the paymaster unsigned.
+                op.signature = Bytes::new();
             }
             let signed = pm(&node, "getPaymasterData", version, &op, context("approvals"))
                 .await?

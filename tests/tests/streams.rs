@@ -566,3 +566,96 @@ async fn billing_operates_streams_idempotently() -> TestResult {
     assert_eq!(anonymous.err().map(|e| e.0), Some(i64::from(codes::UNAUTHORIZED)));
     node.shutdown().await
 }
+
+/// `stream_open`: a zero-ETH customer's SimpleAccount (not yet deployed) opens a stream through
+/// an op the node prepares — estimated by its bundler, sponsored by its paymaster — and sends
+/// through the node's bundler; a retry with the same idempotency key gets the same op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_eth_customer_opens_a_stream_through_a_sponsored_op() -> TestResult {
+    use serde_json::json;
+    use settled_contracts::{EntryPointVersion, PackedUserOperation, UserOperation};
+    use settled_node::ApiKey;
+    use settled_paymaster::{AllowedCall, SponsorshipPolicy};
+    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.api_keys = vec![ApiKey {
+            name: "vendor".into(),
+            keccak256: alloy::primitives::keccak256(b"vendor-token"),
+            payees: vec![payee],
+            all: false,
+        }];
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let url = node.node()?.rpc_url();
+    let policy = SponsorshipPolicy {
+        allowed_calls: vec![
+            AllowedCall {
+                target: deployment.usdc,
+                selectors: vec![[0x09, 0x5e, 0xa7, 0xb3].into()],
+            },
+            AllowedCall { target: deployment.stream_vault, selectors: vec![] },
+        ],
+        ..SponsorshipPolicy::unlimited("streams")
+    };
+    settled_tests::rpc::call_url(&url, "paymaster_setPolicy", json!([policy]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+
+    let version = EntryPointVersion::V08;
+    let owner = alloy::signers::local::PrivateKeySigner::random();
+    let (account, init_code) = chain.simple_account(version, owner.address()).await?;
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    confirm(usdc.mint(account, U256::from(50_000_000u64)).send().await?).await?;
+    let request = json!({
+        "payer": account,
+        "payee": payee,
+        "token": deployment.usdc,
+        "ratePerSecond": "10000000000000000",
+        "deposit": "30000000",
+        "entryPoint": version.canonical_address(),
+        "factory": alloy::primitives::Bytes::copy_from_slice(&init_code[..20]),
+        "factoryData": alloy::primitives::Bytes::copy_from_slice(&init_code[20..]),
+        "sponsorshipPolicy": "streams",
+        "idempotencyKey": "open-1",
+    });
+    let prepared = billing(&node, Some("vendor-token"), "stream_open", json!([request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let again = billing(&node, Some("vendor-token"), "stream_open", json!([request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(again, prepared, "a retry gets the same op");
+    let mut changed = request.clone();
+    changed["deposit"] = json!("1");
+    let reused = billing(&node, Some("vendor-token"), "stream_open", json!([changed])).await?;
+    assert_eq!(reused.err().map(|e| e.0), Some(-32602));
+
+    let op: UserOperation = serde_json::from_value(prepared["userOperation"].clone())?;
+    let mut packed: PackedUserOperation = op.pack()?;
+    packed.signature = chain.sign_op(version, &owner, &packed).await?;
+    let hash = settled_tests::rpc::send_at(&url, version, &packed)
+        .await?
+        .map_err(|e| format!("send: {e:?}"))?;
+    assert_eq!(hash, prepared["userOpHash"]);
+    let receipt =
+        settled_tests::rpc::wait_for_receipt_at(&url, serde_json::from_value(hash)?).await?;
+    assert_eq!(receipt["success"], json!(true), "{receipt}");
+    assert_eq!(provider.get_balance(account).await?, U256::ZERO, "the customer never held ETH");
+
+    let block = receipt["receipt"]["blockNumber"].as_str().ok_or("no block")?;
+    indexed(&node, u64::from_str_radix(block.trim_start_matches("0x"), 16)?).await?;
+    let list = billing(&node, Some("vendor-token"), "stream_list", json!([{ "payer": account }]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let stream = &list["streams"][0];
+    assert_eq!(stream["balance"], json!("30000000"));
+    assert_eq!(stream["ratePerSecond"], json!("10000000000000000"));
+    assert_eq!(stream["status"], json!("active"));
+    node.shutdown().await
+}

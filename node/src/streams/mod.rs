@@ -7,11 +7,14 @@
 
 mod accrual;
 mod index;
+mod open;
 mod operator;
 mod rpc;
 
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex};
+pub(crate) use open::Opener;
+pub use open::PreparedOpen;
 pub(crate) use operator::Operator;
 pub use operator::OperatorReceipt;
 pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, codes as billing_codes};

@@ -63,7 +63,7 @@ impl Record {
 /// The operator: its signer, the vault, the idempotency records.
 pub(crate) struct Operator {
     provider: DynProvider,
-    address: Address,
+    pub(crate) address: Address,
     vault: Address,
     records: sled::Tree,
 }

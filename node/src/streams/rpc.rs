@@ -56,7 +56,7 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
-    fn may_see(&self, payee: Address) -> bool {
+    pub(crate) fn may_see(&self, payee: Address) -> bool {
         self.all || self.payees.contains(&payee)
     }
 
@@ -281,6 +281,7 @@ pub(crate) fn billing_module(
     index: Arc<StreamIndex>,
     keys: Vec<ApiKey>,
     operator: Option<Arc<super::operator::Operator>>,
+    opener: Option<Arc<super::open::Opener>>,
 ) -> RpcModule<()> {
     let billing =
         Arc::new(Billing { index, keys: keys.into_iter().map(|k| (k.keccak256, k)).collect() });
@@ -358,6 +359,9 @@ pub(crate) fn billing_module(
         let next_cursor = more.then(|| streams.last().map(|s| s.id.clone())).flatten();
         to_value(StreamPage { streams, next_cursor })
     });
+    if let Some(opener) = opener {
+        super::open::register_open(&mut module, billing.clone(), opener);
+    }
     if let Some(operator) = operator {
         super::operator::register_mutations(&mut module, billing, operator);
     }
