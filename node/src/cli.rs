@@ -222,6 +222,14 @@ pub struct NodeArgs {
     #[arg(long = "billing.operator-key-file", env = "SETTLED_BILLING_OPERATOR_KEY_FILE")]
     pub billing_operator_key_file: Option<PathBuf>,
 
+    /// Alert `lowBalance` when a stream will run out within this many seconds.
+    #[arg(
+        long = "billing.low-balance-secs",
+        env = "SETTLED_BILLING_LOW_BALANCE_SECS",
+        default_value_t = 3_600
+    )]
+    pub billing_low_balance_secs: u64,
+
     /// Do not run the paymaster.
     #[arg(long = "paymaster.disable", env = "SETTLED_PAYMASTER_DISABLE")]
     pub paymaster_disable: bool,
@@ -599,6 +607,9 @@ impl NodeArgs {
                 api_keys: Vec::new(),
                 operator_key: self.billing_operator_key.map(SecretKey),
                 operator_key_file: self.billing_operator_key_file,
+                alerts: crate::streams::AlertThresholds {
+                    low_balance_secs: self.billing_low_balance_secs,
+                },
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })

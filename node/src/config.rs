@@ -40,6 +40,8 @@ pub struct BillingSettings {
     pub operator_key: Option<SecretKey>,
     /// A file holding that key (hex).
     pub operator_key_file: Option<PathBuf>,
+    /// When streams raise alerts.
+    pub alerts: crate::streams::AlertThresholds,
 }
 
 /// The paymaster's node-level settings (its engine settings are

@@ -172,12 +172,14 @@ pub async fn launch(
     } else {
         let db = storage.db().clone();
         let (vault, depth) = (deployment.stream_vault, config.chain.reorg_depth);
-        let index = tokio::task::spawn_blocking(move || StreamIndex::open(&db, vault, depth))
-            .await
-            .map_err(|e| NodeError::Storage {
-                path: config.datadir.clone(),
-                reason: e.to_string(),
-            })??;
+        let thresholds = config.billing.alerts;
+        let index =
+            tokio::task::spawn_blocking(move || StreamIndex::open(&db, vault, depth, thresholds))
+                .await
+                .map_err(|e| NodeError::Storage {
+                    path: config.datadir.clone(),
+                    reason: e.to_string(),
+                })??;
         index.announce();
         let index = std::sync::Arc::new(index);
         tasks.push(tokio::spawn(index.clone().run(follower.subscribe(), cancel.clone())));

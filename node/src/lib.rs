@@ -27,6 +27,7 @@ pub use paymaster::{
 };
 pub use storage::Storage;
 pub use streams::{
-    ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, OperatorReceipt, PreparedOpen,
-    StreamError, StreamId, StreamIndex, StreamPage, StreamState, StreamView, billing_codes,
+    AlertThresholds, ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, NoticeKind,
+    OperatorReceipt, PreparedOpen, StreamError, StreamId, StreamIndex, StreamNotice, StreamPage,
+    StreamState, StreamView, billing_codes,
 };

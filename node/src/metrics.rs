@@ -43,6 +43,7 @@ pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
             describe();
             settled_bundler::describe_metrics();
             settled_paymaster::describe_metrics();
+            crate::streams::describe_metrics();
             Ok(handle)
         })
         .clone()

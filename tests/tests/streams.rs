@@ -659,3 +659,81 @@ async fn a_zero_eth_customer_opens_a_stream_through_a_sponsored_op() -> TestResu
     assert_eq!(stream["status"], json!("active"));
     node.shutdown().await
 }
+
+/// `stream_subscribe` over WebSocket: a key sees its streams' changes and the `lowBalance` and
+/// `depleted` alerts as time passes; a missing key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depletion_alerts_arrive_over_websocket() -> TestResult {
+    use jsonrpsee::{
+        core::client::{Subscription, SubscriptionClientT},
+        rpc_params,
+        ws_client::{HeaderMap, HeaderValue, WsClientBuilder},
+    };
+    use settled_node::{AlertThresholds, ApiKey, NoticeKind, StreamNotice};
+    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.api_keys = vec![ApiKey {
+            name: "vendor".into(),
+            keccak256: alloy::primitives::keccak256(b"vendor-token"),
+            payees: vec![payee],
+            all: false,
+        }];
+        config.billing.alerts = AlertThresholds { low_balance_secs: 60 };
+    })
+    .await?;
+    let ws_url = format!("ws://{}", node.node()?.rpc_addr());
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer vendor-token"));
+    let client = WsClientBuilder::default().set_headers(headers).build(&ws_url).await?;
+    let mut notices: Subscription<StreamNotice> =
+        client.subscribe("stream_subscribe", rpc_params![], "stream_unsubscribe").await?;
+    let anonymous = WsClientBuilder::default().build(&ws_url).await?;
+    let refused: Result<Subscription<StreamNotice>, _> =
+        anonymous.subscribe("stream_subscribe", rpc_params![], "stream_unsubscribe").await;
+    assert!(refused.is_err(), "a subscription without a key is refused");
+
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, operator) = (chain.account(3)?, chain.account(5)?);
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    confirm(usdc.mint(payer, U256::from(10u128.pow(12))).send().await?).await?;
+    confirm(usdc.approve(deployment.stream_vault, U256::MAX).from(payer).send().await?).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    // 1 USDC/s with 100 USDC: 100 s of runway.
+    let open = vault
+        .open(
+            payee,
+            deployment.usdc,
+            U96::from(10u128.pow(18)),
+            operator,
+            U96::ZERO,
+            U96::ZERO,
+            100_000_000,
+        )
+        .from(payer);
+    confirm(open.send().await?).await?;
+
+    let mut next = async || -> TestResult<StreamNotice> {
+        let notice = tokio::time::timeout(std::time::Duration::from_secs(10), notices.next())
+            .await?
+            .ok_or("subscription ended")??;
+        Ok(notice)
+    };
+    let opened = next().await?;
+    assert_eq!(opened.kind, NoticeKind::Changed);
+    assert_eq!(opened.stream.balance, "100000000");
+
+    provider.anvil_increase_time(50).await?;
+    mine(provider).await?;
+    let low = next().await?;
+    assert_eq!(low.kind, NoticeKind::LowBalance, "{low:?}");
+
+    provider.anvil_increase_time(100).await?;
+    mine(provider).await?;
+    let depleted = next().await?;
+    assert_eq!(depleted.kind, NoticeKind::Depleted, "{depleted:?}");
+    assert_eq!(depleted.stream.covered_debt, "100000000");
+    assert_ne!(depleted.stream.uncovered_debt, "0");
+    node.shutdown().await
+}

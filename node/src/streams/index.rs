@@ -22,7 +22,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::accrual::{StreamError, StreamState};
+use super::{
+    accrual::{StreamError, StreamState},
+    alerts::{AlertThresholds, Alerts, NoticeKind, StreamNotice},
+};
 
 /// A stream's id in the vault.
 pub type StreamId = u64;
@@ -90,11 +93,19 @@ pub struct StreamIndex {
     reorg_depth: u64,
     /// Serialises block application with reads of the cursor.
     apply: Mutex<()>,
+    notices: broadcast::Sender<StreamNotice>,
+    alerts: Alerts,
 }
 
 impl StreamIndex {
-    /// The index of the vault at `vault`, in `db`; undo records are kept `reorg_depth` blocks.
-    pub fn open(db: &sled::Db, vault: Address, reorg_depth: u64) -> Result<Self, IndexError> {
+    /// The index of the vault at `vault`, in `db`; undo records are kept `reorg_depth` blocks;
+    /// alerts per `thresholds`.
+    pub fn open(
+        db: &sled::Db,
+        vault: Address,
+        reorg_depth: u64,
+        thresholds: AlertThresholds,
+    ) -> Result<Self, IndexError> {
         Ok(Self {
             vault,
             streams: db.open_tree("streams.state").map_err(storage)?,
@@ -102,7 +113,37 @@ impl StreamIndex {
             meta: db.open_tree("streams.meta").map_err(storage)?,
             reorg_depth,
             apply: Mutex::new(()),
+            notices: broadcast::channel(4_096).0,
+            alerts: Alerts::new(thresholds),
         })
+    }
+
+    /// Notices of changes and alerts, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<StreamNotice> {
+        self.notices.subscribe()
+    }
+
+    /// After `block` was applied: a `changed` notice per touched stream, then the alerts of all
+    /// streams at the block's time.
+    fn notify(&self, block: &NewBlock, touched: &[StreamId]) -> Result<(), IndexError> {
+        let at = block.timestamp;
+        let number = block.block.number;
+        for id in touched {
+            if let Some(state) = self.get(*id)? {
+                let stream = super::rpc::StreamView::new(*id, &state, at);
+                let _ = self.notices.send(StreamNotice {
+                    kind: NoticeKind::Changed,
+                    block: number,
+                    stream,
+                });
+            }
+        }
+        // Every stream, every block: fine for thousands; an index by depletion time is next.
+        let all = self.list(None, usize::MAX, |_| true)?;
+        for notice in self.alerts.evaluate(all.iter().map(|(id, s)| (*id, s)), at, number) {
+            let _ = self.notices.send(notice);
+        }
+        Ok(())
     }
 
     /// The stream `id`, if the vault has it.
@@ -146,12 +187,13 @@ impl StreamIndex {
         Ok(out)
     }
 
-    /// Applies `block`'s vault events. Returns how many were applied (0 for a replayed block).
-    pub fn apply_block(&self, block: &NewBlock) -> Result<usize, IndexError> {
+    /// Applies `block`'s vault events. Returns the streams they changed (none for a replayed
+    /// block).
+    pub fn apply_block(&self, block: &NewBlock) -> Result<Vec<StreamId>, IndexError> {
         let _guard = self.apply.lock().map_err(|_| storage("index lock poisoned"))?;
         let previous = self.cursor()?;
         if previous.is_some_and(|c| c.number >= block.block.number) {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let at = block.timestamp;
         let mut touched: Vec<(StreamId, Option<StreamState>, Option<StreamState>)> = Vec::new();
@@ -204,7 +246,9 @@ impl StreamIndex {
             })
             .map_err(|e| storage(format!("{e:?}")))?;
         self.prune(cursor.number)?;
-        Ok(applied)
+        ::metrics::counter!(super::alerts::EVENTS).increment(applied);
+        ::metrics::gauge!(super::alerts::INDEX_BLOCK).set(cursor.number as f64);
+        Ok(touched.into_iter().map(|(id, _, _)| id).collect())
     }
 
     fn prune(&self, head: u64) -> Result<(), IndexError> {
@@ -267,8 +311,12 @@ impl StreamIndex {
             let index = self.clone();
             let result = match event {
                 Ok(ChainEvent::Block(block)) => {
-                    tokio::task::spawn_blocking(move || index.apply_block(&block).map(|n| (n, 0)))
-                        .await
+                    tokio::task::spawn_blocking(move || {
+                        let touched = index.apply_block(&block)?;
+                        index.notify(&block, &touched)?;
+                        Ok((touched.len(), 0))
+                    })
+                    .await
                 }
                 Ok(ChainEvent::Reorg(reorg)) => {
                     tokio::task::spawn_blocking(move || {

@@ -6,12 +6,15 @@
 //! ([`billing_module`]: `stream_get`, `stream_list`, `stream_balanceAt`, behind API keys).
 
 mod accrual;
+mod alerts;
 mod index;
 mod open;
 mod operator;
 mod rpc;
 
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
+pub(crate) use alerts::describe_metrics;
+pub use alerts::{AlertThresholds, NoticeKind, StreamNotice};
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex};
 pub(crate) use open::Opener;
 pub use open::PreparedOpen;

@@ -298,19 +298,28 @@ async fn mutate(
         }
         "stream_withdraw" => {
             let available = state.covered_debt(now);
-            let amount = match mutation.amount.as_deref() {
-                Some(text) => decimal("amount", text)?,
-                None => U256::from(available),
-            };
-            if amount.is_zero() || amount > U256::from(available) {
-                return Err(error(
-                    codes::INVALID_PARAMS,
-                    format!("amount {amount} must be between 1 and the {available} withdrawable"),
-                ));
+            match mutation.amount.as_deref() {
+                Some(text) => {
+                    let amount = decimal("amount", text)?;
+                    if amount.is_zero() || amount > U256::from(available) {
+                        return Err(error(
+                            codes::INVALID_PARAMS,
+                            format!(
+                                "amount {amount} must be between 1 and the {available} withdrawable"
+                            ),
+                        ));
+                    }
+                    vault.withdraw(sid, amount.to::<u128>()).into_transaction_request()
+                }
+                // Everything covered when the transaction runs (more accrues until it is mined).
+                None => vault.withdrawBatch(vec![sid]).into_transaction_request(),
             }
-            vault.withdraw(sid, amount.to::<u128>()).into_transaction_request()
         }
         _ => vault.close(sid).into_transaction_request(),
     };
-    operator.send_once(record, params_hash, tx).await
+    let receipt = operator.send_once(record, params_hash, tx).await?;
+    // Read-your-writes: once the call returns, the index (and so stream_get and the next
+    // mutation's checks) includes its block.
+    billing.wait_for_block(receipt.block_number).await;
+    Ok(receipt)
 }

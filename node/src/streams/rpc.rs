@@ -164,7 +164,7 @@ pub struct StreamView {
 }
 
 impl StreamView {
-    fn new(id: StreamId, s: &StreamState, at: u64) -> Self {
+    pub(crate) fn new(id: StreamId, s: &StreamState, at: u64) -> Self {
         let status = if s.closed {
             "closed"
         } else if s.paused {
@@ -270,6 +270,16 @@ impl Billing {
         }
     }
 
+    /// Waits (up to 10 s) until the index has applied `block`.
+    pub(crate) async fn wait_for_block(&self, block: u64) {
+        for _ in 0..200 {
+            if self.index.cursor().ok().flatten().is_some_and(|c| c.number >= block) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) fn now(&self) -> Result<u64, ErrorObjectOwned> {
         Ok(self.index.cursor().map_err(internal)?.map_or(0, |c| c.timestamp))
     }
@@ -359,6 +369,7 @@ pub(crate) fn billing_module(
         let next_cursor = more.then(|| streams.last().map(|s| s.id.clone())).flatten();
         to_value(StreamPage { streams, next_cursor })
     });
+    register_subscription(&mut module, billing.clone());
     if let Some(opener) = opener {
         super::open::register_open(&mut module, billing.clone(), opener);
     }
@@ -366,6 +377,66 @@ pub(crate) fn billing_module(
         super::operator::register_mutations(&mut module, billing, operator);
     }
     module
+}
+
+/// `stream_subscribe` (WebSocket): `stream_notice` notifications — every change of a stream the
+/// key may see and its `lowBalance`/`depleted` alerts — optionally for one `{"streamId"}` only.
+fn register_subscription(module: &mut RpcModule<()>, billing: Arc<Billing>) {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Filter {
+        stream_id: Option<String>,
+    }
+    // The names are distinct constants: registration cannot collide.
+    let _ = module.register_subscription(
+        "stream_subscribe",
+        "stream_notice",
+        "stream_unsubscribe",
+        move |params, pending, _, extensions| {
+            let billing = billing.clone();
+            async move {
+                let key = match billing.key(&extensions) {
+                    Ok(key) => key.clone(),
+                    Err(e) => {
+                        pending.reject(e).await;
+                        return Ok(());
+                    }
+                };
+                let mut sequence = params.sequence();
+                let filter: Option<Filter> = match sequence.optional_next() {
+                    Ok(filter) => filter,
+                    Err(e) => {
+                        pending.reject(e).await;
+                        return Ok(());
+                    }
+                };
+                let only = filter.and_then(|f| f.stream_id);
+                let mut notices = billing.index.subscribe();
+                let sink = pending.accept().await?;
+                loop {
+                    let notice = tokio::select! {
+                        _ = sink.closed() => break,
+                        notice = notices.recv() => notice,
+                    };
+                    let notice = match notice {
+                        Ok(notice) => notice,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    };
+                    if !key.may_see(notice.stream.payee)
+                        || only.as_ref().is_some_and(|id| *id != notice.stream.id)
+                    {
+                        continue;
+                    }
+                    let message = serde_json::value::to_raw_value(&notice)?;
+                    if sink.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                jsonrpsee::core::SubscriptionResult::Ok(())
+            }
+        },
+    );
 }
 
 fn to_value(value: impl Serialize) -> Result<serde_json::Value, ErrorObjectOwned> {
