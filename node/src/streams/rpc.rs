@@ -451,3 +451,49 @@ pub(crate) fn api_keys(direct: &[ApiKey], file: Option<&Path>) -> Result<Vec<Api
     }
     Ok(keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The published OpenRPC document names exactly the methods served (with an operator).
+    #[test]
+    fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../openrpc/stream.json"))?;
+        let mut documented: Vec<String> = doc["methods"]
+            .as_array()
+            .ok_or("no methods")?
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(str::to_owned))
+            .collect();
+        documented.sort();
+        let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path())?;
+        let index = Arc::new(StreamIndex::open(&db, Address::ZERO, 8, Default::default())?);
+        // An operator over a provider that is never called (registration needs no chain).
+        use alloy::providers::Provider as _;
+        let provider = alloy::providers::ProviderBuilder::new()
+            .connect_http("http://127.0.0.1:1".parse()?)
+            .erased();
+        let key = alloy::signers::local::PrivateKeySigner::random();
+        let operator =
+            Arc::new(super::super::operator::Operator::new(provider, key, Address::ZERO, &db)?);
+        let module = billing_module(index, Vec::new(), Some(operator), None);
+        let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();
+        // stream_open also needs a bundler and a paymaster; the e2e suite calls it.
+        served.push("stream_open".into());
+        served.retain(|m| m != "stream_unsubscribe");
+        served.sort();
+        assert_eq!(documented, served);
+        for (name, code) in [
+            ("InvalidParams", codes::INVALID_PARAMS),
+            ("Unauthorized", codes::UNAUTHORIZED),
+            ("Forbidden", codes::FORBIDDEN),
+            ("Conflict", codes::CONFLICT),
+        ] {
+            assert_eq!(doc["components"]["errors"][name]["code"].as_i64(), Some(i64::from(code)));
+        }
+        Ok(())
+    }
+}
