@@ -3,7 +3,10 @@
 //! debt exceeds the balance. Each alert fires once per situation (a new projection or balance
 //! re-arms it). Also the streams' metrics.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Mutex,
+};
 
 use metrics::{describe_counter, describe_gauge};
 use serde::{Deserialize, Serialize};
@@ -16,8 +19,8 @@ use super::{
 
 /// Gauge: streams neither closed nor paused.
 pub(crate) const ACTIVE_STREAMS: &str = "settled_streams_active";
-/// Gauge: base units streamed (withdrawn + owed now) across all streams, per `token`.
-pub(crate) const STREAMED: &str = "settled_streams_streamed_base_units";
+/// Gauge: base units paid to payees since the node started indexing, per `token`.
+pub(crate) const WITHDRAWN: &str = "settled_streams_withdrawn_base_units";
 /// Counter: alerts fired, per `kind`.
 pub(crate) const ALERTS: &str = "settled_streams_alerts_total";
 /// Gauge: the last block the stream index applied (lag = `settled_chain_head_block` − this).
@@ -28,7 +31,7 @@ pub(crate) const EVENTS: &str = "settled_streams_events_total";
 /// Registers the descriptions of the streams' metrics.
 pub(crate) fn describe_metrics() {
     describe_gauge!(ACTIVE_STREAMS, "Streams neither closed nor paused");
-    describe_gauge!(STREAMED, "Base units streamed (withdrawn + owed) across streams, by token");
+    describe_gauge!(WITHDRAWN, "Base units paid to payees (as indexed), by token");
     describe_counter!(ALERTS, "Stream alerts fired, by kind (lowBalance, depleted)");
     describe_gauge!(INDEX_BLOCK, "Last block applied by the stream index");
     describe_counter!(EVENTS, "StreamVault events applied by the stream index");
@@ -81,65 +84,81 @@ impl Default for AlertThresholds {
     }
 }
 
-/// Which alert each stream last got, and for what situation.
+/// Which alert each stream last got, and when each needs looking at again: streams are only
+/// re-examined when they change or when their next alert is due, never all at every block.
 #[derive(Debug, Default)]
 pub(crate) struct Alerts {
     thresholds: AlertThresholds,
-    fired: Mutex<HashMap<StreamId, (NoticeKind, u64, u128)>>,
+    state: Mutex<AlertState>,
+}
+
+#[derive(Debug, Default)]
+struct AlertState {
+    /// The situation each stream was last alerted for.
+    fired: HashMap<StreamId, (NoticeKind, u64, u128)>,
+    /// `(second, stream)`: when a stream's next alert may be due.
+    schedule: BTreeSet<(u64, StreamId)>,
+    /// Each scheduled stream's entry in `schedule`.
+    due_at: HashMap<StreamId, u64>,
 }
 
 impl Alerts {
     pub(crate) fn new(thresholds: AlertThresholds) -> Self {
-        Self { thresholds, fired: Mutex::default() }
+        Self { thresholds, state: Mutex::default() }
     }
 
-    /// The alerts `streams` call for at second `at` (each once per situation), and the metrics.
-    pub(crate) fn evaluate<'a>(
+    /// Examines `state` at second `at`: the alert it calls for now (once per situation), and
+    /// when to look again.
+    pub(crate) fn check(
         &self,
-        streams: impl Iterator<Item = (StreamId, &'a StreamState)>,
+        id: StreamId,
+        state: &StreamState,
         at: u64,
         block: u64,
-    ) -> Vec<StreamNotice> {
-        let Ok(mut fired) = self.fired.lock() else { return Vec::new() };
-        let mut notices = Vec::new();
-        let mut active = 0u64;
-        let mut streamed: HashMap<alloy::primitives::Address, f64> = HashMap::new();
-        for (id, state) in streams {
-            *streamed.entry(state.token).or_default() +=
-                state.withdrawn as f64 + f64::from(state.total_debt(at));
-            if state.closed {
-                fired.remove(&id);
-                continue;
-            }
-            if !state.paused {
-                active += 1;
-            }
-            let depletion = state.depletion_time(at);
-            let situation = match depletion {
-                0 => Some(NoticeKind::Depleted),
-                NEVER_DEPLETES => None,
-                t if t.saturating_sub(at) <= self.thresholds.low_balance_secs => {
-                    Some(NoticeKind::LowBalance)
-                }
-                _ => None,
-            };
-            let Some(kind) = situation else {
-                fired.remove(&id);
-                continue;
-            };
-            let key = (kind, depletion, state.balance);
-            if fired.get(&id) == Some(&key) {
-                continue;
-            }
-            fired.insert(id, key);
-            ::metrics::counter!(ALERTS, "kind" => kind.as_str()).increment(1);
-            notices.push(StreamNotice { kind, block, stream: StreamView::new(id, state, at) });
+    ) -> Option<StreamNotice> {
+        let Ok(mut alerts) = self.state.lock() else { return None };
+        if let Some(previous) = alerts.due_at.remove(&id) {
+            alerts.schedule.remove(&(previous, id));
         }
-        ::metrics::gauge!(ACTIVE_STREAMS).set(active as f64);
-        for (token, units) in streamed {
-            ::metrics::gauge!(STREAMED, "token" => token.to_string()).set(units);
+        if state.closed {
+            alerts.fired.remove(&id);
+            return None;
         }
-        notices
+        let depletion = state.depletion_time(at);
+        let horizon = self.thresholds.low_balance_secs;
+        let (situation, next) = match depletion {
+            0 => (Some(NoticeKind::Depleted), None),
+            NEVER_DEPLETES => (None, None),
+            t if t.saturating_sub(at) <= horizon => (Some(NoticeKind::LowBalance), Some(t)),
+            t => (None, Some(t - horizon)),
+        };
+        if let Some(next) = next {
+            alerts.schedule.insert((next, id));
+            alerts.due_at.insert(id, next);
+        }
+        let Some(kind) = situation else {
+            alerts.fired.remove(&id);
+            return None;
+        };
+        let key = (kind, depletion, state.balance);
+        if alerts.fired.get(&id) == Some(&key) {
+            return None;
+        }
+        alerts.fired.insert(id, key);
+        ::metrics::counter!(ALERTS, "kind" => kind.as_str()).increment(1);
+        Some(StreamNotice { kind, block, stream: StreamView::new(id, state, at) })
+    }
+
+    /// The streams whose next alert is due by second `at` (taken off the schedule).
+    pub(crate) fn due(&self, at: u64) -> Vec<StreamId> {
+        let Ok(mut alerts) = self.state.lock() else { return Vec::new() };
+        let due: Vec<(u64, StreamId)> =
+            alerts.schedule.range(..=(at, StreamId::MAX)).copied().collect();
+        for entry in &due {
+            alerts.schedule.remove(entry);
+            alerts.due_at.remove(&entry.1);
+        }
+        due.into_iter().map(|(_, id)| id).collect()
     }
 }
 
@@ -165,11 +184,14 @@ mod tests {
         )?;
         s.deposit(500_000_000)?; // 500 s of runway
         let kinds = |at: u64, s: &StreamState| -> Vec<NoticeKind> {
-            alerts.evaluate(std::iter::once((1, s)), at, 0).into_iter().map(|n| n.kind).collect()
+            alerts.check(1, s, at, 0).into_iter().map(|n| n.kind).collect()
         };
         assert_eq!(kinds(1_000, &s), vec![], "500 s left: beyond the horizon");
+        assert_eq!(alerts.due(1_399), Vec::<StreamId>::new(), "not yet due");
+        assert_eq!(alerts.due(1_401), vec![1], "due when 100 s are left");
         assert_eq!(kinds(1_450, &s), vec![NoticeKind::LowBalance]);
         assert_eq!(kinds(1_460, &s), vec![], "once");
+        assert_eq!(alerts.due(1_501), vec![1], "due again at depletion");
         assert_eq!(kinds(1_600, &s), vec![NoticeKind::Depleted]);
         assert_eq!(kinds(1_700, &s), vec![], "once");
         s.deposit(1_000_000_000)?;

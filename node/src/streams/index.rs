@@ -95,6 +95,8 @@ pub struct StreamIndex {
     apply: Mutex<()>,
     notices: broadcast::Sender<StreamNotice>,
     alerts: Alerts,
+    /// Streams neither closed nor paused (a metric, kept up to date per block).
+    active: std::sync::atomic::AtomicI64,
 }
 
 impl StreamIndex {
@@ -106,7 +108,7 @@ impl StreamIndex {
         reorg_depth: u64,
         thresholds: AlertThresholds,
     ) -> Result<Self, IndexError> {
-        Ok(Self {
+        let index = Self {
             vault,
             streams: db.open_tree("streams.state").map_err(storage)?,
             undo: db.open_tree("streams.undo").map_err(storage)?,
@@ -115,7 +117,10 @@ impl StreamIndex {
             apply: Mutex::new(()),
             notices: broadcast::channel(4_096).0,
             alerts: Alerts::new(thresholds),
-        })
+            active: std::sync::atomic::AtomicI64::new(0),
+        };
+        index.schedule_all()?;
+        Ok(index)
     }
 
     /// Notices of changes and alerts, as they happen.
@@ -123,8 +128,8 @@ impl StreamIndex {
         self.notices.subscribe()
     }
 
-    /// After `block` was applied: a `changed` notice per touched stream, then the alerts of all
-    /// streams at the block's time.
+    /// After `block` was applied: a `changed` notice per touched stream, and the alerts of the
+    /// touched streams and of those whose next alert fell due.
     fn notify(&self, block: &NewBlock, touched: &[StreamId]) -> Result<(), IndexError> {
         let at = block.timestamp;
         let number = block.block.number;
@@ -138,11 +143,32 @@ impl StreamIndex {
                 });
             }
         }
-        // Every stream, every block: fine for thousands; an index by depletion time is next.
-        let all = self.list(None, usize::MAX, |_| true)?;
-        for notice in self.alerts.evaluate(all.iter().map(|(id, s)| (*id, s)), at, number) {
-            let _ = self.notices.send(notice);
+        let mut examine: Vec<StreamId> = touched.to_vec();
+        examine.extend(self.alerts.due(at));
+        examine.sort_unstable();
+        examine.dedup();
+        for id in examine {
+            let Some(state) = self.get(id)? else { continue };
+            if let Some(notice) = self.alerts.check(id, &state, at, number) {
+                let _ = self.notices.send(notice);
+            }
         }
+        Ok(())
+    }
+
+    /// Schedules every stream's alerts (start-up: one pass over the index).
+    fn schedule_all(&self) -> Result<(), IndexError> {
+        let at = self.cursor()?.map_or(0, |c| c.timestamp);
+        let mut active = 0i64;
+        for (id, state) in self.list(None, usize::MAX, |_| true)? {
+            if !state.closed && !state.paused {
+                active += 1;
+            }
+            // Alerts already due at start-up are sent with the next block.
+            let _ = self.alerts.check(id, &state, at, 0);
+        }
+        self.active.store(active, std::sync::atomic::Ordering::Relaxed);
+        ::metrics::gauge!(super::alerts::ACTIVE_STREAMS).set(active as f64);
         Ok(())
     }
 
@@ -247,6 +273,22 @@ impl StreamIndex {
             .map_err(|e| storage(format!("{e:?}")))?;
         self.prune(cursor.number)?;
         ::metrics::counter!(super::alerts::EVENTS).increment(applied);
+        let running = |s: &Option<StreamState>| s.as_ref().is_some_and(|s| !s.closed && !s.paused);
+        let delta: i64 = touched
+            .iter()
+            .map(|(_, before, after)| i64::from(running(after)) - i64::from(running(before)))
+            .sum();
+        let active = self.active.fetch_add(delta, std::sync::atomic::Ordering::Relaxed) + delta;
+        ::metrics::gauge!(super::alerts::ACTIVE_STREAMS).set(active as f64);
+        for (_, before, after) in &touched {
+            if let Some(after) = after {
+                let paid = after.withdrawn - before.as_ref().map_or(0, |b| b.withdrawn);
+                if paid > 0 {
+                    ::metrics::gauge!(super::alerts::WITHDRAWN, "token" => after.token.to_string())
+                        .increment(paid as f64);
+                }
+            }
+        }
         ::metrics::gauge!(super::alerts::INDEX_BLOCK).set(cursor.number as f64);
         Ok(touched.into_iter().map(|(id, _, _)| id).collect())
     }

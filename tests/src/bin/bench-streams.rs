@@ -1,0 +1,186 @@
+//! Benchmark of the streams domain (issue #6), in-process (no chain needed):
+//!
+//! 1. Exact balances of N streams at one timestamp: every view (total, covered, uncovered debt,
+//!    refundable, depletion time) of N mirrored streams, time and resident memory.
+//! 2. Indexer throughput: N `StreamOpened` + `Deposited` event pairs applied block by block
+//!    (1,000 streams per block) into sled, events/s.
+//! 3. `stream_list` with N streams in sled: a page of 100 unfiltered, and a page filtered by a
+//!    payee that owns 1 stream in 1,000 (the filter scans: no secondary index yet), p50/p99.
+//!
+//! Run: `cargo run --release -p settled-tests --bin bench-streams [-- N]` (default 1,000,000).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use alloy::{
+    primitives::{Address, B256, U256, aliases::U96},
+    rpc::types::Log,
+    sol_types::SolEvent,
+};
+use settled_contracts::{BlockRef, NewBlock, StreamVault};
+use settled_node::{StreamIndex, StreamState};
+use settled_tests::{TestResult, percentile};
+
+const VAULT: Address = Address::repeat_byte(0x5a);
+const T0: u64 = 1_700_000_000;
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn payee_of(i: u64) -> Address {
+    // 1,000 payees, so one payee owns 1 stream in 1,000.
+    let mut bytes = [0x77u8; 20];
+    bytes[12..].copy_from_slice(&(i % 1_000).to_be_bytes());
+    Address::from(bytes)
+}
+
+fn rate_of(i: u64) -> u128 {
+    // Slow, odd rates: fractions of a base unit accrue.
+    1_000_000_000_000 + u128::from(i % 997) * 7_919
+}
+
+fn balances(n: u64) -> TestResult {
+    let before = rss_mib();
+    let mut streams = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut s = StreamState::opened(
+            Address::repeat_byte(1),
+            payee_of(i),
+            Address::repeat_byte(3),
+            Address::repeat_byte(4),
+            6,
+            rate_of(i),
+            0,
+            0,
+            T0 + i % 86_400,
+        )?;
+        s.deposit(1_000_000 + u128::from(i))?;
+        streams.push(s);
+    }
+    let built = rss_mib();
+    let at = T0 + 90_000;
+    let started = Instant::now();
+    let mut checksum = U256::ZERO;
+    for s in &streams {
+        checksum += s.total_debt(at)
+            + U256::from(s.covered_debt(at))
+            + s.uncovered_debt(at)
+            + U256::from(s.refundable(at))
+            + U256::from(s.depletion_time(at));
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "balances: {n} streams, every view at one timestamp in {:.3} s ({:.0} ns/stream); RSS {:.0} MiB before, {:.0} MiB with the streams (checksum {checksum})",
+        elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / n as f64,
+        before,
+        built
+    );
+    Ok(())
+}
+
+fn log(data: alloy::primitives::LogData) -> Log {
+    Log { inner: alloy::primitives::Log { address: VAULT, data }, ..Default::default() }
+}
+
+fn index(n: u64, dir: &std::path::Path) -> TestResult<Arc<StreamIndex>> {
+    let db = sled::open(dir)?;
+    let index = Arc::new(StreamIndex::open(&db, VAULT, 64, Default::default())?);
+    let per_block = 1_000u64;
+    let started = Instant::now();
+    let mut events = 0u64;
+    for (number, first) in (0..n).step_by(per_block as usize).enumerate() {
+        let mut logs = Vec::with_capacity(2 * per_block as usize);
+        for i in first..(first + per_block).min(n) {
+            let id = U256::from(i + 1);
+            logs.push(log(StreamVault::StreamOpened {
+                streamId: id,
+                payer: Address::repeat_byte(1),
+                payee: payee_of(i),
+                token: Address::repeat_byte(3),
+                decimals: 6,
+                operator: Address::repeat_byte(4),
+                ratePerSecond: U96::from(rate_of(i)),
+                maxRate: U96::ZERO,
+                maxTotal: U96::ZERO,
+            }
+            .encode_log_data()));
+            logs.push(log(StreamVault::Deposited {
+                streamId: id,
+                funder: Address::repeat_byte(1),
+                amount: 1_000_000,
+            }
+            .encode_log_data()));
+        }
+        events += logs.len() as u64;
+        let block = NewBlock {
+            block: BlockRef { number: number as u64 + 1, hash: B256::from(U256::from(number + 1)) },
+            parent_hash: B256::from(U256::from(number)),
+            timestamp: T0 + number as u64,
+            logs,
+        };
+        index.apply_block(&block)?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "indexer: {events} events ({n} streams opened and funded, {per_block} per block) in {:.1} s = {:.0} events/s",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64()
+    );
+    Ok(index)
+}
+
+fn list(index: &StreamIndex, n: u64) -> TestResult {
+    let mut unfiltered = Vec::new();
+    let mut by_payee = Vec::new();
+    for round in 0..50u64 {
+        let after = (round * 7_919) % n;
+        let started = Instant::now();
+        let page = index.list(Some(after), 100, |_| true)?;
+        unfiltered.push(started.elapsed());
+        assert!(!page.is_empty() || after + 100 > n);
+        let payee = payee_of(round);
+        let started = Instant::now();
+        let page = index.list(None, 100, |s| s.payee == payee)?;
+        by_payee.push(started.elapsed());
+        assert_eq!(page.len(), 100.min((n / 1_000) as usize));
+    }
+    unfiltered.sort();
+    by_payee.sort();
+    let started = Instant::now();
+    let all = index.list(None, usize::MAX, |_| true)?;
+    println!(
+        "full scan of {} streams from sled (once at start-up, to schedule alerts): {:.2} s",
+        all.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "stream_list with {n} streams in sled: page of 100 from a cursor p50 {:.2} ms p99 {:.2} ms; page of 100 for one payee (1 in 1,000, scanned) p50 {:.1} ms p99 {:.1} ms",
+        ms(percentile(&unfiltered, 0.5)),
+        ms(percentile(&unfiltered, 0.99)),
+        ms(percentile(&by_payee, 0.5)),
+        ms(percentile(&by_payee, 0.99)),
+    );
+    Ok(())
+}
+
+fn main() -> TestResult {
+    let n: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
+    balances(n)?;
+    let dir = tempfile::tempdir()?;
+    let index = index(n, dir.path())?;
+    list(&index, n)?;
+    println!("RSS at the end: {:.0} MiB", rss_mib());
+    Ok(())
+}
