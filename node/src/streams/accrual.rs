@@ -126,6 +126,17 @@ impl StreamState {
         })
     }
 
+    /// `active`, `paused` or `closed`.
+    pub fn status(&self) -> &'static str {
+        if self.closed {
+            "closed"
+        } else if self.paused {
+            "paused"
+        } else {
+            "active"
+        }
+    }
+
     /// 10^(18 − decimals): scaled units per base unit.
     pub fn scale(&self) -> U256 {
         U256::from(10).pow(U256::from(18 - self.decimals.min(18)))

@@ -15,14 +15,14 @@ use alloy::{
 };
 use jsonrpsee::{
     Extensions, RpcModule,
-    types::{ErrorObject, ErrorObjectOwned, Params},
+    types::{ErrorObjectOwned, Params},
 };
 use serde::{Deserialize, Serialize};
 use settled_bundler::Bundler;
 use settled_contracts::{EntryPointVersion, MockUSDC, StreamVault, UserOperation, v07};
 use settled_paymaster::Paymaster;
 
-use super::rpc::{Billing, codes};
+use super::rpc::{Billing, codes, decimal, error};
 
 /// A prepared, sponsored UserOperation: sign `userOpHash` with the account's key, put the
 /// signature in `userOperation.signature`, send it with `eth_sendUserOperation`.
@@ -76,19 +76,8 @@ pub(crate) struct Opener {
     pub(crate) records: sled::Tree,
 }
 
-fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
-    ErrorObject::owned(code, message.into(), None::<()>)
-}
-
 fn invalid(message: impl Into<String>) -> ErrorObjectOwned {
     error(codes::INVALID_PARAMS, message)
-}
-
-fn decimal(name: &str, text: &str) -> Result<U256, ErrorObjectOwned> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(format!("{name} must be a decimal string")));
-    }
-    U256::from_str_radix(text, 10).map_err(|_| invalid(format!("{name} overflows 256 bits")))
 }
 
 fn fits<const BITS: usize, const LIMBS: usize>(

@@ -19,14 +19,14 @@ use alloy::{
 };
 use jsonrpsee::{
     Extensions, RpcModule,
-    types::{ErrorObject, ErrorObjectOwned, Params},
+    types::{ErrorObjectOwned, Params},
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::StreamVault;
 
 use super::{
     index::StreamId,
-    rpc::{Billing, codes},
+    rpc::{Billing, codes, decimal, error},
 };
 
 /// What a mutating call did.
@@ -66,10 +66,6 @@ pub(crate) struct Operator {
     pub(crate) address: Address,
     vault: Address,
     records: sled::Tree,
-}
-
-fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
-    ErrorObject::owned(code, message.into(), None::<()>)
 }
 
 fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
@@ -200,14 +196,6 @@ struct Mutation {
     /// `stream_withdraw`: base units (default: everything covered).
     #[serde(default)]
     amount: Option<String>,
-}
-
-fn decimal(name: &str, text: &str) -> Result<U256, ErrorObjectOwned> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(error(codes::INVALID_PARAMS, format!("{name} must be a decimal string")));
-    }
-    U256::from_str_radix(text, 10)
-        .map_err(|_| error(codes::INVALID_PARAMS, format!("{name} overflows 256 bits")))
 }
 
 /// Adds `stream_pause`, `stream_resume`, `stream_adjustRate`, `stream_withdraw` and

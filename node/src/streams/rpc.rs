@@ -165,13 +165,7 @@ pub struct StreamView {
 
 impl StreamView {
     pub(crate) fn new(id: StreamId, s: &StreamState, at: u64) -> Self {
-        let status = if s.closed {
-            "closed"
-        } else if s.paused {
-            "paused"
-        } else {
-            "active"
-        };
+        let status = s.status();
         let depletion = s.depletion_time(at);
         Self {
             id: id.to_string(),
@@ -231,7 +225,8 @@ pub(crate) struct Billing {
     keys: HashMap<B256, ApiKey>,
 }
 
-fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
+/// A billing error with `code`.
+pub(crate) fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
     ErrorObject::owned(code, message.into(), None::<()>)
 }
 
@@ -350,13 +345,7 @@ pub(crate) fn billing_module(
         let page = b
             .index
             .list(after, limit + 1, |s| {
-                let status = if s.closed {
-                    "closed"
-                } else if s.paused {
-                    "paused"
-                } else {
-                    "active"
-                };
+                let status = s.status();
                 key.may_see(s.payee)
                     && query.payer.is_none_or(|p| p == s.payer)
                     && query.payee.is_none_or(|p| p == s.payee)
@@ -437,6 +426,15 @@ fn register_subscription(module: &mut RpcModule<()>, billing: Arc<Billing>) {
             }
         },
     );
+}
+
+/// A non-negative decimal string (amounts, rates) as a number.
+pub(crate) fn decimal(name: &str, text: &str) -> Result<alloy::primitives::U256, ErrorObjectOwned> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(error(codes::INVALID_PARAMS, format!("{name} must be a decimal string")));
+    }
+    alloy::primitives::U256::from_str_radix(text, 10)
+        .map_err(|_| error(codes::INVALID_PARAMS, format!("{name} overflows 256 bits")))
 }
 
 fn to_value(value: impl Serialize) -> Result<serde_json::Value, ErrorObjectOwned> {
