@@ -636,20 +636,23 @@ async fn a_zero_eth_customer_opens_a_stream_through_a_sponsored_op() -> TestResu
     let reused = billing(&node, Some("vendor-token"), "stream_open", json!([changed])).await?;
     assert_eq!(reused.err().map(|e| e.0), Some(-32602));
 
-    let op: UserOperation = serde_json::from_value(prepared["userOperation"].clone())?;
-    let mut packed: PackedUserOperation = op.pack()?;
-    packed.signature = chain.sign_op(version, &owner, &packed).await?;
-    let hash = settled_tests::rpc::send_at(&url, version, &packed)
-        .await?
-        .map_err(|e| format!("send: {e:?}"))?;
-    assert_eq!(hash, prepared["userOpHash"]);
-    let receipt =
-        settled_tests::rpc::wait_for_receipt_at(&url, serde_json::from_value(hash)?).await?;
-    assert_eq!(receipt["success"], json!(true), "{receipt}");
+    // The wallet signs the prepared op and sends it; the node indexes its block.
+    let sign_and_send = async |prepared: &serde_json::Value| -> TestResult {
+        let op: UserOperation = serde_json::from_value(prepared["userOperation"].clone())?;
+        let mut packed: PackedUserOperation = op.pack()?;
+        packed.signature = chain.sign_op(version, &owner, &packed).await?;
+        let hash = settled_tests::rpc::send_at(&url, version, &packed)
+            .await?
+            .map_err(|e| format!("send: {e:?}"))?;
+        assert_eq!(hash, prepared["userOpHash"]);
+        let receipt =
+            settled_tests::rpc::wait_for_receipt_at(&url, serde_json::from_value(hash)?).await?;
+        assert_eq!(receipt["success"], json!(true), "{receipt}");
+        let block = receipt["receipt"]["blockNumber"].as_str().ok_or("no block")?;
+        indexed(&node, u64::from_str_radix(block.trim_start_matches("0x"), 16)?).await
+    };
+    sign_and_send(&prepared).await?;
     assert_eq!(provider.get_balance(account).await?, U256::ZERO, "the customer never held ETH");
-
-    let block = receipt["receipt"]["blockNumber"].as_str().ok_or("no block")?;
-    indexed(&node, u64::from_str_radix(block.trim_start_matches("0x"), 16)?).await?;
     let list = billing(&node, Some("vendor-token"), "stream_list", json!([{ "payer": account }]))
         .await?
         .map_err(|e| format!("{e:?}"))?;
@@ -657,6 +660,24 @@ async fn a_zero_eth_customer_opens_a_stream_through_a_sponsored_op() -> TestResu
     assert_eq!(stream["balance"], json!("30000000"));
     assert_eq!(stream["ratePerSecond"], json!("10000000000000000"));
     assert_eq!(stream["status"], json!("active"));
+
+    // The customer tops the stream up the same way, still without ETH.
+    let top_up = json!({
+        "streamId": stream["id"],
+        "amount": "5000000",
+        "entryPoint": version.canonical_address(),
+        "sponsorshipPolicy": "streams",
+        "idempotencyKey": "top-up-1",
+    });
+    let prepared = billing(&node, Some("vendor-token"), "stream_topUp", json!([top_up]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    sign_and_send(&prepared).await?;
+    let view = billing(&node, Some("vendor-token"), "stream_get", json!([stream["id"]]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(view["balance"], json!("35000000"));
+    assert_eq!(provider.get_balance(account).await?, U256::ZERO);
     node.shutdown().await
 }
 

@@ -154,12 +154,7 @@ impl Opener {
         }
         let version = EntryPointVersion::from_address(request.entry_point)
             .ok_or_else(|| invalid(format!("unsupported EntryPoint {}", request.entry_point)))?;
-        let paymaster = self
-            .paymasters
-            .iter()
-            .find(|(v, _)| *v == version)
-            .map(|(_, p)| *p)
-            .ok_or_else(|| invalid("no paymaster for this EntryPoint"))?;
+        let paymaster = self.paymaster_for(version)?;
 
         // The record binds everything the op is built from.
         let params_hash = keccak256(
@@ -178,17 +173,8 @@ impl Opener {
             ))
             .map_err(|e| error(codes::INTERNAL, e.to_string()))?,
         );
-        let record_id = keccak256(
-            [key.name.as_bytes(), b"\0open\0", request.idempotency_key.as_bytes()].concat(),
-        );
-        if let Some(stored) =
-            self.records.get(record_id).map_err(|e| error(codes::INTERNAL, e.to_string()))?
-        {
-            let (hash, prepared): (B256, PreparedOpen) = serde_json::from_slice(&stored)
-                .map_err(|e| error(codes::INTERNAL, e.to_string()))?;
-            if hash != params_hash {
-                return Err(invalid("idempotencyKey was already used with different parameters"));
-            }
+        let record_id = record_id(&key.name, "open", &request.idempotency_key);
+        if let Some(prepared) = self.replay(record_id, params_hash)? {
             return Ok(prepared);
         }
 
@@ -218,27 +204,148 @@ impl Opener {
             version,
             vec![(request.token, approve.into()), (self.vault, open.into())],
         );
-        let nonce = v07::IEntryPoint::new(request.entry_point, &self.provider)
-            .getNonce(request.payer, alloy::primitives::aliases::U192::ZERO)
+        let target = Target {
+            version,
+            entry_point: request.entry_point,
+            paymaster,
+            sender: request.payer,
+            factory: request.factory,
+            factory_data: request.factory_data,
+        };
+        let prepared =
+            self.sponsored(target, call_data, &request.sponsorship_policy, &key.name).await?;
+        self.store(record_id, params_hash, &prepared)?;
+        Ok(prepared)
+    }
+
+    /// `stream_topUp`: the payer's op that approves and deposits `amount` into its stream.
+    async fn prepare_top_up(
+        &self,
+        billing: &Billing,
+        params: Params<'static>,
+        extensions: &Extensions,
+    ) -> Result<PreparedOpen, ErrorObjectOwned> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct TopUpRequest {
+            stream_id: String,
+            amount: String,
+            entry_point: Address,
+            sponsorship_policy: String,
+            idempotency_key: String,
+        }
+        let key = billing.key(extensions)?;
+        let (request,): (TopUpRequest,) = params.parse()?;
+        let id: super::StreamId = request.stream_id.parse().map_err(|_| {
+            invalid(format!("stream id {:?} is not a decimal integer", request.stream_id))
+        })?;
+        let state = billing.visible(key, id)?;
+        if state.closed {
+            return Err(invalid(format!("stream {id} is closed")));
+        }
+        let amount: u128 = fits::<128, 2>("amount", decimal("amount", &request.amount)?)?.to();
+        if amount == 0 {
+            return Err(invalid("amount must be positive"));
+        }
+        if request.idempotency_key.is_empty() || request.idempotency_key.len() > 128 {
+            return Err(invalid("idempotencyKey must be 1 to 128 characters"));
+        }
+        let version = EntryPointVersion::from_address(request.entry_point)
+            .ok_or_else(|| invalid(format!("unsupported EntryPoint {}", request.entry_point)))?;
+        let paymaster = self.paymaster_for(version)?;
+        let params_hash = keccak256(
+            serde_json::to_vec(&(id, amount, request.entry_point, &request.sponsorship_policy))
+                .map_err(|e| error(codes::INTERNAL, e.to_string()))?,
+        );
+        let record_id = record_id(&key.name, "topUp", &request.idempotency_key);
+        if let Some(prepared) = self.replay(record_id, params_hash)? {
+            return Ok(prepared);
+        }
+        let approve =
+            MockUSDC::approveCall { spender: self.vault, value: U256::from(amount) }.abi_encode();
+        let deposit = StreamVault::depositCall { streamId: U256::from(id), amount }.abi_encode();
+        let call_data = execute_batch(
+            version,
+            vec![(state.token, approve.into()), (self.vault, deposit.into())],
+        );
+        let target = Target {
+            version,
+            entry_point: request.entry_point,
+            paymaster,
+            sender: state.payer,
+            factory: None,
+            factory_data: None,
+        };
+        let prepared =
+            self.sponsored(target, call_data, &request.sponsorship_policy, &key.name).await?;
+        self.store(record_id, params_hash, &prepared)?;
+        Ok(prepared)
+    }
+
+    fn paymaster_for(&self, version: EntryPointVersion) -> Result<Address, ErrorObjectOwned> {
+        self.paymasters
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| invalid("no paymaster for this EntryPoint"))
+    }
+
+    /// The op prepared earlier under this record, if any (other parameters: refused).
+    fn replay(&self, record: B256, params: B256) -> Result<Option<PreparedOpen>, ErrorObjectOwned> {
+        let Some(stored) =
+            self.records.get(record).map_err(|e| error(codes::INTERNAL, e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let (hash, prepared): (B256, PreparedOpen) =
+            serde_json::from_slice(&stored).map_err(|e| error(codes::INTERNAL, e.to_string()))?;
+        if hash != params {
+            return Err(invalid("idempotencyKey was already used with different parameters"));
+        }
+        Ok(Some(prepared))
+    }
+
+    fn store(
+        &self,
+        record: B256,
+        params: B256,
+        prepared: &PreparedOpen,
+    ) -> Result<(), ErrorObjectOwned> {
+        let value = serde_json::to_vec(&(params, prepared))
+            .map_err(|e| error(codes::INTERNAL, e.to_string()))?;
+        self.records.insert(record, value).map_err(|e| error(codes::INTERNAL, e.to_string()))?;
+        Ok(())
+    }
+
+    /// `call_data` from `target.sender` as a sponsored op: nonce, fees from the bundler, the
+    /// paymaster's stub, the bundler's estimate, the paymaster's signature.
+    async fn sponsored(
+        &self,
+        target: Target,
+        call_data: Bytes,
+        policy: &str,
+        customer: &str,
+    ) -> Result<PreparedOpen, ErrorObjectOwned> {
+        let nonce = v07::IEntryPoint::new(target.entry_point, &self.provider)
+            .getNonce(target.sender, alloy::primitives::aliases::U192::ZERO)
             .call()
             .await
             .map_err(|e| error(codes::INTERNAL, e.to_string()))?;
         let fees =
             self.bundler.gas_prices().await.map_err(|e| error(codes::INTERNAL, e.to_string()))?;
-        let context =
-            serde_json::json!({ "policyId": request.sponsorship_policy, "customer": key.name });
+        let context = serde_json::json!({ "policyId": policy, "customer": customer });
         let mut op = UserOperation {
-            sender: request.payer,
+            sender: target.sender,
             nonce,
-            factory: request.factory.clone(),
-            factory_data: request.factory_data.clone(),
+            factory: target.factory,
+            factory_data: target.factory_data,
             call_data,
             call_gas_limit: U256::ZERO,
             verification_gas_limit: U256::ZERO,
             pre_verification_gas: U256::ZERO,
             max_fee_per_gas: fees.standard.max_fee_per_gas,
             max_priority_fee_per_gas: fees.standard.max_priority_fee_per_gas,
-            paymaster: Some(paymaster),
+            paymaster: Some(target.paymaster),
             paymaster_verification_gas_limit: None,
             paymaster_post_op_gas_limit: None,
             paymaster_data: None,
@@ -248,7 +355,7 @@ impl Opener {
         let refuse = |e: settled_paymaster::PaymasterError| ErrorObjectOwned::from(e);
         let stub = self
             .paymaster
-            .stub_data(op.clone(), request.entry_point, self.chain_id, Some(context.clone()))
+            .stub_data(op.clone(), target.entry_point, self.chain_id, Some(context.clone()))
             .await
             .map_err(refuse)?;
         op.paymaster_verification_gas_limit = Some(stub.paymaster_verification_gas_limit);
@@ -256,7 +363,7 @@ impl Opener {
         op.paymaster_data = Some(stub.paymaster_data);
         let estimate = self
             .bundler
-            .estimate(op.clone(), request.entry_point, None)
+            .estimate(op.clone(), target.entry_point, None)
             .await
             .map_err(ErrorObjectOwned::from)?;
         let packed = op.pack().map_err(|e| invalid(e.to_string()))?;
@@ -266,31 +373,51 @@ impl Opener {
         };
         let signed = self
             .paymaster
-            .paymaster_data(op.clone(), request.entry_point, self.chain_id, Some(context))
+            .paymaster_data(op.clone(), target.entry_point, self.chain_id, Some(context))
             .await
             .map_err(refuse)?;
         op.paymaster_data = Some(signed.paymaster_data);
         op.signature = Bytes::new();
-        let user_op_hash =
-            op.pack().map_err(|e| invalid(e.to_string()))?.hash(version, self.chain_id, None);
-        let prepared =
-            PreparedOpen { user_operation: op, entry_point: request.entry_point, user_op_hash };
-        let value = serde_json::to_vec(&(params_hash, &prepared))
-            .map_err(|e| error(codes::INTERNAL, e.to_string()))?;
-        self.records.insert(record_id, value).map_err(|e| error(codes::INTERNAL, e.to_string()))?;
-        Ok(prepared)
+        let user_op_hash = op.pack().map_err(|e| invalid(e.to_string()))?.hash(
+            target.version,
+            self.chain_id,
+            None,
+        );
+        Ok(PreparedOpen { user_operation: op, entry_point: target.entry_point, user_op_hash })
     }
 }
 
-/// Adds `stream_open` to `module`.
+/// Who sends a prepared op, through which EntryPoint and paymaster.
+struct Target {
+    version: EntryPointVersion,
+    entry_point: Address,
+    paymaster: Address,
+    sender: Address,
+    factory: Option<Bytes>,
+    factory_data: Option<Bytes>,
+}
+
+/// The idempotency record of `(API key, method, idempotency key)`.
+fn record_id(key_name: &str, method: &str, idempotency_key: &str) -> B256 {
+    keccak256(
+        [key_name.as_bytes(), b"\0", method.as_bytes(), b"\0", idempotency_key.as_bytes()].concat(),
+    )
+}
+
+/// Adds `stream_open` and `stream_topUp` to `module`.
 pub(crate) fn register_open(
     module: &mut RpcModule<()>,
     billing: Arc<Billing>,
     opener: Arc<Opener>,
 ) {
-    // The name is a distinct constant: registration cannot collide.
+    let (top_up_billing, top_up_opener) = (billing.clone(), opener.clone());
+    // The names are distinct constants: registration cannot collide.
     let _ = module.register_async_method("stream_open", move |params, _, extensions| {
         let (billing, opener) = (billing.clone(), opener.clone());
         async move { opener.prepare(&billing, params, &extensions).await }
+    });
+    let _ = module.register_async_method("stream_topUp", move |params, _, extensions| {
+        let (billing, opener) = (top_up_billing.clone(), top_up_opener.clone());
+        async move { opener.prepare_top_up(&billing, params, &extensions).await }
     });
 }

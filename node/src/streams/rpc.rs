@@ -479,8 +479,10 @@ mod tests {
             Arc::new(super::super::operator::Operator::new(provider, key, Address::ZERO, &db)?);
         let module = billing_module(index, Vec::new(), Some(operator), None);
         let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();
-        // stream_open also needs a bundler and a paymaster; the e2e suite calls it.
+        // stream_open and stream_topUp also need a bundler and a paymaster; the e2e suite
+        // calls them.
         served.push("stream_open".into());
+        served.push("stream_topUp".into());
         served.retain(|m| m != "stream_unsubscribe");
         served.sort();
         assert_eq!(documented, served);
