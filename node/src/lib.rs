@@ -29,5 +29,5 @@ pub use storage::Storage;
 pub use streams::{
     AlertThresholds, ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, NoticeKind,
     OperatorReceipt, PreparedOpen, StreamError, StreamId, StreamIndex, StreamNotice, StreamPage,
-    StreamState, StreamView, billing_codes,
+    StreamSelector, StreamState, StreamView, billing_codes,
 };

@@ -89,10 +89,7 @@ impl Simulator {
             )?;
         }
         let gas_limit = block.gas_limit.max(self.limits.gas_cap);
-        // The bundle lands in the next block at the earliest.
-        let next =
-            BlockContext { number: block.number + 1, timestamp: block.timestamp + 1, ..*block };
-        let mut evm = sim_context(db, &next, gas_limit).build_mainnet();
+        let mut evm = sim_context(db, &block.next(), gas_limit).build_mainnet();
         let tx = TxEnv::builder()
             .caller(bundle.bundler)
             .kind(TxKind::Call(entry_point))

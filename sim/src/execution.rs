@@ -66,7 +66,8 @@ pub struct ExecutionOutcome {
 impl Simulator {
     /// Runs `simulateHandleOp(op)` for `version`'s EntryPoint over `state` with `overrides`:
     /// validation (without the ERC-7562 tracer) and execution, bounded by the simulator's gas and
-    /// time limits. An EntryPoint rejection is an error; a reverted call is a successful run with
+    /// time limits, in the block after `block` (where the op can execute at the earliest). An
+    /// EntryPoint rejection is an error; a reverted call is a successful run with
     /// `success == false` (see [`ExecutionOutcome::revert_reason`]). Blocking.
     pub fn simulate_handle_op(
         &self,
@@ -93,7 +94,8 @@ impl Simulator {
             frames: FrameGas::default(),
             deadline: Deadline::after(self.limits.timeout),
         };
-        let (result, inspector) = call_entry_point(state, block, &self.code, call, inspector)?;
+        let (result, inspector) =
+            call_entry_point(state, &block.next(), &self.code, call, inspector)?;
         if inspector.deadline.passed() {
             return Err(SimError::Timeout(self.limits.timeout));
         }

@@ -231,6 +231,13 @@ impl Simulator {
 }
 
 impl BlockContext {
+    /// The block after this one, at the earliest second it can have: where a transaction sent
+    /// now executes. Execution that depends on time (a stream accrues every second) is
+    /// simulated there, not at the head, whose second has passed.
+    pub fn next(&self) -> Self {
+        Self { number: self.number + 1, timestamp: self.timestamp + 1, ..*self }
+    }
+
     /// The context of `block` on `provider`'s chain.
     pub async fn fetch(provider: &DynProvider, block: BlockId) -> Result<Self, SimError> {
         let chain_id = provider.get_chain_id().await.map_err(|e| ForkError(e.to_string()))?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use alloy::primitives::{B256, U256};
+use alloy::primitives::{Address, B256, Bytes, U256};
 use serde_json::{Value, json};
 use settled_contracts::{EntryPointVersion, PackedUserOperation, UserOperation};
 
@@ -80,4 +80,72 @@ pub async fn wait_for_receipt_at(url: &str, hash: B256) -> TestResult<Value> {
         }
     }
     Err(format!("no receipt for {hash} within 10 s").into())
+}
+
+/// An address in a JSON answer.
+pub fn address(value: &Value) -> TestResult<Address> {
+    Ok(serde_json::from_value(value.clone())?)
+}
+
+/// A hex quantity in a JSON answer.
+pub fn quantity(value: &Value) -> TestResult<u128> {
+    let value: U256 = serde_json::from_value(value.clone())?;
+    Ok(value.to())
+}
+
+/// Puts `pm_getPaymasterStubData`'s answer (paymaster, its gas limits, stub paymasterData) into
+/// `op`.
+pub fn apply_paymaster_stub(op: &mut PackedUserOperation, stub: &Value) -> TestResult {
+    let mut data = address(&stub["paymaster"])?.to_vec();
+    data.extend_from_slice(&[0; 32]);
+    op.paymasterAndData = data.into();
+    op.set_paymaster_gas_limits(
+        quantity(&stub["paymasterVerificationGasLimit"])?,
+        quantity(&stub["paymasterPostOpGasLimit"])?,
+    );
+    let stub_data: Bytes = serde_json::from_value(stub["paymasterData"].clone())?;
+    let mut data = op.paymasterAndData[..52].to_vec();
+    data.extend_from_slice(&stub_data);
+    op.paymasterAndData = data.into();
+    Ok(())
+}
+
+/// Replaces `op`'s paymasterData with the signed one from `pm_getPaymasterData`.
+pub fn apply_paymaster_data(op: &mut PackedUserOperation, signed: &Value) -> TestResult {
+    let data: Bytes = serde_json::from_value(signed["paymasterData"].clone())?;
+    assert_eq!(address(&signed["paymaster"])?, op.paymaster().ok_or("no paymaster")?);
+    let mut full = op.paymasterAndData[..52].to_vec();
+    full.extend_from_slice(&data);
+    op.paymasterAndData = full.into();
+    Ok(())
+}
+
+/// The ERC-7677 flow a wallet SDK runs for `op` under sponsorship `policy` at the node `url`:
+/// stub data, `eth_estimateUserOperationGas`, then the signed paymaster data. The op still needs
+/// the account's signature.
+pub async fn sponsor(
+    url: &str,
+    chain_id: u64,
+    version: EntryPointVersion,
+    mut op: PackedUserOperation,
+    policy: &str,
+) -> TestResult<PackedUserOperation> {
+    let params = |op: &PackedUserOperation| {
+        json!([
+            UserOperation::unpack(op, None),
+            version.canonical_address(),
+            format!("{chain_id:#x}"),
+            { "policyId": policy },
+        ])
+    };
+    let stub = call_url(url, "pm_getPaymasterStubData", params(&op))
+        .await?
+        .map_err(|e| format!("pm_getPaymasterStubData: {e:?}"))?;
+    apply_paymaster_stub(&mut op, &stub)?;
+    let mut op = with_estimated_limits(url, version, op).await?;
+    let signed = call_url(url, "pm_getPaymasterData", params(&op))
+        .await?
+        .map_err(|e| format!("pm_getPaymasterData: {e:?}"))?;
+    apply_paymaster_data(&mut op, &signed)?;
+    Ok(op)
 }

@@ -19,7 +19,10 @@ use settled_contracts::{
 use settled_paymaster::{AllowedCall, SponsorshipPolicy};
 use settled_tests::{
     PAYMASTER_SIGNER_ACCOUNT, SettledProcess, TestNode, TestResult,
-    rpc::{RpcAnswer, call_url, send_at, wait_for_receipt_at, with_estimated_limits},
+    rpc::{
+        RpcAnswer, address, apply_paymaster_data as apply_data, apply_paymaster_stub as apply_stub,
+        call_url, quantity, send_at, wait_for_receipt_at, with_estimated_limits,
+    },
     unestimated_op,
 };
 
@@ -104,41 +107,6 @@ async fn pm(
         json!([UserOperation::unpack(op, None), version.canonical_address(), chain_id, context]),
     )
     .await
-}
-
-fn address(value: &Value) -> TestResult<Address> {
-    Ok(serde_json::from_value(value.clone())?)
-}
-
-fn quantity(value: &Value) -> TestResult<u128> {
-    let value: U256 = serde_json::from_value(value.clone())?;
-    Ok(value.to())
-}
-
-/// Puts stub data (paymaster, its gas limits, stub paymasterData) into `op`.
-fn apply_stub(op: &mut PackedUserOperation, stub: &Value) -> TestResult {
-    let mut data = address(&stub["paymaster"])?.to_vec();
-    data.extend_from_slice(&[0; 32]);
-    op.paymasterAndData = data.into();
-    op.set_paymaster_gas_limits(
-        quantity(&stub["paymasterVerificationGasLimit"])?,
-        quantity(&stub["paymasterPostOpGasLimit"])?,
-    );
-    let stub_data: Bytes = serde_json::from_value(stub["paymasterData"].clone())?;
-    let mut data = op.paymasterAndData[..52].to_vec();
-    data.extend_from_slice(&stub_data);
-    op.paymasterAndData = data.into();
-    Ok(())
-}
-
-/// Replaces `op`'s paymasterData with the signed one from `pm_getPaymasterData`.
-fn apply_data(op: &mut PackedUserOperation, signed: &Value) -> TestResult {
-    let data: Bytes = serde_json::from_value(signed["paymasterData"].clone())?;
-    assert_eq!(address(&signed["paymaster"])?, op.paymaster().ok_or("no paymaster")?);
-    let mut full = op.paymasterAndData[..52].to_vec();
-    full.extend_from_slice(&data);
-    op.paymasterAndData = full.into();
-    Ok(())
 }
 
 fn context(policy: &str) -> Value {

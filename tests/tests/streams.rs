@@ -758,3 +758,305 @@ async fn depletion_alerts_arrive_over_websocket() -> TestResult {
     assert_ne!(depleted.stream.uncovered_debt, "0");
     node.shutdown().await
 }
+
+/// The whole story a billing backend runs, on one stream, in order: it opens a stream for a
+/// zero-ETH customer SimpleAccount (v0.7) through a sponsored op; time moves; the node pauses and
+/// resumes it (accrual stops, then restarts); the balance runs low, then out, and `lowBalance`
+/// then `depleted` arrive over WebSocket; the customer tops up; the node withdraws to the payee; the
+/// customer refunds the surplus and closes. After every step `stream_balanceAt` equals the
+/// vault's views at that block to the base unit — and again at the end, for every earlier step,
+/// from the node's history. Missing and unknown keys are refused; a retried open makes one
+/// stream; every token moved is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_backend_runs_a_stream_from_open_to_close() -> TestResult {
+    use alloy::primitives::Bytes;
+    use alloy::sol_types::SolCall;
+    use jsonrpsee::{
+        core::client::{Subscription, SubscriptionClientT},
+        rpc_params,
+        ws_client::{HeaderMap, HeaderValue, WsClientBuilder},
+    };
+    use serde_json::json;
+    use settled_contracts::{EntryPointVersion, PackedUserOperation, UserOperation, v07};
+    use settled_node::{AlertThresholds, ApiKey, NoticeKind, StreamNotice, billing_codes as codes};
+    use settled_paymaster::{AllowedCall, SponsorshipPolicy};
+    use settled_tests::rpc::{call_url, send_at, sponsor, wait_for_receipt_at};
+    const USDC: u128 = 1_000_000;
+    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.api_keys = vec![ApiKey {
+            name: "vendor".into(),
+            keccak256: alloy::primitives::keccak256(b"vendor-token"),
+            payees: vec![payee],
+            all: false,
+        }];
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+        config.billing.alerts = AlertThresholds { low_balance_secs: 60 };
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let url = node.node()?.rpc_url().to_string();
+    let chain_id = provider.get_chain_id().await?;
+    let key = Some("vendor-token");
+    let policy = SponsorshipPolicy {
+        allowed_calls: vec![
+            AllowedCall {
+                target: deployment.usdc,
+                selectors: vec![[0x09, 0x5e, 0xa7, 0xb3].into()],
+            },
+            AllowedCall { target: deployment.stream_vault, selectors: vec![] },
+        ],
+        ..SponsorshipPolicy::unlimited("streams")
+    };
+    call_url(&url, "paymaster_setPolicy", json!([policy])).await?.map_err(|e| format!("{e:?}"))?;
+
+    // The backend listens for its streams' notices.
+    let ws_url = format!("ws://{}", node.node()?.rpc_addr());
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer vendor-token"));
+    let client = WsClientBuilder::default().set_headers(headers).build(&ws_url).await?;
+    let mut notices: Subscription<StreamNotice> =
+        client.subscribe("stream_subscribe", rpc_params![], "stream_unsubscribe").await?;
+
+    // A customer with USDC and no ETH, whose account does not exist yet.
+    let version = EntryPointVersion::V07;
+    let owner = alloy::signers::local::PrivateKeySigner::random();
+    let (account, init_code) = chain.simple_account(version, owner.address()).await?;
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    let minted = U256::from(1_000 * USDC);
+    confirm(usdc.mint(account, minted).send().await?).await?;
+    let payee_before = usdc.balanceOf(payee).call().await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+
+    // The wallet signs a prepared or sponsored op and sends it; the node indexes its block.
+    let sign_and_send = async |mut op: PackedUserOperation| -> TestResult<u64> {
+        op.signature = chain.sign_op(version, &owner, &op).await?;
+        let hash = send_at(&url, version, &op).await?.map_err(|e| format!("send: {e:?}"))?;
+        let receipt = wait_for_receipt_at(&url, serde_json::from_value(hash)?).await?;
+        assert_eq!(receipt["success"], json!(true), "{receipt}");
+        let block = receipt["receipt"]["blockNumber"].as_str().ok_or("no block")?;
+        let block = u64::from_str_radix(block.trim_start_matches("0x"), 16)?;
+        indexed(&node, block).await?;
+        Ok(block)
+    };
+    let prepared_op = |prepared: &serde_json::Value| -> TestResult<PackedUserOperation> {
+        let op: UserOperation = serde_json::from_value(prepared["userOperation"].clone())?;
+        Ok(op.pack()?)
+    };
+    // Every step's (block, second), checked again at the end from the node's history.
+    let mut steps: Vec<(String, u64, u64)> = Vec::new();
+    let check = async |id: U256, block: u64, step: &str| -> TestResult<(u64, serde_json::Value)> {
+        indexed(&node, block).await?;
+        let at =
+            provider.get_block_by_number(block.into()).await?.ok_or("no block")?.header.timestamp;
+        let view = billing(&node, key, "stream_balanceAt", json!([id.to_string(), at]))
+            .await?
+            .map_err(|e| format!("{step}: {e:?}"))?;
+        let on_chain = BlockId::number(block);
+        let stored = vault.getStream(id).block(on_chain).call().await?;
+        assert_eq!(decimal(&view["balance"])?, U256::from(stored.balance), "{step}: balance");
+        assert_eq!(decimal(&view["withdrawn"])?, U256::from(stored.withdrawn), "{step}: withdrawn");
+        assert_eq!(
+            decimal(&view["ratePerSecond"])?,
+            stored.ratePerSecond.to::<U256>(),
+            "{step}: rate"
+        );
+        for (field, value) in [
+            ("totalDebt", vault.totalDebt(id).block(on_chain).call().await?),
+            ("coveredDebt", vault.coveredDebt(id).block(on_chain).call().await?),
+            ("uncoveredDebt", vault.uncoveredDebt(id).block(on_chain).call().await?),
+            ("refundable", vault.refundable(id).block(on_chain).call().await?),
+        ] {
+            assert_eq!(decimal(&view[field])?, value, "{step}: {field}");
+        }
+        let depletion = vault.depletionTime(id).block(on_chain).call().await?;
+        let never = U256::from(u64::from(u32::MAX) << 8 | 0xff); // type(uint40).max
+        assert_eq!(
+            view["depletionTime"].as_u64().map_or(never, U256::from),
+            depletion,
+            "{step}: depletion time"
+        );
+        Ok((at, view))
+    };
+
+    // Without a key, or with an unknown one, nothing is prepared.
+    let open_request = json!({
+        "payer": account,
+        "payee": payee,
+        "token": deployment.usdc,
+        "ratePerSecond": (USDC * 10u128.pow(12)).to_string(), // 1 USDC/s
+        "deposit": (100 * USDC).to_string(),
+        "entryPoint": version.canonical_address(),
+        "factory": Bytes::copy_from_slice(&init_code[..20]),
+        "factoryData": Bytes::copy_from_slice(&init_code[20..]),
+        "sponsorshipPolicy": "streams",
+        "idempotencyKey": "story-open",
+    });
+    for token in [None, Some("not-a-key")] {
+        let refused = billing(&node, token, "stream_open", json!([open_request])).await?;
+        assert_eq!(refused.err().map(|e| e.0), Some(i64::from(codes::UNAUTHORIZED)));
+    }
+
+    // 1. Open: a retry returns the same op, sent once; one stream results.
+    let prepared = billing(&node, key, "stream_open", json!([open_request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let retried = billing(&node, key, "stream_open", json!([open_request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(retried, prepared);
+    let block = sign_and_send(prepared_op(&prepared)?).await?;
+    let after_mined = billing(&node, key, "stream_open", json!([open_request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(after_mined, prepared, "a retry after inclusion still gets the first op");
+    let list = billing(&node, key, "stream_list", json!([{ "payer": account }]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(list["streams"].as_array().map(Vec::len), Some(1), "one stream: {list}");
+    let id_text = list["streams"][0]["id"].as_str().ok_or("no id")?.to_string();
+    let id = U256::from(id_text.parse::<u64>()?);
+    assert_eq!(provider.get_balance(account).await?, U256::ZERO, "the customer holds no ETH");
+    let (at, _) = check(id, block, "opened").await?;
+    steps.push(("opened".into(), block, at));
+
+    // 2. Time passes: 30 s accrue.
+    provider.anvil_increase_time(30).await?;
+    let block = mine(provider).await?;
+    let (at, _) = check(id, block, "30 s later").await?;
+    steps.push(("30 s later".into(), block, at));
+
+    // 3. The backend pauses (the customer stopped using the service): accrual stops.
+    let operate = async |method: &str, params: serde_json::Value| -> TestResult<u64> {
+        let receipt =
+            billing(&node, key, method, json!([params])).await?.map_err(|e| format!("{e:?}"))?;
+        let block = receipt["blockNumber"].as_u64().ok_or("no block")?;
+        indexed(&node, block).await?;
+        Ok(block)
+    };
+    let block =
+        operate("stream_pause", json!({ "streamId": id_text, "idempotencyKey": "p" })).await?;
+    let (paused_at, paused) = check(id, block, "paused").await?;
+    steps.push(("paused".into(), block, paused_at));
+    provider.anvil_increase_time(20).await?;
+    let block = mine(provider).await?;
+    let (at, still) = check(id, block, "20 s paused").await?;
+    steps.push(("20 s paused".into(), block, at));
+    assert_eq!(still["totalDebt"], paused["totalDebt"], "no accrual while paused");
+    assert_eq!(still["status"], json!("paused"));
+
+    // 4. Resumed: accrual restarts at 1 USDC/s; 20 s later less than the 60 s of runway the
+    //    alert threshold asks for is left: lowBalance.
+    let block =
+        operate("stream_resume", json!({ "streamId": id_text, "idempotencyKey": "r" })).await?;
+    let (resumed_at, resumed) = check(id, block, "resumed").await?;
+    steps.push(("resumed".into(), block, resumed_at));
+    provider.anvil_increase_time(20).await?;
+    let block = mine(provider).await?;
+    let (at, running) = check(id, block, "20 s after resuming").await?;
+    steps.push(("20 s after resuming".into(), block, at));
+    assert_eq!(
+        decimal(&running["totalDebt"])? - decimal(&resumed["totalDebt"])?,
+        U256::from(u128::from(at - resumed_at) * USDC),
+        "accrual restarted at the rate"
+    );
+
+    let mut kinds = Vec::new();
+    let mut until = async |kind: NoticeKind| -> TestResult {
+        while kinds.last() != Some(&kind) {
+            let notice = tokio::time::timeout(std::time::Duration::from_secs(10), notices.next())
+                .await
+                .map_err(|_| format!("no {kind:?} alert; notices so far: {kinds:?}"))?
+                .ok_or("subscription ended")??;
+            assert_eq!(notice.stream.id, id_text, "only this key's stream");
+            kinds.push(notice.kind);
+        }
+        Ok(())
+    };
+    until(NoticeKind::LowBalance).await?;
+
+    // 5. The balance runs out: depleted, over WebSocket.
+    provider.anvil_increase_time(100).await?;
+    let block = mine(provider).await?;
+    let (at, depleted_view) = check(id, block, "depleted").await?;
+    steps.push(("depleted".into(), block, at));
+    assert_ne!(depleted_view["uncoveredDebt"], json!("0"));
+    until(NoticeKind::Depleted).await?;
+
+    // 6. The customer tops up, sponsored again: the uncovered debt is covered.
+    let top_up = json!({
+        "streamId": id_text,
+        "amount": (200 * USDC).to_string(),
+        "entryPoint": version.canonical_address(),
+        "sponsorshipPolicy": "streams",
+        "idempotencyKey": "story-top-up",
+    });
+    let prepared = billing(&node, key, "stream_topUp", json!([top_up]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let block = sign_and_send(prepared_op(&prepared)?).await?;
+    let (at, topped) = check(id, block, "topped up").await?;
+    steps.push(("topped up".into(), block, at));
+    assert_eq!(topped["uncoveredDebt"], json!("0"));
+
+    // 7. The node withdraws everything covered to the payee.
+    let block =
+        operate("stream_withdraw", json!({ "streamId": id_text, "idempotencyKey": "w" })).await?;
+    let (at, withdrawn) = check(id, block, "withdrawn").await?;
+    steps.push(("withdrawn".into(), block, at));
+    assert_eq!(
+        usdc.balanceOf(payee).call().await? - payee_before,
+        decimal(&withdrawn["withdrawn"])?,
+        "the payee received exactly what the stream paid"
+    );
+
+    // 8. The customer refunds most of the surplus and closes, in one sponsored op of its own
+    //    (60 s of margin: the op lands a few seconds later).
+    let refund = (decimal(&withdrawn["refundable"])? - U256::from(60 * USDC)).to::<u128>();
+    let calls = [
+        StreamVault::refundCall { streamId: id, amount: refund }.abi_encode(),
+        StreamVault::closeCall { streamId: id }.abi_encode(),
+    ];
+    let call_data: Bytes = v07::SimpleAccount::executeBatchCall {
+        dest: vec![deployment.stream_vault; 2],
+        value: vec![],
+        func: calls.into_iter().map(Bytes::from).collect(),
+    }
+    .abi_encode()
+    .into();
+    let nonce = v07::IEntryPoint::new(version.canonical_address(), provider)
+        .getNonce(account, alloy::primitives::aliases::U192::ZERO)
+        .call()
+        .await?;
+    let op = settled_tests::unestimated_op(account, nonce.to(), Bytes::new(), call_data);
+    let op = sponsor(&url, chain_id, version, op, "streams").await?;
+    let block = sign_and_send(op).await?;
+    let (at, closed) = check(id, block, "refunded and closed").await?;
+    steps.push(("refunded and closed".into(), block, at));
+    assert_eq!(closed["status"], json!("closed"));
+    assert_eq!(closed["balance"], json!("0"));
+
+    // Every token is accounted for: deposits = paid to the payee + refunded to the customer.
+    let paid = usdc.balanceOf(payee).call().await? - payee_before;
+    assert_eq!(paid, decimal(&closed["withdrawn"])?);
+    let refunded = usdc.balanceOf(account).call().await? - (minted - U256::from(300 * USDC));
+    assert_eq!(paid + refunded, U256::from(300 * USDC));
+    assert!(refunded > U256::from(refund), "close refunded the rest of the surplus");
+    assert_eq!(provider.get_balance(account).await?, U256::ZERO, "still no ETH");
+
+    // Every earlier step again, from the node's history: still equal to the chain then. A
+    // second is the state after its last block (Anvil may give two blocks the same second; the
+    // later one is then checked as its own step).
+    for (i, (step, block, at)) in steps.iter().enumerate() {
+        if steps.get(i + 1).is_some_and(|(_, _, next)| next == at) {
+            continue;
+        }
+        let (again, _) = check(id, *block, &format!("{step}, from history")).await?;
+        assert_eq!(again, *at);
+    }
+    node.shutdown().await
+}

@@ -2,9 +2,12 @@
 //! chain follower delivers them, so the billing RPC reads exact state without the chain.
 //!
 //! Each block's events are applied with that block's timestamp (the vault computes with it too)
-//! in one sled batch with the block's undo record — the touched streams as they were — and the
-//! new cursor. A reorg restores the undo records of the removed blocks, newest first. Blocks at
-//! or below the cursor (a restarted follower replays from the deployment block) are skipped.
+//! in one sled transaction with the block's undo record — the touched streams as they were —,
+//! the touched streams' history entries (their state after the block, so a balance at any past
+//! second is exact), the payer and payee index entries of opened streams, and the new cursor. A
+//! reorg restores the undo records of the removed blocks, newest first, and removes what they
+//! added. Blocks at or below the cursor (a restarted follower replays from the deployment block)
+//! are skipped.
 
 use std::sync::Mutex;
 
@@ -69,6 +72,43 @@ pub struct IndexCursor {
 struct Undo {
     before: Vec<(StreamId, Option<StreamState>)>,
     previous_cursor: Option<IndexCursor>,
+    /// The block's timestamp, which keys its history entries.
+    #[serde(default)]
+    timestamp: u64,
+}
+
+/// Which streams [`StreamIndex::list`] walks: all of them in id order, or one party's through
+/// its secondary index (payer and payee never change, so their entries are written once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSelector {
+    /// Every stream.
+    All,
+    /// The streams this address funds.
+    Payer(Address),
+    /// The streams this address earns from.
+    Payee(Address),
+}
+
+const PAYER_PREFIX: u8 = b'p';
+const PAYEE_PREFIX: u8 = b'e';
+
+/// `prefix ‖ party ‖ id`: the secondary index key of a stream.
+fn party_key(prefix: u8, party: Address, id: StreamId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(29);
+    key.push(prefix);
+    key.extend_from_slice(party.as_slice());
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// `id ‖ timestamp ‖ block`: the history entry of a stream after a block. Big-endian, so the
+/// last entry at or before a second is one reverse range step away.
+fn history_key(id: StreamId, timestamp: u64, block: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&id.to_be_bytes());
+    key[8..16].copy_from_slice(&timestamp.to_be_bytes());
+    key[16..].copy_from_slice(&block.to_be_bytes());
+    key
 }
 
 const CURSOR_KEY: &[u8] = b"cursor";
@@ -83,13 +123,16 @@ fn undo_key(number: u64, hash: B256) -> Vec<u8> {
     key
 }
 
-/// The index over three sled trees: streams, undo records, and the cursor.
+/// The index over five sled trees: streams, undo records, the cursor, each stream's history, and
+/// the payer and payee index.
 #[derive(Debug)]
 pub struct StreamIndex {
     vault: Address,
     streams: sled::Tree,
     undo: sled::Tree,
     meta: sled::Tree,
+    history: sled::Tree,
+    parties: sled::Tree,
     reorg_depth: u64,
     /// Serialises block application with reads of the cursor.
     apply: Mutex<()>,
@@ -113,6 +156,8 @@ impl StreamIndex {
             streams: db.open_tree("streams.state").map_err(storage)?,
             undo: db.open_tree("streams.undo").map_err(storage)?,
             meta: db.open_tree("streams.meta").map_err(storage)?,
+            history: db.open_tree("streams.history").map_err(storage)?,
+            parties: db.open_tree("streams.parties").map_err(storage)?,
             reorg_depth,
             apply: Mutex::new(()),
             notices: broadcast::channel(4_096).0,
@@ -160,7 +205,7 @@ impl StreamIndex {
     fn schedule_all(&self) -> Result<(), IndexError> {
         let at = self.cursor()?.map_or(0, |c| c.timestamp);
         let mut active = 0i64;
-        for (id, state) in self.list(None, usize::MAX, |_| true)? {
+        for (id, state) in self.list(StreamSelector::All, None, usize::MAX, |_| true)? {
             if !state.closed && !state.paused {
                 active += 1;
             }
@@ -190,24 +235,59 @@ impl StreamIndex {
             .transpose()
     }
 
-    /// Streams with ids after `after`, in id order, that `filter` keeps, at most `limit`.
+    /// The stream `id` as it was at second `at`: its state after the last block at or before `at`
+    /// that changed it (the balances then follow from the accrual math). `None` if it was not
+    /// open yet.
+    pub fn get_at(&self, id: StreamId, at: u64) -> Result<Option<StreamState>, IndexError> {
+        let range = history_key(id, 0, 0)..=history_key(id, at, u64::MAX);
+        self.history
+            .range(range)
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(storage))
+            .transpose()
+    }
+
+    /// Streams with ids after `after`, in id order, among those `selector` picks, that `filter`
+    /// keeps, at most `limit`.
     pub fn list(
         &self,
+        selector: StreamSelector,
         after: Option<StreamId>,
         limit: usize,
         filter: impl Fn(&StreamState) -> bool,
     ) -> Result<Vec<(StreamId, StreamState)>, IndexError> {
         let start = after.map_or(0, |a| a.saturating_add(1));
         let mut out = Vec::new();
-        for entry in self.streams.range(stream_key(start)..) {
-            let (key, value) = entry.map_err(storage)?;
-            let id = u64::from_be_bytes(key.as_ref().try_into().map_err(storage)?);
-            let state: StreamState = serde_json::from_slice(&value).map_err(storage)?;
+        let mut keep = |id: StreamId, state: StreamState| {
             if filter(&state) {
                 out.push((id, state));
-                if out.len() >= limit {
-                    break;
+            }
+            out.len() >= limit
+        };
+        let (prefix, party) = match selector {
+            StreamSelector::All => {
+                for entry in self.streams.range(stream_key(start)..) {
+                    let (key, value) = entry.map_err(storage)?;
+                    let id = u64::from_be_bytes(key.as_ref().try_into().map_err(storage)?);
+                    let state: StreamState = serde_json::from_slice(&value).map_err(storage)?;
+                    if keep(id, state) {
+                        break;
+                    }
                 }
+                return Ok(out);
+            }
+            StreamSelector::Payer(payer) => (PAYER_PREFIX, payer),
+            StreamSelector::Payee(payee) => (PAYEE_PREFIX, payee),
+        };
+        let end = party_key(prefix, party, u64::MAX);
+        for entry in self.parties.range(party_key(prefix, party, start)..=end) {
+            let (key, _) = entry.map_err(storage)?;
+            let id = u64::from_be_bytes(key[21..].try_into().map_err(storage)?);
+            let Some(state) = self.get(id)? else { continue };
+            if keep(id, state) {
+                break;
             }
         }
         Ok(out)
@@ -248,24 +328,34 @@ impl StreamIndex {
         let undo = Undo {
             before: touched.iter().map(|(id, before, _)| (*id, before.clone())).collect(),
             previous_cursor: previous,
+            timestamp: at,
         };
-        let mut streams = sled::Batch::default();
-        for (id, _, after) in &touched {
+        let (mut streams, mut history, mut parties) =
+            (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
+        for (id, before, after) in &touched {
             match after {
                 Some(state) => {
-                    streams.insert(&stream_key(*id), serde_json::to_vec(state).map_err(storage)?)
+                    let value = serde_json::to_vec(state).map_err(storage)?;
+                    streams.insert(&stream_key(*id), value.clone());
+                    history.insert(&history_key(*id, at, cursor.number), value);
+                    if before.is_none() {
+                        parties.insert(party_key(PAYER_PREFIX, state.payer, *id), &[]);
+                        parties.insert(party_key(PAYEE_PREFIX, state.payee, *id), &[]);
+                    }
                 }
                 None => streams.remove(&stream_key(*id)),
             }
         }
-        // Streams, undo and cursor change together: a crash leaves all three or none.
-        let trees = (&self.streams, &self.undo, &self.meta);
+        // Everything changes together: a crash leaves the block applied whole or not at all.
+        let trees = (&self.streams, &self.undo, &self.meta, &self.history, &self.parties);
         let undo_value = serde_json::to_vec(&undo).map_err(storage)?;
         let cursor_value = serde_json::to_vec(&cursor).map_err(storage)?;
         use sled::Transactional;
         trees
-            .transaction(|(s, u, m)| {
+            .transaction(|(s, u, m, h, p)| {
                 s.apply_batch(&streams)?;
+                h.apply_batch(&history)?;
+                p.apply_batch(&parties)?;
                 u.insert(undo_key(cursor.number, cursor.hash), undo_value.clone())?;
                 m.insert(CURSOR_KEY, cursor_value.clone())?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
@@ -310,12 +400,21 @@ impl StreamIndex {
             let key = undo_key(block.number, block.hash);
             let Some(value) = self.undo.get(&key).map_err(storage)? else { continue };
             let undo: Undo = serde_json::from_slice(&value).map_err(storage)?;
-            let mut streams = sled::Batch::default();
+            let (mut streams, mut history, mut parties) =
+                (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
             for (id, before) in &undo.before {
+                history.remove(&history_key(*id, undo.timestamp, block.number));
                 match before {
                     Some(state) => streams
                         .insert(&stream_key(*id), serde_json::to_vec(state).map_err(storage)?),
-                    None => streams.remove(&stream_key(*id)),
+                    None => {
+                        // Opened in the removed block: its index entries go with it.
+                        if let Some(state) = self.get(*id)? {
+                            parties.remove(party_key(PAYER_PREFIX, state.payer, *id));
+                            parties.remove(party_key(PAYEE_PREFIX, state.payee, *id));
+                        }
+                        streams.remove(&stream_key(*id))
+                    }
                 }
             }
             let cursor_value = undo
@@ -323,9 +422,11 @@ impl StreamIndex {
                 .map(|c| serde_json::to_vec(&c).map_err(storage))
                 .transpose()?;
             use sled::Transactional;
-            (&self.streams, &self.undo, &self.meta)
-                .transaction(|(s, u, m)| {
+            (&self.streams, &self.undo, &self.meta, &self.history, &self.parties)
+                .transaction(|(s, u, m, h, p)| {
                     s.apply_batch(&streams)?;
+                    h.apply_batch(&history)?;
+                    p.apply_batch(&parties)?;
                     u.remove(key.clone())?;
                     match &cursor_value {
                         Some(v) => m.insert(CURSOR_KEY, v.clone())?,
@@ -449,4 +550,104 @@ fn apply_event(
         _ => {}
     }
     Ok(Some(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::primitives::aliases::U96;
+    use settled_contracts::BlockRef;
+
+    use super::*;
+
+    const VAULT: Address = Address::repeat_byte(0x5a);
+    const PAYER: Address = Address::repeat_byte(1);
+    const TOKEN: Address = Address::repeat_byte(3);
+
+    fn log(data: alloy::primitives::LogData) -> Log {
+        Log { inner: alloy::primitives::Log { address: VAULT, data }, ..Default::default() }
+    }
+
+    fn opened(id: u64, payee: Address) -> Log {
+        log(vault::StreamOpened {
+            streamId: U256::from(id),
+            payer: PAYER,
+            payee,
+            token: TOKEN,
+            decimals: 6,
+            operator: Address::repeat_byte(4),
+            // 1 base unit per second.
+            ratePerSecond: U96::from(10u64.pow(12)),
+            maxRate: U96::ZERO,
+            maxTotal: U96::ZERO,
+        }
+        .encode_log_data())
+    }
+
+    fn deposited(id: u64, amount: u128) -> Log {
+        log(vault::Deposited { streamId: U256::from(id), funder: PAYER, amount }.encode_log_data())
+    }
+
+    fn block(number: u64, timestamp: u64, logs: Vec<Log>) -> NewBlock {
+        NewBlock {
+            block: BlockRef { number, hash: B256::from(U256::from(number)) },
+            parent_hash: B256::from(U256::from(number - 1)),
+            timestamp,
+            logs,
+        }
+    }
+
+    fn index() -> Result<(tempfile::TempDir, StreamIndex), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path())?;
+        Ok((dir, StreamIndex::open(&db, VAULT, 16, AlertThresholds::default())?))
+    }
+
+    /// A balance at a past second uses the state of then: a later deposit, which leaves the
+    /// accrual snapshot alone, does not leak into earlier seconds.
+    #[test]
+    fn history_answers_for_any_past_second() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, index) = index()?;
+        let payee = Address::repeat_byte(2);
+        index.apply_block(&block(1, 1_000, vec![opened(1, payee), deposited(1, 100)]))?;
+        index.apply_block(&block(2, 1_050, vec![deposited(1, 40)]))?;
+        assert!(index.get_at(1, 999)?.is_none(), "not open yet");
+        let then = index.get_at(1, 1_049)?.ok_or("no state at 1049")?;
+        assert_eq!(then.balance, 100);
+        assert_eq!(then.covered_debt(1_049), 49);
+        let now = index.get_at(1, 1_200)?.ok_or("no state at 1200")?;
+        assert_eq!(now.balance, 140);
+        assert_eq!(now.covered_debt(1_200), 140);
+        assert_eq!(Some(now), index.get(1)?);
+        Ok(())
+    }
+
+    /// Party indexes select exactly a payer's or payee's streams, page by page; a reorg removes
+    /// the history and index entries its blocks added.
+    #[test]
+    fn party_indexes_and_history_follow_reorgs() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, index) = index()?;
+        let (a, b) = (Address::repeat_byte(0xa), Address::repeat_byte(0xb));
+        let logs = (1..=6).map(|id| opened(id, if id % 2 == 0 { a } else { b })).collect();
+        index.apply_block(&block(1, 1_000, logs))?;
+        let ids = |page: Vec<(StreamId, StreamState)>| page.into_iter().map(|(id, _)| id).collect();
+        let of_a: Vec<_> = ids(index.list(StreamSelector::Payee(a), None, 10, |_| true)?);
+        assert_eq!(of_a, vec![2, 4, 6]);
+        let next: Vec<_> = ids(index.list(StreamSelector::Payee(a), Some(2), 1, |_| true)?);
+        assert_eq!(next, vec![4]);
+        let of_payer: Vec<_> =
+            ids(index.list(StreamSelector::Payer(PAYER), Some(4), 10, |_| true)?);
+        assert_eq!(of_payer, vec![5, 6]);
+        assert!(index.list(StreamSelector::Payer(a), None, 10, |_| true)?.is_empty());
+
+        index.apply_block(&block(2, 1_010, vec![opened(7, a), deposited(2, 5)]))?;
+        assert_eq!(index.get_at(2, 1_010)?.map(|s| s.balance), Some(5));
+        let removed = [BlockRef { number: 2, hash: B256::from(U256::from(2)) }];
+        assert_eq!(index.unwind(&removed)?, 1);
+        assert!(index.get(7)?.is_none());
+        assert!(index.get_at(7, 2_000)?.is_none(), "the reorged-out open left no history");
+        assert_eq!(index.get_at(2, 2_000)?.map(|s| s.balance), Some(0));
+        let of_a: Vec<_> = ids(index.list(StreamSelector::Payee(a), None, 10, |_| true)?);
+        assert_eq!(of_a, vec![2, 4, 6], "the reorged-out stream left the payee index");
+        Ok(())
+    }
 }

@@ -15,7 +15,7 @@ mod rpc;
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
 pub(crate) use alerts::describe_metrics;
 pub use alerts::{AlertThresholds, NoticeKind, StreamNotice};
-pub use index::{IndexCursor, IndexError, StreamId, StreamIndex};
+pub use index::{IndexCursor, IndexError, StreamId, StreamIndex, StreamSelector};
 pub(crate) use open::Opener;
 pub use open::PreparedOpen;
 pub(crate) use operator::Operator;

@@ -21,12 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     accrual::StreamState,
-    index::{IndexError, StreamId, StreamIndex},
+    index::{IndexError, StreamId, StreamIndex, StreamSelector},
 };
 
 /// JSON-RPC error codes of the billing namespace.
 pub mod codes {
-    /// Malformed parameters, unknown stream, a time before the stream's last change.
+    /// Malformed parameters, unknown stream, a time before the stream was opened.
     pub const INVALID_PARAMS: i32 = -32602;
     /// No API key, or one the node does not know.
     pub const UNAUTHORIZED: i32 = -32001;
@@ -315,16 +315,10 @@ pub(crate) fn billing_module(
         let key = b.key(ext)?;
         let (id, timestamp): (String, u64) = params.parse()?;
         let id = parse_id(&id)?;
-        let state = b.visible(key, id)?;
-        if timestamp < state.snapshot_time {
-            return Err(error(
-                codes::INVALID_PARAMS,
-                format!(
-                    "timestamp {timestamp} is before the stream's last change at {}: only the current period can be computed",
-                    state.snapshot_time
-                ),
-            ));
-        }
+        b.visible(key, id)?;
+        let state = b.index.get_at(id, timestamp).map_err(internal)?.ok_or_else(|| {
+            error(codes::INVALID_PARAMS, format!("stream {id} was not open yet at {timestamp}"))
+        })?;
         to_value(StreamView::new(id, &state, timestamp))
     });
     register(&mut module, "stream_list", |b, params, ext| {
@@ -342,9 +336,18 @@ pub(crate) fn billing_module(
         }
         let after = query.cursor.as_deref().map(parse_id).transpose()?;
         let now = b.now()?;
+        // A party's own index when the query names one (or the key sees one payee only).
+        let selector = match (query.payer, query.payee) {
+            (Some(payer), _) => StreamSelector::Payer(payer),
+            (None, Some(payee)) => StreamSelector::Payee(payee),
+            (None, None) if !key.all && key.payees.len() == 1 => {
+                StreamSelector::Payee(key.payees[0])
+            }
+            (None, None) => StreamSelector::All,
+        };
         let page = b
             .index
-            .list(after, limit + 1, |s| {
+            .list(selector, after, limit + 1, |s| {
                 let status = s.status();
                 key.may_see(s.payee)
                     && query.payer.is_none_or(|p| p == s.payer)
