@@ -237,7 +237,7 @@ pub async fn launch(
                         .map(|v| (*v, deployment.paymaster(*v)))
                         .collect(),
                     vault: deployment.stream_vault,
-                    operator: operator.address,
+                    operator: operator.clone(),
                     chain_id,
                     records,
                 }))

@@ -28,6 +28,6 @@ pub use paymaster::{
 pub use storage::Storage;
 pub use streams::{
     AlertThresholds, ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, NoticeKind,
-    OperatorReceipt, PreparedOpen, StreamError, StreamId, StreamIndex, StreamNotice, StreamPage,
-    StreamSelector, StreamState, StreamView, billing_codes,
+    OpenOutcome, OpenedStream, OperatorReceipt, PreparedOpen, StreamError, StreamId, StreamIndex,
+    StreamNotice, StreamPage, StreamSelector, StreamState, StreamView, billing_codes,
 };

@@ -56,11 +56,20 @@ async fn compare<P: Provider>(
     let block = BlockId::number(block);
     let stored = vault.getStream(id).block(block).call().await?;
     assert_eq!(stored.balance, mirror.balance, "{step}: balance");
-    assert_eq!(stored.withdrawn, mirror.withdrawn, "{step}: withdrawn");
-    assert_eq!(stored.snapshotDebtScaled, mirror.snapshot_debt_scaled, "{step}: snapshot debt");
-    assert_eq!(stored.snapshotTime.to::<u64>(), mirror.snapshot_time, "{step}: snapshot time");
+    assert_eq!(
+        U256::from(stored.snapshotDebtScaled),
+        mirror.snapshot_debt_scaled,
+        "{step}: snapshot debt"
+    );
+    assert_eq!(u64::from(stored.snapshotTime), mirror.snapshot_time, "{step}: snapshot time");
     assert_eq!(stored.ratePerSecond.to::<u128>(), mirror.rate_per_second, "{step}: rate");
-    assert_eq!((stored.paused, stored.closed), (mirror.paused, mirror.closed), "{step}: flags");
+    let flags = (stored.flags & 1 != 0, stored.flags & 2 != 0);
+    assert_eq!(flags, (mirror.paused, mirror.closed), "{step}: paused, closed");
+    if mirror.max_total != 0 {
+        // A capped stream stores what it may still pay.
+        let remaining = mirror.max_total - mirror.withdrawn;
+        assert_eq!(stored.remaining.to::<u128>(), remaining, "{step}: cap's remainder");
+    }
     let debt = vault.totalDebt(id).block(block).call().await?;
     assert_eq!(debt, mirror.total_debt(at), "{step}: total debt");
     let covered = vault.coveredDebt(id).block(block).call().await?;
@@ -96,15 +105,25 @@ async fn rust_mirror_equals_the_vault_to_the_base_unit() -> TestResult {
             _ => u128::from(rng.below(10_000_000_000_000)) + 1,
         };
         let deposit = u128::from(rng.below(1_000_000_000)) + 1;
+        // The last stream is capped below its deposit, so the cap binds.
+        let max_total = if round == 2 { deposit / 2 + 1 } else { 0 };
         t += 1;
         provider.anvil_set_next_block_timestamp(t).await?;
         let call = vault
-            .open(payee, deployment.usdc, U96::from(rate), operator, U96::ZERO, U96::ZERO, deposit)
+            .open(
+                payee,
+                deployment.usdc,
+                U96::from(rate),
+                operator,
+                U96::ZERO,
+                U96::from(max_total),
+                deposit,
+            )
             .from(payer);
         let mut block = confirm(call.send().await?).await?;
         let id = vault.nextStreamId().call().await? - U256::from(1);
         let mut mirror =
-            StreamState::opened(payer, payee, deployment.usdc, operator, 6, rate, 0, 0, t)?;
+            StreamState::opened(payer, payee, deployment.usdc, operator, 6, rate, 0, max_total, t)?;
         mirror.deposit(deposit)?;
         compare(&vault, id, &mirror, block, t, "open").await?;
 
@@ -255,7 +274,8 @@ async fn the_node_indexes_streams_from_events_and_unwinds_reorgs() -> TestResult
     let mut restored = false;
     for _ in 0..100 {
         let state = index.get(id.to::<u64>())?.ok_or("stream lost")?;
-        if state.balance == before.balance && state.snapshot_time == before.snapshotTime.to::<u64>()
+        if state.balance == before.balance.to::<u128>()
+            && state.snapshot_time == u64::from(before.snapshotTime)
         {
             restored = true;
             break;
@@ -269,6 +289,30 @@ async fn the_node_indexes_streams_from_events_and_unwinds_reorgs() -> TestResult
     let at = provider.get_block_by_number(head.into()).await?.ok_or("no block")?.header.timestamp;
     compare(&vault, id, &mirror, head, at, "after the reorg").await?;
     node.shutdown().await
+}
+
+/// The vendor's payee (dev account 4).
+const PAYEE: alloy::primitives::Address =
+    alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+
+/// A node whose API key `vendor-token` sees [`PAYEE`]'s streams, operating them as dev account 5
+/// (its key is Anvil's fixed mnemonic's), with `configure` applied after.
+async fn vendor_node(
+    configure: impl FnOnce(&mut settled_node::NodeConfig),
+) -> TestResult<settled_tests::TestNode> {
+    settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.api_keys = vec![settled_node::ApiKey {
+            name: "vendor".into(),
+            keccak256: alloy::primitives::keccak256(b"vendor-token"),
+            payees: vec![PAYEE],
+            all: false,
+        }];
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+        configure(config);
+    })
+    .await
 }
 
 /// A `stream_*` call with `token` as the bearer API key (none: no header).
@@ -304,7 +348,7 @@ fn decimal(value: &serde_json::Value) -> TestResult<U256> {
 async fn billing_reads_exact_balances_behind_api_keys() -> TestResult {
     use settled_node::{ApiKey, billing_codes as codes};
     // Anvil's dev account 4 (the mnemonic is fixed), the payee the vendor key may see.
-    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+    let payee = PAYEE;
     let keys = vec![
         ApiKey {
             name: "vendor".into(),
@@ -440,22 +484,9 @@ async fn billing_reads_exact_balances_behind_api_keys() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_operates_streams_idempotently() -> TestResult {
     use serde_json::json;
-    use settled_node::{ApiKey, billing_codes as codes};
-    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
-    let vendor = ApiKey {
-        name: "vendor".into(),
-        keccak256: alloy::primitives::keccak256(b"vendor-token"),
-        payees: vec![payee],
-        all: false,
-    };
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.api_keys = vec![vendor];
-        // Dev account 5 operates the streams (its key is Anvil's fixed mnemonic's).
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
-    })
-    .await?;
+    use settled_node::billing_codes as codes;
+    let payee = PAYEE;
+    let node = vendor_node(|_| {}).await?;
     let chain = node.chain();
     let provider = chain.provider();
     let deployment = chain.deployment();
@@ -480,7 +511,7 @@ async fn billing_operates_streams_idempotently() -> TestResult {
     let paused = call("stream_pause", json!({ "streamId": id, "idempotencyKey": "p-1" }))
         .await?
         .map_err(|e| format!("{e:?}"))?;
-    assert!(vault.getStream(sid).call().await?.paused, "paused on chain");
+    assert!(vault.getStream(sid).call().await?.flags & 1 != 0, "paused on chain");
     let head = provider.get_block_number().await?;
     let again = call("stream_pause", json!({ "streamId": id, "idempotencyKey": "p-1" }))
         .await?
@@ -512,7 +543,7 @@ async fn billing_operates_streams_idempotently() -> TestResult {
     )
     .await?
     .map_err(|e| format!("{e:?}"))?;
-    assert_eq!(vault.getStream(sid).call().await?.ratePerSecond, U96::from(rate / 2));
+    assert_eq!(vault.getStream(sid).call().await?.ratePerSecond.to::<u128>(), rate / 2);
 
     provider.anvil_increase_time(100).await?;
     let mined = mine(provider).await?;
@@ -539,7 +570,7 @@ async fn billing_operates_streams_idempotently() -> TestResult {
     let closed = call("stream_close", json!({ "streamId": id, "idempotencyKey": "c-1" }))
         .await?
         .map_err(|e| format!("{e:?}"))?;
-    assert!(vault.getStream(sid).call().await?.closed);
+    assert!(vault.getStream(sid).call().await?.flags & 2 != 0, "closed on chain");
     assert_eq!(
         call("stream_close", json!({ "streamId": id, "idempotencyKey": "c-1" }))
             .await?
@@ -574,21 +605,9 @@ async fn billing_operates_streams_idempotently() -> TestResult {
 async fn a_zero_eth_customer_opens_a_stream_through_a_sponsored_op() -> TestResult {
     use serde_json::json;
     use settled_contracts::{EntryPointVersion, PackedUserOperation, UserOperation};
-    use settled_node::ApiKey;
     use settled_paymaster::{AllowedCall, SponsorshipPolicy};
-    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.api_keys = vec![ApiKey {
-            name: "vendor".into(),
-            keccak256: alloy::primitives::keccak256(b"vendor-token"),
-            payees: vec![payee],
-            all: false,
-        }];
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
-    })
-    .await?;
+    let payee = PAYEE;
+    let node = vendor_node(|_| {}).await?;
     let chain = node.chain();
     let provider = chain.provider();
     let deployment = chain.deployment();
@@ -690,15 +709,9 @@ async fn depletion_alerts_arrive_over_websocket() -> TestResult {
         rpc_params,
         ws_client::{HeaderMap, HeaderValue, WsClientBuilder},
     };
-    use settled_node::{AlertThresholds, ApiKey, NoticeKind, StreamNotice};
-    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.api_keys = vec![ApiKey {
-            name: "vendor".into(),
-            keccak256: alloy::primitives::keccak256(b"vendor-token"),
-            payees: vec![payee],
-            all: false,
-        }];
+    use settled_node::{AlertThresholds, NoticeKind, StreamNotice};
+    let payee = PAYEE;
+    let node = vendor_node(|config| {
         config.billing.alerts = AlertThresholds { low_balance_secs: 60 };
     })
     .await?;
@@ -778,21 +791,12 @@ async fn a_billing_backend_runs_a_stream_from_open_to_close() -> TestResult {
     };
     use serde_json::json;
     use settled_contracts::{EntryPointVersion, PackedUserOperation, UserOperation, v07};
-    use settled_node::{AlertThresholds, ApiKey, NoticeKind, StreamNotice, billing_codes as codes};
+    use settled_node::{AlertThresholds, NoticeKind, StreamNotice, billing_codes as codes};
     use settled_paymaster::{AllowedCall, SponsorshipPolicy};
     use settled_tests::rpc::{call_url, send_at, sponsor, wait_for_receipt_at};
     const USDC: u128 = 1_000_000;
-    let payee = alloy::primitives::address!("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.api_keys = vec![ApiKey {
-            name: "vendor".into(),
-            keccak256: alloy::primitives::keccak256(b"vendor-token"),
-            payees: vec![payee],
-            all: false,
-        }];
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
+    let payee = PAYEE;
+    let node = vendor_node(|config| {
         config.billing.alerts = AlertThresholds { low_balance_secs: 60 };
     })
     .await?;
@@ -859,7 +863,6 @@ async fn a_billing_backend_runs_a_stream_from_open_to_close() -> TestResult {
         let on_chain = BlockId::number(block);
         let stored = vault.getStream(id).block(on_chain).call().await?;
         assert_eq!(decimal(&view["balance"])?, U256::from(stored.balance), "{step}: balance");
-        assert_eq!(decimal(&view["withdrawn"])?, U256::from(stored.withdrawn), "{step}: withdrawn");
         assert_eq!(
             decimal(&view["ratePerSecond"])?,
             stored.ratePerSecond.to::<U256>(),
@@ -1058,5 +1061,116 @@ async fn a_billing_backend_runs_a_stream_from_open_to_close() -> TestResult {
         let (again, _) = check(id, *block, &format!("{step}, from history")).await?;
         assert_eq!(again, *at);
     }
+    node.shutdown().await
+}
+
+/// `stream_open` with `signedTerms`: a customer with USDC, no ETH and no smart account signs the
+/// terms `stream_openTerms` gives (EIP-712) and a permit of the deposit; the node sends
+/// `openFor`, pays the gas, and answers with the stream. A retry is answered with the same
+/// stream; tampered terms, a replayed nonce and a missing key are refused with nothing moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_with_only_tokens_opens_a_stream_by_signature() -> TestResult {
+    use alloy::signers::SignerSync;
+    use alloy_dyn_abi::TypedData;
+    use serde_json::json;
+    use settled_node::billing_codes as codes;
+    let payee = PAYEE;
+    let node = vendor_node(|_| {}).await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let key = Some("vendor-token");
+    let customer = alloy::signers::local::PrivateKeySigner::random();
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    confirm(usdc.mint(customer.address(), U256::from(500_000_000u64)).send().await?).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+
+    let now =
+        provider.get_block_by_number(Default::default()).await?.ok_or("no head")?.header.timestamp;
+    let terms_request = json!({
+        "payer": customer.address(),
+        "payee": payee,
+        "token": deployment.usdc,
+        "ratePerSecond": "1000000000000000000",
+        "deposit": "100000000",
+        "deadline": now + 3_600,
+    });
+    let refused = billing(&node, None, "stream_openTerms", json!([terms_request])).await?;
+    assert_eq!(refused.err().map(|e| e.0), Some(i64::from(codes::UNAUTHORIZED)));
+    let answer = billing(&node, key, "stream_openTerms", json!([terms_request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(answer["terms"]["operator"], json!(chain.account(5)?), "the node operates it");
+    assert_eq!(answer["terms"]["nonce"], json!("0"));
+
+    // What a wallet signs from the typed data is the digest the node gives, and the vault's.
+    let digest = |name: &str| -> TestResult<alloy::primitives::B256> {
+        Ok(serde_json::from_value(answer[name].clone())?)
+    };
+    for (typed, digest_name) in
+        [("termsTypedData", "termsDigest"), ("permitTypedData", "permitDigest")]
+    {
+        let typed: TypedData = serde_json::from_value(answer[typed].clone())?;
+        assert_eq!(typed.eip712_signing_hash()?, digest(digest_name)?, "{digest_name}");
+    }
+    let terms = StreamVault::OpenTerms {
+        payee,
+        token: deployment.usdc,
+        ratePerSecond: U96::from(10u128.pow(18)),
+        operator: chain.account(5)?,
+        maxRate: U96::ZERO,
+        maxTotal: U96::ZERO,
+        amount: 100_000_000,
+        nonce: U256::ZERO,
+        deadline: U256::from(now + 3_600),
+    };
+    assert_eq!(vault.openTermsDigest(terms).call().await?, digest("termsDigest")?);
+
+    let sign = |name: &str| -> TestResult<alloy::primitives::Bytes> {
+        Ok(customer.sign_hash_sync(&digest(name)?)?.as_bytes().to_vec().into())
+    };
+    let mut request = terms_request.clone();
+    let object = request.as_object_mut().ok_or("not an object")?;
+    object.remove("deadline");
+    object.insert("idempotencyKey".into(), json!("signed-1"));
+    object.insert(
+        "signedTerms".into(),
+        json!({
+            "nonce": "0",
+            "deadline": now + 3_600,
+            "signature": sign("termsDigest")?,
+            "permitSignature": sign("permitDigest")?,
+        }),
+    );
+    let opened = billing(&node, key, "stream_open", json!([request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let again = billing(&node, key, "stream_open", json!([request]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(again, opened, "a retry is answered with the same stream");
+    let id = opened["streamId"].as_str().ok_or("no stream id")?;
+    let view =
+        billing(&node, key, "stream_get", json!([id])).await?.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(view["payer"], json!(customer.address()));
+    assert_eq!(view["balance"], json!("100000000"));
+    assert_eq!(usdc.balanceOf(customer.address()).call().await?, U256::from(400_000_000u64));
+    assert_eq!(provider.get_balance(customer.address()).await?, U256::ZERO, "no ETH, ever");
+
+    // Refused with the vault's reason, nothing sent: a replayed nonce, tampered terms.
+    let mut replayed = request.clone();
+    replayed["idempotencyKey"] = json!("signed-2");
+    let mut tampered = replayed.clone();
+    tampered["idempotencyKey"] = json!("signed-3");
+    tampered["ratePerSecond"] = json!("2000000000000000000");
+    tampered["signedTerms"]["nonce"] = json!("1");
+    let before = provider.get_transaction_count(chain.account(5)?).await?;
+    for (params, reason) in [(replayed, "WrongNonce"), (tampered, "BadTermsSignature")] {
+        let answer = billing(&node, key, "stream_open", json!([params])).await?;
+        let (code, message) = answer.err().ok_or(format!("{reason}: accepted"))?;
+        assert_eq!(code, i64::from(codes::INVALID_PARAMS), "{message}");
+        assert!(message.contains(reason), "{reason}: {message}");
+    }
+    assert_eq!(provider.get_transaction_count(chain.account(5)?).await?, before, "nothing sent");
     node.shutdown().await
 }

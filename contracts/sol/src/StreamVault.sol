@@ -3,7 +3,10 @@ pragma solidity ^0.8.28;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Metadata.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 
 /// @title StreamVault
 /// @notice Open-ended per-second payment streams of any ERC-20 with at most 18 decimals. A payer
@@ -21,42 +24,86 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 ///        paid once it adds up to a whole unit. No dust is lost over any sequence of operations.
 ///      * Debt beyond the balance is "uncovered"; `depletionTime` is the first second it exists.
 ///
+///      * Widths: rates fit 88 bits (3.09e8 whole tokens per second) and times 32 bits (until
+///        2106), so no debt, however long a stream runs, exceeds 2^120: the 128-bit snapshot
+///        cannot overflow. Balances fit 96 bits.
+///
 ///      Roles. The payer funds, tops up, refunds unstreamed surplus, raises or lowers the rate,
 ///      pauses, resumes and closes. The operator (the vendor's settled node) may pause and resume
-///      (usage metering), lower the rate, withdraw to the payee and close; it never moves funds
-///      anywhere but to the payee (earned) or the payer (surplus). Anyone may top up a stream.
-///      Fee-on-transfer tokens are not supported.
-contract StreamVault {
+///      (usage metering), lower the rate and close; it never moves funds anywhere but to the
+///      payee (earned) or the payer (surplus). Anyone may top up a stream, and anyone may pay a
+///      stream's covered debt to its payee (funds can only go to the payee, as in Sablier Flow):
+///      so settlement batches read no role. Fee-on-transfer tokens are not supported.
+///
+///      Opening for a payer. `openFor` opens a stream on a payer's EIP-712 signature of its
+///      terms (any relayer — the vendor's node — sends it and pays the gas), pulling the deposit
+///      with an EIP-2612 permit when one is given: a customer with tokens and no ETH starts
+///      paying in one transaction it never sends. Smart-account payers sign with ERC-1271.
+///
+///      Gas. The fields every accrual reads and every payment writes (balance, snapshot debt,
+///      snapshot time) share one slot, which is non-zero from the open on: no operation pays for
+///      a first write (20,000 gas) after the open. The stream exists while its payee is set.
+contract StreamVault is EIP712 {
     using SafeERC20 for IERC20;
 
-    /// @dev Six storage slots, packed so that opening a funded stream writes five fresh ones.
-    struct Stream {
-        // slot 0
-        address payer;
-        uint40 snapshotTime;
-        bool paused;
-        bool closed;
-        uint8 decimals;
-        // slot 1
+    /// @notice What a payer signs for `openFor`.
+    struct OpenTerms {
         address payee;
+        IERC20 token;
         uint96 ratePerSecond;
+        address operator;
+        uint96 maxRate;
+        uint96 maxTotal;
+        uint128 amount;
+        uint256 nonce;
+        uint256 deadline;
+    }
+
+    /// @notice An EIP-2612 permit of the deposit (v = 0: none; the payer approved already).
+    struct Permit {
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+    }
+
+    bytes32 public constant OPEN_TERMS_TYPEHASH = keccak256(
+        "OpenTerms(address payee,address token,uint96 ratePerSecond,address operator,uint96 maxRate,uint96 maxTotal,uint128 amount,uint256 nonce,uint256 deadline)"
+    );
+
+    uint8 internal constant PAUSED = 1;
+    uint8 internal constant CLOSED = 2;
+    uint8 internal constant CAPPED = 4;
+
+    /// @dev Five storage slots; the hot one first.
+    struct Stream {
+        // slot 0: read by every accrual, written by every payment
+        uint96 balance;
+        uint128 snapshotDebtScaled;
+        uint32 snapshotTime;
+        // slot 1: read by every accrual
+        address payee;
+        uint88 ratePerSecond;
+        uint8 flags;
         // slot 2
         address token;
-        uint96 maxRate;
+        uint8 decimals;
+        uint88 maxRate;
         // slot 3
+        address payer;
+        // slot 4: `remaining` is what a capped stream may still pay (maxTotal − paid so far)
         address operator;
-        uint96 maxTotal;
-        // slot 4
-        uint128 balance;
-        uint128 withdrawn;
-        // slot 5: full width, so no rate and duration can overflow it
-        uint256 snapshotDebtScaled;
+        uint96 remaining;
     }
 
     /// @notice The next stream's id (ids start at 1).
     uint256 public nextStreamId = 1;
 
+    /// @notice The next `OpenTerms.nonce` each payer must sign.
+    mapping(address => uint256) public nonces;
+
     mapping(uint256 => Stream) internal _streams;
+
+    constructor() EIP712("StreamVault", "1") {}
 
     event StreamOpened(
         uint256 indexed streamId,
@@ -81,6 +128,8 @@ contract StreamVault {
     error ZeroRate();
     error ZeroAmount();
     error RateAboveCap(uint96 rate, uint96 maxRate);
+    /// The rate does not fit the 88 bits stored (3.09e8 whole tokens per second).
+    error RateTooHigh(uint96 rate);
     error DecimalsAboveEighteen(uint8 decimals);
     error UnknownStream(uint256 streamId);
     error StreamIsClosed(uint256 streamId);
@@ -89,7 +138,14 @@ contract StreamVault {
     error NotAllowed(uint256 streamId, address caller);
     error RateIncreaseNeedsPayer(uint256 streamId);
     error AmountAboveAvailable(uint256 streamId, uint256 amount, uint256 available);
+    /// The balance would not fit the 96 bits stored.
     error BalanceOverflow(uint256 streamId);
+    /// `openFor` after the terms' deadline.
+    error TermsExpired(uint256 deadline);
+    /// `openFor` with a nonce other than the payer's next.
+    error WrongNonce(uint256 nonce, uint256 expected);
+    /// `openFor` with a signature that is not the payer's over these terms.
+    error BadTermsSignature(address payer);
 
     // ---------------------------------------------------------------- views
 
@@ -136,12 +192,11 @@ contract StreamVault {
         uint256 scale = _scale(s.decimals);
         uint256 now_ = block.timestamp;
         if (_totalDebtScaled(s, now_) / scale > s.balance) return 0;
-        if (s.paused || s.closed) return type(uint40).max;
+        uint8 flags = s.flags;
+        if (flags & (PAUSED | CLOSED) != 0) return type(uint40).max;
+        if (flags & CAPPED != 0 && s.remaining <= s.balance) return type(uint40).max;
         // Debt exceeds the balance once the scaled debt reaches (balance + 1) × scale.
         uint256 threshold = (uint256(s.balance) + 1) * scale;
-        if (s.maxTotal != 0 && (s.maxTotal <= s.withdrawn || uint256(s.maxTotal) - s.withdrawn <= s.balance)) {
-            return type(uint40).max;
-        }
         uint256 needed = threshold - s.snapshotDebtScaled;
         return s.snapshotTime + (needed + s.ratePerSecond - 1) / s.ratePerSecond;
     }
@@ -160,45 +215,60 @@ contract StreamVault {
         uint96 maxTotal,
         uint128 amount
     ) external returns (uint256 streamId) {
-        if (payee == address(0) || address(token) == address(0)) revert ZeroAddress();
-        if (ratePerSecond == 0) revert ZeroRate();
-        if (maxRate != 0 && ratePerSecond > maxRate) revert RateAboveCap(ratePerSecond, maxRate);
-        uint8 decimals = IERC20Metadata(address(token)).decimals();
-        if (decimals > 18) revert DecimalsAboveEighteen(decimals);
-        streamId = nextStreamId++;
-        Stream storage s = _streams[streamId];
-        s.payer = msg.sender;
-        s.snapshotTime = uint40(block.timestamp);
-        s.decimals = decimals;
-        s.payee = payee;
-        s.ratePerSecond = ratePerSecond;
-        s.token = address(token);
-        s.maxRate = maxRate;
-        s.operator = operator;
-        s.maxTotal = maxTotal;
-        emit StreamOpened(
-            streamId, msg.sender, payee, address(token), decimals, operator, ratePerSecond, maxRate, maxTotal
+        streamId = _openStream(msg.sender, payee, token, ratePerSecond, operator, maxRate, maxTotal);
+        if (amount != 0) _deposit(streamId, _streams[streamId], msg.sender, amount);
+    }
+
+    /// @notice Opens the stream `terms` describe for `payer`, who signed them (EIP-712; ERC-1271
+    ///         for contracts). The deposit comes from the payer, through `permit` when given.
+    ///         Anyone may send it: the terms fix everything, and each nonce opens one stream.
+    function openFor(address payer, OpenTerms calldata terms, bytes calldata signature, Permit calldata permit)
+        external
+        returns (uint256 streamId)
+    {
+        if (block.timestamp > terms.deadline) revert TermsExpired(terms.deadline);
+        uint256 expected = nonces[payer];
+        if (terms.nonce != expected) revert WrongNonce(terms.nonce, expected);
+        nonces[payer] = expected + 1;
+        bytes32 digest = _hashTypedDataV4(keccak256(abi.encode(OPEN_TERMS_TYPEHASH, terms)));
+        if (!SignatureChecker.isValidSignatureNow(payer, digest, signature)) revert BadTermsSignature(payer);
+        if (permit.v != 0) {
+            // A permit front-run by someone else has already set the allowance: go on.
+            try IERC20Permit(address(terms.token)).permit(
+                payer, address(this), terms.amount, terms.deadline, permit.v, permit.r, permit.s
+            ) {} catch {}
+        }
+        streamId = _openStream(
+            payer, terms.payee, terms.token, terms.ratePerSecond, terms.operator, terms.maxRate, terms.maxTotal
         );
-        if (amount != 0) _deposit(streamId, s, amount);
+        if (terms.amount != 0) _deposit(streamId, _streams[streamId], payer, terms.amount);
+    }
+
+    /// @notice The EIP-712 digest a payer signs for `terms`.
+    function openTermsDigest(OpenTerms calldata terms) external view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(OPEN_TERMS_TYPEHASH, terms)));
     }
 
     /// @notice Adds `amount` to the stream's balance (anyone may fund a stream).
     function deposit(uint256 streamId, uint128 amount) external {
         Stream storage s = _open(streamId);
         if (amount == 0) revert ZeroAmount();
-        _deposit(streamId, s, amount);
+        _deposit(streamId, s, msg.sender, amount);
     }
 
     /// @notice Returns `amount` of the balance not owed to the payer.
     function refund(uint256 streamId, uint128 amount) external {
         Stream storage s = _open(streamId);
-        if (msg.sender != s.payer) revert NotAllowed(streamId, msg.sender);
+        address payer = s.payer;
+        if (msg.sender != payer) revert NotAllowed(streamId, msg.sender);
         if (amount == 0) revert ZeroAmount();
-        uint256 available = refundable(streamId);
+        uint256 debt = _totalDebtScaled(s, block.timestamp) / _scale(s.decimals);
+        uint256 balance = s.balance;
+        uint256 available = debt >= balance ? 0 : balance - debt;
         if (amount > available) revert AmountAboveAvailable(streamId, amount, available);
-        s.balance -= amount;
-        IERC20(s.token).safeTransfer(s.payer, amount);
-        emit Refunded(streamId, s.payer, amount);
+        s.balance = uint96(balance - amount);
+        IERC20(s.token).safeTransfer(payer, amount);
+        emit Refunded(streamId, payer, amount);
     }
 
     /// @notice Sets a new rate. The payer may set any rate up to `maxRate`; the operator may only
@@ -210,9 +280,11 @@ contract StreamVault {
         if (newRate == 0) revert ZeroRate();
         uint96 oldRate = s.ratePerSecond;
         if (!isPayer && newRate > oldRate) revert RateIncreaseNeedsPayer(streamId);
-        if (s.maxRate != 0 && newRate > s.maxRate) revert RateAboveCap(newRate, s.maxRate);
+        uint96 maxRate = s.maxRate;
+        if (maxRate != 0 && newRate > maxRate) revert RateAboveCap(newRate, maxRate);
+        if (newRate > type(uint88).max) revert RateTooHigh(newRate);
         _snapshot(s);
-        s.ratePerSecond = newRate;
+        s.ratePerSecond = uint88(newRate);
         emit RateAdjusted(streamId, msg.sender, oldRate, newRate);
     }
 
@@ -220,9 +292,9 @@ contract StreamVault {
     function pause(uint256 streamId) external {
         Stream storage s = _open(streamId);
         _payerOrOperator(streamId, s);
-        if (s.paused) revert StreamIsPaused(streamId);
+        if (s.flags & PAUSED != 0) revert StreamIsPaused(streamId);
         _snapshot(s);
-        s.paused = true;
+        s.flags |= PAUSED;
         emit Paused(streamId, msg.sender, s.snapshotDebtScaled);
     }
 
@@ -230,9 +302,9 @@ contract StreamVault {
     function resume(uint256 streamId) external {
         Stream storage s = _open(streamId);
         _payerOrOperator(streamId, s);
-        if (!s.paused) revert StreamNotPaused(streamId);
-        s.paused = false;
-        s.snapshotTime = uint40(block.timestamp);
+        if (s.flags & PAUSED == 0) revert StreamNotPaused(streamId);
+        s.flags &= ~PAUSED;
+        s.snapshotTime = uint32(block.timestamp);
         emit Resumed(streamId, msg.sender);
     }
 
@@ -240,93 +312,90 @@ contract StreamVault {
     ///         payer, and the uncovered debt is forfeited (payer or operator).
     function close(uint256 streamId) external {
         Stream storage s = _open(streamId);
-        _payerOrOperator(streamId, s);
+        address payer = _payerOrOperator(streamId, s);
         uint256 debt = _totalDebtScaled(s, block.timestamp) / _scale(s.decimals);
-        uint128 balance = s.balance;
-        uint128 paid = uint128(_min(debt, balance));
-        uint128 refunded = balance - paid;
-        s.closed = true;
+        uint96 balance = s.balance;
+        uint96 paid = uint96(_min(debt, balance));
+        uint96 refunded = balance - paid;
+        s.flags |= CLOSED;
         s.balance = 0;
         s.snapshotDebtScaled = 0;
-        s.snapshotTime = uint40(block.timestamp);
-        s.withdrawn += paid;
+        s.snapshotTime = uint32(block.timestamp);
+        if (s.flags & CAPPED != 0) s.remaining -= paid;
+        IERC20 token = IERC20(s.token);
         if (paid != 0) {
-            IERC20(s.token).safeTransfer(s.payee, paid);
-            emit Withdrawn(streamId, s.payee, paid);
+            address payee = s.payee;
+            token.safeTransfer(payee, paid);
+            emit Withdrawn(streamId, payee, paid);
         }
         if (refunded != 0) {
-            IERC20(s.token).safeTransfer(s.payer, refunded);
-            emit Refunded(streamId, s.payer, refunded);
+            token.safeTransfer(payer, refunded);
+            emit Refunded(streamId, payer, refunded);
         }
         emit Closed(streamId, msg.sender, paid, refunded, debt - paid);
     }
 
     // ---------------------------------------------------------------- payee
 
-    /// @notice Pays `amount` of the covered debt to the payee (payee, operator or payer may call).
+    /// @notice Pays `amount` of the covered debt to the payee (anyone may call: the funds can
+    ///         only go to the payee).
     function withdraw(uint256 streamId, uint128 amount) external {
         Stream storage s = _existing(streamId);
-        if (msg.sender != s.payee && msg.sender != s.operator && msg.sender != s.payer) {
-            revert NotAllowed(streamId, msg.sender);
-        }
         if (amount == 0) revert ZeroAmount();
         uint256 debtScaled = _totalDebtScaled(s, block.timestamp);
-        uint256 available = _min(debtScaled / _scale(s.decimals), s.balance);
+        uint256 scale = _scale(s.decimals);
+        uint256 available = _min(debtScaled / scale, s.balance);
         if (amount > available) revert AmountAboveAvailable(streamId, amount, available);
-        _withdrawInternal(s, debtScaled, amount);
-        IERC20(s.token).safeTransfer(s.payee, amount);
-        emit Withdrawn(streamId, s.payee, amount);
+        _pay(s, debtScaled, scale, uint96(amount));
+        address payee = s.payee;
+        IERC20(s.token).safeTransfer(payee, amount);
+        emit Withdrawn(streamId, payee, amount);
     }
 
     /// @notice Pays every listed stream's covered debt to its payee, one transfer per
-    ///         (token, payee) pair. The caller must be each stream's operator or payee. Returns the
-    ///         total paid.
+    ///         (token, payee) pair of consecutive streams (list a payee's streams together).
+    ///         Anyone may call. Returns the total paid.
     function withdrawBatch(uint256[] calldata streamIds) external returns (uint256 total) {
-        uint256 n = streamIds.length;
-        address[] memory tokens = new address[](n);
-        address[] memory payees = new address[](n);
-        uint256[] memory amounts = new uint256[](n);
-        uint256 groups;
-        for (uint256 i; i < n; ++i) {
+        address token;
+        address payee;
+        uint256 pending;
+        for (uint256 i; i < streamIds.length; ++i) {
             uint256 streamId = streamIds[i];
             Stream storage s = _existing(streamId);
-            address payee = s.payee;
-            if (msg.sender != s.operator && msg.sender != payee) revert NotAllowed(streamId, msg.sender);
             uint256 debtScaled = _totalDebtScaled(s, block.timestamp);
-            uint128 amount = uint128(_min(debtScaled / _scale(s.decimals), s.balance));
+            uint256 scale = _scale(s.decimals);
+            uint256 amount = _min(debtScaled / scale, s.balance);
             if (amount == 0) continue;
-            _withdrawInternal(s, debtScaled, amount);
-            emit Withdrawn(streamId, payee, amount);
-            address token = s.token;
-            uint256 g;
-            while (g < groups && (payees[g] != payee || tokens[g] != token)) ++g;
-            if (g == groups) {
-                tokens[g] = token;
-                payees[g] = payee;
-                ++groups;
+            _pay(s, debtScaled, scale, uint96(amount));
+            address streamPayee = s.payee;
+            address streamToken = s.token;
+            emit Withdrawn(streamId, streamPayee, uint128(amount));
+            if (streamPayee != payee || streamToken != token) {
+                if (pending != 0) IERC20(token).safeTransfer(payee, pending);
+                (token, payee, pending) = (streamToken, streamPayee, 0);
             }
-            amounts[g] += amount;
+            pending += amount;
             total += amount;
         }
-        for (uint256 g; g < groups; ++g) {
-            IERC20(tokens[g]).safeTransfer(payees[g], amounts[g]);
-        }
+        if (pending != 0) IERC20(token).safeTransfer(payee, pending);
     }
 
     // ---------------------------------------------------------------- internals
 
     function _existing(uint256 streamId) internal view returns (Stream storage s) {
         s = _streams[streamId];
-        if (s.payer == address(0)) revert UnknownStream(streamId);
+        if (s.payee == address(0)) revert UnknownStream(streamId);
     }
 
     function _open(uint256 streamId) internal view returns (Stream storage s) {
         s = _existing(streamId);
-        if (s.closed) revert StreamIsClosed(streamId);
+        if (s.flags & CLOSED != 0) revert StreamIsClosed(streamId);
     }
 
-    function _payerOrOperator(uint256 streamId, Stream storage s) internal view {
-        if (msg.sender != s.payer && msg.sender != s.operator) revert NotAllowed(streamId, msg.sender);
+    /// @dev Reverts unless the caller is the payer or the operator; returns the payer.
+    function _payerOrOperator(uint256 streamId, Stream storage s) internal view returns (address payer) {
+        payer = s.payer;
+        if (msg.sender != payer && msg.sender != s.operator) revert NotAllowed(streamId, msg.sender);
     }
 
     function _scale(uint8 decimals) internal pure returns (uint256) {
@@ -337,37 +406,74 @@ contract StreamVault {
         return a < b ? a : b;
     }
 
-    /// @dev Snapshot debt plus what accrued since, capped so that withdrawn + debt ≤ maxTotal.
+    /// @dev Snapshot debt plus what accrued since, capped so that paid + debt ≤ maxTotal.
     function _totalDebtScaled(Stream storage s, uint256 at) internal view returns (uint256 debt) {
         debt = s.snapshotDebtScaled;
-        if (!s.paused && !s.closed && at > s.snapshotTime) {
-            debt += uint256(s.ratePerSecond) * (at - s.snapshotTime);
+        uint8 flags = s.flags;
+        uint256 since = s.snapshotTime;
+        if (flags & (PAUSED | CLOSED) == 0 && at > since) {
+            debt += uint256(s.ratePerSecond) * (at - since);
         }
-        if (s.maxTotal != 0) {
-            uint256 scale = _scale(s.decimals);
-            uint256 room = s.maxTotal > s.withdrawn ? (uint256(s.maxTotal) - s.withdrawn) * scale : 0;
+        if (flags & CAPPED != 0) {
+            uint256 room = uint256(s.remaining) * _scale(s.decimals);
             if (debt > room) debt = room;
         }
     }
 
     function _snapshot(Stream storage s) internal {
-        s.snapshotDebtScaled = _totalDebtScaled(s, block.timestamp);
-        s.snapshotTime = uint40(block.timestamp);
+        // < 2^120: see the widths above.
+        s.snapshotDebtScaled = uint128(_totalDebtScaled(s, block.timestamp));
+        s.snapshotTime = uint32(block.timestamp);
     }
 
     /// @dev Moves `amount` out of the debt (`debtScaled`, as of now) and the balance; the scaled
-    ///      remainder stays. One write per slot.
-    function _withdrawInternal(Stream storage s, uint256 debtScaled, uint128 amount) internal {
-        s.snapshotDebtScaled = debtScaled - uint256(amount) * _scale(s.decimals);
-        s.snapshotTime = uint40(block.timestamp);
+    ///      remainder stays. One slot written (two for a capped stream).
+    function _pay(Stream storage s, uint256 debtScaled, uint256 scale, uint96 amount) internal {
+        s.snapshotDebtScaled = uint128(debtScaled - uint256(amount) * scale);
+        s.snapshotTime = uint32(block.timestamp);
         s.balance -= amount;
-        s.withdrawn += amount;
+        if (s.flags & CAPPED != 0) s.remaining -= amount;
     }
 
-    function _deposit(uint256 streamId, Stream storage s, uint128 amount) internal {
-        if (uint256(s.balance) + amount > type(uint128).max) revert BalanceOverflow(streamId);
-        s.balance += amount;
-        IERC20(s.token).safeTransferFrom(msg.sender, address(this), amount);
-        emit Deposited(streamId, msg.sender, amount);
+    function _openStream(
+        address payer,
+        address payee,
+        IERC20 token,
+        uint96 ratePerSecond,
+        address operator,
+        uint96 maxRate,
+        uint96 maxTotal
+    ) internal returns (uint256 streamId) {
+        if (payee == address(0) || address(token) == address(0)) revert ZeroAddress();
+        if (ratePerSecond == 0) revert ZeroRate();
+        if (maxRate != 0 && ratePerSecond > maxRate) revert RateAboveCap(ratePerSecond, maxRate);
+        if (ratePerSecond > type(uint88).max) revert RateTooHigh(ratePerSecond);
+        // A cap above what can be stored can never bind.
+        if (maxRate > type(uint88).max) maxRate = 0;
+        uint8 decimals = IERC20Metadata(address(token)).decimals();
+        if (decimals > 18) revert DecimalsAboveEighteen(decimals);
+        streamId = nextStreamId++;
+        Stream storage s = _streams[streamId];
+        s.snapshotTime = uint32(block.timestamp);
+        s.payee = payee;
+        s.ratePerSecond = uint88(ratePerSecond);
+        s.flags = maxTotal != 0 ? CAPPED : 0;
+        s.token = address(token);
+        s.decimals = decimals;
+        s.maxRate = uint88(maxRate);
+        s.payer = payer;
+        if (operator != address(0) || maxTotal != 0) {
+            s.operator = operator;
+            s.remaining = maxTotal;
+        }
+        emit StreamOpened(streamId, payer, payee, address(token), decimals, operator, ratePerSecond, maxRate, maxTotal);
+    }
+
+    /// @dev `from` funds the stream (the caller, or the payer of `openFor`).
+    function _deposit(uint256 streamId, Stream storage s, address from, uint128 amount) internal {
+        if (uint256(s.balance) + amount > type(uint96).max) revert BalanceOverflow(streamId);
+        s.balance += uint96(amount);
+        IERC20(s.token).safeTransferFrom(from, address(this), amount);
+        emit Deposited(streamId, from, amount);
     }
 }

@@ -100,3 +100,63 @@ contract StreamVaultGasTest is StreamVaultFixture {
         emit log_named_uint("batch withdraw of 100, per stream", (g - gasleft()) / ids.length);
     }
 }
+
+/// @notice The same operations in the order and with the warmth of Sablier's own benchmark
+///         (sablier-labs/benchmarks `contracts/flow/Benchmark.sol`): one transaction, 100 funded
+///         streams, two days between calls, the payer calling; some calls hit a stream an
+///         earlier call already touched (warm), others a fresh one (cold). Print with
+///         `forge test --match-contract StreamVaultSablierOrder -vv`.
+contract StreamVaultSablierOrderTest is StreamVaultFixture {
+    uint96 internal constant RATE = 1e15; // 0.001 token per second, Sablier's default
+    uint128 internal constant DEPOSIT = 50_000e6;
+
+    function setUp() public {
+        _deployFunded();
+        usdc.mint(payer, 100 * DEPOSIT);
+        usdc.mint(payee, 1);
+        for (uint256 i; i < 100; ++i) {
+            openStream(RATE, DEPOSIT);
+        }
+    }
+
+    function _measure(string memory name, bytes memory call) internal {
+        vm.warp(block.timestamp + 2 days);
+        vm.prank(payer);
+        uint256 g = gasleft();
+        (bool ok,) = address(vault).call(call);
+        uint256 used = g - gasleft();
+        require(ok, name);
+        emit log_named_uint(name, used);
+    }
+
+    function test_gas_inSablierOrder() public {
+        uint256 id = 50;
+        _measure("adjust rate (cold)", abi.encodeCall(vault.adjustRate, (id, RATE + 1)));
+        _measure(
+            "open (no deposit)", abi.encodeCall(vault.open, (payee, IERC20(address(usdc)), RATE, operator, 0, 0, 0))
+        );
+        _measure("top up (warm)", abi.encodeCall(vault.deposit, (id, DEPOSIT)));
+        _measure("pause (warm)", abi.encodeCall(vault.pause, (id)));
+        _measure("refund (cold)", abi.encodeCall(vault.refund, (++id, 1e6)));
+        ++id; // Sablier measures refundMax here; the vault has no such call
+        vm.prank(payer);
+        vault.pause(id);
+        _measure("resume (warm)", abi.encodeCall(vault.resume, (id)));
+        _measure("close, solvent (warm)", abi.encodeCall(vault.close, (id)));
+        vm.warp(vault.depletionTime(++id) + 2 days);
+        _measure("close, insolvent (cold)", abi.encodeCall(vault.close, (id)));
+        _measure("withdraw, insolvent (cold)", abi.encodeCall(vault.withdraw, (++id, 1e6)));
+        ++id;
+        vm.startPrank(payer);
+        vault.deposit(id, uint128(vault.uncoveredDebt(id)) + DEPOSIT);
+        vm.stopPrank();
+        _measure("withdraw, solvent (warm)", abi.encodeCall(vault.withdraw, (id, 1e6)));
+        ++id;
+        vm.warp(block.timestamp + 2 days);
+        uint128 all = uint128(vault.coveredDebt(id));
+        vm.prank(payer);
+        uint256 g = gasleft();
+        vault.withdraw(id, all);
+        emit log_named_uint("withdraw everything covered (cold)", g - gasleft());
+    }
+}

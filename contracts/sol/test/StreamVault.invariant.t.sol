@@ -13,7 +13,10 @@ contract StreamVaultHandler is TestBase {
     address public constant PAYER = address(0xA11CE);
     address public constant PAYEE = address(0xB0B);
     address public constant OPERATOR = address(0x0BE7);
+    address public constant STRANGER = address(0x5757);
     uint256 public constant STREAMS = 3;
+    /// The last stream is capped: it may pay at most this much in total.
+    uint96 public constant MAX_TOTAL = 5e6;
 
     uint256[STREAMS] public ids;
     mapping(uint256 => uint256) public deposited;
@@ -29,7 +32,8 @@ contract StreamVaultHandler is TestBase {
         for (uint256 i; i < STREAMS; ++i) {
             vm.prank(PAYER);
             // Slow, odd rates: most seconds leave a fraction of a base unit.
-            ids[i] = vault.open(PAYEE, IERC20(address(usdc)), uint96(1e11 * (7 + 13 * i)), OPERATOR, 0, 0, 0);
+            uint96 cap = i == STREAMS - 1 ? MAX_TOTAL : 0;
+            ids[i] = vault.open(PAYEE, IERC20(address(usdc)), uint96(1e11 * (7 + 13 * i)), OPERATOR, 0, cap, 0);
         }
     }
 
@@ -38,7 +42,7 @@ contract StreamVaultHandler is TestBase {
     }
 
     function _closed(uint256 id) internal view returns (bool) {
-        return vault.getStream(id).closed;
+        return vault.getStream(id).flags & 2 != 0;
     }
 
     function warp(uint256 secs) external {
@@ -54,15 +58,31 @@ contract StreamVaultHandler is TestBase {
         deposited[id] += amount;
     }
 
-    function withdraw(uint256 seed, uint256 amount, bool byOperator) external {
+    function withdraw(uint256 seed, uint256 amount, uint8 caller) external {
         uint256 id = _stream(seed);
         uint256 available = vault.coveredDebt(id);
         if (available == 0) return;
         amount = bound(amount, 1, available);
-        vm.prank(byOperator ? OPERATOR : PAYEE);
+        // Anyone may pay the payee.
+        vm.prank([PAYEE, OPERATOR, PAYER, STRANGER][caller % 4]);
         vault.withdraw(id, uint128(amount));
         withdrawn[id] += amount;
         paidToPayee += amount;
+    }
+
+    function withdrawAll() external {
+        uint256[] memory all = new uint256[](STREAMS);
+        uint256 expected;
+        for (uint256 i; i < STREAMS; ++i) {
+            all[i] = ids[i];
+            uint256 covered = vault.coveredDebt(ids[i]);
+            withdrawn[ids[i]] += covered;
+            expected += covered;
+        }
+        vm.prank(STRANGER);
+        uint256 total = vault.withdrawBatch(all);
+        assertEq(total, expected, "the batch paid every covered debt");
+        paidToPayee += total;
     }
 
     function refund(uint256 seed, uint256 amount) external {
@@ -79,7 +99,7 @@ contract StreamVaultHandler is TestBase {
     function pauseOrResume(uint256 seed, bool byOperator) external {
         uint256 id = _stream(seed);
         if (_closed(id)) return;
-        bool paused = vault.getStream(id).paused;
+        bool paused = vault.getStream(id).flags & 1 != 0;
         vm.prank(byOperator ? OPERATOR : PAYER);
         if (paused) vault.resume(id);
         else vault.pause(id);
@@ -109,7 +129,8 @@ contract StreamVaultHandler is TestBase {
 }
 
 /// For every stream and in total: deposits = withdrawn + refunded + balance, at all times; the
-/// vault holds exactly what it owes; the payee got exactly what was withdrawn.
+/// vault holds exactly what it owes; the payee got exactly what was withdrawn; a capped stream's
+/// remainder is its cap less what it paid.
 contract StreamVaultInvariantTest is TestBase {
     StreamVault internal vault;
     MockUSDC internal usdc;
@@ -136,7 +157,11 @@ contract StreamVaultInvariantTest is TestBase {
             assertEq(
                 handler.deposited(id), handler.withdrawn(id) + handler.refunded(id) + balance, "per stream"
             );
-            assertEq(vault.getStream(id).withdrawn, handler.withdrawn(id), "withdrawn recorded");
+            if (i == handler.STREAMS() - 1) {
+                assertEq(
+                    vault.getStream(id).remaining, handler.MAX_TOTAL() - handler.withdrawn(id), "cap's remainder"
+                );
+            }
             balances += balance;
         }
         assertEq(usdc.balanceOf(address(vault)), balances, "the vault holds exactly the balances");

@@ -211,7 +211,39 @@ contract StreamVaultTest is StreamVaultFixture {
         vault.pause(id);
         vm.prank(stranger);
         vm.expectRevert(abi.encodeWithSelector(StreamVault.NotAllowed.selector, id, stranger));
+        vault.close(id);
+        vm.prank(payer);
+        vm.expectRevert(abi.encodeWithSelector(StreamVault.RateTooHigh.selector, uint96(1) << 88));
+        vault.open(payee, IERC20(address(usdc)), uint96(1) << 88, operator, 0, 0, 0);
+        vm.prank(payer);
+        vm.expectRevert(abi.encodeWithSelector(StreamVault.BalanceOverflow.selector, id));
+        vault.deposit(id, uint128(1) << 96);
+    }
+
+    function test_anyonePaysThePayeeNoOneElse() public {
+        uint256 id = openStream(ONE_USDC_PER_SEC, 100e6);
+        vm.warp(T0 + 10);
+        vm.prank(stranger);
+        vault.withdraw(id, 10e6);
+        assertEq(usdc.balanceOf(payee), 10e6, "a stranger's call pays the payee");
+        assertEq(usdc.balanceOf(stranger), 0, "and nobody else");
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(StreamVault.AmountAboveAvailable.selector, id, 1, 0));
         vault.withdraw(id, 1);
+    }
+
+    function test_theWidestDebtFitsTheSnapshot() public {
+        // The largest storable rate, unfunded, until the last second of uint32 time: 2^88 x 2^32
+        // stays below 2^120, so the 128-bit snapshot holds it exactly.
+        uint96 rate = uint96(type(uint88).max);
+        uint256 id = openStream(rate, 0);
+        vm.warp(type(uint32).max);
+        vm.prank(payer);
+        vault.pause(id);
+        uint256 expected = uint256(rate) * (type(uint32).max - T0);
+        assertEq(vault.getStream(id).snapshotDebtScaled, expected, "exact");
+        assertEq(vault.totalDebtScaled(id), expected, "views agree");
+        assertEq(vault.depletionTime(id), 0, "depleted");
     }
 
     function test_eighteenDecimalTokens() public {
@@ -239,13 +271,17 @@ contract StreamVaultTest is StreamVaultFixture {
         assertEq(total, 40e6, "10 + 20 + 10");
         assertEq(usdc.balanceOf(payee), 30e6, "payee's two streams");
         assertEq(usdc.balanceOf(other), 10e6, "other payee");
+        vm.warp(T0 + 11);
+        (ids[0], ids[1], ids[2]) = (a, c, b);
         vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(StreamVault.NotAllowed.selector, a, stranger));
-        vault.withdrawBatch(ids);
+        assertEq(vault.withdrawBatch(ids), 4e6, "interleaved payees: still each paid its own");
+        assertEq(usdc.balanceOf(payee), 33e6, "payee");
+        assertEq(usdc.balanceOf(other), 11e6, "other payee");
+        assertEq(usdc.balanceOf(stranger), 0, "the caller got nothing");
     }
 
     /// The debt is exactly rate x elapsed, descaled and rounded down, for any rate and duration.
-    function testFuzz_accrualIsExact(uint96 rate, uint32 elapsed) public {
+    function testFuzz_accrualIsExact(uint88 rate, uint32 elapsed) public {
         vm.assume(rate != 0);
         uint256 id = openStream(rate, 0);
         vm.warp(T0 + elapsed);
@@ -270,5 +306,108 @@ contract StreamVaultTest is StreamVaultFixture {
         }
         uint256 accrued = uint256(rate) * (t - T0) / 1e12;
         assertEq(usdc.balanceOf(payee) + vault.totalDebt(id), accrued, "paid + owed = accrued");
+    }
+}
+
+/// @notice `openFor`: a payer with tokens and no ETH signs the terms and a permit; anyone sends.
+contract StreamVaultOpenForTest is StreamVaultFixture {
+    uint256 internal constant CUSTOMER_KEY = 0xC0FFEE;
+    address internal customer;
+    bytes32 internal constant PERMIT_TYPEHASH =
+        keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)");
+
+    function setUp() public {
+        _deployFunded();
+        customer = vm.addr(CUSTOMER_KEY);
+        usdc.mint(customer, 1_000e6);
+    }
+
+    function _terms(uint128 amount, uint256 nonce) internal view returns (StreamVault.OpenTerms memory) {
+        return StreamVault.OpenTerms({
+            payee: payee,
+            token: IERC20(address(usdc)),
+            ratePerSecond: ONE_USDC_PER_SEC,
+            operator: operator,
+            maxRate: 0,
+            maxTotal: 0,
+            amount: amount,
+            nonce: nonce,
+            deadline: T0 + 1 hours
+        });
+    }
+
+    function _sign(uint256 key, StreamVault.OpenTerms memory terms) internal view returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, vault.openTermsDigest(terms));
+        return abi.encodePacked(r, s, v);
+    }
+
+    function _permit(uint256 key, uint256 value, uint256 deadline) internal view returns (StreamVault.Permit memory) {
+        address owner = vm.addr(key);
+        bytes32 structHash =
+            keccak256(abi.encode(PERMIT_TYPEHASH, owner, address(vault), value, usdc.nonces(owner), deadline));
+        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", usdc.DOMAIN_SEPARATOR(), structHash));
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        return StreamVault.Permit(v, r, s);
+    }
+
+    function test_aRelayerOpensOnSignedTermsAndPermit() public {
+        StreamVault.OpenTerms memory terms = _terms(100e6, 0);
+        StreamVault.Permit memory permit = _permit(CUSTOMER_KEY, 100e6, terms.deadline);
+        bytes memory signature = _sign(CUSTOMER_KEY, terms);
+        vm.prank(stranger);
+        uint256 g = gasleft();
+        uint256 id = vault.openFor(customer, terms, signature, permit);
+        emit log_named_uint("openFor with permit and deposit", g - gasleft());
+        StreamVault.Stream memory s = vault.getStream(id);
+        assertEq(s.payer, customer, "the customer pays");
+        assertEq(s.balance, 100e6, "deposit pulled by permit");
+        assertEq(usdc.balanceOf(customer), 900e6, "from the customer");
+        assertEq(vault.nonces(customer), 1, "nonce used");
+        vm.warp(T0 + 10);
+        assertEq(vault.totalDebt(id), 10e6, "accrues");
+        vm.prank(customer);
+        vault.pause(id); // the customer keeps every payer right
+    }
+
+    function test_termsCannotBeReplayedTamperedOrLate() public {
+        StreamVault.OpenTerms memory terms = _terms(100e6, 0);
+        bytes memory signature = _sign(CUSTOMER_KEY, terms);
+        StreamVault.Permit memory permit = _permit(CUSTOMER_KEY, 100e6, terms.deadline);
+        vault.openFor(customer, terms, signature, permit);
+        vm.expectRevert(abi.encodeWithSelector(StreamVault.WrongNonce.selector, 0, 1));
+        vault.openFor(customer, terms, signature, permit);
+
+        StreamVault.OpenTerms memory next = _terms(100e6, 1);
+        bytes memory nextSignature = _sign(CUSTOMER_KEY, next);
+        next.ratePerSecond = 2 * ONE_USDC_PER_SEC;
+        vm.expectRevert(abi.encodeWithSelector(StreamVault.BadTermsSignature.selector, customer));
+        vault.openFor(customer, next, nextSignature, StreamVault.Permit(0, 0, 0));
+
+        next = _terms(100e6, 1);
+        bytes memory strangers = _sign(0xBAD, next);
+        vm.expectRevert(abi.encodeWithSelector(StreamVault.BadTermsSignature.selector, customer));
+        vault.openFor(customer, next, strangers, StreamVault.Permit(0, 0, 0));
+
+        vm.warp(next.deadline + 1);
+        vm.expectRevert(abi.encodeWithSelector(StreamVault.TermsExpired.selector, next.deadline));
+        vault.openFor(customer, next, nextSignature, StreamVault.Permit(0, 0, 0));
+    }
+
+    function test_aFrontRunPermitDoesNotBlockTheOpen() public {
+        StreamVault.OpenTerms memory terms = _terms(100e6, 0);
+        StreamVault.Permit memory permit = _permit(CUSTOMER_KEY, 100e6, terms.deadline);
+        // Someone submits the permit first: the allowance is set, the permit's nonce spent.
+        usdc.permit(customer, address(vault), 100e6, terms.deadline, permit.v, permit.r, permit.s);
+        uint256 id = vault.openFor(customer, terms, _sign(CUSTOMER_KEY, terms), permit);
+        assertEq(vault.getStream(id).balance, 100e6, "opened all the same");
+    }
+
+    function test_withoutPermitOrAllowanceNothingMoves() public {
+        StreamVault.OpenTerms memory terms = _terms(100e6, 0);
+        bytes memory signature = _sign(CUSTOMER_KEY, terms);
+        vm.expectRevert();
+        vault.openFor(customer, terms, signature, StreamVault.Permit(0, 0, 0));
+        assertEq(vault.nonces(customer), 0, "the failed open consumed nothing");
+        assertEq(usdc.balanceOf(customer), 1_000e6, "nothing moved");
     }
 }

@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 /// `type(uint40).max`: the vault's "never" for a depletion time.
 pub const NEVER_DEPLETES: u64 = (1 << 40) - 1;
 
+/// The vault stores rates in 88 bits.
+pub(crate) const MAX_RATE_PER_SECOND: u128 = (1 << 88) - 1;
+
+/// The vault stores balances in 96 bits.
+pub(crate) const MAX_BALANCE: u128 = (1 << 96) - 1;
+
 /// Why an operation cannot apply to a stream (the vault reverts for the same reasons).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
@@ -46,9 +52,12 @@ pub enum StreamError {
     /// The token has more than 18 decimals.
     #[error("tokens with {0} decimals (above 18) are not supported")]
     DecimalsAboveEighteen(u8),
-    /// The balance would overflow 128 bits.
+    /// The balance would overflow the 96 bits the vault stores.
     #[error("balance overflow")]
     BalanceOverflow,
+    /// The rate does not fit the 88 bits the vault stores.
+    #[error("rate {0} above the vault's limit")]
+    RateTooHigh(u128),
 }
 
 /// One stream as `StreamVault` stores it.
@@ -107,6 +116,9 @@ impl StreamState {
         }
         if max_rate != 0 && rate_per_second > max_rate {
             return Err(StreamError::RateAboveCap { rate: rate_per_second, max_rate });
+        }
+        if rate_per_second > MAX_RATE_PER_SECOND {
+            return Err(StreamError::RateTooHigh(rate_per_second));
         }
         Ok(Self {
             payer,
@@ -214,7 +226,11 @@ impl StreamState {
         if amount == 0 {
             return Err(StreamError::ZeroAmount);
         }
-        self.balance = self.balance.checked_add(amount).ok_or(StreamError::BalanceOverflow)?;
+        self.balance = self
+            .balance
+            .checked_add(amount)
+            .filter(|b| *b <= MAX_BALANCE)
+            .ok_or(StreamError::BalanceOverflow)?;
         Ok(())
     }
 
@@ -279,6 +295,9 @@ impl StreamState {
         }
         if self.max_rate != 0 && rate > self.max_rate {
             return Err(StreamError::RateAboveCap { rate, max_rate: self.max_rate });
+        }
+        if rate > MAX_RATE_PER_SECOND {
+            return Err(StreamError::RateTooHigh(rate));
         }
         self.snapshot(at);
         self.rate_per_second = rate;
@@ -356,6 +375,11 @@ mod tests {
         assert_eq!(s.resume(T0), Err(StreamError::NotPaused));
         assert_eq!(s.adjust_rate(0, T0), Err(StreamError::ZeroRate));
         assert_eq!(s.deposit(u128::MAX), Err(StreamError::BalanceOverflow));
+        assert_eq!(s.deposit(MAX_BALANCE - 4), Err(StreamError::BalanceOverflow), "96 bits");
+        assert_eq!(
+            s.adjust_rate(MAX_RATE_PER_SECOND + 1, T0),
+            Err(StreamError::RateTooHigh(MAX_RATE_PER_SECOND + 1))
+        );
         let wide = StreamState::opened(
             Address::ZERO,
             Address::ZERO,
@@ -382,7 +406,7 @@ mod tests {
         };
         for _ in 0..200 {
             let rate = u128::from(next() % 10_000_000_000_000) + 1;
-            let mut s = usdc_stream(rate, u128::MAX / 4);
+            let mut s = usdc_stream(rate, MAX_BALANCE);
             let mut t = T0;
             let mut paid = 0u128;
             for _ in 0..20 {

@@ -1,15 +1,18 @@
-//! Per-second streams (issue #6): the node's mirror of `StreamVault`.
+//! Per-second streams (issue #6): the node's mirror of `StreamVault` and the billing RPC.
 //!
-//! So far: [`StreamState`], the vault's accrual math in Rust, equal to the contract to the base
-//! unit (differential-tested against it on Anvil), and [`StreamIndex`], every stream mirrored in
-//! sled from the vault's events, reorg-safe, and the read side of the billing RPC
-//! ([`billing_module`]: `stream_get`, `stream_list`, `stream_balanceAt`, behind API keys).
+//! [`StreamState`] is the vault's accrual math in Rust, equal to the contract to the base unit
+//! (differential-tested against it on Anvil). [`StreamIndex`] mirrors every stream in sled from
+//! the vault's events, reorg-safe, with each stream's history (balances at any past second) and
+//! payer/payee indexes. [`billing_module`] serves the `stream_*` namespace behind API keys: reads,
+//! WebSocket notices and alerts, the operator's idempotent calls, and opening streams either as a
+//! sponsored UserOperation for a smart account or by the payer's signed terms and permit.
 
 mod accrual;
 mod alerts;
 mod index;
 mod open;
 mod operator;
+mod permit;
 mod rpc;
 
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
@@ -17,8 +20,9 @@ pub(crate) use alerts::describe_metrics;
 pub use alerts::{AlertThresholds, NoticeKind, StreamNotice};
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex, StreamSelector};
 pub(crate) use open::Opener;
-pub use open::PreparedOpen;
+pub use open::{OpenOutcome, PreparedOpen};
 pub(crate) use operator::Operator;
 pub use operator::OperatorReceipt;
+pub use permit::OpenedStream;
 pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, codes as billing_codes};
 pub(crate) use rpc::{BearerLayer, api_keys, billing_module};

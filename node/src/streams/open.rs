@@ -5,6 +5,9 @@
 //!
 //! The idempotency key binds the prepared op: a retry returns the same op (same nonce), so at
 //! most one stream results however often the backend retries.
+//!
+//! With `signedTerms` (see [`super::permit`]) the payer is any address holding the token: the
+//! node sends `openFor` itself, once per idempotency key, and answers with the stream.
 
 use std::sync::Arc;
 
@@ -37,11 +40,21 @@ pub struct PreparedOpen {
     pub user_op_hash: B256,
 }
 
+/// `stream_open`'s answer: the prepared op, or with `signedTerms` the opened stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OpenOutcome {
+    /// For the wallet to sign and send.
+    Prepared(Box<PreparedOpen>),
+    /// Opened by the node.
+    Opened(super::permit::OpenedStream),
+}
+
 /// `stream_open`'s parameters.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct OpenRequest {
-    /// The customer's SimpleAccount (the stream's payer).
+    /// The customer's SimpleAccount (the stream's payer), or with `signed_terms` any signer.
     payer: Address,
     payee: Address,
     token: Address,
@@ -53,16 +66,37 @@ struct OpenRequest {
     max_rate: Option<String>,
     #[serde(default)]
     max_total: Option<String>,
-    /// EntryPoint v0.7 or v0.8 (the account's).
-    entry_point: Address,
+    /// EntryPoint v0.7 or v0.8 (the account's); not with `signed_terms`.
+    #[serde(default)]
+    entry_point: Option<Address>,
     /// For an account not yet deployed: its factory and factory data.
     #[serde(default)]
     factory: Option<Bytes>,
     #[serde(default)]
     factory_data: Option<Bytes>,
-    /// The paymaster policy that sponsors the op.
-    sponsorship_policy: String,
+    /// The paymaster policy that sponsors the op; not with `signed_terms`.
+    #[serde(default)]
+    sponsorship_policy: Option<String>,
+    /// The payer's signatures: the node opens the stream itself.
+    #[serde(default)]
+    signed_terms: Option<super::permit::SignedTerms>,
     idempotency_key: String,
+}
+
+/// `stream_openTerms`'s parameters: the terms of `stream_open`, and a deadline.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TermsRequest {
+    payer: Address,
+    payee: Address,
+    token: Address,
+    rate_per_second: String,
+    deposit: String,
+    #[serde(default)]
+    max_rate: Option<String>,
+    #[serde(default)]
+    max_total: Option<String>,
+    deadline: u64,
 }
 
 pub(crate) struct Opener {
@@ -71,7 +105,7 @@ pub(crate) struct Opener {
     pub(crate) paymaster: Paymaster,
     pub(crate) paymasters: Vec<(EntryPointVersion, Address)>,
     pub(crate) vault: Address,
-    pub(crate) operator: Address,
+    pub(crate) operator: Arc<super::operator::Operator>,
     pub(crate) chain_id: u64,
     pub(crate) records: sled::Tree,
 }
@@ -115,45 +149,105 @@ fn execute_batch(version: EntryPointVersion, calls: Vec<(Address, Bytes)>) -> By
     .into()
 }
 
+/// The [`TermsText`] of a request with the terms' fields (`stream_open`, `stream_openTerms`).
+macro_rules! terms_text {
+    ($request:expr) => {
+        TermsText {
+            payer: $request.payer,
+            payee: $request.payee,
+            token: $request.token,
+            rate_per_second: &$request.rate_per_second,
+            deposit: &$request.deposit,
+            max_rate: $request.max_rate.as_deref(),
+            max_total: $request.max_total.as_deref(),
+        }
+    };
+}
+
+/// A new stream's terms as a request gives them.
+struct TermsText<'a> {
+    payer: Address,
+    payee: Address,
+    token: Address,
+    rate_per_second: &'a str,
+    deposit: &'a str,
+    max_rate: Option<&'a str>,
+    max_total: Option<&'a str>,
+}
+
+/// Checked terms of a new stream (shared by every way of opening one), operated by `operator`.
+fn checked_terms(
+    text: TermsText<'_>,
+    operator: Address,
+) -> Result<super::permit::Terms, ErrorObjectOwned> {
+    let TermsText { payer, payee, token, rate_per_second, deposit, max_rate, max_total } = text;
+    let rate: U96 = fits("ratePerSecond", decimal("ratePerSecond", rate_per_second)?)?;
+    if rate > U96::from(super::accrual::MAX_RATE_PER_SECOND) {
+        return Err(invalid(format!(
+            "ratePerSecond {rate} is above the vault's limit {}",
+            super::accrual::MAX_RATE_PER_SECOND
+        )));
+    }
+    // The vault keeps balances in 96 bits.
+    let amount: u128 = fits::<96, 2>("deposit", decimal("deposit", deposit)?)?.to();
+    let max_rate: U96 = match max_rate {
+        Some(text) => fits("maxRate", decimal("maxRate", text)?)?,
+        None => U96::ZERO,
+    };
+    let max_total: U96 = match max_total {
+        Some(text) => fits("maxTotal", decimal("maxTotal", text)?)?,
+        None => U96::ZERO,
+    };
+    if rate.is_zero() {
+        return Err(invalid("ratePerSecond must be positive"));
+    }
+    if !max_rate.is_zero() && rate > max_rate {
+        return Err(invalid("ratePerSecond is above maxRate"));
+    }
+    if payee.is_zero() || token.is_zero() || payer.is_zero() {
+        return Err(invalid("payer, payee and token must be addresses"));
+    }
+    Ok(super::permit::Terms { payer, payee, token, rate, operator, max_rate, max_total, amount })
+}
+
 impl Opener {
     async fn prepare(
         &self,
         billing: &Billing,
         params: Params<'static>,
         extensions: &Extensions,
-    ) -> Result<PreparedOpen, ErrorObjectOwned> {
+    ) -> Result<OpenOutcome, ErrorObjectOwned> {
         let key = billing.key(extensions)?;
         let (request,): (OpenRequest,) = params.parse()?;
-        if !key.may_see(request.payee) {
-            return Err(error(
-                codes::FORBIDDEN,
-                format!("payee {} is outside this key's payees", request.payee),
-            ));
-        }
         if request.idempotency_key.is_empty() || request.idempotency_key.len() > 128 {
             return Err(invalid("idempotencyKey must be 1 to 128 characters"));
         }
-        let rate: U96 = fits("ratePerSecond", decimal("ratePerSecond", &request.rate_per_second)?)?;
-        let deposit: u128 = fits::<128, 2>("deposit", decimal("deposit", &request.deposit)?)?.to();
-        let max_rate: U96 = match &request.max_rate {
-            Some(text) => fits("maxRate", decimal("maxRate", text)?)?,
-            None => U96::ZERO,
+        let terms = self.checked(key, terms_text!(request)).await?;
+        if let Some(signed) = &request.signed_terms {
+            if request.entry_point.is_some()
+                || request.sponsorship_policy.is_some()
+                || request.factory.is_some()
+            {
+                return Err(invalid(
+                    "signedTerms opens the stream directly: entryPoint, sponsorshipPolicy and factory do not apply",
+                ));
+            }
+            return self
+                .open_signed(billing, &key.name, &request.idempotency_key, terms, signed)
+                .await
+                .map(OpenOutcome::Opened);
+        }
+        let (Some(entry_point), Some(policy)) =
+            (request.entry_point, request.sponsorship_policy.as_deref())
+        else {
+            return Err(invalid(
+                "entryPoint and sponsorshipPolicy are required (or signedTerms, to open directly)",
+            ));
         };
-        let max_total: U96 = match &request.max_total {
-            Some(text) => fits("maxTotal", decimal("maxTotal", text)?)?,
-            None => U96::ZERO,
-        };
-        if rate.is_zero() {
-            return Err(invalid("ratePerSecond must be positive"));
-        }
-        if !max_rate.is_zero() && rate > max_rate {
-            return Err(invalid("ratePerSecond is above maxRate"));
-        }
-        if request.payee.is_zero() || request.token.is_zero() {
-            return Err(invalid("payee and token must be addresses"));
-        }
-        let version = EntryPointVersion::from_address(request.entry_point)
-            .ok_or_else(|| invalid(format!("unsupported EntryPoint {}", request.entry_point)))?;
+        let (rate, deposit, max_rate, max_total) =
+            (terms.rate, terms.amount, terms.max_rate, terms.max_total);
+        let version = EntryPointVersion::from_address(entry_point)
+            .ok_or_else(|| invalid(format!("unsupported EntryPoint {entry_point}")))?;
         let paymaster = self.paymaster_for(version)?;
 
         // The record binds everything the op is built from.
@@ -166,27 +260,16 @@ impl Opener {
                 deposit,
                 max_rate,
                 max_total,
-                request.entry_point,
+                entry_point,
                 &request.factory,
                 &request.factory_data,
-                &request.sponsorship_policy,
+                policy,
             ))
             .map_err(|e| error(codes::INTERNAL, e.to_string()))?,
         );
         let record_id = record_id(&key.name, "open", &request.idempotency_key);
         if let Some(prepared) = self.replay(record_id, params_hash)? {
-            return Ok(prepared);
-        }
-
-        let decimals = MockUSDC::new(request.token, &self.provider)
-            .decimals()
-            .call()
-            .await
-            .map_err(|e| invalid(format!("token {} has no decimals(): {e}", request.token)))?;
-        if decimals > 18 {
-            return Err(invalid(format!(
-                "tokens with {decimals} decimals (above 18) are not supported"
-            )));
+            return Ok(OpenOutcome::Prepared(Box::new(prepared)));
         }
         let approve =
             MockUSDC::approveCall { spender: self.vault, value: U256::from(deposit) }.abi_encode();
@@ -194,7 +277,7 @@ impl Opener {
             payee: request.payee,
             token: request.token,
             ratePerSecond: rate,
-            operator: self.operator,
+            operator: self.operator.address,
             maxRate: max_rate,
             maxTotal: max_total,
             amount: deposit,
@@ -206,16 +289,111 @@ impl Opener {
         );
         let target = Target {
             version,
-            entry_point: request.entry_point,
+            entry_point,
             paymaster,
             sender: request.payer,
             factory: request.factory,
             factory_data: request.factory_data,
         };
-        let prepared =
-            self.sponsored(target, call_data, &request.sponsorship_policy, &key.name).await?;
+        let prepared = self.sponsored(target, call_data, policy, &key.name).await?;
         self.store(record_id, params_hash, &prepared)?;
-        Ok(prepared)
+        Ok(OpenOutcome::Prepared(Box::new(prepared)))
+    }
+
+    /// `text` checked: the payee in the key's scope, the numbers in the vault's ranges, the
+    /// token's decimals; operated by this node.
+    async fn checked(
+        &self,
+        key: &super::ApiKey,
+        text: TermsText<'_>,
+    ) -> Result<super::permit::Terms, ErrorObjectOwned> {
+        if !key.may_see(text.payee) {
+            return Err(error(
+                codes::FORBIDDEN,
+                format!("payee {} is outside this key's payees", text.payee),
+            ));
+        }
+        let token = text.token;
+        let terms = checked_terms(text, self.operator.address)?;
+        self.check_token(token).await?;
+        Ok(terms)
+    }
+
+    /// The token must answer `decimals()` with at most 18.
+    async fn check_token(&self, token: Address) -> Result<(), ErrorObjectOwned> {
+        let decimals = MockUSDC::new(token, &self.provider)
+            .decimals()
+            .call()
+            .await
+            .map_err(|e| invalid(format!("token {token} has no decimals(): {e}")))?;
+        if decimals > 18 {
+            return Err(invalid(format!(
+                "tokens with {decimals} decimals (above 18) are not supported"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `stream_open` with `signedTerms`: the node sends `openFor` (once per idempotency key) and
+    /// answers with the stream once its block is indexed.
+    async fn open_signed(
+        &self,
+        billing: &Billing,
+        key_name: &str,
+        idempotency_key: &str,
+        terms: super::permit::Terms,
+        signed: &super::permit::SignedTerms,
+    ) -> Result<super::permit::OpenedStream, ErrorObjectOwned> {
+        let nonce = decimal("signedTerms.nonce", &signed.nonce)?;
+        let permit = super::permit::permit_argument(signed.permit_signature.as_ref())?;
+        let call = StreamVault::openForCall {
+            payer: terms.payer,
+            terms: terms.open_terms(nonce, signed.deadline),
+            signature: signed.signature.clone(),
+            permit,
+        };
+        // The record binds the exact call.
+        let params_hash = keccak256(call.abi_encode());
+        let record = record_id(key_name, "openFor", idempotency_key);
+        let receipt = match self.operator.replay(record, params_hash).await? {
+            Some(receipt) => receipt,
+            None => {
+                let tx = alloy::rpc::types::TransactionRequest::default()
+                    .to(self.vault)
+                    .input(Bytes::from(call.abi_encode()).into());
+                self.operator.send_once(record, params_hash, tx).await?
+            }
+        };
+        use alloy::providers::Provider as _;
+        let mined = self
+            .operator
+            .provider
+            .get_transaction_receipt(receipt.transaction_hash)
+            .await
+            .map_err(|e| error(codes::INTERNAL, e.to_string()))?
+            .ok_or_else(|| error(codes::CONFLICT, "the opening transaction is not mined yet"))?;
+        let stream_id = super::permit::opened_stream(&mined)
+            .ok_or_else(|| error(codes::INTERNAL, "openFor emitted no StreamOpened"))?;
+        billing.wait_for_block(receipt.block_number).await;
+        Ok(super::permit::OpenedStream {
+            stream_id: stream_id.to_string(),
+            transaction_hash: receipt.transaction_hash,
+            block_number: receipt.block_number,
+        })
+    }
+
+    /// `stream_openTerms`: what the payer signs for `stream_open` with `signedTerms`.
+    async fn terms(
+        &self,
+        billing: &Billing,
+        params: Params<'static>,
+        extensions: &Extensions,
+    ) -> Result<serde_json::Value, ErrorObjectOwned> {
+        let key = billing.key(extensions)?;
+        let (request,): (TermsRequest,) = params.parse()?;
+        let terms = self.checked(key, terms_text!(request)).await?;
+        super::permit::describe(&self.provider, self.chain_id, self.vault, terms, request.deadline)
+            .await
     }
 
     /// `stream_topUp`: the payer's op that approves and deposits `amount` into its stream.
@@ -243,7 +421,7 @@ impl Opener {
         if state.closed {
             return Err(invalid(format!("stream {id} is closed")));
         }
-        let amount: u128 = fits::<128, 2>("amount", decimal("amount", &request.amount)?)?.to();
+        let amount: u128 = fits::<96, 2>("amount", decimal("amount", &request.amount)?)?.to();
         if amount == 0 {
             return Err(invalid("amount must be positive"));
         }
@@ -404,17 +582,22 @@ fn record_id(key_name: &str, method: &str, idempotency_key: &str) -> B256 {
     )
 }
 
-/// Adds `stream_open` and `stream_topUp` to `module`.
+/// Adds `stream_open`, `stream_openTerms` and `stream_topUp` to `module`.
 pub(crate) fn register_open(
     module: &mut RpcModule<()>,
     billing: Arc<Billing>,
     opener: Arc<Opener>,
 ) {
     let (top_up_billing, top_up_opener) = (billing.clone(), opener.clone());
+    let (terms_billing, terms_opener) = (billing.clone(), opener.clone());
     // The names are distinct constants: registration cannot collide.
     let _ = module.register_async_method("stream_open", move |params, _, extensions| {
         let (billing, opener) = (billing.clone(), opener.clone());
         async move { opener.prepare(&billing, params, &extensions).await }
+    });
+    let _ = module.register_async_method("stream_openTerms", move |params, _, extensions| {
+        let (billing, opener) = (terms_billing.clone(), terms_opener.clone());
+        async move { opener.terms(&billing, params, &extensions).await }
     });
     let _ = module.register_async_method("stream_topUp", move |params, _, extensions| {
         let (billing, opener) = (top_up_billing.clone(), top_up_opener.clone());

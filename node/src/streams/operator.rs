@@ -62,7 +62,7 @@ impl Record {
 
 /// The operator: its signer, the vault, the idempotency records.
 pub(crate) struct Operator {
-    provider: DynProvider,
+    pub(crate) provider: DynProvider,
     pub(crate) address: Address,
     vault: Address,
     records: sled::Tree,
@@ -97,7 +97,7 @@ impl Operator {
 
     /// The earlier call's result under this key, if there was one (checked before anything
     /// else, so a retry of a call that changed the stream is answered, not refused).
-    async fn replay(
+    pub(crate) async fn replay(
         &self,
         id: B256,
         params: B256,
@@ -120,8 +120,8 @@ impl Operator {
         }
     }
 
-    /// Claims the key, sends `tx`, records its hash, waits for it.
-    async fn send_once(
+    /// Claims the key, checks `tx` with `eth_call`, sends it, records its hash, waits for it.
+    pub(crate) async fn send_once(
         &self,
         id: B256,
         params: B256,
@@ -139,7 +139,17 @@ impl Operator {
                 None => Err(error(codes::CONFLICT, "retry shortly")),
             };
         }
-        let pending = match self.provider.send_transaction(tx.from(self.address)).await {
+        // A call the vault would refuse is answered now, with its reason, instead of being mined
+        // as a reverted transaction.
+        let tx = tx.from(self.address);
+        if let Err(e) = self.provider.call(tx.clone()).await {
+            let _ = self.records.remove(id);
+            return Err(error(
+                codes::INVALID_PARAMS,
+                format!("the vault refuses: {}", revert_reason(&e)),
+            ));
+        }
+        let pending = match self.provider.send_transaction(tx).await {
             Ok(pending) => pending,
             Err(e) => {
                 // Nothing was sent: the key is free for a retry.
@@ -182,6 +192,13 @@ impl Operator {
         self.records.insert(id, done).map_err(internal)?;
         Ok(result)
     }
+}
+
+/// A vault revert as its decoded error (`NotAllowed { .. }`), else the node's message.
+fn revert_reason(e: &alloy::transports::TransportError) -> String {
+    e.as_error_resp()
+        .and_then(|payload| payload.as_decoded_interface_error::<StreamVault::StreamVaultErrors>())
+        .map_or_else(|| e.to_string(), |decoded| format!("{decoded:?}"))
 }
 
 /// The parameters of a mutating call: the stream, the idempotency key, and the action's own.

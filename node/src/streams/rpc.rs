@@ -482,10 +482,9 @@ mod tests {
             Arc::new(super::super::operator::Operator::new(provider, key, Address::ZERO, &db)?);
         let module = billing_module(index, Vec::new(), Some(operator), None);
         let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();
-        // stream_open and stream_topUp also need a bundler and a paymaster; the e2e suite
-        // calls them.
-        served.push("stream_open".into());
-        served.push("stream_topUp".into());
+        // stream_open, stream_openTerms and stream_topUp also need a bundler and a paymaster;
+        // the e2e suite calls them.
+        served.extend(["stream_open", "stream_openTerms", "stream_topUp"].map(String::from));
         served.retain(|m| m != "stream_unsubscribe");
         served.sort();
         assert_eq!(documented, served);
