@@ -52,6 +52,7 @@ pub mod settled {
         mock_usdc => MockUSDC, "artifacts/settled/MockUSDC.json";
         sponsor_paymaster => SponsorPaymaster, "artifacts/settled/SponsorPaymaster.json";
         stream_vault => StreamVault, "artifacts/settled/StreamVault.json";
+        settlement_anchor => SettlementAnchor, "artifacts/settled/SettlementAnchor.json";
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     EntryPointVersion,
     bindings::{
         create2,
-        settled::{MockUSDC, SponsorPaymaster, StreamVault},
+        settled::{MockUSDC, SettlementAnchor, SponsorPaymaster, StreamVault},
         v07, v08,
     },
     deployment::Deployment,
@@ -102,11 +102,12 @@ pub fn expected_deployment(chain_id: u64, usdc_owner: Address) -> Deployment {
         paymaster_v07: plans[6].address(),
         paymaster_v08: plans[7].address(),
         stream_vault: plans[8].address(),
+        settlement_anchor: plans[9].address(),
         start_block: 0,
     }
 }
 
-fn plans(usdc_owner: Address) -> [Create2Plan; 9] {
+fn plans(usdc_owner: Address) -> [Create2Plan; 10] {
     let paymaster = |name, entry_point| {
         Create2Plan::new(
             name,
@@ -148,6 +149,7 @@ fn plans(usdc_owner: Address) -> [Create2Plan; 9] {
         paymaster("SponsorPaymaster v0.7", ep07),
         paymaster("SponsorPaymaster v0.8", ep08),
         Create2Plan::new("StreamVault", SALT_SETTLED, &StreamVault::BYTECODE, &[]),
+        Create2Plan::new("SettlementAnchor", SALT_SETTLED, &SettlementAnchor::BYTECODE, &[]),
     ]
 }
 

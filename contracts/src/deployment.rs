@@ -67,6 +67,8 @@ pub struct Deployment {
     pub paymaster_v08: Address,
     /// settled's `StreamVault` (per-second streams).
     pub stream_vault: Address,
+    /// settled's `SettlementAnchor` (settlement batches: Merkle roots and blob hashes).
+    pub settlement_anchor: Address,
     /// First block that can hold logs of these contracts: where the chain follower starts.
     pub start_block: u64,
 }
@@ -149,7 +151,7 @@ impl Deployment {
     }
 
     /// Every named contract with its address.
-    pub fn contracts(&self) -> [(&'static str, Address); 9] {
+    pub fn contracts(&self) -> [(&'static str, Address); 10] {
         [
             ("EntryPoint v0.7", self.entry_point_v07),
             ("EntryPoint v0.8", self.entry_point_v08),
@@ -160,6 +162,7 @@ impl Deployment {
             ("SponsorPaymaster v0.7", self.paymaster_v07),
             ("SponsorPaymaster v0.8", self.paymaster_v08),
             ("StreamVault", self.stream_vault),
+            ("SettlementAnchor", self.settlement_anchor),
         ]
     }
 
@@ -194,6 +197,7 @@ mod tests {
             paymaster_v07: Address::repeat_byte(5),
             paymaster_v08: Address::repeat_byte(6),
             stream_vault: Address::repeat_byte(7),
+            settlement_anchor: Address::repeat_byte(8),
             start_block: 7,
         }
     }

@@ -21,7 +21,7 @@ mod user_operation;
 #[cfg(feature = "anvil")]
 pub use anvil::{AnvilError, AnvilOptions, LocalAnvil, find_anvil};
 pub use bindings::{
-    settled::{MockUSDC, SponsorPaymaster, StreamVault},
+    settled::{MockUSDC, SettlementAnchor, SponsorPaymaster, StreamVault},
     v07, v08,
 };
 

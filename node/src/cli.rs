@@ -53,6 +53,19 @@ pub enum Command {
     /// Operate the paymaster contracts: status, deposit, withdraw.
     #[command(subcommand)]
     Paymaster(PaymasterCommand),
+    /// Check a settlement receipt (`settlement_getReceipt`'s JSON) against a chain, trusting no
+    /// settled node: prints the checks as JSON; exits 1 if the receipt is not valid.
+    VerifyReceipt(VerifyReceiptArgs),
+}
+
+/// `settled verify-receipt`.
+#[derive(Debug, Args)]
+pub struct VerifyReceiptArgs {
+    /// Any Ethereum JSON-RPC endpoint of the receipt's chain.
+    #[arg(long = "eth.rpc-url", visible_alias = "rpc-url", env = "SETTLED_ETH_RPC_URL")]
+    pub rpc_url: String,
+    /// The receipt's JSON file; `-` or nothing reads standard input.
+    pub receipt: Option<PathBuf>,
 }
 
 /// `settled paymaster ...`.
@@ -229,6 +242,35 @@ pub struct NodeArgs {
         default_value_t = 3_600
     )]
     pub billing_low_balance_secs: u64,
+
+    /// Do not settle on a timer (batches are built and committed only when asked).
+    #[arg(long = "settlement.disable", env = "SETTLED_SETTLEMENT_DISABLE")]
+    pub settlement_disable: bool,
+
+    /// Seconds between settlement periods.
+    #[arg(
+        long = "settlement.interval-secs",
+        env = "SETTLED_SETTLEMENT_INTERVAL_SECS",
+        default_value_t = 600
+    )]
+    pub settlement_interval_secs: u64,
+
+    /// Streams per `withdrawBatch` transaction.
+    #[arg(
+        long = "settlement.withdraw-batch",
+        env = "SETTLED_SETTLEMENT_WITHDRAW_BATCH",
+        default_value_t = 100
+    )]
+    pub settlement_withdraw_batch: usize,
+
+    /// The highest blob base fee (wei) a commit pays; above it the batch waits for the next
+    /// period.
+    #[arg(
+        long = "settlement.max-blob-fee-wei",
+        env = "SETTLED_SETTLEMENT_MAX_BLOB_FEE_WEI",
+        default_value_t = 50_000_000_000
+    )]
+    pub settlement_max_blob_fee_wei: u128,
 
     /// Do not run the paymaster.
     #[arg(long = "paymaster.disable", env = "SETTLED_PAYMASTER_DISABLE")]
@@ -451,6 +493,10 @@ impl Cli {
     pub fn into_action(self) -> Action {
         match self.command {
             Command::Paymaster(command) => Action::Paymaster(command.into_config()),
+            Command::VerifyReceipt(args) => Action::VerifyReceipt {
+                rpc_url: args.rpc_url,
+                receipt: args.receipt.filter(|p| p.as_os_str() != "-"),
+            },
             Command::Dev(_) | Command::Run(_) => {
                 let (node, source, log) = self.into_parts();
                 Action::Node(Box::new(node), source, log)
@@ -482,7 +528,7 @@ impl Cli {
                     log,
                 )
             }
-            Command::Paymaster(_) => (
+            Command::Paymaster(_) | Command::VerifyReceipt(_) => (
                 NodeConfig::default(),
                 ChainSource::Dev(DevConfig::default()),
                 LogConfig { json: false, filter: "info".into() },
@@ -498,6 +544,13 @@ pub enum Action {
     Node(Box<NodeConfig>, ChainSource, LogConfig),
     /// Run one paymaster command and exit.
     Paymaster(PaymasterCommandConfig),
+    /// Check a settlement receipt and exit.
+    VerifyReceipt {
+        /// The chain's endpoint.
+        rpc_url: String,
+        /// The receipt's file (none: standard input).
+        receipt: Option<PathBuf>,
+    },
 }
 
 impl PaymasterCommand {
@@ -610,6 +663,12 @@ impl NodeArgs {
                 alerts: crate::streams::AlertThresholds {
                     low_balance_secs: self.billing_low_balance_secs,
                 },
+            },
+            settlement: crate::settlement::SettlementSettings {
+                enabled: !self.settlement_disable,
+                interval: Duration::from_secs(self.settlement_interval_secs.max(1)),
+                withdraw_batch: self.settlement_withdraw_batch.max(1),
+                max_blob_fee_wei: self.settlement_max_blob_fee_wei,
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })

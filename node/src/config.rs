@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub paymaster: PaymasterSettings,
     /// The billing RPC (`stream_*`).
     pub billing: BillingSettings,
+    /// Settlement batches (run by the streams' operator key).
+    pub settlement: crate::settlement::SettlementSettings,
 }
 
 /// Who may use the billing RPC.
@@ -203,6 +205,7 @@ impl Default for NodeConfig {
             bundler: BundlerSettings::default(),
             paymaster: PaymasterSettings::default(),
             billing: BillingSettings::default(),
+            settlement: crate::settlement::SettlementSettings::default(),
         }
     }
 }
@@ -256,6 +259,11 @@ impl NodeConfig {
             bundler: BundlerSettings { interval: Duration::from_millis(100), ..Default::default() },
             paymaster: PaymasterSettings::default(),
             billing: BillingSettings::default(),
+            // Tests settle when they ask (`NodeHandle::settler`), not on a timer.
+            settlement: crate::settlement::SettlementSettings {
+                enabled: false,
+                ..Default::default()
+            },
         }
     }
 

@@ -25,6 +25,7 @@ use crate::{
     metrics::{self, names},
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
+    settlement::{SettlementChain, Settler, settlement_module},
     storage::Storage,
     streams::{Opener, Operator, StreamIndex, api_keys, billing_module},
 };
@@ -46,6 +47,7 @@ pub struct NodeHandle {
     bundler: Option<Bundler>,
     paymaster: Option<Paymaster>,
     streams: Option<std::sync::Arc<StreamIndex>>,
+    settlement: Option<std::sync::Arc<Settler>>,
 }
 
 /// The bundler's key: the configured one (environment or file), else the dev chain's.
@@ -197,6 +199,7 @@ pub async fn launch(
     if let Some(paymaster) = &paymaster {
         module.merge(paymaster_module(paymaster.clone(), config.rpc.admin)?).map_err(merge)?;
     }
+    let mut settlement = None;
     if let Some(index) = &streams {
         let keys = api_keys(&config.billing.api_keys, config.billing.api_keys_file.as_deref())
             .map_err(|reason| NodeError::ApiKeys {
@@ -244,7 +247,31 @@ pub async fn launch(
             }
             _ => None,
         };
-        module.merge(billing_module(index.clone(), keys, operator, opener)).map_err(merge)?;
+        // Settlement: the operator's streams, batched and committed under its address.
+        if let (Some(operator), false) = (&operator, deployment.settlement_anchor.is_zero()) {
+            let chain = SettlementChain {
+                provider: operator.provider.clone(),
+                operator: operator.address,
+                vault: deployment.stream_vault,
+                anchor: deployment.settlement_anchor,
+                chain_id,
+            };
+            let settler =
+                Settler::new(chain, index.clone(), storage.db(), config.settlement).map_err(
+                    |e| NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() },
+                )?;
+            let settler = std::sync::Arc::new(settler);
+            module.merge(settlement_module(settler.clone())).map_err(merge)?;
+            if config.settlement.enabled {
+                tasks.push(tokio::spawn(settler.clone().run(cancel.clone())));
+                info!(interval_secs = config.settlement.interval.as_secs(), "settlement running");
+            }
+            settlement = Some(settler);
+        }
+        let invoices = settlement.clone();
+        module
+            .merge(billing_module(index.clone(), keys, operator, opener, invoices))
+            .map_err(merge)?;
     }
 
     let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;
@@ -280,6 +307,7 @@ pub async fn launch(
         bundler,
         paymaster,
         streams,
+        settlement,
     })
 }
 
@@ -372,6 +400,11 @@ impl NodeHandle {
     /// The stream index, when the deployment has a `StreamVault`.
     pub fn streams(&self) -> Option<&StreamIndex> {
         self.streams.as_deref()
+    }
+
+    /// The settlement scheduler, when the node has an operator key.
+    pub fn settler(&self) -> Option<&Settler> {
+        self.settlement.as_deref()
     }
 
     /// The paymaster, when it runs.

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
     let (config, source, log) = match cli.into_action() {
         Action::Node(config, source, log) => (*config, source, log),
         Action::Paymaster(command) => return paymaster_command(command),
+        Action::VerifyReceipt { rpc_url, receipt } => {
+            return verify_receipt_command(&rpc_url, receipt.as_deref());
+        }
     };
     let json_logs = log.json;
     if let Err(err) = init_logging(&log) {
@@ -89,6 +92,56 @@ fn paymaster_command(command: PaymasterCommandConfig) -> ExitCode {
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `settled verify-receipt`: the checks as JSON on stdout; exit 1 for an invalid receipt, 2 when
+/// it could not be read or checked.
+fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> ExitCode {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let read = match file {
+        Some(path) => std::fs::read_to_string(path).map(|t| text = t),
+        None => std::io::stdin().read_to_string(&mut text).map(|_| ()),
+    };
+    if let Err(err) = read {
+        eprintln!("error: reading the receipt: {err}");
+        return ExitCode::from(2);
+    }
+    let receipt: settled_node::SettlementReceipt = match serde_json::from_str(&text) {
+        Ok(receipt) => receipt,
+        Err(err) => {
+            eprintln!("error: not a settlement receipt: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        use alloy::providers::Provider as _;
+        let url = rpc_url.parse().map_err(|e| settled_node::ReceiptError::Chain(format!("{e}")))?;
+        let provider = alloy::providers::ProviderBuilder::new().connect_http(url).erased();
+        settled_node::verify_receipt(&provider, &receipt).await
+    });
+    match result {
+        Ok(verified) => {
+            println!("{}", serde_json::to_string_pretty(&verified).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(settled_node::ReceiptError::Invalid(reason)) => {
+            println!("{}", serde_json::json!({ "valid": false, "reason": reason }));
+            eprintln!("invalid receipt: {reason}");
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
         }
     }
 }

@@ -44,6 +44,7 @@ pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
             settled_bundler::describe_metrics();
             settled_paymaster::describe_metrics();
             crate::streams::describe_metrics();
+            crate::settlement::describe_metrics();
             Ok(handle)
         })
         .clone()

@@ -102,6 +102,16 @@ impl TestChain {
         Ok(*self.anvil.addresses().get(index).ok_or("no such dev account")?)
     }
 
+    /// Mints `amount` USDC to dev account `payer` and approves the `StreamVault` for all of it:
+    /// a payer ready to open streams.
+    pub async fn fund_payer(&self, payer: Address, amount: U256) -> TestResult {
+        let usdc = MockUSDC::new(self.deployment.usdc, &self.provider);
+        usdc.mint(payer, amount).send().await?.get_receipt().await?;
+        let approve = usdc.approve(self.deployment.stream_vault, U256::MAX).from(payer);
+        approve.send().await?.get_receipt().await?;
+        Ok(())
+    }
+
     /// Signer of dev account `index`.
     pub fn signer(&self, index: usize) -> TestResult<PrivateKeySigner> {
         Ok(self.anvil.signer(index).ok_or("no such dev account")?)

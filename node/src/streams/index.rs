@@ -249,6 +249,28 @@ impl StreamIndex {
             .transpose()
     }
 
+    /// The stream's states after each block that changed it with a timestamp in
+    /// `(after, until]`, in order, with those timestamps.
+    pub fn changes_between(
+        &self,
+        id: StreamId,
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, StreamState)>, IndexError> {
+        if until <= after {
+            return Ok(Vec::new());
+        }
+        let range = history_key(id, after + 1, 0)..=history_key(id, until, u64::MAX);
+        self.history
+            .range(range)
+            .map(|entry| {
+                let (key, value) = entry.map_err(storage)?;
+                let at = u64::from_be_bytes(key[8..16].try_into().map_err(storage)?);
+                Ok((at, serde_json::from_slice(&value).map_err(storage)?))
+            })
+            .collect()
+    }
+
     /// Streams with ids after `after`, in id order, among those `selector` picks, that `filter`
     /// keeps, at most `limit`.
     pub fn list(

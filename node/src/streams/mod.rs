@@ -25,4 +25,4 @@ pub(crate) use operator::Operator;
 pub use operator::OperatorReceipt;
 pub use permit::OpenedStream;
 pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, codes as billing_codes};
-pub(crate) use rpc::{BearerLayer, api_keys, billing_module};
+pub(crate) use rpc::{BearerLayer, Billing, api_keys, billing_module};

@@ -287,6 +287,7 @@ pub(crate) fn billing_module(
     keys: Vec<ApiKey>,
     operator: Option<Arc<super::operator::Operator>>,
     opener: Option<Arc<super::open::Opener>>,
+    settler: Option<Arc<crate::settlement::Settler>>,
 ) -> RpcModule<()> {
     let billing =
         Arc::new(Billing { index, keys: keys.into_iter().map(|k| (k.keccak256, k)).collect() });
@@ -362,6 +363,9 @@ pub(crate) fn billing_module(
         to_value(StreamPage { streams, next_cursor })
     });
     register_subscription(&mut module, billing.clone());
+    if let Some(settler) = settler {
+        crate::settlement::register_invoice(&mut module, billing.clone(), settler);
+    }
     if let Some(opener) = opener {
         super::open::register_open(&mut module, billing.clone(), opener);
     }
@@ -480,11 +484,14 @@ mod tests {
         let key = alloy::signers::local::PrivateKeySigner::random();
         let operator =
             Arc::new(super::super::operator::Operator::new(provider, key, Address::ZERO, &db)?);
-        let module = billing_module(index, Vec::new(), Some(operator), None);
+        let module = billing_module(index, Vec::new(), Some(operator), None, None);
         let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();
-        // stream_open, stream_openTerms and stream_topUp also need a bundler and a paymaster;
-        // the e2e suite calls them.
-        served.extend(["stream_open", "stream_openTerms", "stream_topUp"].map(String::from));
+        // stream_open, stream_openTerms and stream_topUp also need a bundler and a paymaster,
+        // billing_invoice the settlement scheduler; the e2e suites call them.
+        served.extend(
+            ["stream_open", "stream_openTerms", "stream_topUp", "billing_invoice"]
+                .map(String::from),
+        );
         served.retain(|m| m != "stream_unsubscribe");
         served.sort();
         assert_eq!(documented, served);

@@ -19,6 +19,8 @@ interface Vm {
     function deal(address account, uint256 newBalance) external;
     function readFile(string calldata path) external view returns (string memory);
     function parseJsonBytes(string calldata json, string calldata key) external pure returns (bytes memory);
+    /// Sets the blob versioned hashes the next transaction carries (`blobhash(i)`).
+    function blobhashes(bytes32[] calldata hashes) external;
 }
 
 /// @notice Base for forge tests: cheatcodes plus assertions that revert with a message.

@@ -1,0 +1,32 @@
+//! The settlement scheduler's metrics (scope `settled_settlement_`).
+
+use metrics::{describe_counter, describe_gauge};
+
+/// Counter: batches committed on chain.
+pub(crate) const BATCHES: &str = "settled_settlement_batches_committed_total";
+/// Gauge: records in the last committed batch (one blob).
+pub(crate) const RECORDS_PER_BLOB: &str = "settled_settlement_records_per_blob";
+/// Gauge: gas of the last commit transaction.
+pub(crate) const COMMIT_GAS: &str = "settled_settlement_commit_gas";
+/// Gauge: blob gas of the last commit transaction.
+pub(crate) const COMMIT_BLOB_GAS: &str = "settled_settlement_commit_blob_gas";
+/// Counter: `withdrawBatch` transactions sent.
+pub(crate) const WITHDRAWALS: &str = "settled_settlement_withdrawal_transactions_total";
+/// Gauge: seconds from the last settled period's end to the last round.
+pub(crate) const LAG: &str = "settled_settlement_lag_seconds";
+/// Counter: rounds that failed or waited, by cause.
+pub(crate) const FAILURES: &str = "settled_settlement_failures_total";
+
+/// Registers the descriptions of the settlement metrics.
+pub(crate) fn describe_metrics() {
+    describe_counter!(BATCHES, "Settlement batches committed on chain");
+    describe_gauge!(RECORDS_PER_BLOB, "Records in the last committed settlement batch (one blob)");
+    describe_gauge!(COMMIT_GAS, "Gas used by the last settlement commit transaction");
+    describe_gauge!(COMMIT_BLOB_GAS, "Blob gas used by the last settlement commit transaction");
+    describe_counter!(WITHDRAWALS, "withdrawBatch transactions sent by settlement");
+    describe_gauge!(LAG, "Seconds between the last settled period's end and the last round");
+    describe_counter!(
+        FAILURES,
+        "Settlement rounds that failed or waited, by cause (chain, storage, index, settlement, blob_fee)"
+    );
+}

@@ -1,0 +1,46 @@
+//! Settlement (issue #7): what each stream paid in a period, as records committed on chain by a
+//! Merkle root and carried in an EIP-4844 blob, so that any customer or auditor can check a
+//! receipt for its stream.
+//!
+//! [`SettlementRecord`] has a fixed leaf encoding and a compact blob payload; [`MerkleTree`] is
+//! built as `SettlementAnchor.verify` checks it; [`split_into_blobs`], [`sidecar`] and
+//! [`payload_of`] carry batches in blobs; [`Settler`] runs the periods (withdraw, record,
+//! commit; crash-safe) and answers receipts, served by the `settlement_*` RPC.
+
+mod blob;
+mod metrics;
+mod record;
+mod rpc;
+mod scheduler;
+mod tree;
+mod verify;
+
+pub use blob::{BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, payload_of, sidecar, split_into_blobs};
+pub(crate) use metrics::describe_metrics;
+pub use record::{
+    BatchContext, PAYLOAD_HEADER_LEN, RECORD_LEN, SettlementRecord, decode_payload, encode_payload,
+    leaf_of,
+};
+pub use rpc::codes as settlement_codes;
+pub(crate) use rpc::{register_invoice, settlement_module};
+pub(crate) use scheduler::SettlementChain;
+pub use scheduler::{
+    BatchStage, Invoice, InvoiceLine, InvoiceTotal, SchedulerError, SettlementReceipt,
+    SettlementRound, SettlementSettings, Settler, StoredBatch,
+};
+pub use tree::{MerkleTree, verify_proof};
+pub use verify::{ReceiptError, VerifiedReceipt, verify_receipt};
+
+/// Why a settlement step failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettlementError {
+    /// Bytes that are not what they claim to be (a record, a payload).
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// The KZG library failed.
+    #[error("kzg: {0}")]
+    Kzg(String),
+    /// A blob that does not match its commitment or versioned hash.
+    #[error("the blob does not match its commitment: {0}")]
+    BlobMismatch(String),
+}

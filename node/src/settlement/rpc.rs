@@ -1,0 +1,138 @@
+//! The settlement namespace (`settlement_*`), public like the blobs it describes: any customer or
+//! auditor may fetch a stream's receipt or a whole batch and check them against the chain.
+
+use std::sync::Arc;
+
+use jsonrpsee::{
+    RpcModule,
+    types::{ErrorObject, ErrorObjectOwned},
+};
+use serde_json::json;
+
+use super::scheduler::Settler;
+
+/// JSON-RPC error codes of the settlement namespace.
+pub mod codes {
+    /// Malformed parameters, an unknown batch, a stream without a record in the batch.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// The node failed.
+    pub const INTERNAL: i32 = -32603;
+}
+
+fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObject::owned(code, message.into(), None::<()>)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
+    error(codes::INTERNAL, e.to_string())
+}
+
+/// `settlement_getReceipt(streamId, batchId)` and `settlement_getBatch(batchId)`.
+pub(crate) fn settlement_module(settler: Arc<Settler>) -> RpcModule<Arc<Settler>> {
+    let mut module = RpcModule::new(settler);
+    // The names are distinct constants: registration cannot collide.
+    let _ = module.register_blocking_method("settlement_getReceipt", |params, settler, _| {
+        let (stream, batch): (String, u64) = params.parse()?;
+        let stream: u64 = stream.parse().map_err(|_| {
+            error(codes::INVALID_PARAMS, format!("stream id {stream:?} is not a decimal integer"))
+        })?;
+        match settler.receipt(stream, batch).map_err(internal)? {
+            Some(receipt) => serde_json::to_value(receipt).map_err(internal),
+            None => Err(error(
+                codes::INVALID_PARAMS,
+                format!("batch {batch} is unknown or has no record of stream {stream}"),
+            )),
+        }
+    });
+    let _ = module.register_blocking_method("settlement_getBatch", |params, settler, _| {
+        let (id,): (u64,) = params.parse()?;
+        let batch = settler
+            .batch(id)
+            .map_err(internal)?
+            .ok_or_else(|| error(codes::INVALID_PARAMS, format!("unknown batch {id}")))?;
+        let sidecar = batch.sidecar().map_err(internal)?;
+        let mut value = serde_json::to_value(&batch).map_err(internal)?;
+        // The blob itself, so anyone can recompute the commitment and the versioned hash.
+        value["blob"] =
+            json!(alloy::primitives::Bytes::copy_from_slice(sidecar.blobs[0].as_slice()));
+        value["anchor"] = json!(settler.anchor());
+        value["operator"] = json!(settler.operator());
+        Ok::<_, ErrorObjectOwned>(value)
+    });
+    module
+}
+
+/// `billing_invoice({payer, from, to})` in the billing namespace: behind its API keys, with the
+/// lines of the key's payees only.
+pub(crate) fn register_invoice(
+    module: &mut RpcModule<()>,
+    billing: Arc<crate::streams::Billing>,
+    settler: Arc<Settler>,
+) {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct InvoiceRequest {
+        payer: alloy::primitives::Address,
+        from: u64,
+        to: u64,
+    }
+    // The name is a distinct constant: registration cannot collide.
+    let _ = module.register_blocking_method("billing_invoice", move |params, _, extensions| {
+        let key = billing.key(&extensions)?;
+        let (request,): (InvoiceRequest,) = params.parse()?;
+        if request.to < request.from {
+            return Err(error(codes::INVALID_PARAMS, "`to` is before `from`"));
+        }
+        let invoice = settler
+            .invoice(request.payer, request.from, request.to, |payee| key.may_see(*payee))
+            .map_err(internal)?;
+        serde_json::to_value(invoice).map_err(internal)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    /// The published OpenRPC document names exactly the methods served, with their codes.
+    #[test]
+    fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../openrpc/settlement.json"))?;
+        let mut documented: Vec<&str> = doc["methods"]
+            .as_array()
+            .ok_or("no methods")?
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        documented.sort_unstable();
+        // A scheduler over a provider that is never called (registration needs no chain).
+        use alloy::{primitives::Address, providers::Provider as _};
+        let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path())?;
+        let index = std::sync::Arc::new(crate::streams::StreamIndex::open(
+            &db,
+            Address::ZERO,
+            8,
+            Default::default(),
+        )?);
+        let provider = alloy::providers::ProviderBuilder::new()
+            .connect_http("http://127.0.0.1:1".parse()?)
+            .erased();
+        let chain = super::super::SettlementChain {
+            provider,
+            operator: Address::ZERO,
+            vault: Address::ZERO,
+            anchor: Address::ZERO,
+            chain_id: 1,
+        };
+        let settler = super::super::Settler::new(chain, index, &db, Default::default())?;
+        let module = super::settlement_module(std::sync::Arc::new(settler));
+        let mut served: Vec<&str> = module.method_names().collect();
+        served.sort_unstable();
+        assert_eq!(documented, served);
+        assert_eq!(
+            doc["components"]["errors"]["InvalidParams"]["code"].as_i64(),
+            Some(i64::from(super::codes::INVALID_PARAMS))
+        );
+        Ok(())
+    }
+}

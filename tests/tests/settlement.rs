@@ -1,0 +1,377 @@
+//! Settlement batches on Anvil (issue #7): records built by the node's code, committed by their
+//! Merkle root in a type-3 transaction whose blob carries them, verify on chain one by one
+//! through `SettlementAnchor.verify`; the anchor's blob hash is the sidecar's; the blob decodes
+//! back to the records; a retried commit is a no-op and another root for the same batch id is
+//! refused.
+
+use alloy::{
+    consensus::Transaction as _,
+    network::EthereumWallet,
+    primitives::{Address, B256, U256, aliases::U48, keccak256},
+    providers::{Provider, ProviderBuilder},
+};
+use settled_contracts::SettlementAnchor;
+use settled_node::{
+    BatchContext, MerkleTree, SettlementRecord, decode_payload, encode_payload, payload_of,
+    sidecar, verify_proof,
+};
+use settled_tests::{TestChain, TestResult};
+
+fn records(n: u64) -> Vec<SettlementRecord> {
+    (1..=n)
+        .map(|id| SettlementRecord {
+            stream_id: id * 3,
+            payer: Address::repeat_byte(0x11),
+            payee: Address::repeat_byte(0x22),
+            token: Address::repeat_byte(0x33),
+            seconds_billed: 600,
+            amount: 600_000_000 + u128::from(id),
+            cumulative_amount: 1_800_000_000 + u128::from(id) * 3,
+            usage_digest: if id % 10 == 0 { keccak256(id.to_be_bytes()) } else { B256::ZERO },
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_committed_in_a_blob_verifies_record_by_record() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let operator = chain.signer(3)?;
+    let provider = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(operator.clone()))
+        .connect_http(chain.anvil().endpoint().parse()?);
+    let deployment = chain.deployment();
+    let anchor = SettlementAnchor::new(deployment.settlement_anchor, &provider);
+
+    let context = BatchContext {
+        chain_id: deployment.chain_id,
+        vault: deployment.stream_vault,
+        batch_id: 1,
+        period_start: 1_700_000_000,
+        period_end: 1_700_000_600,
+    };
+    let records = records(1_000);
+    let encoded: Vec<_> = records.iter().map(|r| r.encode(&context)).collect();
+    let tree = MerkleTree::new(records.iter().map(|r| r.leaf(&context)).collect());
+    let payload = encode_payload(&context, &records)?;
+    let sidecar = sidecar(&payload)?;
+    let total: u128 = records.iter().map(|r| r.amount).sum();
+    let (start, end) = (U48::from(context.period_start), U48::from(context.period_end));
+
+    let commit = anchor
+        .commit(U256::from(1), tree.root(), 1_000, total, start, end)
+        .sidecar(sidecar.clone());
+    let receipt = commit.send().await?.get_receipt().await?;
+    assert!(receipt.status(), "commit mined");
+    assert!(receipt.blob_gas_used.is_some_and(|g| g == 131_072), "one blob");
+
+    let batch = anchor.getBatch(operator.address(), U256::from(1)).call().await?;
+    assert_eq!(batch.root, tree.root());
+    assert_eq!(Some(batch.blobHash), sidecar.versioned_hash_for_blob(0), "the blob's hash");
+    assert_eq!((batch.recordCount, batch.totalAmount), (1_000, total));
+
+    // Every record proves locally and on chain; a tampered one does not.
+    for (i, record) in encoded.iter().enumerate() {
+        let proof = tree.proof(i).ok_or("no proof")?;
+        assert!(verify_proof(records[i].leaf(&context), &proof, tree.root()), "local {i}");
+        if i % 97 == 0 || i == encoded.len() - 1 {
+            let ok = anchor
+                .verify(operator.address(), U256::from(1), record.to_vec().into(), proof.clone())
+                .call()
+                .await?;
+            assert!(ok, "on chain {i}");
+            let mut tampered = record.to_vec();
+            tampered[140] ^= 1; // the amount
+            let forged = anchor
+                .verify(operator.address(), U256::from(1), tampered.into(), proof)
+                .call()
+                .await?;
+            assert!(!forged, "tampered {i}");
+        }
+    }
+
+    // The blob decodes back to the records, with the parties the chain would give.
+    let data =
+        payload_of(&sidecar.blobs[0], &sidecar.commitments[0], &sidecar.proofs[0], batch.blobHash)?;
+    let parties = |_| {
+        Ok((Address::repeat_byte(0x11), Address::repeat_byte(0x22), Address::repeat_byte(0x33)))
+    };
+    assert_eq!(decode_payload(&data, parties)?, (context, records.clone()));
+
+    // A retried commit does nothing; another root for batch 1 is refused.
+    let again = anchor
+        .commit(U256::from(1), tree.root(), 1_000, total, start, end)
+        .sidecar(sidecar.clone());
+    assert!(again.send().await?.get_receipt().await?.status(), "a retry is a no-op");
+    let other =
+        anchor.commit(U256::from(1), keccak256(b"other"), 1, 1, start, end).sidecar(sidecar);
+    assert!(other.call().await.is_err(), "another root is refused");
+    let tx = provider
+        .get_transaction_by_hash(receipt.transaction_hash)
+        .await?
+        .ok_or("no transaction")?;
+    assert_eq!(
+        tx.blob_versioned_hashes().map(<[B256]>::to_vec),
+        Some(vec![batch.blobHash]),
+        "the transaction carried the blob"
+    );
+    Ok(())
+}
+
+/// Sum of `Withdrawn` amounts to `payee` in blocks `(from, to]`... read as balances instead:
+/// the payees' token balances before and after a period.
+async fn balances<P: Provider>(
+    usdc: &settled_contracts::MockUSDC::MockUSDCInstance<P>,
+    payees: &[Address],
+) -> TestResult<Vec<U256>> {
+    let mut out = Vec::new();
+    for payee in payees {
+        out.push(usdc.balanceOf(*payee).call().await?);
+    }
+    Ok(out)
+}
+
+/// Two settlement periods of a node's streams on Anvil: each round pays every stream's covered
+/// debt to its payee in `withdrawBatch` transactions and commits one batch in a blob; every
+/// stream's receipt (over the RPC) verifies on chain; the blob from `settlement_getBatch`
+/// matches the anchor's versioned hash and decodes to the batch's records; the records' amounts
+/// equal what each payee received, to the base unit; cumulative amounts carry over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
+    use alloy::{primitives::aliases::U96, providers::ext::AnvilApi};
+    use serde_json::json;
+    use settled_contracts::{MockUSDC, StreamVault};
+    use settled_node::{SettlementReceipt, settlement_codes};
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+        config.settlement.withdraw_batch = 16;
+        config.billing.api_keys = vec![settled_node::ApiKey {
+            name: "vendor".into(),
+            keccak256: keccak256(b"vendor-token"),
+            payees: Vec::new(),
+            all: true,
+        }];
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let url = node.node()?.rpc_url().to_string();
+    let (payer, operator) = (chain.account(3)?, chain.account(5)?);
+    let payees = [chain.account(4)?, chain.account(6)?];
+    chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
+    let usdc = MockUSDC::new(deployment.usdc, provider);
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    let anchor = SettlementAnchor::new(deployment.settlement_anchor, provider);
+
+    // 40 streams, two payees, rates from 0.013 to 5.2 USDC/s; a few run dry within a period.
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        let rate = 13_000_000_000_000_000u128 * u128::from(1 + i * 10);
+        let deposit = if i % 7 == 0 { 1_000_000 } else { 10_000_000_000 };
+        let open = vault.open(
+            payees[(i % 2) as usize],
+            deployment.usdc,
+            U96::from(rate),
+            operator,
+            U96::ZERO,
+            U96::ZERO,
+            deposit,
+        );
+        open.from(payer).send().await?.get_receipt().await?;
+        ids.push(vault.nextStreamId().call().await? - U256::from(1));
+    }
+    let settler = node.node()?.settler().ok_or("no settler")?;
+
+    let mut previous_cumulative = std::collections::HashMap::new();
+    let at_start = balances(&usdc, &payees).await?;
+    for period in 1..=2u64 {
+        if period == 2 {
+            // Stream 3 pauses mid-period: it bills fewer seconds.
+            vault.pause(ids[3]).from(payer).send().await?.get_receipt().await?;
+        }
+        provider.anvil_increase_time(600).await?;
+        provider.anvil_mine(Some(1), None).await?;
+        let before = balances(&usdc, &payees).await?;
+        let round = settler.settle().await?;
+        assert_eq!(round.committed, vec![period], "one batch per period");
+        assert!(!round.withdrawals.is_empty());
+        let after = balances(&usdc, &payees).await?;
+
+        let batch = settled_tests::rpc::call_url(&url, "settlement_getBatch", json!([period]))
+            .await?
+            .map_err(|e| format!("{e:?}"))?;
+        let records: Vec<SettlementRecord> = serde_json::from_value(batch["records"].clone())?;
+        let on_chain = anchor.getBatch(operator, U256::from(period)).call().await?;
+        assert_eq!(serde_json::from_value::<B256>(batch["root"].clone())?, on_chain.root);
+        assert_eq!(on_chain.recordCount as usize, records.len());
+
+        // What each payee received is what the records say, to the base unit.
+        for (i, payee) in payees.iter().enumerate() {
+            let recorded: u128 =
+                records.iter().filter(|r| r.payee == *payee).map(|r| r.amount).sum();
+            assert_eq!(U256::from(recorded), after[i] - before[i], "period {period} payee {i}");
+        }
+        assert_eq!(on_chain.totalAmount, records.iter().map(|r| r.amount).sum::<u128>());
+
+        // The blob the node serves is the one committed, and decodes to the records.
+        let blob: alloy::primitives::Bytes = serde_json::from_value(batch["blob"].clone())?;
+        let commitment: alloy::primitives::Bytes =
+            serde_json::from_value(batch["commitment"].clone())?;
+        let proof: alloy::primitives::Bytes = serde_json::from_value(batch["proof"].clone())?;
+        let data = payload_of(
+            &alloy::eips::eip4844::Blob::try_from(blob.as_ref())?,
+            &alloy::eips::eip4844::Bytes48::try_from(commitment.as_ref())?,
+            &alloy::eips::eip4844::Bytes48::try_from(proof.as_ref())?,
+            on_chain.blobHash,
+        )?;
+        let mut parties = std::collections::HashMap::new();
+        for record in &records {
+            let s = vault.getStream(U256::from(record.stream_id)).call().await?;
+            parties.insert(record.stream_id, (s.payer, s.payee, s.token));
+        }
+        let (_, decoded) = decode_payload(&data, |id| {
+            parties.get(&id).copied().ok_or_else(|| {
+                settled_node::SettlementError::Malformed(format!("unknown stream {id}"))
+            })
+        })?;
+        assert_eq!(decoded, records);
+
+        // Every stream's receipt verifies on chain.
+        for record in &records {
+            let receipt: SettlementReceipt = serde_json::from_value(
+                settled_tests::rpc::call_url(
+                    &url,
+                    "settlement_getReceipt",
+                    json!([record.stream_id.to_string(), period]),
+                )
+                .await?
+                .map_err(|e| format!("{e:?}"))?,
+            )?;
+            assert!(receipt.committed);
+            assert_eq!(receipt.blob_versioned_hash, on_chain.blobHash);
+            let ok = anchor
+                .verify(
+                    operator,
+                    U256::from(period),
+                    receipt.encoded.clone(),
+                    receipt.proof.clone(),
+                )
+                .call()
+                .await?;
+            assert!(ok, "stream {} in batch {period}", record.stream_id);
+            let cumulative_before =
+                previous_cumulative.get(&record.stream_id).copied().unwrap_or(0);
+            assert_eq!(record.cumulative_amount, cumulative_before + record.amount);
+            previous_cumulative.insert(record.stream_id, record.cumulative_amount);
+        }
+        if period == 2 {
+            let paused = records.iter().find(|r| r.stream_id == ids[3].to::<u64>());
+            let running = records.iter().find(|r| r.stream_id == ids[5].to::<u64>());
+            assert!(
+                paused.zip(running).is_some_and(|(p, r)| p.seconds_billed < r.seconds_billed),
+                "the paused stream billed fewer seconds"
+            );
+        }
+    }
+    // The payer's invoice for both periods: its totals are what the payees received on chain.
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "billing_invoice",
+        "params": [{ "payer": payer, "from": 0, "to": u64::MAX / 2 }],
+    });
+    let invoice: serde_json::Value = alloy::transports::http::reqwest::Client::new()
+        .post(&url)
+        .bearer_auth("vendor-token")
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let invoice = &invoice["result"];
+    let at_end = balances(&usdc, &payees).await?;
+    let received = (at_end[0] - at_start[0]) + (at_end[1] - at_start[1]);
+    assert_eq!(invoice["totals"][0]["token"], json!(deployment.usdc));
+    assert_eq!(
+        invoice["totals"][0]["amount"].as_str().map(str::parse::<U256>).transpose()?,
+        Some(received)
+    );
+    assert_eq!(invoice["batchIds"], json!([1, 2]));
+    let csv = invoice["csv"].as_str().ok_or("no csv")?;
+    let lines = invoice["lines"].as_array().map_or(0, Vec::len);
+    assert_eq!(csv.lines().count(), 1 + lines + 1, "header, lines, one total");
+    assert!(
+        csv.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("total,") && l.contains(&received.to_string()))
+    );
+
+    // Receipts check from scratch against the chain: the library and `settled verify-receipt`.
+    let receipt: SettlementReceipt = serde_json::from_value(
+        settled_tests::rpc::call_url(&url, "settlement_getReceipt", json!([ids[5].to_string(), 2]))
+            .await?
+            .map_err(|e| format!("{e:?}"))?,
+    )?;
+    let endpoint = chain.anvil().endpoint();
+    let checker = alloy::providers::ProviderBuilder::new().connect_http(endpoint.parse()?).erased();
+    let verified = settled_node::verify_receipt(&checker, &receipt).await?;
+    assert!(verified.valid && verified.checks.len() >= 6, "{verified:?}");
+    // Tampered receipts are never valid: each is refused with the check it fails.
+    let mut more = receipt.clone();
+    more.record.amount += 1;
+    more.record.cumulative_amount += 1;
+    more.encoded = more.record.encode(&more.context).to_vec().into();
+    more.leaf = settled_node::leaf_of(&more.encoded);
+    let mut other_blob = receipt.clone();
+    other_blob.blob_versioned_hash = B256::repeat_byte(1);
+    let mut other_operator = receipt.clone();
+    other_operator.operator = payer;
+    let mut other_payee = receipt.clone();
+    other_payee.record.payee = payer;
+    other_payee.encoded = other_payee.record.encode(&other_payee.context).to_vec().into();
+    other_payee.leaf = settled_node::leaf_of(&other_payee.encoded);
+    for (name, bad) in [
+        ("amount", more),
+        ("blob", other_blob),
+        ("operator", other_operator),
+        ("payee", other_payee),
+    ] {
+        let answer = settled_node::verify_receipt(&checker, &bad).await;
+        assert!(
+            matches!(answer, Err(settled_node::ReceiptError::Invalid(_))),
+            "{name}: {answer:?}"
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("receipt.json");
+    std::fs::write(&file, serde_json::to_vec(&receipt)?)?;
+    let run = |file: &std::path::Path| -> TestResult<std::process::Output> {
+        Ok(std::process::Command::new(settled_tests::SettledProcess::binary()?)
+            .args(["verify-receipt", "--rpc-url", &endpoint])
+            .arg(file)
+            .output()?)
+    };
+    let output = run(&file)?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(printed["valid"], json!(true));
+    let mut forged = receipt.clone();
+    forged.proof.reverse();
+    std::fs::write(&file, serde_json::to_vec(&forged)?)?;
+    let output = run(&file)?;
+    assert_eq!(output.status.code(), Some(1), "a forged proof exits 1");
+
+    let metrics = node.metrics().await?;
+    for line in [
+        "settled_settlement_batches_committed_total 2",
+        "settled_settlement_commit_blob_gas 131072",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("# HELP settled_settlement_lag_seconds"));
+
+    let unknown =
+        settled_tests::rpc::call_url(&url, "settlement_getReceipt", json!(["1", 99])).await?;
+    assert_eq!(unknown.err().map(|e| e.0), Some(i64::from(settlement_codes::INVALID_PARAMS)));
+    node.shutdown().await
+}
