@@ -416,6 +416,16 @@ impl SettledProcess {
     /// Starts `settled run` on `chain` with `datadir`, manual bundling and the debug namespace,
     /// and waits until it answers.
     pub async fn start(chain: &TestChain, datadir: &std::path::Path) -> TestResult<Self> {
+        Self::start_with(chain, datadir, &[], &[]).await
+    }
+
+    /// The same with more flags and environment variables.
+    pub async fn start_with(
+        chain: &TestChain,
+        datadir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> TestResult<Self> {
         let deployment = datadir.join("deployment.json");
         chain.deployment.save(&deployment)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -428,7 +438,9 @@ impl SettledProcess {
             .arg(datadir)
             .args(["--rpc.port", &port.to_string(), "--rpc.debug", "--metrics.disable"])
             .args(["--bundler.mode", "manual", "--chain.poll-interval-ms", "100"])
+            .args(args)
             .env("SETTLED_BUNDLER_KEY", key)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;

@@ -130,7 +130,7 @@ async fn balances<P: Provider>(
     Ok(out)
 }
 
-/// Two settlement periods of a node's streams on Anvil: each round pays every stream's covered
+/// Two settlement periods of a node's 1,000 streams on Anvil: each round pays every stream's covered
 /// debt to its payee in `withdrawBatch` transactions and commits one batch in a blob; every
 /// stream's receipt (over the RPC) verifies on chain; the blob from `settlement_getBatch`
 /// matches the anchor's versioned hash and decodes to the batch's records; the records' amounts
@@ -165,10 +165,12 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     let vault = StreamVault::new(deployment.stream_vault, provider);
     let anchor = SettlementAnchor::new(deployment.settlement_anchor, provider);
 
-    // 40 streams, two payees, rates from 0.013 to 5.2 USDC/s; a few run dry within a period.
-    let mut ids = Vec::new();
-    for i in 0..40u64 {
-        let rate = 13_000_000_000_000_000u128 * u128::from(1 + i * 10);
+    // 1,000 streams, two payees, rates from 0.013 to 13 USDC/s; some run dry within a period.
+    const STREAMS: u64 = 1_000;
+    let first_id = vault.nextStreamId().call().await?;
+    let mut last = None;
+    for i in 0..STREAMS {
+        let rate = 13_000_000_000_000_000u128 * u128::from(1 + i);
         let deposit = if i % 7 == 0 { 1_000_000 } else { 10_000_000_000 };
         let open = vault.open(
             payees[(i % 2) as usize],
@@ -179,9 +181,13 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
             U96::ZERO,
             deposit,
         );
-        open.from(payer).send().await?.get_receipt().await?;
-        ids.push(vault.nextStreamId().call().await? - U256::from(1));
+        // Anvil mines each on arrival: no need to wait for each receipt.
+        last = Some(open.from(payer).send().await?);
     }
+    let last = last.ok_or("no streams")?.get_receipt().await?;
+    assert!(last.status());
+    let ids: Vec<U256> = (0..STREAMS).map(|i| first_id + U256::from(i)).collect();
+    assert_eq!(vault.nextStreamId().call().await?, first_id + U256::from(STREAMS));
     let settler = node.node()?.settler().ok_or("no settler")?;
 
     let mut previous_cumulative = std::collections::HashMap::new();
@@ -373,5 +379,165 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     let unknown =
         settled_tests::rpc::call_url(&url, "settlement_getReceipt", json!(["1", 99])).await?;
     assert_eq!(unknown.err().map(|e| e.0), Some(i64::from(settlement_codes::INVALID_PARAMS)));
+    node.shutdown().await
+}
+
+/// Crash safety: `settled` (the binary) is killed with SIGKILL while its commit transaction is
+/// sent but not mined; restarted on the same data directory, it finishes the batch without a
+/// second commit. Every batch id has exactly one `BatchCommitted` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
+    use alloy::{
+        primitives::aliases::U96, providers::ext::AnvilApi, rpc::types::Filter, sol_types::SolEvent,
+    };
+    use serde_json::json;
+    use settled_contracts::StreamVault;
+    use settled_tests::SettledProcess;
+    let chain = TestChain::spawn().await?;
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    for i in 0..20u128 {
+        let rate = U96::from(10u128.pow(16) * (i + 1));
+        let open = vault.open(
+            payee,
+            deployment.usdc,
+            rate,
+            operator,
+            U96::ZERO,
+            U96::ZERO,
+            10u128.pow(10),
+        );
+        open.from(payer).send().await?.get_receipt().await?;
+    }
+    provider.anvil_increase_time(600).await?;
+    provider.anvil_mine(Some(1), None).await?;
+    // From now on blocks are mined by this test only.
+    provider.anvil_set_auto_mine(false).await?;
+
+    let datadir = tempfile::tempdir()?;
+    let key = chain.signer(5)?.to_bytes().to_string();
+    let args = ["--settlement.interval-secs", "2"];
+    let env = [("SETTLED_BILLING_OPERATOR_KEY", key)];
+    let first = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+    let anchor = deployment.settlement_anchor.to_string().to_lowercase();
+    // Mine whatever is pending (the withdrawals) until the commit shows up, unmined.
+    let mut found = false;
+    for _ in 0..300 {
+        let pool: serde_json::Value = provider.raw_request("txpool_content".into(), ()).await?;
+        if pool["pending"].to_string().to_lowercase().contains(&anchor) {
+            found = true;
+            break;
+        }
+        if pool["pending"].as_object().is_some_and(|p| !p.is_empty()) {
+            provider.anvil_mine(Some(1), None).await?;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(found, "no commit transaction was sent");
+    first.kill()?;
+    provider.anvil_mine(Some(1), None).await?;
+
+    let second = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+    let mut stage = json!(null);
+    for _ in 0..300 {
+        provider.anvil_mine(Some(1), None).await?;
+        let batch =
+            settled_tests::rpc::call_url(second.rpc_url(), "settlement_getBatch", json!([1]))
+                .await?;
+        if let Ok(batch) = batch {
+            stage = batch["stage"].clone();
+            if stage["stage"] == json!("committed") {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(stage["stage"], json!("committed"), "{stage}");
+    // Let a few more rounds run, then count the commits of every batch id.
+    for _ in 0..30 {
+        provider.anvil_mine(Some(1), None).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    second.kill()?;
+    provider.anvil_mine(Some(1), None).await?;
+    let logs = provider
+        .get_logs(
+            &Filter::new()
+                .address(deployment.settlement_anchor)
+                .event_signature(SettlementAnchor::BatchCommitted::SIGNATURE_HASH)
+                .from_block(0),
+        )
+        .await?;
+    let mut ids: Vec<U256> = logs
+        .iter()
+        .filter_map(|log| SettlementAnchor::BatchCommitted::decode_log_data(log.data()).ok())
+        .map(|event| event.batchId)
+        .collect();
+    let committed = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), committed, "a batch id was committed twice: {ids:?}");
+    assert_eq!(ids.first(), Some(&U256::from(1)));
+    Ok(())
+}
+
+/// A blob fee above the bound delays the batch instead of overpaying: nothing is committed and
+/// the batch waits, built; once the bound allows it, the same batch is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
+    use alloy::{primitives::aliases::U96, providers::ext::AnvilApi};
+    use serde_json::json;
+    use settled_contracts::StreamVault;
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+        // Anvil's blob base fee is at least 1 wei: always above this bound.
+        config.settlement.max_blob_fee_wei = 0;
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    chain.fund_payer(payer, U256::from(10u128.pow(12))).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    for _ in 0..3 {
+        let open = vault.open(
+            payee,
+            deployment.usdc,
+            U96::from(10u128.pow(18)),
+            operator,
+            U96::ZERO,
+            U96::ZERO,
+            10u128.pow(9),
+        );
+        open.from(payer).send().await?.get_receipt().await?;
+    }
+    provider.anvil_increase_time(60).await?;
+    provider.anvil_mine(Some(1), None).await?;
+    let settler = node.node()?.settler().ok_or("no settler")?;
+    let anchor = SettlementAnchor::new(deployment.settlement_anchor, provider);
+
+    let round = settler.settle().await?;
+    assert_eq!((round.committed.as_slice(), round.waiting.as_slice()), (&[][..], &[1][..]));
+    assert!(anchor.getBatch(operator, U256::from(1)).call().await?.root.is_zero());
+    let url = node.node()?.rpc_url().to_string();
+    let batch = settled_tests::rpc::call_url(&url, "settlement_getBatch", json!([1]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(batch["stage"]["stage"], json!("built"));
+    assert!(
+        node.metrics().await?.contains("settled_settlement_failures_total{cause=\"blob_fee\"} 1")
+    );
+
+    settler.set_max_blob_fee_wei(u128::from(u64::MAX));
+    let round = settler.settle().await?;
+    assert_eq!(round.committed.first(), Some(&1), "{round:?}");
+    let committed = anchor.getBatch(operator, U256::from(1)).call().await?;
+    assert_eq!(serde_json::from_value::<B256>(batch["root"].clone())?, committed.root);
     node.shutdown().await
 }

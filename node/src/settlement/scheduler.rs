@@ -191,6 +191,8 @@ pub struct Settler {
     batches: sled::Tree,
     meta: sled::Tree,
     settings: SettlementSettings,
+    /// The blob fee bound in force (wei; the settings' at start, changeable at run time).
+    max_blob_fee_wei: std::sync::Mutex<u128>,
     /// One round at a time.
     round: tokio::sync::Mutex<()>,
 }
@@ -219,9 +221,21 @@ impl Settler {
             chain_id,
             batches: db.open_tree("settlement.batches").map_err(storage)?,
             meta: db.open_tree("settlement.meta").map_err(storage)?,
+            max_blob_fee_wei: std::sync::Mutex::new(settings.max_blob_fee_wei),
             settings,
             round: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Sets the highest blob base fee a commit pays (a spike above it delays batches).
+    pub fn set_max_blob_fee_wei(&self, wei: u128) {
+        if let Ok(mut bound) = self.max_blob_fee_wei.lock() {
+            *bound = wei;
+        }
+    }
+
+    fn max_blob_fee(&self) -> u128 {
+        self.max_blob_fee_wei.lock().map_or(self.settings.max_blob_fee_wei, |bound| *bound)
     }
 
     /// The operator the batches are committed under.
@@ -524,13 +538,9 @@ impl Settler {
             return Ok(true);
         }
         let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
-        if blob_fee > self.settings.max_blob_fee_wei {
-            warn!(
-                batch = id,
-                blob_fee,
-                bound = self.settings.max_blob_fee_wei,
-                "blob fee above the bound: the batch waits"
-            );
+        let bound = self.max_blob_fee();
+        if blob_fee > bound {
+            warn!(batch = id, blob_fee, bound, "blob fee above the bound: the batch waits");
             return Ok(false);
         }
         let count = u32::try_from(batch.records.len()).map_err(storage)?;
@@ -545,7 +555,7 @@ impl Settler {
             )
             .sidecar(batch.sidecar()?)
             // Twice the current blob fee (at least 1 wei), within the bound: room for a rise.
-            .max_fee_per_blob_gas((blob_fee.max(1) * 2).min(self.settings.max_blob_fee_wei.max(1)))
+            .max_fee_per_blob_gas((blob_fee.max(1) * 2).min(bound.max(1)))
             .from(self.operator);
         let pending = call.send().await.map_err(chain)?;
         let transaction = *pending.tx_hash();
