@@ -112,6 +112,38 @@ impl TestChain {
         Ok(())
     }
 
+    /// Opens a USDC stream from dev account `payer` (funded, see [`Self::fund_payer`]) to
+    /// `payee` at `rate` (18-decimal units per second), operated by `operator`, with `deposit`
+    /// base units, no caps; its id.
+    pub async fn open_stream(
+        &self,
+        payer: Address,
+        payee: Address,
+        operator: Address,
+        rate: u128,
+        deposit: u128,
+    ) -> TestResult<U256> {
+        use alloy::primitives::aliases::U96;
+        let vault =
+            settled_contracts::StreamVault::new(self.deployment.stream_vault, &self.provider);
+        let open = vault
+            .open(
+                payee,
+                self.deployment.usdc,
+                U96::from(rate),
+                operator,
+                U96::ZERO,
+                U96::ZERO,
+                deposit,
+            )
+            .from(payer);
+        let receipt = open.send().await?.get_receipt().await?;
+        if !receipt.status() {
+            return Err("open reverted".into());
+        }
+        Ok(vault.nextStreamId().call().await? - U256::from(1))
+    }
+
     /// Signer of dev account `index`.
     pub fn signer(&self, index: usize) -> TestResult<PrivateKeySigner> {
         Ok(self.anvil.signer(index).ok_or("no such dev account")?)

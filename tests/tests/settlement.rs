@@ -488,9 +488,8 @@ async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
 /// the batch waits, built; once the bound allows it, the same batch is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
-    use alloy::{primitives::aliases::U96, providers::ext::AnvilApi};
+    use alloy::providers::ext::AnvilApi;
     use serde_json::json;
-    use settled_contracts::StreamVault;
     let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
         config.billing.operator_key = Some(settled_node::SecretKey(
             "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
@@ -504,18 +503,8 @@ async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
     let deployment = chain.deployment();
     let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
     chain.fund_payer(payer, U256::from(10u128.pow(12))).await?;
-    let vault = StreamVault::new(deployment.stream_vault, provider);
     for _ in 0..3 {
-        let open = vault.open(
-            payee,
-            deployment.usdc,
-            U96::from(10u128.pow(18)),
-            operator,
-            U96::ZERO,
-            U96::ZERO,
-            10u128.pow(9),
-        );
-        open.from(payer).send().await?.get_receipt().await?;
+        chain.open_stream(payer, payee, operator, 10u128.pow(18), 10u128.pow(9)).await?;
     }
     provider.anvil_increase_time(60).await?;
     provider.anvil_mine(Some(1), None).await?;

@@ -14,7 +14,7 @@ use alloy::{
 
 use super::{
     SettlementError,
-    record::{BatchContext, PAYLOAD_HEADER_LEN, SettlementRecord, encode_payload},
+    record::{BatchContext, PAYLOAD_HEADER_LEN, SettlementRecord, put_record},
 };
 
 /// Payload bytes one blob carries with `SimpleCoder` (one field element holds the length).
@@ -73,13 +73,13 @@ pub fn split_into_blobs(
     let mut context = first;
     for record in records {
         // The record's size where it would go: its id delta depends on the previous record.
-        let previous = current.last().map_or(0, |r| r.stream_id);
+        let previous = current.last().map(|r| r.stream_id);
         let bytes = encoded_len(&record, previous)?;
         if size + bytes > BLOB_PAYLOAD_CAPACITY && !current.is_empty() {
             batches.push((context, std::mem::take(&mut current)));
             context.batch_id += 1;
             size = PAYLOAD_HEADER_LEN;
-            let bytes = encoded_len(&record, 0)?;
+            let bytes = encoded_len(&record, None)?;
             size += bytes;
         } else {
             size += bytes;
@@ -93,19 +93,10 @@ pub fn split_into_blobs(
 }
 
 /// Bytes `record` takes in a payload after a record of stream `previous`.
-fn encoded_len(record: &SettlementRecord, previous: u64) -> Result<usize, SettlementError> {
-    let mut shifted = record.clone();
-    shifted.stream_id = record.stream_id.checked_sub(previous).ok_or_else(|| {
-        SettlementError::Malformed("records must be in increasing stream id".into())
-    })?;
-    let context = BatchContext {
-        chain_id: 0,
-        vault: Default::default(),
-        batch_id: 0,
-        period_start: 0,
-        period_end: 0,
-    };
-    Ok(encode_payload(&context, std::slice::from_ref(&shifted))?.len() - PAYLOAD_HEADER_LEN)
+fn encoded_len(record: &SettlementRecord, previous: Option<u64>) -> Result<usize, SettlementError> {
+    let mut out = Vec::new();
+    put_record(&mut out, record, previous)?;
+    Ok(out.len())
 }
 
 #[cfg(test)]
@@ -114,7 +105,7 @@ mod tests {
 
     use super::*;
     use crate::settlement::record::{
-        decode_payload,
+        decode_payload, encode_payload,
         samples::{context, parties, record},
     };
 

@@ -106,7 +106,7 @@ impl SettlementRecord {
                 "a record is {RECORD_LEN} bytes starting with version {VERSION}"
             )));
         }
-        let u64_at = |at: usize| u64::from_be_bytes(array(&bytes[at..at + 8]));
+        let u64_at = |at: usize| u64_be(bytes, at);
         let u128_at = |at: usize| u128::from_be_bytes(array(&bytes[at..at + 16]));
         let context = BatchContext {
             chain_id: u64_at(1),
@@ -137,6 +137,11 @@ impl SettlementRecord {
 /// The leaf of an encoded record.
 pub fn leaf_of(encoded: &[u8]) -> B256 {
     keccak256(keccak256(encoded))
+}
+
+/// The big-endian u64 at `at` (the caller checked the length).
+fn u64_be(bytes: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(array(&bytes[at..at + 8]))
 }
 
 fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
@@ -172,6 +177,36 @@ fn take_varint(bytes: &[u8], at: &mut usize) -> Result<u128, SettlementError> {
     Err(SettlementError::Malformed("a number longer than 128 bits".into()))
 }
 
+/// Appends `record`'s compact encoding after a record of stream `previous` (none: the first).
+pub(crate) fn put_record(
+    out: &mut Vec<u8>,
+    record: &SettlementRecord,
+    previous: Option<u64>,
+) -> Result<(), SettlementError> {
+    let delta = match previous {
+        Some(previous) if record.stream_id <= previous => {
+            return Err(SettlementError::Malformed(
+                "records must be in increasing stream id".into(),
+            ));
+        }
+        Some(previous) => record.stream_id - previous,
+        None => record.stream_id,
+    };
+    let cumulative_before =
+        record.cumulative_amount.checked_sub(record.amount).ok_or_else(|| {
+            SettlementError::Malformed(format!("stream {}: cumulative < amount", record.stream_id))
+        })?;
+    put_varint(out, u128::from(delta));
+    let has_digest = record.usage_digest != B256::ZERO;
+    put_varint(out, u128::from(record.seconds_billed) << 1 | u128::from(has_digest));
+    put_varint(out, record.amount);
+    put_varint(out, cumulative_before);
+    if has_digest {
+        out.extend_from_slice(record.usage_digest.as_slice());
+    }
+    Ok(())
+}
+
 /// The compact payload of `records` (sorted by stream id, ids distinct) for a blob.
 pub fn encode_payload(
     context: &BatchContext,
@@ -187,29 +222,10 @@ pub fn encode_payload(
     out.extend_from_slice(&context.period_start.to_be_bytes());
     out.extend_from_slice(&context.period_end.to_be_bytes());
     out.extend_from_slice(&count.to_be_bytes());
-    let mut previous = 0u64;
-    for (i, record) in records.iter().enumerate() {
-        if i > 0 && record.stream_id <= previous {
-            return Err(SettlementError::Malformed(
-                "records must be in increasing stream id".into(),
-            ));
-        }
-        let cumulative_before =
-            record.cumulative_amount.checked_sub(record.amount).ok_or_else(|| {
-                SettlementError::Malformed(format!(
-                    "stream {}: cumulative < amount",
-                    record.stream_id
-                ))
-            })?;
-        put_varint(&mut out, u128::from(record.stream_id - previous));
-        let has_digest = record.usage_digest != B256::ZERO;
-        put_varint(&mut out, u128::from(record.seconds_billed) << 1 | u128::from(has_digest));
-        put_varint(&mut out, record.amount);
-        put_varint(&mut out, cumulative_before);
-        if has_digest {
-            out.extend_from_slice(record.usage_digest.as_slice());
-        }
-        previous = record.stream_id;
+    let mut previous = None;
+    for record in records {
+        put_record(&mut out, record, previous)?;
+        previous = Some(record.stream_id);
     }
     Ok(out)
 }
@@ -223,7 +239,7 @@ pub fn decode_payload(
     if payload.len() < PAYLOAD_HEADER_LEN || &payload[..4] != MAGIC {
         return Err(SettlementError::Malformed("not a settlement payload (STL1)".into()));
     }
-    let u64_at = |at: usize| u64::from_be_bytes(array(&payload[at..at + 8]));
+    let u64_at = |at: usize| u64_be(payload, at);
     let context = BatchContext {
         chain_id: u64_at(4),
         vault: Address::from_slice(&payload[12..32]),

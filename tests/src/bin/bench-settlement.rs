@@ -14,10 +14,7 @@ use std::time::Instant;
 
 use alloy::{
     network::EthereumWallet,
-    primitives::{
-        Address, B256, U256,
-        aliases::{U48, U96},
-    },
+    primitives::{Address, B256, U256, aliases::U48},
     providers::{ProviderBuilder, ext::AnvilApi},
 };
 use settled_contracts::{MockUSDC, SettlementAnchor, StreamVault};
@@ -137,17 +134,7 @@ async fn batch_withdraw_gas() -> TestResult {
     let vault = StreamVault::new(deployment.stream_vault, provider);
     let mut ids = Vec::new();
     for _ in 0..100 {
-        let open = vault.open(
-            payee,
-            deployment.usdc,
-            U96::from(10u128.pow(18)),
-            operator,
-            U96::ZERO,
-            U96::ZERO,
-            1_000_000_000,
-        );
-        open.from(payer).send().await?.get_receipt().await?;
-        ids.push(vault.nextStreamId().call().await? - U256::from(1));
+        ids.push(chain.open_stream(payer, payee, operator, 10u128.pow(18), 1_000_000_000).await?);
     }
     provider.anvil_increase_time(600).await?;
     let receipt = vault.withdrawBatch(ids).from(operator).send().await?.get_receipt().await?;
