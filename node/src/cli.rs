@@ -272,6 +272,15 @@ pub struct NodeArgs {
     )]
     pub settlement_max_blob_fee_wei: u128,
 
+    /// Seconds a settlement transaction may stay unmined before it is sent again at the same
+    /// nonce with higher fees (blob fee included, within the bound).
+    #[arg(
+        long = "settlement.reprice-after-secs",
+        env = "SETTLED_SETTLEMENT_REPRICE_AFTER_SECS",
+        default_value_t = 60
+    )]
+    pub settlement_reprice_after_secs: u64,
+
     /// Do not run the paymaster.
     #[arg(long = "paymaster.disable", env = "SETTLED_PAYMASTER_DISABLE")]
     pub paymaster_disable: bool,
@@ -669,6 +678,7 @@ impl NodeArgs {
                 interval: Duration::from_secs(self.settlement_interval_secs.max(1)),
                 withdraw_batch: self.settlement_withdraw_batch.max(1),
                 max_blob_fee_wei: self.settlement_max_blob_fee_wei,
+                reprice_after: Duration::from_secs(self.settlement_reprice_after_secs.max(1)),
             },
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })

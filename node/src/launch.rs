@@ -25,6 +25,7 @@ use crate::{
     metrics::{self, names},
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
+    sender::TransactionSender,
     settlement::{SettlementChain, Settler, settlement_module},
     storage::Storage,
     streams::{Opener, Operator, StreamIndex, api_keys, billing_module},
@@ -215,12 +216,12 @@ pub async fn launch(
         .or(dev_keys.operator);
         let operator = match key {
             Some(key) => {
+                // One sender for everything signed with the operator key: one nonce sequence.
+                let sender = std::sync::Arc::new(TransactionSender::new(provider.clone(), key));
                 let operator =
-                    Operator::new(provider.clone(), key, deployment.stream_vault, storage.db())
-                        .map_err(|e| NodeError::Storage {
-                            path: config.datadir.clone(),
-                            reason: e.to_string(),
-                        })?;
+                    Operator::new(sender, deployment.stream_vault, storage.db()).map_err(|e| {
+                        NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() }
+                    })?;
                 Some(std::sync::Arc::new(operator))
             }
             None => None,
@@ -250,8 +251,7 @@ pub async fn launch(
         // Settlement: the operator's streams, batched and committed under its address.
         if let (Some(operator), false) = (&operator, deployment.settlement_anchor.is_zero()) {
             let chain = SettlementChain {
-                provider: operator.provider.clone(),
-                operator: operator.address,
+                sender: operator.sender.clone(),
                 vault: deployment.stream_vault,
                 anchor: deployment.settlement_anchor,
                 chain_id,

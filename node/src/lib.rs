@@ -12,6 +12,7 @@ mod launch;
 mod metrics;
 mod paymaster;
 mod rpc;
+mod sender;
 mod settlement;
 mod storage;
 mod streams;
@@ -26,12 +27,13 @@ pub use launch::{NodeHandle, connect, launch};
 pub use paymaster::{
     PaymasterAction, PaymasterCommandConfig, PaymasterCommandOutput, run_paymaster_command,
 };
+pub use sender::SentTransaction;
 pub use settlement::{
     BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, BatchContext, BatchStage, Invoice, InvoiceLine,
     InvoiceTotal, MerkleTree, PAYLOAD_HEADER_LEN, RECORD_LEN, ReceiptError, SchedulerError,
     SettlementError, SettlementReceipt, SettlementRecord, SettlementRound, SettlementSettings,
-    Settler, StoredBatch, VerifiedReceipt, decode_payload, encode_payload, leaf_of, payload_of,
-    settlement_codes, sidecar, split_into_blobs, verify_proof, verify_receipt,
+    Settler, StoredBatch, UsageError, VerifiedReceipt, decode_payload, encode_payload, fold_usage,
+    leaf_of, payload_of, settlement_codes, sidecar, split_into_blobs, verify_proof, verify_receipt,
 };
 pub use storage::Storage;
 pub use streams::{

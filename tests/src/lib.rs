@@ -462,6 +462,11 @@ impl SettledProcess {
         chain.deployment.save(&deployment)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let key = chain.signer(BUNDLER_ACCOUNT)?.to_bytes().to_string();
+        // Its logs, for a failing test to be read (every start appends).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(datadir.join("settled.log"))?;
         let child = std::process::Command::new(Self::binary()?)
             .args(["run", "--eth.rpc-url", &chain.anvil.endpoint()])
             .arg("--eth.deployment")
@@ -474,7 +479,7 @@ impl SettledProcess {
             .env("SETTLED_BUNDLER_KEY", key)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()?;
         let process = Self { child, rpc_url: format!("http://127.0.0.1:{port}") };
         let client = reqwest::Client::new();

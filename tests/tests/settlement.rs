@@ -134,13 +134,14 @@ async fn balances<P: Provider>(
 /// debt to its payee in `withdrawBatch` transactions and commits one batch in a blob; every
 /// stream's receipt (over the RPC) verifies on chain; the blob from `settlement_getBatch`
 /// matches the anchor's versioned hash and decodes to the batch's records; the records' amounts
-/// equal what each payee received, to the base unit; cumulative amounts carry over.
+/// equal what each payee received, to the base unit; cumulative amounts carry over; usage the
+/// billing backend reported is folded into its streams' records and invoice lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     use alloy::{primitives::aliases::U96, providers::ext::AnvilApi};
     use serde_json::json;
     use settled_contracts::{MockUSDC, StreamVault};
-    use settled_node::{SettlementReceipt, settlement_codes};
+    use settled_node::{SettlementReceipt, fold_usage, settlement_codes};
     let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
         config.billing.operator_key = Some(settled_node::SecretKey(
             "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
@@ -190,10 +191,49 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     assert_eq!(vault.nextStreamId().call().await?, first_id + U256::from(STREAMS));
     let settler = node.node()?.settler().ok_or("no settler")?;
 
+    let billing = |method: &'static str, params: serde_json::Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+        let request = alloy::transports::http::reqwest::Client::new()
+            .post(&url)
+            .bearer_auth("vendor-token")
+            .json(&body)
+            .send();
+        async move { TestResult::Ok(request.await?.json::<serde_json::Value>().await?) }
+    };
+    // The billing backend reports usage for two streams in the first period: the records carry
+    // the fold of what was reported, by (second, digest).
+    let now = provider.get_block_by_number(Default::default()).await?.ok_or("no head")?;
+    let (usage_a, usage_b) = (keccak256(b"rows 1-40"), keccak256(b"rows 41-90"));
+    let (one, two) = (ids[1].to::<u64>(), ids[2].to::<u64>());
+    let t = now.header.timestamp;
+    for (stream, at, digest) in [(one, t, usage_b), (one, t - 1, usage_a)] {
+        let reported = billing(
+            "stream_recordUsage",
+            json!([{ "streamId": stream.to_string(), "digest": digest, "at": at }]),
+        )
+        .await?;
+        assert_eq!(reported["result"]["at"], json!(at), "{reported}");
+    }
+    let reported =
+        billing("stream_recordUsage", json!([{ "streamId": two.to_string(), "digest": usage_a }]))
+            .await?;
+    let two_at = reported["result"]["at"].as_u64().ok_or("no at")?;
+    let expected_usage = std::collections::HashMap::from([
+        (one, fold_usage(fold_usage(B256::ZERO, t - 1, usage_a), t, usage_b)),
+        (two, fold_usage(B256::ZERO, two_at, usage_a)),
+    ]);
+
     let mut previous_cumulative = std::collections::HashMap::new();
     let at_start = balances(&usdc, &payees).await?;
     for period in 1..=2u64 {
         if period == 2 {
+            // The first period is settled: a late report for it is refused, not lost silently.
+            let late = billing(
+                "stream_recordUsage",
+                json!([{ "streamId": one.to_string(), "digest": usage_a, "at": t }]),
+            )
+            .await?;
+            assert_eq!(late["error"]["code"], json!(settlement_codes::INVALID_PARAMS), "{late}");
             // Stream 3 pauses mid-period: it bills fewer seconds.
             vault.pause(ids[3]).from(payer).send().await?.get_receipt().await?;
         }
@@ -272,6 +312,13 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
             assert_eq!(record.cumulative_amount, cumulative_before + record.amount);
             previous_cumulative.insert(record.stream_id, record.cumulative_amount);
         }
+        for record in &records {
+            let expected = match period {
+                1 => expected_usage.get(&record.stream_id).copied().unwrap_or_default(),
+                _ => B256::ZERO,
+            };
+            assert_eq!(record.usage_digest, expected, "stream {}", record.stream_id);
+        }
         if period == 2 {
             let paused = records.iter().find(|r| r.stream_id == ids[3].to::<u64>());
             let running = records.iter().find(|r| r.stream_id == ids[5].to::<u64>());
@@ -282,19 +329,19 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
         }
     }
     // The payer's invoice for both periods: its totals are what the payees received on chain.
-    let body = json!({
-        "jsonrpc": "2.0", "id": 1, "method": "billing_invoice",
-        "params": [{ "payer": payer, "from": 0, "to": u64::MAX / 2 }],
-    });
-    let invoice: serde_json::Value = alloy::transports::http::reqwest::Client::new()
-        .post(&url)
-        .bearer_auth("vendor-token")
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let invoice =
+        billing("billing_invoice", json!([{ "payer": payer, "from": 0, "to": u64::MAX / 2 }]))
+            .await?;
     let invoice = &invoice["result"];
+    let line = invoice["lines"]
+        .as_array()
+        .and_then(|lines| {
+            lines
+                .iter()
+                .find(|l| l["batchId"] == json!(1) && l["streamId"] == json!(one.to_string()))
+        })
+        .ok_or("no invoice line for the stream with usage")?;
+    assert_eq!(line["usageDigest"], json!(expected_usage[&one]));
     let at_end = balances(&usdc, &payees).await?;
     let received = (at_end[0] - at_start[0]) + (at_end[1] - at_start[1]);
     assert_eq!(invoice["totals"][0]["token"], json!(deployment.usdc));
@@ -368,12 +415,13 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     assert_eq!(output.status.code(), Some(1), "a forged proof exits 1");
 
     let metrics = node.metrics().await?;
-    for line in [
-        "settled_settlement_batches_committed_total 2",
-        "settled_settlement_commit_blob_gas 131072",
-    ] {
-        assert!(metrics.contains(line), "{line} in\n{metrics}");
-    }
+    // The recorder is process-wide: under `cargo test` the other tests' nodes count too.
+    let committed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("settled_settlement_batches_committed_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(committed.is_some_and(|n| n >= 2), "batches committed in\n{metrics}");
+    assert!(metrics.contains("settled_settlement_commit_blob_gas 131072"), "{metrics}");
     assert!(metrics.contains("# HELP settled_settlement_lag_seconds"));
 
     let unknown =
@@ -455,7 +503,8 @@ async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(stage["stage"], json!("committed"), "{stage}");
+    let log = std::fs::read_to_string(datadir.path().join("settled.log")).unwrap_or_default();
+    assert_eq!(stage["stage"], json!("committed"), "{stage}\n{log}");
     // Let a few more rounds run, then count the commits of every batch id.
     for _ in 0..30 {
         provider.anvil_mine(Some(1), None).await?;
@@ -528,5 +577,108 @@ async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
     assert_eq!(round.committed.first(), Some(&1), "{round:?}");
     let committed = anchor.getBatch(operator, U256::from(1)).call().await?;
     assert_eq!(serde_json::from_value::<B256>(batch["root"].clone())?, committed.root);
+    node.shutdown().await
+}
+
+/// A stuck commit is re-priced at its nonce: the test raises the base fee above the commit's
+/// fee cap as soon as it is pending (Anvil then drops it from its pool, as a node does with an
+/// underpriced transaction); after `reprice_after` the scheduler sends the same batch again at
+/// the same nonce with every fee at least doubled, and it is committed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_commit_is_repriced_at_its_nonce() -> TestResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use alloy::{providers::ext::AnvilApi, rpc::types::Filter, sol_types::SolEvent};
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+        config.settlement.reprice_after = std::time::Duration::from_secs(1);
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    chain.fund_payer(payer, U256::from(10u128.pow(12))).await?;
+    for _ in 0..3 {
+        chain.open_stream(payer, payee, operator, 10u128.pow(18), 10u128.pow(9)).await?;
+    }
+    provider.anvil_increase_time(60).await?;
+    provider.anvil_mine(Some(1), None).await?;
+    let settler = node.node()?.settler().ok_or("no settler")?;
+    // From now on blocks are mined by this test only.
+    provider.anvil_set_auto_mine(false).await?;
+
+    let done = AtomicBool::new(false);
+    let settle = async {
+        let round = settler.settle().await;
+        done.store(true, Ordering::SeqCst);
+        round
+    };
+    let anchor_address = deployment.settlement_anchor.to_string().to_lowercase();
+    let drive = async {
+        let mut first = None;
+        while !done.load(Ordering::SeqCst) {
+            let pool: serde_json::Value = provider.raw_request("txpool_content".into(), ()).await?;
+            let pending = pool["pending"].to_string().to_lowercase();
+            if first.is_none() && pending.contains(&anchor_address) {
+                // The commit is pending: price it out of the next block.
+                let hash = pool["pending"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|by_sender| by_sender.values())
+                    .flat_map(|by_nonce| by_nonce.as_object().into_iter().flat_map(|m| m.values()))
+                    .find(|tx| {
+                        tx["to"].as_str().map(str::to_lowercase) == Some(anchor_address.clone())
+                    })
+                    .and_then(|tx| tx["hash"].as_str().map(str::to_owned))
+                    .ok_or("no commit in the pool")?;
+                let tx = provider
+                    .get_transaction_by_hash(hash.parse()?)
+                    .await?
+                    .ok_or("the pending commit is unknown")?;
+                provider.anvil_set_next_block_base_fee_per_gas(tx.max_fee_per_gas() * 100).await?;
+                first = Some(tx);
+            }
+            provider.anvil_mine(Some(1), None).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        TestResult::Ok(first)
+    };
+    let (round, first) = tokio::join!(settle, drive);
+    let (round, first) = (round?, first?.ok_or("no commit was sent")?);
+    assert_eq!(round.committed, vec![1], "{round:?}");
+
+    let batch = settler.batch(1)?.ok_or("no batch 1")?;
+    let mined = batch.stage.transaction().ok_or("no commit transaction")?;
+    assert_ne!(mined, *first.inner.tx_hash(), "the first commit was priced out");
+    let mined = provider.get_transaction_by_hash(mined).await?.ok_or("unknown commit")?;
+    assert_eq!(mined.nonce(), first.nonce(), "the same nonce");
+    assert!(mined.max_fee_per_gas() >= 2 * first.max_fee_per_gas());
+    assert!(
+        mined.max_priority_fee_per_gas().unwrap_or_default()
+            >= 2 * first.max_priority_fee_per_gas().unwrap_or_default()
+    );
+    assert!(
+        mined.max_fee_per_blob_gas().unwrap_or_default()
+            >= 2 * first.max_fee_per_blob_gas().unwrap_or_default()
+    );
+    let logs = provider
+        .get_logs(
+            &Filter::new()
+                .address(deployment.settlement_anchor)
+                .event_signature(SettlementAnchor::BatchCommitted::SIGNATURE_HASH)
+                .from_block(0),
+        )
+        .await?;
+    assert_eq!(logs.len(), 1, "committed once");
+    let metrics = node.metrics().await?;
+    assert!(
+        metrics.contains("settled_settlement_repriced_total{kind=\"commit\"} 1"),
+        "{}",
+        metrics.lines().filter(|l| l.contains("repriced")).collect::<Vec<_>>().join("\n")
+    );
+    provider.anvil_set_auto_mine(true).await?;
     node.shutdown().await
 }

@@ -24,8 +24,8 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 ///        paid once it adds up to a whole unit. No dust is lost over any sequence of operations.
 ///      * Debt beyond the balance is "uncovered"; `depletionTime` is the first second it exists.
 ///
-///      * Widths: rates fit 88 bits (3.09e8 whole tokens per second) and times 32 bits (until
-///        2106), so no debt, however long a stream runs, exceeds 2^120: the 128-bit snapshot
+///      * Widths: rates fit 80 bits (1.2e6 whole tokens per second) and times 32 bits (until
+///        2106), so no debt, however long a stream runs, reaches 2^112: the 120-bit snapshot
 ///        cannot overflow. Balances fit 96 bits.
 ///
 ///      Roles. The payer funds, tops up, refunds unstreamed surplus, raises or lowers the rate,
@@ -41,8 +41,12 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 ///      paying in one transaction it never sends. Smart-account payers sign with ERC-1271.
 ///
 ///      Gas. The fields every accrual reads and every payment writes (balance, snapshot debt,
-///      snapshot time) share one slot, which is non-zero from the open on: no operation pays for
-///      a first write (20,000 gas) after the open. The stream exists while its payee is set.
+///      snapshot time, flags) share one slot, which is non-zero from the open on: no operation
+///      pays for a first write (20,000 gas) after the open. The payee, the rate and the token's
+///      registry id share the other slot a payment reads, so a batched withdrawal touches two
+///      slots per stream and reads each token (address, scale) once per run of streams; it
+///      logs one `BatchWithdrawn` for the whole batch instead of a `Withdrawn` per stream.
+///      The stream exists while its payee is set.
 contract StreamVault is EIP712 {
     using SafeERC20 for IERC20;
 
@@ -74,29 +78,60 @@ contract StreamVault is EIP712 {
     uint8 internal constant CLOSED = 2;
     uint8 internal constant CAPPED = 4;
 
-    /// @dev Five storage slots; the hot one first.
+    /// @dev Four storage slots; the two every payment touches first.
     struct Stream {
         // slot 0: read by every accrual, written by every payment
         uint96 balance;
+        uint120 snapshotDebtScaled;
+        uint32 snapshotTime;
+        uint8 flags;
+        // slot 1: read by every accrual and payment
+        address payee;
+        uint80 ratePerSecond;
+        uint16 tokenId;
+        // slot 2: read by the payer's operations
+        address payer;
+        uint88 maxRate;
+        // slot 3: `remaining` is what a capped stream may still pay (maxTotal − paid so far)
+        address operator;
+        uint96 remaining;
+    }
+
+    /// @dev A token streams are paid in, registered by the first stream in it; `scale` is
+    ///      10^(18 − decimals).
+    struct TokenInfo {
+        IERC20 token;
+        uint64 scale;
+        uint8 decimals;
+    }
+
+    /// @notice A stream as `getStream` shows it.
+    struct StreamView {
+        uint96 balance;
         uint128 snapshotDebtScaled;
         uint32 snapshotTime;
-        // slot 1: read by every accrual
         address payee;
         uint88 ratePerSecond;
         uint8 flags;
-        // slot 2
         address token;
         uint8 decimals;
         uint88 maxRate;
-        // slot 3
         address payer;
-        // slot 4: `remaining` is what a capped stream may still pay (maxTotal − paid so far)
         address operator;
         uint96 remaining;
     }
 
     /// @notice The next stream's id (ids start at 1).
     uint256 public nextStreamId = 1;
+
+    /// @notice Each token's registry id (0: no stream in it yet).
+    mapping(IERC20 => uint16) public tokenIds;
+
+    /// @notice How many tokens are registered (ids 1 to `tokenCount`).
+    uint16 public tokenCount;
+
+    /// @dev A mapping, not an array: reading a token does not read a length too.
+    mapping(uint16 => TokenInfo) internal _tokens;
 
     /// @notice The next `OpenTerms.nonce` each payer must sign.
     mapping(address => uint256) public nonces;
@@ -118,6 +153,10 @@ contract StreamVault is EIP712 {
     );
     event Deposited(uint256 indexed streamId, address indexed funder, uint128 amount);
     event Withdrawn(uint256 indexed streamId, address indexed payee, uint128 amount);
+    /// @notice One per `withdrawBatch` that paid anything: `paid[i]` is
+    ///         `streamId << 128 | amount` for each stream paid, in call order (the payees'
+    ///         transfers are the token's `Transfer` events).
+    event BatchWithdrawn(uint256[] paid);
     event Refunded(uint256 indexed streamId, address indexed payer, uint128 amount);
     event Paused(uint256 indexed streamId, address indexed by, uint256 snapshotDebtScaled);
     event Resumed(uint256 indexed streamId, address indexed by);
@@ -128,8 +167,10 @@ contract StreamVault is EIP712 {
     error ZeroRate();
     error ZeroAmount();
     error RateAboveCap(uint96 rate, uint96 maxRate);
-    /// The rate does not fit the 88 bits stored (3.09e8 whole tokens per second).
+    /// The rate does not fit the 80 bits stored (1.2e6 whole tokens per second).
     error RateTooHigh(uint96 rate);
+    /// Every one of the 65,535 token ids is taken (streams in registered tokens still open).
+    error TooManyTokens();
     error DecimalsAboveEighteen(uint8 decimals);
     error UnknownStream(uint256 streamId);
     error StreamIsClosed(uint256 streamId);
@@ -150,38 +191,61 @@ contract StreamVault is EIP712 {
     // ---------------------------------------------------------------- views
 
     /// @notice The stream's stored state.
-    function getStream(uint256 streamId) external view returns (Stream memory) {
-        return _existing(streamId);
+    function getStream(uint256 streamId) external view returns (StreamView memory v) {
+        Stream storage s = _existing(streamId);
+        TokenInfo storage t = _tokens[s.tokenId];
+        v.balance = s.balance;
+        v.snapshotDebtScaled = s.snapshotDebtScaled;
+        v.snapshotTime = s.snapshotTime;
+        v.payee = s.payee;
+        v.ratePerSecond = s.ratePerSecond;
+        v.flags = s.flags;
+        v.token = address(t.token);
+        v.decimals = t.decimals;
+        v.maxRate = s.maxRate;
+        v.payer = s.payer;
+        v.operator = s.operator;
+        v.remaining = s.remaining;
+    }
+
+    /// @notice Token `id`'s address and decimals.
+    function tokenInfo(uint16 id) external view returns (TokenInfo memory) {
+        return _tokens[id];
     }
 
     /// @notice Debt in 18-decimal units at `block.timestamp` (capped by `maxTotal`).
     function totalDebtScaled(uint256 streamId) public view returns (uint256) {
-        return _totalDebtScaled(_existing(streamId), block.timestamp);
+        Stream storage s = _existing(streamId);
+        return _totalDebtScaled(s, block.timestamp, _scale(s));
     }
 
     /// @notice Debt in token units (rounded down) now.
     function totalDebt(uint256 streamId) public view returns (uint256) {
         Stream storage s = _existing(streamId);
-        return _totalDebtScaled(s, block.timestamp) / _scale(s.decimals);
+        uint256 scale = _scale(s);
+        return _totalDebtScaled(s, block.timestamp, scale) / scale;
     }
 
     /// @notice The part of the debt the balance covers: what the payee can withdraw now.
     function coveredDebt(uint256 streamId) public view returns (uint256) {
         Stream storage s = _existing(streamId);
-        return _min(_totalDebtScaled(s, block.timestamp) / _scale(s.decimals), s.balance);
+        uint256 scale = _scale(s);
+        return _min(_totalDebtScaled(s, block.timestamp, scale) / scale, s.balance);
     }
 
     /// @notice The part of the debt the balance does not cover.
     function uncoveredDebt(uint256 streamId) external view returns (uint256) {
         Stream storage s = _existing(streamId);
-        uint256 debt = _totalDebtScaled(s, block.timestamp) / _scale(s.decimals);
+        uint256 scale = _scale(s);
+        uint256 debt = _totalDebtScaled(s, block.timestamp, scale) / scale;
         return debt > s.balance ? debt - s.balance : 0;
     }
 
     /// @notice What the payer could take back now (balance not owed).
     function refundable(uint256 streamId) public view returns (uint256) {
         Stream storage s = _existing(streamId);
-        uint256 debt = _totalDebtScaled(s, block.timestamp) / _scale(s.decimals);
+        uint256 scale = _scale(s);
+        uint256 debt = _totalDebtScaled(s, block.timestamp, scale) / scale;
         return debt >= s.balance ? 0 : s.balance - debt;
     }
 
@@ -189,9 +253,9 @@ contract StreamVault is EIP712 {
     ///         `type(uint40).max` when it never will (paused, closed or capped below the balance).
     function depletionTime(uint256 streamId) external view returns (uint256) {
         Stream storage s = _existing(streamId);
-        uint256 scale = _scale(s.decimals);
+        uint256 scale = _scale(s);
         uint256 now_ = block.timestamp;
-        if (_totalDebtScaled(s, now_) / scale > s.balance) return 0;
+        if (_totalDebtScaled(s, now_, scale) / scale > s.balance) return 0;
         uint8 flags = s.flags;
         if (flags & (PAUSED | CLOSED) != 0) return type(uint40).max;
         if (flags & CAPPED != 0 && s.remaining <= s.balance) return type(uint40).max;
@@ -262,12 +326,13 @@ contract StreamVault is EIP712 {
         address payer = s.payer;
         if (msg.sender != payer) revert NotAllowed(streamId, msg.sender);
         if (amount == 0) revert ZeroAmount();
-        uint256 debt = _totalDebtScaled(s, block.timestamp) / _scale(s.decimals);
+        (IERC20 token, uint256 scale) = _token(s.tokenId);
+        uint256 debt = _totalDebtScaled(s, block.timestamp, scale) / scale;
         uint256 balance = s.balance;
         uint256 available = debt >= balance ? 0 : balance - debt;
         if (amount > available) revert AmountAboveAvailable(streamId, amount, available);
         s.balance = uint96(balance - amount);
-        IERC20(s.token).safeTransfer(payer, amount);
+        token.safeTransfer(payer, amount);
         emit Refunded(streamId, payer, amount);
     }
 
@@ -282,9 +347,9 @@ contract StreamVault is EIP712 {
         if (!isPayer && newRate > oldRate) revert RateIncreaseNeedsPayer(streamId);
         uint96 maxRate = s.maxRate;
         if (maxRate != 0 && newRate > maxRate) revert RateAboveCap(newRate, maxRate);
-        if (newRate > type(uint88).max) revert RateTooHigh(newRate);
+        if (newRate > type(uint80).max) revert RateTooHigh(newRate);
         _snapshot(s);
-        s.ratePerSecond = uint88(newRate);
+        s.ratePerSecond = uint80(newRate);
         emit RateAdjusted(streamId, msg.sender, oldRate, newRate);
     }
 
@@ -313,7 +378,8 @@ contract StreamVault is EIP712 {
     function close(uint256 streamId) external {
         Stream storage s = _open(streamId);
         address payer = _payerOrOperator(streamId, s);
-        uint256 debt = _totalDebtScaled(s, block.timestamp) / _scale(s.decimals);
+        (IERC20 token, uint256 scale) = _token(s.tokenId);
+        uint256 debt = _totalDebtScaled(s, block.timestamp, scale) / scale;
         uint96 balance = s.balance;
         uint96 paid = uint96(_min(debt, balance));
         uint96 refunded = balance - paid;
@@ -322,7 +388,6 @@ contract StreamVault is EIP712 {
         s.snapshotDebtScaled = 0;
         s.snapshotTime = uint32(block.timestamp);
         if (s.flags & CAPPED != 0) s.remaining -= paid;
-        IERC20 token = IERC20(s.token);
         if (paid != 0) {
             address payee = s.payee;
             token.safeTransfer(payee, paid);
@@ -342,42 +407,64 @@ contract StreamVault is EIP712 {
     function withdraw(uint256 streamId, uint128 amount) external {
         Stream storage s = _existing(streamId);
         if (amount == 0) revert ZeroAmount();
-        uint256 debtScaled = _totalDebtScaled(s, block.timestamp);
-        uint256 scale = _scale(s.decimals);
+        (IERC20 token, uint256 scale) = _token(s.tokenId);
+        uint256 debtScaled = _totalDebtScaled(s, block.timestamp, scale);
         uint256 available = _min(debtScaled / scale, s.balance);
         if (amount > available) revert AmountAboveAvailable(streamId, amount, available);
         _pay(s, debtScaled, scale, uint96(amount));
         address payee = s.payee;
-        IERC20(s.token).safeTransfer(payee, amount);
+        token.safeTransfer(payee, amount);
         emit Withdrawn(streamId, payee, amount);
     }
 
     /// @notice Pays every listed stream's covered debt to its payee, one transfer per
-    ///         (token, payee) pair of consecutive streams (list a payee's streams together).
-    ///         Anyone may call. Returns the total paid.
+    ///         (token, payee) run of consecutive streams (list a payee's streams together), and
+    ///         logs one `BatchWithdrawn` for them all. Anyone may call. Returns the total paid.
     function withdrawBatch(uint256[] calldata streamIds) external returns (uint256 total) {
-        address token;
+        uint256[] memory paid = new uint256[](streamIds.length);
+        uint256 count;
         address payee;
+        uint16 tokenId;
+        IERC20 token;
+        uint256 scale;
         uint256 pending;
-        for (uint256 i; i < streamIds.length; ++i) {
+        for (uint256 i; i < streamIds.length;) {
             uint256 streamId = streamIds[i];
-            Stream storage s = _existing(streamId);
-            uint256 debtScaled = _totalDebtScaled(s, block.timestamp);
-            uint256 scale = _scale(s.decimals);
-            uint256 amount = _min(debtScaled / scale, s.balance);
-            if (amount == 0) continue;
-            _pay(s, debtScaled, scale, uint96(amount));
-            address streamPayee = s.payee;
-            address streamToken = s.token;
-            emit Withdrawn(streamId, streamPayee, uint128(amount));
-            if (streamPayee != payee || streamToken != token) {
-                if (pending != 0) IERC20(token).safeTransfer(payee, pending);
-                (token, payee, pending) = (streamToken, streamPayee, 0);
+            Stream storage s = _streams[streamId];
+            // Slot 1 in one read: payee | rate << 160 | tokenId << 240.
+            uint256 slot1;
+            assembly ("memory-safe") {
+                slot1 := sload(add(s.slot, 1))
             }
-            pending += amount;
-            total += amount;
+            address streamPayee = address(uint160(slot1));
+            if (streamPayee == address(0)) revert UnknownStream(streamId);
+            uint16 streamTokenId = uint16(slot1 >> 240);
+            if (streamPayee != payee || streamTokenId != tokenId) {
+                if (pending != 0) token.safeTransfer(payee, pending);
+                if (streamTokenId != tokenId) (token, scale) = _token(streamTokenId);
+                (payee, tokenId, pending) = (streamPayee, streamTokenId, 0);
+            }
+            uint256 amount = _payCovered(s, uint80(slot1 >> 160), scale);
+            unchecked {
+                if (amount != 0) {
+                    // Ids come from `nextStreamId` and amounts fit 96 bits: the halves never
+                    // overlap, and no sum of fewer than 2^160 such amounts overflows.
+                    paid[count] = streamId << 128 | amount;
+                    ++count;
+                    pending += amount;
+                    total += amount;
+                }
+                ++i;
+            }
         }
-        if (pending != 0) IERC20(token).safeTransfer(payee, pending);
+        if (pending != 0) token.safeTransfer(payee, pending);
+        if (count != 0) {
+            // Log only the streams paid.
+            assembly ("memory-safe") {
+                mstore(paid, count)
+            }
+            emit BatchWithdrawn(paid);
+        }
     }
 
     // ---------------------------------------------------------------- internals
@@ -398,8 +485,30 @@ contract StreamVault is EIP712 {
         if (msg.sender != payer && msg.sender != s.operator) revert NotAllowed(streamId, msg.sender);
     }
 
-    function _scale(uint8 decimals) internal pure returns (uint256) {
-        return 10 ** (18 - uint256(decimals));
+    function _scale(Stream storage s) internal view returns (uint256) {
+        return _tokens[s.tokenId].scale;
+    }
+
+    /// @dev The scale `_totalDebtScaled` needs: only a capped stream's (0 otherwise, unread).
+    function _capScale(Stream storage s) internal view returns (uint256) {
+        return s.flags & CAPPED != 0 ? _scale(s) : 0;
+    }
+
+    function _token(uint16 id) internal view returns (IERC20 token, uint256 scale) {
+        TokenInfo storage t = _tokens[id];
+        (token, scale) = (t.token, t.scale);
+    }
+
+    /// @dev `token`'s registry id, registering it on its first stream.
+    function _tokenId(IERC20 token) internal returns (uint16 id) {
+        id = tokenIds[token];
+        if (id != 0) return id;
+        uint8 decimals = IERC20Metadata(address(token)).decimals();
+        if (decimals > 18) revert DecimalsAboveEighteen(decimals);
+        if (tokenCount == type(uint16).max) revert TooManyTokens();
+        id = ++tokenCount;
+        _tokens[id] = TokenInfo(token, uint64(10 ** (18 - uint256(decimals))), decimals);
+        tokenIds[token] = id;
     }
 
     function _min(uint256 a, uint256 b) internal pure returns (uint256) {
@@ -407,7 +516,7 @@ contract StreamVault is EIP712 {
     }
 
     /// @dev Snapshot debt plus what accrued since, capped so that paid + debt ≤ maxTotal.
-    function _totalDebtScaled(Stream storage s, uint256 at) internal view returns (uint256 debt) {
+    function _totalDebtScaled(Stream storage s, uint256 at, uint256 scale) internal view returns (uint256 debt) {
         debt = s.snapshotDebtScaled;
         uint8 flags = s.flags;
         uint256 since = s.snapshotTime;
@@ -415,21 +524,51 @@ contract StreamVault is EIP712 {
             debt += uint256(s.ratePerSecond) * (at - since);
         }
         if (flags & CAPPED != 0) {
-            uint256 room = uint256(s.remaining) * _scale(s.decimals);
+            uint256 room = uint256(s.remaining) * scale;
             if (debt > room) debt = room;
         }
     }
 
     function _snapshot(Stream storage s) internal {
-        // < 2^120: see the widths above.
-        s.snapshotDebtScaled = uint128(_totalDebtScaled(s, block.timestamp));
+        // < 2^112: see the widths above.
+        s.snapshotDebtScaled = uint120(_totalDebtScaled(s, block.timestamp, _capScale(s)));
         s.snapshotTime = uint32(block.timestamp);
+    }
+
+    /// @dev Pays (in the books) all of `s`'s covered debt now at `rate`; returns the amount.
+    ///      The batch's inner loop: slot 0 (balance | snapshotDebtScaled << 96 |
+    ///      snapshotTime << 216 | flags << 248) is read once and written once, where field-by-field
+    ///      Solidity would read it four times and write it three.
+    function _payCovered(Stream storage s, uint256 rate, uint256 scale) internal returns (uint256 amount) {
+        uint256 slot0;
+        assembly ("memory-safe") {
+            slot0 := sload(s.slot)
+        }
+        uint256 balance = uint96(slot0);
+        uint256 debt = uint120(slot0 >> 96);
+        uint256 since = uint32(slot0 >> 216);
+        uint256 flags = slot0 >> 248;
+        if (flags & (PAUSED | CLOSED) == 0 && block.timestamp > since) {
+            debt += rate * (block.timestamp - since);
+        }
+        if (flags & CAPPED != 0) {
+            uint256 room = uint256(s.remaining) * scale;
+            if (debt > room) debt = room;
+        }
+        amount = _min(debt / scale, balance);
+        if (amount == 0) return 0;
+        // The scaled remainder stays (no dust lost); < 2^112, so the 120 bits hold it.
+        slot0 = (balance - amount) | (debt - amount * scale) << 96 | block.timestamp << 216 | flags << 248;
+        assembly ("memory-safe") {
+            sstore(s.slot, slot0)
+        }
+        if (flags & CAPPED != 0) s.remaining -= uint96(amount);
     }
 
     /// @dev Moves `amount` out of the debt (`debtScaled`, as of now) and the balance; the scaled
     ///      remainder stays. One slot written (two for a capped stream).
     function _pay(Stream storage s, uint256 debtScaled, uint256 scale, uint96 amount) internal {
-        s.snapshotDebtScaled = uint128(debtScaled - uint256(amount) * scale);
+        s.snapshotDebtScaled = uint120(debtScaled - uint256(amount) * scale);
         s.snapshotTime = uint32(block.timestamp);
         s.balance -= amount;
         if (s.flags & CAPPED != 0) s.remaining -= amount;
@@ -447,19 +586,18 @@ contract StreamVault is EIP712 {
         if (payee == address(0) || address(token) == address(0)) revert ZeroAddress();
         if (ratePerSecond == 0) revert ZeroRate();
         if (maxRate != 0 && ratePerSecond > maxRate) revert RateAboveCap(ratePerSecond, maxRate);
-        if (ratePerSecond > type(uint88).max) revert RateTooHigh(ratePerSecond);
-        // A cap above what can be stored can never bind.
-        if (maxRate > type(uint88).max) maxRate = 0;
-        uint8 decimals = IERC20Metadata(address(token)).decimals();
-        if (decimals > 18) revert DecimalsAboveEighteen(decimals);
+        if (ratePerSecond > type(uint80).max) revert RateTooHigh(ratePerSecond);
+        // A cap above what any rate can be never binds.
+        if (maxRate > type(uint80).max) maxRate = 0;
+        uint16 tokenId = _tokenId(token);
+        uint8 decimals = _tokens[tokenId].decimals;
         streamId = nextStreamId++;
         Stream storage s = _streams[streamId];
         s.snapshotTime = uint32(block.timestamp);
-        s.payee = payee;
-        s.ratePerSecond = uint88(ratePerSecond);
         s.flags = maxTotal != 0 ? CAPPED : 0;
-        s.token = address(token);
-        s.decimals = decimals;
+        s.payee = payee;
+        s.ratePerSecond = uint80(ratePerSecond);
+        s.tokenId = tokenId;
         s.maxRate = uint88(maxRate);
         s.payer = payer;
         if (operator != address(0) || maxTotal != 0) {
@@ -473,7 +611,8 @@ contract StreamVault is EIP712 {
     function _deposit(uint256 streamId, Stream storage s, address from, uint128 amount) internal {
         if (uint256(s.balance) + amount > type(uint96).max) revert BalanceOverflow(streamId);
         s.balance += uint96(amount);
-        IERC20(s.token).safeTransferFrom(from, address(this), amount);
+        (IERC20 token,) = _token(s.tokenId);
+        token.safeTransferFrom(from, address(this), amount);
         emit Deposited(streamId, from, amount);
     }
 }

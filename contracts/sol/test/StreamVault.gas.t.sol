@@ -3,6 +3,7 @@ pragma solidity ^0.8.28;
 
 import {StreamVaultFixture} from "./StreamVault.t.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {MockUSDC} from "../src/MockUSDC.sol";
 
 /// @notice Gas per operation, measured as Sablier Flow's benchmark measures its functions: the
 ///         call's own gas (`gasleft()` around it), on streams created in `setUp`, so their storage
@@ -31,6 +32,14 @@ contract StreamVaultGasTest is StreamVaultFixture {
         uint256 g = gasleft();
         vault.open(payee, IERC20(address(usdc)), 1e18, operator, 0, 0, 0);
         _report("open", g);
+    }
+
+    function test_gas_openInANewToken() public {
+        MockUSDC other = new MockUSDC(address(this));
+        vm.prank(payer);
+        uint256 g = gasleft();
+        vault.open(payee, IERC20(address(other)), 1e18, operator, 0, 0, 0);
+        _report("open, the first stream in its token (registers it)", g);
     }
 
     function test_gas_openWithDeposit() public {

@@ -118,7 +118,7 @@ contract StreamVaultHandler is TestBase {
         if (seed % 16 != 0) return;
         uint256 id = _stream(seed / 16);
         if (_closed(id)) return;
-        StreamVault.Stream memory s = vault.getStream(id);
+        StreamVault.StreamView memory s = vault.getStream(id);
         uint256 covered = vault.coveredDebt(id);
         vm.prank(OPERATOR);
         vault.close(id);

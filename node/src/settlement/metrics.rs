@@ -12,6 +12,8 @@ pub(crate) const COMMIT_GAS: &str = "settled_settlement_commit_gas";
 pub(crate) const COMMIT_BLOB_GAS: &str = "settled_settlement_commit_blob_gas";
 /// Counter: `withdrawBatch` transactions sent.
 pub(crate) const WITHDRAWALS: &str = "settled_settlement_withdrawal_transactions_total";
+/// Counter: settlement transactions sent again at their nonce with higher fees, by kind.
+pub(crate) const REPRICED: &str = "settled_settlement_repriced_total";
 /// Gauge: seconds from the last settled period's end to the last round.
 pub(crate) const LAG: &str = "settled_settlement_lag_seconds";
 /// Counter: rounds that failed or waited, by cause.
@@ -24,6 +26,10 @@ pub(crate) fn describe_metrics() {
     describe_gauge!(COMMIT_GAS, "Gas used by the last settlement commit transaction");
     describe_gauge!(COMMIT_BLOB_GAS, "Blob gas used by the last settlement commit transaction");
     describe_counter!(WITHDRAWALS, "withdrawBatch transactions sent by settlement");
+    describe_counter!(
+        REPRICED,
+        "Settlement transactions re-priced after --settlement.reprice-after-secs unmined, by kind (commit, withdrawal)"
+    );
     describe_gauge!(LAG, "Seconds between the last settled period's end and the last round");
     describe_counter!(
         FAILURES,

@@ -13,6 +13,7 @@ mod record;
 mod rpc;
 mod scheduler;
 mod tree;
+mod usage;
 mod verify;
 
 pub use blob::{BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, payload_of, sidecar, split_into_blobs};
@@ -22,13 +23,14 @@ pub use record::{
     leaf_of,
 };
 pub use rpc::codes as settlement_codes;
-pub(crate) use rpc::{register_invoice, settlement_module};
+pub(crate) use rpc::{register_billing, settlement_module};
 pub(crate) use scheduler::SettlementChain;
 pub use scheduler::{
     BatchStage, Invoice, InvoiceLine, InvoiceTotal, SchedulerError, SettlementReceipt,
     SettlementRound, SettlementSettings, Settler, StoredBatch,
 };
 pub use tree::{MerkleTree, verify_proof};
+pub use usage::{UsageError, fold_usage};
 pub use verify::{ReceiptError, VerifiedReceipt, verify_receipt};
 
 /// Why a settlement step failed.

@@ -62,9 +62,10 @@ pub(crate) fn settlement_module(settler: Arc<Settler>) -> RpcModule<Arc<Settler>
     module
 }
 
-/// `billing_invoice({payer, from, to})` in the billing namespace: behind its API keys, with the
-/// lines of the key's payees only.
-pub(crate) fn register_invoice(
+/// The billing methods settlement serves, behind the billing API keys:
+/// `billing_invoice({payer, from, to})` with the lines of the key's payees only, and
+/// `stream_recordUsage({streamId, digest, at?})` for the key's streams.
+pub(crate) fn register_billing(
     module: &mut RpcModule<()>,
     billing: Arc<crate::streams::Billing>,
     settler: Arc<Settler>,
@@ -76,8 +77,10 @@ pub(crate) fn register_invoice(
         from: u64,
         to: u64,
     }
+    let (invoice_billing, invoice_settler) = (billing.clone(), settler.clone());
     // The name is a distinct constant: registration cannot collide.
     let _ = module.register_blocking_method("billing_invoice", move |params, _, extensions| {
+        let (billing, settler) = (&invoice_billing, &invoice_settler);
         let key = billing.key(&extensions)?;
         let (request,): (InvoiceRequest,) = params.parse()?;
         if request.to < request.from {
@@ -87,6 +90,45 @@ pub(crate) fn register_invoice(
             .invoice(request.payer, request.from, request.to, |payee| key.may_see(*payee))
             .map_err(internal)?;
         serde_json::to_value(invoice).map_err(internal)
+    });
+
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct UsageRequest {
+        stream_id: String,
+        digest: alloy::primitives::B256,
+        at: Option<u64>,
+    }
+    /// How far past the chain's clock a report may be (a millisecond timestamp is refused).
+    const MAX_AHEAD_SECS: u64 = 86_400;
+    // The name is a distinct constant: registration cannot collide.
+    let _ = module.register_blocking_method("stream_recordUsage", move |params, _, extensions| {
+        let key = billing.key(&extensions)?;
+        let (request,): (UsageRequest,) = params.parse()?;
+        let stream: u64 = request.stream_id.parse().map_err(|_| {
+            error(
+                codes::INVALID_PARAMS,
+                format!("stream id {:?} is not a decimal integer", request.stream_id),
+            )
+        })?;
+        billing.visible(key, stream)?;
+        let now = billing.now()?;
+        let at = request.at.unwrap_or(now);
+        if at > now.saturating_add(MAX_AHEAD_SECS) {
+            return Err(error(
+                codes::INVALID_PARAMS,
+                format!("at {at} is more than a day after the chain's clock ({now}): seconds?"),
+            ));
+        }
+        settler.record_usage(stream, at, request.digest).map_err(|e| match e {
+            super::UsageError::Settled { .. } => error(codes::INVALID_PARAMS, e.to_string()),
+            super::UsageError::Storage(_) => internal(e),
+        })?;
+        Ok::<_, ErrorObjectOwned>(json!({
+            "streamId": stream.to_string(),
+            "at": at,
+            "digest": request.digest,
+        }))
     });
 }
 
@@ -117,9 +159,10 @@ mod tests {
         let provider = alloy::providers::ProviderBuilder::new()
             .connect_http("http://127.0.0.1:1".parse()?)
             .erased();
+        let key = alloy::signers::local::PrivateKeySigner::random();
+        let sender = std::sync::Arc::new(crate::sender::TransactionSender::new(provider, key));
         let chain = super::super::SettlementChain {
-            provider,
-            operator: Address::ZERO,
+            sender,
             vault: Address::ZERO,
             anchor: Address::ZERO,
             chain_id: 1,

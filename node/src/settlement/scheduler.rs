@@ -13,13 +13,20 @@
 //! * A commit's transaction hash is stored once sent; a restart asks the anchor whether the
 //!   batch id is committed, and resends the same batch only if it is not. The anchor accepts
 //!   a batch id once, so no batch is ever committed twice.
+//!
+//! Stuck transactions: a commit or withdrawal still unmined after `reprice_after` is sent again
+//! at its nonce with every fee doubled (the blob fee within `max_blob_fee_wei`); the hashes it
+//! replaced are kept, since any of them may be the one mined. A withdrawal the node dropped is
+//! forgotten (its streams are paid next period); a dropped commit is sent again.
 
 use std::{sync::Arc, time::Duration};
 
 use alloy::{
+    consensus::Transaction as _,
     eips::eip4844::{BlobTransactionSidecar, Bytes48},
     primitives::{Address, B256, Bytes, U256, aliases::U48},
     providers::{DynProvider, Provider},
+    rpc::types::TransactionRequest,
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::{SettlementAnchor, StreamVault};
@@ -29,8 +36,16 @@ use tracing::{info, warn};
 use super::{
     BatchContext, MerkleTree, SettlementError, SettlementRecord, encode_payload, sidecar,
     split_into_blobs,
+    usage::{UsageError, UsageLog},
 };
-use crate::streams::{StreamIndex, StreamSelector, StreamState};
+use crate::{
+    sender::{SentTransaction, TransactionSender},
+    streams::{StreamIndex, StreamSelector, StreamState},
+};
+
+/// Re-pricings of one transaction within a round before the round gives up (and the next
+/// round carries on).
+const MAX_REPRICES: usize = 8;
 
 /// How the scheduler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +58,8 @@ pub struct SettlementSettings {
     pub withdraw_batch: usize,
     /// The highest blob base fee (wei) a commit may pay; above it the batch waits.
     pub max_blob_fee_wei: u128,
+    /// How long a settlement transaction may stay unmined before it is re-priced.
+    pub reprice_after: Duration,
 }
 
 impl Default for SettlementSettings {
@@ -52,6 +69,7 @@ impl Default for SettlementSettings {
             interval: Duration::from_secs(600),
             withdraw_batch: 100,
             max_blob_fee_wei: 50_000_000_000,
+            reprice_after: Duration::from_secs(60),
         }
     }
 }
@@ -64,8 +82,11 @@ pub enum BatchStage {
     Built,
     /// Its commit was sent in this transaction.
     Sent {
-        /// The transaction.
-        transaction: B256,
+        /// The transaction (the latest, if re-priced).
+        transaction: SentTransaction,
+        /// The transactions it replaced, oldest first (one of them may be the one mined).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replaced: Vec<B256>,
     },
     /// Committed on chain.
     Committed {
@@ -74,6 +95,17 @@ pub enum BatchStage {
         /// Its block.
         block: u64,
     },
+}
+
+impl BatchStage {
+    /// The commit transaction: none until sent, the latest sent, or the one mined.
+    pub fn transaction(&self) -> Option<B256> {
+        match self {
+            Self::Built => None,
+            Self::Sent { transaction, .. } => Some(transaction.hash),
+            Self::Committed { transaction, .. } => Some(*transaction),
+        }
+    }
 }
 
 /// A batch as the node keeps it: enough to answer any receipt and to rebuild its blob.
@@ -141,6 +173,9 @@ pub enum SchedulerError {
     /// The stream index.
     #[error(transparent)]
     Index(#[from] crate::streams::IndexError),
+    /// The usage log.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
 }
 
 fn storage(e: impl std::fmt::Display) -> SchedulerError {
@@ -168,10 +203,8 @@ const OPEN: &[u8] = b"open";
 
 /// Where a scheduler settles: the chain, as whom, and the contracts.
 pub(crate) struct SettlementChain {
-    /// Signs for `operator`.
-    pub(crate) provider: DynProvider,
-    /// The streams' operator; batches are committed under its address.
-    pub(crate) operator: Address,
+    /// Sends as the streams' operator; batches are committed under its address.
+    pub(crate) sender: Arc<TransactionSender>,
     /// The `StreamVault`.
     pub(crate) vault: Address,
     /// The `SettlementAnchor`.
@@ -182,6 +215,7 @@ pub(crate) struct SettlementChain {
 
 /// The scheduler.
 pub struct Settler {
+    sender: Arc<TransactionSender>,
     provider: DynProvider,
     operator: Address,
     index: Arc<StreamIndex>,
@@ -190,6 +224,7 @@ pub struct Settler {
     chain_id: u64,
     batches: sled::Tree,
     meta: sled::Tree,
+    usage: UsageLog,
     settings: SettlementSettings,
     /// The blob fee bound in force (wei; the settings' at start, changeable at run time).
     max_blob_fee_wei: std::sync::Mutex<u128>,
@@ -211,16 +246,23 @@ impl Settler {
         db: &sled::Db,
         settings: SettlementSettings,
     ) -> Result<Self, SchedulerError> {
-        let SettlementChain { provider, operator, vault, anchor, chain_id } = chain;
+        let SettlementChain { sender, vault, anchor, chain_id } = chain;
+        let meta = db.open_tree("settlement.meta").map_err(storage)?;
+        let settled_through = match meta.get(CURSOR).map_err(storage)? {
+            Some(v) => serde_json::from_slice::<PeriodCursor>(&v).map_err(storage)?.period_end,
+            None => 0,
+        };
         Ok(Self {
-            provider,
-            operator,
+            provider: sender.provider().clone(),
+            operator: sender.address(),
+            sender,
             index,
             vault,
             anchor,
             chain_id,
             batches: db.open_tree("settlement.batches").map_err(storage)?,
-            meta: db.open_tree("settlement.meta").map_err(storage)?,
+            meta,
+            usage: UsageLog::open(db, settled_through).map_err(storage)?,
             max_blob_fee_wei: std::sync::Mutex::new(settings.max_blob_fee_wei),
             settings,
             round: tokio::sync::Mutex::new(()),
@@ -246,6 +288,12 @@ impl Settler {
     /// The `SettlementAnchor`.
     pub fn anchor(&self) -> Address {
         self.anchor
+    }
+
+    /// Records a billing backend's usage `digest` for `stream` at second `at` (see
+    /// [`fold_usage`](super::fold_usage)); refused for a second already settled.
+    pub fn record_usage(&self, stream: u64, at: u64, digest: B256) -> Result<(), UsageError> {
+        self.usage.record(stream, at, digest)
     }
 
     /// Batch `id`, if the node has it.
@@ -316,6 +364,7 @@ impl Settler {
                     SchedulerError::Storage(_) => "storage",
                     SchedulerError::Chain(_) => "chain",
                     SchedulerError::Index(_) => "index",
+                    SchedulerError::Usage(_) => "storage",
                 };
                 ::metrics::counter!(super::metrics::FAILURES, "cause" => cause).increment(1);
             }
@@ -379,17 +428,83 @@ impl Settler {
             let vault = StreamVault::new(self.vault, &self.provider);
             for chunk in owed.chunks(self.settings.withdraw_batch.max(1)) {
                 let ids: Vec<U256> = chunk.iter().map(|(_, _, id)| U256::from(*id)).collect();
-                let pending =
-                    vault.withdrawBatch(ids).from(self.operator).send().await.map_err(chain)?;
-                open.withdrawals.push(*pending.tx_hash());
+                let tx = vault.withdrawBatch(ids).into_transaction_request();
+                let sent = self.sender.send(tx).await.map_err(chain)?;
+                open.withdrawals.push(sent.hash);
                 self.put_open_period(&open)?;
                 ::metrics::counter!(super::metrics::WITHDRAWALS).increment(1);
             }
         }
-        for tx in &open.withdrawals {
-            self.wait_for_receipt(*tx).await?;
+        let mut mined = Vec::with_capacity(open.withdrawals.len());
+        for tx in open.withdrawals.clone() {
+            if let Some(hash) = self.confirm_withdrawal(tx).await? {
+                mined.push(hash);
+            }
+        }
+        if mined != open.withdrawals {
+            open.withdrawals = mined;
+            self.put_open_period(&open)?;
         }
         Ok(open)
+    }
+
+    /// Waits for withdrawal `hash`, re-pricing it while it is pending: the hash mined, or
+    /// `None` if the node dropped it (its streams are paid next period).
+    async fn confirm_withdrawal(&self, mut hash: B256) -> Result<Option<B256>, SchedulerError> {
+        let mut sent = vec![hash];
+        for _ in 0..=MAX_REPRICES {
+            if let Some((mined, _, _)) = self.wait_mined(&sent, self.settings.reprice_after).await?
+            {
+                // Reverted or not, it is final: the records count what the chain paid.
+                return Ok(Some(mined));
+            }
+            let Some(pending) = self.provider.get_transaction_by_hash(hash).await.map_err(chain)?
+            else {
+                warn!(%hash, "withdrawal dropped by the node; its streams are paid next period");
+                return Ok(None);
+            };
+            if pending.block_number.is_some() {
+                continue; // mined since
+            }
+            let previous = SentTransaction {
+                hash,
+                nonce: pending.nonce(),
+                max_fee_per_gas: pending.max_fee_per_gas(),
+                max_priority_fee_per_gas: pending.max_priority_fee_per_gas().unwrap_or_default(),
+                max_fee_per_blob_gas: None,
+            };
+            let request =
+                TransactionRequest::default().to(self.vault).input(pending.input().clone().into());
+            let resent = self.sender.resend(&previous, request).await.map_err(chain)?;
+            warn!(old = %hash, new = %resent.hash, nonce = resent.nonce, "withdrawal re-priced");
+            ::metrics::counter!(super::metrics::REPRICED, "kind" => "withdrawal").increment(1);
+            hash = resent.hash;
+            sent.push(hash);
+        }
+        Err(chain(format!("withdrawal {hash} not mined after {MAX_REPRICES} re-pricings")))
+    }
+
+    /// The first of `hashes` mined within `within`: its hash, block and status.
+    async fn wait_mined(
+        &self,
+        hashes: &[B256],
+        within: Duration,
+    ) -> Result<Option<(B256, u64, bool)>, SchedulerError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            for hash in hashes {
+                if let Some(receipt) =
+                    self.provider.get_transaction_receipt(*hash).await.map_err(chain)?
+                {
+                    let block = receipt.block_number.unwrap_or_default();
+                    return Ok(Some((*hash, block, receipt.status())));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The block that ends the period: the last withdrawal's, or the head.
@@ -403,16 +518,6 @@ impl Settler {
             }
         }
         Ok(end)
-    }
-
-    async fn wait_for_receipt(&self, tx: B256) -> Result<(u64, bool), SchedulerError> {
-        for _ in 0..1_200 {
-            if let Some(receipt) = self.provider.get_transaction_receipt(tx).await.map_err(chain)? {
-                return Ok((receipt.block_number.unwrap_or_default(), receipt.status()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(chain(format!("transaction {tx} not mined within 2 minutes")))
     }
 
     async fn wait_for_index(&self, block: u64) -> Result<(), SchedulerError> {
@@ -431,8 +536,10 @@ impl Settler {
         let start = cursor.period_end;
         let index = self.index.clone();
         let operator = self.operator;
+        // From here on reports for the period are refused: what is read now is final.
+        let usage = self.usage.close_period(start, period_end)?;
         let records = tokio::task::spawn_blocking(move || {
-            period_records(&index, operator, start, period_end)
+            period_records(&index, operator, start, period_end, &usage)
         })
         .await
         .map_err(storage)??;
@@ -499,54 +606,21 @@ impl Settler {
         Ok(())
     }
 
-    /// Commits `batch` once; false if the blob fee is above the bound (it waits).
-    async fn commit(&self, mut batch: StoredBatch) -> Result<bool, SchedulerError> {
+    /// Whether the anchor holds `batch` (under this operator, with its root).
+    async fn anchored(&self, batch: &StoredBatch) -> Result<bool, SchedulerError> {
         let anchor = SettlementAnchor::new(self.anchor, &self.provider);
-        let id = batch.context.batch_id;
-        let committed = |root: B256| root == batch.root;
-        if let BatchStage::Sent { transaction } = batch.stage {
-            // Sent before a restart, or still pending: the anchor knows whether it landed.
-            match self.wait_for_receipt(transaction).await {
-                Ok((block, true)) => {
-                    batch.stage = BatchStage::Committed { transaction, block };
-                    self.put_batch(&batch)?;
-                    return Ok(true);
-                }
-                Ok((_, false)) | Err(_) => {
-                    let on_chain = anchor
-                        .getBatch(self.operator, U256::from(id))
-                        .call()
-                        .await
-                        .map_err(chain)?;
-                    if committed(on_chain.root) {
-                        batch.stage = BatchStage::Committed { transaction, block: 0 };
-                        self.put_batch(&batch)?;
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        let on_chain =
-            anchor.getBatch(self.operator, U256::from(id)).call().await.map_err(chain)?;
-        if committed(on_chain.root) {
-            let transaction = match batch.stage {
-                BatchStage::Sent { transaction } => transaction,
-                _ => B256::ZERO,
-            };
-            batch.stage = BatchStage::Committed { transaction, block: 0 };
-            self.put_batch(&batch)?;
-            return Ok(true);
-        }
-        let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
-        let bound = self.max_blob_fee();
-        if blob_fee > bound {
-            warn!(batch = id, blob_fee, bound, "blob fee above the bound: the batch waits");
-            return Ok(false);
-        }
+        let id = U256::from(batch.context.batch_id);
+        let on_chain = anchor.getBatch(self.operator, id).call().await.map_err(chain)?;
+        Ok(on_chain.root == batch.root)
+    }
+
+    /// The commit transaction of `batch`, without fees, nonce or gas.
+    fn commit_request(&self, batch: &StoredBatch) -> Result<TransactionRequest, SchedulerError> {
+        let anchor = SettlementAnchor::new(self.anchor, &self.provider);
         let count = u32::try_from(batch.records.len()).map_err(storage)?;
-        let call = anchor
+        Ok(anchor
             .commit(
-                U256::from(id),
+                U256::from(batch.context.batch_id),
                 batch.root,
                 count,
                 batch.total,
@@ -554,19 +628,105 @@ impl Settler {
                 U48::from(batch.context.period_end),
             )
             .sidecar(batch.sidecar()?)
+            .into_transaction_request())
+    }
+
+    /// Commits `batch` once, re-pricing it while stuck; false if the blob fee is above the
+    /// bound (it waits).
+    async fn commit(&self, mut batch: StoredBatch) -> Result<bool, SchedulerError> {
+        let id = batch.context.batch_id;
+        if batch.stage == BatchStage::Built {
+            // A crash between sending and storing the hash leaves a committed batch `Built`.
+            if self.anchored(&batch).await? {
+                batch.stage = BatchStage::Committed { transaction: B256::ZERO, block: 0 };
+                self.put_batch(&batch)?;
+                return Ok(true);
+            }
+            let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
+            let bound = self.max_blob_fee();
+            if blob_fee > bound {
+                warn!(batch = id, blob_fee, bound, "blob fee above the bound: the batch waits");
+                return Ok(false);
+            }
             // Twice the current blob fee (at least 1 wei), within the bound: room for a rise.
-            .max_fee_per_blob_gas((blob_fee.max(1) * 2).min(bound.max(1)))
-            .from(self.operator);
-        let pending = call.send().await.map_err(chain)?;
-        let transaction = *pending.tx_hash();
-        batch.stage = BatchStage::Sent { transaction };
-        self.put_batch(&batch)?;
-        let (block, ok) = self.wait_for_receipt(transaction).await?;
-        if !ok {
-            return Err(chain(format!("commit of batch {id} reverted in {transaction}")));
+            let cap = (blob_fee.max(1) * 2).min(bound.max(1));
+            let request = self.commit_request(&batch)?.max_fee_per_blob_gas(cap);
+            let transaction = self.sender.send(request).await.map_err(chain)?;
+            batch.stage = BatchStage::Sent { transaction, replaced: Vec::new() };
+            self.put_batch(&batch)?;
         }
-        batch.stage = BatchStage::Committed { transaction, block };
-        self.put_batch(&batch)?;
+        for _ in 0..=MAX_REPRICES {
+            let BatchStage::Sent { transaction, mut replaced } = batch.stage.clone() else {
+                return Ok(true);
+            };
+            let mut hashes = replaced.clone();
+            hashes.push(transaction.hash);
+            if let Some((hash, block, ok)) =
+                self.wait_mined(&hashes, self.settings.reprice_after).await?
+            {
+                if !ok {
+                    // Sent again from scratch next round (the anchor refuses a second commit).
+                    batch.stage = BatchStage::Built;
+                    self.put_batch(&batch)?;
+                    return Err(chain(format!("commit of batch {id} reverted in {hash}")));
+                }
+                batch.stage = BatchStage::Committed { transaction: hash, block };
+                self.put_batch(&batch)?;
+                self.committed_metrics(&batch, hash).await;
+                return Ok(true);
+            }
+            if self.anchored(&batch).await? {
+                // Mined under a hash we do not know (a resend cut short by a crash).
+                batch.stage = BatchStage::Committed { transaction: transaction.hash, block: 0 };
+                self.put_batch(&batch)?;
+                return Ok(true);
+            }
+            let mined_nonce =
+                self.provider.get_transaction_count(self.operator).await.map_err(chain)?;
+            let request = self.commit_request(&batch)?;
+            let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
+            let bound = self.max_blob_fee().max(1);
+            let previous_cap = transaction.max_fee_per_blob_gas.unwrap_or_default();
+            let resent = if mined_nonce > transaction.nonce {
+                // The nonce went to another transaction and the batch is not committed: send
+                // it afresh.
+                if blob_fee > bound {
+                    return Ok(false);
+                }
+                let cap = (blob_fee.max(1) * 2).min(bound);
+                self.sender.send(request.max_fee_per_blob_gas(cap)).await.map_err(chain)?
+            } else {
+                let cap = (previous_cap * 2).max(blob_fee.max(1) * 2).min(bound);
+                if cap <= previous_cap || blob_fee > bound {
+                    warn!(
+                        batch = id,
+                        blob_fee, bound, "stuck commit cannot be outbid within the bound: waiting"
+                    );
+                    return Ok(false);
+                }
+                self.sender
+                    .resend(&transaction, request.max_fee_per_blob_gas(cap))
+                    .await
+                    .map_err(chain)?
+            };
+            warn!(
+                batch = id,
+                old = %transaction.hash,
+                new = %resent.hash,
+                nonce = resent.nonce,
+                max_fee_per_gas = resent.max_fee_per_gas,
+                max_fee_per_blob_gas = ?resent.max_fee_per_blob_gas,
+                "settlement commit re-priced"
+            );
+            ::metrics::counter!(super::metrics::REPRICED, "kind" => "commit").increment(1);
+            replaced.push(transaction.hash);
+            batch.stage = BatchStage::Sent { transaction: resent, replaced };
+            self.put_batch(&batch)?;
+        }
+        Err(chain(format!("commit of batch {id} not mined after {MAX_REPRICES} re-pricings")))
+    }
+
+    async fn committed_metrics(&self, batch: &StoredBatch, transaction: B256) {
         if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(transaction).await {
             ::metrics::gauge!(super::metrics::COMMIT_GAS).set(receipt.gas_used as f64);
             ::metrics::gauge!(super::metrics::COMMIT_BLOB_GAS)
@@ -574,8 +734,8 @@ impl Settler {
         }
         ::metrics::counter!(super::metrics::BATCHES).increment(1);
         ::metrics::gauge!(super::metrics::RECORDS_PER_BLOB).set(batch.records.len() as f64);
-        info!(batch = id, records = batch.records.len(), %transaction, "settlement batch committed");
-        Ok(true)
+        let (batch_id, records) = (batch.context.batch_id, batch.records.len());
+        info!(batch = batch_id, records, %transaction, "settlement batch committed");
     }
 }
 
@@ -621,11 +781,8 @@ impl Settler {
         let tree = MerkleTree::new(batch.records.iter().map(|r| r.leaf(&batch.context)).collect());
         let record = batch.records[position].clone();
         let encoded = record.encode(&batch.context);
-        let (transaction_hash, committed) = match batch.stage {
-            BatchStage::Built => (None, false),
-            BatchStage::Sent { transaction } => (Some(transaction), false),
-            BatchStage::Committed { transaction, .. } => (Some(transaction), true),
-        };
+        let transaction_hash = batch.stage.transaction();
+        let committed = matches!(batch.stage, BatchStage::Committed { .. });
         Ok(Some(SettlementReceipt {
             leaf: super::leaf_of(&encoded),
             encoded: Bytes::copy_from_slice(&encoded),
@@ -648,12 +805,13 @@ fn running(state: Option<&StreamState>) -> bool {
 }
 
 /// The records of `operator`'s streams for the period `(start, end]`: what each paid its payee
-/// (from the index's history of `withdrawn`) and the seconds it ran.
+/// (from the index's history of `withdrawn`), the seconds it ran and its usage fold.
 pub(crate) fn period_records(
     index: &StreamIndex,
     operator: Address,
     start: u64,
     end: u64,
+    usage: &std::collections::BTreeMap<u64, B256>,
 ) -> Result<Vec<SettlementRecord>, SchedulerError> {
     let mut records = Vec::new();
     for (id, latest) in
@@ -683,7 +841,8 @@ pub(crate) fn period_records(
         let amount = after.withdrawn.checked_sub(paid_before).ok_or_else(|| {
             storage(format!("stream {id}: the index shows less paid at {end} than at {start}"))
         })?;
-        if amount == 0 && seconds == 0 {
+        let usage_digest = usage.get(&id).copied().unwrap_or_default();
+        if amount == 0 && seconds == 0 && usage_digest.is_zero() {
             continue;
         }
         records.push(SettlementRecord {
@@ -694,7 +853,7 @@ pub(crate) fn period_records(
             seconds_billed: seconds,
             amount,
             cumulative_amount: after.withdrawn,
-            usage_digest: B256::ZERO,
+            usage_digest,
         });
     }
     Ok(records)
@@ -814,12 +973,7 @@ impl Settler {
             if context.period_end <= from || context.period_end > to {
                 continue;
             }
-            let transaction = match batch.stage {
-                BatchStage::Built => None,
-                BatchStage::Sent { transaction } | BatchStage::Committed { transaction, .. } => {
-                    Some(transaction)
-                }
-            };
+            let transaction = batch.stage.transaction();
             let mut any = false;
             for record in batch.records.iter().filter(|r| r.payer == payer && visible(&r.payee)) {
                 any = true;
@@ -877,5 +1031,39 @@ impl Settler {
             ));
         }
         Ok(Invoice { payer, from, to, lines, totals, batch_ids, transactions, csv })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every stage survives the trip through sled's JSON, fees of any size included (serde_json
+    /// cannot buffer a bare `u128` inside a tagged enum).
+    #[test]
+    fn every_batch_stage_round_trips() {
+        let sent = SentTransaction {
+            hash: B256::repeat_byte(1),
+            nonce: 7,
+            max_fee_per_gas: u128::MAX,
+            max_priority_fee_per_gas: 1,
+            max_fee_per_blob_gas: Some(u128::MAX - 1),
+        };
+        for stage in [
+            BatchStage::Built,
+            BatchStage::Sent { transaction: sent, replaced: vec![] },
+            BatchStage::Sent {
+                transaction: SentTransaction { max_fee_per_blob_gas: None, ..sent },
+                replaced: vec![B256::repeat_byte(2), B256::repeat_byte(3)],
+            },
+            BatchStage::Committed { transaction: B256::repeat_byte(4), block: 9 },
+        ] {
+            let json = serde_json::to_vec(&stage).expect("serializes");
+            let back: BatchStage = serde_json::from_slice(&json).expect("deserializes");
+            assert_eq!(back, stage);
+        }
+        assert_eq!(BatchStage::Built.transaction(), None);
+        let replaced = BatchStage::Sent { transaction: sent, replaced: vec![B256::ZERO] };
+        assert_eq!(replaced.transaction(), Some(sent.hash), "the latest sent");
     }
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 /// `type(uint40).max`: the vault's "never" for a depletion time.
 pub const NEVER_DEPLETES: u64 = (1 << 40) - 1;
 
-/// The vault stores rates in 88 bits.
-pub(crate) const MAX_RATE_PER_SECOND: u128 = (1 << 88) - 1;
+/// The vault stores rates in 80 bits.
+pub(crate) const MAX_RATE_PER_SECOND: u128 = (1 << 80) - 1;
 
 /// The vault stores balances in 96 bits.
 pub(crate) const MAX_BALANCE: u128 = (1 << 96) - 1;
@@ -55,7 +55,7 @@ pub enum StreamError {
     /// The balance would overflow the 96 bits the vault stores.
     #[error("balance overflow")]
     BalanceOverflow,
-    /// The rate does not fit the 88 bits the vault stores.
+    /// The rate does not fit the 80 bits the vault stores.
     #[error("rate {0} above the vault's limit")]
     RateTooHigh(u128),
 }

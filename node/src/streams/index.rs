@@ -326,8 +326,8 @@ impl StreamIndex {
         let at = block.timestamp;
         let mut touched: Vec<(StreamId, Option<StreamState>, Option<StreamState>)> = Vec::new();
         let mut applied = 0;
-        for log in block.logs.iter().filter(|l| l.address() == self.vault) {
-            let Some(id) = stream_id(log) else { continue };
+        let changes = block.logs.iter().filter(|l| l.address() == self.vault).flat_map(changes);
+        for (id, change) in changes {
             let slot = match touched.iter().position(|(t, _, _)| *t == id) {
                 Some(slot) => slot,
                 None => {
@@ -337,11 +337,8 @@ impl StreamIndex {
                 }
             };
             let current = touched[slot].2.take();
-            let next = apply_event(current, log, at).map_err(|source| IndexError::Diverged {
-                id,
-                block: block.block.number,
-                source,
-            })?;
+            let next = apply_change(current, change, at)
+                .map_err(|source| IndexError::Diverged { id, block: block.block.number, source })?;
             touched[slot].2 = next;
             applied += 1;
         }
@@ -512,18 +509,47 @@ impl StreamIndex {
     }
 }
 
-/// The stream id (first indexed topic) of a vault event.
-fn stream_id(log: &Log) -> Option<StreamId> {
-    let topic = log.topics().get(1)?;
-    u64::try_from(U256::from_be_bytes(topic.0)).ok()
+/// What one vault event does to one stream.
+enum Change<'a> {
+    /// An event about one stream (its id is the first indexed topic).
+    Event(&'a Log),
+    /// One stream's part of a `BatchWithdrawn`.
+    Withdrawn(u128),
 }
 
-/// `state` after the vault event `log` at second `at`.
-fn apply_event(
+/// The streams a vault event changes, and how: one for most events, every stream paid for a
+/// `BatchWithdrawn` (`paid[i] = streamId << 128 | amount`).
+fn changes(log: &Log) -> Vec<(StreamId, Change<'_>)> {
+    if log.topic0() == Some(&vault::BatchWithdrawn::SIGNATURE_HASH) {
+        let Ok(e) = vault::BatchWithdrawn::decode_log_data(log.data()) else { return Vec::new() };
+        return e
+            .paid
+            .iter()
+            .filter_map(|entry| {
+                let id = u64::try_from(*entry >> 128).ok()?;
+                let amount = u128::try_from(*entry & U256::from(u128::MAX)).ok()?;
+                Some((id, Change::Withdrawn(amount)))
+            })
+            .collect();
+    }
+    let id = log.topics().get(1).and_then(|topic| u64::try_from(U256::from_be_bytes(topic.0)).ok());
+    id.map(|id| (id, Change::Event(log))).into_iter().collect()
+}
+
+/// `state` after `change` at second `at`.
+fn apply_change(
     state: Option<StreamState>,
-    log: &Log,
+    change: Change<'_>,
     at: u64,
 ) -> Result<Option<StreamState>, StreamError> {
+    let log = match change {
+        Change::Event(log) => log,
+        Change::Withdrawn(amount) => {
+            let Some(mut s) = state else { return Ok(None) };
+            s.withdraw(amount, at)?;
+            return Ok(Some(s));
+        }
+    };
     let data = log.data();
     let Some(topic) = log.topic0() else { return Ok(state) };
     if *topic == vault::StreamOpened::SIGNATURE_HASH {
@@ -640,6 +666,27 @@ mod tests {
         assert_eq!(now.balance, 140);
         assert_eq!(now.covered_debt(1_200), 140);
         assert_eq!(Some(now), index.get(1)?);
+        Ok(())
+    }
+
+    /// One `BatchWithdrawn` pays each listed stream its own amount, at the block's second, and
+    /// leaves the streams it does not list alone.
+    #[test]
+    fn a_batch_withdrawal_pays_each_stream_it_lists() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, index) = index()?;
+        let payee = Address::repeat_byte(2);
+        let opens = (1..=3).flat_map(|id| [opened(id, payee), deposited(id, 100)]).collect();
+        index.apply_block(&block(1, 1_000, opens))?;
+        let entry = |id: u64, amount: u64| U256::from(id) << 128 | U256::from(amount);
+        let paid = vault::BatchWithdrawn { paid: vec![entry(1, 30), entry(3, 25)] };
+        let touched = index.apply_block(&block(2, 1_030, vec![log(paid.encode_log_data())]))?;
+        assert_eq!(touched, vec![1, 3]);
+        let one = index.get(1)?.ok_or("no stream 1")?;
+        assert_eq!((one.withdrawn, one.balance, one.covered_debt(1_030)), (30, 70, 0));
+        let three = index.get(3)?.ok_or("no stream 3")?;
+        assert_eq!((three.withdrawn, three.balance, three.covered_debt(1_030)), (25, 75, 5));
+        let two = index.get(2)?.ok_or("no stream 2")?;
+        assert_eq!((two.withdrawn, two.covered_debt(1_030)), (0, 30), "not listed: untouched");
         Ok(())
     }
 

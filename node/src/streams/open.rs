@@ -367,7 +367,8 @@ impl Opener {
         use alloy::providers::Provider as _;
         let mined = self
             .operator
-            .provider
+            .sender
+            .provider()
             .get_transaction_receipt(receipt.transaction_hash)
             .await
             .map_err(|e| error(codes::INTERNAL, e.to_string()))?

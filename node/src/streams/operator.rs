@@ -11,11 +11,9 @@
 use std::sync::Arc;
 
 use alloy::{
-    network::EthereumWallet,
     primitives::{Address, B256, U256, aliases::U96, keccak256},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::Provider,
     rpc::types::TransactionRequest,
-    signers::local::PrivateKeySigner,
 };
 use jsonrpsee::{
     Extensions, RpcModule,
@@ -23,6 +21,8 @@ use jsonrpsee::{
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::StreamVault;
+
+use crate::sender::TransactionSender;
 
 use super::{
     index::StreamId,
@@ -62,7 +62,8 @@ impl Record {
 
 /// The operator: its signer, the vault, the idempotency records.
 pub(crate) struct Operator {
-    pub(crate) provider: DynProvider,
+    /// Sends as the operator (shared with the settlement scheduler: one nonce sequence).
+    pub(crate) sender: Arc<TransactionSender>,
     pub(crate) address: Address,
     vault: Address,
     records: sled::Tree,
@@ -74,17 +75,12 @@ fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
 
 impl Operator {
     pub(crate) fn new(
-        provider: DynProvider,
-        signer: PrivateKeySigner,
+        sender: Arc<TransactionSender>,
         vault: Address,
         db: &sled::Db,
     ) -> Result<Self, sled::Error> {
-        let address = signer.address();
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer))
-            .connect_provider(provider)
-            .erased();
-        Ok(Self { provider, address, vault, records: db.open_tree("streams.idempotency")? })
+        let address = sender.address();
+        Ok(Self { sender, address, vault, records: db.open_tree("streams.idempotency")? })
     }
 
     /// The record id of (API key, idempotency key).
@@ -142,22 +138,21 @@ impl Operator {
         // A call the vault would refuse is answered now, with its reason, instead of being mined
         // as a reverted transaction.
         let tx = tx.from(self.address);
-        if let Err(e) = self.provider.call(tx.clone()).await {
+        if let Err(e) = self.sender.provider().call(tx.clone()).await {
             let _ = self.records.remove(id);
             return Err(error(
                 codes::INVALID_PARAMS,
                 format!("the vault refuses: {}", revert_reason(&e)),
             ));
         }
-        let pending = match self.provider.send_transaction(tx).await {
-            Ok(pending) => pending,
+        let transaction = match self.sender.send(tx).await {
+            Ok(sent) => sent.hash,
             Err(e) => {
                 // Nothing was sent: the key is free for a retry.
                 let _ = self.records.remove(id);
                 return Err(error(codes::INTERNAL, format!("sending the transaction: {e}")));
             }
         };
-        let transaction = *pending.tx_hash();
         let sent = serde_json::to_vec(&Record::Sent { params, transaction }).map_err(internal)?;
         self.records.insert(id, sent).map_err(internal)?;
         self.mined(id, params, transaction).await
@@ -171,7 +166,12 @@ impl Operator {
     ) -> Result<OperatorReceipt, ErrorObjectOwned> {
         let mut receipt = None;
         for _ in 0..600 {
-            receipt = self.provider.get_transaction_receipt(transaction).await.map_err(internal)?;
+            receipt = self
+                .sender
+                .provider()
+                .get_transaction_receipt(transaction)
+                .await
+                .map_err(internal)?;
             if receipt.is_some() {
                 break;
             }
@@ -271,7 +271,7 @@ async fn mutate(
         return Err(error(codes::INVALID_PARAMS, format!("stream {id} is closed")));
     }
     let now = billing.now()?;
-    let vault = StreamVault::new(operator.vault, &operator.provider);
+    let vault = StreamVault::new(operator.vault, operator.sender.provider());
     let sid = U256::from(id);
     let tx = match name {
         "stream_pause" if state.paused => {

@@ -364,7 +364,7 @@ pub(crate) fn billing_module(
     });
     register_subscription(&mut module, billing.clone());
     if let Some(settler) = settler {
-        crate::settlement::register_invoice(&mut module, billing.clone(), settler);
+        crate::settlement::register_billing(&mut module, billing.clone(), settler);
     }
     if let Some(opener) = opener {
         super::open::register_open(&mut module, billing.clone(), opener);
@@ -482,15 +482,21 @@ mod tests {
             .connect_http("http://127.0.0.1:1".parse()?)
             .erased();
         let key = alloy::signers::local::PrivateKeySigner::random();
-        let operator =
-            Arc::new(super::super::operator::Operator::new(provider, key, Address::ZERO, &db)?);
+        let sender = Arc::new(crate::sender::TransactionSender::new(provider, key));
+        let operator = Arc::new(super::super::operator::Operator::new(sender, Address::ZERO, &db)?);
         let module = billing_module(index, Vec::new(), Some(operator), None, None);
         let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();
         // stream_open, stream_openTerms and stream_topUp also need a bundler and a paymaster,
         // billing_invoice the settlement scheduler; the e2e suites call them.
         served.extend(
-            ["stream_open", "stream_openTerms", "stream_topUp", "billing_invoice"]
-                .map(String::from),
+            [
+                "stream_open",
+                "stream_openTerms",
+                "stream_topUp",
+                "billing_invoice",
+                "stream_recordUsage",
+            ]
+            .map(String::from),
         );
         served.retain(|m| m != "stream_unsubscribe");
         served.sort();

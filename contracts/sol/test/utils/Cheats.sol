@@ -4,6 +4,16 @@ pragma solidity ^0.8.28;
 /// @notice The few forge cheatcodes settled's tests use, declared against forge's documented
 ///         cheatcode address. (forge-std is not available from a package registry here.)
 interface Vm {
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
+
+    /// The next event `emitter` logs must equal the one the test emits next (all topics, data).
+    function expectEmit(address emitter) external;
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory logs);
     function addr(uint256 privateKey) external pure returns (address);
     function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
     function warp(uint256 timestamp) external;

@@ -1,0 +1,167 @@
+//! The operator's transaction sender: every transaction the node signs with the operator key —
+//! billing calls, relayed `openFor`s, settlement withdrawals and commits — goes through one
+//! [`TransactionSender`], so they share one nonce sequence and one gas policy.
+//!
+//! * Nonces: taken from the node's pending count under one lock, so concurrent senders never
+//!   reuse a nonce, and a transaction the node dropped leaves no gap behind it (a local counter
+//!   would keep counting past it and every later transaction would wait forever).
+//! * Gas: the estimate runs against one second of state; a stream's debt keeps accruing until
+//!   the transaction is mined, and a payee whose debt was zero at the estimate may be paid in
+//!   the block, a transfer the estimate never saw. The limit therefore has headroom:
+//!   a fifth more plus [`ACCRUAL_HEADROOM`]. Unused gas is not charged.
+//! * Re-pricing: [`TransactionSender::resend`] sends the same nonce again with every fee at
+//!   least doubled (the replacement rule of geth's blob pool; 10% would do for the others) and
+//!   at least the market's.
+
+use alloy::{
+    network::{EthereumWallet, TransactionBuilder},
+    primitives::{Address, B256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::TransactionRequest,
+    signers::local::PrivateKeySigner,
+    transports::TransportError,
+};
+
+/// Gas beyond the estimate for an ERC-20 transfer the estimate did not see: a balance slot
+/// written from zero (22,100), the `Transfer` log (~1,800) and the call (~2,600 cold), rounded up.
+pub(crate) const ACCRUAL_HEADROOM: u64 = 30_000;
+
+/// The gas limit for an estimate: a fifth more plus [`ACCRUAL_HEADROOM`].
+pub(crate) fn gas_limit_for(estimate: u64) -> u64 {
+    estimate.saturating_add(estimate / 5).saturating_add(ACCRUAL_HEADROOM)
+}
+
+/// A transaction sent, with what a replacement must outbid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentTransaction {
+    /// Its hash.
+    pub hash: B256,
+    /// Its nonce.
+    pub nonce: u64,
+    /// EIP-1559 fee cap (wei per gas).
+    // Quantities as hex strings, as in Ethereum JSON: serde_json cannot buffer a `u128`, which
+    // an internally tagged enum holding this type needs.
+    #[serde(with = "alloy::serde::quantity")]
+    pub max_fee_per_gas: u128,
+    /// EIP-1559 tip (wei per gas).
+    #[serde(with = "alloy::serde::quantity")]
+    pub max_priority_fee_per_gas: u128,
+    /// EIP-4844 blob fee cap (wei per blob gas), for a type-3 transaction.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "alloy::serde::quantity::opt"
+    )]
+    pub max_fee_per_blob_gas: Option<u128>,
+}
+
+/// Why a transaction was not sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The node refused to estimate it: it would revert, or the operator cannot pay.
+    #[error("the node refuses the transaction: {0}")]
+    Refused(TransportError),
+    /// Fees, nonce or the send itself.
+    #[error("sending the transaction: {0}")]
+    Transport(#[from] TransportError),
+}
+
+/// Signs and sends the operator's transactions (see the module docs).
+#[derive(Debug)]
+pub(crate) struct TransactionSender {
+    provider: DynProvider,
+    address: Address,
+    /// Held from the nonce read until the node has the transaction.
+    nonce_lock: tokio::sync::Mutex<()>,
+}
+
+impl TransactionSender {
+    /// A sender signing with `signer` over `provider`.
+    pub(crate) fn new(provider: DynProvider, signer: PrivateKeySigner) -> Self {
+        let address = signer.address();
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_provider(provider)
+            .erased();
+        Self { provider, address, nonce_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The signing provider (for reads and receipts; send through [`Self::send`]).
+    pub(crate) fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The operator's address.
+    pub(crate) fn address(&self) -> Address {
+        self.address
+    }
+
+    /// Sends `tx` (from the operator) at the next nonce, market fees unless `tx` sets them,
+    /// and a gas limit with headroom.
+    pub(crate) async fn send(&self, tx: TransactionRequest) -> Result<SentTransaction, SendError> {
+        let _nonce = self.nonce_lock.lock().await;
+        let nonce = self.provider.get_transaction_count(self.address).pending().await?;
+        let mut tx = tx.from(self.address).nonce(nonce);
+        if tx.max_fee_per_gas.is_none() || tx.max_priority_fee_per_gas.is_none() {
+            let fees = self.provider.estimate_eip1559_fees().await?;
+            tx.max_fee_per_gas.get_or_insert(fees.max_fee_per_gas);
+            tx.max_priority_fee_per_gas.get_or_insert(fees.max_priority_fee_per_gas);
+        }
+        self.send_at(tx).await
+    }
+
+    /// Sends `tx` again at `previous`'s nonce, outbidding it: every fee at least doubled and
+    /// at least the market's. `tx` carries the blob fee cap it may pay, if it has blobs; the
+    /// caller keeps it within its bound.
+    pub(crate) async fn resend(
+        &self,
+        previous: &SentTransaction,
+        tx: TransactionRequest,
+    ) -> Result<SentTransaction, SendError> {
+        let _nonce = self.nonce_lock.lock().await;
+        let fees = self.provider.estimate_eip1559_fees().await?;
+        let tip = fees.max_priority_fee_per_gas.max(previous.max_priority_fee_per_gas * 2).max(1);
+        let cap = fees.max_fee_per_gas.max(previous.max_fee_per_gas * 2).max(tip);
+        let tx = tx
+            .from(self.address)
+            .nonce(previous.nonce)
+            .max_fee_per_gas(cap)
+            .max_priority_fee_per_gas(tip);
+        self.send_at(tx).await
+    }
+
+    async fn send_at(&self, mut tx: TransactionRequest) -> Result<SentTransaction, SendError> {
+        let estimate = self.provider.estimate_gas(tx.clone()).await.map_err(|e| {
+            if e.as_error_resp().is_some() {
+                SendError::Refused(e)
+            } else {
+                SendError::Transport(e)
+            }
+        })?;
+        tx.set_gas_limit(gas_limit_for(estimate));
+        let sent = SentTransaction {
+            hash: B256::ZERO,
+            nonce: tx.nonce.unwrap_or_default(),
+            max_fee_per_gas: tx.max_fee_per_gas.unwrap_or_default(),
+            max_priority_fee_per_gas: tx.max_priority_fee_per_gas.unwrap_or_default(),
+            max_fee_per_blob_gas: tx.max_fee_per_blob_gas,
+        };
+        let pending = self.provider.send_transaction(tx).await?;
+        Ok(SentTransaction { hash: *pending.tx_hash(), ..sent })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headroom_covers_a_transfer_the_estimate_did_not_see() {
+        assert_eq!(gas_limit_for(0), ACCRUAL_HEADROOM);
+        assert_eq!(gas_limit_for(100_000), 150_000);
+        // A zero-to-nonzero balance write, cold, plus the log and the call.
+        const { assert!(ACCRUAL_HEADROOM >= 22_100 + 1_800 + 2_600) };
+        assert_eq!(gas_limit_for(u64::MAX), u64::MAX);
+    }
+}
