@@ -571,10 +571,20 @@ async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
     assert!(
         node.metrics().await?.contains("settled_settlement_failures_total{cause=\"blob_fee\"} 1")
     );
+    let stream = json!(batch["records"][0]["streamId"].as_u64().ok_or("no record")?.to_string());
+    let receipt = |stream: serde_json::Value| {
+        settled_tests::rpc::call_url(&url, "settlement_getReceipt", json!([stream, 1]))
+    };
+    let waiting = receipt(stream.clone()).await?.map_err(|e| format!("{e:?}"))?;
+    assert_eq!((&waiting["committed"], &waiting["transactionHash"]), (&json!(false), &json!(null)));
 
     settler.set_max_blob_fee_wei(u128::from(u64::MAX));
     let round = settler.settle().await?;
     assert_eq!(round.committed.first(), Some(&1), "{round:?}");
+    // The receipt asked before the commit is not served again with its old stage.
+    let committed = receipt(stream).await?.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(committed["committed"], json!(true), "{committed}");
+    assert!(committed["transactionHash"].is_string(), "{committed}");
     let committed = anchor.getBatch(operator, U256::from(1)).call().await?;
     assert_eq!(serde_json::from_value::<B256>(batch["root"].clone())?, committed.root);
     node.shutdown().await

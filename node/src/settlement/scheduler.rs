@@ -230,6 +230,15 @@ pub struct Settler {
     max_blob_fee_wei: std::sync::Mutex<u128>,
     /// One round at a time.
     round: tokio::sync::Mutex<()>,
+    /// The batch receipts were last asked of, with its tree: an auditor asks one batch for
+    /// many streams, and each miss costs reading the whole batch and hashing every leaf.
+    receipt_batch: std::sync::Mutex<Option<Arc<ReceiptBatch>>>,
+}
+
+/// A stored batch with its Merkle tree, for receipts.
+struct ReceiptBatch {
+    batch: StoredBatch,
+    tree: MerkleTree,
 }
 
 impl std::fmt::Debug for Settler {
@@ -266,6 +275,7 @@ impl Settler {
             max_blob_fee_wei: std::sync::Mutex::new(settings.max_blob_fee_wei),
             settings,
             round: tokio::sync::Mutex::new(()),
+            receipt_batch: std::sync::Mutex::new(None),
         })
     }
 
@@ -309,6 +319,13 @@ impl Settler {
         let value = serde_json::to_vec(batch).map_err(storage)?;
         self.batches.insert(batch.context.batch_id.to_be_bytes(), value).map_err(storage)?;
         self.batches.flush().map_err(storage)?;
+        // A receipt must not show the stage it had before. After the write: a receipt loads
+        // under the same lock, so it either loads the new batch or is cleared here.
+        if let Ok(mut cached) = self.receipt_batch.lock()
+            && cached.as_ref().is_some_and(|c| c.batch.context.batch_id == batch.context.batch_id)
+        {
+            *cached = None;
+        }
         Ok(())
     }
 
@@ -774,11 +791,24 @@ impl Settler {
         stream_id: u64,
         batch_id: u64,
     ) -> Result<Option<SettlementReceipt>, SchedulerError> {
-        let Some(batch) = self.batch(batch_id)? else { return Ok(None) };
+        let cached = {
+            let mut slot =
+                self.receipt_batch.lock().map_err(|_| storage("receipt cache poisoned"))?;
+            match slot.as_ref().filter(|c| c.batch.context.batch_id == batch_id) {
+                Some(cached) => cached.clone(),
+                None => {
+                    let Some(batch) = self.batch(batch_id)? else { return Ok(None) };
+                    let leaves = batch.records.iter().map(|r| r.leaf(&batch.context)).collect();
+                    let loaded = Arc::new(ReceiptBatch { tree: MerkleTree::new(leaves), batch });
+                    *slot = Some(loaded.clone());
+                    loaded
+                }
+            }
+        };
+        let (batch, tree) = (&cached.batch, &cached.tree);
         let Ok(position) = batch.records.binary_search_by_key(&stream_id, |r| r.stream_id) else {
             return Ok(None);
         };
-        let tree = MerkleTree::new(batch.records.iter().map(|r| r.leaf(&batch.context)).collect());
         let record = batch.records[position].clone();
         let encoded = record.encode(&batch.context);
         let transaction_hash = batch.stage.transaction();

@@ -7,6 +7,10 @@
 //!    transaction gas and execution gas per record, blob gas per record.
 //! 3. On Anvil: `StreamVault.withdrawBatch` of 100 streams after 10 minutes of accrual: gas per
 //!    stream (the transaction's gas / 100).
+//! 4. A node on Anvil operating 9,000 streams (one full blob's worth): the time of one settlement
+//!    round (withdrawals, records, blob, commit), then `settlement_getReceipt` over HTTP for
+//!    every stream: the first call (reads the batch, builds its tree), p50 and p99 of the rest,
+//!    and receipts per second.
 //!
 //! Run: `cargo run --release -p settled-tests --bin bench-settlement [-- N...]`.
 
@@ -146,6 +150,93 @@ async fn batch_withdraw_gas() -> TestResult {
     Ok(())
 }
 
+async fn receipts(streams: u64) -> TestResult {
+    use alloy::{primitives::aliases::U96, providers::Provider};
+    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
+        config.billing.operator_key = Some(settled_node::SecretKey(
+            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
+        ));
+    })
+    .await?;
+    let chain = node.chain();
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    chain.fund_payer(payer, U256::from(10u128.pow(16))).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    // 200 opens per block (about 25M gas): a block per open would keep thousands of states in
+    // Anvil's memory.
+    provider.anvil_set_auto_mine(false).await?;
+    let mut last = None;
+    for i in 0..streams {
+        let rate = U96::from(10u128.pow(15) * u128::from(1 + i % 1_000));
+        let open =
+            vault.open(payee, deployment.usdc, rate, operator, U96::ZERO, U96::ZERO, 10u128.pow(9));
+        last = Some(open.from(payer).gas(300_000).send().await?);
+        if i % 200 == 199 {
+            provider.anvil_mine(Some(1), None).await?;
+        }
+    }
+    loop {
+        provider.anvil_mine(Some(1), None).await?;
+        let pool: serde_json::Value = provider.raw_request("txpool_status".into(), ()).await?;
+        if pool["pending"] == serde_json::json!("0x0") {
+            break;
+        }
+    }
+    provider.anvil_set_auto_mine(true).await?;
+    let opened = last.ok_or("no streams")?.get_receipt().await?;
+    if !opened.status() {
+        return Err("an open reverted".into());
+    }
+    provider.anvil_increase_time(600).await?;
+    provider.anvil_mine(Some(1), None).await?;
+    let settler = node.node()?.settler().ok_or("no settler")?;
+    let started = Instant::now();
+    let round = settler.settle().await?;
+    let round_time = started.elapsed();
+    let batch = settler.batch(1)?.ok_or("no batch 1")?;
+    println!(
+        "settlement round of {streams} streams on Anvil: {:.1} s ({} withdrawBatch transactions, {} batches, {} records in batch 1)",
+        round_time.as_secs_f64(),
+        round.withdrawals.len(),
+        round.committed.len(),
+        batch.records.len(),
+    );
+    let url = node.node()?.rpc_url().to_string();
+    let mut times = Vec::with_capacity(batch.records.len());
+    let started = Instant::now();
+    // One client, one kept-alive connection: what is timed is the node's answer.
+    let client = alloy::transports::http::reqwest::Client::new();
+    for id in batch.records.iter().map(|r| r.stream_id) {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "settlement_getReceipt",
+            "params": [id.to_string(), 1],
+        });
+        let t = Instant::now();
+        let answer: serde_json::Value = client.post(&url).json(&body).send().await?.json().await?;
+        times.push(t.elapsed());
+        if answer["result"]["committed"] != serde_json::json!(true) {
+            return Err(format!("no committed receipt for stream {id}: {answer}").into());
+        }
+    }
+    let total = started.elapsed();
+    let first_call = times.first().copied().unwrap_or_default();
+    let mut rest = times[1.min(times.len())..].to_vec();
+    rest.sort_unstable();
+    let at =
+        |q: f64| rest.get(((rest.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
+    println!(
+        "settlement_getReceipt of {} streams of batch 1 over HTTP: first {:.1} ms, then p50 {:.2} ms, p99 {:.2} ms; {:.0} receipts/s",
+        times.len(),
+        first_call.as_secs_f64() * 1e3,
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        times.len() as f64 / total.as_secs_f64(),
+    );
+    node.shutdown().await
+}
+
 #[tokio::main]
 async fn main() -> TestResult {
     let sizes: Vec<u64> = std::env::args().skip(1).map(|s| s.parse()).collect::<Result<_, _>>()?;
@@ -156,5 +247,6 @@ async fn main() -> TestResult {
     }
     commit_gas(per_blob).await?;
     batch_withdraw_gas().await?;
+    receipts(9_000).await?;
     Ok(())
 }
