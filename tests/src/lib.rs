@@ -521,6 +521,14 @@ pub const BUNDLER_ACCOUNT: usize = 9;
 /// with (it needs no ETH).
 pub const PAYMASTER_SIGNER_ACCOUNT: usize = 8;
 
+/// The dev account the suites' streams name as operator, and whose key [`TestNode::spawn_operator`]
+/// gives the node.
+pub const OPERATOR_ACCOUNT: usize = 5;
+
+/// [`OPERATOR_ACCOUNT`]'s key under Anvil's default mnemonic (the node's config is built before
+/// its chain exists).
+pub const OPERATOR_KEY: &str = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba";
+
 /// A settled node running in-process against its own [`TestChain`].
 #[derive(Debug)]
 pub struct TestNode {
@@ -536,6 +544,16 @@ impl TestNode {
     /// Spawns a chain and a node on it (`settled run` with a deployment file), all on free ports.
     pub async fn spawn() -> TestResult<Self> {
         Self::spawn_with(AnvilOptions::default(), |_| {}).await
+    }
+
+    /// A node that operates streams (and settles them) as [`OPERATOR_ACCOUNT`], its config then
+    /// adjusted by `configure`.
+    pub async fn spawn_operator(configure: impl FnOnce(&mut NodeConfig)) -> TestResult<Self> {
+        Self::spawn_with(AnvilOptions::default(), |config| {
+            config.billing.operator_key = Some(settled_node::SecretKey(OPERATOR_KEY.into()));
+            configure(config);
+        })
+        .await
     }
 
     /// The same with Anvil started with `anvil` and the node's config adjusted by `configure`.

@@ -142,10 +142,7 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     use serde_json::json;
     use settled_contracts::{MockUSDC, StreamVault};
     use settled_node::{SettlementReceipt, fold_usage, settlement_codes};
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
+    let node = settled_tests::TestNode::spawn_operator(|config| {
         config.settlement.withdraw_batch = 16;
         config.billing.api_keys = vec![settled_node::ApiKey {
             name: "vendor".into(),
@@ -539,10 +536,7 @@ async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
 async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
     use alloy::providers::ext::AnvilApi;
     use serde_json::json;
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
+    let node = settled_tests::TestNode::spawn_operator(|config| {
         // Anvil's blob base fee is at least 1 wei: always above this bound.
         config.settlement.max_blob_fee_wei = 0;
     })
@@ -599,10 +593,7 @@ async fn a_stuck_commit_is_repriced_at_its_nonce() -> TestResult {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use alloy::{providers::ext::AnvilApi, rpc::types::Filter, sol_types::SolEvent};
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
+    let node = settled_tests::TestNode::spawn_operator(|config| {
         config.settlement.reprice_after = std::time::Duration::from_secs(1);
     })
     .await?;

@@ -300,16 +300,13 @@ const PAYEE: alloy::primitives::Address =
 async fn vendor_node(
     configure: impl FnOnce(&mut settled_node::NodeConfig),
 ) -> TestResult<settled_tests::TestNode> {
-    settled_tests::TestNode::spawn_with(Default::default(), |config| {
+    settled_tests::TestNode::spawn_operator(|config| {
         config.billing.api_keys = vec![settled_node::ApiKey {
             name: "vendor".into(),
             keccak256: alloy::primitives::keccak256(b"vendor-token"),
             payees: vec![PAYEE],
             all: false,
         }];
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
         configure(config);
     })
     .await

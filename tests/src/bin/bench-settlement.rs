@@ -152,12 +152,7 @@ async fn batch_withdraw_gas() -> TestResult {
 
 async fn receipts(streams: u64) -> TestResult {
     use alloy::{primitives::aliases::U96, providers::Provider};
-    let node = settled_tests::TestNode::spawn_with(Default::default(), |config| {
-        config.billing.operator_key = Some(settled_node::SecretKey(
-            "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".into(),
-        ));
-    })
-    .await?;
+    let node = settled_tests::TestNode::spawn_operator(|_| {}).await?;
     let chain = node.chain();
     let provider = chain.provider();
     let deployment = chain.deployment();
