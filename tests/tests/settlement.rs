@@ -530,27 +530,36 @@ async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
     Ok(())
 }
 
-/// A blob fee above the bound delays the batch instead of overpaying: nothing is committed and
-/// the batch waits, built; once the bound allows it, the same batch is committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
+/// An operating node (its config adjusted by `configure`) with three streams that have run for a
+/// minute: one small batch to settle.
+async fn three_streams_a_minute_old(
+    configure: impl FnOnce(&mut settled_node::NodeConfig),
+) -> TestResult<settled_tests::TestNode> {
     use alloy::providers::ext::AnvilApi;
-    use serde_json::json;
-    let node = settled_tests::TestNode::spawn_operator(|config| {
-        // Anvil's blob base fee is at least 1 wei: always above this bound.
-        config.settlement.max_blob_fee_wei = 0;
-    })
-    .await?;
+    let node = settled_tests::TestNode::spawn_operator(configure).await?;
     let chain = node.chain();
-    let provider = chain.provider();
-    let deployment = chain.deployment();
     let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
     chain.fund_payer(payer, U256::from(10u128.pow(12))).await?;
     for _ in 0..3 {
         chain.open_stream(payer, payee, operator, 10u128.pow(18), 10u128.pow(9)).await?;
     }
-    provider.anvil_increase_time(60).await?;
-    provider.anvil_mine(Some(1), None).await?;
+    chain.provider().anvil_increase_time(60).await?;
+    chain.provider().anvil_mine(Some(1), None).await?;
+    Ok(node)
+}
+
+/// A blob fee above the bound delays the batch instead of overpaying: nothing is committed and
+/// the batch waits, built; once the bound allows it, the same batch is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
+    use serde_json::json;
+    let node = three_streams_a_minute_old(|config| {
+        // Anvil's blob base fee is at least 1 wei: always above this bound.
+        config.settlement.max_blob_fee_wei = 0;
+    })
+    .await?;
+    let (chain, operator) = (node.chain(), node.chain().account(5)?);
+    let (provider, deployment) = (chain.provider(), chain.deployment());
     let settler = node.node()?.settler().ok_or("no settler")?;
     let anchor = SettlementAnchor::new(deployment.settlement_anchor, provider);
 
@@ -593,20 +602,12 @@ async fn a_stuck_commit_is_repriced_at_its_nonce() -> TestResult {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use alloy::{providers::ext::AnvilApi, rpc::types::Filter, sol_types::SolEvent};
-    let node = settled_tests::TestNode::spawn_operator(|config| {
+    let node = three_streams_a_minute_old(|config| {
         config.settlement.reprice_after = std::time::Duration::from_secs(1);
     })
     .await?;
     let chain = node.chain();
-    let provider = chain.provider();
-    let deployment = chain.deployment();
-    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
-    chain.fund_payer(payer, U256::from(10u128.pow(12))).await?;
-    for _ in 0..3 {
-        chain.open_stream(payer, payee, operator, 10u128.pow(18), 10u128.pow(9)).await?;
-    }
-    provider.anvil_increase_time(60).await?;
-    provider.anvil_mine(Some(1), None).await?;
+    let (provider, deployment) = (chain.provider(), chain.deployment());
     let settler = node.node()?.settler().ok_or("no settler")?;
     // From now on blocks are mined by this test only.
     provider.anvil_set_auto_mine(false).await?;
