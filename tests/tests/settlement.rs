@@ -432,9 +432,7 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
 /// second commit. Every batch id has exactly one `BatchCommitted` event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
-    use alloy::{
-        primitives::aliases::U96, providers::ext::AnvilApi, rpc::types::Filter, sol_types::SolEvent,
-    };
+    use alloy::{primitives::aliases::U96, providers::ext::AnvilApi};
     use serde_json::json;
     use settled_contracts::StreamVault;
     use settled_tests::SettledProcess;
@@ -509,25 +507,30 @@ async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
     }
     second.kill()?;
     provider.anvil_mine(Some(1), None).await?;
-    let logs = provider
-        .get_logs(
-            &Filter::new()
-                .address(deployment.settlement_anchor)
-                .event_signature(SettlementAnchor::BatchCommitted::SIGNATURE_HASH)
-                .from_block(0),
-        )
-        .await?;
-    let mut ids: Vec<U256> = logs
-        .iter()
-        .filter_map(|log| SettlementAnchor::BatchCommitted::decode_log_data(log.data()).ok())
-        .map(|event| event.batchId)
-        .collect();
+    let mut ids = committed_batch_ids(&chain).await?;
     let committed = ids.len();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), committed, "a batch id was committed twice: {ids:?}");
     assert_eq!(ids.first(), Some(&U256::from(1)));
     Ok(())
+}
+
+/// The batch id of every `BatchCommitted` the anchor logged, in order.
+async fn committed_batch_ids(chain: &TestChain) -> TestResult<Vec<U256>> {
+    use alloy::{rpc::types::Filter, sol_types::SolEvent};
+    let filter = Filter::new()
+        .address(chain.deployment().settlement_anchor)
+        .event_signature(SettlementAnchor::BatchCommitted::SIGNATURE_HASH)
+        .from_block(0);
+    Ok(chain
+        .provider()
+        .get_logs(&filter)
+        .await?
+        .iter()
+        .filter_map(|log| SettlementAnchor::BatchCommitted::decode_log_data(log.data()).ok())
+        .map(|event| event.batchId)
+        .collect())
 }
 
 /// An operating node (its config adjusted by `configure`) with three streams that have run for a
@@ -601,7 +604,7 @@ async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
 async fn a_stuck_commit_is_repriced_at_its_nonce() -> TestResult {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use alloy::{providers::ext::AnvilApi, rpc::types::Filter, sol_types::SolEvent};
+    use alloy::providers::ext::AnvilApi;
     let node = three_streams_a_minute_old(|config| {
         config.settlement.reprice_after = std::time::Duration::from_secs(1);
     })
@@ -666,15 +669,7 @@ async fn a_stuck_commit_is_repriced_at_its_nonce() -> TestResult {
         mined.max_fee_per_blob_gas().unwrap_or_default()
             >= 2 * first.max_fee_per_blob_gas().unwrap_or_default()
     );
-    let logs = provider
-        .get_logs(
-            &Filter::new()
-                .address(deployment.settlement_anchor)
-                .event_signature(SettlementAnchor::BatchCommitted::SIGNATURE_HASH)
-                .from_block(0),
-        )
-        .await?;
-    assert_eq!(logs.len(), 1, "committed once");
+    assert_eq!(committed_batch_ids(chain).await?, vec![U256::from(1)], "committed once");
     let metrics = node.metrics().await?;
     assert!(
         metrics.contains("settled_settlement_repriced_total{kind=\"commit\"} 1"),
