@@ -69,22 +69,40 @@ pub enum BundlerError {
     #[error("paymaster {0} deposit too low for its pending UserOperations")]
     PaymasterDepositTooLow(Address),
     /// The op's execution (or postOp) reverted (-32521).
-    #[error("execution reverted")]
+    #[error("execution reverted: {}", revert_reason(.reason))]
     ExecutionReverted {
         /// The revert data.
         reason: alloy::primitives::Bytes,
     },
-    /// Mempool rules (replacement, limits, duplicates) (-32602 with the rule in the message).
-    #[error("{0}")]
-    Mempool(String),
+    /// Mempool rules (replacement, limits, duplicates: -32602; STO-040: -32502).
+    #[error(transparent)]
+    Mempool(#[from] crate::pool::PoolError),
     /// The node itself failed (state reads, storage) (-32603).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// `data` as a person reads it: an `Error(string)`'s message, a `Panic`'s code, else the hex.
+pub(crate) fn revert_reason(data: &[u8]) -> String {
+    use alloy::sol_types::{Revert, SolError};
+    if let Ok(revert) = Revert::abi_decode(data) {
+        return revert.reason().to_owned();
+    }
+    alloy::sol_types::decode_revert_reason(data)
+        .unwrap_or_else(|| alloy::primitives::hex::encode_prefixed(data))
+}
+
 impl BundlerError {
     /// The bundler's verdict on a simulation failure of the op whose paymaster is `paymaster`.
     pub fn from_sim(error: SimError, paymaster: Option<Address>) -> Self {
+        // `FailedOpWithRevert`: the entity's own revert reason belongs in the message.
+        let error = match error {
+            SimError::Rejected { reason, inner: Some(inner) } => SimError::Rejected {
+                reason: format!("{reason}: {}", revert_reason(&inner)),
+                inner: None,
+            },
+            other => other,
+        };
         match error {
             SimError::Rejected { reason, .. } if reason.starts_with("AA24") => {
                 Self::InvalidSignature
@@ -129,5 +147,26 @@ impl BundlerError {
             SimError::Evm(message) => Self::Internal(message),
             SimError::Fork(error) => Self::Internal(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::sol_types::{Revert, SolError};
+
+    /// AA23 with the account's own reason (`FailedOpWithRevert`): the message carries it.
+    #[test]
+    fn inner_revert_reasons_are_kept() {
+        let inner = Revert::from("testWallet: dead signature").abi_encode();
+        let error = BundlerError::from_sim(
+            SimError::Rejected { reason: "AA23 reverted".into(), inner: Some(inner.into()) },
+            None,
+        );
+        assert_eq!(error.to_string(), "AA23 reverted: testWallet: dead signature");
+        let reverted = BundlerError::ExecutionReverted {
+            reason: Revert::from("test revert").abi_encode().into(),
+        };
+        assert_eq!(reverted.to_string(), "execution reverted: test revert");
     }
 }

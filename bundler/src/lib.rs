@@ -11,6 +11,7 @@
 
 mod error;
 mod metrics;
+mod params;
 mod pool;
 mod reputation;
 mod rpc;
@@ -18,20 +19,20 @@ mod service;
 
 pub use error::BundlerError;
 pub use metrics::describe_metrics;
-pub use pool::{
-    Mempool, PoolConfig, PoolEntry, PoolError, REPLACEMENT_FEE_BUMP_PERCENT,
-    SAME_SENDER_MEMPOOL_COUNT, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT, StakedEntities,
-};
-pub use reputation::{
-    BAN_OPS_SEEN_PENALTY, BAN_SLACK, MAX_OPS_ALLOWED_UNSTAKED_ENTITY,
-    MIN_INCLUSION_RATE_DENOMINATOR, Reputation, ReputationCounts, ReputationLists,
-    ReputationStatus, THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
+pub use params::{
+    BAN_SLACK, MAX_VERIFICATION_GAS, MIN_INCLUSION_RATE_DENOMINATOR, MempoolParams,
+    REPLACEMENT_FEE_BUMP_PERCENT, SAME_SENDER_MEMPOOL_COUNT, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT,
     THROTTLED_ENTITY_MEMPOOL_COUNT, THROTTLING_SLACK,
+};
+pub use pool::{Mempool, PoolConfig, PoolEntry, PoolError, StakedEntities};
+pub use reputation::{
+    BAN_OPS_SEEN_PENALTY, MAX_OPS_ALLOWED_UNSTAKED_ENTITY, Reputation, ReputationCounts,
+    ReputationLists, ReputationStatus, THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
 };
 pub use rpc::{GasEstimateResponse, ReputationEntry, bundler_module, codes};
 pub use service::{
-    Bundler, BundlerConfig, BundlingMode, GasPrice, GasPrices, MAX_VERIFICATION_GAS, MinedOp,
-    StakeInfo, StakeStatus, UserOperationByHash, UserOperationReceipt,
+    Bundler, BundlerConfig, BundlingMode, GasPrice, GasPrices, MinedOp, StakeInfo, StakeStatus,
+    UserOperationByHash, UserOperationReceipt,
 };
 /// The op as ERC-7769 clients send it; defined in `settled-contracts`, shared with the paymaster.
 pub use settled_contracts::{InvalidUserOperation, UserOperation};

@@ -13,12 +13,7 @@ use settled_contracts::{EntryPointVersion, PackedUserOperation};
 
 use settled_contracts::UserOperation;
 
-/// ERC-7562 `SAME_SENDER_MEMPOOL_COUNT`.
-pub const SAME_SENDER_MEMPOOL_COUNT: usize = 4;
-/// ERC-7562 `SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT`.
-pub const SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT: usize = 10;
-/// A replacement must raise both fees by this percentage (ERC-4337).
-pub const REPLACEMENT_FEE_BUMP_PERCENT: u128 = 10;
+use crate::params::MempoolParams;
 
 /// Mempool bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +90,15 @@ impl PoolEntry {
         .filter_map(|(kind, address, staked)| address.map(|a| (kind, a, staked)))
     }
 
+    /// The entities whose `opsSeen` the op counts in: its factory and paymaster, and its sender
+    /// only when staked (an unstaked sender's standing is its mempool limit, UREP-010).
+    pub fn charged_entities(&self) -> Vec<Address> {
+        self.entities()
+            .filter(|&(kind, _, staked)| kind != "account" || staked)
+            .map(|(_, address, _)| address)
+            .collect()
+    }
+
     /// Whether `address` is one of the op's entities.
     pub fn references(&self, address: Address) -> bool {
         self.entities().any(|(_, a, _)| a == address)
@@ -111,19 +115,26 @@ pub enum PoolError {
     /// The same op is already in the pool.
     #[error("UserOperation {0} is already in the mempool")]
     Duplicate(B256),
-    /// A replacement (same sender and nonce) did not raise both fees by 10%.
+    /// A replacement (same sender and nonce) did not raise both fees by the bump.
     #[error(
-        "replacement underpriced: raise maxFeePerGas and maxPriorityFeePerGas by at least {REPLACEMENT_FEE_BUMP_PERCENT}% over {existing}"
+        "Replacement UserOperation must have higher maxPriorityFeePerGas and maxFeePerGas: raise both by at least {percent}% over {existing}"
     )]
     ReplacementUnderpriced {
         /// The op it would replace.
         existing: B256,
+        /// The bump required.
+        percent: u128,
     },
     /// An unstaked sender already has the most ops allowed.
     #[error(
-        "sender {0} already has {SAME_SENDER_MEMPOOL_COUNT} UserOperations in the mempool (stake to send more)"
+        "sender {sender} already has {allowed} UserOperations in the mempool (stake to send more)"
     )]
-    SenderLimit(Address),
+    SenderLimit {
+        /// The sender.
+        sender: Address,
+        /// `SAME_SENDER_MEMPOOL_COUNT`.
+        allowed: usize,
+    },
     /// An unstaked factory or paymaster is referenced by the most ops allowed.
     #[error(
         "unstaked {entity} {address} is already used by {allowed} UserOperations in the mempool"
@@ -148,9 +159,21 @@ pub enum PoolError {
         /// The delegate this op authorizes.
         delegate: Address,
     },
-    /// STO-040: an address is a sender in one op and a factory or paymaster in another.
-    #[error("{0} is a sender of one UserOperation and a factory or paymaster of another (STO-040)")]
-    SenderEntityConflict(Address),
+    /// STO-040: the op's sender is a factory or paymaster of a pooled op.
+    #[error(
+        "The sender address \"{0}\" is used as a different entity in another UserOperation currently in mempool (STO-040)"
+    )]
+    SenderIsEntity(Address),
+    /// STO-040: the op's factory or paymaster is the sender of a pooled op.
+    #[error(
+        "A {entity} at {address} in this UserOperation is used as a sender entity in another UserOperation currently in mempool (STO-040)"
+    )]
+    EntityIsSender {
+        /// `Factory` or `Paymaster`.
+        entity: &'static str,
+        /// Its address.
+        address: Address,
+    },
     /// The pool is full of better-paying ops.
     #[error("mempool full: maxPriorityFeePerGas must exceed {0}")]
     Full(U256),
@@ -160,19 +183,15 @@ pub enum PoolError {
 #[derive(Debug, Default)]
 pub struct Mempool {
     config: PoolConfig,
+    params: MempoolParams,
     by_hash: HashMap<B256, Arc<PoolEntry>>,
     by_sender_nonce: BTreeMap<(EntryPointVersion, Address, U256), B256>,
 }
 
-fn bumped(old: U256) -> U256 {
-    // Rounds up, so a fee of 1 must become at least 2.
-    old + (old * U256::from(REPLACEMENT_FEE_BUMP_PERCENT)).div_ceil(U256::from(100))
-}
-
 impl Mempool {
-    /// An empty pool.
-    pub fn new(config: PoolConfig) -> Self {
-        Self { config, ..Self::default() }
+    /// An empty pool under `params`.
+    pub fn new(config: PoolConfig, params: MempoolParams) -> Self {
+        Self { config, params, ..Self::default() }
     }
 
     /// Number of ops held.
@@ -191,7 +210,7 @@ impl Mempool {
     }
 
     /// Adds `entry` under the mempool rules, an unstaked paymaster being allowed
-    /// `paymaster_allowance` ops (UREP-020; `SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT` for a new one).
+    /// `paymaster_allowance` ops (UREP-020; `same_unstaked_entity_mempool_count` for a new one).
     /// Returns the ops it displaced (a replaced op, an evicted cheapest op), which the caller
     /// forgets too.
     pub fn add(
@@ -206,11 +225,15 @@ impl Mempool {
         let mut displaced = Vec::new();
         let replaced = self.by_sender_nonce.get(&key).and_then(|h| self.by_hash.get(h)).cloned();
         if let Some(existing) = &replaced {
+            let bumped = |fee| self.params.bumped(fee);
             let raises = entry.op.max_fee_per_gas >= bumped(existing.op.max_fee_per_gas)
                 && entry.op.max_priority_fee_per_gas
                     >= bumped(existing.op.max_priority_fee_per_gas);
             if !raises {
-                return Err(PoolError::ReplacementUnderpriced { existing: existing.hash });
+                return Err(PoolError::ReplacementUnderpriced {
+                    existing: existing.hash,
+                    percent: self.params.replacement_fee_bump_percent,
+                });
             }
         }
         let others = || {
@@ -221,13 +244,13 @@ impl Mempool {
         };
         // STO-040 both ways.
         let sender = entry.op.sender;
-        let entities = [entry.factory(), entry.op.paymaster];
+        let entities = [("Factory", entry.factory()), ("Paymaster", entry.op.paymaster)];
         for other in others() {
-            if entities.contains(&Some(other.op.sender)) {
-                return Err(PoolError::SenderEntityConflict(other.op.sender));
-            }
             if other.factory() == Some(sender) || other.op.paymaster == Some(sender) {
-                return Err(PoolError::SenderEntityConflict(sender));
+                return Err(PoolError::SenderIsEntity(sender));
+            }
+            if let Some((entity, _)) = entities.iter().find(|(_, a)| *a == Some(other.op.sender)) {
+                return Err(PoolError::EntityIsSender { entity, address: other.op.sender });
             }
         }
         if let Some(delegate) = entry.op.eip7702_auth.as_ref().map(|a| a.address)
@@ -238,13 +261,14 @@ impl Mempool {
         {
             return Err(PoolError::DelegateConflict { sender, pooled, delegate });
         }
-        if !entry.staked.sender
-            && others().filter(|e| e.op.sender == sender).count() >= SAME_SENDER_MEMPOOL_COUNT
+        let same_sender = self.params.same_sender_mempool_count;
+        if !entry.staked.sender && others().filter(|e| e.op.sender == sender).count() >= same_sender
         {
-            return Err(PoolError::SenderLimit(sender));
+            return Err(PoolError::SenderLimit { sender, allowed: same_sender });
         }
+        let factory_allowance = self.params.same_unstaked_entity_mempool_count;
         for (entity, address, staked, allowed) in [
-            ("factory", entry.factory(), entry.staked.factory, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
+            ("factory", entry.factory(), entry.staked.factory, factory_allowance),
             ("paymaster", entry.op.paymaster, entry.staked.paymaster, paymaster_allowance),
         ] {
             let Some(address) = address else { continue };
@@ -313,6 +337,21 @@ impl Mempool {
             .collect()
     }
 
+    /// EREP-010: the most `paymaster` may pay for `entry_point`'s pooled ops (the sum of their
+    /// max costs), leaving out the op at `replacing` (`(sender, nonce)`, which a new op replaces).
+    pub fn paymaster_commitment(
+        &self,
+        entry_point: EntryPointVersion,
+        paymaster: Address,
+        replacing: (Address, U256),
+    ) -> U256 {
+        self.by_hash
+            .values()
+            .filter(|e| e.entry_point == entry_point && e.op.paymaster == Some(paymaster))
+            .filter(|e| (e.op.sender, e.op.nonce) != replacing)
+            .fold(U256::ZERO, |sum, e| sum.saturating_add(e.packed().max_cost()))
+    }
+
     /// Every op.
     pub fn entries(&self) -> impl Iterator<Item = &Arc<PoolEntry>> {
         self.by_hash.values()
@@ -333,6 +372,8 @@ impl Mempool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::SAME_SENDER_MEMPOOL_COUNT;
+    use crate::params::SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT;
     use alloy::primitives::Bytes;
 
     fn entry(sender: u8, nonce: u64, priority: u64) -> PoolEntry {
@@ -368,7 +409,7 @@ mod tests {
 
     #[test]
     fn duplicates_and_replacements() {
-        let mut pool = Mempool::new(PoolConfig::default());
+        let mut pool = Mempool::new(PoolConfig::default(), MempoolParams::default());
         let first = entry(1, 0, 100);
         pool.add(first.clone(), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT)
             .map_err(|e| e.to_string())
@@ -392,13 +433,13 @@ mod tests {
 
     #[test]
     fn unstaked_sender_limit() {
-        let mut pool = Mempool::new(PoolConfig::default());
+        let mut pool = Mempool::new(PoolConfig::default(), MempoolParams::default());
         for nonce in 0..SAME_SENDER_MEMPOOL_COUNT as u64 {
             assert!(pool.add(entry(1, nonce, 10), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
         }
         assert_eq!(
             pool.add(entry(1, 99, 10), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
-            Err(PoolError::SenderLimit(Address::repeat_byte(1)))
+            Err(PoolError::SenderLimit { sender: Address::repeat_byte(1), allowed: 4 })
         );
         let mut staked = entry(1, 99, 10);
         staked.staked.sender = true;
@@ -410,7 +451,7 @@ mod tests {
 
     #[test]
     fn unstaked_paymaster_limit_and_sto_040() {
-        let mut pool = Mempool::new(PoolConfig::default());
+        let mut pool = Mempool::new(PoolConfig::default(), MempoolParams::default());
         let paymaster = Address::repeat_byte(0xaa);
         let sponsored = |sender| {
             let mut e = entry(sender, 0, 10);
@@ -434,7 +475,7 @@ mod tests {
         as_sender.hash = B256::repeat_byte(0xaa);
         assert_eq!(
             pool.add(as_sender, SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT),
-            Err(PoolError::SenderEntityConflict(paymaster))
+            Err(PoolError::SenderIsEntity(paymaster))
         );
     }
 
@@ -453,7 +494,7 @@ mod tests {
             e.hash = B256::with_last_byte(nonce as u8 + 1);
             e
         };
-        let mut pool = Mempool::new(PoolConfig::default());
+        let mut pool = Mempool::new(PoolConfig::default(), MempoolParams::default());
         assert!(pool.add(authorized(0, 0xd1), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
         assert!(pool.add(authorized(1, 0xd1), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
         assert_eq!(
@@ -468,7 +509,7 @@ mod tests {
 
     #[test]
     fn full_pool_evicts_the_cheapest() {
-        let mut pool = Mempool::new(PoolConfig { max_ops: 2 });
+        let mut pool = Mempool::new(PoolConfig { max_ops: 2 }, MempoolParams::default());
         assert!(pool.add(entry(1, 0, 10), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
         assert!(pool.add(entry(2, 0, 20), SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT).is_ok());
         assert_eq!(
@@ -486,7 +527,7 @@ mod tests {
 
     #[test]
     fn best_orders_by_effective_tip_at_the_base_fee() {
-        let mut pool = Mempool::new(PoolConfig::default());
+        let mut pool = Mempool::new(PoolConfig::default(), MempoolParams::default());
         let mut modest = entry(1, 0, 10);
         modest.op.max_fee_per_gas = U256::from(100);
         let mut capped = entry(2, 0, 50);

@@ -12,16 +12,10 @@ use alloy::primitives::Address;
 use serde::{Deserialize, Serialize};
 use settled_contracts::EntryPointVersion;
 
-/// ERC-7562 `MIN_INCLUSION_RATE_DENOMINATOR`.
-pub const MIN_INCLUSION_RATE_DENOMINATOR: u64 = 10;
-/// ERC-7562 `THROTTLING_SLACK`.
-pub const THROTTLING_SLACK: u64 = 10;
-/// ERC-7562 `BAN_SLACK`.
-pub const BAN_SLACK: u64 = 50;
+use crate::params::MempoolParams;
+
 /// ERC-7562 `BAN_OPS_SEEN_PENALTY` (GREP-040).
 pub const BAN_OPS_SEEN_PENALTY: u64 = 10_000;
-/// ERC-7562 `THROTTLED_ENTITY_MEMPOOL_COUNT` (GREP-020).
-pub const THROTTLED_ENTITY_MEMPOOL_COUNT: usize = 4;
 /// ERC-7562 `THROTTLED_ENTITY_LIVE_BLOCKS` (GREP-020).
 pub const THROTTLED_ENTITY_LIVE_BLOCKS: u64 = 10;
 /// ERC-7562 `THROTTLED_ENTITY_BUNDLE_COUNT` (GREP-020).
@@ -62,12 +56,12 @@ pub struct ReputationCounts {
 }
 
 impl ReputationCounts {
-    /// The status the counters give (ERC-7562 "Reputation Calculation").
-    pub fn status(self) -> ReputationStatus {
-        let max_seen = self.ops_seen / MIN_INCLUSION_RATE_DENOMINATOR;
-        if max_seen > self.ops_included.saturating_add(BAN_SLACK) {
+    /// The status the counters give under `params` (ERC-7562 "Reputation Calculation").
+    pub fn status(self, params: &MempoolParams) -> ReputationStatus {
+        let max_seen = self.ops_seen / params.min_inclusion_rate_denominator.max(1);
+        if max_seen > self.ops_included.saturating_add(params.ban_slack) {
             ReputationStatus::Banned
-        } else if max_seen > self.ops_included.saturating_add(THROTTLING_SLACK) {
+        } else if max_seen > self.ops_included.saturating_add(params.throttling_slack) {
             ReputationStatus::Throttled
         } else {
             ReputationStatus::Ok
@@ -89,12 +83,13 @@ pub struct ReputationLists {
 pub struct Reputation {
     counts: BTreeMap<(EntryPointVersion, Address), ReputationCounts>,
     lists: ReputationLists,
+    params: MempoolParams,
 }
 
 impl Reputation {
-    /// Empty counters with the operator's lists.
-    pub fn new(lists: ReputationLists) -> Self {
-        Self { counts: BTreeMap::new(), lists }
+    /// Empty counters with the operator's lists, judged under `params`.
+    pub fn new(lists: ReputationLists, params: MempoolParams) -> Self {
+        Self { counts: BTreeMap::new(), lists, params }
     }
 
     /// `address`'s status in `entry_point`'s mempool: the lists first, then the counters.
@@ -104,7 +99,7 @@ impl Reputation {
         } else if self.lists.blocklist.contains(&address) {
             ReputationStatus::Banned
         } else {
-            self.counts(entry_point, address).status()
+            self.counts(entry_point, address).status(&self.params)
         }
     }
 
@@ -209,7 +204,7 @@ impl Reputation {
                     / u128::from(seen)) as usize
             }
         };
-        crate::pool::SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT.saturating_add(earned)
+        self.params.same_unstaked_entity_mempool_count.saturating_add(earned)
     }
 }
 
@@ -242,9 +237,13 @@ fn from_key(key: &[u8]) -> Option<(EntryPointVersion, Address)> {
 
 impl ReputationStore {
     /// The counters persisted in `db` (tree `bundler.reputation`), with the operator's lists.
-    pub(crate) fn open(db: &sled::Db, lists: ReputationLists) -> Result<Self, sled::Error> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        lists: ReputationLists,
+        params: MempoolParams,
+    ) -> Result<Self, sled::Error> {
         let tree = db.open_tree("bundler.reputation")?;
-        let mut reputation = Reputation::new(lists);
+        let mut reputation = Reputation::new(lists, params);
         for item in tree.iter() {
             let (key, value) = item?;
             if let (Some((entry_point, address)), Ok(counts)) =
@@ -350,11 +349,20 @@ mod tests {
         ];
         for (seen, included, expected) in table {
             assert_eq!(
-                counts(seen, included).status(),
+                counts(seen, included).status(&MempoolParams::default()),
                 expected,
                 "seen {seen} included {included}"
             );
         }
+    }
+
+    /// The thresholds are the configured ones, not the spec's constants.
+    #[test]
+    fn status_follows_configured_slacks() {
+        let strict = MempoolParams { throttling_slack: 0, ban_slack: 1, ..Default::default() };
+        assert_eq!(counts(10, 0).status(&strict), ReputationStatus::Throttled);
+        assert_eq!(counts(20, 0).status(&strict), ReputationStatus::Banned);
+        assert_eq!(counts(20, 0).status(&MempoolParams::default()), ReputationStatus::Ok);
     }
 
     #[test]
@@ -364,7 +372,7 @@ mod tests {
             allowlist: [good].into_iter().collect(),
             blocklist: [bad].into_iter().collect(),
         };
-        let mut reputation = Reputation::new(lists);
+        let mut reputation = Reputation::new(lists, MempoolParams::default());
         reputation.penalize(V07, good);
         assert_eq!(reputation.status(V07, good), ReputationStatus::Ok);
         assert_eq!(reputation.status(V07, bad), ReputationStatus::Banned);
@@ -405,7 +413,8 @@ mod tests {
         let (paymaster, account) = (Address::repeat_byte(5), Address::repeat_byte(6));
         {
             let db = sled::open(dir.path())?;
-            let store = ReputationStore::open(&db, ReputationLists::default())?;
+            let store =
+                ReputationStore::open(&db, ReputationLists::default(), MempoolParams::default())?;
             store.update(V07, paymaster, Reputation::penalize)?;
             store.update(EntryPointVersion::V08, account, Reputation::seen)?;
             store.update(V07, account, Reputation::seen)?;
@@ -413,7 +422,8 @@ mod tests {
             db.flush()?;
         }
         let db = sled::open(dir.path())?;
-        let store = ReputationStore::open(&db, ReputationLists::default())?;
+        let store =
+            ReputationStore::open(&db, ReputationLists::default(), MempoolParams::default())?;
         assert_eq!(store.read(|r| r.status(V07, paymaster)), ReputationStatus::Banned);
         assert_eq!(store.read(|r| r.counts(EntryPointVersion::V08, account)), counts(1, 0));
         assert_eq!(store.read(|r| r.dump(V07).len()), 1, "a zeroed entity is not kept");

@@ -17,12 +17,13 @@ use settled_sim::GasEstimate;
 
 use crate::{
     error::BundlerError,
+    pool::PoolError,
     reputation::{ReputationCounts, ReputationStatus},
     service::{
         Bundler, BundlingMode, GasPrices, StakeStatus, UserOperationByHash, UserOperationReceipt,
     },
 };
-use settled_contracts::UserOperation;
+use settled_contracts::{ChecksummedAddress, UserOperation};
 
 /// ERC-7769 error codes (shared with the paymaster's RPC).
 pub use settled_contracts::rpc_codes as codes;
@@ -35,6 +36,9 @@ pub(crate) fn error_code(error: &BundlerError) -> i32 {
 fn code_and_data(error: &BundlerError) -> (i32, Option<serde_json::Value>) {
     use BundlerError as E;
     match error {
+        E::Mempool(PoolError::SenderIsEntity(_) | PoolError::EntityIsSender { .. }) => {
+            (codes::BANNED_OPCODE_OR_STORAGE, Some(json!({ "rule": "STO-040" })))
+        }
         E::InvalidOp(_) | E::InvalidField(_) | E::UnsupportedEntryPoint(_) | E::Mempool(_) => {
             (codes::INVALID_PARAMS, None)
         }
@@ -124,6 +128,14 @@ impl From<GasEstimate> for GasEstimateResponse {
     }
 }
 
+/// A `userOpHash` parameter: 32 bytes of hex. Anything else is -32602 in the reference
+/// bundler's words (clients match on them).
+fn user_op_hash(text: &str) -> Result<B256, BundlerError> {
+    let hex = text.strip_prefix("0x").filter(|h| h.len() == 64);
+    hex.and_then(|h| h.parse().ok())
+        .ok_or_else(|| BundlerError::InvalidField("Missing/invalid userOpHash".into()))
+}
+
 /// The ERC-7769 `eth` methods (`eth_chainId` is the node's).
 #[rpc(server, namespace = "eth")]
 pub trait UserOperationApi {
@@ -145,19 +157,19 @@ pub trait UserOperationApi {
     #[method(name = "getUserOperationByHash")]
     async fn get_user_operation_by_hash(
         &self,
-        hash: B256,
+        hash: String,
     ) -> RpcResult<Option<UserOperationByHash>>;
 
     /// The receipt of the mined op with `hash`.
     #[method(name = "getUserOperationReceipt")]
     async fn get_user_operation_receipt(
         &self,
-        hash: B256,
+        hash: String,
     ) -> RpcResult<Option<UserOperationReceipt>>;
 
-    /// EntryPoints served, the preferred first.
+    /// EntryPoints served, the preferred first (EIP-55 checksummed).
     #[method(name = "supportedEntryPoints")]
-    fn supported_entry_points(&self) -> RpcResult<Vec<Address>>;
+    fn supported_entry_points(&self) -> RpcResult<Vec<ChecksummedAddress>>;
 }
 
 /// settled's own bundler helpers.
@@ -206,9 +218,10 @@ pub trait BundlerDebugApi {
     #[method(name = "bundler_dumpMempool")]
     fn dump_mempool(&self, entry_point: Address) -> RpcResult<Vec<UserOperation>>;
 
-    /// Sends a bundle now and waits for it; its transaction hash (null: nothing to bundle).
+    /// Sends a bundle now and waits for it; its transaction hash, or `0x` (empty data, as
+    /// `eth_getCode` answers for no code) when the mempool had nothing to bundle.
     #[method(name = "bundler_sendBundleNow")]
-    async fn send_bundle_now(&self) -> RpcResult<Option<B256>>;
+    async fn send_bundle_now(&self) -> RpcResult<String>;
 
     /// `auto` or `manual`.
     #[method(name = "bundler_setBundlingMode")]
@@ -269,20 +282,20 @@ impl UserOperationApiServer for Bundler {
 
     async fn get_user_operation_by_hash(
         &self,
-        hash: B256,
+        hash: String,
     ) -> RpcResult<Option<UserOperationByHash>> {
-        Ok(self.op_by_hash(hash).await?)
+        Ok(self.op_by_hash(user_op_hash(&hash)?).await?)
     }
 
     async fn get_user_operation_receipt(
         &self,
-        hash: B256,
+        hash: String,
     ) -> RpcResult<Option<UserOperationReceipt>> {
-        Ok(self.receipt(hash).await?)
+        Ok(self.receipt(user_op_hash(&hash)?).await?)
     }
 
-    fn supported_entry_points(&self) -> RpcResult<Vec<Address>> {
-        Ok(Bundler::supported_entry_points(self))
+    fn supported_entry_points(&self) -> RpcResult<Vec<ChecksummedAddress>> {
+        Ok(Bundler::supported_entry_points(self).into_iter().map(ChecksummedAddress).collect())
     }
 }
 
@@ -303,8 +316,9 @@ impl BundlerDebugApiServer for Bundler {
         Ok(Bundler::dump_mempool(self, entry_point)?)
     }
 
-    async fn send_bundle_now(&self) -> RpcResult<Option<B256>> {
-        Ok(self.send_bundles().await?.last().copied())
+    async fn send_bundle_now(&self) -> RpcResult<String> {
+        let sent = self.send_bundles().await?.last().copied();
+        Ok(sent.map_or_else(|| "0x".to_owned(), |hash| hash.to_string()))
     }
 
     fn set_bundling_mode(&self, mode: BundlingMode) -> RpcResult<&'static str> {
@@ -394,7 +408,13 @@ mod tests {
             (settled_contracts::InvalidUserOperation("x".into()).into(), codes::INVALID_PARAMS),
             (BundlerError::InvalidField("x".into()), codes::INVALID_PARAMS),
             (BundlerError::UnsupportedEntryPoint(a), codes::INVALID_PARAMS),
-            (BundlerError::Mempool("x".into()), codes::INVALID_PARAMS),
+            (PoolError::Duplicate(B256::ZERO).into(), codes::INVALID_PARAMS),
+            (PoolError::SenderLimit { sender: a, allowed: 4 }.into(), codes::INVALID_PARAMS),
+            (PoolError::SenderIsEntity(a).into(), codes::BANNED_OPCODE_OR_STORAGE),
+            (
+                PoolError::EntityIsSender { entity: "Paymaster", address: a }.into(),
+                codes::BANNED_OPCODE_OR_STORAGE,
+            ),
             (
                 BundlerError::EntryPointRejected { reason: "AA21".into(), paymaster: None },
                 codes::REJECTED_BY_ENTRY_POINT,
@@ -442,6 +462,22 @@ mod tests {
             let object = ErrorObjectOwned::from(error);
             assert_eq!(object.code(), code, "{shown}");
             assert!(!object.message().is_empty());
+        }
+    }
+
+    #[test]
+    fn user_op_hashes_are_32_bytes_of_hex() {
+        let hash = format!("0x{}", "ab".repeat(32));
+        assert_eq!(user_op_hash(&hash).ok(), Some(B256::repeat_byte(0xab)));
+        for bad in
+            ["", "0x", "ab", &hash[2..], &format!("{hash}00"), &format!("0x{}", "zz".repeat(32))]
+        {
+            let error = user_op_hash(bad).err().map(ErrorObjectOwned::from);
+            let error = error.unwrap_or_else(|| panic!("accepted {bad:?}"));
+            assert_eq!(
+                (error.code(), error.message()),
+                (codes::INVALID_PARAMS, "Missing/invalid userOpHash")
+            );
         }
     }
 

@@ -18,10 +18,12 @@ use alloy::{
     sol_types::{SolCall, SolEvent},
 };
 use serde::{Deserialize, Serialize};
-use settled_contracts::{ChainEvent, EntryPointVersion, PackedUserOperation, UserOperation, v07};
+use settled_contracts::{
+    ChainEvent, ChecksummedAddress, EntryPointVersion, PackedUserOperation, UserOperation, v07,
+};
 use settled_sim::{
-    AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, Entity, GasEstimate,
-    SimError, SimOverrides, SimulationLimits, Simulator, ValidationOutcome, ValidationRules,
+    AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, EstimationMargins,
+    GasEstimate, SimError, SimOverrides, SimulationLimits, Simulator, ValidationOutcome,
     changed_code, pre_verification_gas,
 };
 use tokio::sync::broadcast;
@@ -31,16 +33,14 @@ use tracing::{debug, info, warn};
 use crate::{
     error::BundlerError,
     metrics,
+    params::MempoolParams,
     pool::{Mempool, PoolConfig, PoolEntry, StakedEntities},
     reputation::{
         Reputation, ReputationCounts, ReputationLists, ReputationStatus, ReputationStore,
         THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
-        THROTTLED_ENTITY_MEMPOOL_COUNT,
     },
 };
 
-/// ERC-4337 `MAX_VERIFICATION_GAS`.
-pub const MAX_VERIFICATION_GAS: u64 = 500_000;
 /// An op must stay valid at least this long after acceptance (ERC-7769 -32503 "expire soon").
 const MIN_VALIDITY_SECONDS: u64 = 30;
 /// After an op is accepted, how long auto mode gathers more before bundling.
@@ -83,8 +83,8 @@ pub struct BundlerConfig {
     pub reputation_decay_interval: Duration,
     /// Simulation bounds.
     pub limits: SimulationLimits,
-    /// Staking thresholds.
-    pub rules: ValidationRules,
+    /// ERC-7562 mempool parameters (staking thresholds, limits, reputation slacks).
+    pub params: MempoolParams,
     /// How long a submitted bundle may take to be mined.
     pub inclusion_timeout: Duration,
     /// A bundle not mined after this many blocks is resent with higher fees.
@@ -106,7 +106,7 @@ impl Default for BundlerConfig {
             reputation: ReputationLists::default(),
             reputation_decay_interval: Duration::from_secs(3600),
             limits: SimulationLimits::default(),
-            rules: ValidationRules::default(),
+            params: MempoolParams::default(),
             inclusion_timeout: Duration::from_secs(60),
             fee_bump_after_blocks: 3,
             auto_interval: Duration::from_secs(1),
@@ -124,16 +124,23 @@ pub struct StakeStatus {
     pub is_staked: bool,
 }
 
-/// An entity's stake at the EntryPoint.
+/// An entity's stake at the EntryPoint. Stake and delay are decimal strings, as the reference
+/// bundler answers (a wei amount does not fit a JSON number's 2^53).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StakeInfo {
     /// The entity.
     pub addr: Address,
     /// Wei staked.
+    #[serde(serialize_with = "decimal")]
     pub stake: U256,
     /// Unstake delay in seconds.
+    #[serde(serialize_with = "decimal")]
     pub unstake_delay_sec: U256,
+}
+
+fn decimal<S: serde::Serializer>(value: &U256, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&value.to_string())
 }
 
 /// A mined op as the index keeps it.
@@ -196,7 +203,7 @@ pub struct UserOperationByHash {
     /// The op.
     pub user_operation: UserOperation,
     /// Its EntryPoint.
-    pub entry_point: Address,
+    pub entry_point: ChecksummedAddress,
     /// Block, when mined.
     pub block_number: Option<U256>,
     /// Block, when mined.
@@ -212,7 +219,7 @@ pub struct UserOperationReceipt {
     /// The request hash.
     pub user_op_hash: B256,
     /// The EntryPoint.
-    pub entry_point: Address,
+    pub entry_point: ChecksummedAddress,
     /// The sender.
     pub sender: Address,
     /// The nonce.
@@ -282,28 +289,17 @@ fn storage_error(error: impl std::fmt::Display) -> BundlerError {
     BundlerError::Internal(format!("storage: {error}"))
 }
 
-/// The entity an EntryPoint rejection inside a bundle is charged to: AA1x the factory, AA3x the
-/// paymaster, anything else the account.
-fn culprit(op: &UserOperation, reason: &str) -> Address {
+/// The entity an EntryPoint rejection (`AAxx`) of `entry` is charged to: AA1x the factory;
+/// AA2x the account, or its staked factory (EREP-020); AA3x the paymaster, or the staked account
+/// (EREP-030); anything else the account.
+fn culprit(entry: &PoolEntry, reason: &str) -> Address {
+    let op = &entry.op;
+    let factory = op.factory_address();
     match reason.get(..3) {
-        Some("AA1") => op.factory_address().unwrap_or(op.sender),
-        Some("AA3") => op.paymaster.unwrap_or(op.sender),
+        Some("AA1") => factory.unwrap_or(op.sender),
+        Some("AA2") if entry.staked.factory => factory.unwrap_or(op.sender),
+        Some("AA3") if !entry.staked.sender => op.paymaster.unwrap_or(op.sender),
         _ => op.sender,
-    }
-}
-
-/// The entity a failed validation is attributed to: by the EntryPoint's code (AA1x factory, AA2x
-/// account, AA3x paymaster) or the first broken rule's frame.
-fn blamed_entity(error: &SimError) -> Option<Entity> {
-    match error {
-        SimError::Rejected { reason, .. } => match reason.get(..3) {
-            Some("AA1") => Some(Entity::Factory),
-            Some("AA2") => Some(Entity::Account),
-            Some("AA3") => Some(Entity::Paymaster),
-            _ => None,
-        },
-        SimError::RuleViolations(violations) => violations.first().map(|v| v.entity),
-        _ => None,
     }
 }
 
@@ -419,7 +415,7 @@ impl Bundler {
         let pool_tree = db.open_tree("bundler.pool").map_err(storage_error)?;
         let mined_tree = db.open_tree("bundler.mined").map_err(storage_error)?;
         let mined_by_block = db.open_tree("bundler.mined_by_block").map_err(storage_error)?;
-        let mut pool = Mempool::new(config.pool);
+        let mut pool = Mempool::new(config.pool, config.params);
         let mut restored = 0;
         for item in pool_tree.iter() {
             let (_, value) = item.map_err(storage_error)?;
@@ -436,9 +432,13 @@ impl Bundler {
         if restored > 0 {
             info!(restored, "UserOperations restored to the mempool");
         }
-        let reputation =
-            ReputationStore::open(db, config.reputation.clone()).map_err(storage_error)?;
-        let simulator = Simulator::new(config.limits, config.rules);
+        let reputation = ReputationStore::open(db, config.reputation.clone(), config.params)
+            .map_err(storage_error)?;
+        let simulator =
+            Simulator::new(config.limits, config.params.rules()).with_margins(EstimationMargins {
+                pre_verification_overhead_gas: config.params.pre_verification_overhead_gas,
+                ..EstimationMargins::default()
+            });
         let mode = RwLock::new(config.mode);
         let head = ChainHead::new(provider.clone(), account_reads);
         Ok(Self {
@@ -558,7 +558,7 @@ impl Bundler {
         let outcome = validated.map_err(|e| BundlerError::from_sim(e, paymaster))?;
         self.check_outcome(&outcome, &context, paymaster)?;
         let staked = |info: &settled_sim::StakeInfo| {
-            self.shared.config.rules.is_staked(info.stake, info.unstake_delay_sec)
+            self.shared.config.params.is_staked(info.stake, info.unstake_delay_sec)
         };
         let entry = PoolEntry {
             hash,
@@ -575,8 +575,21 @@ impl Bundler {
         };
         let value = serde_json::to_vec(&entry).map_err(storage_error)?;
         let entities: Vec<(&'static str, Address, bool)> = entry.entities().collect();
+        let charged = entry.charged_entities();
+        let deposit = match paymaster {
+            Some(paymaster) => Some((paymaster, self.deposit_of(version, paymaster).await?)),
+            None => None,
+        };
         let displaced = {
             let mut pool = self.shared.pool.lock().map_err(storage_error)?;
+            if let Some((paymaster, deposit)) = deposit {
+                // EREP-010: the deposit covers every pooled op the paymaster pays for.
+                let committed =
+                    pool.paymaster_commitment(version, paymaster, (packed.sender, packed.nonce));
+                if deposit < committed.saturating_add(packed.max_cost()) {
+                    return Err(BundlerError::PaymasterDepositTooLow(paymaster));
+                }
+            }
             self.check_reputation(&pool, version, &entities)?;
             let allowance = match entry.op.paymaster {
                 Some(paymaster) => {
@@ -584,26 +597,14 @@ impl Bundler {
                 }
                 None => usize::MAX,
             };
-            pool.add(entry, allowance).map_err(|e| BundlerError::Mempool(e.to_string()))?
+            pool.add(entry, allowance)?
         };
-        for (_, address, _) in &entities {
-            self.shared
-                .reputation
-                .update(version, *address, Reputation::seen)
-                .map_err(storage_error)?;
-        }
+        self.charge(version, &charged, Reputation::seen)?;
         for old in &displaced {
             self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
-            // GREP-050: an entity the replacement no longer uses is not charged for it.
+            // GREP-050: a replaced op's entities are charged once, for the op that replaced it.
             if old.op.sender == packed.sender && old.op.nonce == packed.nonce {
-                for (_, address, _) in old.entities() {
-                    if !entities.iter().any(|(_, a, _)| *a == address) {
-                        self.shared
-                            .reputation
-                            .update(version, address, Reputation::unseen)
-                            .map_err(storage_error)?;
-                    }
-                }
+                self.charge(version, &old.charged_entities(), Reputation::unseen)?;
             }
         }
         // Persisted before the hash is returned: an accepted op survives a crash.
@@ -612,6 +613,19 @@ impl Bundler {
         self.shared.accepted.notify_one();
         debug!(%hash, sender = %packed.sender, "UserOperation accepted");
         Ok(hash)
+    }
+
+    /// Applies `change` (seen, unseen) to each of `entities`' counters.
+    fn charge(
+        &self,
+        version: EntryPointVersion,
+        entities: &[Address],
+        change: fn(&mut Reputation, EntryPointVersion, Address) -> ReputationCounts,
+    ) -> Result<(), BundlerError> {
+        for address in entities {
+            self.shared.reputation.update(version, *address, change).map_err(storage_error)?;
+        }
+        Ok(())
     }
 
     /// GREP-010 and GREP-020 for an op's `entities`: none banned, and a throttled one has fewer
@@ -628,7 +642,8 @@ impl Bundler {
                 ReputationStatus::Ok => false,
                 ReputationStatus::Banned => true,
                 ReputationStatus::Throttled => {
-                    pool.referencing(version, address).len() >= THROTTLED_ENTITY_MEMPOOL_COUNT
+                    pool.referencing(version, address).len()
+                        >= self.shared.config.params.throttled_entity_mempool_count
                 }
             };
             if refused {
@@ -645,15 +660,21 @@ impl Bundler {
         context: &BlockContext,
     ) -> Result<(), BundlerError> {
         let invalid = |m: String| Err(BundlerError::InvalidField(m));
-        if packed.verification_gas_limit() > u128::from(MAX_VERIFICATION_GAS) {
-            return invalid(format!("verificationGasLimit above {MAX_VERIFICATION_GAS}"));
+        let params = &self.shared.config.params;
+        let max_verification = params.max_verification_gas;
+        if packed.verification_gas_limit() > u128::from(max_verification) {
+            return invalid(format!("verificationGasLimit above {max_verification}"));
         }
         if let Some((pm_verification, _)) = packed.paymaster_gas_limits()
-            && pm_verification > u128::from(MAX_VERIFICATION_GAS)
+            && pm_verification > u128::from(max_verification)
         {
-            return invalid(format!("paymasterVerificationGasLimit above {MAX_VERIFICATION_GAS}"));
+            return invalid(format!("paymasterVerificationGasLimit above {max_verification}"));
         }
-        let required = pre_verification_gas(packed, op.eip7702_auth.is_some());
+        let required = pre_verification_gas(
+            packed,
+            op.eip7702_auth.is_some(),
+            params.pre_verification_overhead_gas,
+        );
         if packed.preVerificationGas < U256::from(required) {
             return invalid(format!(
                 "preVerificationGas {} below the required {required}",
@@ -752,7 +773,7 @@ impl Bundler {
         if let Some(entry) = self.shared.pool.lock().map_err(storage_error)?.get(&hash) {
             return Ok(Some(UserOperationByHash {
                 user_operation: entry.op.clone(),
-                entry_point: entry.entry_point.canonical_address(),
+                entry_point: entry.entry_point.canonical_address().into(),
                 block_number: None,
                 block_hash: None,
                 transaction_hash: None,
@@ -765,7 +786,7 @@ impl Bundler {
         };
         Ok(op.map(|user_operation| UserOperationByHash {
             user_operation,
-            entry_point: mined.entry_point,
+            entry_point: mined.entry_point.into(),
             block_number: Some(U256::from(mined.block_number)),
             block_hash: Some(mined.block_hash),
             transaction_hash: Some(mined.transaction_hash),
@@ -837,7 +858,7 @@ impl Bundler {
         });
         Ok(Some(UserOperationReceipt {
             user_op_hash: hash,
-            entry_point: mined.entry_point,
+            entry_point: mined.entry_point.into(),
             sender: mined.sender,
             nonce: mined.nonce,
             paymaster: mined.paymaster,
@@ -892,7 +913,7 @@ impl Bundler {
                 .lock()
                 .map_err(storage_error)?
                 .add(entry, usize::MAX)
-                .map_err(|e| BundlerError::Mempool(e.to_string()))?;
+                .map_err(BundlerError::Mempool)?;
             for old in displaced {
                 self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
             }
@@ -954,8 +975,22 @@ impl Bundler {
         let (stake, delay) = (U256::from(info.stake), U256::from(info.unstakeDelaySec));
         Ok(StakeStatus {
             stake_info: StakeInfo { addr: address, stake, unstake_delay_sec: delay },
-            is_staked: self.shared.config.rules.is_staked(stake, delay),
+            is_staked: self.shared.config.params.is_staked(stake, delay),
         })
+    }
+
+    /// `address`'s deposit at `version`'s EntryPoint, at the chain head.
+    async fn deposit_of(
+        &self,
+        version: EntryPointVersion,
+        address: Address,
+    ) -> Result<U256, BundlerError> {
+        let info = v07::IEntryPoint::new(version.canonical_address(), &self.shared.provider)
+            .getDepositInfo(address)
+            .call()
+            .await
+            .map_err(rpc_error)?;
+        Ok(U256::from(info.deposit))
     }
 
     /// Indexes the `UserOperationEvent`s in `logs` and takes those ops out of the pool.
@@ -1191,15 +1226,11 @@ impl Bundler {
                     return Err(BundlerError::Internal(error.to_string()));
                 }
                 Err(error) => {
-                    // EREP-015: the paymaster is not charged for the account's or factory's
-                    // failure.
-                    if matches!(blamed_entity(&error), Some(Entity::Account | Entity::Factory))
-                        && let Some(paymaster) = entry.op.paymaster
-                    {
-                        self.shared
-                            .reputation
-                            .update(version, paymaster, Reputation::unseen)
-                            .map_err(storage_error)?;
+                    // The op's charges are taken back and only the culprit is charged
+                    // (EREP-015: never the paymaster for the account's or factory's failure).
+                    if let SimError::Rejected { reason, .. } = &error {
+                        self.charge(version, &entry.charged_entities(), Reputation::unseen)?;
+                        self.charge(version, &[culprit(&entry, reason)], Reputation::seen)?;
                     }
                     self.drop_op(entry.hash, &error.to_string())?
                 }
@@ -1236,7 +1267,7 @@ impl Bundler {
                     self.drop_op(entry.hash, &reason)?;
                     // GREP-040: it passed the second validation, so its entity is banned
                     // (GREP-010: with every op that uses it).
-                    let culprit = culprit(&entry.op, &reason);
+                    let culprit = culprit(&entry, &reason);
                     self.ban(version, culprit, &reason)?;
                     bundle.retain(|e| !e.references(culprit));
                     continue;
@@ -1620,7 +1651,6 @@ impl Bundler {
 #[cfg(test)]
 mod tests {
     use alloy::primitives::{Bytes, U256};
-    use settled_sim::{Rule, RuleViolation};
 
     use super::*;
 
@@ -1645,50 +1675,59 @@ mod tests {
         }
     }
 
-    /// GREP-040 charges the entity the EntryPoint's code names.
-    #[test]
-    fn bundle_failures_are_charged_to_the_named_entity() {
-        let (factory, paymaster) = (Address::repeat_byte(0xfa), Address::repeat_byte(0xba));
-        let full = op(Some(factory), Some(paymaster));
-        let bare = op(None, None);
-        let sender = full.sender;
-        for (op, reason, expected) in [
-            (&full, "AA13 initCode failed or OOG", factory),
-            (&full, "AA23 reverted", sender),
-            (&full, "AA25 invalid account nonce", sender),
-            (&full, "AA31 paymaster deposit too low", paymaster),
-            (&full, "AA33 reverted", paymaster),
-            (&full, "AA95 out of gas", sender),
-            (&full, "", sender),
-            (&bare, "AA13 initCode failed or OOG", sender),
-            (&bare, "AA33 reverted", sender),
-        ] {
-            assert_eq!(culprit(op, reason), expected, "{reason}");
+    fn entry(op: UserOperation, staked: StakedEntities) -> PoolEntry {
+        PoolEntry {
+            hash: B256::ZERO,
+            entry_point: EntryPointVersion::V08,
+            op,
+            staked,
+            code_hashes: Default::default(),
+            valid_until: u64::MAX,
+            accepted_at_block: 0,
         }
     }
 
-    /// EREP-015: which failures spare the paymaster.
+    /// GREP-040 charges the entity the EntryPoint's code names; a staked factory answers for its
+    /// account (EREP-020), a staked account for its paymaster (EREP-030), and the paymaster never
+    /// for the account or factory (EREP-015).
     #[test]
-    fn validation_failures_are_blamed_on_their_entity() {
-        let rejected = |reason: &str| SimError::Rejected { reason: reason.into(), inner: None };
-        let broke = |entity| {
-            SimError::RuleViolations(vec![RuleViolation {
-                rule: Rule::Op011,
-                entity,
-                address: Address::ZERO,
-                detail: String::new(),
-            }])
-        };
-        for (error, expected) in [
-            (rejected("AA10 sender already constructed"), Some(Entity::Factory)),
-            (rejected("AA24 signature error"), Some(Entity::Account)),
-            (rejected("AA34 signature error"), Some(Entity::Paymaster)),
-            (rejected("AA95 out of gas"), None),
-            (broke(Entity::Account), Some(Entity::Account)),
-            (broke(Entity::Paymaster), Some(Entity::Paymaster)),
-            (SimError::Timeout(Duration::from_millis(1)), None),
+    fn failures_are_charged_to_the_accountable_entity() {
+        let (factory, paymaster) = (Address::repeat_byte(0xfa), Address::repeat_byte(0xba));
+        let full = op(Some(factory), Some(paymaster));
+        let sender = full.sender;
+        let unstaked = StakedEntities::default();
+        let staked_factory = StakedEntities { factory: true, ..unstaked };
+        let staked_sender = StakedEntities { sender: true, ..unstaked };
+        for (op, staked, reason, expected) in [
+            (&full, unstaked, "AA13 initCode failed or OOG", factory),
+            (&full, unstaked, "AA23 reverted", sender),
+            (&full, staked_factory, "AA23 reverted", factory),
+            (&full, unstaked, "AA25 invalid account nonce", sender),
+            (&full, unstaked, "AA31 paymaster deposit too low", paymaster),
+            (&full, staked_sender, "AA31 paymaster deposit too low", sender),
+            (&full, unstaked, "AA33 reverted", paymaster),
+            (&full, unstaked, "AA95 out of gas", sender),
+            (&full, unstaked, "", sender),
+            (&op(None, None), unstaked, "AA13 initCode failed or OOG", sender),
+            (&op(None, None), unstaked, "AA33 reverted", sender),
         ] {
-            assert_eq!(blamed_entity(&error), expected, "{error}");
+            assert_eq!(
+                culprit(&entry(op.clone(), staked), reason),
+                expected,
+                "{reason} {staked:?}"
+            );
         }
+    }
+
+    /// An unstaked sender's `opsSeen` is not kept; its factory's and paymaster's are.
+    #[test]
+    fn charged_entities_leave_out_an_unstaked_sender() {
+        let (factory, paymaster) = (Address::repeat_byte(0xfa), Address::repeat_byte(0xba));
+        let full = op(Some(factory), Some(paymaster));
+        let sender = full.sender;
+        let unstaked = entry(full.clone(), StakedEntities::default());
+        assert_eq!(unstaked.charged_entities(), vec![factory, paymaster]);
+        let staked = entry(full, StakedEntities { sender: true, ..Default::default() });
+        assert_eq!(staked.charged_entities(), vec![sender, factory, paymaster]);
     }
 }

@@ -38,7 +38,7 @@ pub use follower::{
     BlockRef, ChainEvent, ChainFollower, FollowerConfig, FollowerHandle, NewBlock, Reorg,
 };
 pub use user_op::{EIP7702_INIT_CODE_MARKER, pack_u128s, stub_account_signature, unpack_u128s};
-pub use user_operation::{InvalidUserOperation, UserOperation, rpc_codes};
+pub use user_operation::{ChecksummedAddress, InvalidUserOperation, UserOperation, rpc_codes};
 
 impl EntryPointVersion {
     /// Runtime code of this version's `EntryPointSimulations`, which simulators (revm, or a node's

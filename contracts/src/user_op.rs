@@ -129,6 +129,12 @@ impl PackedUserOperation {
             .saturating_add(post_op)
     }
 
+    /// The worst case the EntryPoint reserves for the op (its required prefund, from the
+    /// paymaster's deposit when there is one): every gas limit times `maxFeePerGas`.
+    pub fn max_cost(&self) -> U256 {
+        U256::from(self.total_gas_limit()) * U256::from(self.max_fee_per_gas())
+    }
+
     /// Sets the paymaster's validation and postOp gas limits, keeping its address and data.
     /// Returns false (and changes nothing) when the op has no paymaster.
     pub fn set_paymaster_gas_limits(&mut self, verification: u128, post_op: u128) -> bool {

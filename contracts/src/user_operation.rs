@@ -144,9 +144,9 @@ impl UserOperation {
             paymasterAndData: paymaster_and_data,
             signature: self.signature.clone(),
         };
-        if self.eip7702_auth.is_some() && !op.is_eip7702() {
-            return Err(InvalidUserOperation("eip7702Auth needs factory 0x7702".into()));
-        }
+        // v0.8: the `0x7702` marker is optional. An op that only carries the authorization is
+        // valid; the marker only asks the EntryPoint to hash the delegate and call the
+        // sender's initialization with `factoryData`.
         Ok(op)
     }
 
@@ -190,6 +190,29 @@ impl UserOperation {
     }
 }
 
+/// An address that serializes in its EIP-55 checksummed form, as ERC-4337 clients (and the
+/// reference bundler) show EntryPoint addresses in `eth_supportedEntryPoints` and results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChecksummedAddress(pub Address);
+
+impl Serialize for ChecksummedAddress {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0.to_checksum(None))
+    }
+}
+
+impl<'de> Deserialize<'de> for ChecksummedAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Address::deserialize(deserializer).map(Self)
+    }
+}
+
+impl From<Address> for ChecksummedAddress {
+    fn from(address: Address) -> Self {
+        Self(address)
+    }
+}
+
 /// JSON-RPC error codes of ERC-7769, used by the bundler's and the paymaster's RPC.
 pub mod rpc_codes {
     /// Invalid fields, unsupported EntryPoint, mempool rules.
@@ -214,4 +237,50 @@ pub mod rpc_codes {
     pub const EXECUTION_REVERTED: i32 = -32521;
     /// The node failed.
     pub const INTERNAL: i32 = -32603;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EntryPointVersion;
+    use alloy::{eips::eip7702::Authorization, primitives::Signature};
+
+    fn authorized(factory: Option<Bytes>) -> UserOperation {
+        let auth = Authorization {
+            chain_id: U256::from(1337),
+            address: Address::repeat_byte(0xde),
+            nonce: 0,
+        };
+        let minimal = serde_json::json!({ "sender": Address::repeat_byte(1), "nonce": "0x0", "callData": "0x" });
+        let mut op: UserOperation =
+            serde_json::from_value(minimal).unwrap_or_else(|e| panic!("minimal op: {e}"));
+        op.factory = factory;
+        op.eip7702_auth = Some(auth.into_signed(Signature::test_signature()));
+        op
+    }
+
+    #[test]
+    fn checksummed_addresses_round_trip() -> Result<(), serde_json::Error> {
+        let address = crate::ENTRY_POINT_V08;
+        let json = serde_json::to_string(&ChecksummedAddress(address))?;
+        assert_eq!(json, "\"0x4337084D9E255Ff0702461CF8895CE9E3b5Ff108\"");
+        assert_eq!(serde_json::from_str::<ChecksummedAddress>(&json)?.0, address);
+        Ok(())
+    }
+
+    /// v0.8: `eip7702Auth` without the `0x7702` marker is a valid op (what permissionless'
+    /// `to7702SimpleSmartAccount` sends); its hash is the plain one, with the marker the
+    /// delegate's.
+    #[test]
+    fn authorization_without_the_marker_packs() -> Result<(), InvalidUserOperation> {
+        let plain = authorized(None).pack()?;
+        assert!(plain.initCode.is_empty());
+        let delegate = Some(Address::repeat_byte(0xde));
+        let marked = authorized(Some(Bytes::from_static(&[0x77, 0x02]))).pack()?;
+        assert!(marked.is_eip7702());
+        let v08 = EntryPointVersion::V08;
+        assert_eq!(plain.hash(v08, 1337, delegate), plain.hash(v08, 1337, None));
+        assert_ne!(marked.hash(v08, 1337, delegate), marked.hash(v08, 1337, None));
+        Ok(())
+    }
 }

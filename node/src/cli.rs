@@ -30,6 +30,9 @@ use crate::config::{
 };
 use crate::paymaster::{PaymasterAction, PaymasterCommandConfig};
 
+mod mempool;
+use mempool::MempoolArgs;
+
 /// settled: an ERC-4337 bundler, paymaster and per-second USDC streaming node.
 #[derive(Debug, Parser)]
 #[command(name = "settled", version, about, propagate_version = true)]
@@ -371,6 +374,10 @@ pub struct NodeArgs {
     #[arg(long = "bundler.blocklist", env = "SETTLED_BUNDLER_BLOCKLIST", value_delimiter = ',')]
     pub bundler_blocklist: Vec<alloy::primitives::Address>,
 
+    /// EntryPoints served, the preferred first (0.7, 0.8).
+    #[arg(long = "bundler.entry-points", env = "SETTLED_BUNDLER_ENTRY_POINTS", value_delimiter = ',', default_values = ["0.8", "0.7"], value_parser = parse_version)]
+    pub bundler_entry_points: Vec<settled_contracts::EntryPointVersion>,
+
     /// Prometheus listen address.
     #[arg(long = "metrics.addr", env = "SETTLED_METRICS_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub metrics_addr: IpAddr,
@@ -410,6 +417,10 @@ pub struct NodeArgs {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,settled_contracts=debug`.
     #[arg(long = "log.filter", env = "SETTLED_LOG", default_value = "info")]
     pub log_filter: String,
+
+    /// ERC-7562 mempool parameters.
+    #[command(flatten, next_help_heading = "Mempool (ERC-7562 parameters)")]
+    pub mempool: MempoolArgs,
 }
 
 /// Logging settings (applied by the binary, not by the library).
@@ -653,6 +664,8 @@ impl NodeArgs {
                     allowlist: self.bundler_allowlist.into_iter().collect(),
                     blocklist: self.bundler_blocklist.into_iter().collect(),
                 },
+                entry_points: dedup(self.bundler_entry_points),
+                params: self.mempool.into_params(),
             },
             paymaster: PaymasterSettings {
                 enabled: !self.paymaster_disable,
@@ -683,6 +696,17 @@ impl NodeArgs {
         };
         (node, LogConfig { json: self.log_json, filter: self.log_filter })
     }
+}
+
+/// `list` without repeats, first occurrence kept (the first is the preferred one).
+fn dedup<T: PartialEq>(list: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(list.len());
+    for item in list {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
 }
 
 fn parse_mode(value: &str) -> Result<settled_bundler::BundlingMode, String> {

@@ -107,6 +107,10 @@ pub struct BundlerSettings {
     pub fee_bump_after_blocks: u64,
     /// Entities always allowed or always banned, whatever their reputation.
     pub reputation: settled_bundler::ReputationLists,
+    /// EntryPoints served, the preferred first.
+    pub entry_points: Vec<settled_contracts::EntryPointVersion>,
+    /// ERC-7562 mempool parameters (also the paymaster's staking thresholds).
+    pub params: settled_bundler::MempoolParams,
 }
 
 impl Default for BundlerSettings {
@@ -122,6 +126,8 @@ impl Default for BundlerSettings {
             max_bundle_ops: 64,
             fee_bump_after_blocks: 3,
             reputation: settled_bundler::ReputationLists::default(),
+            entry_points: settled_bundler::BundlerConfig::default().entry_points,
+            params: settled_bundler::MempoolParams::default(),
         }
     }
 }

@@ -130,6 +130,8 @@ pub async fn launch(
                 max_bundle_ops: config.bundler.max_bundle_ops,
                 reputation: config.bundler.reputation.clone(),
                 fee_bump_after_blocks: config.bundler.fee_bump_after_blocks,
+                entry_points: config.bundler.entry_points.clone(),
+                params: config.bundler.params,
                 ..Default::default()
             };
             let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;
@@ -154,6 +156,7 @@ pub async fn launch(
                 daily_budget: config.paymaster.daily_budget_wei,
                 low_deposit_wei: config.paymaster.low_deposit_wei,
                 policies: policies(&config)?,
+                rules: config.bundler.params.rules(),
                 ..Default::default()
             };
             let signer = PaymasterSigner::new(key);

@@ -165,7 +165,7 @@ impl Rejection {
 /// The worst case the EntryPoint reserves for `op` from the paymaster's deposit: every gas limit
 /// times `maxFeePerGas`.
 pub fn max_cost(op: &PackedUserOperation) -> U256 {
-    U256::from(op.total_gas_limit()) * U256::from(op.max_fee_per_gas())
+    op.max_cost()
 }
 
 // The account call shapes the allowlist can read: SimpleAccount's (v0.7 and v0.8) and

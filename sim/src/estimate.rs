@@ -59,11 +59,18 @@ pub struct EstimationMargins {
     pub verification_percent: u64,
     /// Added to `callGasLimit` and `paymasterPostOpGasLimit`.
     pub call_percent: u64,
+    /// Per-op gas `preVerificationGas` covers beyond the op's calldata (the chain's mempool
+    /// parameter; [`PRE_VERIFICATION_OVERHEAD_GAS`] by default).
+    pub pre_verification_overhead_gas: u64,
 }
 
 impl Default for EstimationMargins {
     fn default() -> Self {
-        Self { verification_percent: 2, call_percent: 2 }
+        Self {
+            verification_percent: 2,
+            call_percent: 2,
+            pre_verification_overhead_gas: PRE_VERIFICATION_OVERHEAD_GAS,
+        }
     }
 }
 
@@ -169,17 +176,22 @@ fn calldata_gas(data: &[u8]) -> (u64, u64) {
 
 /// `preVerificationGas` before the EIP-7623 floor: the calldata cost of the op's serialization
 /// (with a four-byte `preVerificationGas`, the widest it will be, and its signature's bytes all
-/// non-zero) plus the ERC-4337 overhead,
-/// plus EIP-7702's intrinsic cost of the op's authorization when it carries one (charged to the
-/// bundle transaction; its partial refund is capped, so not counted on).
-pub fn pre_verification_gas(op: &PackedUserOperation, has_authorization: bool) -> u64 {
+/// non-zero) plus `overhead` (ERC-4337's [`PRE_VERIFICATION_OVERHEAD_GAS`] unless the chain's
+/// mempool sets another), plus EIP-7702's intrinsic cost of the op's authorization when it
+/// carries one (charged to the bundle transaction; its partial refund is capped, so not counted
+/// on).
+pub fn pre_verification_gas(
+    op: &PackedUserOperation,
+    has_authorization: bool,
+    overhead: u64,
+) -> u64 {
     let mut sized = op.clone();
     sized.preVerificationGas = U256::from(u32::MAX);
     // The signature is priced as all non-zero bytes: an estimate is made with a stub, and the
     // real signature of the same length must not need more.
     sized.signature = vec![0xff; op.signature.len()].into();
     let authorization = if has_authorization { PER_AUTHORIZATION_GAS } else { 0 };
-    calldata_gas(&sized.abi_encode()).0 + PRE_VERIFICATION_OVERHEAD_GAS + authorization
+    calldata_gas(&sized.abi_encode()).0 + overhead + authorization
 }
 
 /// EIP-7623: gas the bundle of one (`handleOps([op], beneficiary)`) must pay at least, less what
@@ -221,7 +233,8 @@ impl Simulator {
 
         let has_authorization = overrides.eip7702_auth.is_some();
         let mut base = op.clone();
-        base.preVerificationGas = U256::from(pre_verification_gas(op, has_authorization));
+        let overhead = self.margins.pre_verification_overhead_gas;
+        base.preVerificationGas = U256::from(pre_verification_gas(op, has_authorization, overhead));
         let run = |limits: &Limits, fees: bool| -> Result<ExecutionOutcome, SimError> {
             let mut trial = limits.apply(&base);
             if !fees {
@@ -314,7 +327,7 @@ impl Simulator {
             }),
         };
         let mut sized = estimate.apply(op);
-        estimate.pre_verification_gas = pre_verification_gas(&sized, has_authorization);
+        estimate.pre_verification_gas = pre_verification_gas(&sized, has_authorization, overhead);
         sized.preVerificationGas = U256::from(estimate.pre_verification_gas);
         let last = self.simulate_handle_op(state, block, version, &sized, &overrides)?;
         execution_verdict(&last)?;

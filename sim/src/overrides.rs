@@ -116,16 +116,20 @@ fn apply_authorization(
     }
     if authorization.chain_id != U256::ZERO && authorization.chain_id != U256::from(chain_id) {
         return Err(invalid(format!(
-            "for chain {}, this chain is {chain_id}",
+            "Invalid chainId {} in eip7702Auth: this chain is {chain_id}",
             authorization.chain_id
         )));
     }
     let account = db.load_account(sender)?;
     if !trusted && authorization.nonce != account.info.nonce {
-        return Err(invalid(format!(
-            "nonce {} but the sender's nonce is {}",
-            authorization.nonce, account.info.nonce
-        )));
+        // The chain skips such an authorization, so the EntryPoint would find no account.
+        return Err(SimError::Rejected {
+            reason: format!(
+                "AA20 account not deployed: eip7702Auth nonce {} is not the sender's nonce {}",
+                authorization.nonce, account.info.nonce
+            ),
+            inner: None,
+        });
     }
     let delegated_or_empty = match &account.info.code {
         Some(code) => code.is_empty() || code.is_eip7702(),

@@ -99,9 +99,12 @@ pub struct RuleViolation {
     pub detail: String,
 }
 
+/// The message is the reference bundler's wording (what ERC-4337 clients and the compatibility
+/// suite match on); the rule id, entity and address travel beside it (the RPC edge puts them in
+/// the error's `data`).
 impl std::fmt::Display for RuleViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} ({}): {}", self.rule, self.entity, self.address, self.detail)
+        f.write_str(&self.detail)
     }
 }
 
@@ -164,7 +167,11 @@ impl ValidationRules {
             check.calls(seen);
             check.storage(seen);
             if seen.out_of_gas {
-                check.report(Rule::Op020, check.own_address(), "a validation frame ran out of gas");
+                check.report(
+                    Rule::Op020,
+                    check.own_address(),
+                    format!("{entity} internally reverts on oog"),
+                );
             }
         }
         if let Some(paymaster) = addresses.paymaster
@@ -176,11 +183,23 @@ impl ValidationRules {
                 entity: Entity::Paymaster,
                 address: paymaster,
                 detail: format!(
-                    "unstaked paymaster returned a {paymaster_context_len}-byte context"
+                    "unstaked paymaster returned a context ({paymaster_context_len} bytes)"
                 ),
             });
         }
         out
+    }
+}
+
+/// How the reference bundler names a call into the EntryPoint: a known method's name, `0x` for
+/// the fallback, else the selector.
+fn entry_point_method(call: &crate::inspector::CallMade) -> String {
+    match call.selector {
+        _ if call.empty_calldata => "0x".to_owned(),
+        Some(DEPOSIT_TO) => "depositTo".to_owned(),
+        Some(INCREMENT_NONCE) => "incrementNonce".to_owned(),
+        Some(selector) => alloy::primitives::hex::encode_prefixed(selector),
+        None => "0x".to_owned(),
     }
 }
 
@@ -206,74 +225,77 @@ impl EntityCheck<'_> {
     }
 
     fn opcodes(&mut self, seen: &EntityTrace) {
+        let entity = self.entity;
         for &(op, contract) in &seen.opcodes {
-            let name = revm::bytecode::opcode::OpCode::new(op).map_or("unassigned", |o| o.as_str());
+            let named = revm::bytecode::opcode::OpCode::new(op);
+            let name = named.map_or_else(|| format!("0x{op:02x}"), |o| o.as_str().to_owned());
+            let banned = format!("{entity} uses banned opcode: {name}");
             match op {
-                opcode::GAS => self.report(Rule::Op012, contract, "GAS not followed by a *CALL"),
+                // OP-012: GAS not followed by a *CALL.
+                opcode::GAS => self.report(Rule::Op012, contract, banned),
                 opcode::BALANCE | opcode::SELFBALANCE if !self.staked() => {
-                    self.report(Rule::Op080, contract, format!("{name} by an unstaked entity"));
+                    self.report(Rule::Op080, contract, format!("unstaked {banned}"));
                 }
                 opcode::BALANCE | opcode::SELFBALANCE => {}
-                _ if revm::bytecode::opcode::OpCode::new(op).is_none() => {
-                    self.report(Rule::Op013, contract, format!("unassigned opcode 0x{op:02x}"));
-                }
-                _ => self.report(Rule::Op011, contract, format!("blocked opcode {name}")),
+                _ if named.is_none() => self.report(Rule::Op013, contract, banned),
+                _ => self.report(Rule::Op011, contract, banned),
             }
         }
     }
 
     fn creations(&mut self, seen: &EntityTrace) {
-        let sender = self.addresses.sender;
-        let staked_factory_phase =
-            self.stakes.factory && matches!(self.entity, Entity::Factory | Entity::Account);
-        let mut create2_seen = 0;
+        let a = self.addresses;
+        let deployment_phase = matches!(self.entity, Entity::Factory | Entity::Account);
+        let mut sender_deployments = 0;
         for creation in &seen.creations {
-            if creation.create2 {
-                create2_seen += 1;
-                let deploys_sender = creation.created == Some(sender);
-                let allowed =
-                    (self.entity == Entity::Factory && create2_seen == 1 && deploys_sender)
-                        || staked_factory_phase; // EREP-060
-                if !allowed {
-                    self.report(
-                        Rule::Op031,
-                        creation.creator,
-                        "CREATE2 other than the sender's one deployment",
-                    );
-                }
-            } else {
-                let op_032 = self.entity == Entity::Account
-                    && creation.creator == sender
-                    && self.addresses.factory.is_some();
-                if !(op_032 || staked_factory_phase) {
-                    self.report(Rule::Op011, creation.creator, "blocked opcode CREATE");
-                }
+            let by_sender = creation.creator == a.sender;
+            let by_factory = Some(creation.creator) == a.factory;
+            // OP-031: the factory's one CREATE2 of the sender.
+            let deploys_sender =
+                self.entity == Entity::Factory && creation.created == Some(a.sender) && {
+                    sender_deployments += 1;
+                    sender_deployments == 1
+                };
+            // OP-032: with a factory, the sender itself (not a utility contract) may CREATE.
+            let op_032 = !creation.create2 && a.factory.is_some() && deployment_phase && by_sender;
+            // EREP-060: with a staked factory, the factory or the sender itself may create.
+            let erep_060 = self.stakes.factory && (by_sender || by_factory);
+            if !(deploys_sender || op_032 || erep_060) {
+                let (rule, name) = if creation.create2 {
+                    (Rule::Op031, "CREATE2")
+                } else {
+                    (Rule::Op011, "CREATE")
+                };
+                let detail = format!("{} uses banned opcode: {name}", self.entity);
+                self.report(rule, creation.creator, detail);
             }
         }
     }
 
     fn ext_code(&mut self, seen: &EntityTrace) {
         for access in &seen.ext_code {
-            if access.target_delegated && access.target != self.addresses.sender {
-                self.report(
-                    Rule::Auth030,
-                    access.target,
-                    "EXTCODE* on a delegated EOA other than the sender",
+            let (entity, target) = (self.entity, access.target);
+            if access.target_delegated && target != self.addresses.sender {
+                let detail = format!(
+                    "{entity} accesses EIP-7702 delegated account {target} that is not the sender"
                 );
+                self.report(Rule::Auth030, target, detail);
             }
             let name = revm::bytecode::opcode::OpCode::new(access.opcode)
                 .map_or("EXTCODE*", |o| o.as_str());
-            if access.target == self.addresses.entry_point {
+            if target == self.addresses.entry_point {
                 // OP-051: `EXTCODESIZE ISZERO` on the EntryPoint is the one allowed look.
                 if !(access.opcode == opcode::EXTCODESIZE && access.followed_by_iszero) {
-                    self.report(Rule::Op054, access.target, format!("{name} on the EntryPoint"));
+                    let detail = format!(
+                        "{entity} accesses EntryPoint contract address {target} with EXTCODE* opcode ({name})"
+                    );
+                    self.report(Rule::Op054, target, detail);
                 }
-            } else if !access.target_has_code && access.target != self.addresses.sender {
-                self.report(
-                    Rule::Op041,
-                    access.target,
-                    format!("{name} on an address without code"),
+            } else if !access.target_has_code && target != self.addresses.sender {
+                let detail = format!(
+                    "{entity} accesses un-deployed contract address {target} with opcode {name}"
                 );
+                self.report(Rule::Op041, target, detail);
             }
         }
     }
@@ -281,28 +303,35 @@ impl EntityCheck<'_> {
     fn calls(&mut self, seen: &EntityTrace) {
         let a = self.addresses;
         for call in &seen.calls {
-            if call.target_delegated && call.target != a.sender {
-                self.report(
-                    Rule::Auth030,
-                    call.target,
-                    "call to a delegated EOA other than the sender",
+            let (entity, target) = (self.entity, call.target);
+            if call.target_delegated && target != a.sender {
+                let detail = format!(
+                    "{entity} calls EIP-7702 delegated account {target} that is not the sender"
                 );
+                self.report(Rule::Auth030, target, detail);
             }
             if call.target == a.entry_point {
-                let from_sender = call.caller == a.sender;
+                // "From the sender / factory" is read as the reference bundler reads it: from
+                // within that entity's validation frame (a utility contract it calls included).
+                // The factory's frame runs the sender's constructor, so it counts as the sender's.
+                let sender_frame = self.entity == Entity::Account;
+                let deployment_frame = matches!(self.entity, Entity::Account | Entity::Factory);
                 let deposit_to_sender = call.selector == Some(DEPOSIT_TO)
                     && call.first_argument == Some(a.sender.into_word());
-                let allowed = (deposit_to_sender
-                    && (from_sender || Some(call.caller) == a.factory)) // OP-052
-                    || (call.empty_calldata && from_sender) // OP-053
-                    || (call.selector == Some(INCREMENT_NONCE) && from_sender); // OP-055
+                // OP-052 (depositTo the sender), OP-053 (the fallback), OP-055 (incrementNonce).
+                let op_052_053 = deposit_to_sender || call.empty_calldata;
+                let allowed = (op_052_053 && deployment_frame)
+                    || (call.selector == Some(INCREMENT_NONCE) && sender_frame);
                 if !allowed {
-                    self.report(Rule::Op054, call.target, "call to the EntryPoint");
+                    let method = entry_point_method(call);
+                    let detail = format!("illegal call into EntryPoint during validation {method}");
+                    self.report(Rule::Op054, target, detail);
                 }
                 continue;
             }
             if call.value > U256::ZERO {
-                self.report(Rule::Op061, call.target, format!("CALL with value {}", call.value));
+                let detail = format!("{entity} May not make a CALL with value {}", call.value);
+                self.report(Rule::Op061, target, detail);
             }
             let numeric = U256::from_be_slice(call.target.as_slice());
             let known_precompile = (numeric >= U256::from(1) && numeric <= U256::from(0x11))
@@ -311,9 +340,13 @@ impl EntityCheck<'_> {
                 continue;
             }
             if numeric <= U256::from(0xffff) && !call.target_has_code {
-                self.report(Rule::Op062, call.target, "call to an unknown precompile");
-            } else if !call.target_has_code && call.target != a.sender {
-                self.report(Rule::Op041, call.target, "call to an address without code");
+                let detail = format!("{entity} Illegal call to forbidden precompile {target}");
+                self.report(Rule::Op062, target, detail);
+            } else if !call.target_has_code && target != a.sender {
+                let detail = format!(
+                    "{entity} accesses un-deployed contract address {target} with opcode CALL"
+                );
+                self.report(Rule::Op041, target, detail);
             }
         }
     }
@@ -337,40 +370,48 @@ impl EntityCheck<'_> {
                 // invalidate; creating it is judged by OP-011/031/032 and EREP-060.
                 continue;
             }
-            if Some(contract) == own {
-                if !self.staked() {
-                    self.report(
-                        Rule::Sto031,
-                        contract,
-                        format!("own storage slot {slot:#x} of an unstaked {}", self.entity),
-                    );
-                }
+            // The reference bundler's decision, rule by rule.
+            let sender_associated = self.associated(slot, a.sender);
+            let own_storage = Some(contract) == own;
+            let entity_associated = own.is_some_and(|e| self.associated(slot, e));
+            // STO-031 / STO-032 / STO-033 (read-only): what a staked entity may touch.
+            let allowed_if_staked = own_storage || entity_associated || !write;
+            let sto_021 = sender_associated && !has_init_code;
+            let sto_022 = sender_associated && has_init_code && self.stakes.factory;
+            if sto_021 || sto_022 || (allowed_if_staked && self.staked()) {
                 continue;
             }
-            if self.associated(slot, a.sender) {
-                // STO-021 (the account exists) / STO-022 (deployed by a staked factory).
-                if has_init_code && !self.stakes.factory {
-                    self.report(Rule::Sto022, contract, format!("sender-associated slot {slot:#x} while an unstaked factory deploys the sender"));
-                }
-                continue;
-            }
-            if self.staked() {
-                let entity_associated = own.is_some_and(|e| self.associated(slot, e));
-                if !entity_associated && write {
-                    self.report(
-                        Rule::Sto033,
-                        contract,
-                        format!("write to unassociated slot {slot:#x}"),
-                    );
-                }
-                continue; // STO-032 / STO-033 read-only
-            }
-            self.report(
-                Rule::Sto021,
-                contract,
-                format!("unassociated slot {slot:#x} of another contract"),
-            );
+            let rule = if own_storage {
+                Rule::Sto031
+            } else if sender_associated {
+                Rule::Sto022
+            } else if self.staked() {
+                Rule::Sto033
+            } else {
+                Rule::Sto021
+            };
+            let detail = self.storage_detail(access, allowed_if_staked || sender_associated);
+            self.report(rule, contract, detail);
         }
+    }
+
+    /// The reference bundler's words for a forbidden storage access: `unstaked` when a stake
+    /// (the entity's or the factory's) would have allowed it.
+    fn storage_detail(&self, access: &StorageAccess, stake_would_allow: bool) -> String {
+        let a = self.addresses;
+        let name = match access.contract {
+            c if c == a.sender => "account".to_owned(),
+            c if Some(c) == a.factory => "factory".to_owned(),
+            c if Some(c) == a.paymaster => "paymaster".to_owned(),
+            c => c.to_string(),
+        };
+        let slot = access.slot;
+        if stake_would_allow {
+            return format!("unstaked {} accessed {name} slot {slot:#x}", self.entity);
+        }
+        let read_write = if access.write { "write to" } else { "read from" };
+        let transient = if access.transient { "transient " } else { "" };
+        format!("{} has forbidden {read_write} {transient}{name} slot {slot:#x}", self.entity)
     }
 
     /// Was `contract` created during this validation (by any entity)?
@@ -476,6 +517,11 @@ mod tests {
                 vec!["OP-054"],
             ),
             (call(a.sender, Some([1, 2, 3, 4]), false), Entity::Account, vec!["OP-054"]),
+            // OP-052/053 from a utility contract inside the sender's frame, as the reference
+            // bundler allows; from the paymaster's frame, not.
+            (call(Address::repeat_byte(0x71), None, true), Entity::Account, vec![]),
+            (call(Address::repeat_byte(0x71), Some(DEPOSIT_TO), false), Entity::Account, vec![]),
+            (call(Address::repeat_byte(0x71), None, true), Entity::Paymaster, vec!["OP-054"]),
             // OP-052 allows depositTo(sender) only.
             (deposit_for_other, Entity::Account, vec!["OP-054"]),
         ] {
@@ -560,6 +606,27 @@ mod tests {
             check(Entity::Account, sender_create, Stakes::default(), Default::default()).is_empty(),
             "OP-032"
         );
+        // EREP-060 covers the factory and the sender themselves, not a utility contract they
+        // call; OP-032 lets the sender CREATE in the factory's frame (its constructor) too.
+        let utility = Address::repeat_byte(0xd0);
+        let staked = Stakes { factory: true, ..Default::default() };
+        for (creator, create2, entity, stakes, expected) in [
+            (utility, false, Entity::Account, staked, vec!["OP-011"]),
+            (utility, true, Entity::Account, staked, vec!["OP-031"]),
+            (a.sender, true, Entity::Account, staked, vec![]),
+            (a.sender, false, Entity::Factory, Stakes::default(), vec![]),
+            (a.sender, true, Entity::Account, Stakes::default(), vec!["OP-031"]),
+        ] {
+            let seen = EntityTrace {
+                creations: vec![Creation { creator, create2, created: None }],
+                ..Default::default()
+            };
+            assert_eq!(
+                check(entity, seen, stakes, Default::default()),
+                expected,
+                "{creator} {create2}"
+            );
+        }
         let paymaster_create = EntityTrace {
             creations: vec![Creation {
                 creator: a.paymaster.unwrap_or_default(),
@@ -574,15 +641,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn storage_rules() {
-        let a = addresses();
-        let token = Address::repeat_byte(0x70);
+    /// A slot of the sender's in some token's mapping (`keccak(sender ‖ 0)`), and a trace that
+    /// saw its preimage.
+    fn sender_slot_trace(a: &OpAddresses) -> (U256, ValidationTrace) {
         let sender_slot = U256::from_be_bytes(
             keccak256([[0u8; 12].as_slice(), a.sender.as_slice(), &[0u8; 32]].concat()).0,
         );
         let mut trace = ValidationTrace::default();
         trace.keccak_preimages.insert(sender_slot.into(), a.sender);
+        (sender_slot, trace)
+    }
+
+    #[test]
+    fn storage_rules() {
+        let a = addresses();
+        let token = Address::repeat_byte(0x70);
+        let (sender_slot, trace) = sender_slot_trace(&a);
         let access =
             |contract, slot, write| StorageAccess { contract, slot, write, transient: false };
         let paymaster = a.paymaster.unwrap_or_default();
@@ -698,6 +772,115 @@ mod tests {
         assert!(check(Entity::Account, seen.clone(), staked, trace).is_empty());
         // The same write to a contract that existed before is STO-021.
         assert_eq!(check(Entity::Account, seen, staked, Default::default()), vec!["STO-021"]);
+    }
+
+    /// The messages clients match on: the reference bundler's wording, one row per rule.
+    #[test]
+    fn messages_are_the_reference_wording() {
+        let a = addresses();
+        let c = Address::repeat_byte(1);
+        let paymaster = a.paymaster.unwrap_or_default();
+        let opcodes = |op| EntityTrace { opcodes: [(op, c)].into(), ..Default::default() };
+        let storage = |contract, write| EntityTrace {
+            storage: [StorageAccess { contract, slot: U256::from(7), write, transient: false }]
+                .into(),
+            ..Default::default()
+        };
+        let token = Address::repeat_byte(0x70);
+        let unstaked = Stakes::default();
+        let staked_paymaster = Stakes { paymaster: true, ..Default::default() };
+        for (entity, seen, stakes, rule, message) in [
+            (
+                Entity::Account,
+                opcodes(opcode::TIMESTAMP),
+                unstaked,
+                "OP-011",
+                "account uses banned opcode: TIMESTAMP",
+            ),
+            (
+                Entity::Paymaster,
+                opcodes(opcode::GAS),
+                unstaked,
+                "OP-012",
+                "paymaster uses banned opcode: GAS",
+            ),
+            (
+                Entity::Factory,
+                opcodes(opcode::SELFBALANCE),
+                unstaked,
+                "OP-080",
+                "unstaked factory uses banned opcode: SELFBALANCE",
+            ),
+            (
+                Entity::Account,
+                opcodes(0x0c),
+                unstaked,
+                "OP-013",
+                "account uses banned opcode: 0x0c",
+            ),
+            (
+                Entity::Account,
+                EntityTrace { out_of_gas: true, ..Default::default() },
+                unstaked,
+                "OP-020",
+                "account internally reverts on oog",
+            ),
+            (
+                Entity::Paymaster,
+                storage(paymaster, false),
+                unstaked,
+                "STO-031",
+                "unstaked paymaster accessed paymaster slot 0x7",
+            ),
+            (
+                Entity::Account,
+                storage(token, false),
+                unstaked,
+                "STO-021",
+                "unstaked account accessed 0x7070707070707070707070707070707070707070 slot 0x7",
+            ),
+            (
+                Entity::Account,
+                storage(token, true),
+                unstaked,
+                "STO-021",
+                "account has forbidden write to 0x7070707070707070707070707070707070707070 slot 0x7",
+            ),
+            (
+                Entity::Paymaster,
+                storage(token, true),
+                staked_paymaster,
+                "STO-033",
+                "paymaster has forbidden write to 0x7070707070707070707070707070707070707070 slot 0x7",
+            ),
+        ] {
+            let mut trace = ValidationTrace::default();
+            trace.entities.insert(entity, seen);
+            let found = ValidationRules::default().check(&a, &trace, &stakes, 0);
+            let [violation] = found.as_slice() else { panic!("{message}: {found:?}") };
+            assert_eq!((violation.rule.id(), violation.to_string().as_str()), (rule, message));
+        }
+        let found =
+            ValidationRules::default().check(&a, &ValidationTrace::default(), &unstaked, 32);
+        assert!(
+            found[0].to_string().starts_with("unstaked paymaster returned a context"),
+            "EREP-050"
+        );
+    }
+
+    /// STO-033 beats STO-022: a staked paymaster may read a sender-associated slot while an
+    /// unstaked factory deploys the sender; the unstaked paymaster may not.
+    #[test]
+    fn staked_entity_reads_sender_slots_during_deployment() {
+        let a = addresses();
+        let token = Address::repeat_byte(0x70);
+        let (sender_slot, trace) = sender_slot_trace(&a);
+        let read =
+            StorageAccess { contract: token, slot: sender_slot, write: false, transient: false };
+        let seen = EntityTrace { storage: [read].into(), ..Default::default() };
+        let staked_paymaster = Stakes { paymaster: true, ..Default::default() };
+        assert!(check(Entity::Paymaster, seen.clone(), staked_paymaster, trace.clone()).is_empty());
+        assert_eq!(check(Entity::Paymaster, seen, Stakes::default(), trace), vec!["STO-022"]);
     }
 
     #[test]

@@ -189,8 +189,13 @@ impl Simulator {
             account: staked(&outcome.sender_info),
             paymaster: staked(&outcome.paymaster_info),
         };
-        let mut violations =
-            self.rules.check(&addresses, &trace, &stakes, outcome.paymaster_context.len());
+        // EREP-050 belongs to the v0.8 mempool: the v0.7 mempool (its reference bundler and
+        // compatibility suite, "EREP-050-regression") lets an unstaked paymaster return a context.
+        let context_len = match version {
+            EntryPointVersion::V07 => 0,
+            EntryPointVersion::V08 => outcome.paymaster_context.len(),
+        };
+        let mut violations = self.rules.check(&addresses, &trace, &stakes, context_len);
         // AUTH-020: a delegated EOA may only be the op's sender, never its factory or paymaster.
         for (entity, address) in
             [(Entity::Factory, addresses.factory), (Entity::Paymaster, addresses.paymaster)]

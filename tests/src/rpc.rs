@@ -7,7 +7,9 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use serde_json::{Value, json};
 use settled_contracts::{EntryPointVersion, PackedUserOperation, UserOperation};
 
-use crate::TestResult;
+use alloy::signers::local::PrivateKeySigner;
+
+use crate::{TestChain, TestResult, unestimated_op};
 
 /// A JSON-RPC answer: the result, or the error's code and message.
 pub type RpcAnswer = Result<Value, (i64, String)>;
@@ -148,4 +150,39 @@ pub async fn sponsor(
         .map_err(|e| format!("pm_getPaymasterData: {e:?}"))?;
     apply_paymaster_data(&mut op, &signed)?;
     Ok(op)
+}
+
+/// The creation of `owner`'s brand-new account, sponsored by `paymaster` (one that pays for
+/// anything), estimated through the node at `url` and signed.
+pub async fn sponsored_creation_op(
+    url: &str,
+    chain: &TestChain,
+    version: EntryPointVersion,
+    paymaster: Address,
+    owner: &PrivateKeySigner,
+) -> TestResult<PackedUserOperation> {
+    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
+    let mut op = unestimated_op(sender, 0, init_code, Bytes::new());
+    op.paymasterAndData = paymaster.to_vec().into();
+    op.set_paymaster_gas_limits(0, 0);
+    let mut op = with_estimated_limits(url, version, op).await?;
+    op.signature = chain.sign_op(version, owner, &op).await?;
+    Ok(op)
+}
+
+/// `address`'s entry in `debug_bundler_dumpReputation` at `url` (null: not tracked).
+pub async fn reputation_at(
+    url: &str,
+    version: EntryPointVersion,
+    address: Address,
+) -> TestResult<Value> {
+    let dump = call_url(url, "debug_bundler_dumpReputation", json!([version.canonical_address()]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    let found = dump.as_array().and_then(|entries| {
+        entries
+            .iter()
+            .find(|e| serde_json::from_value::<Address>(e["address"].clone()).ok() == Some(address))
+    });
+    Ok(found.cloned().unwrap_or(Value::Null))
 }
