@@ -175,8 +175,10 @@ pub trait UserOperationApi {
 /// settled's own bundler helpers.
 #[rpc(server, namespace = "settled")]
 pub trait BundlerExtrasApi {
-    /// Fees for a UserOperation: slow, standard, fast.
-    #[method(name = "getUserOperationGasPrice")]
+    /// Fees for a UserOperation: slow, standard, fast. Also served as
+    /// `pimlico_getUserOperationGasPrice`, the name permissionless' `createPimlicoClient` asks
+    /// for (same answer shape), so it works unchanged against settled.
+    #[method(name = "getUserOperationGasPrice", aliases = ["pimlico_getUserOperationGasPrice"])]
     async fn get_user_operation_gas_price(&self) -> RpcResult<GasPrices>;
 }
 

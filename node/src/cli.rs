@@ -312,6 +312,11 @@ pub struct NodeArgs {
     #[arg(long = "paymaster.low-deposit-wei", env = "SETTLED_PAYMASTER_LOW_DEPOSIT_WEI", default_value_t = PaymasterSettings::default().low_deposit_wei)]
     pub paymaster_low_deposit_wei: alloy::primitives::U256,
 
+    /// The policy a `pm_*` request without `context.policyId` is judged by (`settled dev`:
+    /// `default`; elsewhere none, and such a request is refused).
+    #[arg(long = "paymaster.default-policy", env = "SETTLED_PAYMASTER_DEFAULT_POLICY")]
+    pub paymaster_default_policy: Option<String>,
+
     /// Do not run the ERC-4337 bundler.
     #[arg(long = "bundler.disable", env = "SETTLED_BUNDLER_DISABLE")]
     pub bundler_disable: bool,
@@ -676,6 +681,7 @@ impl NodeArgs {
                 validity_secs: self.paymaster_validity_secs.max(1),
                 daily_budget_wei: self.paymaster_daily_budget_wei,
                 low_deposit_wei: self.paymaster_low_deposit_wei,
+                default_policy: self.paymaster_default_policy,
             },
             billing: BillingSettings {
                 api_keys_file: self.billing_api_keys_file,

@@ -66,6 +66,8 @@ pub struct PaymasterSettings {
     pub daily_budget_wei: Option<alloy::primitives::U256>,
     /// Warn (log and metric) when a paymaster deposit falls below this (wei).
     pub low_deposit_wei: alloy::primitives::U256,
+    /// The policy for `pm_*` requests that name none (`settled dev`: `default`).
+    pub default_policy: Option<String>,
 }
 
 impl Default for PaymasterSettings {
@@ -80,6 +82,7 @@ impl Default for PaymasterSettings {
             validity_secs: engine.validity_secs,
             daily_budget_wei: None,
             low_deposit_wei: engine.low_deposit_wei,
+            default_policy: None,
         }
     }
 }

@@ -95,7 +95,10 @@ pub async fn launch(
         ChainSource::Dev(dev_config) => {
             let chain = dev::prepare(&config, &dev_config).await?;
             if config.paymaster.policies.is_empty() && config.paymaster.policies_file.is_none() {
-                config.paymaster.policies.push(crate::paymaster::dev_policy());
+                let policy = crate::paymaster::dev_policy();
+                // A wallet that names no policy is sponsored under dev's only one.
+                config.paymaster.default_policy.get_or_insert_with(|| policy.id.clone());
+                config.paymaster.policies.push(policy);
             }
             (chain.anvil, chain.rpc_url, chain.provider, chain.deployment, chain.keys)
         }
@@ -157,6 +160,7 @@ pub async fn launch(
                 low_deposit_wei: config.paymaster.low_deposit_wei,
                 policies: policies(&config)?,
                 rules: config.bundler.params.rules(),
+                default_policy: config.paymaster.default_policy.clone(),
                 ..Default::default()
             };
             let signer = PaymasterSigner::new(key);

@@ -14,8 +14,9 @@
 //!   at least the market's.
 
 use alloy::{
-    network::{EthereumWallet, TransactionBuilder},
-    primitives::{Address, B256},
+    eips::eip2718::Encodable2718,
+    network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder},
+    primitives::{Address, B256, Bytes},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
@@ -65,12 +66,40 @@ pub(crate) enum SendError {
     /// Fees, nonce or the send itself.
     #[error("sending the transaction: {0}")]
     Transport(#[from] TransportError),
+    /// The transaction could not be signed.
+    #[error("signing the transaction: {0}")]
+    Signing(String),
+    /// The caller could not record the signed transaction; nothing was broadcast.
+    #[error("recording the transaction before sending it: {0}")]
+    Record(String),
+}
+
+impl SendError {
+    /// Whether the node answered with a refusal (so the transaction is certainly not in its
+    /// pool), as opposed to a transport failure after which it may be.
+    pub(crate) fn refused_by_node(&self) -> bool {
+        match self {
+            Self::Refused(_) | Self::Signing(_) | Self::Record(_) => true,
+            Self::Transport(e) => e.as_error_resp().is_some(),
+        }
+    }
+}
+
+/// A transaction signed at the operator's next nonce, not yet broadcast: the caller records
+/// `raw` durably, then [`TransactionSender::broadcast`]s it. Holds the nonce lock meanwhile.
+pub(crate) struct Signed<'a> {
+    _nonce: tokio::sync::MutexGuard<'a, ()>,
+    /// What was signed.
+    pub(crate) sent: SentTransaction,
+    /// The signed transaction, EIP-2718 encoded.
+    pub(crate) raw: Bytes,
 }
 
 /// Signs and sends the operator's transactions (see the module docs).
 #[derive(Debug)]
 pub(crate) struct TransactionSender {
     provider: DynProvider,
+    wallet: EthereumWallet,
     address: Address,
     /// Held from the nonce read until the node has the transaction.
     nonce_lock: tokio::sync::Mutex<()>,
@@ -80,11 +109,10 @@ impl TransactionSender {
     /// A sender signing with `signer` over `provider`.
     pub(crate) fn new(provider: DynProvider, signer: PrivateKeySigner) -> Self {
         let address = signer.address();
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer))
-            .connect_provider(provider)
-            .erased();
-        Self { provider, address, nonce_lock: tokio::sync::Mutex::new(()) }
+        let wallet = EthereumWallet::from(signer);
+        let provider =
+            ProviderBuilder::new().wallet(wallet.clone()).connect_provider(provider).erased();
+        Self { provider, wallet, address, nonce_lock: tokio::sync::Mutex::new(()) }
     }
 
     /// The signing provider (for reads and receipts; send through [`Self::send`]).
@@ -109,6 +137,51 @@ impl TransactionSender {
             tx.max_priority_fee_per_gas.get_or_insert(fees.max_priority_fee_per_gas);
         }
         self.send_at(tx).await
+    }
+
+    /// Signs `tx` (from the operator) at the next nonce, market fees, a gas limit with headroom,
+    /// without sending it: what must survive a crash is recorded by the caller first (a kill -9
+    /// after the broadcast then finds the transaction instead of sending another).
+    pub(crate) async fn sign(&self, tx: TransactionRequest) -> Result<Signed<'_>, SendError> {
+        let nonce_guard = self.nonce_lock.lock().await;
+        let nonce = self.provider.get_transaction_count(self.address).pending().await?;
+        let chain_id = self.provider.get_chain_id().await?;
+        let fees = self.provider.estimate_eip1559_fees().await?;
+        let mut tx = tx
+            .from(self.address)
+            .nonce(nonce)
+            .with_chain_id(chain_id)
+            .max_fee_per_gas(fees.max_fee_per_gas)
+            .max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+        let estimate = self.provider.estimate_gas(tx.clone()).await.map_err(SendError::Refused)?;
+        tx.set_gas_limit(gas_limit_for(estimate));
+        let envelope =
+            tx.build(&self.wallet).await.map_err(|e| SendError::Signing(e.to_string()))?;
+        let sent = SentTransaction {
+            hash: *envelope.tx_hash(),
+            nonce,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            max_fee_per_blob_gas: None,
+        };
+        Ok(Signed { _nonce: nonce_guard, sent, raw: envelope.encoded_2718().into() })
+    }
+
+    /// Sends a transaction [`Self::sign`] made (and its caller recorded); releases the nonce.
+    pub(crate) async fn broadcast(&self, signed: Signed<'_>) -> Result<SentTransaction, SendError> {
+        let _pending = self.provider.send_raw_transaction(&signed.raw).await?;
+        Ok(signed.sent)
+    }
+
+    /// Sends a recorded transaction again (after a restart): the node may never have had it.
+    /// The same bytes, so it is mined at most once; "already known" and a nonce already used
+    /// (it was mined) are not errors.
+    pub(crate) async fn rebroadcast(&self, raw: &Bytes) -> Result<(), SendError> {
+        match self.provider.send_raw_transaction(raw).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_error_resp().is_some() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends `tx` again at `previous`'s nonce, outbidding it: every fee at least doubled and

@@ -26,8 +26,10 @@ pub enum PaymasterError {
     /// No paymaster of ours serves this EntryPoint.
     #[error("unsupported EntryPoint {0}")]
     UnsupportedEntryPoint(Address),
-    /// The `context` does not name a policy.
-    #[error("context must name a policy: {{\"policyId\": \"...\"}} (optionally \"customer\")")]
+    /// The `context` does not name a policy and no default policy is configured.
+    #[error(
+        "context must name a policy: {{\"policyId\": \"...\"}} (optionally \"customer\"); this node has no default policy"
+    )]
     MissingContext,
     /// No such policy.
     #[error("unknown policy {0:?}")]

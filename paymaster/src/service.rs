@@ -51,6 +51,9 @@ pub struct PaymasterConfig {
     pub low_deposit_wei: U256,
     /// Policies from the config file (those set over the admin RPC are persisted and win).
     pub policies: Vec<SponsorshipPolicy>,
+    /// The policy a request without `context.policyId` is judged by (none: such a request is
+    /// refused, -32602).
+    pub default_policy: Option<String>,
     /// Simulation bounds for the denial-of-wallet guard.
     pub limits: SimulationLimits,
     /// ERC-7562 stake minimums.
@@ -69,6 +72,7 @@ impl Default for PaymasterConfig {
             daily_budget: None,
             low_deposit_wei: U256::from(10u128.pow(17)),
             policies: Vec::new(),
+            default_policy: None,
             limits: SimulationLimits::default(),
             rules: ValidationRules::default(),
         }
@@ -111,12 +115,14 @@ pub struct PaymasterData {
     pub paymaster_data: Bytes,
 }
 
-/// What the ERC-7677 `context` says: the policy, and the customer to charge (default: the sender).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// What the ERC-7677 `context` says: the policy (default: the node's default policy), and the
+/// customer to charge (default: the sender).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SponsorshipContext {
-    /// The policy.
-    pub policy_id: String,
+    /// The policy (`sponsorshipPolicyId`, as Pimlico's clients name it, is read too).
+    #[serde(default, alias = "sponsorshipPolicyId")]
+    pub policy_id: Option<String>,
     /// The customer (billing account) the sponsorship is charged to.
     #[serde(default)]
     pub customer: Option<String>,
@@ -276,10 +282,14 @@ impl Paymaster {
         }
         let (version, paymaster) = self.paymaster_for(entry_point)?;
         let context = match context {
-            None | Some(serde_json::Value::Null) => return Err(PaymasterError::MissingContext),
+            None | Some(serde_json::Value::Null) => SponsorshipContext::default(),
             Some(value) => SponsorshipContext::deserialize(value)
                 .map_err(|e| PaymasterError::InvalidParams(format!("context: {e}")))?,
         };
+        let policy_id = context
+            .policy_id
+            .or_else(|| self.shared.config.default_policy.clone())
+            .ok_or(PaymasterError::MissingContext)?;
         if let Some(other) = op.paymaster
             && other != paymaster
         {
@@ -287,7 +297,7 @@ impl Paymaster {
                 "the op names paymaster {other}, not this service's {paymaster}"
             )));
         }
-        let policy = self.policy(&context.policy_id)?;
+        let policy = self.policy(&policy_id)?;
         let customer = context.customer.unwrap_or_else(|| op.sender.to_string());
         if customer.is_empty() || customer.len() > 256 {
             return Err(PaymasterError::InvalidParams(

@@ -91,6 +91,14 @@ async fn send_estimate_receipt_lookup() -> TestResult {
     );
     let prices = call(&node, "settled_getUserOperationGasPrice", json!([])).await?;
     let prices = prices.map_err(|e| format!("{e:?}"))?;
+    // permissionless' Pimlico client asks under Pimlico's name; the answer has the same shape.
+    let pimlico = call(&node, "pimlico_getUserOperationGasPrice", json!([])).await?;
+    let pimlico = pimlico.map_err(|e| format!("{e:?}"))?;
+    for level in ["slow", "standard", "fast"] {
+        for field in ["maxFeePerGas", "maxPriorityFeePerGas"] {
+            assert!(pimlico[level][field].is_string(), "pimlico {level}.{field}: {pimlico}");
+        }
+    }
     let fee = |level: &str, field: &str| -> TestResult<U256> {
         Ok(serde_json::from_value(prices[level][field].clone())?)
     };

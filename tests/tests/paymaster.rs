@@ -632,3 +632,31 @@ async fn reorged_sponsorship_is_reopened_and_settled_once() -> TestResult {
     assert!(first > U256::ZERO);
     node.shutdown().await
 }
+
+/// A wallet that names no policy (no context, `{}`, a customer only) is sponsored under the
+/// configured default policy; Pimlico's `sponsorshipPolicyId` names a policy too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_policy_use_the_default_policy() -> TestResult {
+    let node = TestNode::spawn_with(Default::default(), |config| {
+        config.paymaster.default_policy = Some("approvals".into());
+    })
+    .await?;
+    let policy = approve_policy(node.chain().deployment().usdc, |_| {});
+    assert_eq!(call(&node, "paymaster_setPolicy", json!([policy])).await?, Ok(json!(true)));
+    let version = EntryPointVersion::V07;
+    let (_, op) = creation_op(&node, version, 9).await?;
+    let paymaster = json!(node.chain().deployment().paymaster(version));
+    for context in [
+        Value::Null,
+        json!({}),
+        json!({ "customer": "acme" }),
+        json!({ "sponsorshipPolicyId": "approvals" }),
+    ] {
+        let stub = pm(&node, "getPaymasterStubData", version, &op, context.clone()).await?;
+        let stub = stub.map_err(|e| format!("{context}: {e:?}"))?;
+        assert_eq!(stub["paymaster"], paymaster, "{context}");
+    }
+    let unknown = pm(&node, "getPaymasterStubData", version, &op, context("nope")).await?;
+    assert_eq!(unknown.err().map(|e| e.0), Some(i64::from(codes::INVALID_PARAMS)));
+    node.shutdown().await
+}

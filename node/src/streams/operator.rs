@@ -4,14 +4,16 @@
 //! returns the first call's result and never sends twice; the same key with other parameters is
 //! refused.
 //!
-//! The idempotency record is written before the transaction is sent (claimed), updated with the
-//! transaction hash as soon as it is sent, and with the result once mined, so a retry after a
-//! crash finds the transaction instead of sending another.
+//! The idempotency record is written before anything is signed (claimed, by this process), then
+//! holds the signed transaction — fsynced before it is broadcast — and finally the result, so a
+//! retry after a kill -9 at any instant finds the transaction (and sends the same bytes again if
+//! the node never had them) instead of sending another. A claim left by a process that died
+//! before signing is taken over: nothing of it reached the chain.
 
 use std::sync::Arc;
 
 use alloy::{
-    primitives::{Address, B256, U256, aliases::U96, keccak256},
+    primitives::{Address, B256, Bytes, U256, aliases::U96, keccak256},
     providers::Provider,
     rpc::types::TransactionRequest,
 };
@@ -22,7 +24,7 @@ use jsonrpsee::{
 use serde::{Deserialize, Serialize};
 use settled_contracts::StreamVault;
 
-use crate::sender::TransactionSender;
+use crate::sender::{SendError, TransactionSender};
 
 use super::{
     index::StreamId,
@@ -42,10 +44,20 @@ pub struct OperatorReceipt {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 enum Record {
-    /// Claimed by a call that has not sent yet (or failed before sending: then removed).
-    Claimed { params: B256 },
-    /// Sent, not yet known mined.
-    Sent { params: B256, transaction: B256 },
+    /// Claimed by a call of process `boot` that has not signed yet (or failed before sending:
+    /// then removed).
+    Claimed {
+        params: B256,
+        #[serde(default)]
+        boot: u64,
+    },
+    /// Signed (`raw`, durable before the broadcast), not yet known mined.
+    Sent {
+        params: B256,
+        transaction: B256,
+        #[serde(default)]
+        raw: Bytes,
+    },
     /// Mined.
     Done { params: B256, receipt: OperatorReceipt },
 }
@@ -53,9 +65,9 @@ enum Record {
 impl Record {
     fn params(&self) -> B256 {
         match self {
-            Self::Claimed { params } | Self::Sent { params, .. } | Self::Done { params, .. } => {
-                *params
-            }
+            Self::Claimed { params, .. }
+            | Self::Sent { params, .. }
+            | Self::Done { params, .. } => *params,
         }
     }
 }
@@ -67,6 +79,8 @@ pub(crate) struct Operator {
     pub(crate) address: Address,
     vault: Address,
     records: sled::Tree,
+    /// This process's claims (a claim of another boot is a dead process's).
+    boot: u64,
 }
 
 fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
@@ -80,7 +94,9 @@ impl Operator {
         db: &sled::Db,
     ) -> Result<Self, sled::Error> {
         let address = sender.address();
-        Ok(Self { sender, address, vault, records: db.open_tree("streams.idempotency")? })
+        let records = db.open_tree("streams.idempotency")?;
+        let boot = rand_boot_id();
+        Ok(Self { sender, address, vault, records, boot })
     }
 
     /// The record id of (API key, idempotency key).
@@ -108,7 +124,17 @@ impl Operator {
         }
         match existing {
             Record::Done { receipt, .. } => Ok(Some(receipt)),
-            Record::Sent { transaction, .. } => self.mined(id, params, transaction).await.map(Some),
+            Record::Sent { transaction, raw, .. } => {
+                if !raw.is_empty() {
+                    self.sender.rebroadcast(&raw).await.map_err(internal)?;
+                }
+                self.mined(id, params, transaction).await.map(Some)
+            }
+            Record::Claimed { boot, .. } if boot != self.boot => {
+                // A dead process's claim: it never broadcast (that needs a durable `Sent`).
+                let _ = self.records.compare_and_swap(id, Some(value), None as Option<&[u8]>);
+                Ok(None)
+            }
             Record::Claimed { .. } => Err(error(
                 codes::CONFLICT,
                 "a call with this idempotencyKey is in progress; retry shortly",
@@ -123,7 +149,8 @@ impl Operator {
         params: B256,
         tx: TransactionRequest,
     ) -> Result<OperatorReceipt, ErrorObjectOwned> {
-        let claim = serde_json::to_vec(&Record::Claimed { params }).map_err(internal)?;
+        let claim =
+            serde_json::to_vec(&Record::Claimed { params, boot: self.boot }).map_err(internal)?;
         let claimed = self
             .records
             .compare_and_swap(id, None as Option<&[u8]>, Some(claim))
@@ -145,17 +172,42 @@ impl Operator {
                 format!("the vault refuses: {}", revert_reason(&e)),
             ));
         }
-        let transaction = match self.sender.send(tx).await {
-            Ok(sent) => sent.hash,
-            Err(e) => {
-                // Nothing was sent: the key is free for a retry.
+        let transaction = match self.sign_record_send(id, params, tx).await {
+            Ok(transaction) => transaction,
+            Err((e, Broadcast::Unknown)) => {
+                // The node may have it: the durable record lets a retry find it.
+                return Err(error(codes::INTERNAL, e.to_string()));
+            }
+            Err((e, Broadcast::No)) => {
+                // Certainly not sent: the key is free for a retry.
                 let _ = self.records.remove(id);
-                return Err(error(codes::INTERNAL, format!("sending the transaction: {e}")));
+                return Err(error(codes::INTERNAL, e.to_string()));
             }
         };
-        let sent = serde_json::to_vec(&Record::Sent { params, transaction }).map_err(internal)?;
-        self.records.insert(id, sent).map_err(internal)?;
         self.mined(id, params, transaction).await
+    }
+
+    /// Signs `tx`, records it durably under `id` (fsync), then broadcasts it. An error says
+    /// whether the transaction may have reached the node.
+    async fn sign_record_send(
+        &self,
+        id: B256,
+        params: B256,
+        tx: TransactionRequest,
+    ) -> Result<B256, (SendError, Broadcast)> {
+        let not_sent = |e: SendError| (e, Broadcast::No);
+        let signed = self.sender.sign(tx).await.map_err(not_sent)?;
+        let transaction = signed.sent.hash;
+        let record = Record::Sent { params, transaction, raw: signed.raw.clone() };
+        let value =
+            serde_json::to_vec(&record).map_err(|e| not_sent(SendError::Record(e.to_string())))?;
+        self.records.insert(id, value).map_err(|e| not_sent(SendError::Record(e.to_string())))?;
+        durable(&self.records).await.map_err(|e| not_sent(SendError::Record(e)))?;
+        match self.sender.broadcast(signed).await {
+            Ok(_) => Ok(transaction),
+            Err(e) if e.refused_by_node() => Err((e, Broadcast::No)),
+            Err(e) => Err((e, Broadcast::Unknown)),
+        }
     }
 
     async fn mined(
@@ -192,6 +244,34 @@ impl Operator {
         self.records.insert(id, done).map_err(internal)?;
         Ok(result)
     }
+}
+
+/// Whether a failed send may have reached the node.
+enum Broadcast {
+    /// Certainly not.
+    No,
+    /// Perhaps (a transport failure during the broadcast).
+    Unknown,
+}
+
+/// A per-process id for claims: the start time in nanoseconds and the process id, so two boots
+/// never share one.
+fn rand_boot_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Waits until every write to `tree` so far is on disk (a blocking flush on a blocking thread:
+/// concurrent `flush_async` calls can hang in sled 0.34).
+async fn durable(tree: &sled::Tree) -> Result<(), String> {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(|e| e.to_string())?
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A vault revert as its decoded error (`NotAllowed { .. }`), else the node's message.
