@@ -48,17 +48,18 @@ pub enum NodeError {
         /// What went wrong.
         reason: String,
     },
-    /// The datadir belongs to another chain.
+    /// The datadir belongs to another chain (another id, or the same id with another genesis).
     #[error(
-        "datadir {path} holds data of chain {stored}, not of chain {actual}; use another --datadir"
+        "datadir {path} holds data of another chain (id {}, genesis {}), not of this one (id {}, genesis {}); use another --datadir, or remove it to start over",
+        stored.chain_id, stored.genesis, actual.chain_id, actual.genesis
     )]
     WrongChainData {
         /// The datadir.
         path: PathBuf,
-        /// Chain id recorded in it.
-        stored: u64,
-        /// Chain id of the endpoint.
-        actual: u64,
+        /// The chain recorded in it.
+        stored: crate::storage::ChainIdentity,
+        /// The endpoint's chain.
+        actual: crate::storage::ChainIdentity,
     },
     /// A dev-chain setup transaction failed.
     #[error("dev chain setup: {0}")]

@@ -27,7 +27,7 @@ use crate::{
     rpc,
     sender::TransactionSender,
     settlement::{SettlementChain, Settler, settlement_module},
-    storage::Storage,
+    storage::{ChainIdentity, OnOtherChain, Storage},
     streams::{Opener, Operator, StreamIndex, api_keys, billing_module},
 };
 
@@ -74,6 +74,20 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<DynProvider, NodeEr
     }
 }
 
+/// The hash of the chain's block 0: with the chain id, what a datadir is bound to.
+async fn genesis_hash(
+    provider: &DynProvider,
+    url: &str,
+) -> Result<alloy::primitives::B256, NodeError> {
+    let unreachable = |reason: String| NodeError::Unreachable { url: url.into(), reason };
+    let block = provider
+        .get_block_by_number(alloy::eips::BlockNumberOrTag::Number(0))
+        .await
+        .map_err(|e| unreachable(root_cause(&e)))?
+        .ok_or_else(|| unreachable("the endpoint has no block 0".into()))?;
+    Ok(block.header.hash)
+}
+
 /// The innermost error message: "connection refused" rather than a chain of wrappers.
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = err;
@@ -91,6 +105,11 @@ pub async fn launch(
 ) -> Result<NodeHandle, NodeError> {
     let started = std::time::Instant::now();
     let mut config = config;
+    // dev's own Anvil is a new chain at every start: its old data is dead, so it starts clean.
+    let on_other_chain = match &source {
+        ChainSource::Dev(dev) if dev.attach.is_none() => OnOtherChain::StartClean,
+        _ => OnOtherChain::Refuse,
+    };
     let (anvil, chain_rpc_url, provider, deployment, dev_keys) = match source {
         ChainSource::Dev(dev_config) => {
             let chain = dev::prepare(&config, &dev_config).await?;
@@ -110,7 +129,9 @@ pub async fn launch(
     };
     deployment.verify(&provider).await?;
     let chain_id = deployment.chain_id;
-    let storage = Storage::open(&config.datadir, chain_id).await?;
+    let identity =
+        ChainIdentity { chain_id, genesis: genesis_hash(&provider, &chain_rpc_url).await? };
+    let storage = Storage::open(&config.datadir, identity, on_other_chain).await?;
 
     let metrics_handle = metrics::install()?;
     ::metrics::gauge!(names::INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

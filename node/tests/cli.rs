@@ -112,33 +112,74 @@ fn rpc_port_in_use() -> TestResult {
 }
 
 /// `settled dev` starts its own Anvil, deploys, serves; SIGTERM stops node and Anvil, exit 0.
-#[test]
-fn dev_serves_and_stops_on_sigterm() -> TestResult {
-    let dir = tempfile::tempdir()?;
+/// `settled dev` on `datadir` with JSON logs: the child, its remaining stderr lines, the JSON
+/// lines before "settled ready", and that line.
+type DevRun = (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+    Vec<serde_json::Value>,
+    serde_json::Value,
+);
+
+fn start_dev(datadir: &std::path::Path) -> Result<DevRun, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut child = Command::new(SETTLED)
         .args(["dev", "--rpc.port", "0", "--metrics.port", "0", "--log.json", "--datadir"])
-        .arg(dir.path())
+        .arg(datadir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
-
-    // Wait for the JSON "settled ready" line.
-    let ready = loop {
+    let mut before = Vec::new();
+    loop {
         let line = lines.next().ok_or("settled exited before it was ready")??;
         let event: serde_json::Value = serde_json::from_str(&line)?;
         if event["fields"]["message"] == "settled ready" {
-            break event;
+            eprintln!("settled dev ready after {:?}", started.elapsed());
+            return Ok((child, lines, before, event));
         }
+        before.push(event);
         if started.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
             return Err("not ready within 60 s".into());
         }
-    };
-    eprintln!("settled dev ready after {:?}", started.elapsed());
+    }
+}
+
+fn sigterm(child: &std::process::Child) -> TestResult {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    assert!(status.success());
+    Ok(())
+}
+
+/// `settled dev`'s own Anvil is a new chain at every start: a restart on the same datadir
+/// starts clean instead of serving the dead chain's streams and batches.
+#[test]
+fn dev_restart_starts_clean() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut first, rest, before, _) = start_dev(dir.path())?;
+    assert!(!before.iter().any(|e| e["fields"]["message"].to_string().contains("starting clean")));
+    sigterm(&first)?;
+    rest.map_while(Result::ok).for_each(drop); // its stderr stays open until it exits
+    first.wait()?;
+    // Anvil's genesis is stamped with its start's second: the next one must be another.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let (mut second, rest, before, _) = start_dev(dir.path())?;
+    let clean =
+        before.iter().any(|e| e["fields"]["message"].to_string().contains("starting clean"));
+    sigterm(&second)?;
+    rest.map_while(Result::ok).for_each(drop);
+    second.wait()?;
+    assert!(clean, "no 'starting clean' before ready: {before:?}");
+    Ok(())
+}
+
+#[test]
+fn dev_serves_and_stops_on_sigterm() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut child, lines, _, ready) = start_dev(dir.path())?;
     let rpc = ready["fields"]["rpc"].as_str().ok_or("no rpc address")?.to_owned();
     let chain = ready["fields"]["chain"].as_str().ok_or("no chain url")?.to_owned();
     assert!(dir.path().join("deployment.json").exists(), "deployment not written");
@@ -151,8 +192,7 @@ fn dev_serves_and_stops_on_sigterm() -> TestResult {
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
-    assert!(status.success());
+    sigterm(&child)?;
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let exit = child.wait()?;
     assert!(exit.success(), "exit {exit:?}; stderr: {rest:?}");
