@@ -1,5 +1,6 @@
 //! `settled dev`: a local Anvil (started here or attached to), everything deployed, the dev
-//! accounts funded with USDC, and the deployment written to `<datadir>/deployment.json`.
+//! accounts funded with USDC; `launch` writes the deployment to `<datadir>/deployment.json` once
+//! it holds the datadir.
 
 use std::path::Path;
 
@@ -104,7 +105,6 @@ pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevC
             fund_paymaster(&provider, deployer, deployment.paymaster(version), &funding).await?;
         }
     }
-    save(&config.datadir, &deployment)?;
     Ok(DevChain { anvil, rpc_url, provider, deployment, keys })
 }
 
@@ -141,7 +141,9 @@ async fn fund(
     Ok(())
 }
 
-fn save(datadir: &Path, deployment: &Deployment) -> Result<(), NodeError> {
+/// Writes `<datadir>/deployment.json` (after the datadir's database is held: a second
+/// `settled dev` on a datadir in use must not rewrite the first one's file).
+pub(crate) fn save(datadir: &Path, deployment: &Deployment) -> Result<(), NodeError> {
     std::fs::create_dir_all(datadir)
         .map_err(|e| NodeError::Storage { path: datadir.to_path_buf(), reason: e.to_string() })?;
     let path = datadir.join("deployment.json");

@@ -106,6 +106,7 @@ pub async fn launch(
     let started = std::time::Instant::now();
     let mut config = config;
     // dev's own Anvil is a new chain at every start: its old data is dead, so it starts clean.
+    let is_dev = matches!(source, ChainSource::Dev(_));
     let on_other_chain = match &source {
         ChainSource::Dev(dev) if dev.attach.is_none() => OnOtherChain::StartClean,
         _ => OnOtherChain::Refuse,
@@ -132,6 +133,10 @@ pub async fn launch(
     let identity =
         ChainIdentity { chain_id, genesis: genesis_hash(&provider, &chain_rpc_url).await? };
     let storage = Storage::open(&config.datadir, identity, on_other_chain).await?;
+    if is_dev {
+        // `settled dev`: its deployment file, now that this process holds the datadir.
+        dev::save(&config.datadir, &deployment)?;
+    }
 
     let metrics_handle = metrics::install()?;
     ::metrics::gauge!(names::INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

@@ -148,7 +148,9 @@ fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> Exit
 
 fn init_logging(log: &LogConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let filter = EnvFilter::try_new(&log.filter)?;
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a pipe or a file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if log.json { builder.json().try_init() } else { builder.try_init() }
 }
 

@@ -176,6 +176,29 @@ fn dev_restart_starts_clean() -> TestResult {
     Ok(())
 }
 
+/// A second `settled dev` on a datadir in use is refused, and leaves the first one's
+/// `deployment.json` as it was (#16 item 7).
+#[test]
+fn a_second_dev_on_a_datadir_in_use_changes_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut first, rest, _, _) = start_dev(dir.path())?;
+    let file = dir.path().join("deployment.json");
+    // Its bytes are deterministic (CREATE2): a rewrite shows in the modification time.
+    let written = std::fs::metadata(&file)?.modified()?;
+    let second = Command::new(SETTLED)
+        .args(["dev", "--rpc.port", "0", "--metrics.port", "0", "--datadir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()?;
+    let unchanged = std::fs::metadata(&file)?.modified()? == written;
+    sigterm(&first)?;
+    rest.map_while(Result::ok).for_each(drop);
+    first.wait()?;
+    assert_one_line_error(&second, 1, "in use by another settled process");
+    assert!(unchanged, "the second `settled dev` rewrote deployment.json");
+    Ok(())
+}
+
 #[test]
 fn dev_serves_and_stops_on_sigterm() -> TestResult {
     let dir = tempfile::tempdir()?;

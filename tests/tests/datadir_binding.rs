@@ -32,6 +32,7 @@ async fn a_new_chain_with_the_same_id_is_refused() -> TestResult {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("another chain"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI colours on a pipe (#16 item 7): {stderr}");
 
     // Nothing was deleted: the first chain's node starts again on it.
     SettledProcess::start(&first, datadir.path()).await?.kill()?;
