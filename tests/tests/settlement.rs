@@ -247,6 +247,9 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
             .map_err(|e| format!("{e:?}"))?;
         let records: Vec<SettlementRecord> = serde_json::from_value(batch["records"].clone())?;
         let on_chain = anchor.getBatch(operator, U256::from(period)).call().await?;
+        // Token amounts are decimal strings on the wire (exact through JSON.parse above 2^53).
+        assert_eq!(batch["total"], json!(on_chain.totalAmount.to_string()));
+        assert!(batch["records"][0]["amount"].is_string(), "{}", batch["records"][0]);
         assert_eq!(serde_json::from_value::<B256>(batch["root"].clone())?, on_chain.root);
         assert_eq!(on_chain.recordCount as usize, records.len());
 

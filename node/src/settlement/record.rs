@@ -55,11 +55,51 @@ pub struct SettlementRecord {
     /// Seconds it accrued in the period (running: opened, not paused, not closed).
     pub seconds_billed: u64,
     /// Base units paid to the payee in the period.
+    #[serde(with = "decimal_amount")]
     pub amount: u128,
     /// Base units paid to the payee over the stream's life, up to the period's end.
+    #[serde(with = "decimal_amount")]
     pub cumulative_amount: u128,
     /// The billing backend's digest of the usage behind the period (zero: none reported).
     pub usage_digest: B256,
+}
+
+/// Token amounts in JSON: decimal strings, as every namespace of the node answers them (a JSON
+/// number above 2^53 is rounded by JavaScript's `JSON.parse` and by `jq`). Reading also takes a
+/// JSON integer, as batches stored before this convention hold them.
+pub(crate) mod decimal_amount {
+    use serde::{Deserializer, Serializer, de};
+
+    /// `value` as a decimal string.
+    pub(crate) fn serialize<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    /// A decimal string or a JSON integer.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<u128, D::Error> {
+        struct Amount;
+        impl de::Visitor<'_> for Amount {
+            type Value = u128;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token amount: a decimal string of base units")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<u128, E> {
+                let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+                digits.then(|| text.parse().ok()).flatten().ok_or_else(|| {
+                    E::custom(format!("{text:?} is not a decimal amount of base units"))
+                })
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<u128, E> {
+                Ok(u128::from(value))
+            }
+            fn visit_u128<E: de::Error>(self, value: u128) -> Result<u128, E> {
+                Ok(value)
+            }
+        }
+        deserializer.deserialize_any(Amount)
+    }
 }
 
 /// What every record of a batch shares.
@@ -329,6 +369,27 @@ pub(crate) mod samples {
 #[cfg(test)]
 mod tests {
     use super::{samples::*, *};
+
+    /// Amounts above 2^53 travel as decimal strings (exact through `JSON.parse` and `jq`); a
+    /// stored batch's JSON integers still read.
+    #[test]
+    fn amounts_are_decimal_strings_in_json() -> Result<(), Box<dyn std::error::Error>> {
+        let mut r = record(7, false);
+        r.amount = 9_061_027_183_009_061; // above 2^53
+        r.cumulative_amount = u128::MAX;
+        let json = serde_json::to_value(&r)?;
+        assert_eq!(json["amount"], serde_json::json!("9061027183009061"));
+        assert_eq!(json["cumulativeAmount"], serde_json::json!(u128::MAX.to_string()));
+        assert_eq!(serde_json::from_value::<SettlementRecord>(json.clone())?, r);
+        let mut legacy = json;
+        legacy["amount"] = serde_json::json!(600_000_007u64);
+        assert_eq!(serde_json::from_value::<SettlementRecord>(legacy.clone())?.amount, 600_000_007);
+        for bad in ["", "-1", "1.5", "0x10", "1e3"] {
+            legacy["amount"] = serde_json::json!(bad);
+            assert!(serde_json::from_value::<SettlementRecord>(legacy.clone()).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn leaf_encoding_round_trips() -> Result<(), SettlementError> {

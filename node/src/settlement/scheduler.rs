@@ -118,7 +118,8 @@ pub struct StoredBatch {
     pub records: Vec<SettlementRecord>,
     /// The Merkle root committed.
     pub root: B256,
-    /// The sum of the records' amounts.
+    /// The sum of the records' amounts (a decimal string in JSON).
+    #[serde(with = "super::record::decimal_amount")]
     pub total: u128,
     /// The compact payload the blob carries.
     pub payload: Bytes,
