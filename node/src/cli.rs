@@ -25,8 +25,9 @@ use clap::{
 use settled_contracts::AnvilOptions;
 
 use crate::config::{
-    BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_METRICS_PORT,
-    DEFAULT_RPC_PORT, DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
+    BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_DEV_ANVIL_PORT,
+    DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig, PaymasterSettings, RpcConfig,
+    SecretKey,
 };
 use crate::paymaster::{PaymasterAction, PaymasterCommandConfig};
 
@@ -155,8 +156,9 @@ pub struct DevArgs {
     #[arg(long = "anvil.path", env = "SETTLED_ANVIL", value_name = "PATH")]
     pub anvil_path: Option<PathBuf>,
 
-    /// Anvil port on 127.0.0.1 (0: a free port).
-    #[arg(long = "anvil.port", env = "SETTLED_ANVIL_PORT", default_value_t = 0)]
+    /// Anvil port on 127.0.0.1 (0: a free port). The default is Anvil's and Foundry's own, so
+    /// `cast` and wallets reach the dev chain at http://127.0.0.1:8545 without a flag.
+    #[arg(long = "anvil.port", env = "SETTLED_ANVIL_PORT", default_value_t = DEFAULT_DEV_ANVIL_PORT)]
     pub anvil_port: u16,
 
     /// Seconds between Anvil blocks (default: mine every transaction at once).

@@ -242,11 +242,14 @@ impl Default for ChainConfig {
     }
 }
 
+/// The port `settled dev`'s own Anvil listens on, Anvil's own default.
+pub const DEFAULT_DEV_ANVIL_PORT: u16 = 8545;
+
 impl Default for DevConfig {
     fn default() -> Self {
         Self {
             attach: None,
-            anvil: AnvilOptions::default(),
+            anvil: AnvilOptions { port: DEFAULT_DEV_ANVIL_PORT, ..AnvilOptions::default() },
             usdc_per_account: 1_000_000 * 1_000_000,
         }
     }

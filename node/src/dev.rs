@@ -68,6 +68,15 @@ pub(crate) async fn prepare(config: &NodeConfig, dev: &DevConfig) -> Result<DevC
         Some(url) => (None, url.clone()),
         None => {
             let options = dev.anvil.clone();
+            if options.port != 0 {
+                // A clear word before Anvil's own: the README's commands assume this port.
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], options.port));
+                std::net::TcpListener::bind(addr).map_err(|source| NodeError::Bind {
+                    what: "the dev Anvil (choose another with --anvil.port, 0 for any)",
+                    addr,
+                    source,
+                })?;
+            }
             let anvil = tokio::task::spawn_blocking(move || LocalAnvil::spawn(&options))
                 .await
                 .map_err(|e| NodeError::DevSetup(e.to_string()))??;

@@ -101,6 +101,8 @@ fn rpc_port_in_use() -> TestResult {
     let port = busy.local_addr()?.port().to_string();
     let output = settled(&[
         "dev",
+        "--anvil.port",
+        "0",
         "--rpc.port",
         &port,
         "--metrics.disable",
@@ -108,6 +110,19 @@ fn rpc_port_in_use() -> TestResult {
         &dir.path().to_string_lossy(),
     ])?;
     assert_one_line_error(&output, 1, "Address already in use");
+    Ok(())
+}
+
+/// `settled dev`'s Anvil port (8545 by default) already taken: one line that names the flag.
+#[test]
+fn dev_anvil_port_in_use() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let busy = TcpListener::bind("127.0.0.1:0")?;
+    let port = busy.local_addr()?.port().to_string();
+    let datadir = dir.path().to_string_lossy();
+    let output =
+        settled(&["dev", "--anvil.port", &port, "--rpc.port", "0", "--datadir", &datadir])?;
+    assert_one_line_error(&output, 1, "--anvil.port");
     Ok(())
 }
 
@@ -124,7 +139,8 @@ type DevRun = (
 fn start_dev(datadir: &std::path::Path) -> Result<DevRun, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut child = Command::new(SETTLED)
-        .args(["dev", "--rpc.port", "0", "--metrics.port", "0", "--log.json", "--datadir"])
+        .args(["dev", "--anvil.port", "0", "--rpc.port", "0", "--metrics.port", "0", "--log.json"])
+        .arg("--datadir")
         .arg(datadir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -186,7 +202,7 @@ fn a_second_dev_on_a_datadir_in_use_changes_nothing() -> TestResult {
     // Its bytes are deterministic (CREATE2): a rewrite shows in the modification time.
     let written = std::fs::metadata(&file)?.modified()?;
     let second = Command::new(SETTLED)
-        .args(["dev", "--rpc.port", "0", "--metrics.port", "0", "--datadir"])
+        .args(["dev", "--anvil.port", "0", "--rpc.port", "0", "--metrics.port", "0", "--datadir"])
         .arg(dir.path())
         .stdin(Stdio::null())
         .output()?;
