@@ -150,6 +150,40 @@ async fn fund(
     Ok(())
 }
 
+/// `settled dev`'s billing API key (every payee): its token in `<datadir>/dev-api-key`, made
+/// once (32 random bytes, hex) and kept, so a billing backend pointed at it works across
+/// restarts without `--billing.api-keys-file`.
+pub(crate) fn billing_key(datadir: &Path) -> Result<crate::streams::ApiKey, NodeError> {
+    let path = datadir.join("dev-api-key");
+    let err = |e: std::io::Error| NodeError::Storage { path: path.clone(), reason: e.to_string() };
+    let token = match std::fs::read_to_string(&path) {
+        Ok(token) => token.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = alloy::primitives::hex::encode(PrivateKeySigner::random().to_bytes());
+            write_private(&path, &token).map_err(err)?;
+            token
+        }
+        Err(e) => return Err(err(e)),
+    };
+    info!(path = %path.display(), %token, "dev billing API key (Authorization: Bearer <token>)");
+    Ok(crate::streams::ApiKey {
+        name: "dev".into(),
+        keccak256: alloy::primitives::keccak256(token.as_bytes()),
+        payees: Vec::new(),
+        all: true,
+    })
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
 /// Writes `<datadir>/deployment.json` (after the datadir's database is held: a second
 /// `settled dev` on a datadir in use must not rewrite the first one's file).
 pub(crate) fn save(datadir: &Path, deployment: &Deployment) -> Result<(), NodeError> {

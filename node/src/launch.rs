@@ -134,8 +134,12 @@ pub async fn launch(
         ChainIdentity { chain_id, genesis: genesis_hash(&provider, &chain_rpc_url).await? };
     let storage = Storage::open(&config.datadir, identity, on_other_chain).await?;
     if is_dev {
-        // `settled dev`: its deployment file, now that this process holds the datadir.
+        // `settled dev`: its deployment file, now that this process holds the datadir, and a
+        // billing key when none is configured (kept across restarts in the datadir).
         dev::save(&config.datadir, &deployment)?;
+        if config.billing.api_keys.is_empty() && config.billing.api_keys_file.is_none() {
+            config.billing.api_keys.push(dev::billing_key(&config.datadir)?);
+        }
     }
 
     let metrics_handle = metrics::install()?;

@@ -228,6 +228,17 @@ fn dev_serves_and_stops_on_sigterm() -> TestResult {
         use alloy::providers::{Provider, ProviderBuilder};
         let node = ProviderBuilder::new().connect_http(format!("http://{rpc}").parse()?);
         assert_eq!(node.get_chain_id().await?, 31337);
+        // dev made a billing key and keeps its token in the datadir (#16 item 6).
+        let token = std::fs::read_to_string(dir.path().join("dev-api-key"))?;
+        let list =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "stream_list", "params": [{}]});
+        let client = alloy::transports::http::reqwest::Client::new();
+        let url = format!("http://{rpc}");
+        let with: serde_json::Value =
+            client.post(&url).bearer_auth(token.trim()).json(&list).send().await?.json().await?;
+        assert!(with["result"].is_object() || with["result"].is_array(), "{with}");
+        let without: serde_json::Value = client.post(&url).json(&list).send().await?.json().await?;
+        assert_eq!(without["error"]["code"], -32001, "{without}");
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
 
