@@ -248,7 +248,8 @@ pub struct NodeArgs {
     )]
     pub billing_low_balance_secs: u64,
 
-    /// Do not settle on a timer (batches are built and committed only when asked).
+    /// Do not settle on a timer (batches are built and committed only when asked:
+    /// `settlement_runNow`, served with `--rpc.admin`).
     #[arg(long = "settlement.disable", env = "SETTLED_SETTLEMENT_DISABLE")]
     pub settlement_disable: bool,
 

@@ -298,7 +298,8 @@ pub async fn launch(
                     |e| NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() },
                 )?;
             let settler = std::sync::Arc::new(settler);
-            module.merge(settlement_module(settler.clone())).map_err(merge)?;
+            let admin = config.rpc.admin;
+            module.merge(settlement_module(settler.clone(), admin)).map_err(merge)?;
             if config.settlement.enabled {
                 tasks.push(tokio::spawn(settler.clone().run(cancel.clone())));
                 info!(interval_secs = config.settlement.interval.as_secs(), "settlement running");

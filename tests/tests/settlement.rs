@@ -562,6 +562,7 @@ async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
     let node = three_streams_a_minute_old(|config| {
         // Anvil's blob base fee is at least 1 wei: always above this bound.
         config.settlement.max_blob_fee_wei = 0;
+        config.rpc.admin = false;
     })
     .await?;
     let (chain, operator) = (node.chain(), node.chain().account(5)?);
@@ -569,10 +570,13 @@ async fn a_blob_fee_spike_delays_the_batch() -> TestResult {
     let settler = node.node()?.settler().ok_or("no settler")?;
     let anchor = SettlementAnchor::new(deployment.settlement_anchor, provider);
 
+    // settlement_runNow is the operator's: not served without --rpc.admin.
+    let url = node.node()?.rpc_url().to_string();
+    let refused = settled_tests::rpc::call_url(&url, "settlement_runNow", json!([])).await?;
+    assert_eq!(refused.err().map(|e| e.0), Some(-32601));
     let round = settler.settle().await?;
     assert_eq!((round.committed.as_slice(), round.waiting.as_slice()), (&[][..], &[1][..]));
     assert!(anchor.getBatch(operator, U256::from(1)).call().await?.root.is_zero());
-    let url = node.node()?.rpc_url().to_string();
     let batch = settled_tests::rpc::call_url(&url, "settlement_getBatch", json!([1]))
         .await?
         .map_err(|e| format!("{e:?}"))?;
@@ -680,5 +684,32 @@ async fn a_stuck_commit_is_repriced_at_its_nonce() -> TestResult {
         metrics.lines().filter(|l| l.contains("repriced")).collect::<Vec<_>>().join("\n")
     );
     provider.anvil_set_auto_mine(true).await?;
+    node.shutdown().await
+}
+
+/// With the timer off (`--settlement.disable`), the operator settles when it asks:
+/// `settlement_runNow` (`--rpc.admin`) runs one round and the batch's receipts are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_runs_now_when_asked() -> TestResult {
+    use serde_json::json;
+    let node = three_streams_a_minute_old(|config| {
+        config.rpc.admin = true;
+        config.settlement.enabled = false;
+    })
+    .await?;
+    let url = node.node()?.rpc_url().to_string();
+    let round = settled_tests::rpc::call_url(&url, "settlement_runNow", json!([]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(round["committed"], json!([1]), "{round}");
+    assert_eq!(round["withdrawals"].as_array().map(Vec::len), Some(1), "{round}");
+    let batch = settled_tests::rpc::call_url(&url, "settlement_getBatch", json!([1]))
+        .await?
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(batch["records"].as_array().map(Vec::len), Some(3));
+    let anchor =
+        SettlementAnchor::new(node.chain().deployment().settlement_anchor, node.chain().provider());
+    let on_chain = anchor.getBatch(node.chain().account(5)?, U256::from(1)).call().await?;
+    assert_eq!(serde_json::from_value::<B256>(batch["root"].clone())?, on_chain.root);
     node.shutdown().await
 }

@@ -27,9 +27,17 @@ fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
     error(codes::INTERNAL, e.to_string())
 }
 
-/// `settlement_getReceipt(streamId, batchId)` and `settlement_getBatch(batchId)`.
-pub(crate) fn settlement_module(settler: Arc<Settler>) -> RpcModule<Arc<Settler>> {
+/// `settlement_getReceipt(streamId, batchId)` and `settlement_getBatch(batchId)`; with `admin`
+/// also `settlement_runNow()`, the operator's "settle now" (one round, as the timer runs it;
+/// rounds never overlap). Admin methods are served only with `--rpc.admin`.
+pub(crate) fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule<Arc<Settler>> {
     let mut module = RpcModule::new(settler);
+    if admin {
+        let _ = module.register_async_method("settlement_runNow", |_, settler, _| async move {
+            let round = settler.settle().await.map_err(internal)?;
+            serde_json::to_value(round).map_err(internal)
+        });
+    }
     // The names are distinct constants: registration cannot collide.
     let _ = module.register_blocking_method("settlement_getReceipt", |params, settler, _| {
         let (stream, batch): (String, u64) = params.parse()?;
@@ -168,7 +176,7 @@ mod tests {
             chain_id: 1,
         };
         let settler = super::super::Settler::new(chain, index, &db, Default::default())?;
-        let module = super::settlement_module(std::sync::Arc::new(settler));
+        let module = super::settlement_module(std::sync::Arc::new(settler), true);
         let mut served: Vec<&str> = module.method_names().collect();
         served.sort_unstable();
         assert_eq!(documented, served);
