@@ -49,4 +49,17 @@ pub fn describe_metrics() {
         "Building a bundle: second validation of its ops and the node's gas estimate"
     );
     describe_histogram!(VALIDATION_SECONDS, Unit::Seconds, "First validation of a UserOperation");
+    // Served from the start at zero, not only after their first event: a dashboard or an alert
+    // on a rate needs the series before anything happened.
+    for counter in [
+        OPS_RECEIVED,
+        OPS_ACCEPTED,
+        OPS_MINED,
+        BUNDLES_SENT,
+        BUNDLES_MINED,
+        BUNDLES_REPLACED,
+        BUNDLES_FAILED,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
 }

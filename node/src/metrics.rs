@@ -57,6 +57,10 @@ fn describe() {
     describe_gauge!(names::CHAIN_HEAD, "Newest block delivered by the chain follower");
     describe_counter!(names::CHAIN_REORGS, "Chain reorganisations seen by the chain follower");
     describe_counter!(names::CHAIN_REORGED_BLOCKS, "Blocks removed by chain reorganisations");
+    // Served from the start at zero, not only after the first reorg.
+    for counter in [names::CHAIN_REORGS, names::CHAIN_REORGED_BLOCKS] {
+        metrics::counter!(counter).increment(0);
+    }
     describe_gauge!(names::START_TIME, Unit::Seconds, "Unix time at which the node started");
 }
 

@@ -36,4 +36,8 @@ pub fn describe_metrics() {
     describe_gauge!(STAKE_WEI, "Paymaster stake at the EntryPoint");
     describe_gauge!(DEPOSIT_LOW, "1 when the paymaster deposit is below the warning threshold");
     describe_histogram!(SIGN_SECONDS, Unit::Seconds, "Answering pm_getPaymasterData");
+    // Served from the start at zero, not only after their first event.
+    for counter in [SIGNATURES, SPONSORED_OPS] {
+        metrics::counter!(counter).increment(0);
+    }
 }

@@ -35,6 +35,19 @@ async fn node_serves_chain_id_health_and_metrics() -> TestResult {
     for name in ["settled_info", "settled_chain_head_block", "settled_start_time_seconds"] {
         assert!(metrics.contains(&format!("# HELP {name} ")), "{name} undocumented:\n{metrics}");
     }
+    // Event counters are served from the start, at zero before their first event (#16 item 7).
+    for name in [
+        "settled_chain_reorgs_total",
+        "settled_chain_reorged_blocks_total",
+        "settled_bundler_bundles_failed_total",
+        "settled_bundler_bundles_replaced_total",
+        "settled_paymaster_signatures_total",
+        "settled_settlement_batches_committed_total",
+        "settled_settlement_repriced_total",
+    ] {
+        let served = metrics.lines().any(|l| l.starts_with(&format!("{name} ")));
+        assert!(served, "{name} not served at start:\n{metrics}");
+    }
     let reported: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("settled_chain_head_block "))

@@ -35,4 +35,8 @@ pub(crate) fn describe_metrics() {
         FAILURES,
         "Settlement rounds that failed or waited, by cause (chain, storage, index, settlement, blob_fee)"
     );
+    // Served from the start at zero, not only after their first event.
+    for counter in [BATCHES, WITHDRAWALS, REPRICED] {
+        metrics::counter!(counter).increment(0);
+    }
 }

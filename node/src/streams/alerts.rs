@@ -35,6 +35,8 @@ pub(crate) fn describe_metrics() {
     describe_counter!(ALERTS, "Stream alerts fired, by kind (lowBalance, depleted)");
     describe_gauge!(INDEX_BLOCK, "Last block applied by the stream index");
     describe_counter!(EVENTS, "StreamVault events applied by the stream index");
+    // Served from the start at zero, not only after its first event.
+    metrics::counter!(EVENTS).increment(0);
 }
 
 /// What a notice is about.
