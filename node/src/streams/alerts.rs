@@ -96,8 +96,9 @@ pub(crate) struct Alerts {
 
 #[derive(Debug, Default)]
 struct AlertState {
-    /// The situation each stream was last alerted for.
-    fired: HashMap<StreamId, (NoticeKind, u64, u128)>,
+    /// The situation each stream was last alerted for: one alert per crossing into it, however
+    /// often the stream changes while in it.
+    fired: HashMap<StreamId, NoticeKind>,
     /// `(second, stream)`: when a stream's next alert may be due.
     schedule: BTreeSet<(u64, StreamId)>,
     /// Each scheduled stream's entry in `schedule`.
@@ -142,11 +143,10 @@ impl Alerts {
             alerts.fired.remove(&id);
             return None;
         };
-        let key = (kind, depletion, state.balance);
-        if alerts.fired.get(&id) == Some(&key) {
+        if alerts.fired.get(&id) == Some(&kind) {
             return None;
         }
-        alerts.fired.insert(id, key);
+        alerts.fired.insert(id, kind);
         ::metrics::counter!(ALERTS, "kind" => kind.as_str()).increment(1);
         Some(StreamNotice { kind, block, stream: StreamView::new(id, state, at) })
     }
@@ -193,7 +193,9 @@ mod tests {
         assert_eq!(alerts.due(1_401), vec![1], "due when 100 s are left");
         assert_eq!(kinds(1_450, &s), vec![NoticeKind::LowBalance]);
         assert_eq!(kinds(1_460, &s), vec![], "once");
-        assert_eq!(alerts.due(1_501), vec![1], "due again at depletion");
+        s.deposit(10_000_000)?; // 10 s more: still within the horizon
+        assert_eq!(kinds(1_465, &s), vec![], "a change while low is no new crossing");
+        assert_eq!(alerts.due(1_511), vec![1], "due again at depletion (10 s later)");
         assert_eq!(kinds(1_600, &s), vec![NoticeKind::Depleted]);
         assert_eq!(kinds(1_700, &s), vec![], "once");
         s.deposit(1_000_000_000)?;
