@@ -22,6 +22,32 @@ pub enum TreasuryError {
     /// The transaction reverted.
     #[error("transaction {0} reverted (is the sender the paymaster's owner, with enough ETH?)")]
     Reverted(B256),
+    /// The paymaster contract refuses the call, with its decoded error (nothing was sent).
+    #[error("the paymaster refuses: {0}")]
+    Refused(String),
+}
+
+/// A refusal the node reported at estimation, as the paymaster's own error when it is one
+/// (`OwnableUnauthorizedAccount { account: 0x… }` rather than `custom error 0x118cdaa7`).
+fn refusal(error: alloy::transports::TransportError) -> TreasuryError {
+    let decoded = error
+        .as_error_resp()
+        .and_then(|payload| {
+            payload.as_decoded_interface_error::<SponsorPaymaster::SponsorPaymasterErrors>()
+        })
+        .map(|decoded| match decoded {
+            SponsorPaymaster::SponsorPaymasterErrors::OwnableUnauthorizedAccount(e) => {
+                format!(
+                    "OwnableUnauthorizedAccount({}): only the paymaster's owner may do this",
+                    e.account
+                )
+            }
+            other => format!("{other:?}"),
+        });
+    match decoded {
+        Some(reason) => TreasuryError::Refused(reason),
+        None => TreasuryError::Contract(error.into()),
+    }
 }
 
 /// One paymaster as an operator sees it.
@@ -79,12 +105,7 @@ async fn confirm<P: Provider>(
     provider: &P,
     tx: alloy::rpc::types::TransactionRequest,
 ) -> Result<B256, TreasuryError> {
-    let receipt = provider
-        .send_transaction(tx)
-        .await
-        .map_err(|e| TreasuryError::Contract(e.into()))?
-        .get_receipt()
-        .await?;
+    let receipt = provider.send_transaction(tx).await.map_err(refusal)?.get_receipt().await?;
     if receipt.status() {
         Ok(receipt.transaction_hash)
     } else {

@@ -563,6 +563,19 @@ async fn operator_cli_deposits_withdraws_and_reports() -> TestResult {
     .await?;
     assert!(ok, "{err}");
     assert_eq!(chain.provider().get_balance(to).await?, U256::from(250_000_000_000_000_000u128));
+    // Not the owner: the paymaster's own error, decoded (#16 item 7), not `custom error 0x…`.
+    let (ok, _, err) = run(vec![
+        "withdraw".into(),
+        "--entry-point".into(),
+        "0.8".into(),
+        "--amount".into(),
+        "0.25".into(),
+        "--key".into(),
+        chain.signer(1)?.to_bytes().to_string(),
+    ])
+    .await?;
+    assert!(!ok && err.contains("OwnableUnauthorizedAccount"), "{err}");
+    assert!(!err.contains("0x118cdaa7"), "{err}");
 
     let (ok, _, err) = run(vec![
         "deposit".into(),
