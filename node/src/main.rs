@@ -81,7 +81,7 @@ fn paymaster_command(command: PaymasterCommandConfig) -> ExitCode {
     match runtime.block_on(run_paymaster_command(command)) {
         Ok(output) => match serde_json::to_string_pretty(&output) {
             Ok(text) => {
-                println!("{text}");
+                print_out(&text);
                 ExitCode::SUCCESS
             }
             Err(err) => {
@@ -131,11 +131,11 @@ fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> Exit
     });
     match result {
         Ok(verified) => {
-            println!("{}", serde_json::to_string_pretty(&verified).unwrap_or_default());
+            print_out(&serde_json::to_string_pretty(&verified).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(settled_node::ReceiptError::Invalid(reason)) => {
-            println!("{}", serde_json::json!({ "valid": false, "reason": reason }));
+            print_out(&serde_json::json!({ "valid": false, "reason": reason }).to_string());
             eprintln!("invalid receipt: {reason}");
             ExitCode::from(1)
         }
@@ -144,6 +144,14 @@ fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> Exit
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes `text` and a newline to stdout. A reader that went away (`… | head`) is not an error
+/// (`println!` would panic on the broken pipe).
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 fn init_logging(log: &LogConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -529,6 +529,17 @@ async fn operator_cli_deposits_withdraws_and_reports() -> TestResult {
 
     let (ok, before, err) = run(vec!["status".into()]).await?;
     assert!(ok, "{err}");
+    // `settled paymaster status | head -0`: a reader gone before the answer is no panic.
+    let mut gone = tokio::process::Command::new(&binary)
+        .args(["paymaster", "status", "--rpc-url", &chain.anvil().endpoint(), "--deployment"])
+        .arg(&deployment)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(gone.stdout.take());
+    let output = gone.wait_with_output().await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && !stderr.contains("panicked"), "{stderr}");
     let report: Value = serde_json::from_str(&before)?;
     assert_eq!(
         address(&report["paymasters"][1]["signer"])?,
