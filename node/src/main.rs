@@ -53,8 +53,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let cancel = CancellationToken::new();
+        // The handlers are in place before anything starts: a SIGTERM during start-up or right
+        // after "settled ready" stops the node (and the Anvil it started) cleanly, instead of
+        // killing the process with the dev Anvil left running.
+        tokio::spawn(cancel_on(shutdown_signal(), cancel.clone()));
         let node = launch(config, source, cancel.clone()).await?;
-        tokio::spawn(shutdown_on_signal(cancel));
         node.stopped().await
     });
     match result {
@@ -162,22 +165,45 @@ fn init_logging(log: &LogConfig) -> Result<(), Box<dyn std::error::Error + Send 
     if log.json { builder.json().try_init() } else { builder.try_init() }
 }
 
-async fn shutdown_on_signal(cancel: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM, with the handlers registered now (a `ctrl_c()` future registers only when
+/// first polled, and a spawned task may run after the node is up).
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        async move {
+            let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+                let s = s.take();
+                async move {
+                    match s {
+                        Some(mut s) => {
+                            s.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                }
+            };
+            tokio::select! {
+                _ = recv(&mut int) => "SIGINT",
+                _ = recv(&mut term) => "SIGTERM",
             }
-            Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
     }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Cancels `cancel` once `signal` arrives.
+async fn cancel_on(
+    signal: impl std::future::Future<Output = &'static str>,
+    cancel: CancellationToken,
+) {
+    let signal = signal.await;
+    tracing::info!("{signal}: shutting down");
     cancel.cancel();
 }

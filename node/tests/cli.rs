@@ -215,6 +215,42 @@ fn a_second_dev_on_a_datadir_in_use_changes_nothing() -> TestResult {
     Ok(())
 }
 
+/// SIGTERM while `settled dev` is still starting (deploying): it stops cleanly, exit 0, and
+/// the Anvil it started goes with it (the handler used to be installed only once the node was
+/// up, so an early SIGTERM killed the process and left its Anvil running).
+#[test]
+fn sigterm_during_start_up_stops_cleanly() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(SETTLED)
+        .args(["dev", "--anvil.port", "0", "--rpc.port", "0", "--metrics.port", "0", "--log.json"])
+        .arg("--datadir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let chain = loop {
+        let line = lines.next().ok_or("settled exited before starting Anvil")??;
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        if event["fields"]["message"] == "anvil started" {
+            break event["fields"]["endpoint"].as_str().ok_or("no endpoint")?.to_owned();
+        }
+    };
+    sigterm(&child)?;
+    let exit = child.wait()?;
+    assert!(exit.success(), "exit {exit:?}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let gone = runtime.block_on(async {
+        use alloy::providers::{Provider, ProviderBuilder};
+        let anvil = ProviderBuilder::new().connect_http(chain.parse()?);
+        Ok::<_, Box<dyn std::error::Error>>(anvil.get_chain_id().await.is_err())
+    })?;
+    assert!(gone, "anvil still answers at {chain}");
+    Ok(())
+}
+
 #[test]
 fn dev_serves_and_stops_on_sigterm() -> TestResult {
     let dir = tempfile::tempdir()?;

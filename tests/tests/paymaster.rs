@@ -562,29 +562,17 @@ async fn operator_cli_deposits_withdraws_and_reports() -> TestResult {
     );
 
     let to = Address::repeat_byte(0x42);
-    let (ok, _, err) = run(vec![
-        "withdraw".into(),
-        "--entry-point".into(),
-        "0.8".into(),
-        "--amount".into(),
-        "0.25".into(),
-        "--to".into(),
-        to.to_string(),
-    ])
-    .await?;
+    let withdraw = |flag: &str, value: String| {
+        let args = ["withdraw", "--entry-point", "0.8", "--amount", "0.25", flag];
+        let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        args.push(value);
+        run(args)
+    };
+    let (ok, _, err) = withdraw("--to", to.to_string()).await?;
     assert!(ok, "{err}");
     assert_eq!(chain.provider().get_balance(to).await?, U256::from(250_000_000_000_000_000u128));
     // Not the owner: the paymaster's own error, decoded (#16 item 7), not `custom error 0x…`.
-    let (ok, _, err) = run(vec![
-        "withdraw".into(),
-        "--entry-point".into(),
-        "0.8".into(),
-        "--amount".into(),
-        "0.25".into(),
-        "--key".into(),
-        chain.signer(1)?.to_bytes().to_string(),
-    ])
-    .await?;
+    let (ok, _, err) = withdraw("--key", chain.signer(1)?.to_bytes().to_string()).await?;
     assert!(!ok && err.contains("OwnableUnauthorizedAccount"), "{err}");
     assert!(!err.contains("0x118cdaa7"), "{err}");
 
