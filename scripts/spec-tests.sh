@@ -28,5 +28,6 @@ esac
 
 scripts/install-toolchain.sh >/dev/null
 cargo build --release --bin settled
+export SETTLED=${SETTLED:-${CARGO_TARGET_DIR:-$root/target}/release/settled}
 QUIET=${QUIET:-1} bash "$runner" "$suite" -- \
   --config "$root/scripts/spec-tests.toml" --bundler.entry-points "$version" -- "$@"
