@@ -29,5 +29,13 @@ esac
 scripts/install-toolchain.sh >/dev/null
 cargo build --release --bin settled
 export SETTLED=${SETTLED:-${CARGO_TARGET_DIR:-$root/target}/release/settled}
+# The suite's Anvil pages its state history to ~/.foundry/anvil/tmp (9.5 GiB per master run,
+# measured) and leaves it behind when stopped: remove what this run's Anvil wrote.
+marker=$(mktemp)
+cleanup() { find "$HOME/.foundry/anvil/tmp" -maxdepth 1 -name 'anvil-state-*' -newer "$marker" \
+  -exec rm -rf {} + 2>/dev/null; rm -f "$marker"; }
+trap cleanup EXIT
+status=0
 QUIET=${QUIET:-1} bash "$runner" "$suite" -- \
-  --config "$root/scripts/spec-tests.toml" --bundler.entry-points "$version" -- "$@"
+  --config "$root/scripts/spec-tests.toml" --bundler.entry-points "$version" -- "$@" || status=$?
+exit "$status"
