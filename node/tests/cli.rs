@@ -136,8 +136,13 @@ type DevRun = (
     serde_json::Value,
 );
 
-fn start_dev(datadir: &std::path::Path) -> Result<DevRun, Box<dyn std::error::Error>> {
-    let started = Instant::now();
+/// `settled dev` on `datadir`, on free ports, with JSON logs: the child and its stderr lines.
+fn spawn_dev(
+    datadir: &std::path::Path,
+) -> Result<
+    (std::process::Child, std::io::Lines<BufReader<std::process::ChildStderr>>),
+    Box<dyn std::error::Error>,
+> {
     let mut child = Command::new(SETTLED)
         .args(["dev", "--anvil.port", "0", "--rpc.port", "0", "--metrics.port", "0", "--log.json"])
         .arg("--datadir")
@@ -147,7 +152,22 @@ fn start_dev(datadir: &std::path::Path) -> Result<DevRun, Box<dyn std::error::Er
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
+    Ok((child, BufReader::new(stderr).lines()))
+}
+
+/// Whether nothing answers JSON-RPC at `url` any more.
+fn gone(url: &str) -> Result<bool, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use alloy::providers::{Provider, ProviderBuilder};
+        let anvil = ProviderBuilder::new().connect_http(url.parse()?);
+        Ok(anvil.get_chain_id().await.is_err())
+    })
+}
+
+fn start_dev(datadir: &std::path::Path) -> Result<DevRun, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let (mut child, mut lines) = spawn_dev(datadir)?;
     let mut before = Vec::new();
     loop {
         let line = lines.next().ok_or("settled exited before it was ready")??;
@@ -221,16 +241,7 @@ fn a_second_dev_on_a_datadir_in_use_changes_nothing() -> TestResult {
 #[test]
 fn sigterm_during_start_up_stops_cleanly() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(SETTLED)
-        .args(["dev", "--anvil.port", "0", "--rpc.port", "0", "--metrics.port", "0", "--log.json"])
-        .arg("--datadir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
+    let (mut child, mut lines) = spawn_dev(dir.path())?;
     let chain = loop {
         let line = lines.next().ok_or("settled exited before starting Anvil")??;
         let event: serde_json::Value = serde_json::from_str(&line)?;
@@ -241,13 +252,7 @@ fn sigterm_during_start_up_stops_cleanly() -> TestResult {
     sigterm(&child)?;
     let exit = child.wait()?;
     assert!(exit.success(), "exit {exit:?}");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let gone = runtime.block_on(async {
-        use alloy::providers::{Provider, ProviderBuilder};
-        let anvil = ProviderBuilder::new().connect_http(chain.parse()?);
-        Ok::<_, Box<dyn std::error::Error>>(anvil.get_chain_id().await.is_err())
-    })?;
-    assert!(gone, "anvil still answers at {chain}");
+    assert!(gone(&chain)?, "anvil still answers at {chain}");
     Ok(())
 }
 
@@ -285,11 +290,6 @@ fn dev_serves_and_stops_on_sigterm() -> TestResult {
     assert!(rest.iter().any(|l| l.contains("settled stopped")), "{rest:?}");
 
     // The Anvil it started is gone with it.
-    let gone = runtime.block_on(async {
-        use alloy::providers::{Provider, ProviderBuilder};
-        let anvil = ProviderBuilder::new().connect_http(chain.parse()?);
-        Ok::<_, Box<dyn std::error::Error>>(anvil.get_chain_id().await.is_err())
-    })?;
-    assert!(gone, "anvil still answers at {chain}");
+    assert!(gone(&chain)?, "anvil still answers at {chain}");
     Ok(())
 }
