@@ -129,20 +129,15 @@ fn dev_anvil_port_in_use() -> TestResult {
 /// `settled dev` starts its own Anvil, deploys, serves; SIGTERM stops node and Anvil, exit 0.
 /// `settled dev` on `datadir` with JSON logs: the child, its remaining stderr lines, the JSON
 /// lines before "settled ready", and that line.
-type DevRun = (
-    std::process::Child,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-    Vec<serde_json::Value>,
-    serde_json::Value,
-);
+type DevRun = (std::process::Child, DevLines, Vec<serde_json::Value>, serde_json::Value);
+
+/// A child's stderr, line by line.
+type DevLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
 
 /// `settled dev` on `datadir`, on free ports, with JSON logs: the child and its stderr lines.
 fn spawn_dev(
     datadir: &std::path::Path,
-) -> Result<
-    (std::process::Child, std::io::Lines<BufReader<std::process::ChildStderr>>),
-    Box<dyn std::error::Error>,
-> {
+) -> Result<(std::process::Child, DevLines), Box<dyn std::error::Error>> {
     let mut child = Command::new(SETTLED)
         .args(["dev", "--anvil.port", "0", "--rpc.port", "0", "--metrics.port", "0", "--log.json"])
         .arg("--datadir")
