@@ -5,8 +5,6 @@
 
 use alloy::{
     primitives::{Address, Bytes, U256},
-    providers::Provider,
-    rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
 };
 use serde_json::{Value, json};
@@ -113,21 +111,27 @@ async fn paymaster_deposit_replacement_and_default_limits() -> TestResult {
 
 /// A wallet that funds a new account and sends its op at once: on an automining Anvil the
 /// funding is answered before it is mined (47 of 100 times on Anvil 1.7.1), and the op must be
-/// validated against the funded state, not refused with AA21.
+/// validated against the funded state, not refused with AA21. On an idle machine this passes
+/// without the head's pool wait too (the race showed in the compatibility suite under load);
+/// it guards the behaviour, not the timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_op_right_after_its_funding_sees_the_funds() -> TestResult {
     let node = TestNode::spawn().await?;
     let url = node.node()?.rpc_url().to_owned();
     let chain = node.chain();
     let version = EntryPointVersion::V08;
-    for _ in 0..6 {
+    let anvil = chain.anvil().endpoint();
+    let funder = chain.account(0)?;
+    for _ in 0..10 {
         let owner = PrivateKeySigner::random();
         let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
         let op = unestimated_op(sender, 0, init_code, Bytes::new());
         let mut op = with_estimated_limits(&url, version, op).await?;
         op.signature = chain.sign_op(version, &owner, &op).await?;
-        let fund = TransactionRequest::default().to(sender).value(U256::from(ETH / 10));
-        let _pending = chain.provider().send_transaction(fund).await?; // not waited for
+        // As the compatibility suite funds: eth_sendTransaction from an unlocked account, the
+        // answer not waited for.
+        let fund = json!([{ "from": funder, "to": sender, "value": format!("{:#x}", ETH / 10) }]);
+        ok(call_url(&anvil, "eth_sendTransaction", fund).await?)?;
         ok(send_at(&url, version, &op).await?)?;
     }
     Ok(())
