@@ -37,5 +37,6 @@ cleanup() { find "$HOME/.foundry/anvil/tmp" -maxdepth 1 -name 'anvil-state-*' -n
 trap cleanup EXIT
 status=0
 QUIET=${QUIET:-1} bash "$runner" "$suite" -- \
-  --config "$root/scripts/spec-tests.toml" --bundler.entry-points "$version" -- "$@" || status=$?
+  --config "$root/scripts/spec-tests.toml" --bundler.entry-points "$version" --anvil.block-time 0 \
+  -- "$@" || status=$?
 exit "$status"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: Solidity (forge: unit, fuzz, invariant) then Rust (unit, integration,
-# Anvil end-to-end). Installs the pinned toolchain first, so it runs on a fresh clone.
+# The whole test suite: Solidity (forge: unit, fuzz, invariant), then Rust (unit, integration,
+# Anvil end-to-end, the wallet-SDK suite), then the README's Quick start as written. Installs the
+# pinned toolchain first, so it runs on a fresh clone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -16,3 +17,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+echo "== README Quick start, as written" >&2
+scripts/readme-quickstart.sh

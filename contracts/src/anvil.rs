@@ -21,13 +21,22 @@ pub struct AnvilOptions {
     pub port: u16,
     /// Seconds between blocks; `None` mines each transaction as it arrives.
     pub block_time: Option<u64>,
+    /// With `block_time`: mine each transaction as it arrives too (Anvil's mixed mining), so the
+    /// chain's clock moves on an idle chain while transactions still land at once.
+    pub mixed_mining: bool,
     /// Hardfork rules (Prague or newer: EIP-7702 and blobs).
     pub hardfork: String,
 }
 
 impl Default for AnvilOptions {
     fn default() -> Self {
-        Self { binary: None, port: 0, block_time: None, hardfork: "prague".into() }
+        Self {
+            binary: None,
+            port: 0,
+            block_time: None,
+            mixed_mining: false,
+            hardfork: "prague".into(),
+        }
     }
 }
 
@@ -70,6 +79,9 @@ impl LocalAnvil {
         ]);
         if let Some(block_time) = options.block_time {
             anvil = anvil.block_time(block_time);
+            if options.mixed_mining {
+                anvil = anvil.arg("--mixed-mining");
+            }
         }
         let instance = anvil.try_spawn().map_err(|source| AnvilError::Spawn { path, source })?;
         Ok(Self { instance })

@@ -26,8 +26,8 @@ use settled_contracts::AnvilOptions;
 
 use crate::config::{
     BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_DEV_ANVIL_PORT,
-    DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig, PaymasterSettings, RpcConfig,
-    SecretKey,
+    DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
+    PaymasterSettings, RpcConfig, SecretKey,
 };
 use crate::paymaster::{PaymasterAction, PaymasterCommandConfig};
 
@@ -161,9 +161,15 @@ pub struct DevArgs {
     #[arg(long = "anvil.port", env = "SETTLED_ANVIL_PORT", default_value_t = DEFAULT_DEV_ANVIL_PORT)]
     pub anvil_port: u16,
 
-    /// Seconds between Anvil blocks (default: mine every transaction at once).
-    #[arg(long = "anvil.block-time", env = "SETTLED_ANVIL_BLOCK_TIME", value_name = "SECS")]
-    pub anvil_block_time: Option<u64>,
+    /// Seconds between Anvil blocks, so the chain's clock (and every stream's debt) moves on an
+    /// idle chain; transactions are still mined as they arrive. 0: blocks only for transactions.
+    #[arg(
+        long = "anvil.block-time",
+        env = "SETTLED_ANVIL_BLOCK_TIME",
+        value_name = "SECS",
+        default_value_t = DEFAULT_DEV_BLOCK_TIME_SECS
+    )]
+    pub anvil_block_time: u64,
 
     /// Anvil hardfork (Prague or newer).
     #[arg(long = "anvil.hardfork", env = "SETTLED_ANVIL_HARDFORK", default_value = "prague")]
@@ -540,7 +546,8 @@ impl Cli {
                 let anvil = AnvilOptions {
                     binary: dev.anvil_path,
                     port: dev.anvil_port,
-                    block_time: dev.anvil_block_time,
+                    block_time: (dev.anvil_block_time > 0).then_some(dev.anvil_block_time),
+                    mixed_mining: true,
                     hardfork: dev.anvil_hardfork,
                 };
                 let (node, log) = dev.node.into_config();

@@ -245,11 +245,19 @@ impl Default for ChainConfig {
 /// The port `settled dev`'s own Anvil listens on, Anvil's own default.
 pub const DEFAULT_DEV_ANVIL_PORT: u16 = 8545;
 
+/// Seconds between blocks of `settled dev`'s own Anvil (transactions are mined at once too).
+pub const DEFAULT_DEV_BLOCK_TIME_SECS: u64 = 1;
+
 impl Default for DevConfig {
     fn default() -> Self {
         Self {
             attach: None,
-            anvil: AnvilOptions { port: DEFAULT_DEV_ANVIL_PORT, ..AnvilOptions::default() },
+            anvil: AnvilOptions {
+                port: DEFAULT_DEV_ANVIL_PORT,
+                block_time: Some(DEFAULT_DEV_BLOCK_TIME_SECS),
+                mixed_mining: true,
+                ..AnvilOptions::default()
+            },
             usdc_per_account: 1_000_000 * 1_000_000,
         }
     }

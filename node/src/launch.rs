@@ -474,6 +474,10 @@ impl NodeHandle {
             }
         }
         self.storage.flush().await?;
+        // Every chain client goes before Anvil does: a provider still alive (alloy polls the head
+        // for receipt waits) would log a failed poll of the dead Anvil at every shutdown.
+        drop((self.bundler, self.paymaster, self.streams, self.settlement));
+        tokio::task::yield_now().await;
         drop(self.anvil);
         info!("settled stopped");
         Ok(())

@@ -20,8 +20,8 @@ mod streams;
 pub use cli::{Action, Cli, CliError, Command, LogConfig};
 pub use config::{
     BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_DEV_ANVIL_PORT,
-    DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig, PaymasterSettings, RpcConfig,
-    SecretKey,
+    DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
+    PaymasterSettings, RpcConfig, SecretKey,
 };
 pub use error::NodeError;
 pub use launch::{NodeHandle, connect, launch};

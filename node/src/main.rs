@@ -161,7 +161,13 @@ fn init_logging(log: &LogConfig) -> Result<(), Box<dyn std::error::Error + Send 
     let filter = EnvFilter::try_new(&log.filter)?;
     // Colours only for a person at a terminal: a pipe or a file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // A log reader that goes away (`settled dev 2>&1 | head`) must not stop the node: the
+    // default reports a failed write with `eprintln!`, which panics on a closed stderr.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     if log.json { builder.json().try_init() } else { builder.try_init() }
 }
 

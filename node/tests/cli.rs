@@ -251,6 +251,30 @@ fn sigterm_during_start_up_stops_cleanly() -> TestResult {
     Ok(())
 }
 
+/// Whoever reads the log may go away (`settled dev 2>&1 | head`): the node keeps serving, then
+/// stops cleanly on SIGTERM. It used to panic (exit 101) at the first log line after.
+#[test]
+fn a_closed_log_pipe_does_not_stop_the_node() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut child, mut lines) = spawn_dev(dir.path())?;
+    let rpc = loop {
+        let line = lines.next().ok_or("settled exited before it was ready")??;
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        if event["fields"]["message"] == "settled ready" {
+            break event["fields"]["rpc"].as_str().ok_or("no rpc")?.to_owned();
+        }
+    };
+    drop(lines);
+    // The shutdown logs several lines into the closed pipe; the exit status tells.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait()?.is_none(), "settled exited with its log reader gone");
+    assert!(!gone(&format!("http://{rpc}"))?, "settled stopped serving");
+    sigterm(&child)?;
+    let exit = child.wait()?;
+    assert!(exit.success(), "exit {exit:?}");
+    Ok(())
+}
+
 #[test]
 fn dev_serves_and_stops_on_sigterm() -> TestResult {
     let dir = tempfile::tempdir()?;

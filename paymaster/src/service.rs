@@ -487,12 +487,12 @@ impl Paymaster {
     ) -> Result<(), PaymasterError> {
         let mut sim_op = packed.clone();
         // The wallet signs after the paymaster: an op without a signature is simulated with a
-        // well-formed stand-in, whose failure the guard tolerates.
+        // well-formed stand-in, whose failure the guard tolerates; its authorization likewise.
         if sim_op.signature.is_empty() {
             sim_op.signature = settled_contracts::stub_account_signature();
         }
         let overrides = match &op.eip7702_auth {
-            Some(auth) => SimOverrides::with_authorization(auth.clone()),
+            Some(auth) => SimOverrides::with_authorization_to_be_signed(auth.clone()),
             None => SimOverrides::default(),
         };
         let shared = self.shared.clone();

@@ -40,6 +40,13 @@ impl SimOverrides {
         Self { eip7702_auth: Some(authorization), ..Self::default() }
     }
 
+    /// The op's EIP-7702 authorization as its sender will sign it: a paymaster sees the op before
+    /// the wallet signs (viem signs the authorization last), so its signature and nonce are not
+    /// checked; the bundler checks them when the op is sent.
+    pub fn with_authorization_to_be_signed(authorization: SignedAuthorization) -> Self {
+        Self { eip7702_auth: Some(authorization), trust_authorization: true, ..Self::default() }
+    }
+
     /// Writes the overrides into `db`: the authorization first (as the bundle transaction applies
     /// it before executing), then the caller's state, which may override the result.
     pub(crate) fn apply(
