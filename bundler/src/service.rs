@@ -89,6 +89,8 @@ pub struct BundlerConfig {
     pub inclusion_timeout: Duration,
     /// A bundle not mined after this many blocks is resent with higher fees.
     pub fee_bump_after_blocks: u64,
+    /// The highest `maxFeePerGas` a bundle is sent or re-priced at: bumps stop there.
+    pub max_fee_per_gas: u128,
     /// In auto mode, a bundle is also tried this often (a chain that mines only on demand,
     /// like Anvil's default, has no new block to wait for).
     pub auto_interval: Duration,
@@ -109,10 +111,15 @@ impl Default for BundlerConfig {
             params: MempoolParams::default(),
             inclusion_timeout: Duration::from_secs(60),
             fee_bump_after_blocks: 3,
+            max_fee_per_gas: DEFAULT_MAX_FEE_PER_GAS,
             auto_interval: Duration::from_secs(1),
         }
     }
 }
+
+/// The default ceiling of a bundle's `maxFeePerGas`: 1,000 gwei, above any sustained mainnet
+/// base fee, so only a runaway re-pricing meets it.
+pub const DEFAULT_MAX_FEE_PER_GAS: u128 = 1_000_000_000_000;
 
 /// `debug_bundler_getStakeStatus`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,11 +324,22 @@ struct SentBundle {
 }
 
 impl SentBundle {
-    /// Both fees up by at least 10%, or to `current` (the node's estimate) if higher.
-    fn raise_fees(&mut self, current: Option<alloy::eips::eip1559::Eip1559Estimation>) {
-        self.max_fee = bump_fee(self.max_fee).max(current.map_or(0, |f| f.max_fee_per_gas));
-        self.priority_fee =
+    /// Both fees up by at least 10%, or to `current` (the node's estimate) if higher, never
+    /// above `ceiling`. False when the fees are at the ceiling already: nothing to resend.
+    fn raise_fees(
+        &mut self,
+        current: Option<alloy::eips::eip1559::Eip1559Estimation>,
+        ceiling: u128,
+    ) -> bool {
+        if self.max_fee >= ceiling {
+            return false;
+        }
+        let max_fee = bump_fee(self.max_fee).max(current.map_or(0, |f| f.max_fee_per_gas));
+        let priority_fee =
             bump_fee(self.priority_fee).max(current.map_or(0, |f| f.max_priority_fee_per_gas));
+        self.max_fee = max_fee.min(ceiling);
+        self.priority_fee = priority_fee.min(self.max_fee);
+        true
     }
 }
 
@@ -1362,11 +1380,12 @@ impl Bundler {
         let local = self.shared.next_nonce.lock().map_err(storage_error)?.unwrap_or_default();
         let nonce = pending.max(local);
         let fees = provider.estimate_eip1559_fees().await.map_err(rpc_error)?;
+        let max_fee = fees.max_fee_per_gas.min(self.shared.config.max_fee_per_gas);
         let mut sent = SentBundle {
             tx: tx.with_nonce(nonce),
             nonce,
-            max_fee: fees.max_fee_per_gas,
-            priority_fee: fees.max_priority_fee_per_gas,
+            max_fee,
+            priority_fee: fees.max_priority_fee_per_gas.min(max_fee),
             hashes: Vec::new(),
             deadline: tokio::time::Instant::now() + self.shared.config.inclusion_timeout,
         };
@@ -1377,8 +1396,12 @@ impl Bundler {
 
     /// Waits until `sent` is mined. One not mined within `fee_bump_after_blocks` blocks is
     /// replaced (same nonce) with both fees raised by at least 10%, or to the node's current
-    /// estimate if higher; the wait ends at `inclusion_timeout`. The mined transaction's hash
-    /// and receipt.
+    /// estimate if higher, up to `max_fee_per_gas`; the wait ends at `inclusion_timeout`. The
+    /// mined transaction's hash and receipt.
+    ///
+    /// Blocks are counted from the chain's real head when the bundle was sent, not from the
+    /// follower's position: a follower replaying old blocks after a restart reports many
+    /// "new" blocks in a fraction of a second, none of which says the bundle was passed over.
     async fn until_mined(
         &self,
         mut sent: SentBundle,
@@ -1389,7 +1412,7 @@ impl Bundler {
         // in a tight loop: dozens of bundles can be in flight.
         let mut heads = self.shared.head_number.subscribe();
         loop {
-            let sent_at = self.head_number(&mut heads).await?;
+            let sent_at = provider.get_block_number().await.map_err(rpc_error)?;
             loop {
                 for hash in &sent.hashes {
                     if let Some(receipt) =
@@ -1415,7 +1438,16 @@ impl Bundler {
                     _ = tokio::time::sleep(RECEIPT_POLL_FALLBACK) => {}
                 }
             }
-            sent.raise_fees(provider.estimate_eip1559_fees().await.ok());
+            if !sent.raise_fees(provider.estimate_eip1559_fees().await.ok(), config.max_fee_per_gas)
+            {
+                // At the ceiling: wait for the chain (or the deadline), never pay more.
+                warn!(nonce = sent.nonce, max_fee = sent.max_fee, "bundle at the fee ceiling");
+                tokio::select! {
+                    _ = heads.changed() => {}
+                    _ = tokio::time::sleep(RECEIPT_POLL_FALLBACK) => {}
+                }
+                continue;
+            }
             ::metrics::counter!(metrics::BUNDLES_REPLACED).increment(1);
             warn!(
                 nonce = sent.nonce,
@@ -1476,8 +1508,13 @@ impl Bundler {
                         .any(|m| error.to_string().contains(m))
                         && tokio::time::Instant::now() < sent.deadline =>
                 {
+                    let ceiling = self.shared.config.max_fee_per_gas;
+                    if !sent.raise_fees(provider.estimate_eip1559_fees().await.ok(), ceiling) {
+                        return Err(BundlerError::Internal(format!(
+                            "bundle priced out at the fee ceiling ({ceiling} wei): {error}"
+                        )));
+                    }
                     warn!(%error, "bundle priced out: raising its fees");
-                    sent.raise_fees(provider.estimate_eip1559_fees().await.ok());
                     tokio::time::sleep(REPRICE_DELAY).await;
                 }
                 Err(error) if first => return Err(rpc_error(error)),
@@ -1685,6 +1722,35 @@ mod tests {
             valid_until: u64::MAX,
             accepted_at_block: 0,
         }
+    }
+
+    /// Re-pricing raises both fees by 10% (or to the node's estimate), stops at the ceiling
+    /// and then reports that nothing more can be done.
+    #[test]
+    fn fee_bumps_stop_at_the_ceiling() {
+        let mut sent = SentBundle {
+            tx: TransactionRequest::default(),
+            nonce: 0,
+            max_fee: 100,
+            priority_fee: 10,
+            hashes: Vec::new(),
+            deadline: tokio::time::Instant::now(),
+        };
+        assert!(sent.raise_fees(None, 1_000));
+        assert_eq!((sent.max_fee, sent.priority_fee), (110, 11));
+        let estimate = alloy::eips::eip1559::Eip1559Estimation {
+            max_fee_per_gas: 500,
+            max_priority_fee_per_gas: 50,
+        };
+        assert!(sent.raise_fees(Some(estimate), 1_000));
+        assert_eq!((sent.max_fee, sent.priority_fee), (500, 50));
+        let mut bumps = 0;
+        while sent.raise_fees(None, 1_000) {
+            bumps += 1;
+            assert!(sent.max_fee <= 1_000 && sent.priority_fee <= sent.max_fee);
+        }
+        assert_eq!(sent.max_fee, 1_000, "the last bump lands on the ceiling");
+        assert_eq!(bumps, 8, "500 → 550 → … → 975 → 1,000");
     }
 
     /// GREP-040 charges the entity the EntryPoint's code names; a staked factory answers for its

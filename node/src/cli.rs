@@ -379,6 +379,14 @@ pub struct NodeArgs {
     )]
     pub bundler_fee_bump_blocks: u64,
 
+    /// The highest maxFeePerGas (wei) a bundle is sent or re-priced at; fee bumps stop there.
+    #[arg(
+        long = "bundler.max-fee-wei",
+        env = "SETTLED_BUNDLER_MAX_FEE_WEI",
+        default_value_t = settled_bundler::DEFAULT_MAX_FEE_PER_GAS
+    )]
+    pub bundler_max_fee_wei: u128,
+
     /// Entities (sender, factory, paymaster addresses) always in good standing, whatever their
     /// ERC-7562 reputation; comma-separated.
     #[arg(long = "bundler.allowlist", env = "SETTLED_BUNDLER_ALLOWLIST", value_delimiter = ',')]
@@ -675,6 +683,7 @@ impl NodeArgs {
                 max_bundle_gas: self.bundler_max_bundle_gas,
                 max_bundle_ops: self.bundler_max_bundle_ops.max(1),
                 fee_bump_after_blocks: self.bundler_fee_bump_blocks.max(1),
+                max_fee_per_gas: self.bundler_max_fee_wei,
                 reputation: settled_bundler::ReputationLists {
                     allowlist: self.bundler_allowlist.into_iter().collect(),
                     blocklist: self.bundler_blocklist.into_iter().collect(),

@@ -108,6 +108,8 @@ pub struct BundlerSettings {
     pub max_bundle_ops: usize,
     /// A bundle not mined after this many blocks is resent with higher fees.
     pub fee_bump_after_blocks: u64,
+    /// The highest `maxFeePerGas` of a bundle (bumps stop there).
+    pub max_fee_per_gas: u128,
     /// Entities always allowed or always banned, whatever their reputation.
     pub reputation: settled_bundler::ReputationLists,
     /// EntryPoints served, the preferred first.
@@ -128,6 +130,7 @@ impl Default for BundlerSettings {
             max_bundle_gas: 10_000_000,
             max_bundle_ops: 64,
             fee_bump_after_blocks: 3,
+            max_fee_per_gas: settled_bundler::DEFAULT_MAX_FEE_PER_GAS,
             reputation: settled_bundler::ReputationLists::default(),
             entry_points: settled_bundler::BundlerConfig::default().entry_points,
             params: settled_bundler::MempoolParams::default(),

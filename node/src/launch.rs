@@ -163,6 +163,7 @@ pub async fn launch(
                 max_bundle_ops: config.bundler.max_bundle_ops,
                 reputation: config.bundler.reputation.clone(),
                 fee_bump_after_blocks: config.bundler.fee_bump_after_blocks,
+                max_fee_per_gas: config.bundler.max_fee_per_gas,
                 entry_points: config.bundler.entry_points.clone(),
                 params: config.bundler.params,
                 ..Default::default()
