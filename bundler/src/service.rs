@@ -19,14 +19,14 @@ use alloy::{
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::{
-    ChainEvent, ChecksummedAddress, EntryPointVersion, PackedUserOperation, UserOperation, v07,
+    BlockRef, ChainCursor, ChainEvent, ChainEvents, ChecksummedAddress, EntryPointVersion,
+    PackedUserOperation, UserOperation, v07,
 };
 use settled_sim::{
     AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, EstimationMargins,
     GasEstimate, SimError, SimOverrides, SimulationLimits, Simulator, ValidationOutcome,
     changed_code, pre_verification_gas,
 };
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -263,6 +263,8 @@ struct Shared {
     mined_tree: sled::Tree,
     /// `block hash ‖ op hash` of every indexed op: a reorg finds its blocks' ops directly.
     mined_by_block: sled::Tree,
+    /// The last block whose ops, reputation and expiries were applied (durable).
+    cursor: ChainCursor,
     /// One bundle at a time.
     bundling: tokio::sync::Mutex<()>,
     /// Blocks of our own bundles, indexed from their receipts before the chain follower saw
@@ -433,6 +435,7 @@ impl Bundler {
         let pool_tree = db.open_tree("bundler.pool").map_err(storage_error)?;
         let mined_tree = db.open_tree("bundler.mined").map_err(storage_error)?;
         let mined_by_block = db.open_tree("bundler.mined_by_block").map_err(storage_error)?;
+        let cursor = ChainCursor::open(db, "bundler").map_err(storage_error)?;
         let mut pool = Mempool::new(config.pool, config.params);
         let mut restored = 0;
         for item in pool_tree.iter() {
@@ -474,6 +477,7 @@ impl Bundler {
                 pool_tree,
                 mined_tree,
                 mined_by_block,
+                cursor,
                 bundling: tokio::sync::Mutex::new(()),
                 unconfirmed: Mutex::new(Vec::new()),
                 in_flight: Mutex::new(HashMap::new()),
@@ -1592,10 +1596,15 @@ impl Bundler {
         Ok(())
     }
 
+    /// The last block this bundler applied: its durable chain cursor.
+    pub fn chain_cursor(&self) -> Result<Option<BlockRef>, BundlerError> {
+        self.shared.cursor.get().map_err(storage_error)
+    }
+
     /// Follows the chain until `cancel`: indexes mined ops, re-queues reorged ones, and in auto
     /// mode sends a bundle after each new block (and each `auto_interval`) with ops pending that
     /// are not in a bundle already sent.
-    pub async fn run(self, mut events: broadcast::Receiver<ChainEvent>, cancel: CancellationToken) {
+    pub async fn run(self, mut events: ChainEvents, cancel: CancellationToken) {
         let mut ticks = tokio::time::interval(self.shared.config.auto_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let decay_every = self.shared.config.reputation_decay_interval;
@@ -1632,8 +1641,11 @@ impl Bundler {
                 }
             };
             match event {
-                Ok(ChainEvent::Block(block)) => {
+                Some(ChainEvent::Block(block)) => {
                     self.shared.head_number.send_replace(block.block.number);
+                    if self.shared.cursor.applied(&block.block).unwrap_or(false) {
+                        continue; // replayed after a restart: applied before it
+                    }
                     let replaced = self.replaced_blocks(block.block.number, block.block.hash);
                     if !replaced.is_empty() {
                         self.forget_nonce();
@@ -1658,6 +1670,9 @@ impl Bundler {
                         let _ = self.drop_op(hash, "throttled entity: live blocks passed");
                     }
                     ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
+                    if let Err(error) = self.shared.cursor.advance(block.block) {
+                        warn!(%error, "bundler chain cursor not saved");
+                    }
                     if self.mode() == BundlingMode::Auto
                         && self.pool_len() > 0
                         && let Err(error) = self.start_bundles().await
@@ -1665,8 +1680,11 @@ impl Bundler {
                         warn!(%error, "bundling failed");
                     }
                 }
-                Ok(ChainEvent::Reorg(reorg)) => {
+                Some(ChainEvent::Reorg(reorg)) => {
                     self.forget_nonce();
+                    if let Err(error) = self.shared.cursor.rewind(reorg.ancestor) {
+                        warn!(%error, "bundler chain cursor not rewound");
+                    }
                     let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
                     match self.unindex_blocks(&removed) {
                         Ok(requeued) => {
@@ -1676,10 +1694,7 @@ impl Bundler {
                     }
                     self.shared.head.reset();
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(missed, "bundler fell behind the chain follower");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+                None => return,
             }
         }
     }

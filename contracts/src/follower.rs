@@ -5,6 +5,12 @@
 //! It polls (`eth_blockNumber`, `eth_getBlockByNumber`, `eth_getLogs` by block hash) rather than
 //! subscribing, so it works over plain HTTP against any node, and a missed notification can
 //! never make it skip a block: every block number is visited in order.
+//!
+//! Consumers ([`ChainFollower::consumer`]) get every event through their own bounded channel and
+//! the follower waits for the slowest one, so none can fall behind and lose blocks; each keeps
+//! a durable [`ChainCursor`], and a restarted node resumes after the lowest of them
+//! ([`FollowerConfig::start_after`]), not at the deployment block. Observers
+//! ([`ChainFollower::subscribe`]: metrics, tests) may lag and be told so.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -15,7 +21,7 @@ use alloy::{
     rpc::types::{Filter, Log},
     transports::TransportError,
 };
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -30,6 +36,10 @@ pub struct FollowerConfig {
     pub addresses: Vec<Address>,
     /// First block to deliver; `None` starts at the current head.
     pub start_block: Option<u64>,
+    /// Resume right after this block (the lowest consumer cursor), overriding `start_block`:
+    /// its hash is the parent the next block must name, so a reorg while the node was down
+    /// is reported like any other.
+    pub start_after: Option<BlockRef>,
     /// Capacity of the event channel; a subscriber that falls further behind is told it lagged.
     pub channel_capacity: usize,
 }
@@ -41,6 +51,7 @@ impl Default for FollowerConfig {
             reorg_depth: 64,
             addresses: Vec::new(),
             start_block: None,
+            start_after: None,
             channel_capacity: 4_096,
         }
     }
@@ -88,14 +99,31 @@ pub enum ChainEvent {
     Reorg(Arc<Reorg>),
 }
 
-/// A follower that has not started yet: subscribe first, then [`ChainFollower::spawn`], so no
-/// subscriber misses the first block.
+/// When the follower last heard from the chain, and the chain's head then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainContact {
+    /// The last successful `eth_blockNumber`.
+    pub at: std::time::Instant,
+    /// The chain's head at that moment (blocks delivered may trail it while catching up).
+    pub chain_head: u64,
+}
+
+/// A consumer's events: every one, in order (the follower waits while the channel is full).
+pub type ChainEvents = mpsc::Receiver<ChainEvent>;
+
+/// Events a consumer's channel holds before the follower waits for it.
+const CONSUMER_CHANNEL: usize = 256;
+
+/// A follower that has not started yet: register consumers and subscribe first, then
+/// [`ChainFollower::spawn`], so none misses the first block.
 #[derive(Debug)]
 pub struct ChainFollower {
     provider: DynProvider,
     config: FollowerConfig,
     events: broadcast::Sender<ChainEvent>,
+    consumers: Vec<mpsc::Sender<ChainEvent>>,
     head: watch::Sender<Option<BlockRef>>,
+    contact: watch::Sender<Option<ChainContact>>,
 }
 
 /// A running follower.
@@ -103,6 +131,7 @@ pub struct ChainFollower {
 pub struct FollowerHandle {
     events: broadcast::Sender<ChainEvent>,
     head: watch::Receiver<Option<BlockRef>>,
+    contact: watch::Receiver<Option<ChainContact>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -111,10 +140,28 @@ impl ChainFollower {
     pub fn new(provider: DynProvider, config: FollowerConfig) -> Self {
         let (events, _) = broadcast::channel(config.channel_capacity.max(1));
         let (head, _) = watch::channel(None);
-        Self { provider, config, events, head }
+        let (contact, _) = watch::channel(None);
+        Self { provider, config, events, consumers: Vec::new(), head, contact }
     }
 
-    /// A receiver of every event from the first block on.
+    /// Resume right after `block` (the lowest consumer cursor) instead of at the configured
+    /// start block; `None` keeps the configuration's.
+    pub fn resume_after(&mut self, block: Option<BlockRef>) {
+        if block.is_some() {
+            self.config.start_after = block;
+        }
+    }
+
+    /// A lossless receiver of every event from the first block on: the follower does not go
+    /// on until this consumer has room, so a slow consumer slows the follower, never skips.
+    pub fn consumer(&mut self) -> ChainEvents {
+        let (sender, receiver) = mpsc::channel(CONSUMER_CHANNEL);
+        self.consumers.push(sender);
+        receiver
+    }
+
+    /// A receiver of events from the first block on that may lag (it is told how many it
+    /// missed): for observers such as metrics.
     pub fn subscribe(&self) -> broadcast::Receiver<ChainEvent> {
         self.events.subscribe()
     }
@@ -123,8 +170,9 @@ impl ChainFollower {
     pub fn spawn(self, cancel: CancellationToken) -> FollowerHandle {
         let events = self.events.clone();
         let head = self.head.subscribe();
+        let contact = self.contact.subscribe();
         let task = tokio::spawn(self.run(cancel));
-        FollowerHandle { events, head, task }
+        FollowerHandle { events, head, contact, task }
     }
 
     async fn run(self, cancel: CancellationToken) {
@@ -133,6 +181,10 @@ impl ChainFollower {
             recent: VecDeque::new(),
             depth: self.config.reorg_depth.max(1) as usize,
         };
+        if let Some(after) = self.config.start_after {
+            state.next = Some(after.number + 1);
+            state.remember(after);
+        }
         info!(start = ?state.next, depth = state.depth, "chain follower started");
         loop {
             if let Err(err) = self.catch_up(&mut state, &cancel).await {
@@ -153,13 +205,15 @@ impl ChainFollower {
         cancel: &CancellationToken,
     ) -> Result<(), TransportError> {
         let latest = self.provider.get_block_number().await?;
+        self.contact
+            .send_replace(Some(ChainContact { at: std::time::Instant::now(), chain_head: latest }));
 
         // A reorg that replaced our newest block (same height, or a shorter chain) shows only here:
         // no new block would carry a mismatching parent hash.
         if let Some(last) = state.recent.back().copied()
             && self.canonical_hash(last.number).await? != Some(last.hash)
         {
-            self.report_reorg(state).await?;
+            self.report_reorg(state, cancel).await?;
         }
 
         let mut next = state.next.unwrap_or(latest);
@@ -174,7 +228,7 @@ impl ChainFollower {
                 && prev.number + 1 == next
                 && prev.hash != header.parent_hash
             {
-                next = self.report_reorg(state).await?;
+                next = self.report_reorg(state, cancel).await?;
                 continue;
             }
 
@@ -194,16 +248,35 @@ impl ChainFollower {
             };
             state.remember(this);
             self.head.send_replace(Some(this));
-            let _ = self.events.send(ChainEvent::Block(Arc::new(event)));
+            if !self.deliver(ChainEvent::Block(Arc::new(event)), cancel).await {
+                break;
+            }
             next += 1;
             state.next = Some(next);
         }
         Ok(())
     }
 
+    /// Hands `event` to every consumer (waiting for room) and observer; false if cancelled
+    /// first. A consumer that has stopped is passed over: its task has ended.
+    async fn deliver(&self, event: ChainEvent, cancel: &CancellationToken) -> bool {
+        for consumer in &self.consumers {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = consumer.send(event.clone()) => {}
+            }
+        }
+        let _ = self.events.send(event);
+        true
+    }
+
     /// Unwinds to the newest still-canonical block, tells subscribers, and returns the next block
     /// number to deliver.
-    async fn report_reorg(&self, state: &mut FollowState) -> Result<u64, TransportError> {
+    async fn report_reorg(
+        &self,
+        state: &mut FollowState,
+        cancel: &CancellationToken,
+    ) -> Result<u64, TransportError> {
         let reorg = self.unwind(state).await?;
         let next = reorg.ancestor.number + 1;
         state.next = Some(next);
@@ -214,7 +287,7 @@ impl ChainFollower {
             deep = reorg.deeper_than_tracked,
             "chain reorganisation"
         );
-        let _ = self.events.send(ChainEvent::Reorg(Arc::new(reorg)));
+        self.deliver(ChainEvent::Reorg(Arc::new(reorg)), cancel).await;
         Ok(next)
     }
 
@@ -272,6 +345,11 @@ impl FollowerHandle {
     /// A watch of the newest delivered block.
     pub fn head_watch(&self) -> watch::Receiver<Option<BlockRef>> {
         self.head.clone()
+    }
+
+    /// A watch of the follower's last contact with the chain (none before the first).
+    pub fn contact_watch(&self) -> watch::Receiver<Option<ChainContact>> {
+        self.contact.clone()
     }
 
     /// Waits for the follower task to end (after its cancellation token fired).

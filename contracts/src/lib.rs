@@ -12,6 +12,7 @@
 #[cfg(feature = "anvil")]
 mod anvil;
 mod bindings;
+mod cursor;
 mod deploy;
 mod deployment;
 mod follower;
@@ -30,12 +31,14 @@ pub use bindings::{
 /// Each binding has its own Rust type for this struct; they share one ABI, so this one converts
 /// to any of them by ABI round trip.
 pub type PackedUserOperation = v07::PackedUserOperation;
+pub use cursor::ChainCursor;
 pub use deploy::{DeployError, PaymasterFunding, deploy_all, expected_deployment, fund_paymaster};
 pub use deployment::{
     Deployment, DeploymentError, ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion,
 };
 pub use follower::{
-    BlockRef, ChainEvent, ChainFollower, FollowerConfig, FollowerHandle, NewBlock, Reorg,
+    BlockRef, ChainContact, ChainEvent, ChainEvents, ChainFollower, FollowerConfig, FollowerHandle,
+    NewBlock, Reorg,
 };
 pub use user_op::{EIP7702_INIT_CODE_MARKER, pack_u128s, stub_account_signature, unpack_u128s};
 pub use user_operation::{ChecksummedAddress, InvalidUserOperation, UserOperation, rpc_codes};

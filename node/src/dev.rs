@@ -184,6 +184,16 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
+/// `deployment` found already deployed on a chain this datadir follows: its start block stays
+/// the one written when it was deployed, not the head at this start (from which a consumer
+/// without a cursor would miss everything before it).
+pub(crate) fn keep_start_block(datadir: &Path, deployment: &mut Deployment) {
+    let Ok(previous) = Deployment::load(&datadir.join("deployment.json")) else { return };
+    if previous.chain_id == deployment.chain_id && previous.contracts() == deployment.contracts() {
+        deployment.start_block = deployment.start_block.min(previous.start_block);
+    }
+}
+
 /// Writes `<datadir>/deployment.json` (after the datadir's database is held: a second
 /// `settled dev` on a datadir in use must not rewrite the first one's file).
 pub(crate) fn save(datadir: &Path, deployment: &Deployment) -> Result<(), NodeError> {

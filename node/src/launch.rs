@@ -10,7 +10,7 @@ use alloy::{
 use jsonrpsee::server::ServerHandle;
 use settled_bundler::{Bundler, BundlerConfig};
 use settled_contracts::{
-    ChainEvent, ChainFollower, Deployment, EntryPointVersion, FollowerHandle, LocalAnvil,
+    BlockRef, ChainEvent, ChainFollower, Deployment, EntryPointVersion, FollowerHandle, LocalAnvil,
     SponsorPaymaster,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
@@ -97,6 +97,26 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// Where the follower resumes: after the lowest consumer cursor, so every consumer sees every
+/// block since its own cursor (blocks mined while the node was down included); `None` (the
+/// deployment's start block) while any consumer has none.
+fn resume_point(cursors: &[(&str, Option<BlockRef>)]) -> Option<BlockRef> {
+    let mut lowest: Option<BlockRef> = None;
+    for (consumer, cursor) in cursors {
+        let Some(cursor) = cursor else {
+            info!(consumer, "a consumer without a chain cursor: following from the deployment");
+            return None;
+        };
+        if lowest.is_none_or(|l| cursor.number < l.number) {
+            lowest = Some(*cursor);
+        }
+    }
+    if let Some(block) = lowest {
+        info!(after = block.number, "resuming the chain after the consumers' lowest cursor");
+    }
+    lowest
+}
+
 /// Starts a node on `source` with `config`; it runs until `cancel` fires.
 pub async fn launch(
     config: NodeConfig,
@@ -111,7 +131,7 @@ pub async fn launch(
         ChainSource::Dev(dev) if dev.attach.is_none() => OnOtherChain::StartClean,
         _ => OnOtherChain::Refuse,
     };
-    let (anvil, chain_rpc_url, provider, deployment, dev_keys) = match source {
+    let (anvil, chain_rpc_url, provider, mut deployment, dev_keys) = match source {
         ChainSource::Dev(dev_config) => {
             let chain = dev::prepare(&config, &dev_config).await?;
             if config.paymaster.policies.is_empty() && config.paymaster.policies_file.is_none() {
@@ -136,6 +156,10 @@ pub async fn launch(
     if is_dev {
         // `settled dev`: its deployment file, now that this process holds the datadir, and a
         // billing key when none is configured (kept across restarts in the datadir).
+        if on_other_chain == OnOtherChain::Refuse {
+            // Attached to a chain the datadir knows: its contracts were deployed before.
+            dev::keep_start_block(&config.datadir, &mut deployment);
+        }
         dev::save(&config.datadir, &deployment)?;
         if config.billing.api_keys.is_empty() && config.billing.api_keys_file.is_none() {
             config.billing.api_keys.push(dev::billing_key(&config.datadir)?);
@@ -149,8 +173,10 @@ pub async fn launch(
     ::metrics::gauge!(names::START_TIME).set(now.as_secs_f64());
 
     let watched = deployment.contracts().iter().map(|(_, address)| *address).collect();
-    let follower =
+    let mut follower =
         ChainFollower::new(provider.clone(), config.follower(deployment.start_block, watched));
+    // Each consumer's durable cursor: the follower resumes after the lowest.
+    let mut cursors: Vec<(&str, Option<BlockRef>)> = Vec::new();
     let mut tasks = vec![tokio::spawn(record_chain_metrics(follower.subscribe(), cancel.clone()))];
 
     let bundler = match bundler_signer(&config, dev_keys.bundler)? {
@@ -169,7 +195,8 @@ pub async fn launch(
                 ..Default::default()
             };
             let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;
-            tasks.push(tokio::spawn(bundler.clone().run(follower.subscribe(), cancel.clone())));
+            cursors.push(("bundler", bundler.chain_cursor()?));
+            tasks.push(tokio::spawn(bundler.clone().run(follower.consumer(), cancel.clone())));
             info!(address = %bundler.address(), mode = ?config.bundler.mode, "bundler running");
             Some(bundler)
         }
@@ -198,7 +225,8 @@ pub async fn launch(
             check_paymaster_signer(&provider, &deployment, signer.address()).await;
             let paymaster =
                 Paymaster::new(settings, provider.clone(), signer, storage.db()).await?;
-            tasks.push(tokio::spawn(paymaster.clone().run(follower.subscribe(), cancel.clone())));
+            cursors.push(("paymaster", paymaster.chain_cursor()?));
+            tasks.push(tokio::spawn(paymaster.clone().run(follower.consumer(), cancel.clone())));
             info!(signer = %paymaster.signer(), "paymaster running");
             Some(paymaster)
         }
@@ -223,12 +251,20 @@ pub async fn launch(
                 })??;
         index.announce();
         let index = std::sync::Arc::new(index);
-        tasks.push(tokio::spawn(index.clone().run(follower.subscribe(), cancel.clone())));
+        let cursor = index.cursor()?.map(|c| BlockRef { number: c.number, hash: c.hash });
+        cursors.push(("stream index", cursor));
+        tasks.push(tokio::spawn(index.clone().run(follower.consumer(), cancel.clone())));
         Some(index)
     };
+    follower.resume_after(resume_point(&cursors));
     let follower = follower.spawn(cancel.child_token());
 
-    let mut module = rpc::node_module(chain_id, follower.head_watch())?;
+    let limits = rpc::HealthLimits {
+        // Ten polls missed, and at least 10 s: one slow answer is not an outage.
+        stale_after: (config.chain.poll_interval * 10).max(Duration::from_secs(10)),
+        max_lag_blocks: config.chain.reorg_depth,
+    };
+    let mut module = rpc::node_module(chain_id, &follower, limits)?;
     let merge = |e: jsonrpsee::core::RegisterMethodError| NodeError::Metrics(e.to_string());
     if let Some(bundler) = &bundler {
         module

@@ -13,7 +13,7 @@ use jsonrpsee::{
     types::ErrorObjectOwned,
 };
 use serde::Serialize;
-use settled_contracts::BlockRef;
+use settled_contracts::{BlockRef, ChainContact, FollowerHandle};
 use tokio::sync::watch;
 
 use crate::{config::RpcConfig, error::NodeError, streams::BearerLayer};
@@ -21,26 +21,85 @@ use crate::{config::RpcConfig, error::NodeError, streams::BearerLayer};
 /// The node's identification in `web3_clientVersion`.
 pub(crate) const CLIENT_VERSION: &str = concat!("settled/v", env!("CARGO_PKG_VERSION"));
 
-/// What `system_health` (and `GET /health`) reports.
+/// `system_ready`'s error while the node is degraded: the server is up, the chain is not
+/// (JSON-RPC's server-error range; `GET /ready` answers it with a non-2xx status).
+pub(crate) const NOT_READY: i32 = -32050;
+
+/// What `system_health` (`GET /health`, liveness: answered while the node serves) and
+/// `system_ready` (`GET /ready`, readiness: an error, so not 2xx, unless `ok`) report.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Health {
+    /// `ok`, or `degraded` with the reasons in `problems`.
     status: &'static str,
     chain_id: u64,
+    /// The newest block the node has processed.
     head_block: Option<u64>,
+    /// The chain's head at the last contact.
+    chain_head: Option<u64>,
+    /// Seconds since the node last heard from the chain.
+    last_chain_contact_secs: Option<u64>,
+    problems: Vec<String>,
+}
+
+/// When the node counts as degraded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HealthLimits {
+    /// No answer from the chain for this long.
+    pub stale_after: std::time::Duration,
+    /// Processed blocks trail the chain's head by more than this.
+    pub max_lag_blocks: u64,
 }
 
 struct NodeInfo {
     chain_id: u64,
     head: watch::Receiver<Option<BlockRef>>,
+    contact: watch::Receiver<Option<ChainContact>>,
+    limits: HealthLimits,
 }
 
-/// The node's own methods: `eth_chainId`, `web3_clientVersion`, `system_health`.
+impl NodeInfo {
+    fn health(&self) -> Health {
+        let head_block = self.head.borrow().map(|b| b.number);
+        let contact = *self.contact.borrow();
+        let age = contact.map(|c| c.at.elapsed());
+        let mut problems = Vec::new();
+        match age {
+            None => problems.push("the chain has not answered yet".to_owned()),
+            Some(age) if age > self.limits.stale_after => {
+                problems.push(format!("no answer from the chain for {} s", age.as_secs()))
+            }
+            Some(_) => {}
+        }
+        if let (Some(chain), Some(head)) = (contact.map(|c| c.chain_head), head_block)
+            && chain.saturating_sub(head) > self.limits.max_lag_blocks
+        {
+            problems.push(format!("{} blocks behind the chain", chain - head));
+        }
+        Health {
+            status: if problems.is_empty() { "ok" } else { "degraded" },
+            chain_id: self.chain_id,
+            head_block,
+            chain_head: contact.map(|c| c.chain_head),
+            last_chain_contact_secs: age.map(|a| a.as_secs()),
+            problems,
+        }
+    }
+}
+
+/// The node's own methods: `eth_chainId`, `web3_clientVersion`, `system_health`,
+/// `system_ready`.
 pub(crate) fn node_module(
     chain_id: u64,
-    head: watch::Receiver<Option<BlockRef>>,
+    follower: &FollowerHandle,
+    limits: HealthLimits,
 ) -> Result<RpcModule<()>, NodeError> {
-    let info = Arc::new(NodeInfo { chain_id, head });
+    let info = Arc::new(NodeInfo {
+        chain_id,
+        head: follower.head_watch(),
+        contact: follower.contact_watch(),
+        limits,
+    });
     let mut module = RpcModule::new(());
     let register = |e: jsonrpsee::core::RegisterMethodError| NodeError::Metrics(e.to_string());
 
@@ -51,13 +110,18 @@ pub(crate) fn node_module(
         })
         .map_err(register)?;
     module.register_method("web3_clientVersion", |_, _, _| CLIENT_VERSION).map_err(register)?;
+    let live = info.clone();
     module
-        .register_method("system_health", move |_, _, _| {
-            Ok::<_, ErrorObjectOwned>(Health {
-                status: "ok",
-                chain_id: info.chain_id,
-                head_block: info.head.borrow().map(|b| b.number),
-            })
+        .register_method("system_health", move |_, _, _| Ok::<_, ErrorObjectOwned>(live.health()))
+        .map_err(register)?;
+    module
+        .register_method("system_ready", move |_, _, _| {
+            let health = info.health();
+            if health.status == "ok" {
+                return Ok(health);
+            }
+            let data = serde_json::to_value(&health).ok();
+            Err(ErrorObjectOwned::owned(NOT_READY, "not ready", data))
         })
         .map_err(register)?;
     Ok(module)
@@ -69,8 +133,9 @@ pub(crate) async fn serve(
     module: RpcModule<()>,
 ) -> Result<(SocketAddr, ServerHandle), NodeError> {
     let bind = |source| NodeError::Bind { what: "JSON-RPC", addr: config.addr, source };
-    let health = ProxyGetRequestLayer::new([("/health", "system_health")])
-        .map_err(|e| bind(std::io::Error::other(e)))?;
+    let health =
+        ProxyGetRequestLayer::new([("/health", "system_health"), ("/ready", "system_ready")])
+            .map_err(|e| bind(std::io::Error::other(e)))?;
     let server_config = ServerConfig::builder()
         .max_request_body_size(config.max_request_bytes)
         .max_response_body_size(config.max_request_bytes.saturating_mul(2))

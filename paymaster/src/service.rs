@@ -13,11 +13,13 @@ use alloy::{
     sol_types::SolEvent,
 };
 use serde::{Deserialize, Serialize};
-use settled_contracts::{ChainEvent, EntryPointVersion, PackedUserOperation, UserOperation, v07};
+use settled_contracts::{
+    BlockRef, ChainCursor, ChainEvent, ChainEvents, EntryPointVersion, PackedUserOperation,
+    UserOperation, v07,
+};
 use settled_sim::{
     AccountReads, ChainHead, SimError, SimOverrides, SimulationLimits, Simulator, ValidationRules,
 };
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -174,6 +176,8 @@ struct Shared {
     simulator: Simulator,
     head: ChainHead,
     ledger: Ledger,
+    /// The last block whose sponsorships were settled and expired (durable).
+    cursor: ChainCursor,
     policies: RwLock<BTreeMap<String, SponsorshipPolicy>>,
     policy_tree: sled::Tree,
 }
@@ -208,6 +212,7 @@ impl Paymaster {
         let head = ChainHead::new(provider.clone(), AccountReads::for_client(&client_version));
         let ledger = Ledger::open(db.open_tree("paymaster.ledger").map_err(internal)?)?;
         let policy_tree = db.open_tree("paymaster.policies").map_err(internal)?;
+        let cursor = ChainCursor::open(db, "paymaster").map_err(internal)?;
         let mut policies: BTreeMap<String, SponsorshipPolicy> =
             config.policies.iter().map(|p| (p.id.clone(), p.clone())).collect();
         for entry in policy_tree.iter() {
@@ -231,6 +236,7 @@ impl Paymaster {
                 simulator,
                 head,
                 ledger,
+                cursor,
                 policies: RwLock::new(policies),
                 policy_tree,
             }),
@@ -612,9 +618,14 @@ impl Paymaster {
         })
     }
 
+    /// The last block this paymaster applied: its durable chain cursor.
+    pub fn chain_cursor(&self) -> Result<Option<BlockRef>, PaymasterError> {
+        self.shared.cursor.get().map_err(internal)
+    }
+
     /// Settles reservations from mined `UserOperationEvent`s, reopens them on reorgs, releases
     /// expired ones, and watches the deposits, until `cancel`.
-    pub async fn run(self, mut events: broadcast::Receiver<ChainEvent>, cancel: CancellationToken) {
+    pub async fn run(self, mut events: ChainEvents, cancel: CancellationToken) {
         let mut last_deposit_check: Option<Instant> = None;
         loop {
             let event = tokio::select! {
@@ -622,7 +633,10 @@ impl Paymaster {
                 event = events.recv() => event,
             };
             match event {
-                Ok(ChainEvent::Block(block)) => {
+                Some(ChainEvent::Block(block)) => {
+                    if self.shared.cursor.applied(&block.block).unwrap_or(false) {
+                        continue; // replayed after a restart: settled before it
+                    }
                     let settled = self.settle_logs(&block.logs, block.block.hash, block.timestamp);
                     let expired = self
                         .shared
@@ -640,14 +654,20 @@ impl Paymaster {
                         }
                         _ => {}
                     }
+                    if let Err(error) = self.shared.cursor.advance(block.block) {
+                        warn!(%error, "paymaster chain cursor not saved");
+                    }
                     self.publish_ledger();
                     if last_deposit_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         last_deposit_check = Some(Instant::now());
                         self.check_deposits().await;
                     }
                 }
-                Ok(ChainEvent::Reorg(reorg)) => {
+                Some(ChainEvent::Reorg(reorg)) => {
                     self.shared.head.reset();
+                    if let Err(error) = self.shared.cursor.rewind(reorg.ancestor) {
+                        warn!(%error, "paymaster chain cursor not rewound");
+                    }
                     let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
                     match self.shared.ledger.unsettle(&removed) {
                         Ok(reopened) if reopened > 0 => {
@@ -657,10 +677,7 @@ impl Paymaster {
                         Err(error) => warn!(%error, "paymaster reorg handling failed"),
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(missed, "paymaster fell behind the chain follower");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+                None => return,
             }
         }
     }

@@ -1,15 +1,15 @@
 //! The operator's worst day (#20): restarts onto a chain that moved on while the node was down.
 //! Each test runs the real binary (`settled run`, [`SettledProcess`]) on its own Anvil.
 
-use std::time::Duration;
+use std::{path::Path, process::Command, time::Duration};
 
 use alloy::{
-    primitives::U256,
+    primitives::{Address, U256},
     providers::{Provider, ext::AnvilApi},
     signers::local::PrivateKeySigner,
 };
-use serde_json::json;
-use settled_contracts::EntryPointVersion;
+use serde_json::{Value, json};
+use settled_contracts::{EntryPointVersion, PackedUserOperation, StreamVault};
 use settled_tests::{
     SettledProcess, TestChain, TestResult,
     rpc::{call_url, send_at, with_estimated_limits},
@@ -76,5 +76,206 @@ async fn a_replay_after_restart_does_not_re_price_a_pending_bundle() -> TestResu
     let answer = tokio::time::timeout(Duration::from_secs(30), bundle).await???;
     answer.map_err(|e| format!("sendBundleNow: {e:?}"))?;
     assert_eq!(log_lines(datadir.path(), "bundle sent")?, 1, "and only that one");
+    Ok(())
+}
+
+/// `settled dev --dev.attach` on `chain` with `datadir`, stopped with SIGTERM on drop.
+struct AttachedDev {
+    child: std::process::Child,
+    url: String,
+}
+
+impl AttachedDev {
+    async fn start(chain: &TestChain, datadir: &Path) -> TestResult<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(datadir.join("settled.log"))?;
+        let child = Command::new(SettledProcess::binary()?)
+            .args(["dev", "--dev.attach", &chain.anvil().endpoint(), "--datadir"])
+            .arg(datadir)
+            .args(["--rpc.port", &port.to_string(), "--metrics.disable"])
+            .args(["--chain.poll-interval-ms", "100"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let dev = Self { child, url: format!("http://127.0.0.1:{port}") };
+        for _ in 0..300 {
+            if reqwest_ok(&format!("{}/health", dev.url)).await {
+                return Ok(dev);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("settled dev --dev.attach did not answer within 30 s".into())
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    fn stop(mut self) -> TestResult {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        assert!(status.success());
+        assert!(self.child.wait()?.success(), "settled dev did not stop cleanly");
+        Ok(())
+    }
+}
+
+impl Drop for AttachedDev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn reqwest_ok(url: &str) -> bool {
+    let client = alloy::transports::http::reqwest::Client::new();
+    client.get(url).send().await.is_ok_and(|r| r.status().is_success())
+}
+
+/// A billing call with the dev key `settled dev` keeps in its datadir.
+async fn billing(url: &str, datadir: &Path, method: &str, params: Value) -> TestResult<Value> {
+    let token = std::fs::read_to_string(datadir.join("dev-api-key"))?;
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    let client = alloy::transports::http::reqwest::Client::new();
+    let answer: Value =
+        client.post(url).bearer_auth(token.trim()).json(&body).send().await?.json().await?;
+    answer.get("result").cloned().ok_or_else(|| format!("{method}: {answer}").into())
+}
+
+/// A SimpleAccount creation op (ETH for its prefund), estimated through the node at `url`.
+async fn creation_op(
+    chain: &TestChain,
+    url: &str,
+    version: EntryPointVersion,
+) -> TestResult<PackedUserOperation> {
+    let owner = PrivateKeySigner::random();
+    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
+    let fund = alloy::rpc::types::TransactionRequest::default()
+        .to(sender)
+        .value(U256::from(10u128.pow(18)))
+        .from(chain.account(5)?);
+    chain.provider().send_transaction(fund).await?.get_receipt().await?;
+    let call_data = usdc_transfer(version, chain.deployment().usdc, sender, 0);
+    let op = unestimated_op(sender, 0, init_code, call_data);
+    let mut op = with_estimated_limits(url, version, op).await?;
+    op.signature = chain.sign_op(version, &owner, &op).await?;
+    Ok(op)
+}
+
+/// #20 item 2: blocks mined while `settled dev --dev.attach` was down (after a graceful stop)
+/// were never read: `deploy_all` moved the deployment's start block to the new head and the
+/// follower started there. Now every consumer resumes after its own cursor: an op mined and a
+/// stream opened and paused while the node was down are all seen after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_mined_while_down_are_read_after_a_restart() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let datadir = tempfile::tempdir()?;
+    let version = EntryPointVersion::V08;
+    let first = AttachedDev::start(&chain, datadir.path()).await?;
+    let op = creation_op(&chain, &first.url, version).await?;
+    let hash = chain.op_hash(version, &op).await?;
+    first.stop()?;
+
+    // While the node is down: the op is mined by someone else, a stream operated by dev's
+    // operator (Anvil account 3) is opened and paused by its payer. A provider of its own: dev
+    // sent from account 0 too, so the chain's provider's nonce cache is stale.
+    let down =
+        alloy::providers::ProviderBuilder::new().connect_http(chain.anvil().endpoint().parse()?);
+    let (owner, payer, operator) = (chain.account(0)?, chain.account(4)?, chain.account(3)?);
+    let entry_point = settled_contracts::v07::IEntryPoint::new(version.canonical_address(), &down);
+    let handle_ops = entry_point
+        .handleOps(vec![op], Address::repeat_byte(0xbe))
+        .from(chain.account(6)?)
+        .gas(10_000_000);
+    assert!(handle_ops.send().await?.get_receipt().await?.status(), "handleOps reverted");
+    let usdc = settled_contracts::MockUSDC::new(chain.deployment().usdc, &down);
+    usdc.mint(payer, U256::from(1_000_000u64)).from(owner).send().await?.get_receipt().await?;
+    let vault_address = chain.deployment().stream_vault;
+    usdc.approve(vault_address, U256::MAX).from(payer).send().await?.get_receipt().await?;
+    let vault = StreamVault::new(vault_address, &down);
+    let rate = alloy::primitives::aliases::U96::from(10u128.pow(15));
+    let (usdc_address, no_cap) = (chain.deployment().usdc, alloy::primitives::aliases::U96::ZERO);
+    let open = vault.open(
+        Address::repeat_byte(0x77),
+        usdc_address,
+        rate,
+        operator,
+        no_cap,
+        no_cap,
+        1_000_000,
+    );
+    assert!(open.from(payer).send().await?.get_receipt().await?.status(), "open reverted");
+    let id = vault.nextStreamId().call().await? - U256::from(1);
+    vault.pause(id).from(payer).send().await?.get_receipt().await?;
+    down.anvil_mine(Some(5), None).await?;
+    let head = chain.provider().get_block_number().await?;
+
+    let second = AttachedDev::start(&chain, datadir.path()).await?;
+    let mut seen = (Value::Null, Value::Null);
+    for _ in 0..100 {
+        seen.0 = call_url(&second.url, "eth_getUserOperationReceipt", json!([hash]))
+            .await?
+            .map_err(|e| format!("{e:?}"))?;
+        seen.1 = billing(&second.url, datadir.path(), "stream_get", json!([id.to_string()]))
+            .await
+            .unwrap_or(Value::Null);
+        if !seen.0.is_null() && seen.1["status"] == json!("paused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.0["success"], json!(true), "the op mined while down: {}", seen.0);
+    assert_eq!(seen.1["status"], json!("paused"), "the stream paused while down: {}", seen.1);
+    let health: Value = alloy::transports::http::reqwest::get(format!("{}/health", second.url))
+        .await?
+        .json()
+        .await?;
+    assert!(health["headBlock"].as_u64() >= Some(head), "{health}");
+    let deployment: Value =
+        serde_json::from_str(&std::fs::read_to_string(datadir.path().join("deployment.json"))?)?;
+    assert!(
+        deployment["startBlock"].as_u64() < Some(head),
+        "the start block stays where the contracts were deployed: {deployment}"
+    );
+    second.stop()?;
+    Ok(())
+}
+
+/// #20 item 5: `/health` said "ok" with the chain down; it was hard-coded. Now `/health`
+/// (liveness) reports the chain's state and `/ready` (readiness) fails while the node cannot
+/// reach the chain: 10 s without an answer (ten polls, at least 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_follow_the_chain() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let datadir = tempfile::tempdir()?;
+    let node = SettledProcess::start(&chain, datadir.path()).await?;
+    let client = alloy::transports::http::reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{}{path}", node.rpc_url())).send();
+    let mut ready = get("/ready").await?;
+    for _ in 0..50 {
+        if ready.status().is_success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = get("/ready").await?;
+    }
+    assert!(ready.status().is_success(), "not ready on a live chain: {}", ready.text().await?);
+    let health: Value = get("/health").await?.json().await?;
+    assert_eq!(health["status"], json!("ok"), "{health}");
+
+    drop(chain); // Anvil is killed
+    let started = std::time::Instant::now();
+    let mut ready = get("/ready").await?;
+    while ready.status().is_success() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ready = get("/ready").await?;
+    }
+    assert!(!ready.status().is_success(), "still ready 30 s after the chain went away");
+    eprintln!("not ready {:?} after the chain went away", started.elapsed());
+    let health = get("/health").await?;
+    assert!(health.status().is_success(), "liveness holds while the node serves");
+    let health: Value = health.json().await?;
+    assert_eq!(health["status"], json!("degraded"), "{health}");
+    let problems = health["problems"].to_string();
+    assert!(problems.contains("no answer from the chain"), "{health}");
     Ok(())
 }

@@ -462,7 +462,7 @@ impl StreamIndex {
     /// Follows the chain until `cancel`.
     pub async fn run(
         self: std::sync::Arc<Self>,
-        mut events: broadcast::Receiver<ChainEvent>,
+        mut events: settled_contracts::ChainEvents,
         cancel: CancellationToken,
     ) {
         loop {
@@ -472,7 +472,7 @@ impl StreamIndex {
             };
             let index = self.clone();
             let result = match event {
-                Ok(ChainEvent::Block(block)) => {
+                Some(ChainEvent::Block(block)) => {
                     tokio::task::spawn_blocking(move || {
                         let touched = index.apply_block(&block)?;
                         index.notify(&block, &touched)?;
@@ -480,17 +480,13 @@ impl StreamIndex {
                     })
                     .await
                 }
-                Ok(ChainEvent::Reorg(reorg)) => {
+                Some(ChainEvent::Reorg(reorg)) => {
                     tokio::task::spawn_blocking(move || {
                         index.unwind(&reorg.removed).map(|n| (0, n))
                     })
                     .await
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(missed, "stream index fell behind the chain follower");
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+                None => return,
             };
             match result {
                 Ok(Ok((applied, undone))) if applied + undone > 0 => {

@@ -1,0 +1,91 @@
+//! A chain consumer's durable position: the last block it applied, kept in the node's sled
+//! database beside the consumer's own data. A restarted node resumes its follower after the
+//! lowest cursor, and each consumer passes over the blocks it had applied already.
+
+use crate::follower::BlockRef;
+use alloy::primitives::B256;
+
+/// The sled tree all consumers' cursors live in, one key per consumer.
+const TREE: &str = "chain.cursors";
+
+/// One consumer's cursor.
+#[derive(Debug, Clone)]
+pub struct ChainCursor {
+    tree: sled::Tree,
+    consumer: &'static str,
+}
+
+impl ChainCursor {
+    /// The cursor of `consumer` (a fixed name: `bundler`, `paymaster`, …) in `db`.
+    pub fn open(db: &sled::Db, consumer: &'static str) -> sled::Result<Self> {
+        Ok(Self { tree: db.open_tree(TREE)?, consumer })
+    }
+
+    /// The last block applied, if any.
+    pub fn get(&self) -> sled::Result<Option<BlockRef>> {
+        Ok(self.tree.get(self.consumer)?.and_then(|v| decode(&v)))
+    }
+
+    /// Whether `block` was applied already (it is at or below the cursor): a replay after a
+    /// restart delivers such blocks again.
+    pub fn applied(&self, block: &BlockRef) -> sled::Result<bool> {
+        Ok(self.get()?.is_some_and(|c| c.number >= block.number))
+    }
+
+    /// `block` is applied. Written after the consumer's own writes for it, and not flushed by
+    /// itself: a cursor lost in a crash only replays blocks the consumer handles idempotently.
+    pub fn advance(&self, block: BlockRef) -> sled::Result<()> {
+        self.tree.insert(self.consumer, encode(block).to_vec())?;
+        Ok(())
+    }
+
+    /// Blocks after `ancestor` were reorged out: the cursor goes back to it (never forward).
+    pub fn rewind(&self, ancestor: BlockRef) -> sled::Result<()> {
+        if self.get()?.is_some_and(|c| c.number > ancestor.number) {
+            self.advance(ancestor)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode(block: BlockRef) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&block.number.to_be_bytes());
+    out[8..].copy_from_slice(block.hash.as_slice());
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<BlockRef> {
+    let number = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let hash = B256::try_from(bytes.get(8..40)?).ok()?;
+    Some(BlockRef { number, hash })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advances_rewinds_and_survives_reopening() -> sled::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let block = |n: u64| BlockRef { number: n, hash: B256::repeat_byte(n as u8) };
+        {
+            let db = sled::open(dir.path())?;
+            let cursor = ChainCursor::open(&db, "bundler")?;
+            assert_eq!(cursor.get()?, None);
+            assert!(!cursor.applied(&block(1))?);
+            cursor.advance(block(7))?;
+            assert!(cursor.applied(&block(7))? && !cursor.applied(&block(8))?);
+            cursor.rewind(block(9))?;
+            assert_eq!(cursor.get()?, Some(block(7)), "a rewind never moves forward");
+            cursor.rewind(block(5))?;
+            assert_eq!(cursor.get()?, Some(block(5)));
+            let other = ChainCursor::open(&db, "paymaster")?;
+            assert_eq!(other.get()?, None, "one cursor per consumer");
+            db.flush()?;
+        }
+        let db = sled::open(dir.path())?;
+        assert_eq!(ChainCursor::open(&db, "bundler")?.get()?, Some(block(5)));
+        Ok(())
+    }
+}
