@@ -19,6 +19,7 @@ pub struct UserOperation {
     /// The account.
     pub sender: Address,
     /// Key (192 bits) and sequence (64 bits).
+    #[serde(with = "quantity")]
     pub nonce: U256,
     /// Factory address, or `0x7702` for an EIP-7702 account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,27 +31,32 @@ pub struct UserOperation {
     pub call_data: Bytes,
     /// Gas for the execution.
     #[serde(default)]
+    #[serde(with = "quantity")]
     pub call_gas_limit: U256,
     /// Gas for validation (and deployment).
     #[serde(default)]
+    #[serde(with = "quantity")]
     pub verification_gas_limit: U256,
     /// Gas paid for what the EntryPoint does not meter.
     #[serde(default)]
+    #[serde(with = "quantity")]
     pub pre_verification_gas: U256,
     /// EIP-1559 max fee.
     #[serde(default)]
+    #[serde(with = "quantity")]
     pub max_fee_per_gas: U256,
     /// EIP-1559 priority fee.
     #[serde(default)]
+    #[serde(with = "quantity")]
     pub max_priority_fee_per_gas: U256,
     /// The paymaster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paymaster: Option<Address>,
     /// Gas for the paymaster's validation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "quantity::option")]
     pub paymaster_verification_gas_limit: Option<U256>,
     /// Gas for the paymaster's postOp.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "quantity::option")]
     pub paymaster_post_op_gas_limit: Option<U256>,
     /// Data for the paymaster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +67,52 @@ pub struct UserOperation {
     /// An EIP-7702 authorization to install with the bundle (v0.8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eip7702_auth: Option<SignedAuthorization>,
+}
+
+/// ERC-7769 quantities: `0x`-prefixed hex strings. A JSON number (rounded by JavaScript above
+/// 2^53) or an unprefixed string (`"12"`: decimal or hex?) is refused, not guessed at.
+mod quantity {
+    use alloy::primitives::U256;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(value: &U256, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(value, serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<U256, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let text = value.as_str().ok_or_else(|| {
+            D::Error::custom(format!("a quantity must be a 0x-prefixed hex string, not {value}"))
+        })?;
+        let digits =
+            text.strip_prefix("0x").filter(|d| !d.is_empty() && d.len() <= 64).ok_or_else(
+                || D::Error::custom(format!("{text:?} is not a 0x-prefixed hex quantity")),
+            )?;
+        U256::from_str_radix(digits, 16)
+            .map_err(|_| D::Error::custom(format!("{text:?} is not a 0x-prefixed hex quantity")))
+    }
+
+    pub(super) mod option {
+        use alloy::primitives::U256;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            value: &Option<U256>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serde::Serialize::serialize(value, serializer)
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<U256>, D::Error> {
+            #[derive(Deserialize)]
+            struct Quantity(#[serde(deserialize_with = "super::deserialize")] U256);
+            Ok(Option::<Quantity>::deserialize(deserializer)?.map(|q| q.0))
+        }
+    }
 }
 
 /// Why a UserOperation's fields do not form a valid op (ERC-7769 -32602).
@@ -257,6 +309,44 @@ mod tests {
         op.factory = factory;
         op.eip7702_auth = Some(auth.into_signed(Signature::test_signature()));
         op
+    }
+
+    /// Quantities are 0x-prefixed hex strings (ERC-7769): a JSON number, an unprefixed string
+    /// (`"12"`), an empty `0x` and more than 256 bits are refused; every accepted form round-trips.
+    #[test]
+    fn quantities_are_strict_hex_strings() {
+        let op = |nonce: serde_json::Value, limit: serde_json::Value| {
+            serde_json::from_value::<UserOperation>(serde_json::json!({
+                "sender": Address::repeat_byte(1),
+                "nonce": nonce,
+                "callData": "0x",
+                "paymasterPostOpGasLimit": limit,
+            }))
+        };
+        let good = op("0x12".into(), "0x0".into()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(good.nonce, U256::from(0x12));
+        assert_eq!(good.paymaster_post_op_gas_limit, Some(U256::ZERO));
+        let json = serde_json::to_value(&good).unwrap_or_default();
+        assert_eq!(serde_json::from_value::<UserOperation>(json).ok(), Some(good));
+        for bad in [
+            serde_json::json!(12),
+            "12".into(),
+            "0x".into(),
+            "0xzz".into(),
+            format!("0x1{}", "0".repeat(64)).into(),
+        ] {
+            let error =
+                op(bad.clone(), "0x0".into()).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("quantity"), "nonce {bad} accepted or unclear: {error}");
+            assert!(
+                op("0x0".into(), bad.clone()).is_err(),
+                "paymasterPostOpGasLimit {bad} accepted"
+            );
+        }
+        assert!(
+            op("0x0".into(), serde_json::Value::Null)
+                .is_ok_and(|o| o.paymaster_post_op_gas_limit.is_none())
+        );
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum PaymasterError {
         /// The op's worst-case cost.
         needed: U256,
     },
+    /// The chain could not be read to simulate the op (an outage of the node's RPC endpoint):
+    /// the op is not to blame, and nothing was reserved.
+    #[error("the chain cannot be read right now, try again: {0}")]
+    ChainUnavailable(String),
     /// The ledger's store failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),

@@ -65,7 +65,7 @@ pub(crate) fn code_and_data(error: &PaymasterError) -> (i32, Option<serde_json::
         E::DepositTooLow { paymaster, .. } => {
             (codes::PAYMASTER_DEPOSIT_TOO_LOW, Some(json!({ "paymaster": paymaster })))
         }
-        E::Ledger(_) | E::Internal(_) => (codes::INTERNAL, None),
+        E::ChainUnavailable(_) | E::Ledger(_) | E::Internal(_) => (codes::INTERNAL, None),
     }
 }
 
@@ -246,6 +246,7 @@ mod tests {
             ),
             (crate::ledger::LedgerError("x".into()).into(), codes::INTERNAL),
             (PaymasterError::Internal("x".into()), codes::INTERNAL),
+            (PaymasterError::ChainUnavailable("connection refused".into()), codes::INTERNAL),
         ];
         for (error, code) in cases {
             let message = error.to_string();

@@ -198,6 +198,11 @@ fn internal(error: impl std::fmt::Display) -> PaymasterError {
     PaymasterError::Internal(error.to_string())
 }
 
+/// The head block could not be read: the node's trouble, never the op's.
+fn chain_unavailable(error: SimError) -> PaymasterError {
+    PaymasterError::ChainUnavailable(error.to_string())
+}
+
 impl Paymaster {
     /// A paymaster on `provider`'s chain signing with `signer`, its ledger and runtime policies
     /// in `db`.
@@ -363,7 +368,7 @@ impl Paymaster {
         let resolved = self.resolve(&op, entry_point, chain_id, context.as_ref())?;
         let packed = self.pack(&op, resolved.paymaster, stub_paymaster_data())?;
         resolved.policy.check(&packed).map_err(|r| self.reject(&resolved.policy, r))?;
-        let (_, block) = self.shared.head.latest().await.map_err(PaymasterError::Simulation)?;
+        let (_, block) = self.shared.head.latest().await.map_err(chain_unavailable)?;
         let request = ReservationRequest {
             policy: &resolved.policy,
             customer: &resolved.customer,
@@ -431,7 +436,7 @@ impl Paymaster {
             ));
         }
         policy.check(&packed).map_err(|r| self.reject(policy, r))?;
-        let (state, block) = self.shared.head.latest().await.map_err(PaymasterError::Simulation)?;
+        let (state, block) = self.shared.head.latest().await.map_err(chain_unavailable)?;
         let config = &self.shared.config;
         let valid_until = block.timestamp + config.validity_secs;
         let valid_after = block.timestamp.saturating_sub(config.valid_after_slack_secs);
@@ -543,6 +548,9 @@ impl Paymaster {
             SimError::ExecutionReverted { reason } | SimError::PostOpReverted { reason } => {
                 PaymasterError::ExecutionReverts { reason: reason.to_string() }
             }
+            // The node's trouble, not the op's: not "the op fails simulation".
+            SimError::Fork(fork) => PaymasterError::ChainUnavailable(fork.to_string()),
+            SimError::Evm(message) => PaymasterError::Internal(message.clone()),
             _ => PaymasterError::Simulation(error),
         }
     }
@@ -593,7 +601,7 @@ impl Paymaster {
         customer: Option<&str>,
     ) -> Result<(Option<Usage>, Option<Usage>), PaymasterError> {
         let policy = self.policy(policy_id)?;
-        let (_, block) = self.shared.head.latest().await.map_err(PaymasterError::Simulation)?;
+        let (_, block) = self.shared.head.latest().await.map_err(chain_unavailable)?;
         let ledger = &self.shared.ledger;
         let sender =
             sender.map(|s| ledger.sender_usage(&policy, s, block.timestamp)).transpose()?;
@@ -607,7 +615,7 @@ impl Paymaster {
         let accounts = paymaster_accounts(&self.shared.provider, &self.shared.config.paymasters)
             .await
             .map_err(internal)?;
-        let (_, block) = self.shared.head.latest().await.map_err(PaymasterError::Simulation)?;
+        let (_, block) = self.shared.head.latest().await.map_err(chain_unavailable)?;
         Ok(PaymasterStatus {
             signer: self.signer(),
             chain_id: self.shared.chain_id,

@@ -279,3 +279,38 @@ async fn health_and_readiness_follow_the_chain() -> TestResult {
     assert!(problems.contains("no answer from the chain"), "{health}");
     Ok(())
 }
+
+/// #20 item 8: during a chain outage `pm_getPaymasterStubData` answered -32500 "the op fails
+/// simulation", blaming the wallet's op for the node's trouble. Now it is -32603 with a message
+/// that says the chain cannot be read (as the bundler's methods answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_outage_is_the_nodes_error_not_the_ops() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let datadir = tempfile::tempdir()?;
+    let policies = datadir.path().join("policies.toml");
+    std::fs::write(&policies, "[[policies]]\nid = \"default\"\n")?;
+    let key = chain.signer(settled_tests::PAYMASTER_SIGNER_ACCOUNT)?.to_bytes().to_string();
+    let policies_arg = policies.to_string_lossy().into_owned();
+    let node = SettledProcess::start_with(
+        &chain,
+        datadir.path(),
+        &["--paymaster.policies-file", &policies_arg],
+        &[("SETTLED_PAYMASTER_KEY", key)],
+    )
+    .await?;
+    let version = EntryPointVersion::V08;
+    let op = unestimated_op(Address::repeat_byte(0x42), 0, Default::default(), Default::default());
+    let op = settled_contracts::UserOperation::unpack(&op, None);
+    let params = json!([op, version.canonical_address(), "0x7a69", { "policyId": "default" }]);
+    let live = call_url(node.rpc_url(), "pm_getPaymasterStubData", params.clone()).await?;
+    assert!(live.is_ok(), "stub data on a live chain: {live:?}");
+
+    drop(chain); // Anvil is killed
+    let (code, message) = call_url(node.rpc_url(), "pm_getPaymasterStubData", params)
+        .await?
+        .err()
+        .ok_or("stub data with the chain down")?;
+    assert_eq!(code, -32603, "{message}");
+    assert!(message.contains("the chain cannot be read"), "{message}");
+    Ok(())
+}

@@ -522,9 +522,26 @@ async fn billing_operates_streams_idempotently() -> TestResult {
         "reused key, other params"
     );
 
-    let resumed = call("stream_resume", json!({ "streamId": id, "idempotencyKey": "r-1" }))
-        .await?
-        .map_err(|e| format!("{e:?}"))?;
+    // Two resumes race (#20 item 8): both pass the vault's check while nothing is mined, both
+    // are sent, one reverts on chain. Its caller learns why, decoded, not raw revert bytes.
+    provider.anvil_set_auto_mine(false).await?;
+    let mine_later = async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        provider.anvil_mine(Some(1), None).await
+    };
+    let (first, second, mined) = tokio::join!(
+        call("stream_resume", json!({ "streamId": id, "idempotencyKey": "r-1" })),
+        call("stream_resume", json!({ "streamId": id, "idempotencyKey": "r-2" })),
+        mine_later,
+    );
+    mined?;
+    provider.anvil_set_auto_mine(true).await?;
+    let (resumed, lost) = match (first?, second?) {
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+        other => return Err(format!("expected one winner and one loser: {other:?}").into()),
+    };
+    assert_eq!(lost.0, i64::from(codes::INVALID_PARAMS), "{lost:?}");
+    assert!(lost.1.contains("StreamNotPaused"), "the loser's reason, decoded: {lost:?}");
     indexed(&node, resumed["blockNumber"].as_u64().ok_or("no block")?).await?;
     let raise = call(
         "stream_adjustRate",

@@ -178,6 +178,13 @@ impl Operator {
                 // The node may have it: the durable record lets a retry find it.
                 return Err(error(codes::INTERNAL, e.to_string()));
             }
+            Err((SendError::Refused(e), Broadcast::No)) if vault_error(&e).is_some() => {
+                // The estimate reverts: another call changed the stream since our check (two
+                // resumes racing). Nothing was sent; say what the vault refuses, decoded.
+                let _ = self.records.remove(id);
+                let reason = vault_error(&e).unwrap_or_default();
+                return Err(error(codes::INVALID_PARAMS, format!("the vault refuses: {reason}")));
+            }
             Err((e, Broadcast::No)) => {
                 // Certainly not sent: the key is free for a retry.
                 let _ = self.records.remove(id);
@@ -233,7 +240,13 @@ impl Operator {
             error(codes::CONFLICT, format!("transaction {transaction} not mined yet; retry later"))
         })?;
         if !receipt.status() {
-            return Err(error(codes::INTERNAL, format!("transaction {transaction} reverted")));
+            // Another call changed the stream between our check and inclusion (two resumes
+            // racing): say what the vault refused, as the check would have.
+            let reason = self.refusal(transaction, receipt.block_number).await;
+            return Err(error(
+                codes::INVALID_PARAMS,
+                format!("transaction {transaction} reverted: the vault refuses: {reason}"),
+            ));
         }
         let result = OperatorReceipt {
             transaction_hash: transaction,
@@ -274,11 +287,42 @@ async fn durable(tree: &sled::Tree) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+impl Operator {
+    /// Why the vault reverted `transaction`: the same call replayed on the state of the block it
+    /// was mined in, its revert decoded.
+    async fn refusal(&self, transaction: B256, block: Option<u64>) -> String {
+        let provider = self.sender.provider();
+        let Ok(Some(tx)) = provider.get_transaction_by_hash(transaction).await else {
+            return "reason unknown (transaction not found)".into();
+        };
+        use alloy::consensus::Transaction as _;
+        let Some(to) = tx.inner.to() else { return "reason unknown (no recipient)".into() };
+        let request = TransactionRequest::default()
+            .from(self.address)
+            .to(to)
+            .input(tx.inner.input().clone().into());
+        let call = provider.call(request);
+        let call = match block {
+            Some(number) => call.block(number.into()),
+            None => call,
+        };
+        match call.await {
+            Err(e) => revert_reason(&e),
+            Ok(_) => "reason unknown (the call succeeds now)".into(),
+        }
+    }
+}
+
 /// A vault revert as its decoded error (`NotAllowed { .. }`), else the node's message.
 fn revert_reason(e: &alloy::transports::TransportError) -> String {
+    vault_error(e).unwrap_or_else(|| e.to_string())
+}
+
+/// The vault's own error in a node's answer, decoded, if that is what it is.
+fn vault_error(e: &alloy::transports::TransportError) -> Option<String> {
     e.as_error_resp()
         .and_then(|payload| payload.as_decoded_interface_error::<StreamVault::StreamVaultErrors>())
-        .map_or_else(|| e.to_string(), |decoded| format!("{decoded:?}"))
+        .map(|decoded| format!("{decoded:?}"))
 }
 
 /// The parameters of a mutating call: the stream, the idempotency key, and the action's own.
