@@ -10,6 +10,7 @@
 //!   and `debug_bundler_*`; [`BundlerError`] → ERC-7769 codes ([`codes`]) at this edge only.
 
 mod error;
+mod in_flight;
 mod metrics;
 mod params;
 mod pool;

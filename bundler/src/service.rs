@@ -30,6 +30,7 @@ use settled_sim::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::in_flight::SentBundles;
 use crate::{
     error::BundlerError,
     metrics,
@@ -280,6 +281,9 @@ struct Shared {
     next_nonce: Mutex<Option<u64>>,
     /// Ops in sent, not yet mined bundles, with their senders.
     in_flight: Mutex<HashMap<B256, Address>>,
+    /// The same, durable: recorded before each bundle is broadcast, so a restarted bundler holds
+    /// the ops of a bundle it may have sent until the chain has settled its nonce.
+    sent: SentBundles,
 }
 
 /// The bundler. Cheap to clone; every clone is the same service.
@@ -436,6 +440,7 @@ impl Bundler {
         let mined_tree = db.open_tree("bundler.mined").map_err(storage_error)?;
         let mined_by_block = db.open_tree("bundler.mined_by_block").map_err(storage_error)?;
         let cursor = ChainCursor::open(db, "bundler").map_err(storage_error)?;
+        let sent = SentBundles::open(db).map_err(storage_error)?;
         let mut pool = Mempool::new(config.pool, config.params);
         let mut restored = 0;
         for item in pool_tree.iter() {
@@ -462,7 +467,7 @@ impl Bundler {
             });
         let mode = RwLock::new(config.mode);
         let head = ChainHead::new(provider.clone(), account_reads);
-        Ok(Self {
+        let bundler = Self {
             shared: Arc::new(Shared {
                 config,
                 chain_id,
@@ -481,11 +486,14 @@ impl Bundler {
                 bundling: tokio::sync::Mutex::new(()),
                 unconfirmed: Mutex::new(Vec::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                sent,
                 next_nonce: Mutex::new(None),
                 head_number: tokio::sync::watch::Sender::new(0),
                 accepted: tokio::sync::Notify::new(),
             }),
-        })
+        };
+        bundler.hold_recorded_bundles();
+        Ok(bundler)
     }
 
     /// The address that signs bundles.
@@ -1326,19 +1334,21 @@ impl Bundler {
                 build_ms = built.as_millis() as u64,
                 "bundle built"
             );
-            let sent = self.send_first(tx).await?;
             let ops: Vec<(B256, Address)> = bundle.iter().map(|e| (e.hash, e.op.sender)).collect();
+            let sent = self.send_first(tx, &ops).await?;
             if let Ok(mut in_flight) = self.shared.in_flight.lock() {
                 in_flight.extend(ops.iter().copied());
             }
             let bundler = self.clone();
             return Ok(Some(tokio::spawn(async move {
+                let nonce = sent.nonce;
                 let result = bundler.until_mined(sent).await;
                 if let Ok(mut in_flight) = bundler.shared.in_flight.lock() {
                     for (hash, _) in &ops {
                         in_flight.remove(hash);
                     }
                 }
+                bundler.shared.sent.remove(nonce);
                 let (hash, receipt) = result.inspect_err(|error| {
                     warn!(%error, "bundle not mined; its ops stay in the mempool");
                 })?;
@@ -1372,9 +1382,14 @@ impl Bundler {
         Ok(())
     }
 
-    /// Sends a bundle transaction with the next nonce (after any bundle still pending) at the
-    /// node's fee estimate: the start of its [`Bundler::until_mined`].
-    async fn send_first(&self, tx: TransactionRequest) -> Result<SentBundle, BundlerError> {
+    /// Sends a bundle transaction carrying `ops` with the next nonce (after any bundle still
+    /// pending) at the node's fee estimate, recorded durably first: the start of its
+    /// [`Bundler::until_mined`].
+    async fn send_first(
+        &self,
+        tx: TransactionRequest,
+        ops: &[(B256, Address)],
+    ) -> Result<SentBundle, BundlerError> {
         let provider = &self.shared.provider;
         let pending = provider
             .get_transaction_count(self.shared.bundler_address)
@@ -1393,9 +1408,52 @@ impl Bundler {
             hashes: Vec::new(),
             deadline: tokio::time::Instant::now() + self.shared.config.inclusion_timeout,
         };
-        self.send_attempt(&mut sent, true).await?;
+        self.shared.sent.record(nonce, ops).await.map_err(storage_error)?;
+        if let Err(error) = self.send_attempt(&mut sent, true).await {
+            // Perhaps sent after all (a transport error): hold its ops until the nonce settles.
+            self.hold_until_settled(nonce, ops.to_vec());
+            return Err(error);
+        }
         *self.shared.next_nonce.lock().map_err(storage_error)? = Some(nonce + 1);
         Ok(sent)
+    }
+
+    /// Holds `ops` (out of new bundles) until the chain has settled our transaction at `nonce`:
+    /// mined (the follower then takes its ops out of the mempool), or nothing pending at that
+    /// nonce (never broadcast, or dropped: they are bundled again), or the inclusion timeout.
+    fn hold_until_settled(&self, nonce: u64, ops: Vec<(B256, Address)>) {
+        if let Ok(mut in_flight) = self.shared.in_flight.lock() {
+            in_flight.extend(ops.iter().copied());
+        }
+        let bundler = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + bundler.shared.config.inclusion_timeout;
+            let provider = &bundler.shared.provider;
+            let address = bundler.shared.bundler_address;
+            while tokio::time::Instant::now() < deadline {
+                let latest = provider.get_transaction_count(address).latest().await;
+                let pending = provider.get_transaction_count(address).pending().await;
+                match (latest, pending) {
+                    (Ok(latest), Ok(pending)) if latest > nonce || pending <= nonce => break,
+                    _ => tokio::time::sleep(RECEIPT_POLL_FALLBACK).await,
+                }
+            }
+            if let Ok(mut in_flight) = bundler.shared.in_flight.lock() {
+                for (hash, _) in &ops {
+                    in_flight.remove(hash);
+                }
+            }
+            bundler.shared.sent.remove(nonce);
+            debug!(nonce, ops = ops.len(), "bundle nonce settled; its ops released");
+        });
+    }
+
+    /// After a restart: the bundles recorded as (perhaps) sent hold their ops until settled.
+    fn hold_recorded_bundles(&self) {
+        for (nonce, sent) in self.shared.sent.all() {
+            info!(nonce, ops = sent.ops.len(), "a bundle sent before the restart: its ops wait");
+            self.hold_until_settled(nonce, sent.ops);
+        }
     }
 
     /// Waits until `sent` is mined. One not mined within `fee_bump_after_blocks` blocks is

@@ -1,0 +1,293 @@
+//! Fault injection (#20): `settled run` (the binary) is killed with SIGKILL at randomized moments
+//! of a flow, restarted on the same datadir, and the flow is finished; then the chain is the
+//! judge: nothing the node acknowledged is lost, nothing is sent twice.
+//!
+//! Kill moments come from a seeded generator: `SETTLED_FAULT_SEED=<n>` replays a run; each test
+//! prints its seed and its kill points. Areas: (a) an op from acceptance through bundling to
+//! inclusion, (b) a billing operator call retried with the same idempotency key.
+
+use std::time::Duration;
+
+use alloy::{
+    primitives::{Address, B256, U256, aliases::U96, keccak256},
+    providers::Provider,
+    rpc::types::Filter,
+    signers::local::PrivateKeySigner,
+    sol_types::SolEvent,
+};
+use serde_json::{Value, json};
+use settled_contracts::{AnvilOptions, EntryPointVersion, StreamVault};
+use settled_tests::{
+    BUNDLER_ACCOUNT, SettledProcess, TestChain, TestResult,
+    rpc::{call_url, send_at, with_estimated_limits},
+    unestimated_op, usdc_transfer,
+};
+
+/// Kill points per area (the issue asks for at least 20).
+const ROUNDS: usize = 20;
+
+/// `n` kill delays in `0..max_ms`, from the seed in `SETTLED_FAULT_SEED` or the clock; printed.
+fn kill_points(area: &str, n: usize, max_ms: u64) -> Vec<u64> {
+    let seed = std::env::var("SETTLED_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        .max(1);
+    let mut state = seed;
+    let points: Vec<u64> = (0..n)
+        .map(|_| {
+            // xorshift64: enough to spread kill moments, replayable from the seed.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % max_ms
+        })
+        .collect();
+    eprintln!("{area}: SETTLED_FAULT_SEED={seed} kill points (ms) {points:?}");
+    points
+}
+
+/// The transactions `address` has sent (its nonce).
+async fn sent(chain: &TestChain, address: Address) -> TestResult<u64> {
+    Ok(chain.provider().get_transaction_count(address).await?)
+}
+
+/// A new SimpleAccount with ETH for its prefund, and its creation op estimated through the node
+/// at `url` and signed.
+async fn creation_op(
+    chain: &TestChain,
+    url: &str,
+    version: EntryPointVersion,
+) -> TestResult<settled_contracts::PackedUserOperation> {
+    let owner = PrivateKeySigner::random();
+    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
+    let fund = alloy::rpc::types::TransactionRequest::default()
+        .to(sender)
+        .value(U256::from(10u128.pow(17)));
+    chain.provider().send_transaction(fund).await?.get_receipt().await?;
+    let call_data = usdc_transfer(version, chain.deployment().usdc, sender, 0);
+    let op = unestimated_op(sender, 0, init_code, call_data);
+    let mut op = with_estimated_limits(url, version, op).await?;
+    op.signature = chain.sign_op(version, &owner, &op).await?;
+    Ok(op)
+}
+
+/// How many times the EntryPoint emitted `UserOperationEvent` for `hash`.
+async fn inclusions(
+    chain: &TestChain,
+    version: EntryPointVersion,
+    hash: B256,
+) -> TestResult<usize> {
+    let filter = Filter::new()
+        .address(version.canonical_address())
+        .event_signature(settled_contracts::v07::EntryPoint::UserOperationEvent::SIGNATURE_HASH)
+        .topic1(hash)
+        .from_block(0);
+    Ok(chain.provider().get_logs(&filter).await?.len())
+}
+
+/// Bundles until `hash` has a receipt (the node may have lost nothing and sent it already).
+async fn until_included(url: &str, hash: B256) -> TestResult<Value> {
+    for attempt in 0..40 {
+        let receipt = call_url(url, "eth_getUserOperationReceipt", json!([hash])).await?;
+        match receipt {
+            Ok(Value::Null) => {}
+            Ok(receipt) => return Ok(receipt),
+            Err(e) => return Err(format!("receipt: {e:?}").into()),
+        }
+        if attempt % 4 == 0 {
+            let _ = call_url(url, "debug_bundler_sendBundleNow", json!([])).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("op {hash} not included within 10 s").into())
+}
+
+/// (a) An op from acceptance through bundling to inclusion. Odd rounds kill while
+/// `eth_sendUserOperation` is answered (the op may or may not be accepted: the wallet sends it
+/// again); even rounds once it was acknowledged, while the bundle is built, sent or mined
+/// (1 s blocks). After the restart the op is included exactly once, by exactly one bundle
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_survive_kill_9_from_acceptance_to_inclusion() -> TestResult {
+    let chain =
+        TestChain::spawn_with(AnvilOptions { block_time: Some(1), ..Default::default() }).await?;
+    let datadir = tempfile::tempdir()?;
+    let version = EntryPointVersion::V08;
+    let bundler = chain.account(BUNDLER_ACCOUNT)?;
+    let (mut lost, mut duplicated) = (0, 0);
+    for (round, delay) in kill_points("ops", ROUNDS, 1_500).into_iter().enumerate() {
+        let node = SettledProcess::start(&chain, datadir.path()).await?;
+        let op = creation_op(&chain, node.rpc_url(), version).await?;
+        let hash = chain.op_hash(version, &op).await?;
+        let bundles_before = sent(&chain, bundler).await?;
+        let url = node.rpc_url().to_owned();
+        let acknowledged = if round % 2 == 1 {
+            let sending = tokio::spawn({
+                let (url, op) = (url.clone(), op.clone());
+                async move { send_at(&url, version, &op).await.map_err(|e| e.to_string()) }
+            });
+            tokio::time::sleep(Duration::from_millis(delay % 300)).await;
+            node.kill()?;
+            matches!(sending.await, Ok(Ok(Ok(_))))
+        } else {
+            send_at(&url, version, &op).await?.map_err(|e| format!("send: {e:?}"))?;
+            let bundling = tokio::spawn(async move {
+                call_url(&url, "debug_bundler_sendBundleNow", json!([]))
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            node.kill()?;
+            let _interrupted = bundling.await;
+            true
+        };
+
+        let node = SettledProcess::start(&chain, datadir.path()).await?;
+        // The wallet that got no answer sends again; one that did need not.
+        let resent = send_at(node.rpc_url(), version, &op).await?;
+        let receipt = until_included(node.rpc_url(), hash).await;
+        match &receipt {
+            Ok(receipt) => assert_eq!(receipt["success"], json!(true), "round {round}: {receipt}"),
+            Err(e) if acknowledged => {
+                lost += 1;
+                eprintln!(
+                    "round {round} (kill after {delay} ms): acknowledged op lost: {e}; resend: {resent:?}"
+                );
+            }
+            Err(e) => return Err(format!("round {round}: {e}").into()),
+        }
+        let included = inclusions(&chain, version, hash).await?;
+        let bundles = sent(&chain, bundler).await? - bundles_before;
+        if included > 1 || bundles > 1 {
+            duplicated += 1;
+            eprintln!(
+                "round {round} (kill after {delay} ms): included {included}x by {bundles} bundle transactions"
+            );
+        }
+        node.kill()?;
+    }
+    eprintln!("ops: {ROUNDS} kill points, lost = {lost}, duplicated = {duplicated}");
+    assert_eq!((lost, duplicated), (0, 0));
+    Ok(())
+}
+
+const TOKEN: &str = "fault-injection-token";
+
+/// A `stream_*` call with the billing token; the result or the error's code and message.
+async fn billing(
+    url: &str,
+    method: &str,
+    params: Value,
+) -> TestResult<Result<Value, (i64, String)>> {
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    let client = alloy::transports::http::reqwest::Client::new();
+    let response: Value =
+        client.post(url).bearer_auth(TOKEN).json(&body).send().await?.json().await?;
+    Ok(match response.get("error") {
+        Some(e) => Err((e["code"].as_i64().unwrap_or_default(), e["message"].to_string())),
+        None => Ok(response["result"].clone()),
+    })
+}
+
+/// Starts the node and waits until its index has stream `id`.
+async fn start_operator(
+    chain: &TestChain,
+    datadir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    id: &str,
+) -> TestResult<SettledProcess> {
+    let node = SettledProcess::start_with(chain, datadir, args, env).await?;
+    for _ in 0..100 {
+        if billing(node.rpc_url(), "stream_get", json!([id])).await?.is_ok() {
+            return Ok(node);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("stream {id} not indexed; see {}", datadir.join("settled.log").display()).into())
+}
+
+/// (b) A billing operator call (`stream_withdraw`) killed at a random moment (before signing,
+/// between broadcast and inclusion on 1 s blocks, after the answer), then retried with the same
+/// idempotency key after the restart: one transaction per key, one answer per key, and the
+/// payee received exactly what the calls asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_calls_survive_kill_9_with_retries() -> TestResult {
+    let chain =
+        TestChain::spawn_with(AnvilOptions { block_time: Some(1), ..Default::default() }).await?;
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    let rate = U96::from(10u128.pow(18)); // one base unit per second
+    let open =
+        vault.open(payee, deployment.usdc, rate, operator, U96::ZERO, U96::ZERO, 10u128.pow(10));
+    open.from(payer).send().await?.get_receipt().await?;
+    let id = (vault.nextStreamId().call().await? - U256::from(1)).to_string();
+    let usdc = settled_contracts::MockUSDC::new(deployment.usdc, provider);
+    let paid_before = usdc.balanceOf(payee).call().await?;
+
+    let datadir = tempfile::tempdir()?;
+    let keys = datadir.path().join("api-keys.toml");
+    let entry =
+        format!("[[keys]]\nname = \"vendor\"\nkeccak256 = \"{}\"\nall = true\n", keccak256(TOKEN));
+    std::fs::write(&keys, entry)?;
+    let keys = keys.to_string_lossy().into_owned();
+    let args = ["--billing.api-keys-file", keys.as_str(), "--settlement.disable"];
+    let env = [("SETTLED_BILLING_OPERATOR_KEY", chain.signer(5)?.to_bytes().to_string())];
+    let (mut lost, mut duplicated) = (0, 0);
+    for (round, delay) in kill_points("operator", ROUNDS, 2_500).into_iter().enumerate() {
+        let key = format!("w-{round}");
+        let params = json!([{ "streamId": id, "idempotencyKey": key, "amount": "1" }]);
+        let node = start_operator(&chain, datadir.path(), &args, &env, &id).await?;
+        let sent_before = sent(&chain, operator).await?;
+        let url = node.rpc_url().to_owned();
+        let call = tokio::spawn({
+            let params = params.clone();
+            async move { billing(&url, "stream_withdraw", params).await.map_err(|e| e.to_string()) }
+        });
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        node.kill()?; // no shutdown, no flush
+        let first = call.await;
+
+        let node = start_operator(&chain, datadir.path(), &args, &env, &id).await?;
+        let mut retry = billing(node.rpc_url(), "stream_withdraw", params.clone()).await?;
+        // A claim of this very process still in flight answers -32004; a retry later settles.
+        for _ in 0..30 {
+            if retry.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            retry = billing(node.rpc_url(), "stream_withdraw", params.clone()).await?;
+        }
+        let retry = retry.map_err(|e| format!("kill after {delay} ms: retry {e:?}"))?;
+        if let Ok(Ok(Ok(answer))) = &first
+            && *answer != retry
+        {
+            lost += 1; // the first answer named a transaction the retry does not
+            eprintln!("round {round}: first answer {answer} but retry {retry}");
+        }
+        let sent = sent(&chain, operator).await? - sent_before;
+        if sent != 1 {
+            duplicated += usize::from(sent > 1);
+            lost += usize::from(sent == 0);
+            eprintln!("round {round} (kill after {delay} ms): {sent} transactions for one key");
+        }
+        let again = billing(node.rpc_url(), "stream_withdraw", params).await?;
+        assert_eq!(again.ok(), Some(retry), "kill after {delay} ms: one answer per key");
+        node.kill()?;
+    }
+    let withdrawn = usdc.balanceOf(payee).call().await? - paid_before;
+    eprintln!(
+        "operator: {ROUNDS} kill points, lost = {lost}, duplicated = {duplicated}, paid {withdrawn}"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(withdrawn, U256::from(ROUNDS), "the payee got one base unit per key, to the unit");
+    Ok(())
+}
