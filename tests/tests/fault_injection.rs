@@ -4,7 +4,9 @@
 //!
 //! Kill moments come from a seeded generator: `SETTLED_FAULT_SEED=<n>` replays a run; each test
 //! prints its seed and its kill points. Areas: (a) an op from acceptance through bundling to
-//! inclusion, (b) a billing operator call retried with the same idempotency key.
+//! inclusion, (b) a billing operator call retried with the same idempotency key, (c) a
+//! settlement round (withdrawals, batch, blob commit), (d) a paymaster sponsorship (reservation,
+//! signature) of an op then mined.
 
 use std::time::Duration;
 
@@ -289,5 +291,202 @@ async fn operator_calls_survive_kill_9_with_retries() -> TestResult {
     );
     assert_eq!((lost, duplicated), (0, 0));
     assert_eq!(withdrawn, U256::from(ROUNDS), "the payee got one base unit per key, to the unit");
+    Ok(())
+}
+
+/// Every transaction `from` sent in blocks `from_block..=head`, with whether it succeeded.
+async fn transactions_of(
+    chain: &TestChain,
+    from: Address,
+    from_block: u64,
+) -> TestResult<Vec<(B256, bool)>> {
+    let provider = chain.provider();
+    let head = provider.get_block_number().await?;
+    let mut found = Vec::new();
+    for number in from_block..=head {
+        let Some(receipts) = provider.get_block_receipts(number.into()).await? else { continue };
+        for receipt in receipts.iter().filter(|r| r.from == from) {
+            found.push((receipt.transaction_hash, receipt.status()));
+        }
+    }
+    Ok(found)
+}
+
+/// (c) A settlement round (`settlement_runNow`: batched withdrawals, the batch stored, its
+/// blob commit) killed at a random moment on 1 s blocks, then run again after the restart until
+/// the period is committed. The chain judges: every batch id committed once, no operator
+/// transaction reverted (a repeated withdrawal or commit would), and what the anchor's commits
+/// say was paid is what the payee received, to the base unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_rounds_survive_kill_9() -> TestResult {
+    let chain =
+        TestChain::spawn_with(AnvilOptions { block_time: Some(1), ..Default::default() }).await?;
+    let provider = chain.provider();
+    let deployment = chain.deployment();
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
+    let vault = StreamVault::new(deployment.stream_vault, provider);
+    let rate = U96::from(10u128.pow(18) * 1_000); // 1,000 base units per second
+    let open =
+        vault.open(payee, deployment.usdc, rate, operator, U96::ZERO, U96::ZERO, 10u128.pow(12));
+    let first_block = open.from(payer).send().await?.get_receipt().await?.block_number;
+    let usdc = settled_contracts::MockUSDC::new(deployment.usdc, provider);
+    let paid_before = usdc.balanceOf(payee).call().await?;
+
+    let datadir = tempfile::tempdir()?;
+    let args = ["--rpc.admin", "--settlement.interval-secs", "3600"];
+    let env = [("SETTLED_BILLING_OPERATOR_KEY", chain.signer(5)?.to_bytes().to_string())];
+    let mut acknowledged = Vec::new();
+    for (round, delay) in kill_points("settlement", ROUNDS, 2_500).into_iter().enumerate() {
+        let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+        let url = node.rpc_url().to_owned();
+        let running = tokio::spawn(async move {
+            call_url(&url, "settlement_runNow", json!([])).await.map_err(|e| e.to_string())
+        });
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        node.kill()?;
+        if let Ok(Ok(Ok(answer))) = running.await {
+            acknowledged.extend(answer["committed"].as_array().cloned().unwrap_or_default());
+        }
+        // Restarted, the node finishes what it began (and settles the new debt too).
+        let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+        let answer = call_url(node.rpc_url(), "settlement_runNow", json!([])).await?;
+        let answer = answer.map_err(|e| format!("round {round} (kill after {delay} ms): {e:?}"))?;
+        assert_eq!(answer["waiting"], json!([]), "round {round}: {answer}");
+        acknowledged.extend(answer["committed"].as_array().cloned().unwrap_or_default());
+        node.kill()?;
+    }
+
+    let anchor = settled_contracts::SettlementAnchor::new(deployment.settlement_anchor, provider);
+    let commits = anchor
+        .BatchCommitted_filter()
+        .topic1(operator)
+        .from_block(first_block.unwrap_or_default())
+        .query()
+        .await?;
+    let mut ids: Vec<u64> = commits.iter().map(|(e, _)| e.batchId.to::<u64>()).collect();
+    ids.sort_unstable();
+    let unique = ids.windows(2).all(|w| w[0] != w[1]);
+    let committed_total: u128 = commits.iter().map(|(e, _)| e.totalAmount).sum();
+    let received = usdc.balanceOf(payee).call().await? - paid_before;
+    let reverted = transactions_of(&chain, operator, first_block.unwrap_or_default())
+        .await?
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .count();
+    let lost =
+        acknowledged.iter().filter(|id| !ids.contains(&id.as_u64().unwrap_or_default())).count();
+    let duplicated = usize::from(!unique) + reverted;
+    eprintln!(
+        "settlement: {ROUNDS} kill points, {} batches committed, lost = {lost}, duplicated = \
+         {duplicated}, anchored {committed_total} = paid {received}",
+        ids.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0), "batch ids {ids:?}");
+    assert_eq!(U256::from(committed_total), received, "the anchor's totals are what was paid");
+    assert!(received > U256::ZERO);
+    Ok(())
+}
+
+/// (d) `pm_getPaymasterData` (reserve → sign → guard → persist) killed at a random moment; after
+/// the restart the wallet asks again, signs and sends the op, which is bundled and mined. The
+/// ledger then equals the chain to the wei: every sponsored op settled at its `actualGasCost`,
+/// none unreserved, and every reservation the node acknowledged before a kill is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sponsorships_survive_kill_9() -> TestResult {
+    let chain = TestChain::spawn().await?;
+    let datadir = tempfile::tempdir()?;
+    let policies = datadir.path().join("policies.toml");
+    std::fs::write(&policies, "[[policies]]\nid = \"default\"\n")?;
+    let policies = policies.to_string_lossy().into_owned();
+    let args = ["--paymaster.policies-file", policies.as_str(), "--rpc.admin"];
+    let key = chain.signer(settled_tests::PAYMASTER_SIGNER_ACCOUNT)?.to_bytes().to_string();
+    let env = [("SETTLED_PAYMASTER_KEY", key)];
+    let version = EntryPointVersion::V08;
+    let paymaster = chain.deployment().paymaster(version);
+    let chain_id = chain.provider().get_chain_id().await?;
+    let first_block = chain.provider().get_block_number().await?;
+    let mut acknowledged_unused = 0u64;
+    for (round, delay) in kill_points("paymaster", ROUNDS, 60).into_iter().enumerate() {
+        let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+        let owner = PrivateKeySigner::random();
+        let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
+        let unsponsored = unestimated_op(sender, 0, init_code, Default::default());
+        let params = |op: &settled_contracts::PackedUserOperation| {
+            json!([
+                settled_contracts::UserOperation::unpack(op, None),
+                version.canonical_address(),
+                format!("{chain_id:#x}"),
+                { "policyId": "default" },
+            ])
+        };
+        // The wallet's first two steps (stub data, estimate), then the signed data, killed.
+        let mut op = unsponsored.clone();
+        let stub = call_url(node.rpc_url(), "pm_getPaymasterStubData", params(&op))
+            .await?
+            .map_err(|e| format!("stub: {e:?}"))?;
+        settled_tests::rpc::apply_paymaster_stub(&mut op, &stub)?;
+        let op = with_estimated_limits(node.rpc_url(), version, op).await?;
+        let params = params(&op);
+        let url = node.rpc_url().to_owned();
+        let asking = tokio::spawn(async move {
+            call_url(&url, "pm_getPaymasterData", params).await.map_err(|e| e.to_string())
+        });
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        node.kill()?;
+        if matches!(asking.await, Ok(Ok(Ok(_)))) {
+            acknowledged_unused += 1;
+        }
+
+        let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+        let mut op =
+            settled_tests::rpc::sponsor(node.rpc_url(), chain_id, version, unsponsored, "default")
+                .await
+                .map_err(|e| format!("round {round} (kill after {delay} ms): {e}"))?;
+        op.signature = chain.sign_op(version, &owner, &op).await?;
+        let hash = chain.op_hash(version, &op).await?;
+        send_at(node.rpc_url(), version, &op).await?.map_err(|e| format!("send: {e:?}"))?;
+        let receipt = until_included(node.rpc_url(), hash).await?;
+        assert_eq!(receipt["success"], json!(true), "round {round}: {receipt}");
+        node.kill()?;
+    }
+
+    // The chain's account of what the paymaster paid.
+    let filter = Filter::new()
+        .address(version.canonical_address())
+        .event_signature(settled_contracts::v07::EntryPoint::UserOperationEvent::SIGNATURE_HASH)
+        .topic3(paymaster)
+        .from_block(first_block);
+    let mut paid = U256::ZERO;
+    let logs = chain.provider().get_logs(&filter).await?;
+    for log in &logs {
+        paid += log
+            .log_decode::<settled_contracts::v07::EntryPoint::UserOperationEvent>()?
+            .inner
+            .actualGasCost;
+    }
+    let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        status = call_url(node.rpc_url(), "paymaster_status", json!([]))
+            .await?
+            .map_err(|e| format!("{e:?}"))?;
+        if status["ledger"]["totals"]["settledOps"] == json!(logs.len()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ledger = &status["ledger"];
+    let settled: U256 = serde_json::from_value(ledger["totals"]["settledWei"].clone())?;
+    let open = ledger["openReservations"].as_u64().unwrap_or_default();
+    let lost = usize::from(open < acknowledged_unused) + ROUNDS.saturating_sub(logs.len());
+    let duplicated = logs.len().saturating_sub(ROUNDS);
+    eprintln!(
+        "paymaster: {ROUNDS} kill points, lost = {lost}, duplicated = {duplicated}, ledger {settled} \
+         wei = chain {paid} wei, {open} reservations held ({acknowledged_unused} acknowledged before a kill)"
+    );
+    assert_eq!((lost, duplicated), (0, 0), "{status}");
+    assert_eq!(settled, paid, "the ledger equals the chain to the wei: {status}");
+    assert_eq!(ledger["totals"]["unreservedOps"], json!(0), "{status}");
     Ok(())
 }
