@@ -211,9 +211,22 @@ pub struct NodeArgs {
     #[arg(long = "rpc.max-request-bytes", env = "SETTLED_RPC_MAX_REQUEST_BYTES", default_value_t = RpcConfig::default().max_request_bytes)]
     pub rpc_max_request_bytes: u32,
 
-    /// Most concurrent JSON-RPC connections.
+    /// Most concurrent JSON-RPC HTTP connections.
     #[arg(long = "rpc.max-connections", env = "SETTLED_RPC_MAX_CONNECTIONS", default_value_t = RpcConfig::default().max_connections)]
     pub rpc_max_connections: u32,
+
+    /// Most concurrent WebSocket connections (a limit of their own: idle subscribers cannot take
+    /// HTTP's connections).
+    #[arg(long = "rpc.max-ws-connections", env = "SETTLED_RPC_MAX_WS_CONNECTIONS", default_value_t = RpcConfig::default().max_ws_connections)]
+    pub rpc_max_ws_connections: u32,
+
+    /// Most concurrent connections (HTTP and WebSocket) from one client IP.
+    #[arg(long = "rpc.max-connections-per-ip", env = "SETTLED_RPC_MAX_CONNECTIONS_PER_IP", default_value_t = RpcConfig::default().max_connections_per_ip)]
+    pub rpc_max_connections_per_ip: u32,
+
+    /// Bytes of JSON-RPC request bodies in flight at once; a request past it is answered 503.
+    #[arg(long = "rpc.max-in-flight-body-bytes", env = "SETTLED_RPC_MAX_IN_FLIGHT_BODY_BYTES", default_value_t = RpcConfig::default().max_in_flight_body_bytes)]
+    pub rpc_max_in_flight_body_bytes: u64,
 
     /// Most calls in one JSON-RPC batch.
     #[arg(long = "rpc.max-batch", env = "SETTLED_RPC_MAX_BATCH", default_value_t = RpcConfig::default().max_batch_len)]
@@ -662,6 +675,9 @@ impl NodeArgs {
                 addr: SocketAddr::new(self.rpc_addr, self.rpc_port),
                 max_request_bytes: self.rpc_max_request_bytes,
                 max_connections: self.rpc_max_connections,
+                max_ws_connections: self.rpc_max_ws_connections,
+                max_connections_per_ip: self.rpc_max_connections_per_ip,
+                max_in_flight_body_bytes: self.rpc_max_in_flight_body_bytes,
                 max_batch_len: self.rpc_max_batch.max(1),
                 debug: self.rpc_debug,
                 admin: self.rpc_admin,

@@ -155,8 +155,14 @@ pub struct RpcConfig {
     pub addr: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: u32,
-    /// Most concurrent connections.
+    /// Most concurrent HTTP connections.
     pub max_connections: u32,
+    /// Most concurrent WebSocket connections (apart from HTTP's).
+    pub max_ws_connections: u32,
+    /// Most concurrent connections of one client IP.
+    pub max_connections_per_ip: u32,
+    /// Bytes of request bodies in flight at once, across all connections.
+    pub max_in_flight_body_bytes: u64,
     /// Most calls in one JSON-RPC batch.
     pub max_batch_len: u32,
     /// Serve the `debug_bundler_*` methods (tests and development only).
@@ -226,8 +232,13 @@ impl Default for RpcConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_RPC_PORT)),
-            max_request_bytes: 10 * 1024 * 1024,
+            // An op's callData cannot pass 10 M gas / 16 per byte = 625 KB: 1 MiB bounds every
+            // legitimate request (it was 10 MiB: ~22 MB of memory per request in flight).
+            max_request_bytes: 1024 * 1024,
             max_connections: 1_000,
+            max_ws_connections: 1_000,
+            max_connections_per_ip: 500,
+            max_in_flight_body_bytes: 64 * 1024 * 1024,
             max_batch_len: 100,
             debug: false,
             admin: false,

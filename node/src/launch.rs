@@ -124,6 +124,7 @@ pub async fn launch(
     cancel: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
     let started = std::time::Instant::now();
+    crate::listener::raise_open_file_limit();
     let mut config = config;
     // dev's own Anvil is a new chain at every start: its old data is dead, so it starts clean.
     let is_dev = matches!(source, ChainSource::Dev(_));

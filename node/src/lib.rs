@@ -9,6 +9,7 @@ mod config;
 mod dev;
 mod error;
 mod launch;
+mod listener;
 mod metrics;
 mod paymaster;
 mod rpc;

@@ -27,6 +27,12 @@ pub(crate) mod names {
     pub(crate) const CHAIN_REORGED_BLOCKS: &str = "settled_chain_reorged_blocks_total";
     /// Gauge: unix time the node started.
     pub(crate) const START_TIME: &str = "settled_start_time_seconds";
+    /// Counter: JSON-RPC connections closed at once, over a connection limit.
+    pub(crate) const RPC_REFUSED_CONNECTIONS: &str = "settled_rpc_refused_connections_total";
+    /// Counter: requests answered 503 because the in-flight body budget was spent.
+    pub(crate) const RPC_BODY_BUDGET_REFUSED: &str = "settled_rpc_body_budget_refused_total";
+    /// Counter: accepts that failed for want of file descriptors.
+    pub(crate) const RPC_ACCEPT_ERRORS: &str = "settled_rpc_accept_fd_exhausted_total";
 }
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
@@ -57,8 +63,26 @@ fn describe() {
     describe_gauge!(names::CHAIN_HEAD, "Newest block delivered by the chain follower");
     describe_counter!(names::CHAIN_REORGS, "Chain reorganisations seen by the chain follower");
     describe_counter!(names::CHAIN_REORGED_BLOCKS, "Blocks removed by chain reorganisations");
-    // Served from the start at zero, not only after the first reorg.
-    for counter in [names::CHAIN_REORGS, names::CHAIN_REORGED_BLOCKS] {
+    describe_counter!(
+        names::RPC_REFUSED_CONNECTIONS,
+        "JSON-RPC connections closed at once: over the HTTP, WebSocket or per-IP limit"
+    );
+    describe_counter!(
+        names::RPC_BODY_BUDGET_REFUSED,
+        "JSON-RPC requests answered 503: the bodies in flight had spent their byte budget"
+    );
+    describe_counter!(
+        names::RPC_ACCEPT_ERRORS,
+        "Accepts that failed for want of file descriptors (the loop pauses 100 ms)"
+    );
+    // Served from the start at zero, not only after the first event.
+    for counter in [
+        names::CHAIN_REORGS,
+        names::CHAIN_REORGED_BLOCKS,
+        names::RPC_REFUSED_CONNECTIONS,
+        names::RPC_ACCEPT_ERRORS,
+        names::RPC_BODY_BUDGET_REFUSED,
+    ] {
         metrics::counter!(counter).increment(0);
     }
     describe_gauge!(names::START_TIME, Unit::Seconds, "Unix time at which the node started");

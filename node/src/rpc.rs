@@ -138,16 +138,40 @@ pub(crate) async fn serve(
             .map_err(|e| bind(std::io::Error::other(e)))?;
     let server_config = ServerConfig::builder()
         .max_request_body_size(config.max_request_bytes)
-        .max_response_body_size(config.max_request_bytes.saturating_mul(2))
-        .max_connections(config.max_connections)
+        // Answers (a dumped mempool, a batch's blob) may be larger than any request.
+        .max_response_body_size(config.max_request_bytes.saturating_mul(10))
+        // Our accept loop enforces the limits; jsonrpsee's own guard only backs them up.
+        .max_connections(config.max_connections.saturating_add(config.max_ws_connections))
         .set_batch_request_config(BatchRequestConfig::Limit(config.max_batch_len))
         .build();
-    let server = Server::builder()
+    let builder = Server::builder()
         .set_config(server_config)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(health).layer(BearerLayer))
-        .build(config.addr)
-        .await
-        .map_err(bind)?;
-    let addr = server.local_addr().map_err(bind)?;
-    Ok((addr, server.start(module)))
+        .set_http_middleware(
+            tower::ServiceBuilder::new()
+                .layer(crate::listener::BodyBudgetLayer::new(
+                    config.max_in_flight_body_bytes,
+                    config.max_request_bytes,
+                ))
+                .layer(health)
+                .layer(BearerLayer),
+        )
+        .to_service_builder();
+    let listener = tokio::net::TcpListener::bind(config.addr).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    let limits = crate::listener::ConnectionLimits {
+        http: config.max_connections,
+        ws: config.max_ws_connections,
+        per_ip: config.max_connections_per_ip,
+    };
+    let methods: jsonrpsee::server::Methods = module.into();
+    let (services, stop_services) = (stop.clone(), stop.clone());
+    let ws_builder = builder.clone().max_connections(config.max_ws_connections);
+    let http_builder = builder.max_connections(config.max_connections);
+    let make = move || {
+        let http = http_builder.clone().build(methods.clone(), services.clone());
+        (http, ws_builder.clone().build(methods.clone(), services.clone()))
+    };
+    tokio::spawn(crate::listener::accept_loop(listener, make, stop_services, limits));
+    Ok((addr, handle))
 }

@@ -499,6 +499,11 @@ impl SettledProcess {
         &self.rpc_url
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(mut self) -> TestResult<()> {
         self.child.kill()?;
