@@ -352,6 +352,11 @@ impl FollowerHandle {
         self.contact.clone()
     }
 
+    /// The follower's task (to watch whether it still runs).
+    pub fn task(&self) -> &tokio::task::JoinHandle<()> {
+        &self.task
+    }
+
     /// Waits for the follower task to end (after its cancellation token fired).
     pub async fn join(self) {
         if let Err(err) = self.task.await {

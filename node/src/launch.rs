@@ -179,6 +179,8 @@ pub async fn launch(
     // Each consumer's durable cursor: the follower resumes after the lowest.
     let mut cursors: Vec<(&str, Option<BlockRef>)> = Vec::new();
     let mut tasks = vec![tokio::spawn(record_chain_metrics(follower.subscribe(), cancel.clone()))];
+    // The tasks health watches: one that ends leaves the node serving but not working.
+    let watched = rpc::TaskWatch::default();
 
     let bundler = match bundler_signer(&config, dev_keys.bundler)? {
         Some(signer) if config.bundler.enabled => {
@@ -197,7 +199,9 @@ pub async fn launch(
             };
             let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;
             cursors.push(("bundler", bundler.chain_cursor()?));
-            tasks.push(tokio::spawn(bundler.clone().run(follower.consumer(), cancel.clone())));
+            let task = tokio::spawn(bundler.clone().run(follower.consumer(), cancel.clone()));
+            watched.add("bundler", &task);
+            tasks.push(task);
             info!(address = %bundler.address(), mode = ?config.bundler.mode, "bundler running");
             Some(bundler)
         }
@@ -227,7 +231,9 @@ pub async fn launch(
             let paymaster =
                 Paymaster::new(settings, provider.clone(), signer, storage.db()).await?;
             cursors.push(("paymaster", paymaster.chain_cursor()?));
-            tasks.push(tokio::spawn(paymaster.clone().run(follower.consumer(), cancel.clone())));
+            let task = tokio::spawn(paymaster.clone().run(follower.consumer(), cancel.clone()));
+            watched.add("paymaster", &task);
+            tasks.push(task);
             info!(signer = %paymaster.signer(), "paymaster running");
             Some(paymaster)
         }
@@ -254,7 +260,9 @@ pub async fn launch(
         let index = std::sync::Arc::new(index);
         let cursor = index.cursor()?.map(|c| BlockRef { number: c.number, hash: c.hash });
         cursors.push(("stream index", cursor));
-        tasks.push(tokio::spawn(index.clone().run(follower.consumer(), cancel.clone())));
+        let task = tokio::spawn(index.clone().run(follower.consumer(), cancel.clone()));
+        watched.add("stream index", &task);
+        tasks.push(task);
         Some(index)
     };
     follower.resume_after(resume_point(&cursors));
@@ -265,7 +273,8 @@ pub async fn launch(
         stale_after: (config.chain.poll_interval * 10).max(Duration::from_secs(10)),
         max_lag_blocks: config.chain.reorg_depth,
     };
-    let mut module = rpc::node_module(chain_id, &follower, limits)?;
+    watched.add("chain follower", follower.task());
+    let mut module = rpc::node_module(chain_id, &follower, limits, watched.clone())?;
     let merge = |e: jsonrpsee::core::RegisterMethodError| NodeError::Metrics(e.to_string());
     if let Some(bundler) = &bundler {
         module
@@ -339,7 +348,9 @@ pub async fn launch(
             let admin = config.rpc.admin;
             module.merge(settlement_module(settler.clone(), admin)).map_err(merge)?;
             if config.settlement.enabled {
-                tasks.push(tokio::spawn(settler.clone().run(cancel.clone())));
+                let task = tokio::spawn(settler.clone().run(cancel.clone()));
+                watched.add("settlement", &task);
+                tasks.push(task);
                 info!(interval_secs = config.settlement.interval.as_secs(), "settlement running");
             }
             settlement = Some(settler);

@@ -51,11 +51,34 @@ pub(crate) struct HealthLimits {
     pub max_lag_blocks: u64,
 }
 
+/// The node's long-running tasks by name: one that has ended is a problem health reports (the
+/// node keeps serving, but, say, ops it accepts would never be bundled).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TaskWatch(Arc<std::sync::Mutex<Vec<(&'static str, tokio::task::AbortHandle)>>>);
+
+impl TaskWatch {
+    /// Watches `task` under `name`.
+    pub(crate) fn add<T>(&self, name: &'static str, task: &tokio::task::JoinHandle<T>) {
+        if let Ok(mut tasks) = self.0.lock() {
+            tasks.push((name, task.abort_handle()));
+        }
+    }
+
+    /// The names of the tasks that have ended.
+    fn ended(&self) -> Vec<&'static str> {
+        self.0.lock().map_or_else(
+            |_| vec!["task list"],
+            |tasks| tasks.iter().filter(|(_, t)| t.is_finished()).map(|(n, _)| *n).collect(),
+        )
+    }
+}
+
 struct NodeInfo {
     chain_id: u64,
     head: watch::Receiver<Option<BlockRef>>,
     contact: watch::Receiver<Option<ChainContact>>,
     limits: HealthLimits,
+    tasks: TaskWatch,
 }
 
 impl NodeInfo {
@@ -76,6 +99,9 @@ impl NodeInfo {
         {
             problems.push(format!("{} blocks behind the chain", chain - head));
         }
+        for task in self.tasks.ended() {
+            problems.push(format!("the {task} task has stopped"));
+        }
         Health {
             status: if problems.is_empty() { "ok" } else { "degraded" },
             chain_id: self.chain_id,
@@ -93,12 +119,14 @@ pub(crate) fn node_module(
     chain_id: u64,
     follower: &FollowerHandle,
     limits: HealthLimits,
+    tasks: TaskWatch,
 ) -> Result<RpcModule<()>, NodeError> {
     let info = Arc::new(NodeInfo {
         chain_id,
         head: follower.head_watch(),
         contact: follower.contact_watch(),
         limits,
+        tasks,
     });
     let mut module = RpcModule::new(());
     let register = |e: jsonrpsee::core::RegisterMethodError| NodeError::Metrics(e.to_string());
@@ -174,4 +202,52 @@ pub(crate) async fn serve(
     };
     tokio::spawn(crate::listener::accept_loop(listener, make, stop_services, limits));
     Ok((addr, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(contact: Option<ChainContact>, tasks: TaskWatch) -> NodeInfo {
+        let head = BlockRef { number: 10, hash: Default::default() };
+        NodeInfo {
+            chain_id: 1,
+            head: watch::channel(Some(head)).1,
+            contact: watch::channel(contact).1,
+            limits: HealthLimits {
+                stale_after: std::time::Duration::from_secs(10),
+                max_lag_blocks: 64,
+            },
+            tasks,
+        }
+    }
+
+    /// Health is ok with a fresh contact and every task running; each problem is named.
+    #[tokio::test]
+    async fn health_names_each_problem() {
+        let fresh = ChainContact { at: std::time::Instant::now(), chain_head: 12 };
+        let tasks = TaskWatch::default();
+        let running = tokio::spawn(std::future::pending::<()>());
+        tasks.add("bundler", &running);
+        assert_eq!(info(Some(fresh), tasks.clone()).health().status, "ok");
+
+        let ended = tokio::spawn(async {});
+        tasks.add("settlement", &ended);
+        let _ = ended.await;
+        let behind = ChainContact { at: std::time::Instant::now(), chain_head: 500 };
+        let health = info(Some(behind), tasks).health();
+        assert_eq!(health.status, "degraded");
+        assert_eq!(
+            health.problems,
+            vec![
+                "490 blocks behind the chain".to_owned(),
+                "the settlement task has stopped".to_owned()
+            ]
+        );
+        assert_eq!(
+            info(None, TaskWatch::default()).health().problems,
+            vec!["the chain has not answered yet".to_owned()]
+        );
+        running.abort();
+    }
 }
