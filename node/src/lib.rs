@@ -12,6 +12,7 @@ mod launch;
 mod listener;
 mod metrics;
 mod paymaster;
+mod request_ids;
 mod rpc;
 mod sender;
 mod settlement;

@@ -162,11 +162,47 @@ where
     let claims = Arc::new(claims);
     tower::service_fn(move |request: HttpRequest<hyper::body::Incoming>| {
         let _held = &claims;
-        let request = request.map(jsonrpsee::server::HttpBody::new);
-        let call =
-            if ws::is_upgrade_request(&request) { ws.call(request) } else { http.call(request) };
-        Box::pin(call) as BoxedResponse
+        if ws::is_upgrade_request(&request) {
+            return Box::pin(ws.call(request.map(jsonrpsee::server::HttpBody::new)))
+                as BoxedResponse;
+        }
+        let small = content_length(&request)
+            .is_some_and(|n| n <= crate::request_ids::CHECKED_BODY_BYTES as u64);
+        if request.method() != hyper::Method::POST || !small {
+            return Box::pin(http.call(request.map(jsonrpsee::server::HttpBody::new)));
+        }
+        let mut http = http.clone();
+        Box::pin(async move {
+            use http_body_util::BodyExt as _;
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            if let Some(answer) = crate::request_ids::invalid_id_answer(&bytes) {
+                return Ok(json_answer(&answer));
+            }
+            let request =
+                HttpRequest::from_parts(parts, jsonrpsee::server::HttpBody::from(bytes.to_vec()));
+            http.call(request).await
+        })
     })
+}
+
+/// The request's declared body length.
+fn content_length<B>(request: &HttpRequest<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A JSON-RPC answer the node gives itself, before jsonrpsee.
+fn json_answer(answer: &serde_json::Value) -> HttpResponse {
+    let mut response = HttpResponse::new(jsonrpsee::server::HttpBody::from(answer.to_string()));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// After a failed accept: out of file descriptors (EMFILE/ENFILE) pauses the loop, so it does
@@ -252,11 +288,7 @@ where
     }
 
     fn call(&mut self, request: HttpRequest<B>) -> Self::Future {
-        let declared = request
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = content_length(&request);
         // GETs (health) carry no body; a body over the limit is jsonrpsee's to refuse (413).
         let bytes = match declared {
             Some(bytes) => bytes.min(u64::from(self.layer.max_body)),

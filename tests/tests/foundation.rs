@@ -68,6 +68,10 @@ async fn bad_requests_get_json_rpc_errors() -> TestResult {
         (r#"{"jsonrpc":"2.0","id":1,"method":"no_such_method","params":[]}"#, -32601),
         (r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId""#, -32700),
         (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
+        // An id JSON-RPC does not allow used to get a bare `null` (#20 item 8).
+        (r#"{"jsonrpc":"2.0","id":{"a":1},"method":"eth_chainId","params":[]}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":1.5,"method":"eth_chainId","params":[]}"#, -32600),
+        (r#"[{"jsonrpc":"2.0","id":[1],"method":"eth_chainId","params":[]}]"#, -32600),
     ] {
         let response: serde_json::Value = http
             .post(&url)
