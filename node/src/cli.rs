@@ -228,6 +228,11 @@ pub struct NodeArgs {
     #[arg(long = "rpc.max-in-flight-body-bytes", env = "SETTLED_RPC_MAX_IN_FLIGHT_BODY_BYTES", default_value_t = RpcConfig::default().max_in_flight_body_bytes)]
     pub rpc_max_in_flight_body_bytes: u64,
 
+    /// Seconds a WebSocket opened without a billing key may stay silent before it is closed
+    /// (0: no limit).
+    #[arg(long = "rpc.anonymous-ws-idle-secs", env = "SETTLED_RPC_ANONYMOUS_WS_IDLE_SECS", default_value_t = RpcConfig::default().anonymous_ws_idle_secs)]
+    pub rpc_anonymous_ws_idle_secs: u64,
+
     /// Most calls in one JSON-RPC batch.
     #[arg(long = "rpc.max-batch", env = "SETTLED_RPC_MAX_BATCH", default_value_t = RpcConfig::default().max_batch_len)]
     pub rpc_max_batch: u32,
@@ -678,6 +683,7 @@ impl NodeArgs {
                 max_ws_connections: self.rpc_max_ws_connections,
                 max_connections_per_ip: self.rpc_max_connections_per_ip,
                 max_in_flight_body_bytes: self.rpc_max_in_flight_body_bytes,
+                anonymous_ws_idle_secs: self.rpc_anonymous_ws_idle_secs,
                 max_batch_len: self.rpc_max_batch.max(1),
                 debug: self.rpc_debug,
                 admin: self.rpc_admin,

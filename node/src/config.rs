@@ -163,6 +163,8 @@ pub struct RpcConfig {
     pub max_connections_per_ip: u32,
     /// Bytes of request bodies in flight at once, across all connections.
     pub max_in_flight_body_bytes: u64,
+    /// Seconds a WebSocket opened without a billing key may stay silent (0: no limit).
+    pub anonymous_ws_idle_secs: u64,
     /// Most calls in one JSON-RPC batch.
     pub max_batch_len: u32,
     /// Serve the `debug_bundler_*` methods (tests and development only).
@@ -239,6 +241,7 @@ impl Default for RpcConfig {
             max_ws_connections: 1_000,
             max_connections_per_ip: 500,
             max_in_flight_body_bytes: 64 * 1024 * 1024,
+            anonymous_ws_idle_secs: 60,
             max_batch_len: 100,
             debug: false,
             admin: false,

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod dev;
 mod error;
+mod idle;
 mod launch;
 mod listener;
 mod metrics;

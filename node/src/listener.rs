@@ -23,6 +23,9 @@ pub(crate) struct ConnectionLimits {
     pub(crate) ws: u32,
     /// Open connections of one client IP, both kinds.
     pub(crate) per_ip: u32,
+    /// A WebSocket opened without a billing key is closed after this long without a word from
+    /// its peer (`None`: never).
+    pub(crate) anonymous_ws_idle: Option<Duration>,
 }
 
 /// A connection's response, boxed: a refused upgrade and jsonrpsee's answer are one type.
@@ -126,7 +129,9 @@ pub(crate) async fn accept_loop<F, S>(
             continue;
         };
         let (http, ws) = make();
-        let service = connection_service(http, ws, claims);
+        let (socket, activity) = crate::idle::WatchedIo::new(socket);
+        let idle = limits.anonymous_ws_idle.map(|limit| (activity, limit));
+        let service = connection_service(http, ws, claims, idle);
         tokio::spawn(serve_with_graceful_shutdown(socket, service, stop.clone().shutdown()));
     }
 }
@@ -139,11 +144,13 @@ fn admit(gate: &Gate, remote: SocketAddr) -> Option<Claims> {
 }
 
 /// The connection's service: HTTP requests to `http`, WebSocket upgrades to `ws`; `claims`
-/// live as long as it does.
+/// live as long as it does. An upgrade without an `Authorization` header starts `idle`'s
+/// watchdog.
 fn connection_service<S>(
     mut http: S,
     mut ws: S,
     claims: Claims,
+    idle: Option<(Arc<crate::idle::Activity>, Duration)>,
 ) -> impl tower::Service<
     HttpRequest<hyper::body::Incoming>,
     Response = HttpResponse,
@@ -163,6 +170,10 @@ where
     tower::service_fn(move |request: HttpRequest<hyper::body::Incoming>| {
         let _held = &claims;
         if ws::is_upgrade_request(&request) {
+            let anonymous = !request.headers().contains_key(hyper::header::AUTHORIZATION);
+            if let (true, Some((activity, limit))) = (anonymous, &idle) {
+                activity.clone().watch(*limit);
+            }
             return Box::pin(ws.call(request.map(jsonrpsee::server::HttpBody::new)))
                 as BoxedResponse;
         }

@@ -1,7 +1,7 @@
 //! The node's JSON-RPC server: HTTP and WebSocket on one port, `GET /health` proxied to
 //! `system_health`. Domain crates add their namespaces as `RpcModule`s merged here.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use alloy::primitives::U64;
 use jsonrpsee::{
@@ -191,6 +191,8 @@ pub(crate) async fn serve(
         http: config.max_connections,
         ws: config.max_ws_connections,
         per_ip: config.max_connections_per_ip,
+        anonymous_ws_idle: (config.anonymous_ws_idle_secs > 0)
+            .then(|| Duration::from_secs(config.anonymous_ws_idle_secs)),
     };
     let methods: jsonrpsee::server::Methods = module.into();
     let (services, stop_services) = (stop.clone(), stop.clone());
