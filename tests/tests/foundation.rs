@@ -64,7 +64,14 @@ async fn bad_requests_get_json_rpc_errors() -> TestResult {
     let node = TestNode::spawn().await?;
     let url = node.node()?.rpc_url();
     let http = alloy::transports::http::reqwest::Client::new();
+    // A body over the 1 MiB limit (an op's callData of 1.5 MB, say) gets a clear error instead of
+    // a -32603 from deep inside the estimate (#20 item 8).
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"eth_estimateUserOperationGas","params":[{{"callData":"0x{}"}}]}}"#,
+        "ab".repeat(1_500_000)
+    );
     for (body, code) in [
+        (huge.as_str(), -32007),
         (r#"{"jsonrpc":"2.0","id":1,"method":"no_such_method","params":[]}"#, -32601),
         (r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId""#, -32700),
         (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
@@ -76,7 +83,7 @@ async fn bad_requests_get_json_rpc_errors() -> TestResult {
         let response: serde_json::Value = http
             .post(&url)
             .header("content-type", "application/json")
-            .body(body)
+            .body(body.to_owned())
             .send()
             .await?
             .json()

@@ -302,6 +302,7 @@ async fn health_and_readiness_follow_the_chain() -> TestResult {
     let health: Value = get("/health").await?.json().await?;
     assert_eq!(health["status"], json!("ok"), "{health}");
 
+    let anvil_port = chain.anvil().port();
     drop(chain); // Anvil is killed
     let started = std::time::Instant::now();
     let mut ready = get("/ready").await?;
@@ -317,6 +318,20 @@ async fn health_and_readiness_follow_the_chain() -> TestResult {
     assert_eq!(health["status"], json!("degraded"), "{health}");
     let problems = health["problems"].to_string();
     assert!(problems.contains("no answer from the chain"), "{health}");
+
+    // The endpoint answers again (an Anvil on the same port): ready again.
+    let port: u16 = anvil_port;
+    let options = settled_contracts::AnvilOptions { port, ..Default::default() };
+    let _back = tokio::task::spawn_blocking(move || settled_contracts::LocalAnvil::spawn(&options))
+        .await??;
+    let started = std::time::Instant::now();
+    let mut ready = get("/ready").await?;
+    while !ready.status().is_success() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ready = get("/ready").await?;
+    }
+    assert!(ready.status().is_success(), "not ready again: {}", ready.text().await?);
+    eprintln!("ready again {:?} after the endpoint came back", started.elapsed());
     Ok(())
 }
 
