@@ -40,9 +40,13 @@ impl SentBundles {
             .map_err(|e| e.to_string())
     }
 
-    /// The chain has settled `nonce` (mined, or nothing is pending at it): forget its record.
-    pub(crate) fn remove(&self, nonce: u64) {
-        let _ = self.tree.remove(nonce.to_be_bytes());
+    /// The chain has settled `nonce` (mined, or nothing is pending at it): forget its record, if
+    /// it still holds `ops` (a bundle sent again at a nonce nothing was pending at has a record
+    /// of its own, which a watcher of the old one must not drop).
+    pub(crate) fn remove_if(&self, nonce: u64, ops: &[(B256, Address)]) {
+        let Ok(current) = serde_json::to_vec(&SentOps { ops: ops.to_vec() }) else { return };
+        let _ =
+            self.tree.compare_and_swap(nonce.to_be_bytes(), Some(current), None as Option<&[u8]>);
     }
 
     /// Every record, oldest nonce first (start-up).
@@ -71,7 +75,13 @@ mod tests {
             let sent = SentBundles::open(&db)?;
             sent.record(7, &ops).await?;
             sent.record(8, &ops).await?;
-            sent.remove(8);
+            sent.remove_if(8, &ops);
+            // Nonce 7 sent again with other ops: the old watcher's removal leaves it.
+            let other = vec![(B256::repeat_byte(3), Address::repeat_byte(4))];
+            sent.record(7, &other).await?;
+            sent.remove_if(7, &ops);
+            assert_eq!(sent.all(), vec![(7, SentOps { ops: other })]);
+            sent.record(7, &ops).await?;
         }
         let db = sled::open(dir.path())?;
         let sent = SentBundles::open(&db)?;

@@ -1348,7 +1348,7 @@ impl Bundler {
                         in_flight.remove(hash);
                     }
                 }
-                bundler.shared.sent.remove(nonce);
+                bundler.shared.sent.remove_if(nonce, &ops);
                 let (hash, receipt) = result.inspect_err(|error| {
                     warn!(%error, "bundle not mined; its ops stay in the mempool");
                 })?;
@@ -1443,7 +1443,7 @@ impl Bundler {
                     in_flight.remove(hash);
                 }
             }
-            bundler.shared.sent.remove(nonce);
+            bundler.shared.sent.remove_if(nonce, &ops);
             debug!(nonce, ops = ops.len(), "bundle nonce settled; its ops released");
         });
     }
