@@ -494,6 +494,22 @@ impl SettledProcess {
         Err("settled did not answer within 10 s".into())
     }
 
+    /// The same with the paymaster on: a policy `default` (no limits) in `datadir`'s
+    /// `policies.toml` and the key the chain's paymasters accept, plus `args`.
+    pub async fn start_sponsoring(
+        chain: &TestChain,
+        datadir: &std::path::Path,
+        args: &[&str],
+    ) -> TestResult<Self> {
+        let policies = datadir.join("policies.toml");
+        std::fs::write(&policies, "[[policies]]\nid = \"default\"\n")?;
+        let policies = policies.to_string_lossy().into_owned();
+        let mut all = vec!["--paymaster.policies-file", policies.as_str()];
+        all.extend_from_slice(args);
+        let key = chain.signer(PAYMASTER_SIGNER_ACCOUNT)?.to_bytes().to_string();
+        Self::start_with(chain, datadir, &all, &[("SETTLED_PAYMASTER_KEY", key)]).await
+    }
+
     /// Its JSON-RPC URL.
     pub fn rpc_url(&self) -> &str {
         &self.rpc_url

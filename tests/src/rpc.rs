@@ -186,3 +186,28 @@ pub async fn reputation_at(
     });
     Ok(found.cloned().unwrap_or(Value::Null))
 }
+
+/// A new SimpleAccount funded with 0.1 ETH by dev account `funder` for its prefund, and its
+/// creation op (a zero USDC transfer to itself) estimated through the node at `url` and signed.
+pub async fn creation_op(
+    chain: &TestChain,
+    url: &str,
+    version: EntryPointVersion,
+    funder: usize,
+) -> TestResult<PackedUserOperation> {
+    let owner = PrivateKeySigner::random();
+    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
+    let fund = alloy::rpc::types::TransactionRequest::default()
+        .to(sender)
+        .value(U256::from(10u128.pow(17)))
+        .from(chain.account(funder)?);
+    alloy::providers::Provider::send_transaction(chain.provider(), fund)
+        .await?
+        .get_receipt()
+        .await?;
+    let call_data = crate::usdc_transfer(version, chain.deployment().usdc, sender, 0);
+    let op = crate::unestimated_op(sender, 0, init_code, call_data);
+    let mut op = with_estimated_limits(url, version, op).await?;
+    op.signature = chain.sign_op(version, &owner, &op).await?;
+    Ok(op)
+}

@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use settled_contracts::{AnvilOptions, EntryPointVersion, StreamVault};
 use settled_tests::{
     BUNDLER_ACCOUNT, SettledProcess, TestChain, TestResult,
-    rpc::{call_url, send_at, with_estimated_limits},
-    unestimated_op, usdc_transfer,
+    rpc::{call_url, creation_op, send_at, with_estimated_limits},
+    unestimated_op,
 };
 
 /// Kill points per area (the issue asks for at least 20).
@@ -56,26 +56,6 @@ fn kill_points(area: &str, n: usize, max_ms: u64) -> Vec<u64> {
 /// The transactions `address` has sent (its nonce).
 async fn sent(chain: &TestChain, address: Address) -> TestResult<u64> {
     Ok(chain.provider().get_transaction_count(address).await?)
-}
-
-/// A new SimpleAccount with ETH for its prefund, and its creation op estimated through the node
-/// at `url` and signed.
-async fn creation_op(
-    chain: &TestChain,
-    url: &str,
-    version: EntryPointVersion,
-) -> TestResult<settled_contracts::PackedUserOperation> {
-    let owner = PrivateKeySigner::random();
-    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
-    let fund = alloy::rpc::types::TransactionRequest::default()
-        .to(sender)
-        .value(U256::from(10u128.pow(17)));
-    chain.provider().send_transaction(fund).await?.get_receipt().await?;
-    let call_data = usdc_transfer(version, chain.deployment().usdc, sender, 0);
-    let op = unestimated_op(sender, 0, init_code, call_data);
-    let mut op = with_estimated_limits(url, version, op).await?;
-    op.signature = chain.sign_op(version, &owner, &op).await?;
-    Ok(op)
 }
 
 /// How many times the EntryPoint emitted `UserOperationEvent` for `hash`.
@@ -124,7 +104,7 @@ async fn ops_survive_kill_9_from_acceptance_to_inclusion() -> TestResult {
     let (mut lost, mut duplicated) = (0, 0);
     for (round, delay) in kill_points("ops", ROUNDS, 1_500).into_iter().enumerate() {
         let node = SettledProcess::start(&chain, datadir.path()).await?;
-        let op = creation_op(&chain, node.rpc_url(), version).await?;
+        let op = creation_op(&chain, node.rpc_url(), version, 0).await?;
         let hash = chain.op_hash(version, &op).await?;
         let bundles_before = sent(&chain, bundler).await?;
         let url = node.rpc_url().to_owned();
@@ -396,19 +376,14 @@ async fn settlement_rounds_survive_kill_9() -> TestResult {
 async fn sponsorships_survive_kill_9() -> TestResult {
     let chain = TestChain::spawn().await?;
     let datadir = tempfile::tempdir()?;
-    let policies = datadir.path().join("policies.toml");
-    std::fs::write(&policies, "[[policies]]\nid = \"default\"\n")?;
-    let policies = policies.to_string_lossy().into_owned();
-    let args = ["--paymaster.policies-file", policies.as_str(), "--rpc.admin"];
-    let key = chain.signer(settled_tests::PAYMASTER_SIGNER_ACCOUNT)?.to_bytes().to_string();
-    let env = [("SETTLED_PAYMASTER_KEY", key)];
     let version = EntryPointVersion::V08;
     let paymaster = chain.deployment().paymaster(version);
     let chain_id = chain.provider().get_chain_id().await?;
     let first_block = chain.provider().get_block_number().await?;
     let mut acknowledged_unused = 0u64;
     for (round, delay) in kill_points("paymaster", ROUNDS, 60).into_iter().enumerate() {
-        let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+        let node =
+            SettledProcess::start_sponsoring(&chain, datadir.path(), &["--rpc.admin"]).await?;
         let owner = PrivateKeySigner::random();
         let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
         let unsponsored = unestimated_op(sender, 0, init_code, Default::default());
@@ -438,7 +413,8 @@ async fn sponsorships_survive_kill_9() -> TestResult {
             acknowledged_unused += 1;
         }
 
-        let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+        let node =
+            SettledProcess::start_sponsoring(&chain, datadir.path(), &["--rpc.admin"]).await?;
         let mut op =
             settled_tests::rpc::sponsor(node.rpc_url(), chain_id, version, unsponsored, "default")
                 .await
@@ -465,7 +441,7 @@ async fn sponsorships_survive_kill_9() -> TestResult {
             .inner
             .actualGasCost;
     }
-    let node = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
+    let node = SettledProcess::start_sponsoring(&chain, datadir.path(), &["--rpc.admin"]).await?;
     let mut status = Value::Null;
     for _ in 0..50 {
         status = call_url(node.rpc_url(), "paymaster_status", json!([]))

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use settled_contracts::{EntryPointVersion, PackedUserOperation, StreamVault};
 use settled_tests::{
     SettledProcess, TestChain, TestResult,
-    rpc::{call_url, send_at, with_estimated_limits},
+    rpc::{call_url, creation_op, send_at, with_estimated_limits},
     unestimated_op, usdc_transfer,
 };
 
@@ -140,26 +140,6 @@ async fn billing(url: &str, token: &str, method: &str, params: Value) -> TestRes
     answer.get("result").cloned().ok_or_else(|| format!("{method}: {answer}").into())
 }
 
-/// A SimpleAccount creation op (ETH for its prefund), estimated through the node at `url`.
-async fn creation_op(
-    chain: &TestChain,
-    url: &str,
-    version: EntryPointVersion,
-) -> TestResult<PackedUserOperation> {
-    let owner = PrivateKeySigner::random();
-    let (sender, init_code) = chain.simple_account(version, owner.address()).await?;
-    let fund = alloy::rpc::types::TransactionRequest::default()
-        .to(sender)
-        .value(U256::from(10u128.pow(18)))
-        .from(chain.account(5)?);
-    chain.provider().send_transaction(fund).await?.get_receipt().await?;
-    let call_data = usdc_transfer(version, chain.deployment().usdc, sender, 0);
-    let op = unestimated_op(sender, 0, init_code, call_data);
-    let mut op = with_estimated_limits(url, version, op).await?;
-    op.signature = chain.sign_op(version, &owner, &op).await?;
-    Ok(op)
-}
-
 /// While the node is down: `op` is mined by someone else, and a stream operated by Anvil
 /// account 3 is opened and paused by its payer; the stream's id and the head after. A provider
 /// of its own: `settled dev` sent from account 0 too, so the chain's provider's nonce cache is
@@ -234,7 +214,7 @@ async fn blocks_mined_while_down_are_read_after_a_restart() -> TestResult {
     let datadir = tempfile::tempdir()?;
     let version = EntryPointVersion::V08;
     let first = AttachedDev::start(&chain, datadir.path()).await?;
-    let op = creation_op(&chain, &first.url, version).await?;
+    let op = creation_op(&chain, &first.url, version, 5).await?;
     let hash = chain.op_hash(version, &op).await?;
     first.stop()?;
 
@@ -271,7 +251,7 @@ async fn blocks_mined_while_run_was_down_are_read() -> TestResult {
     let args = ["--billing.api-keys-file", keys.as_str(), "--settlement.disable"];
     let env = [("SETTLED_BILLING_OPERATOR_KEY", chain.signer(3)?.to_bytes().to_string())];
     let first = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
-    let op = creation_op(&chain, first.rpc_url(), version).await?;
+    let op = creation_op(&chain, first.rpc_url(), version, 5).await?;
     let hash = chain.op_hash(version, &op).await?;
     tokio::time::sleep(Duration::from_millis(500)).await; // its consumers' cursors reach the head
     first.kill()?;
@@ -342,17 +322,7 @@ async fn health_and_readiness_follow_the_chain() -> TestResult {
 async fn a_chain_outage_is_the_nodes_error_not_the_ops() -> TestResult {
     let chain = TestChain::spawn().await?;
     let datadir = tempfile::tempdir()?;
-    let policies = datadir.path().join("policies.toml");
-    std::fs::write(&policies, "[[policies]]\nid = \"default\"\n")?;
-    let key = chain.signer(settled_tests::PAYMASTER_SIGNER_ACCOUNT)?.to_bytes().to_string();
-    let policies_arg = policies.to_string_lossy().into_owned();
-    let node = SettledProcess::start_with(
-        &chain,
-        datadir.path(),
-        &["--paymaster.policies-file", &policies_arg],
-        &[("SETTLED_PAYMASTER_KEY", key)],
-    )
-    .await?;
+    let node = SettledProcess::start_sponsoring(&chain, datadir.path(), &[]).await?;
     let version = EntryPointVersion::V08;
     let op = unestimated_op(Address::repeat_byte(0x42), 0, Default::default(), Default::default());
     let op = settled_contracts::UserOperation::unpack(&op, None);
