@@ -64,14 +64,22 @@ async fn bad_requests_get_json_rpc_errors() -> TestResult {
     let node = TestNode::spawn().await?;
     let url = node.node()?.rpc_url();
     let http = alloy::transports::http::reqwest::Client::new();
-    // A body over the 1 MiB limit (an op's callData of 1.5 MB, say) gets a clear error instead of
-    // a -32603 from deep inside the estimate (#20 item 8).
+    // A body over the 1 MiB limit (an op's callData of 1.5 MB, say) is refused up front (-32007,
+    // HTTP 413) instead of ending in a -32603 from deep inside the estimate (#20 item 8). The
+    // node may answer and close before the client has sent it all, so the client can also see
+    // its upload cut off; either way nothing of it is processed.
     let huge = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"eth_estimateUserOperationGas","params":[{{"callData":"0x{}"}}]}}"#,
         "ab".repeat(1_500_000)
     );
+    let oversized =
+        http.post(&url).header("content-type", "application/json").body(huge).send().await;
+    if let Ok(response) = oversized {
+        assert_eq!(response.status(), 413);
+        let answer: serde_json::Value = response.json().await?;
+        assert_eq!(answer["error"]["code"], -32007, "{answer}");
+    }
     for (body, code) in [
-        (huge.as_str(), -32007),
         (r#"{"jsonrpc":"2.0","id":1,"method":"no_such_method","params":[]}"#, -32601),
         (r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId""#, -32700),
         (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
