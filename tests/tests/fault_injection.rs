@@ -11,14 +11,14 @@
 use std::time::Duration;
 
 use alloy::{
-    primitives::{Address, B256, U256, aliases::U96, keccak256},
+    primitives::{Address, B256, U256, keccak256},
     providers::Provider,
     rpc::types::Filter,
     signers::local::PrivateKeySigner,
     sol_types::SolEvent,
 };
 use serde_json::{Value, json};
-use settled_contracts::{AnvilOptions, EntryPointVersion, StreamVault};
+use settled_contracts::{AnvilOptions, EntryPointVersion};
 use settled_tests::{
     BUNDLER_ACCOUNT, SettledProcess, TestChain, TestResult,
     rpc::{call_url, creation_op, send_at, with_estimated_limits},
@@ -194,26 +194,31 @@ async fn start_operator(
     Err(format!("stream {id} not indexed; see {}", datadir.join("settled.log").display()).into())
 }
 
+/// A chain with 1 s blocks and one USDC stream from Anvil account 3 to account 4 at `rate`
+/// (18-decimal units per second) with `deposit`, operated by account 5: the chain, the stream's
+/// id, the block it opened in and the payee's USDC balance then.
+async fn operated_stream(rate: u128, deposit: u128) -> TestResult<(TestChain, U256, u64, U256)> {
+    let chain =
+        TestChain::spawn_with(AnvilOptions { block_time: Some(1), ..Default::default() }).await?;
+    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
+    chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
+    let id = chain.open_stream(payer, payee, operator, rate, deposit).await?;
+    let opened = chain.provider().get_block_number().await?;
+    let usdc = settled_contracts::MockUSDC::new(chain.deployment().usdc, chain.provider());
+    let paid_before = usdc.balanceOf(payee).call().await?;
+    Ok((chain, id, opened, paid_before))
+}
+
 /// (b) A billing operator call (`stream_withdraw`) killed at a random moment (before signing,
 /// between broadcast and inclusion on 1 s blocks, after the answer), then retried with the same
 /// idempotency key after the restart: one transaction per key, one answer per key, and the
 /// payee received exactly what the calls asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_calls_survive_kill_9_with_retries() -> TestResult {
-    let chain =
-        TestChain::spawn_with(AnvilOptions { block_time: Some(1), ..Default::default() }).await?;
-    let provider = chain.provider();
-    let deployment = chain.deployment();
-    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
-    chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
-    let vault = StreamVault::new(deployment.stream_vault, provider);
-    let rate = U96::from(10u128.pow(18)); // one base unit per second
-    let open =
-        vault.open(payee, deployment.usdc, rate, operator, U96::ZERO, U96::ZERO, 10u128.pow(10));
-    open.from(payer).send().await?.get_receipt().await?;
-    let id = (vault.nextStreamId().call().await? - U256::from(1)).to_string();
-    let usdc = settled_contracts::MockUSDC::new(deployment.usdc, provider);
-    let paid_before = usdc.balanceOf(payee).call().await?;
+    let (chain, id, _, paid_before) = operated_stream(10u128.pow(18), 10u128.pow(10)).await?;
+    let id = id.to_string(); // one base unit per second
+    let (payee, operator) = (chain.account(4)?, chain.account(5)?);
+    let usdc = settled_contracts::MockUSDC::new(chain.deployment().usdc, chain.provider());
 
     let datadir = tempfile::tempdir()?;
     let keys = datadir.path().join("api-keys.toml");
@@ -299,19 +304,13 @@ async fn transactions_of(
 /// say was paid is what the payee received, to the base unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlement_rounds_survive_kill_9() -> TestResult {
-    let chain =
-        TestChain::spawn_with(AnvilOptions { block_time: Some(1), ..Default::default() }).await?;
-    let provider = chain.provider();
-    let deployment = chain.deployment();
-    let (payer, payee, operator) = (chain.account(3)?, chain.account(4)?, chain.account(5)?);
-    chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
-    let vault = StreamVault::new(deployment.stream_vault, provider);
-    let rate = U96::from(10u128.pow(18) * 1_000); // 1,000 base units per second
-    let open =
-        vault.open(payee, deployment.usdc, rate, operator, U96::ZERO, U96::ZERO, 10u128.pow(12));
-    let first_block = open.from(payer).send().await?.get_receipt().await?.block_number;
+    // 1,000 base units per second.
+    let (chain, _, opened, paid_before) =
+        operated_stream(10u128.pow(18) * 1_000, 10u128.pow(12)).await?;
+    let (provider, deployment) = (chain.provider(), chain.deployment());
+    let (payee, operator) = (chain.account(4)?, chain.account(5)?);
     let usdc = settled_contracts::MockUSDC::new(deployment.usdc, provider);
-    let paid_before = usdc.balanceOf(payee).call().await?;
+    let first_block = opened;
 
     let datadir = tempfile::tempdir()?;
     let args = ["--rpc.admin", "--settlement.interval-secs", "3600"];
@@ -338,18 +337,14 @@ async fn settlement_rounds_survive_kill_9() -> TestResult {
     }
 
     let anchor = settled_contracts::SettlementAnchor::new(deployment.settlement_anchor, provider);
-    let commits = anchor
-        .BatchCommitted_filter()
-        .topic1(operator)
-        .from_block(first_block.unwrap_or_default())
-        .query()
-        .await?;
+    let commits =
+        anchor.BatchCommitted_filter().topic1(operator).from_block(first_block).query().await?;
     let mut ids: Vec<u64> = commits.iter().map(|(e, _)| e.batchId.to::<u64>()).collect();
     ids.sort_unstable();
     let unique = ids.windows(2).all(|w| w[0] != w[1]);
     let committed_total: u128 = commits.iter().map(|(e, _)| e.totalAmount).sum();
     let received = usdc.balanceOf(payee).call().await? - paid_before;
-    let reverted = transactions_of(&chain, operator, first_block.unwrap_or_default())
+    let reverted = transactions_of(&chain, operator, first_block)
         .await?
         .into_iter()
         .filter(|(_, ok)| !ok)
