@@ -132,7 +132,7 @@ pub struct FollowerHandle {
     events: broadcast::Sender<ChainEvent>,
     head: watch::Receiver<Option<BlockRef>>,
     contact: watch::Receiver<Option<ChainContact>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChainFollower {
@@ -172,7 +172,22 @@ impl ChainFollower {
         let head = self.head.subscribe();
         let contact = self.contact.subscribe();
         let task = tokio::spawn(self.run(cancel));
-        FollowerHandle { events, head, contact, task }
+        FollowerHandle { events, head, contact, task: Some(task) }
+    }
+
+    /// Like [`ChainFollower::spawn`], but hands the follower's loop to the caller (to run it
+    /// under its own supervision) instead of spawning it: the handle has no task to join.
+    pub fn into_task(
+        self,
+        cancel: CancellationToken,
+    ) -> (FollowerHandle, impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = FollowerHandle {
+            events: self.events.clone(),
+            head: self.head.subscribe(),
+            contact: self.contact.subscribe(),
+            task: None,
+        };
+        (handle, self.run(cancel))
     }
 
     async fn run(self, cancel: CancellationToken) {
@@ -352,14 +367,12 @@ impl FollowerHandle {
         self.contact.clone()
     }
 
-    /// The follower's task (to watch whether it still runs).
-    pub fn task(&self) -> &tokio::task::JoinHandle<()> {
-        &self.task
-    }
-
-    /// Waits for the follower task to end (after its cancellation token fired).
+    /// Waits for the follower task to end (after its cancellation token fired); at once for a
+    /// handle from [`ChainFollower::into_task`], whose loop its caller runs.
     pub async fn join(self) {
-        if let Err(err) = self.task.await {
+        if let Some(task) = self.task
+            && let Err(err) = task.await
+        {
             warn!(%err, "chain follower task ended abnormally");
         }
     }

@@ -118,6 +118,25 @@ pub struct BundlerSettings {
     pub params: settled_bundler::MempoolParams,
 }
 
+impl BundlerSettings {
+    /// The bundler engine's configuration.
+    pub(crate) fn bundler_config(&self) -> settled_bundler::BundlerConfig {
+        settled_bundler::BundlerConfig {
+            beneficiary: self.beneficiary,
+            mode: self.mode,
+            auto_interval: self.interval,
+            max_bundle_gas: self.max_bundle_gas,
+            max_bundle_ops: self.max_bundle_ops,
+            reputation: self.reputation.clone(),
+            fee_bump_after_blocks: self.fee_bump_after_blocks,
+            max_fee_per_gas: self.max_fee_per_gas,
+            entry_points: self.entry_points.clone(),
+            params: self.params,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for BundlerSettings {
     fn default() -> Self {
         Self {

@@ -100,6 +100,14 @@ pub enum NodeError {
         /// What is wrong.
         reason: String,
     },
+    /// A critical task ended while the node was running, which stopped the node.
+    #[error("the {task} task stopped: {reason}")]
+    TaskFailed {
+        /// The task's name.
+        task: &'static str,
+        /// What ended it.
+        reason: String,
+    },
     /// A `settled paymaster` command failed.
     #[error("paymaster command: {0}")]
     PaymasterCommand(String),

@@ -1,20 +1,19 @@
 //! Wiring: connect to the chain, open storage, start the chain follower, the RPC server and the
 //! metrics endpoint, and stop them all together.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use alloy::{
     providers::{DynProvider, Provider, ProviderBuilder},
     signers::local::PrivateKeySigner,
 };
-use jsonrpsee::server::ServerHandle;
-use settled_bundler::{Bundler, BundlerConfig};
+use jsonrpsee::{RpcModule, server::ServerHandle};
+use settled_bundler::Bundler;
 use settled_contracts::{
     BlockRef, ChainEvent, ChainFollower, Deployment, EntryPointVersion, FollowerHandle, LocalAnvil,
     SponsorPaymaster,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -29,6 +28,7 @@ use crate::{
     settlement::{SettlementChain, Settler, settlement_module},
     storage::{ChainIdentity, OnOtherChain, Storage},
     streams::{Opener, Operator, StreamIndex, api_keys, billing_module},
+    tasks::{CriticalTasks, TaskFailure},
 };
 
 /// A running node. Dropping it does not stop it: cancel its token (or call
@@ -42,13 +42,19 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     server: ServerHandle,
     follower: FollowerHandle,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: CriticalTasks,
     storage: Storage,
     anvil: Option<LocalAnvil>,
+    components: Components,
+}
+
+/// The components a node runs (each when its configuration and keys allow).
+#[derive(Debug, Default)]
+struct Components {
     bundler: Option<Bundler>,
     paymaster: Option<Paymaster>,
-    streams: Option<std::sync::Arc<StreamIndex>>,
-    settlement: Option<std::sync::Arc<Settler>>,
+    streams: Option<Arc<StreamIndex>>,
+    settlement: Option<Arc<Settler>>,
 }
 
 /// The bundler's key: the configured one (environment or file), else the dev chain's.
@@ -117,6 +123,28 @@ fn resume_point(cursors: &[(&str, Option<BlockRef>)]) -> Option<BlockRef> {
     lowest
 }
 
+/// What every component starts from: the chain, its contracts, the database, the follower it
+/// registers on, and the supervised task set it runs in.
+struct Wiring {
+    config: NodeConfig,
+    provider: DynProvider,
+    deployment: Deployment,
+    storage: Storage,
+    /// Each consumer's durable cursor: the follower resumes after the lowest.
+    cursors: Vec<(&'static str, Option<BlockRef>)>,
+    tasks: CriticalTasks,
+    cancel: CancellationToken,
+}
+
+/// The chain as `launch` found or started it.
+struct OpenedChain {
+    anvil: Option<LocalAnvil>,
+    rpc_url: String,
+    provider: DynProvider,
+    deployment: Deployment,
+    dev_keys: DevKeys,
+}
+
 /// Starts a node on `source` with `config`; it runs until `cancel` fires.
 pub async fn launch(
     config: NodeConfig,
@@ -126,276 +154,330 @@ pub async fn launch(
     let started = std::time::Instant::now();
     crate::listener::raise_open_file_limit();
     let mut config = config;
-    // dev's own Anvil is a new chain at every start: its old data is dead, so it starts clean.
-    let is_dev = matches!(source, ChainSource::Dev(_));
-    let on_other_chain = match &source {
-        ChainSource::Dev(dev) if dev.attach.is_none() => OnOtherChain::StartClean,
-        _ => OnOtherChain::Refuse,
-    };
-    let (anvil, chain_rpc_url, provider, mut deployment, dev_keys) = match source {
-        ChainSource::Dev(dev_config) => {
-            let chain = dev::prepare(&config, &dev_config).await?;
-            if config.paymaster.policies.is_empty() && config.paymaster.policies_file.is_none() {
-                let policy = crate::paymaster::dev_policy();
-                // A wallet that names no policy is sponsored under dev's only one.
-                config.paymaster.default_policy.get_or_insert_with(|| policy.id.clone());
-                config.paymaster.policies.push(policy);
-            }
-            (chain.anvil, chain.rpc_url, chain.provider, chain.deployment, chain.keys)
-        }
-        ChainSource::Remote { rpc_url, deployment } => {
-            let deployment = Deployment::load(&deployment)?;
-            let provider = connect(&rpc_url, config.chain.connect_timeout).await?;
-            (None, rpc_url, provider, deployment, DevKeys::default())
-        }
-    };
-    deployment.verify(&provider).await?;
-    let chain_id = deployment.chain_id;
-    let identity =
-        ChainIdentity { chain_id, genesis: genesis_hash(&provider, &chain_rpc_url).await? };
-    let storage = Storage::open(&config.datadir, identity, on_other_chain).await?;
-    if is_dev {
-        // `settled dev`: its deployment file, now that this process holds the datadir, and a
-        // billing key when none is configured (kept across restarts in the datadir).
-        if on_other_chain == OnOtherChain::Refuse {
-            // Attached to a chain the datadir knows: its contracts were deployed before.
-            dev::keep_start_block(&config.datadir, &mut deployment);
-        }
-        dev::save(&config.datadir, &deployment)?;
-        if config.billing.api_keys.is_empty() && config.billing.api_keys_file.is_none() {
-            config.billing.api_keys.push(dev::billing_key(&config.datadir)?);
-        }
-    }
-
+    let (chain, storage) = open_chain(&mut config, source).await?;
     let metrics_handle = metrics::install()?;
-    ::metrics::gauge!(names::INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    ::metrics::gauge!(names::START_TIME).set(now.as_secs_f64());
-
-    let watched = deployment.contracts().iter().map(|(_, address)| *address).collect();
-    let mut follower =
-        ChainFollower::new(provider.clone(), config.follower(deployment.start_block, watched));
-    // Each consumer's durable cursor: the follower resumes after the lowest.
-    let mut cursors: Vec<(&str, Option<BlockRef>)> = Vec::new();
-    let mut tasks = vec![tokio::spawn(record_chain_metrics(follower.subscribe(), cancel.clone()))];
-    // The tasks health watches: one that ends leaves the node serving but not working.
-    let watched = rpc::TaskWatch::default();
-
-    let bundler = match bundler_signer(&config, dev_keys.bundler)? {
-        Some(signer) if config.bundler.enabled => {
-            let settings = BundlerConfig {
-                beneficiary: config.bundler.beneficiary,
-                mode: config.bundler.mode,
-                auto_interval: config.bundler.interval,
-                max_bundle_gas: config.bundler.max_bundle_gas,
-                max_bundle_ops: config.bundler.max_bundle_ops,
-                reputation: config.bundler.reputation.clone(),
-                fee_bump_after_blocks: config.bundler.fee_bump_after_blocks,
-                max_fee_per_gas: config.bundler.max_fee_per_gas,
-                entry_points: config.bundler.entry_points.clone(),
-                params: config.bundler.params,
-                ..Default::default()
-            };
-            let bundler = Bundler::new(settings, provider.clone(), signer, storage.db()).await?;
-            cursors.push(("bundler", bundler.chain_cursor()?));
-            let task = tokio::spawn(bundler.clone().run(follower.consumer(), cancel.clone()));
-            watched.add("bundler", &task);
-            tasks.push(task);
-            info!(address = %bundler.address(), mode = ?config.bundler.mode, "bundler running");
-            Some(bundler)
-        }
-        None if config.bundler.enabled => {
-            warn!("bundler disabled: no key (--bundler.key-file or SETTLED_BUNDLER_KEY)");
-            None
-        }
-        _ => None,
+    let watched = chain.deployment.contracts().iter().map(|(_, address)| *address).collect();
+    let mut follower = ChainFollower::new(
+        chain.provider.clone(),
+        config.follower(chain.deployment.start_block, watched),
+    );
+    let mut wiring = Wiring {
+        config,
+        provider: chain.provider,
+        deployment: chain.deployment,
+        storage,
+        cursors: Vec::new(),
+        tasks: CriticalTasks::new(cancel.clone()),
+        cancel: cancel.clone(),
     };
-    let paymaster = match paymaster_signer(&config, dev_keys.paymaster)? {
-        Some(key) if config.paymaster.enabled => {
-            let settings = PaymasterConfig {
-                paymasters: EntryPointVersion::ALL
-                    .iter()
-                    .map(|v| (*v, deployment.paymaster(*v)))
-                    .collect(),
-                validity_secs: config.paymaster.validity_secs,
-                daily_budget: config.paymaster.daily_budget_wei,
-                low_deposit_wei: config.paymaster.low_deposit_wei,
-                policies: policies(&config)?,
-                rules: config.bundler.params.rules(),
-                default_policy: config.paymaster.default_policy.clone(),
-                ..Default::default()
-            };
-            let signer = PaymasterSigner::new(key);
-            check_paymaster_signer(&provider, &deployment, signer.address()).await;
-            let paymaster =
-                Paymaster::new(settings, provider.clone(), signer, storage.db()).await?;
-            cursors.push(("paymaster", paymaster.chain_cursor()?));
-            let task = tokio::spawn(paymaster.clone().run(follower.consumer(), cancel.clone()));
-            watched.add("paymaster", &task);
-            tasks.push(task);
-            info!(signer = %paymaster.signer(), "paymaster running");
-            Some(paymaster)
-        }
-        None if config.paymaster.enabled => {
-            warn!("paymaster disabled: no key (--paymaster.key-file or SETTLED_PAYMASTER_KEY)");
-            None
-        }
-        _ => None,
+    let dev_keys = chain.dev_keys;
+    let components = Components {
+        bundler: start_bundler(&mut wiring, &mut follower, dev_keys.bundler).await?,
+        paymaster: start_paymaster(&mut wiring, &mut follower, dev_keys.paymaster).await?,
+        streams: start_stream_index(&mut wiring, &mut follower).await?,
+        settlement: None,
     };
-    let streams = if deployment.stream_vault.is_zero() {
-        None
-    } else {
-        let db = storage.db().clone();
-        let (vault, depth) = (deployment.stream_vault, config.chain.reorg_depth);
-        let thresholds = config.billing.alerts;
-        let index =
-            tokio::task::spawn_blocking(move || StreamIndex::open(&db, vault, depth, thresholds))
-                .await
-                .map_err(|e| NodeError::Storage {
-                    path: config.datadir.clone(),
-                    reason: e.to_string(),
-                })??;
-        index.announce();
-        let index = std::sync::Arc::new(index);
-        let cursor = index.cursor()?.map(|c| BlockRef { number: c.number, hash: c.hash });
-        cursors.push(("stream index", cursor));
-        let task = tokio::spawn(index.clone().run(follower.consumer(), cancel.clone()));
-        watched.add("stream index", &task);
-        tasks.push(task);
-        Some(index)
-    };
-    follower.resume_after(resume_point(&cursors));
-    let follower = follower.spawn(cancel.child_token());
-
-    let limits = rpc::HealthLimits {
-        // Ten polls missed, and at least 10 s: one slow answer is not an outage.
-        stale_after: (config.chain.poll_interval * 10).max(Duration::from_secs(10)),
-        max_lag_blocks: config.chain.reorg_depth,
-    };
-    watched.add("chain follower", follower.task());
-    let mut module = rpc::node_module(chain_id, &follower, limits, watched.clone())?;
-    let merge = |e: jsonrpsee::core::RegisterMethodError| NodeError::Metrics(e.to_string());
-    if let Some(bundler) = &bundler {
-        module
-            .merge(settled_bundler::bundler_module(bundler.clone(), config.rpc.debug)?)
-            .map_err(merge)?;
-    }
-    if let Some(paymaster) = &paymaster {
-        module.merge(paymaster_module(paymaster.clone(), config.rpc.admin)?).map_err(merge)?;
-    }
-    let mut settlement = None;
-    if let Some(index) = &streams {
-        let keys = api_keys(&config.billing.api_keys, config.billing.api_keys_file.as_deref())
-            .map_err(|reason| NodeError::ApiKeys {
-                path: config.billing.api_keys_file.clone().unwrap_or_default(),
-                reason,
-            })?;
-        let billing = &config.billing;
-        let key = load_key(
-            billing.operator_key.as_ref(),
-            billing.operator_key_file.as_deref(),
-            "operator key",
-        )?
-        .or(dev_keys.operator);
-        let operator = match key {
-            Some(key) => {
-                // One sender for everything signed with the operator key: one nonce sequence.
-                let sender = std::sync::Arc::new(TransactionSender::new(provider.clone(), key));
-                let operator =
-                    Operator::new(sender, deployment.stream_vault, storage.db()).map_err(|e| {
-                        NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() }
-                    })?;
-                Some(std::sync::Arc::new(operator))
-            }
-            None => None,
-        };
-        // stream_open prepares sponsored ops: it needs the bundler, the paymaster and an operator.
-        let opener = match (&bundler, &paymaster, &operator) {
-            (Some(bundler), Some(paymaster), Some(operator)) => {
-                let records = storage.db().open_tree("streams.open").map_err(|e| {
-                    NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() }
-                })?;
-                Some(std::sync::Arc::new(Opener {
-                    provider: provider.clone(),
-                    bundler: bundler.clone(),
-                    paymaster: paymaster.clone(),
-                    paymasters: EntryPointVersion::ALL
-                        .iter()
-                        .map(|v| (*v, deployment.paymaster(*v)))
-                        .collect(),
-                    vault: deployment.stream_vault,
-                    operator: operator.clone(),
-                    chain_id,
-                    records,
-                }))
-            }
-            _ => None,
-        };
-        // Settlement: the operator's streams, batched and committed under its address.
-        if let (Some(operator), false) = (&operator, deployment.settlement_anchor.is_zero()) {
-            let chain = SettlementChain {
-                sender: operator.sender.clone(),
-                vault: deployment.stream_vault,
-                anchor: deployment.settlement_anchor,
-                chain_id,
-            };
-            let settler =
-                Settler::new(chain, index.clone(), storage.db(), config.settlement).map_err(
-                    |e| NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() },
-                )?;
-            let settler = std::sync::Arc::new(settler);
-            let admin = config.rpc.admin;
-            module.merge(settlement_module(settler.clone(), admin)).map_err(merge)?;
-            if config.settlement.enabled {
-                let task = tokio::spawn(settler.clone().run(cancel.clone()));
-                watched.add("settlement", &task);
-                tasks.push(task);
-                info!(interval_secs = config.settlement.interval.as_secs(), "settlement running");
-            }
-            settlement = Some(settler);
-        }
-        let invoices = settlement.clone();
-        module
-            .merge(billing_module(index.clone(), keys, operator, opener, invoices))
-            .map_err(merge)?;
-    }
-
+    let (follower, module, components) =
+        start_follower_and_billing(&wiring, follower, components, dev_keys.operator)?;
+    let Wiring { config, deployment, storage, tasks, .. } = wiring;
     let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;
-
     let metrics_addr = match config.metrics {
         Some(addr) => {
-            let (bound, task) = metrics::serve(addr, metrics_handle, cancel.clone()).await?;
-            tasks.push(task);
+            let (bound, serving) = metrics::serve(addr, metrics_handle, cancel.clone()).await?;
+            tasks.spawn_loop("metrics", serving);
             Some(bound)
         }
         None => None,
     };
-
     info!(
         rpc = %rpc_addr,
         metrics = ?metrics_addr,
-        chain_id,
-        chain = %chain_rpc_url,
+        chain_id = deployment.chain_id,
+        chain = %chain.rpc_url,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "settled ready"
     );
     Ok(NodeHandle {
         rpc_addr,
         metrics_addr,
-        chain_rpc_url,
+        chain_rpc_url: chain.rpc_url,
         deployment,
         cancel,
         server,
         follower,
         tasks,
         storage,
-        anvil,
-        bundler,
-        paymaster,
-        streams,
-        settlement,
+        anvil: chain.anvil,
+        components,
     })
+}
+
+/// Connects to (or, for `settled dev`, starts) the chain, checks the contracts and opens the
+/// datadir bound to that chain.
+async fn open_chain(
+    config: &mut NodeConfig,
+    source: ChainSource,
+) -> Result<(OpenedChain, Storage), NodeError> {
+    // dev's own Anvil is a new chain at every start: its old data is dead, so it starts clean.
+    let is_dev = matches!(source, ChainSource::Dev(_));
+    let on_other_chain = match &source {
+        ChainSource::Dev(dev) if dev.attach.is_none() => OnOtherChain::StartClean,
+        _ => OnOtherChain::Refuse,
+    };
+    let mut chain = match source {
+        ChainSource::Dev(dev_config) => {
+            let chain = dev::prepare(config, &dev_config).await?;
+            if config.paymaster.policies.is_empty() && config.paymaster.policies_file.is_none() {
+                let policy = crate::paymaster::dev_policy();
+                // A wallet that names no policy is sponsored under dev's only one.
+                config.paymaster.default_policy.get_or_insert_with(|| policy.id.clone());
+                config.paymaster.policies.push(policy);
+            }
+            OpenedChain {
+                anvil: chain.anvil,
+                rpc_url: chain.rpc_url,
+                provider: chain.provider,
+                deployment: chain.deployment,
+                dev_keys: chain.keys,
+            }
+        }
+        ChainSource::Remote { rpc_url, deployment } => {
+            let deployment = Deployment::load(&deployment)?;
+            let provider = connect(&rpc_url, config.chain.connect_timeout).await?;
+            OpenedChain { anvil: None, rpc_url, provider, deployment, dev_keys: DevKeys::default() }
+        }
+    };
+    chain.deployment.verify(&chain.provider).await?;
+    let genesis = genesis_hash(&chain.provider, &chain.rpc_url).await?;
+    let identity = ChainIdentity { chain_id: chain.deployment.chain_id, genesis };
+    let storage = Storage::open(&config.datadir, identity, on_other_chain).await?;
+    if is_dev {
+        // `settled dev`: its deployment file, now that this process holds the datadir, and a
+        // billing key when none is configured (kept across restarts in the datadir).
+        if on_other_chain == OnOtherChain::Refuse {
+            // Attached to a chain the datadir knows: its contracts were deployed before.
+            dev::keep_start_block(&config.datadir, &mut chain.deployment);
+        }
+        dev::save(&config.datadir, &chain.deployment)?;
+        if config.billing.api_keys.is_empty() && config.billing.api_keys_file.is_none() {
+            config.billing.api_keys.push(dev::billing_key(&config.datadir)?);
+        }
+    }
+    Ok((chain, storage))
+}
+
+/// The bundler, when enabled and keyed: its chain consumer and its loop.
+async fn start_bundler(
+    wiring: &mut Wiring,
+    follower: &mut ChainFollower,
+    dev_key: Option<PrivateKeySigner>,
+) -> Result<Option<Bundler>, NodeError> {
+    let config = &wiring.config;
+    let Some(signer) = bundler_signer(config, dev_key)? else {
+        if config.bundler.enabled {
+            warn!("bundler disabled: no key (--bundler.key-file or SETTLED_BUNDLER_KEY)");
+        }
+        return Ok(None);
+    };
+    if !config.bundler.enabled {
+        return Ok(None);
+    }
+    let settings = config.bundler.bundler_config();
+    let bundler =
+        Bundler::new(settings, wiring.provider.clone(), signer, wiring.storage.db()).await?;
+    wiring.cursors.push(("bundler", bundler.chain_cursor()?));
+    let events = follower.consumer();
+    wiring.tasks.spawn_loop("bundler", bundler.clone().run(events, wiring.cancel.clone()));
+    info!(address = %bundler.address(), mode = ?config.bundler.mode, "bundler running");
+    Ok(Some(bundler))
+}
+
+/// The paymaster, when enabled and keyed: its chain consumer and its loop.
+async fn start_paymaster(
+    wiring: &mut Wiring,
+    follower: &mut ChainFollower,
+    dev_key: Option<PrivateKeySigner>,
+) -> Result<Option<Paymaster>, NodeError> {
+    let config = &wiring.config;
+    let Some(key) = paymaster_signer(config, dev_key)? else {
+        if config.paymaster.enabled {
+            warn!("paymaster disabled: no key (--paymaster.key-file or SETTLED_PAYMASTER_KEY)");
+        }
+        return Ok(None);
+    };
+    if !config.paymaster.enabled {
+        return Ok(None);
+    }
+    let deployment = &wiring.deployment;
+    let settings = PaymasterConfig {
+        paymasters: EntryPointVersion::ALL.iter().map(|v| (*v, deployment.paymaster(*v))).collect(),
+        validity_secs: config.paymaster.validity_secs,
+        daily_budget: config.paymaster.daily_budget_wei,
+        low_deposit_wei: config.paymaster.low_deposit_wei,
+        policies: policies(config)?,
+        rules: config.bundler.params.rules(),
+        default_policy: config.paymaster.default_policy.clone(),
+        ..Default::default()
+    };
+    let signer = PaymasterSigner::new(key);
+    check_paymaster_signer(&wiring.provider, deployment, signer.address()).await;
+    let paymaster =
+        Paymaster::new(settings, wiring.provider.clone(), signer, wiring.storage.db()).await?;
+    wiring.cursors.push(("paymaster", paymaster.chain_cursor()?));
+    let events = follower.consumer();
+    wiring.tasks.spawn_loop("paymaster", paymaster.clone().run(events, wiring.cancel.clone()));
+    info!(signer = %paymaster.signer(), "paymaster running");
+    Ok(Some(paymaster))
+}
+
+/// The stream index, when the deployment has a `StreamVault`: its chain consumer and its loop.
+async fn start_stream_index(
+    wiring: &mut Wiring,
+    follower: &mut ChainFollower,
+) -> Result<Option<Arc<StreamIndex>>, NodeError> {
+    if wiring.deployment.stream_vault.is_zero() {
+        return Ok(None);
+    }
+    let db = wiring.storage.db().clone();
+    let (vault, depth) = (wiring.deployment.stream_vault, wiring.config.chain.reorg_depth);
+    let thresholds = wiring.config.billing.alerts;
+    let index =
+        tokio::task::spawn_blocking(move || StreamIndex::open(&db, vault, depth, thresholds))
+            .await
+            .map_err(|e| wiring.storage_error(e))??;
+    index.announce();
+    let index = Arc::new(index);
+    let cursor = index.cursor()?.map(|c| BlockRef { number: c.number, hash: c.hash });
+    wiring.cursors.push(("stream index", cursor));
+    let events = follower.consumer();
+    wiring.tasks.spawn_loop("stream index", index.clone().run(events, wiring.cancel.clone()));
+    Ok(Some(index))
+}
+
+/// Starts the follower after the consumers' lowest cursor, then builds the RPC module: the
+/// node's own methods, the bundler's, the paymaster's and the billing namespaces.
+fn start_follower_and_billing(
+    wiring: &Wiring,
+    mut follower: ChainFollower,
+    mut components: Components,
+    operator_key: Option<PrivateKeySigner>,
+) -> Result<(FollowerHandle, RpcModule<()>, Components), NodeError> {
+    let config = &wiring.config;
+    follower.resume_after(resume_point(&wiring.cursors));
+    let (follower, follow) = follower.into_task(wiring.cancel.child_token());
+    wiring.tasks.spawn_loop("chain follower", follow);
+    let observer = follower.subscribe();
+    wiring.tasks.spawn_loop("chain metrics", record_chain_metrics(observer, wiring.cancel.clone()));
+    let limits = rpc::HealthLimits {
+        // Ten polls missed, and at least 10 s: one slow answer is not an outage.
+        stale_after: (config.chain.poll_interval * 10).max(Duration::from_secs(10)),
+        max_lag_blocks: config.chain.reorg_depth,
+    };
+    let chain_id = wiring.deployment.chain_id;
+    let mut module = rpc::node_module(chain_id, &follower, limits, wiring.tasks.clone())?;
+    if let Some(bundler) = &components.bundler {
+        merge(&mut module, settled_bundler::bundler_module(bundler.clone(), config.rpc.debug)?)?;
+    }
+    if let Some(paymaster) = &components.paymaster {
+        merge(&mut module, paymaster_module(paymaster.clone(), config.rpc.admin)?)?;
+    }
+    if let Some(index) = components.streams.clone() {
+        let (billing, settler) = start_billing(wiring, &components, index, operator_key)?;
+        merge(&mut module, billing)?;
+        components.settlement = settler;
+    }
+    Ok((follower, module, components))
+}
+
+fn merge<T: Send + Sync + 'static>(
+    module: &mut RpcModule<()>,
+    other: RpcModule<T>,
+) -> Result<(), NodeError> {
+    module.merge(other).map_err(|e| NodeError::Metrics(e.to_string()))
+}
+
+/// The billing namespaces over the stream index: the operator's calls when it has a key,
+/// `stream_open` when the bundler and paymaster run too, settlement when the deployment has an
+/// anchor.
+fn start_billing(
+    wiring: &Wiring,
+    components: &Components,
+    index: Arc<StreamIndex>,
+    operator_key: Option<PrivateKeySigner>,
+) -> Result<(RpcModule<()>, Option<Arc<Settler>>), NodeError> {
+    let (config, deployment) = (&wiring.config, &wiring.deployment);
+    let billing = &config.billing;
+    let keys = api_keys(&billing.api_keys, billing.api_keys_file.as_deref()).map_err(|reason| {
+        NodeError::ApiKeys { path: billing.api_keys_file.clone().unwrap_or_default(), reason }
+    })?;
+    let key = load_key(
+        billing.operator_key.as_ref(),
+        billing.operator_key_file.as_deref(),
+        "operator key",
+    )?
+    .or(operator_key);
+    let Some(key) = key else {
+        return Ok((billing_module(index, keys, None, None, None), None));
+    };
+    // One sender for everything signed with the operator key: one nonce sequence.
+    let sender = Arc::new(TransactionSender::new(wiring.provider.clone(), key));
+    let operator = Operator::new(sender.clone(), deployment.stream_vault, wiring.storage.db())
+        .map_err(|e| wiring.storage_error(e))?;
+    let operator = Arc::new(operator);
+    let opener = start_opener(wiring, components, &operator)?;
+    let mut module = RpcModule::new(());
+    let mut settler = None;
+    if !deployment.settlement_anchor.is_zero() {
+        let chain = SettlementChain {
+            sender,
+            vault: deployment.stream_vault,
+            anchor: deployment.settlement_anchor,
+            chain_id: deployment.chain_id,
+        };
+        let started = Settler::new(chain, index.clone(), wiring.storage.db(), config.settlement)
+            .map_err(|e| wiring.storage_error(e))?;
+        let started = Arc::new(started);
+        merge(&mut module, settlement_module(started.clone(), config.rpc.admin))?;
+        if config.settlement.enabled {
+            let cancel = wiring.cancel.clone();
+            wiring.tasks.spawn_loop("settlement", started.clone().run(cancel));
+            info!(interval_secs = config.settlement.interval.as_secs(), "settlement running");
+        }
+        settler = Some(started);
+    }
+    let invoices = settler.clone();
+    merge(&mut module, billing_module(index, keys, Some(operator), opener, invoices))?;
+    Ok((module, settler))
+}
+
+/// `stream_open` prepares sponsored ops: it needs the bundler, the paymaster and an operator.
+fn start_opener(
+    wiring: &Wiring,
+    components: &Components,
+    operator: &Arc<Operator>,
+) -> Result<Option<Arc<Opener>>, NodeError> {
+    let (Some(bundler), Some(paymaster)) = (&components.bundler, &components.paymaster) else {
+        return Ok(None);
+    };
+    let deployment = &wiring.deployment;
+    let records =
+        wiring.storage.db().open_tree("streams.open").map_err(|e| wiring.storage_error(e))?;
+    Ok(Some(Arc::new(Opener {
+        provider: wiring.provider.clone(),
+        bundler: bundler.clone(),
+        paymaster: paymaster.clone(),
+        paymasters: EntryPointVersion::ALL.iter().map(|v| (*v, deployment.paymaster(*v))).collect(),
+        vault: deployment.stream_vault,
+        operator: operator.clone(),
+        chain_id: deployment.chain_id,
+        records,
+    })))
+}
+
+impl Wiring {
+    fn storage_error(&self, e: impl std::fmt::Display) -> NodeError {
+        NodeError::Storage { path: self.config.datadir.clone(), reason: e.to_string() }
+    }
 }
 
 /// Warns when the paymaster contracts accept another signer than our key: every sponsorship
@@ -481,22 +563,22 @@ impl NodeHandle {
 
     /// The bundler, when it runs.
     pub fn bundler(&self) -> Option<&Bundler> {
-        self.bundler.as_ref()
+        self.components.bundler.as_ref()
     }
 
     /// The stream index, when the deployment has a `StreamVault`.
     pub fn streams(&self) -> Option<&StreamIndex> {
-        self.streams.as_deref()
+        self.components.streams.as_deref()
     }
 
     /// The settlement scheduler, when the node has an operator key.
     pub fn settler(&self) -> Option<&Settler> {
-        self.settlement.as_deref()
+        self.components.settlement.as_deref()
     }
 
     /// The paymaster, when it runs.
     pub fn paymaster(&self) -> Option<&Paymaster> {
-        self.paymaster.as_ref()
+        self.components.paymaster.as_ref()
     }
 
     /// The Anvil started by `settled dev`, if any.
@@ -510,25 +592,27 @@ impl NodeHandle {
     }
 
     /// Waits for the cancellation token, then stops the server, the follower and the tasks, and
-    /// flushes the database. Anvil (if started by the node) is killed last.
+    /// flushes the database. Anvil (if started by the node) is killed last. A critical task that
+    /// ended on its own (and so stopped the node) is the error.
     pub async fn stopped(self) -> Result<(), NodeError> {
         self.cancel.cancelled().await;
         if self.server.stop().is_ok() {
             self.server.stopped().await;
         }
         self.follower.join().await;
-        for task in self.tasks {
-            if let Err(err) = task.await {
-                warn!(%err, "a node task ended abnormally");
-            }
-        }
+        let failure = self.tasks.join().await;
         self.storage.flush().await?;
         // Every chain client goes before Anvil does: a provider still alive (alloy polls the head
         // for receipt waits) would log a failed poll of the dead Anvil at every shutdown.
-        drop((self.bundler, self.paymaster, self.streams, self.settlement));
+        drop(self.components);
         tokio::task::yield_now().await;
         drop(self.anvil);
-        info!("settled stopped");
-        Ok(())
+        match failure {
+            Some(TaskFailure { task, reason }) => Err(NodeError::TaskFailed { task, reason }),
+            None => {
+                info!("settled stopped");
+                Ok(())
+            }
+        }
     }
 }

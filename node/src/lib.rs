@@ -19,6 +19,7 @@ mod sender;
 mod settlement;
 mod storage;
 mod streams;
+mod tasks;
 
 pub use cli::{Action, Cli, CliError, Command, LogConfig};
 pub use config::{
@@ -45,3 +46,4 @@ pub use streams::{
     OpenOutcome, OpenedStream, OperatorReceipt, PreparedOpen, StreamError, StreamId, StreamIndex,
     StreamNotice, StreamPage, StreamSelector, StreamState, StreamView, billing_codes,
 };
+pub use tasks::TaskFailure;

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -51,6 +51,11 @@ pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
             settled_paymaster::describe_metrics();
             crate::streams::describe_metrics();
             crate::settlement::describe_metrics();
+            metrics::gauge!(names::INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            metrics::gauge!(names::START_TIME).set(now.as_secs_f64());
             Ok(handle)
         })
         .clone()
@@ -88,12 +93,12 @@ fn describe() {
     describe_gauge!(names::START_TIME, Unit::Seconds, "Unix time at which the node started");
 }
 
-/// Serves `/metrics` on `addr` until `cancel` fires; returns the bound address.
+/// Binds `/metrics` on `addr`; returns the bound address and the serving loop (until `cancel`).
 pub(crate) async fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
     cancel: CancellationToken,
-) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + Send + 'static), NodeError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| NodeError::Bind {
         what: "metrics",
         addr,
@@ -104,7 +109,7 @@ pub(crate) async fn serve(
         addr,
         source,
     })?;
-    let task = tokio::spawn(async move {
+    let task = async move {
         loop {
             let stream = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -127,7 +132,7 @@ pub(crate) async fn serve(
                 }
             });
         }
-    });
+    };
     Ok((bound, task))
 }
 

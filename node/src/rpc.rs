@@ -16,7 +16,12 @@ use serde::Serialize;
 use settled_contracts::{BlockRef, ChainContact, FollowerHandle};
 use tokio::sync::watch;
 
-use crate::{config::RpcConfig, error::NodeError, streams::BearerLayer};
+use crate::{
+    config::RpcConfig,
+    error::NodeError,
+    streams::BearerLayer,
+    tasks::{CriticalTasks, TaskState},
+};
 
 /// The node's identification in `web3_clientVersion`.
 pub(crate) const CLIENT_VERSION: &str = concat!("settled/v", env!("CARGO_PKG_VERSION"));
@@ -39,6 +44,8 @@ struct Health {
     chain_head: Option<u64>,
     /// Seconds since the node last heard from the chain.
     last_chain_contact_secs: Option<u64>,
+    /// Each component (supervised task) and its state.
+    components: std::collections::BTreeMap<&'static str, TaskState>,
     problems: Vec<String>,
 }
 
@@ -51,34 +58,12 @@ pub(crate) struct HealthLimits {
     pub max_lag_blocks: u64,
 }
 
-/// The node's long-running tasks by name: one that has ended is a problem health reports (the
-/// node keeps serving, but, say, ops it accepts would never be bundled).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct TaskWatch(Arc<std::sync::Mutex<Vec<(&'static str, tokio::task::AbortHandle)>>>);
-
-impl TaskWatch {
-    /// Watches `task` under `name`.
-    pub(crate) fn add<T>(&self, name: &'static str, task: &tokio::task::JoinHandle<T>) {
-        if let Ok(mut tasks) = self.0.lock() {
-            tasks.push((name, task.abort_handle()));
-        }
-    }
-
-    /// The names of the tasks that have ended.
-    fn ended(&self) -> Vec<&'static str> {
-        self.0.lock().map_or_else(
-            |_| vec!["task list"],
-            |tasks| tasks.iter().filter(|(_, t)| t.is_finished()).map(|(n, _)| *n).collect(),
-        )
-    }
-}
-
 struct NodeInfo {
     chain_id: u64,
     head: watch::Receiver<Option<BlockRef>>,
     contact: watch::Receiver<Option<ChainContact>>,
     limits: HealthLimits,
-    tasks: TaskWatch,
+    tasks: CriticalTasks,
 }
 
 impl NodeInfo {
@@ -99,8 +84,11 @@ impl NodeInfo {
         {
             problems.push(format!("{} blocks behind the chain", chain - head));
         }
-        for task in self.tasks.ended() {
-            problems.push(format!("the {task} task has stopped"));
+        let components = self.tasks.states();
+        for (task, state) in &components {
+            if *state != TaskState::Running {
+                problems.push(format!("the {task} task has stopped"));
+            }
         }
         Health {
             status: if problems.is_empty() { "ok" } else { "degraded" },
@@ -108,6 +96,7 @@ impl NodeInfo {
             head_block,
             chain_head: contact.map(|c| c.chain_head),
             last_chain_contact_secs: age.map(|a| a.as_secs()),
+            components,
             problems,
         }
     }
@@ -119,7 +108,7 @@ pub(crate) fn node_module(
     chain_id: u64,
     follower: &FollowerHandle,
     limits: HealthLimits,
-    tasks: TaskWatch,
+    tasks: CriticalTasks,
 ) -> Result<RpcModule<()>, NodeError> {
     let info = Arc::new(NodeInfo {
         chain_id,
@@ -210,7 +199,7 @@ pub(crate) async fn serve(
 mod tests {
     use super::*;
 
-    fn info(contact: Option<ChainContact>, tasks: TaskWatch) -> NodeInfo {
+    fn info(contact: Option<ChainContact>, tasks: CriticalTasks) -> NodeInfo {
         let head = BlockRef { number: 10, hash: Default::default() };
         NodeInfo {
             chain_id: 1,
@@ -228,14 +217,14 @@ mod tests {
     #[tokio::test]
     async fn health_names_each_problem() {
         let fresh = ChainContact { at: std::time::Instant::now(), chain_head: 12 };
-        let tasks = TaskWatch::default();
-        let running = tokio::spawn(std::future::pending::<()>());
-        tasks.add("bundler", &running);
+        let tasks = CriticalTasks::new(tokio_util::sync::CancellationToken::new());
+        tasks.spawn_loop("bundler", std::future::pending::<()>());
         assert_eq!(info(Some(fresh), tasks.clone()).health().status, "ok");
 
-        let ended = tokio::spawn(async {});
-        tasks.add("settlement", &ended);
-        let _ = ended.await;
+        tasks.spawn_loop("settlement", async {});
+        while tasks.states()["settlement"] == TaskState::Running {
+            tokio::task::yield_now().await;
+        }
         let behind = ChainContact { at: std::time::Instant::now(), chain_head: 500 };
         let health = info(Some(behind), tasks).health();
         assert_eq!(health.status, "degraded");
@@ -247,9 +236,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            info(None, TaskWatch::default()).health().problems,
+            info(None, CriticalTasks::new(Default::default())).health().problems,
             vec!["the chain has not answered yet".to_owned()]
         );
-        running.abort();
     }
 }
