@@ -350,7 +350,12 @@ impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
                     && len >= U256::from(32)
                     && len <= U256::from(1024)
                 {
-                    let (offset, len) = (offset.to::<usize>(), len.to::<usize>());
+                    // The offset is the validating code's to choose: one past usize is not a
+                    // preimage we could read (the opcode itself runs out of gas).
+                    let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len))
+                    else {
+                        return;
+                    };
                     if offset.saturating_add(len) <= interp.memory.size() {
                         let data = interp.memory.slice(offset..offset + len);
                         if data[..12].iter().all(|b| *b == 0) {

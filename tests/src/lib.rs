@@ -731,5 +731,6 @@ pub mod testing_contracts {
         pub const CONTEXT: u64 = 13;
         pub const STORAGE_SWEEP: u64 = 14;
         pub const SECOND_CREATE2: u64 = 15;
+        pub const HUGE_KECCAK_OFFSET: u64 = 16;
     }
 }

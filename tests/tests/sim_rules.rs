@@ -128,6 +128,24 @@ async fn account_rules_report_exact_ids() -> TestResult {
     Ok(())
 }
 
+/// Validation code picks KECCAK256's memory offset; one past 2^64 used to panic the tracer (a
+/// crash answered as an internal error). It is the account's revert now, like any out-of-gas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keccak_offset_past_usize_is_the_accounts_failure() -> TestResult {
+    let setup = setup(EntryPointVersion::V07).await?;
+    let account = RuleBreakingAccount::new(setup.account, setup.chain.provider());
+    let what = U256::from(breaks::HUGE_KECCAK_OFFSET);
+    account.setBreaks(what).send().await?.get_receipt().await?;
+    let op = setup.op(EntryPointVersion::V07, false).await?;
+    match setup.simulate(EntryPointVersion::V07, op).await? {
+        Err(SimError::Rejected { reason, .. }) => {
+            assert!(reason.starts_with("AA23"), "{reason}");
+        }
+        other => return Err(format!("expected the account's AA23, got {other:?}").into()),
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paymaster_rules_depend_on_stake() -> TestResult {
     for version in EntryPointVersion::ALL {

@@ -38,6 +38,7 @@ library Breaks {
     uint256 internal constant CONTEXT = 13; // EREP-050 for an unstaked paymaster
     uint256 internal constant STORAGE_SWEEP = 14; // reads fresh slots until out of gas (time bound)
     uint256 internal constant SECOND_CREATE2 = 15; // OP-031
+    uint256 internal constant HUGE_KECCAK_OFFSET = 16; // KECCAK256 at offset 2^64: out of gas
 
     function run(uint256 what, address entryPoint, RuleTarget target) internal returns (uint256 sink) {
         if (what == TIMESTAMP) {
@@ -72,6 +73,10 @@ library Breaks {
             sink = block.timestamp + block.number;
         } else if (what == SECOND_CREATE2) {
             sink = uint160(address(new RuleTarget{salt: keccak256("second")}()));
+        } else if (what == HUGE_KECCAK_OFFSET) {
+            assembly {
+                sink := keccak256(shl(64, 1), 32)
+            }
         } else if (what == STORAGE_SWEEP) {
             // Every slot is new, so a simulator forking remote state fetches each one.
             for (uint256 slot = 1000; slot != 0; slot++) {
