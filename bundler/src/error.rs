@@ -50,10 +50,15 @@ pub enum BundlerError {
         /// `throttled` or `banned`.
         status: &'static str,
     },
-    /// An entity needs a stake it does not have (-32505).
-    #[error("{entity} {address} stake too low")]
+    /// An entity needs a stake it does not have (-32505): an unstaked sender, factory or
+    /// paymaster at its mempool limit (UREP-010, UREP-020).
+    #[error(
+        "{reason}: stake {entity} {address} (at least {minimum_stake} wei, unstake delay {minimum_unstake_delay} s) to send more"
+    )]
     StakeTooLow {
-        /// `paymaster`, `factory`, `account`.
+        /// What the missing stake would allow.
+        reason: String,
+        /// `paymaster`, `factory`, `sender`.
         entity: &'static str,
         /// Its address.
         address: Address,
@@ -93,6 +98,24 @@ pub(crate) fn revert_reason(data: &[u8]) -> String {
 }
 
 impl BundlerError {
+    /// The bundler's verdict on a mempool refusal: the limits of unstaked entities are a stake
+    /// too low (-32505, with the stake that lifts them), the rest invalid input.
+    pub fn from_pool(error: crate::pool::PoolError, params: &crate::MempoolParams) -> Self {
+        use crate::pool::PoolError as P;
+        let (entity, address) = match &error {
+            P::SenderLimit { sender, .. } => ("sender", *sender),
+            P::EntityLimit { entity, address, .. } => (*entity, *address),
+            _ => return Self::Mempool(error),
+        };
+        Self::StakeTooLow {
+            reason: error.to_string(),
+            entity,
+            address,
+            minimum_stake: params.min_stake,
+            minimum_unstake_delay: params.min_unstake_delay,
+        }
+    }
+
     /// The bundler's verdict on a simulation failure of the op whose paymaster is `paymaster`.
     pub fn from_sim(error: SimError, paymaster: Option<Address>) -> Self {
         // `FailedOpWithRevert`: the entity's own revert reason belongs in the message.

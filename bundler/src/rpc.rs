@@ -71,7 +71,7 @@ fn code_and_data(error: &BundlerError) -> (i32, Option<serde_json::Value>) {
         E::Reputation { entity, address, .. } => {
             (codes::THROTTLED_OR_BANNED, Some(json!({ *entity: address })))
         }
-        E::StakeTooLow { entity, address, minimum_stake, minimum_unstake_delay } => (
+        E::StakeTooLow { entity, address, minimum_stake, minimum_unstake_delay, .. } => (
             codes::STAKE_TOO_LOW,
             Some(json!({
                 *entity: address,
@@ -412,6 +412,20 @@ mod tests {
             (BundlerError::UnsupportedEntryPoint(a), codes::INVALID_PARAMS),
             (PoolError::Duplicate(B256::ZERO).into(), codes::INVALID_PARAMS),
             (PoolError::SenderLimit { sender: a, allowed: 4 }.into(), codes::INVALID_PARAMS),
+            (
+                BundlerError::from_pool(
+                    PoolError::SenderLimit { sender: a, allowed: 4 },
+                    &Default::default(),
+                ),
+                codes::STAKE_TOO_LOW,
+            ),
+            (
+                BundlerError::from_pool(
+                    PoolError::EntityLimit { entity: "factory", address: a, allowed: 10 },
+                    &Default::default(),
+                ),
+                codes::STAKE_TOO_LOW,
+            ),
             (PoolError::SenderIsEntity(a).into(), codes::BANNED_OPCODE_OR_STORAGE),
             (
                 PoolError::EntityIsSender { entity: "Paymaster", address: a }.into(),
@@ -444,6 +458,7 @@ mod tests {
             ),
             (
                 BundlerError::StakeTooLow {
+                    reason: "x".into(),
                     entity: "paymaster",
                     address: a,
                     minimum_stake: U256::from(1),

@@ -627,7 +627,8 @@ impl Bundler {
                 }
                 None => usize::MAX,
             };
-            pool.add(entry, allowance)?
+            pool.add(entry, allowance)
+                .map_err(|e| BundlerError::from_pool(e, &self.shared.config.params))?
         };
         self.charge(version, &charged, Reputation::seen)?;
         for old in &displaced {

@@ -684,8 +684,10 @@ async fn mempool_rules_and_limits_over_rpc() -> TestResult {
         hashes.push(ok(send(&node, version, op).await?)?);
     }
     let refused = send(&node, version, last).await?.err().ok_or("a fifth op was accepted")?;
-    assert_eq!(refused.0, i64::from(codes::INVALID_PARAMS), "{refused:?}");
+    // UREP-010: an unstaked sender's limit is lifted by a stake (-32505, ERC-7769).
+    assert_eq!(refused.0, i64::from(codes::STAKE_TOO_LOW), "{refused:?}");
     assert!(refused.1.contains("already has 4"), "{refused:?}");
+    assert!(refused.1.contains("stake sender"), "{refused:?}");
 
     // A replacement with both fees 10% higher takes the first op's place.
     let mut replacement = allowed[0].clone();
@@ -721,14 +723,14 @@ async fn mempool_rules_and_limits_over_rpc() -> TestResult {
     let dump = ok(call(&node, "debug_bundler_dumpMempool", json!([entry_point])).await?)?;
     assert_eq!(dump.as_array().map(Vec::len), Some(allowed.len()), "nothing accepted was lost");
 
-    // The unstaked factory: SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT account creations, then -32602.
+    // The unstaked factory: SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT account creations, then -32505.
     let limit = settled_bundler::SAME_UNSTAKED_ENTITY_MEMPOOL_COUNT;
     for created in 0..=limit {
         let op = funded_op(&node, version, &PrivateKeySigner::random()).await?;
         match send(&node, version, &op).await? {
             Ok(_) if created < limit => {}
             Err((code, message)) if created == limit => {
-                assert_eq!(code, i64::from(codes::INVALID_PARAMS), "{message}");
+                assert_eq!(code, i64::from(codes::STAKE_TOO_LOW), "{message}");
                 assert!(message.contains("unstaked factory"), "{message}");
             }
             other => return Err(format!("creation #{created}: {other:?}").into()),

@@ -162,6 +162,9 @@ impl Operator {
                 None => Err(error(codes::CONFLICT, "retry shortly")),
             };
         }
+        // A call abandoned before it signed (its client went away and the server dropped it)
+        // frees its key; past the durable `Sent`, the record stays for the retry.
+        let _claim = ClaimGuard { records: &self.records, id, params, boot: self.boot };
         // A call the vault would refuse is answered now, with its reason, instead of being mined
         // as a reverted transaction.
         let tx = tx.from(self.address);
@@ -256,6 +259,25 @@ impl Operator {
             .map_err(internal)?;
         self.records.insert(id, done).map_err(internal)?;
         Ok(result)
+    }
+}
+
+/// Frees a `Claimed` record when its call ends without replacing it: the call was dropped
+/// before anything was signed, so nothing of it can reach the chain.
+struct ClaimGuard<'a> {
+    records: &'a sled::Tree,
+    id: B256,
+    params: B256,
+    boot: u64,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        let claim = Record::Claimed { params: self.params, boot: self.boot };
+        if let Ok(claim) = serde_json::to_vec(&claim) {
+            // Only our own claim: a `Sent` or `Done` written since is left alone.
+            let _ = self.records.compare_and_swap(self.id, Some(claim), None as Option<&[u8]>);
+        }
     }
 }
 
@@ -451,4 +473,37 @@ async fn mutate(
     // mutation's checks) includes its block.
     billing.wait_for_block(receipt.block_number).await;
     Ok(receipt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call dropped while it checks its transaction (say, its HTTP client went away) leaves
+    /// no claim behind: a retry with the same key proceeds instead of answering -32004 forever.
+    #[tokio::test]
+    async fn an_abandoned_call_frees_its_key() -> Result<(), Box<dyn std::error::Error>> {
+        // A chain endpoint that accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", silent.local_addr()?);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let provider = alloy::providers::ProviderBuilder::new().connect_http(url.parse()?).erased();
+        let key = alloy::signers::local::PrivateKeySigner::random();
+        let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path())?;
+        let sender = Arc::new(TransactionSender::new(provider, key));
+        let operator = Operator::new(sender, Address::ZERO, &db)?;
+        let (id, params) = (B256::repeat_byte(1), B256::repeat_byte(2));
+        let call = operator.send_once(id, params, TransactionRequest::default());
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(200), call).await;
+        assert!(abandoned.is_err(), "the call was still checking its transaction");
+        assert_eq!(operator.replay(id, params).await?, None, "the key is free again");
+        assert!(operator.records.get(id)?.is_none());
+        Ok(())
+    }
 }
