@@ -506,8 +506,56 @@ mod tests {
             ("Unauthorized", codes::UNAUTHORIZED),
             ("Forbidden", codes::FORBIDDEN),
             ("Conflict", codes::CONFLICT),
+            ("Internal", codes::INTERNAL),
         ] {
             assert_eq!(doc["components"]["errors"][name]["code"].as_i64(), Some(i64::from(code)));
+        }
+        Ok(())
+    }
+
+    /// The codes each method declares, its `$ref`s resolved (a dangling one fails).
+    fn declared_codes(doc: &serde_json::Value, method: &str) -> Vec<i64> {
+        let methods = doc["methods"].as_array().into_iter().flatten();
+        let method = methods.filter(|m| m["name"] == method).next_back();
+        let refs = method.and_then(|m| m["errors"].as_array()).into_iter().flatten();
+        refs.map(|r| {
+            let name = r["$ref"].as_str().and_then(|r| r.rsplit('/').next()).unwrap_or_default();
+            let code = doc["components"]["errors"][name]["code"].as_i64();
+            code.unwrap_or_else(|| panic!("{method:?}: dangling error {r}"))
+        })
+        .collect()
+    }
+
+    /// `stream_open` and `stream_topUp` answer the bundler's and the paymaster's ERC-7769 codes
+    /// as they are (the op they prepare is theirs to judge): the document declares every one.
+    #[test]
+    fn openrpc_declares_the_codes_sponsored_calls_pass_through() -> Result<(), serde_json::Error> {
+        use settled_contracts::rpc_codes as erc7769;
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../openrpc/stream.json"))?;
+        for method in ["stream_open", "stream_topUp"] {
+            let declared = declared_codes(&doc, method);
+            for code in [
+                erc7769::INVALID_PARAMS,
+                erc7769::REJECTED_BY_ENTRY_POINT,
+                erc7769::REJECTED_BY_PAYMASTER,
+                erc7769::BANNED_OPCODE_OR_STORAGE,
+                erc7769::OUT_OF_TIME_RANGE,
+                erc7769::THROTTLED_OR_BANNED,
+                erc7769::STAKE_TOO_LOW,
+                erc7769::INVALID_SIGNATURE,
+                erc7769::PAYMASTER_DEPOSIT_TOO_LOW,
+                erc7769::EXECUTION_REVERTED,
+                erc7769::INTERNAL,
+                codes::UNAUTHORIZED,
+                codes::FORBIDDEN,
+            ] {
+                assert!(declared.contains(&i64::from(code)), "{method} does not declare {code}");
+            }
+        }
+        for method in doc["methods"].as_array().into_iter().flatten() {
+            let name = method["name"].as_str().unwrap_or_default();
+            assert!(declared_codes(&doc, name).contains(&i64::from(codes::INTERNAL)), "{name}");
         }
         Ok(())
     }
