@@ -20,7 +20,7 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 use settled_contracts::{
     BlockRef, ChainCursor, ChainEvent, ChainEvents, ChecksummedAddress, EntryPointVersion,
-    PackedUserOperation, UserOperation, v07,
+    PackedUserOperation, Refusal, UserOperation, v07,
 };
 use settled_sim::{
     AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, EstimationMargins,
@@ -1566,9 +1566,7 @@ impl Bundler {
                     return Ok(());
                 }
                 Err(error)
-                    if ["base fee", "underpriced"]
-                        .iter()
-                        .any(|m| error.to_string().contains(m))
+                    if Refusal::of(&error) == Some(Refusal::Underpriced)
                         && tokio::time::Instant::now() < sent.deadline =>
                 {
                     let ceiling = self.shared.config.max_fee_per_gas;
@@ -1581,7 +1579,8 @@ impl Bundler {
                     tokio::time::sleep(REPRICE_DELAY).await;
                 }
                 Err(error) if first => return Err(rpc_error(error)),
-                // E.g. "nonce too low": an earlier attempt was mined meanwhile.
+                // Nonce too low: an earlier attempt was mined meanwhile; already known: the
+                // node has this attempt. Either way the bundle's wait goes on.
                 Err(error) => {
                     warn!(%error, "bundle replacement not accepted");
                     return Ok(());

@@ -5,6 +5,7 @@
 //!   `contracts/artifacts/` (regenerate with `cargo artifacts`).
 //! * [`deploy_all`]: canonical, idempotent deployment onto a dev chain, yielding a [`Deployment`].
 //! * [`ChainFollower`]: the node's one view of the chain — new blocks, their logs, reorgs.
+//! * [`TransactionSender`]: one key's transactions — nonces, fees, replacement, typed refusals.
 //! * [`UserOperation`]: the op in ERC-7769's JSON shape (bundler and paymaster RPC), packed into
 //!   [`PackedUserOperation`] for the EntryPoint.
 //! * With feature `anvil`: [`LocalAnvil`], a local Anvil from the pinned npm package.
@@ -16,6 +17,7 @@ mod cursor;
 mod deploy;
 mod deployment;
 mod follower;
+mod sender;
 mod user_op;
 mod user_operation;
 
@@ -39,6 +41,9 @@ pub use deployment::{
 pub use follower::{
     BlockRef, ChainContact, ChainEvent, ChainEvents, ChainFollower, FollowerConfig, FollowerHandle,
     NewBlock, Reorg,
+};
+pub use sender::{
+    ACCRUAL_HEADROOM, Refusal, SendError, SentTransaction, Signed, TransactionSender, gas_limit_for,
 };
 pub use user_op::{EIP7702_INIT_CODE_MARKER, pack_u128s, stub_account_signature, unpack_u128s};
 pub use user_operation::{ChecksummedAddress, InvalidUserOperation, UserOperation, rpc_codes};

@@ -11,7 +11,7 @@ use jsonrpsee::{RpcModule, server::ServerHandle};
 use settled_bundler::Bundler;
 use settled_contracts::{
     BlockRef, ChainEvent, ChainFollower, Deployment, EntryPointVersion, FollowerHandle, LocalAnvil,
-    SponsorPaymaster,
+    SponsorPaymaster, TransactionSender,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,6 @@ use crate::{
     metrics::{self, names},
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
-    sender::TransactionSender,
     settlement::{SettlementChain, Settler, settlement_module},
     storage::{ChainIdentity, OnOtherChain, Storage},
     streams::{Opener, Operator, StreamIndex, api_keys, billing_module},

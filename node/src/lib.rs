@@ -15,7 +15,6 @@ mod metrics;
 mod paymaster;
 mod request_ids;
 mod rpc;
-mod sender;
 mod settlement;
 mod storage;
 mod streams;
@@ -32,7 +31,7 @@ pub use launch::{NodeHandle, connect, launch};
 pub use paymaster::{
     PaymasterAction, PaymasterCommandConfig, PaymasterCommandOutput, run_paymaster_command,
 };
-pub use sender::SentTransaction;
+pub use settled_contracts::SentTransaction;
 pub use settlement::{
     BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, BatchContext, BatchStage, Invoice, InvoiceLine,
     InvoiceTotal, MerkleTree, PAYLOAD_HEADER_LEN, RECORD_LEN, ReceiptError, SchedulerError,

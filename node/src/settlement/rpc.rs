@@ -168,7 +168,7 @@ mod tests {
             .connect_http("http://127.0.0.1:1".parse()?)
             .erased();
         let key = alloy::signers::local::PrivateKeySigner::random();
-        let sender = std::sync::Arc::new(crate::sender::TransactionSender::new(provider, key));
+        let sender = std::sync::Arc::new(settled_contracts::TransactionSender::new(provider, key));
         let chain = super::super::SettlementChain {
             sender,
             vault: Address::ZERO,

@@ -38,10 +38,8 @@ use super::{
     split_into_blobs,
     usage::{UsageError, UsageLog},
 };
-use crate::{
-    sender::{SentTransaction, TransactionSender},
-    streams::{StreamIndex, StreamSelector, StreamState},
-};
+use crate::streams::{StreamIndex, StreamSelector, StreamState};
+use settled_contracts::{SentTransaction, TransactionSender};
 
 /// Re-pricings of one transaction within a round before the round gives up (and the next
 /// round carries on).

@@ -24,7 +24,7 @@ use jsonrpsee::{
 use serde::{Deserialize, Serialize};
 use settled_contracts::StreamVault;
 
-use crate::sender::{SendError, TransactionSender};
+use settled_contracts::{SendError, TransactionSender};
 
 use super::{
     index::StreamId,

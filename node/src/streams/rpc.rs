@@ -482,7 +482,7 @@ mod tests {
             .connect_http("http://127.0.0.1:1".parse()?)
             .erased();
         let key = alloy::signers::local::PrivateKeySigner::random();
-        let sender = Arc::new(crate::sender::TransactionSender::new(provider, key));
+        let sender = Arc::new(settled_contracts::TransactionSender::new(provider, key));
         let operator = Arc::new(super::super::operator::Operator::new(sender, Address::ZERO, &db)?);
         let module = billing_module(index, Vec::new(), Some(operator), None, None);
         let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();

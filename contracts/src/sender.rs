@@ -1,6 +1,8 @@
-//! The operator's transaction sender: every transaction the node signs with the operator key —
-//! billing calls, relayed `openFor`s, settlement withdrawals and commits — goes through one
-//! [`TransactionSender`], so they share one nonce sequence and one gas policy.
+//! The transaction sender: every transaction the node signs with one key goes through one
+//! [`TransactionSender`] — for the operator key: billing calls, relayed `openFor`s, settlement
+//! withdrawals and commits — so they share one nonce sequence and one gas policy. A node's
+//! refusal is typed ([`Refusal`]) from its error, for every sender of the node alike (the
+//! bundler's submissions included).
 //!
 //! * Nonces: taken from the node's pending count under one lock, so concurrent senders never
 //!   reuse a nonce, and a transaction the node dropped leaves no gap behind it (a local counter
@@ -25,10 +27,10 @@ use alloy::{
 
 /// Gas beyond the estimate for an ERC-20 transfer the estimate did not see: a balance slot
 /// written from zero (22,100), the `Transfer` log (~1,800) and the call (~2,600 cold), rounded up.
-pub(crate) const ACCRUAL_HEADROOM: u64 = 30_000;
+pub const ACCRUAL_HEADROOM: u64 = 30_000;
 
 /// The gas limit for an estimate: a fifth more plus [`ACCRUAL_HEADROOM`].
-pub(crate) fn gas_limit_for(estimate: u64) -> u64 {
+pub fn gas_limit_for(estimate: u64) -> u64 {
     estimate.saturating_add(estimate / 5).saturating_add(ACCRUAL_HEADROOM)
 }
 
@@ -57,9 +59,45 @@ pub struct SentTransaction {
     pub max_fee_per_blob_gas: Option<u128>,
 }
 
+/// What a node's refusal of a transaction means for its sender (geth's, reth's and Anvil's
+/// wording; anything else is [`Refusal::Other`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The nonce is used already: an earlier transaction at it was mined.
+    NonceTooLow,
+    /// The fees are too low: under the base fee, or a replacement that does not outbid.
+    Underpriced,
+    /// The node has this very transaction already.
+    AlreadyKnown,
+    /// The sender cannot pay for it.
+    InsufficientFunds,
+    /// Any other refusal (a revert in the estimate, a limit of the node).
+    Other,
+}
+
+impl Refusal {
+    /// The refusal `error` is, if the node answered with one (`None`: a transport failure, after
+    /// which the transaction may have reached the node).
+    pub fn of(error: &TransportError) -> Option<Self> {
+        let message = error.as_error_resp()?.message.to_ascii_lowercase();
+        let has = |words: &[&str]| words.iter().any(|w| message.contains(w));
+        Some(if has(&["nonce too low", "nonce has already been used"]) {
+            Self::NonceTooLow
+        } else if has(&["underpriced", "base fee", "max fee per gas less than", "fee too low"]) {
+            Self::Underpriced
+        } else if has(&["already known", "already imported", "known transaction"]) {
+            Self::AlreadyKnown
+        } else if has(&["insufficient funds"]) {
+            Self::InsufficientFunds
+        } else {
+            Self::Other
+        })
+    }
+}
+
 /// Why a transaction was not sent.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SendError {
+pub enum SendError {
     /// The node refused to estimate it: it would revert, or the operator cannot pay.
     #[error("the node refuses the transaction: {0}")]
     Refused(TransportError),
@@ -77,7 +115,7 @@ pub(crate) enum SendError {
 impl SendError {
     /// Whether the node answered with a refusal (so the transaction is certainly not in its
     /// pool), as opposed to a transport failure after which it may be.
-    pub(crate) fn refused_by_node(&self) -> bool {
+    pub fn refused_by_node(&self) -> bool {
         match self {
             Self::Refused(_) | Self::Signing(_) | Self::Record(_) => true,
             Self::Transport(e) => e.as_error_resp().is_some(),
@@ -85,19 +123,19 @@ impl SendError {
     }
 }
 
-/// A transaction signed at the operator's next nonce, not yet broadcast: the caller records
+/// A transaction signed at the sender's next nonce, not yet broadcast: the caller records
 /// `raw` durably, then [`TransactionSender::broadcast`]s it. Holds the nonce lock meanwhile.
-pub(crate) struct Signed<'a> {
+pub struct Signed<'a> {
     _nonce: tokio::sync::MutexGuard<'a, ()>,
     /// What was signed.
-    pub(crate) sent: SentTransaction,
+    pub sent: SentTransaction,
     /// The signed transaction, EIP-2718 encoded.
-    pub(crate) raw: Bytes,
+    pub raw: Bytes,
 }
 
 /// Signs and sends the operator's transactions (see the module docs).
 #[derive(Debug)]
-pub(crate) struct TransactionSender {
+pub struct TransactionSender {
     provider: DynProvider,
     wallet: EthereumWallet,
     address: Address,
@@ -107,7 +145,7 @@ pub(crate) struct TransactionSender {
 
 impl TransactionSender {
     /// A sender signing with `signer` over `provider`.
-    pub(crate) fn new(provider: DynProvider, signer: PrivateKeySigner) -> Self {
+    pub fn new(provider: DynProvider, signer: PrivateKeySigner) -> Self {
         let address = signer.address();
         let wallet = EthereumWallet::from(signer);
         let provider =
@@ -116,18 +154,18 @@ impl TransactionSender {
     }
 
     /// The signing provider (for reads and receipts; send through [`Self::send`]).
-    pub(crate) fn provider(&self) -> &DynProvider {
+    pub fn provider(&self) -> &DynProvider {
         &self.provider
     }
 
     /// The operator's address.
-    pub(crate) fn address(&self) -> Address {
+    pub fn address(&self) -> Address {
         self.address
     }
 
     /// Sends `tx` (from the operator) at the next nonce, market fees unless `tx` sets them,
     /// and a gas limit with headroom.
-    pub(crate) async fn send(&self, tx: TransactionRequest) -> Result<SentTransaction, SendError> {
+    pub async fn send(&self, tx: TransactionRequest) -> Result<SentTransaction, SendError> {
         let _nonce = self.nonce_lock.lock().await;
         let nonce = self.provider.get_transaction_count(self.address).pending().await?;
         let mut tx = tx.from(self.address).nonce(nonce);
@@ -142,7 +180,7 @@ impl TransactionSender {
     /// Signs `tx` (from the operator) at the next nonce, market fees, a gas limit with headroom,
     /// without sending it: what must survive a crash is recorded by the caller first (a kill -9
     /// after the broadcast then finds the transaction instead of sending another).
-    pub(crate) async fn sign(&self, tx: TransactionRequest) -> Result<Signed<'_>, SendError> {
+    pub async fn sign(&self, tx: TransactionRequest) -> Result<Signed<'_>, SendError> {
         let nonce_guard = self.nonce_lock.lock().await;
         let nonce = self.provider.get_transaction_count(self.address).pending().await?;
         let chain_id = self.provider.get_chain_id().await?;
@@ -168,7 +206,7 @@ impl TransactionSender {
     }
 
     /// Sends a transaction [`Self::sign`] made (and its caller recorded); releases the nonce.
-    pub(crate) async fn broadcast(&self, signed: Signed<'_>) -> Result<SentTransaction, SendError> {
+    pub async fn broadcast(&self, signed: Signed<'_>) -> Result<SentTransaction, SendError> {
         let _pending = self.provider.send_raw_transaction(&signed.raw).await?;
         Ok(signed.sent)
     }
@@ -176,7 +214,7 @@ impl TransactionSender {
     /// Sends a recorded transaction again (after a restart): the node may never have had it.
     /// The same bytes, so it is mined at most once; "already known" and a nonce already used
     /// (it was mined) are not errors.
-    pub(crate) async fn rebroadcast(&self, raw: &Bytes) -> Result<(), SendError> {
+    pub async fn rebroadcast(&self, raw: &Bytes) -> Result<(), SendError> {
         match self.provider.send_raw_transaction(raw).await {
             Ok(_) => Ok(()),
             Err(e) if e.as_error_resp().is_some() => Ok(()),
@@ -187,7 +225,7 @@ impl TransactionSender {
     /// Sends `tx` again at `previous`'s nonce, outbidding it: every fee at least doubled and
     /// at least the market's. `tx` carries the blob fee cap it may pay, if it has blobs; the
     /// caller keeps it within its bound.
-    pub(crate) async fn resend(
+    pub async fn resend(
         &self,
         previous: &SentTransaction,
         tx: TransactionRequest,
@@ -228,6 +266,29 @@ impl TransactionSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Node refusals by their wording (geth, reth, Anvil); transport failures are none.
+    #[test]
+    fn refusals_are_typed() {
+        let refusal = |message: &str| {
+            let payload = serde_json::json!({ "code": -32000, "message": message });
+            let payload = serde_json::from_value(payload).ok()?;
+            Refusal::of(&TransportError::ErrorResp(payload))
+        };
+        for (message, expected) in [
+            ("nonce too low: next nonce 5, tx nonce 4", Refusal::NonceTooLow),
+            ("replacement transaction underpriced", Refusal::Underpriced),
+            ("max fee per gas less than block base fee", Refusal::Underpriced),
+            ("transaction underpriced", Refusal::Underpriced),
+            ("already known", Refusal::AlreadyKnown),
+            ("insufficient funds for gas * price + value", Refusal::InsufficientFunds),
+            ("execution reverted", Refusal::Other),
+        ] {
+            assert_eq!(refusal(message), Some(expected), "{message}");
+        }
+        let transport = TransportError::local_usage_str("connection refused");
+        assert_eq!(Refusal::of(&transport), None);
+    }
 
     #[test]
     fn headroom_covers_a_transfer_the_estimate_did_not_see() {
