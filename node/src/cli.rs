@@ -729,11 +729,11 @@ impl NodeArgs {
                 api_keys: Vec::new(),
                 operator_key: self.billing_operator_key.map(SecretKey),
                 operator_key_file: self.billing_operator_key_file,
-                alerts: crate::streams::AlertThresholds {
+                alerts: settled_streams::AlertThresholds {
                     low_balance_secs: self.billing_low_balance_secs,
                 },
             },
-            settlement: crate::settlement::SettlementSettings {
+            settlement: settled_settlement::SettlementSettings {
                 enabled: !self.settlement_disable,
                 interval: Duration::from_secs(self.settlement_interval_secs.max(1)),
                 withdraw_batch: self.settlement_withdraw_batch.max(1),

@@ -27,7 +27,7 @@ pub struct NodeConfig {
     /// The billing RPC (`stream_*`).
     pub billing: BillingSettings,
     /// Settlement batches (run by the streams' operator key).
-    pub settlement: crate::settlement::SettlementSettings,
+    pub settlement: settled_settlement::SettlementSettings,
 }
 
 /// Who may use the billing RPC.
@@ -36,14 +36,14 @@ pub struct BillingSettings {
     /// A TOML file of `[[keys]]` (name, keccak256 of the token, payees or `all`).
     pub api_keys_file: Option<PathBuf>,
     /// Keys given directly (embedders, tests); the file's are added.
-    pub api_keys: Vec<crate::streams::ApiKey>,
+    pub api_keys: Vec<settled_streams::ApiKey>,
     /// The key the node signs streams' operator transactions with (pause, resume, lower the
     /// rate, withdraw, close); without one the mutating `stream_*` methods are not served.
     pub operator_key: Option<SecretKey>,
     /// A file holding that key (hex).
     pub operator_key_file: Option<PathBuf>,
     /// When streams raise alerts.
-    pub alerts: crate::streams::AlertThresholds,
+    pub alerts: settled_streams::AlertThresholds,
 }
 
 /// The paymaster's node-level settings (its engine settings are
@@ -244,7 +244,7 @@ impl Default for NodeConfig {
             bundler: BundlerSettings::default(),
             paymaster: PaymasterSettings::default(),
             billing: BillingSettings::default(),
-            settlement: crate::settlement::SettlementSettings::default(),
+            settlement: settled_settlement::SettlementSettings::default(),
         }
     }
 }
@@ -316,7 +316,7 @@ impl NodeConfig {
             paymaster: PaymasterSettings::default(),
             billing: BillingSettings::default(),
             // Tests settle when they ask (`NodeHandle::settler`), not on a timer.
-            settlement: crate::settlement::SettlementSettings {
+            settlement: settled_settlement::SettlementSettings {
                 enabled: false,
                 ..Default::default()
             },

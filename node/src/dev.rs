@@ -153,7 +153,7 @@ async fn fund(
 /// `settled dev`'s billing API key (every payee): its token in `<datadir>/dev-api-key`, made
 /// once (32 random bytes, hex) and kept, so a billing backend pointed at it works across
 /// restarts without `--billing.api-keys-file`.
-pub(crate) fn billing_key(datadir: &Path) -> Result<crate::streams::ApiKey, NodeError> {
+pub(crate) fn billing_key(datadir: &Path) -> Result<settled_streams::ApiKey, NodeError> {
     let path = datadir.join("dev-api-key");
     let err = |e: std::io::Error| NodeError::Storage { path: path.clone(), reason: e.to_string() };
     let token = match std::fs::read_to_string(&path) {
@@ -166,7 +166,7 @@ pub(crate) fn billing_key(datadir: &Path) -> Result<crate::streams::ApiKey, Node
         Err(e) => return Err(err(e)),
     };
     info!(path = %path.display(), %token, "dev billing API key (Authorization: Bearer <token>)");
-    Ok(crate::streams::ApiKey {
+    Ok(settled_streams::ApiKey {
         name: "dev".into(),
         keccak256: alloy::primitives::keccak256(token.as_bytes()),
         payees: Vec::new(),

@@ -91,7 +91,7 @@ pub enum NodeError {
     },
     /// The stream index could not open.
     #[error(transparent)]
-    Streams(#[from] crate::streams::IndexError),
+    Streams(#[from] settled_streams::IndexError),
     /// The billing API keys file is unreadable or invalid.
     #[error("billing API keys file {path}: {reason}")]
     ApiKeys {

@@ -14,6 +14,8 @@ use settled_contracts::{
     SponsorPaymaster, TransactionSender,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
+use settled_settlement::{SettlementChain, Settler, register_billing, settlement_module};
+use settled_streams::{Opener, Operator, StreamIndex, api_keys, billing_module};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -24,9 +26,7 @@ use crate::{
     metrics::{self, names},
     paymaster::{load_key, paymaster_signer, policies},
     rpc,
-    settlement::{SettlementChain, Settler, settlement_module},
     storage::{ChainIdentity, OnOtherChain, Storage},
-    streams::{Opener, Operator, StreamIndex, api_keys, billing_module},
     tasks::{CriticalTasks, TaskFailure},
 };
 
@@ -416,7 +416,7 @@ fn start_billing(
     )?
     .or(operator_key);
     let Some(key) = key else {
-        return Ok((billing_module(index, keys, None, None, None), None));
+        return Ok((billing_module(index, keys, None, None).0, None));
     };
     // One sender for everything signed with the operator key: one nonce sequence.
     let sender = Arc::new(TransactionSender::new(wiring.provider.clone(), key));
@@ -444,8 +444,11 @@ fn start_billing(
         }
         settler = Some(started);
     }
-    let invoices = settler.clone();
-    merge(&mut module, billing_module(index, keys, Some(operator), opener, invoices))?;
+    let (mut streams, billing) = billing_module(index, keys, Some(operator), opener);
+    if let Some(settler) = &settler {
+        register_billing(&mut streams, billing, settler.clone());
+    }
+    merge(&mut module, streams)?;
     Ok((module, settler))
 }
 

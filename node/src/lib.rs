@@ -15,9 +15,7 @@ mod metrics;
 mod paymaster;
 mod request_ids;
 mod rpc;
-mod settlement;
 mod storage;
-mod streams;
 mod tasks;
 
 pub use cli::{Action, Cli, CliError, Command, LogConfig};
@@ -32,17 +30,5 @@ pub use paymaster::{
     PaymasterAction, PaymasterCommandConfig, PaymasterCommandOutput, run_paymaster_command,
 };
 pub use settled_contracts::SentTransaction;
-pub use settlement::{
-    BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, BatchContext, BatchStage, Invoice, InvoiceLine,
-    InvoiceTotal, MerkleTree, PAYLOAD_HEADER_LEN, RECORD_LEN, ReceiptError, SchedulerError,
-    SettlementError, SettlementReceipt, SettlementRecord, SettlementRound, SettlementSettings,
-    Settler, StoredBatch, UsageError, VerifiedReceipt, decode_payload, encode_payload, fold_usage,
-    leaf_of, payload_of, settlement_codes, sidecar, split_into_blobs, verify_proof, verify_receipt,
-};
 pub use storage::Storage;
-pub use streams::{
-    AlertThresholds, ApiKey, IndexCursor, IndexError, ListQuery, NEVER_DEPLETES, NoticeKind,
-    OpenOutcome, OpenedStream, OperatorReceipt, PreparedOpen, StreamError, StreamId, StreamIndex,
-    StreamNotice, StreamPage, StreamSelector, StreamState, StreamView, billing_codes,
-};
 pub use tasks::TaskFailure;

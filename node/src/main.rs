@@ -112,7 +112,7 @@ fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> Exit
         eprintln!("error: reading the receipt: {err}");
         return ExitCode::from(2);
     }
-    let receipt: settled_node::SettlementReceipt = match serde_json::from_str(&text) {
+    let receipt: settled_settlement::SettlementReceipt = match serde_json::from_str(&text) {
         Ok(receipt) => receipt,
         Err(err) => {
             eprintln!("error: not a settlement receipt: {err}");
@@ -128,16 +128,17 @@ fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> Exit
     };
     let result = runtime.block_on(async {
         use alloy::providers::Provider as _;
-        let url = rpc_url.parse().map_err(|e| settled_node::ReceiptError::Chain(format!("{e}")))?;
+        let url =
+            rpc_url.parse().map_err(|e| settled_settlement::ReceiptError::Chain(format!("{e}")))?;
         let provider = alloy::providers::ProviderBuilder::new().connect_http(url).erased();
-        settled_node::verify_receipt(&provider, &receipt).await
+        settled_settlement::verify_receipt(&provider, &receipt).await
     });
     match result {
         Ok(verified) => {
             print_out(&serde_json::to_string_pretty(&verified).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Err(settled_node::ReceiptError::Invalid(reason)) => {
+        Err(settled_settlement::ReceiptError::Invalid(reason)) => {
             print_out(&serde_json::json!({ "valid": false, "reason": reason }).to_string());
             eprintln!("invalid receipt: {reason}");
             ExitCode::from(1)

@@ -49,8 +49,8 @@ pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
             describe();
             settled_bundler::describe_metrics();
             settled_paymaster::describe_metrics();
-            crate::streams::describe_metrics();
-            crate::settlement::describe_metrics();
+            settled_streams::describe_metrics();
+            settled_settlement::describe_metrics();
             metrics::gauge!(names::INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

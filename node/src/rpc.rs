@@ -19,9 +19,9 @@ use tokio::sync::watch;
 use crate::{
     config::RpcConfig,
     error::NodeError,
-    streams::BearerLayer,
     tasks::{CriticalTasks, TaskState},
 };
+use settled_streams::BearerLayer;
 
 /// The node's identification in `web3_clientVersion`.
 pub(crate) const CLIENT_VERSION: &str = concat!("settled/v", env!("CARGO_PKG_VERSION"));

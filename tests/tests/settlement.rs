@@ -11,7 +11,7 @@ use alloy::{
     providers::{Provider, ProviderBuilder},
 };
 use settled_contracts::SettlementAnchor;
-use settled_node::{
+use settled_settlement::{
     BatchContext, MerkleTree, SettlementRecord, decode_payload, encode_payload, payload_of,
     sidecar, verify_proof,
 };
@@ -141,10 +141,10 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     use alloy::{primitives::aliases::U96, providers::ext::AnvilApi};
     use serde_json::json;
     use settled_contracts::{MockUSDC, StreamVault};
-    use settled_node::{SettlementReceipt, fold_usage, settlement_codes};
+    use settled_settlement::{SettlementReceipt, fold_usage, settlement_codes};
     let node = settled_tests::TestNode::spawn_operator(|config| {
         config.settlement.withdraw_batch = 16;
-        config.billing.api_keys = vec![settled_node::ApiKey {
+        config.billing.api_keys = vec![settled_streams::ApiKey {
             name: "vendor".into(),
             keccak256: keccak256(b"vendor-token"),
             payees: Vec::new(),
@@ -279,7 +279,7 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
         }
         let (_, decoded) = decode_payload(&data, |id| {
             parties.get(&id).copied().ok_or_else(|| {
-                settled_node::SettlementError::Malformed(format!("unknown stream {id}"))
+                settled_settlement::SettlementError::Malformed(format!("unknown stream {id}"))
             })
         })?;
         assert_eq!(decoded, records);
@@ -367,14 +367,14 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     )?;
     let endpoint = chain.anvil().endpoint();
     let checker = alloy::providers::ProviderBuilder::new().connect_http(endpoint.parse()?).erased();
-    let verified = settled_node::verify_receipt(&checker, &receipt).await?;
+    let verified = settled_settlement::verify_receipt(&checker, &receipt).await?;
     assert!(verified.valid && verified.checks.len() >= 6, "{verified:?}");
     // Tampered receipts are never valid: each is refused with the check it fails.
     let mut more = receipt.clone();
     more.record.amount += 1;
     more.record.cumulative_amount += 1;
     more.encoded = more.record.encode(&more.context).to_vec().into();
-    more.leaf = settled_node::leaf_of(&more.encoded);
+    more.leaf = settled_settlement::leaf_of(&more.encoded);
     let mut other_blob = receipt.clone();
     other_blob.blob_versioned_hash = B256::repeat_byte(1);
     let mut other_operator = receipt.clone();
@@ -382,16 +382,16 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     let mut other_payee = receipt.clone();
     other_payee.record.payee = payer;
     other_payee.encoded = other_payee.record.encode(&other_payee.context).to_vec().into();
-    other_payee.leaf = settled_node::leaf_of(&other_payee.encoded);
+    other_payee.leaf = settled_settlement::leaf_of(&other_payee.encoded);
     for (name, bad) in [
         ("amount", more),
         ("blob", other_blob),
         ("operator", other_operator),
         ("payee", other_payee),
     ] {
-        let answer = settled_node::verify_receipt(&checker, &bad).await;
+        let answer = settled_settlement::verify_receipt(&checker, &bad).await;
         assert!(
-            matches!(answer, Err(settled_node::ReceiptError::Invalid(_))),
+            matches!(answer, Err(settled_settlement::ReceiptError::Invalid(_))),
             "{name}: {answer:?}"
         );
     }

@@ -10,7 +10,7 @@ use alloy::{
     providers::{PendingTransactionBuilder, Provider, ext::AnvilApi},
 };
 use settled_contracts::{MockUSDC, StreamVault};
-use settled_node::StreamState;
+use settled_streams::StreamState;
 use settled_tests::{TestChain, TestResult};
 
 /// Deterministic randomness without a dependency (xorshift64).
@@ -301,7 +301,7 @@ async fn vendor_node(
     configure: impl FnOnce(&mut settled_node::NodeConfig),
 ) -> TestResult<settled_tests::TestNode> {
     settled_tests::TestNode::spawn_operator(|config| {
-        config.billing.api_keys = vec![settled_node::ApiKey {
+        config.billing.api_keys = vec![settled_streams::ApiKey {
             name: "vendor".into(),
             keccak256: alloy::primitives::keccak256(b"vendor-token"),
             payees: vec![PAYEE],
@@ -343,7 +343,7 @@ fn decimal(value: &serde_json::Value) -> TestResult<U256> {
 /// and at a future second equal to the contract's at that second, pagination, bad input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_reads_exact_balances_behind_api_keys() -> TestResult {
-    use settled_node::{ApiKey, billing_codes as codes};
+    use settled_streams::{ApiKey, billing_codes as codes};
     // Anvil's dev account 4 (the mnemonic is fixed), the payee the vendor key may see.
     let payee = PAYEE;
     let keys = vec![
@@ -481,7 +481,7 @@ async fn billing_reads_exact_balances_behind_api_keys() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_operates_streams_idempotently() -> TestResult {
     use serde_json::json;
-    use settled_node::billing_codes as codes;
+    use settled_streams::billing_codes as codes;
     let payee = PAYEE;
     let node = vendor_node(|_| {}).await?;
     let chain = node.chain();
@@ -723,7 +723,7 @@ async fn depletion_alerts_arrive_over_websocket() -> TestResult {
         rpc_params,
         ws_client::{HeaderMap, HeaderValue, WsClientBuilder},
     };
-    use settled_node::{AlertThresholds, NoticeKind, StreamNotice};
+    use settled_streams::{AlertThresholds, NoticeKind, StreamNotice};
     let payee = PAYEE;
     let node = vendor_node(|config| {
         config.billing.alerts = AlertThresholds { low_balance_secs: 60 };
@@ -805,8 +805,8 @@ async fn a_billing_backend_runs_a_stream_from_open_to_close() -> TestResult {
     };
     use serde_json::json;
     use settled_contracts::{EntryPointVersion, PackedUserOperation, UserOperation, v07};
-    use settled_node::{AlertThresholds, NoticeKind, StreamNotice, billing_codes as codes};
     use settled_paymaster::{AllowedCall, SponsorshipPolicy};
+    use settled_streams::{AlertThresholds, NoticeKind, StreamNotice, billing_codes as codes};
     use settled_tests::rpc::{call_url, send_at, sponsor, wait_for_receipt_at};
     const USDC: u128 = 1_000_000;
     let payee = PAYEE;
@@ -1087,7 +1087,7 @@ async fn a_customer_with_only_tokens_opens_a_stream_by_signature() -> TestResult
     use alloy::signers::SignerSync;
     use alloy_dyn_abi::TypedData;
     use serde_json::json;
-    use settled_node::billing_codes as codes;
+    use settled_streams::billing_codes as codes;
     let payee = PAYEE;
     let node = vendor_node(|_| {}).await?;
     let chain = node.chain();

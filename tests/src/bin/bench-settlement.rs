@@ -22,7 +22,7 @@ use alloy::{
     providers::{ProviderBuilder, ext::AnvilApi},
 };
 use settled_contracts::{MockUSDC, SettlementAnchor, StreamVault};
-use settled_node::{
+use settled_settlement::{
     BLOB_GAS_PER_BLOB, BatchContext, MerkleTree, SettlementRecord, encode_payload, sidecar,
     split_into_blobs,
 };

@@ -22,7 +22,7 @@ use alloy::{
     sol_types::SolEvent,
 };
 use settled_contracts::{BlockRef, NewBlock, StreamVault};
-use settled_node::{StreamIndex, StreamSelector, StreamState};
+use settled_streams::{StreamIndex, StreamSelector, StreamState};
 use settled_tests::{TestResult, percentile};
 
 const VAULT: Address = Address::repeat_byte(0x5a);

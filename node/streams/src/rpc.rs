@@ -56,7 +56,8 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
-    pub(crate) fn may_see(&self, payee: Address) -> bool {
+    /// Whether the key may see streams paying `payee`.
+    pub fn may_see(&self, payee: Address) -> bool {
         self.all || self.payees.contains(&payee)
     }
 
@@ -81,7 +82,7 @@ pub(crate) struct BearerToken(String);
 /// Tower layer: copies `Authorization: Bearer <token>` into the request's extensions, where the
 /// `stream_*` methods find it.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BearerLayer;
+pub struct BearerLayer;
 
 impl<S> tower::Layer<S> for BearerLayer {
     type Service = BearerService<S>;
@@ -93,7 +94,7 @@ impl<S> tower::Layer<S> for BearerLayer {
 
 /// See [`BearerLayer`].
 #[derive(Debug, Clone)]
-pub(crate) struct BearerService<S> {
+pub struct BearerService<S> {
     inner: S,
 }
 
@@ -220,7 +221,8 @@ pub struct StreamPage {
     pub next_cursor: Option<String>,
 }
 
-pub(crate) struct Billing {
+/// The billing RPC's shared state: the index it reads and the API keys it admits.
+pub struct Billing {
     index: Arc<StreamIndex>,
     keys: HashMap<B256, ApiKey>,
 }
@@ -241,7 +243,8 @@ fn parse_id(text: &str) -> Result<StreamId, ErrorObjectOwned> {
 }
 
 impl Billing {
-    pub(crate) fn key(&self, extensions: &Extensions) -> Result<&ApiKey, ErrorObjectOwned> {
+    /// The caller's API key (-32001 without a known one).
+    pub fn key(&self, extensions: &Extensions) -> Result<&ApiKey, ErrorObjectOwned> {
         let token = extensions.get::<BearerToken>().ok_or_else(|| {
             error(codes::UNAUTHORIZED, "missing API key: send `Authorization: Bearer <token>`")
         })?;
@@ -250,11 +253,8 @@ impl Billing {
             .ok_or_else(|| error(codes::UNAUTHORIZED, "unknown API key"))
     }
 
-    pub(crate) fn visible(
-        &self,
-        key: &ApiKey,
-        id: StreamId,
-    ) -> Result<StreamState, ErrorObjectOwned> {
+    /// Stream `id`'s state, if `key` may see it.
+    pub fn visible(&self, key: &ApiKey, id: StreamId) -> Result<StreamState, ErrorObjectOwned> {
         let state = self.index.get(id).map_err(internal)?;
         match state {
             Some(s) if key.may_see(s.payee) => Ok(s),
@@ -275,20 +275,21 @@ impl Billing {
         }
     }
 
-    pub(crate) fn now(&self) -> Result<u64, ErrorObjectOwned> {
+    /// The second of the newest block the index applied (0 before any).
+    pub fn now(&self) -> Result<u64, ErrorObjectOwned> {
         Ok(self.index.cursor().map_err(internal)?.map_or(0, |c| c.timestamp))
     }
 }
 
 /// The `stream_*` methods over `index`, for the holders of `keys`; with an `operator`, the
-/// mutating ones too.
-pub(crate) fn billing_module(
+/// mutating ones too. The [`Billing`] it serves with, for namespaces that share its keys
+/// (settlement's `billing_*`).
+pub fn billing_module(
     index: Arc<StreamIndex>,
     keys: Vec<ApiKey>,
     operator: Option<Arc<super::operator::Operator>>,
     opener: Option<Arc<super::open::Opener>>,
-    settler: Option<Arc<crate::settlement::Settler>>,
-) -> RpcModule<()> {
+) -> (RpcModule<()>, Arc<Billing>) {
     let billing =
         Arc::new(Billing { index, keys: keys.into_iter().map(|k| (k.keccak256, k)).collect() });
     let mut module = RpcModule::new(());
@@ -363,16 +364,13 @@ pub(crate) fn billing_module(
         to_value(StreamPage { streams, next_cursor })
     });
     register_subscription(&mut module, billing.clone());
-    if let Some(settler) = settler {
-        crate::settlement::register_billing(&mut module, billing.clone(), settler);
-    }
     if let Some(opener) = opener {
         super::open::register_open(&mut module, billing.clone(), opener);
     }
     if let Some(operator) = operator {
-        super::operator::register_mutations(&mut module, billing, operator);
+        super::operator::register_mutations(&mut module, billing.clone(), operator);
     }
-    module
+    (module, billing)
 }
 
 /// `stream_subscribe` (WebSocket): `stream_notice` notifications — every change of a stream the
@@ -449,7 +447,7 @@ fn to_value(value: impl Serialize) -> Result<serde_json::Value, ErrorObjectOwned
 }
 
 /// Keys from the settings: those given directly plus the keys file's.
-pub(crate) fn api_keys(direct: &[ApiKey], file: Option<&Path>) -> Result<Vec<ApiKey>, String> {
+pub fn api_keys(direct: &[ApiKey], file: Option<&Path>) -> Result<Vec<ApiKey>, String> {
     let mut keys = direct.to_vec();
     if let Some(path) = file {
         keys.extend(ApiKey::load_file(path)?);
@@ -464,8 +462,7 @@ mod tests {
     /// The published OpenRPC document names exactly the methods served (with an operator).
     #[test]
     fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
-        let doc: serde_json::Value =
-            serde_json::from_str(include_str!("../../openrpc/stream.json"))?;
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../openrpc/stream.json"))?;
         let mut documented: Vec<String> = doc["methods"]
             .as_array()
             .ok_or("no methods")?
@@ -483,8 +480,8 @@ mod tests {
             .erased();
         let key = alloy::signers::local::PrivateKeySigner::random();
         let sender = Arc::new(settled_contracts::TransactionSender::new(provider, key));
-        let operator = Arc::new(super::super::operator::Operator::new(sender, Address::ZERO, &db)?);
-        let module = billing_module(index, Vec::new(), Some(operator), None, None);
+        let operator = Arc::new(crate::operator::Operator::new(sender, Address::ZERO, &db)?);
+        let (module, _) = billing_module(index, Vec::new(), Some(operator), None);
         let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();
         // stream_open, stream_openTerms and stream_topUp also need a bundler and a paymaster,
         // billing_invoice the settlement scheduler; the e2e suites call them.
@@ -531,8 +528,7 @@ mod tests {
     #[test]
     fn openrpc_declares_the_codes_sponsored_calls_pass_through() -> Result<(), serde_json::Error> {
         use settled_contracts::rpc_codes as erc7769;
-        let doc: serde_json::Value =
-            serde_json::from_str(include_str!("../../openrpc/stream.json"))?;
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../openrpc/stream.json"))?;
         for method in ["stream_open", "stream_topUp"] {
             let declared = declared_codes(&doc, method);
             for code in [

@@ -99,15 +99,25 @@ struct TermsRequest {
     deadline: u64,
 }
 
-pub(crate) struct Opener {
-    pub(crate) provider: DynProvider,
-    pub(crate) bundler: Bundler,
-    pub(crate) paymaster: Paymaster,
-    pub(crate) paymasters: Vec<(EntryPointVersion, Address)>,
-    pub(crate) vault: Address,
-    pub(crate) operator: Arc<super::operator::Operator>,
-    pub(crate) chain_id: u64,
-    pub(crate) records: sled::Tree,
+/// Opens streams for billing backends: a sponsored UserOperation for a smart-account payer
+/// (`stream_open`, `stream_topUp`), or the payer's signed terms relayed by the operator.
+pub struct Opener {
+    /// The chain.
+    pub provider: DynProvider,
+    /// Estimates the ops and takes them in.
+    pub bundler: Bundler,
+    /// Sponsors them.
+    pub paymaster: Paymaster,
+    /// Our paymaster contract per EntryPoint version.
+    pub paymasters: Vec<(EntryPointVersion, Address)>,
+    /// The `StreamVault`.
+    pub vault: Address,
+    /// Relays signed terms (`openFor`).
+    pub operator: Arc<super::operator::Operator>,
+    /// The chain's id (op hashes, typed data).
+    pub chain_id: u64,
+    /// Prepared opens by idempotency key.
+    pub records: sled::Tree,
 }
 
 fn invalid(message: impl Into<String>) -> ErrorObjectOwned {

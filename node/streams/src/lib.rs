@@ -1,4 +1,4 @@
-//! Per-second streams (issue #6): the node's mirror of `StreamVault` and the billing RPC.
+//! Per-second streams: the node's mirror of `StreamVault` and the billing RPC.
 //!
 //! [`StreamState`] is the vault's accrual math in Rust, equal to the contract to the base unit
 //! (differential-tested against it on Anvil). [`StreamIndex`] mirrors every stream in sled from
@@ -16,13 +16,13 @@ mod permit;
 mod rpc;
 
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
-pub(crate) use alerts::describe_metrics;
+pub use alerts::describe_metrics;
 pub use alerts::{AlertThresholds, NoticeKind, StreamNotice};
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex, StreamSelector};
-pub(crate) use open::Opener;
+pub use open::Opener;
 pub use open::{OpenOutcome, PreparedOpen};
-pub(crate) use operator::Operator;
+pub use operator::Operator;
 pub use operator::OperatorReceipt;
 pub use permit::OpenedStream;
 pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, codes as billing_codes};
-pub(crate) use rpc::{BearerLayer, Billing, api_keys, billing_module};
+pub use rpc::{BearerLayer, BearerService, Billing, api_keys, billing_module};

@@ -104,7 +104,7 @@ mod tests {
     use alloy::primitives::keccak256;
 
     use super::*;
-    use crate::settlement::record::{
+    use crate::record::{
         decode_payload, encode_payload,
         samples::{context, parties, record},
     };

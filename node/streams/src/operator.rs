@@ -73,7 +73,7 @@ impl Record {
 }
 
 /// The operator: its signer, the vault, the idempotency records.
-pub(crate) struct Operator {
+pub struct Operator {
     /// Sends as the operator (shared with the settlement scheduler: one nonce sequence).
     pub(crate) sender: Arc<TransactionSender>,
     pub(crate) address: Address,
@@ -88,7 +88,8 @@ fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
 }
 
 impl Operator {
-    pub(crate) fn new(
+    /// The operator signing through `sender`, acting on `vault`, its idempotency records in `db`.
+    pub fn new(
         sender: Arc<TransactionSender>,
         vault: Address,
         db: &sled::Db,

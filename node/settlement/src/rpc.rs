@@ -30,7 +30,7 @@ fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
 /// `settlement_getReceipt(streamId, batchId)` and `settlement_getBatch(batchId)`; with `admin`
 /// also `settlement_runNow()`, the operator's "settle now" (one round, as the timer runs it;
 /// rounds never overlap). Admin methods are served only with `--rpc.admin`.
-pub(crate) fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule<Arc<Settler>> {
+pub fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule<Arc<Settler>> {
     let mut module = RpcModule::new(settler);
     if admin {
         let _ = module.register_async_method("settlement_runNow", |_, settler, _| async move {
@@ -73,9 +73,9 @@ pub(crate) fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule
 /// The billing methods settlement serves, behind the billing API keys:
 /// `billing_invoice({payer, from, to})` with the lines of the key's payees only, and
 /// `stream_recordUsage({streamId, digest, at?})` for the key's streams.
-pub(crate) fn register_billing(
+pub fn register_billing(
     module: &mut RpcModule<()>,
-    billing: Arc<crate::streams::Billing>,
+    billing: Arc<settled_streams::Billing>,
     settler: Arc<Settler>,
 ) {
     #[derive(serde::Deserialize)]
@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
         let doc: serde_json::Value =
-            serde_json::from_str(include_str!("../../openrpc/settlement.json"))?;
+            serde_json::from_str(include_str!("../openrpc/settlement.json"))?;
         let mut documented: Vec<&str> = doc["methods"]
             .as_array()
             .ok_or("no methods")?
@@ -158,7 +158,7 @@ mod tests {
         use alloy::{primitives::Address, providers::Provider as _};
         let dir = tempfile::tempdir()?;
         let db = sled::open(dir.path())?;
-        let index = std::sync::Arc::new(crate::streams::StreamIndex::open(
+        let index = std::sync::Arc::new(settled_streams::StreamIndex::open(
             &db,
             Address::ZERO,
             8,
@@ -169,13 +169,13 @@ mod tests {
             .erased();
         let key = alloy::signers::local::PrivateKeySigner::random();
         let sender = std::sync::Arc::new(settled_contracts::TransactionSender::new(provider, key));
-        let chain = super::super::SettlementChain {
+        let chain = crate::SettlementChain {
             sender,
             vault: Address::ZERO,
             anchor: Address::ZERO,
             chain_id: 1,
         };
-        let settler = super::super::Settler::new(chain, index, &db, Default::default())?;
+        let settler = crate::Settler::new(chain, index, &db, Default::default())?;
         let module = super::settlement_module(std::sync::Arc::new(settler), true);
         let mut served: Vec<&str> = module.method_names().collect();
         served.sort_unstable();

@@ -1,4 +1,4 @@
-//! Settlement (issue #7): what each stream paid in a period, as records committed on chain by a
+//! Settlement: what each stream paid in a period, as records committed on chain by a
 //! Merkle root and carried in an EIP-4844 blob, so that any customer or auditor can check a
 //! receipt for its stream.
 //!
@@ -17,14 +17,14 @@ mod usage;
 mod verify;
 
 pub use blob::{BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, payload_of, sidecar, split_into_blobs};
-pub(crate) use metrics::describe_metrics;
+pub use metrics::describe_metrics;
 pub use record::{
     BatchContext, PAYLOAD_HEADER_LEN, RECORD_LEN, SettlementRecord, decode_payload, encode_payload,
     leaf_of,
 };
 pub use rpc::codes as settlement_codes;
-pub(crate) use rpc::{register_billing, settlement_module};
-pub(crate) use scheduler::SettlementChain;
+pub use rpc::{register_billing, settlement_module};
+pub use scheduler::SettlementChain;
 pub use scheduler::{
     BatchStage, Invoice, InvoiceLine, InvoiceTotal, SchedulerError, SettlementReceipt,
     SettlementRound, SettlementSettings, Settler, StoredBatch,

@@ -29,7 +29,7 @@ pub(crate) const INDEX_BLOCK: &str = "settled_streams_index_block";
 pub(crate) const EVENTS: &str = "settled_streams_events_total";
 
 /// Registers the descriptions of the streams' metrics.
-pub(crate) fn describe_metrics() {
+pub fn describe_metrics() {
     describe_gauge!(ACTIVE_STREAMS, "Streams neither closed nor paused");
     describe_gauge!(WITHDRAWN, "Base units paid to payees (as indexed), by token");
     describe_counter!(ALERTS, "Stream alerts fired, by kind (lowBalance, depleted)");
@@ -171,7 +171,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn alerts_fire_once_per_situation() -> Result<(), super::super::StreamError> {
+    fn alerts_fire_once_per_situation() -> Result<(), crate::StreamError> {
         let alerts = Alerts::new(AlertThresholds { low_balance_secs: 100 });
         let mut s = StreamState::opened(
             Address::ZERO,

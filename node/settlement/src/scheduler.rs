@@ -38,8 +38,8 @@ use super::{
     split_into_blobs,
     usage::{UsageError, UsageLog},
 };
-use crate::streams::{StreamIndex, StreamSelector, StreamState};
 use settled_contracts::{SentTransaction, TransactionSender};
+use settled_streams::{StreamIndex, StreamSelector, StreamState};
 
 /// Re-pricings of one transaction within a round before the round gives up (and the next
 /// round carries on).
@@ -171,7 +171,7 @@ pub enum SchedulerError {
     Chain(String),
     /// The stream index.
     #[error(transparent)]
-    Index(#[from] crate::streams::IndexError),
+    Index(#[from] settled_streams::IndexError),
     /// The usage log.
     #[error(transparent)]
     Usage(#[from] UsageError),
@@ -201,15 +201,15 @@ const CURSOR: &[u8] = b"cursor";
 const OPEN: &[u8] = b"open";
 
 /// Where a scheduler settles: the chain, as whom, and the contracts.
-pub(crate) struct SettlementChain {
+pub struct SettlementChain {
     /// Sends as the streams' operator; batches are committed under its address.
-    pub(crate) sender: Arc<TransactionSender>,
+    pub sender: Arc<TransactionSender>,
     /// The `StreamVault`.
-    pub(crate) vault: Address,
+    pub vault: Address,
     /// The `SettlementAnchor`.
-    pub(crate) anchor: Address,
+    pub anchor: Address,
     /// The chain id.
-    pub(crate) chain_id: u64,
+    pub chain_id: u64,
 }
 
 /// The scheduler.
@@ -248,7 +248,7 @@ impl std::fmt::Debug for Settler {
 
 impl Settler {
     /// A scheduler for `chain`'s operator over `index`, storing its batches in `db`.
-    pub(crate) fn new(
+    pub fn new(
         chain: SettlementChain,
         index: Arc<StreamIndex>,
         db: &sled::Db,

@@ -20,7 +20,7 @@ pub(crate) const LAG: &str = "settled_settlement_lag_seconds";
 pub(crate) const FAILURES: &str = "settled_settlement_failures_total";
 
 /// Registers the descriptions of the settlement metrics.
-pub(crate) fn describe_metrics() {
+pub fn describe_metrics() {
     describe_counter!(BATCHES, "Settlement batches committed on chain");
     describe_gauge!(RECORDS_PER_BLOB, "Records in the last committed settlement batch (one blob)");
     describe_gauge!(COMMIT_GAS, "Gas used by the last settlement commit transaction");
