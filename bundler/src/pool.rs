@@ -236,13 +236,33 @@ impl Mempool {
                 });
             }
         }
+        self.check_rules(&entry, replaced.as_ref().map(|r| r.hash), paymaster_allowance)?;
+        if replaced.is_none() && self.by_hash.len() >= self.config.max_ops {
+            displaced.push(self.evict_for(&entry)?);
+        }
+        if let Some(existing) = replaced {
+            self.remove(&existing.hash);
+            displaced.push(existing);
+        }
+        self.by_sender_nonce.insert(key, entry.hash);
+        self.by_hash.insert(entry.hash, Arc::new(entry));
+        Ok(displaced)
+    }
+
+    /// The mempool rules for `entry` against the other pooled ops of its EntryPoint (leaving out
+    /// the op it replaces): STO-040 both ways, AUTH-040, the unstaked sender's and entities'
+    /// limits (UREP-010, UREP-020).
+    fn check_rules(
+        &self,
+        entry: &PoolEntry,
+        replaced: Option<B256>,
+        paymaster_allowance: usize,
+    ) -> Result<(), PoolError> {
         let others = || {
-            self.by_hash.values().filter(|e| {
-                e.entry_point == entry.entry_point
-                    && Some(e.hash) != replaced.as_ref().map(|r| r.hash)
-            })
+            self.by_hash
+                .values()
+                .filter(|e| e.entry_point == entry.entry_point && Some(e.hash) != replaced)
         };
-        // STO-040 both ways.
         let sender = entry.op.sender;
         let entities = [("Factory", entry.factory()), ("Paymaster", entry.op.paymaster)];
         for other in others() {
@@ -279,28 +299,24 @@ impl Mempool {
                 return Err(PoolError::EntityLimit { entity, address, allowed });
             }
         }
-        if replaced.is_none() && self.by_hash.len() >= self.config.max_ops {
-            let cheapest = self
-                .by_hash
-                .values()
-                .min_by_key(|e| (e.priority_fee(), std::cmp::Reverse(e.accepted_at_block)))
-                .cloned();
-            match cheapest {
-                Some(cheapest) if entry.priority_fee() > cheapest.priority_fee() => {
-                    self.remove(&cheapest.hash);
-                    displaced.push(cheapest);
-                }
-                Some(cheapest) => return Err(PoolError::Full(cheapest.priority_fee())),
-                None => return Err(PoolError::Full(U256::ZERO)),
+        Ok(())
+    }
+
+    /// A full pool makes room for `entry` by evicting its cheapest op, if `entry` pays more.
+    fn evict_for(&mut self, entry: &PoolEntry) -> Result<Arc<PoolEntry>, PoolError> {
+        let cheapest = self
+            .by_hash
+            .values()
+            .min_by_key(|e| (e.priority_fee(), std::cmp::Reverse(e.accepted_at_block)))
+            .cloned();
+        match cheapest {
+            Some(cheapest) if entry.priority_fee() > cheapest.priority_fee() => {
+                self.remove(&cheapest.hash);
+                Ok(cheapest)
             }
+            Some(cheapest) => Err(PoolError::Full(cheapest.priority_fee())),
+            None => Err(PoolError::Full(U256::ZERO)),
         }
-        if let Some(existing) = replaced {
-            self.remove(&existing.hash);
-            displaced.push(existing);
-        }
-        self.by_sender_nonce.insert(key, entry.hash);
-        self.by_hash.insert(entry.hash, Arc::new(entry));
-        Ok(displaced)
     }
 
     /// Removes the op with `hash`.

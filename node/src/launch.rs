@@ -349,7 +349,7 @@ async fn start_stream_index(
     let cursor = index.cursor()?.map(|c| BlockRef { number: c.number, hash: c.hash });
     wiring.cursors.push(("stream index", cursor));
     let events = follower.consumer();
-    wiring.tasks.spawn_loop("stream index", index.clone().run(events, wiring.cancel.clone()));
+    wiring.tasks.spawn("stream index", index.clone().run(events, wiring.cancel.clone()));
     Ok(Some(index))
 }
 

@@ -259,7 +259,7 @@ impl Simulator {
             .saturating_sub(base.preVerificationGas.to::<u64>())
             .saturating_sub(frames.paymaster_validation);
         let generous = |used: u64| used.saturating_mul(2).saturating_add(50_000);
-        let mut limits = Limits {
+        let limits = Limits {
             verification: generous(validation_seed),
             call: generous(frames.execution),
             paymaster_verification: if paymaster.is_some() {
@@ -275,44 +275,8 @@ impl Simulator {
         };
 
         // 2. Each limit, with the op's fees.
-        limits.verification = search_min(validation_seed, high.verification, |gas| {
-            match run(&Limits { verification: gas, ..limits }, true) {
-                Ok(_) => Ok(Trial::Pass),
-                Err(e) if starts_with_any(&e, &VERIFICATION_TOO_LOW) => Ok(Trial::TooLow(e)),
-                Err(e) => Err(e),
-            }
-        })?;
-        if paymaster.is_some() {
-            limits.paymaster_verification = search_min(
-                frames.paymaster_validation,
-                high.paymaster_verification,
-                |gas| match run(&Limits { paymaster_verification: gas, ..limits }, true) {
-                    Ok(_) => Ok(Trial::Pass),
-                    Err(e) if starts_with_any(&e, &PAYMASTER_TOO_LOW) => Ok(Trial::TooLow(e)),
-                    Err(e) => Err(e),
-                },
-            )?;
-            if given_post_op.is_none() {
-                limits.post_op = search_min(frames.post_op, high.post_op, |gas| {
-                    let outcome = run(&Limits { post_op: gas, ..limits }, true)?;
-                    Ok(match execution_verdict(&outcome) {
-                        Ok(()) => Trial::Pass,
-                        Err(e) => Trial::TooLow(e),
-                    })
-                })?;
-            }
-        }
-        limits.call = if op.callData.is_empty() {
-            0
-        } else {
-            search_min(frames.execution, high.call, |gas| {
-                let outcome = run(&Limits { call: gas, ..limits }, true)?;
-                Ok(match execution_verdict(&outcome) {
-                    Ok(()) => Trial::Pass,
-                    Err(e) => Trial::TooLow(e),
-                })
-            })?
-        };
+        let searched = Searched { frames, high, seed: limits, validation_seed, given_post_op };
+        let limits = search_limits(&run, &searched, paymaster.is_some(), op.callData.is_empty())?;
 
         // 3. Margins, the floors, and one run with the estimate itself.
         let margins = self.margins;
@@ -340,6 +304,62 @@ impl Simulator {
             estimate.pre_verification_gas.max(calldata_floor(&sized, metered));
         Ok(estimate)
     }
+}
+
+/// Where step 2 of [`Simulator::estimate_gas`] starts from: what the probe's frames used, the
+/// probe's high limits and the generous seed limits.
+struct Searched {
+    frames: crate::execution::FrameGas,
+    high: Limits,
+    seed: Limits,
+    validation_seed: u64,
+    given_post_op: Option<u64>,
+}
+
+/// Each limit's lowest passing value, the others held at their seed, with the op's fees:
+/// verification, the paymaster's verification and postOp (unless the op gave one), the call.
+fn search_limits(
+    run: &impl Fn(&Limits, bool) -> Result<ExecutionOutcome, SimError>,
+    from: &Searched,
+    has_paymaster: bool,
+    no_call: bool,
+) -> Result<Limits, SimError> {
+    let (frames, high, mut limits) = (&from.frames, &from.high, from.seed);
+    let verdict = |outcome: ExecutionOutcome| match execution_verdict(&outcome) {
+        Ok(()) => Trial::Pass,
+        Err(e) => Trial::TooLow(e),
+    };
+    limits.verification = search_min(from.validation_seed, high.verification, |gas| {
+        match run(&Limits { verification: gas, ..limits }, true) {
+            Ok(_) => Ok(Trial::Pass),
+            Err(e) if starts_with_any(&e, &VERIFICATION_TOO_LOW) => Ok(Trial::TooLow(e)),
+            Err(e) => Err(e),
+        }
+    })?;
+    if has_paymaster {
+        limits.paymaster_verification = search_min(
+            frames.paymaster_validation,
+            high.paymaster_verification,
+            |gas| match run(&Limits { paymaster_verification: gas, ..limits }, true) {
+                Ok(_) => Ok(Trial::Pass),
+                Err(e) if starts_with_any(&e, &PAYMASTER_TOO_LOW) => Ok(Trial::TooLow(e)),
+                Err(e) => Err(e),
+            },
+        )?;
+        if from.given_post_op.is_none() {
+            limits.post_op = search_min(frames.post_op, high.post_op, |gas| {
+                Ok(verdict(run(&Limits { post_op: gas, ..limits }, true)?))
+            })?;
+        }
+    }
+    limits.call = if no_call {
+        0
+    } else {
+        search_min(frames.execution, high.call, |gas| {
+            Ok(verdict(run(&Limits { call: gas, ..limits }, true)?))
+        })?
+    };
+    Ok(limits)
 }
 
 /// The op's call and postOp succeeded, or why not.

@@ -190,11 +190,7 @@ impl Bundler {
                 _ = self.shared.accepted.notified() => {
                     // A moment for more ops to arrive: fewer, fuller bundles for the same block.
                     tokio::time::sleep(ACCEPT_BATCHING_DELAY).await;
-                    if self.mode() == BundlingMode::Auto
-                        && let Err(error) = self.start_bundles().await
-                    {
-                        warn!(%error, "bundling failed");
-                    }
+                    self.bundle_if_auto().await;
                     continue;
                 }
                 _ = decay.tick() => {
@@ -205,12 +201,7 @@ impl Bundler {
                 }
                 event = events.recv() => event,
                 _ = ticks.tick() => {
-                    if self.mode() == BundlingMode::Auto
-                        && self.pool_len() > 0
-                        && let Err(error) = self.start_bundles().await
-                    {
-                        warn!(%error, "bundling failed");
-                    }
+                    self.bundle_if_auto().await;
                     continue;
                 }
             };
@@ -220,56 +211,66 @@ impl Bundler {
                     if self.shared.cursor.applied(&block.block).unwrap_or(false) {
                         continue; // replayed after a restart: applied before it
                     }
-                    let replaced = self.replaced_blocks(block.block.number, block.block.hash);
-                    if !replaced.is_empty() {
-                        self.forget_nonce();
-                        match self.unindex_blocks(&replaced) {
-                            Ok(requeued) => {
-                                info!(
-                                    requeued,
-                                    "replaced block: UserOperations back in the mempool"
-                                )
-                            }
-                            Err(error) => warn!(%error, "replaced-block handling failed"),
-                        }
-                    }
-                    if let Err(error) = self.index_logs(&block.logs) {
-                        warn!(%error, "indexing UserOperationEvents failed");
-                    }
-                    let expired = self.shared.pool.lock().map(|p| p.expired(block.timestamp));
-                    for hash in expired.unwrap_or_default() {
-                        let _ = self.drop_op(hash, "validUntil passed");
-                    }
-                    for hash in self.throttled_too_long(block.block.number) {
-                        let _ = self.drop_op(hash, "throttled entity: live blocks passed");
-                    }
-                    ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
-                    if let Err(error) = self.shared.cursor.advance(block.block) {
-                        warn!(%error, "bundler chain cursor not saved");
-                    }
-                    if self.mode() == BundlingMode::Auto
-                        && self.pool_len() > 0
-                        && let Err(error) = self.start_bundles().await
-                    {
-                        warn!(%error, "bundling failed");
-                    }
+                    self.apply_block(&block);
+                    self.bundle_if_auto().await;
                 }
-                Some(ChainEvent::Reorg(reorg)) => {
-                    self.forget_nonce();
-                    if let Err(error) = self.shared.cursor.rewind(reorg.ancestor) {
-                        warn!(%error, "bundler chain cursor not rewound");
-                    }
-                    let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
-                    match self.unindex_blocks(&removed) {
-                        Ok(requeued) => {
-                            info!(requeued, "reorg: mined UserOperations back in the mempool")
-                        }
-                        Err(error) => warn!(%error, "reorg handling failed"),
-                    }
-                    self.shared.head.reset();
-                }
+                Some(ChainEvent::Reorg(reorg)) => self.apply_reorg(&reorg),
                 None => return,
             }
         }
+    }
+
+    /// In auto mode, bundles the pending ops not in a bundle already sent.
+    async fn bundle_if_auto(&self) {
+        if self.mode() == BundlingMode::Auto
+            && self.pool_len() > 0
+            && let Err(error) = self.start_bundles().await
+        {
+            warn!(%error, "bundling failed");
+        }
+    }
+
+    /// A new block: our bundles' blocks it replaced give their ops back, its `UserOperationEvent`s
+    /// are indexed, expired and long-throttled ops leave, and the cursor advances past it.
+    fn apply_block(&self, block: &settled_contracts::NewBlock) {
+        let replaced = self.replaced_blocks(block.block.number, block.block.hash);
+        if !replaced.is_empty() {
+            self.forget_nonce();
+            match self.unindex_blocks(&replaced) {
+                Ok(requeued) => {
+                    info!(requeued, "replaced block: UserOperations back in the mempool")
+                }
+                Err(error) => warn!(%error, "replaced-block handling failed"),
+            }
+        }
+        if let Err(error) = self.index_logs(&block.logs) {
+            warn!(%error, "indexing UserOperationEvents failed");
+        }
+        let expired = self.shared.pool.lock().map(|p| p.expired(block.timestamp));
+        for hash in expired.unwrap_or_default() {
+            let _ = self.drop_op(hash, "validUntil passed");
+        }
+        for hash in self.throttled_too_long(block.block.number) {
+            let _ = self.drop_op(hash, "throttled entity: live blocks passed");
+        }
+        ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
+        if let Err(error) = self.shared.cursor.advance(block.block) {
+            warn!(%error, "bundler chain cursor not saved");
+        }
+    }
+
+    /// A reorg: the cursor goes back to the common ancestor and the removed blocks' ops return
+    /// to the mempool.
+    fn apply_reorg(&self, reorg: &settled_contracts::Reorg) {
+        self.forget_nonce();
+        if let Err(error) = self.shared.cursor.rewind(reorg.ancestor) {
+            warn!(%error, "bundler chain cursor not rewound");
+        }
+        let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
+        match self.unindex_blocks(&removed) {
+            Ok(requeued) => info!(requeued, "reorg: mined UserOperations back in the mempool"),
+            Err(error) => warn!(%error, "reorg handling failed"),
+        }
+        self.shared.head.reset();
     }
 }
