@@ -89,65 +89,17 @@ pub async fn verify_receipt(
     }
     checks.push("the proof leads to the root".into());
 
-    let anchor = SettlementAnchor::new(receipt.anchor, provider);
-    let batch_id = U256::from(context.batch_id);
-    let committed = anchor.getBatch(receipt.operator, batch_id).call().await.map_err(chain)?;
-    if committed.root.is_zero() {
-        return Err(invalid(format!(
-            "batch {} of {} is not committed at {}",
-            context.batch_id, receipt.operator, receipt.anchor
-        )));
-    }
-    if committed.root != receipt.root {
-        return Err(invalid("the anchor holds another root for this batch"));
-    }
-    if committed.blobHash != receipt.blob_versioned_hash {
-        return Err(invalid("the anchor holds another blob for this batch"));
-    }
-    if committed.periodStart.to::<u64>() != context.period_start
-        || committed.periodEnd.to::<u64>() != context.period_end
-    {
-        return Err(invalid("the anchor holds another period for this batch"));
-    }
+    check_anchor(provider, receipt).await?;
     checks.push("the anchor holds this root and blob".into());
-
-    let verified = anchor
-        .verify(receipt.operator, batch_id, receipt.encoded.clone(), receipt.proof.clone())
-        .call()
-        .await
-        .map_err(chain)?;
-    if !verified {
-        return Err(invalid("SettlementAnchor.verify refuses the record"));
-    }
     checks.push("SettlementAnchor.verify accepts the record".into());
-
-    let mut block_number = None;
-    if let Some(hash) = receipt.transaction_hash {
-        let tx = provider
-            .get_transaction_by_hash(hash)
-            .await
-            .map_err(chain)?
-            .ok_or_else(|| invalid(format!("no transaction {hash}")))?;
-        if tx.to() != Some(receipt.anchor) {
-            return Err(invalid("the commit transaction did not call the anchor"));
+    let block_number = match receipt.transaction_hash {
+        Some(hash) => {
+            let block = check_commit_transaction(provider, receipt, hash).await?;
+            checks.push(format!("transaction {hash} committed it with the blob"));
+            block
         }
-        if !tx
-            .blob_versioned_hashes()
-            .is_some_and(|hashes| hashes.contains(&receipt.blob_versioned_hash))
-        {
-            return Err(invalid("the commit transaction did not carry the blob"));
-        }
-        let mined = provider
-            .get_transaction_receipt(hash)
-            .await
-            .map_err(chain)?
-            .ok_or_else(|| invalid(format!("transaction {hash} is not mined")))?;
-        if !mined.status() {
-            return Err(invalid("the commit transaction reverted"));
-        }
-        block_number = mined.block_number;
-        checks.push(format!("transaction {hash} committed it with the blob"));
-    }
+        None => None,
+    };
 
     let stream = StreamVault::new(context.vault, provider)
         .getStream(U256::from(receipt.record.stream_id))
@@ -168,4 +120,74 @@ pub async fn verify_receipt(
         amount: receipt.record.amount.to_string(),
         block_number,
     })
+}
+
+/// The anchor holds the receipt's batch as the receipt says (root, blob, period), and its own
+/// `verify` accepts the record with the proof.
+async fn check_anchor(
+    provider: &DynProvider,
+    receipt: &SettlementReceipt,
+) -> Result<(), ReceiptError> {
+    let context = &receipt.context;
+    let anchor = SettlementAnchor::new(receipt.anchor, provider);
+    let batch_id = U256::from(context.batch_id);
+    let committed = anchor.getBatch(receipt.operator, batch_id).call().await.map_err(chain)?;
+    if committed.root.is_zero() {
+        return Err(invalid(format!(
+            "batch {} of {} is not committed at {}",
+            context.batch_id, receipt.operator, receipt.anchor
+        )));
+    }
+    if committed.root != receipt.root {
+        return Err(invalid("the anchor holds another root for this batch"));
+    }
+    if committed.blobHash != receipt.blob_versioned_hash {
+        return Err(invalid("the anchor holds another blob for this batch"));
+    }
+    if committed.periodStart.to::<u64>() != context.period_start
+        || committed.periodEnd.to::<u64>() != context.period_end
+    {
+        return Err(invalid("the anchor holds another period for this batch"));
+    }
+
+    let verified = anchor
+        .verify(receipt.operator, batch_id, receipt.encoded.clone(), receipt.proof.clone())
+        .call()
+        .await
+        .map_err(chain)?;
+    if !verified {
+        return Err(invalid("SettlementAnchor.verify refuses the record"));
+    }
+    Ok(())
+}
+
+/// The commit transaction `hash` called the anchor, carried the blob and succeeded; its block.
+async fn check_commit_transaction(
+    provider: &DynProvider,
+    receipt: &SettlementReceipt,
+    hash: alloy::primitives::B256,
+) -> Result<Option<u64>, ReceiptError> {
+    let tx = provider
+        .get_transaction_by_hash(hash)
+        .await
+        .map_err(chain)?
+        .ok_or_else(|| invalid(format!("no transaction {hash}")))?;
+    if tx.to() != Some(receipt.anchor) {
+        return Err(invalid("the commit transaction did not call the anchor"));
+    }
+    if !tx
+        .blob_versioned_hashes()
+        .is_some_and(|hashes| hashes.contains(&receipt.blob_versioned_hash))
+    {
+        return Err(invalid("the commit transaction did not carry the blob"));
+    }
+    let mined = provider
+        .get_transaction_receipt(hash)
+        .await
+        .map_err(chain)?
+        .ok_or_else(|| invalid(format!("transaction {hash} is not mined")))?;
+    if !mined.status() {
+        return Err(invalid("the commit transaction reverted"));
+    }
+    Ok(mined.block_number)
 }

@@ -247,6 +247,17 @@ impl Opener {
                 .await
                 .map(OpenOutcome::Opened);
         }
+        self.prepare_sponsored(&key.name, &request, terms).await.map(OpenOutcome::Prepared)
+    }
+
+    /// `stream_open` for a smart-account payer: its op approving the deposit and opening the
+    /// stream, sponsored under `sponsorshipPolicy` (the same op again for a retry).
+    async fn prepare_sponsored(
+        &self,
+        key_name: &str,
+        request: &OpenRequest,
+        terms: super::permit::Terms,
+    ) -> Result<Box<PreparedOpen>, ErrorObjectOwned> {
         let (Some(entry_point), Some(policy)) =
             (request.entry_point, request.sponsorship_policy.as_deref())
         else {
@@ -277,9 +288,9 @@ impl Opener {
             ))
             .map_err(|e| error(codes::INTERNAL, e.to_string()))?,
         );
-        let record_id = record_id(&key.name, "open", &request.idempotency_key);
+        let record_id = record_id(key_name, "open", &request.idempotency_key);
         if let Some(prepared) = self.replay(record_id, params_hash)? {
-            return Ok(OpenOutcome::Prepared(Box::new(prepared)));
+            return Ok(Box::new(prepared));
         }
         let approve =
             MockUSDC::approveCall { spender: self.vault, value: U256::from(deposit) }.abi_encode();
@@ -302,12 +313,12 @@ impl Opener {
             entry_point,
             paymaster,
             sender: request.payer,
-            factory: request.factory,
-            factory_data: request.factory_data,
+            factory: request.factory.clone(),
+            factory_data: request.factory_data.clone(),
         };
-        let prepared = self.sponsored(target, call_data, policy, &key.name).await?;
+        let prepared = self.sponsored(target, call_data, policy, key_name).await?;
         self.store(record_id, params_hash, &prepared)?;
-        Ok(OpenOutcome::Prepared(Box::new(prepared)))
+        Ok(Box::new(prepared))
     }
 
     /// `text` checked: the payee in the key's scope, the numbers in the vault's ranges, the

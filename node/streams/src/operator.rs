@@ -417,10 +417,27 @@ async fn mutate(
     if state.closed {
         return Err(error(codes::INVALID_PARAMS, format!("stream {id} is closed")));
     }
-    let now = billing.now()?;
+    let tx = mutation_transaction(name, id, &state, &mutation, billing.now()?, operator)?;
+    let receipt = operator.send_once(record, params_hash, tx).await?;
+    // Read-your-writes: once the call returns, the index (and so stream_get and the next
+    // mutation's checks) includes its block.
+    billing.wait_for_block(receipt.block_number).await;
+    Ok(receipt)
+}
+
+/// The vault call of mutation `name` on stream `id` (in `state` at second `now`), checked
+/// against the stream first so a call the vault would refuse is answered with the reason.
+fn mutation_transaction(
+    name: &str,
+    id: StreamId,
+    state: &super::accrual::StreamState,
+    mutation: &Mutation,
+    now: u64,
+    operator: &Operator,
+) -> Result<TransactionRequest, ErrorObjectOwned> {
     let vault = StreamVault::new(operator.vault, operator.sender.provider());
     let sid = U256::from(id);
-    let tx = match name {
+    Ok(match name {
         "stream_pause" if state.paused => {
             return Err(error(codes::INVALID_PARAMS, format!("stream {id} is already paused")));
         }
@@ -468,12 +485,7 @@ async fn mutate(
             }
         }
         _ => vault.close(sid).into_transaction_request(),
-    };
-    let receipt = operator.send_once(record, params_hash, tx).await?;
-    // Read-your-writes: once the call returns, the index (and so stream_get and the next
-    // mutation's checks) includes its block.
-    billing.wait_for_block(receipt.block_number).await;
-    Ok(receipt)
+    })
 }
 
 #[cfg(test)]

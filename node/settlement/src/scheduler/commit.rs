@@ -1,0 +1,189 @@
+//! Committing batches: each batch's root and blob in a type-3 transaction to the anchor,
+//! recorded before it is sent, re-priced until mined.
+
+use super::*;
+
+impl Settler {
+    /// Commits every stored batch not yet committed, in id order.
+    pub(super) async fn commit_pending(
+        &self,
+        round: &mut SettlementRound,
+    ) -> Result<(), SchedulerError> {
+        let cursor = self.cursor()?;
+        // Batches are committed in order, so the unfinished ones are the last few.
+        let mut id = cursor.next_batch_id;
+        while id > 1 {
+            match self.batch(id - 1)? {
+                Some(batch) if !matches!(batch.stage, BatchStage::Committed { .. }) => id -= 1,
+                _ => break,
+            }
+        }
+        for id in id..cursor.next_batch_id {
+            let Some(batch) = self.batch(id)? else { continue };
+            match self.commit(batch).await? {
+                true => round.committed.push(id),
+                false => {
+                    round.waiting.push(id);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the anchor holds `batch` (under this operator, with its root).
+    pub(super) async fn anchored(&self, batch: &StoredBatch) -> Result<bool, SchedulerError> {
+        let anchor = SettlementAnchor::new(self.anchor, &self.provider);
+        let id = U256::from(batch.context.batch_id);
+        let on_chain = anchor.getBatch(self.operator, id).call().await.map_err(chain)?;
+        Ok(on_chain.root == batch.root)
+    }
+
+    /// The commit transaction of `batch`, without fees, nonce or gas.
+    pub(super) fn commit_request(
+        &self,
+        batch: &StoredBatch,
+    ) -> Result<TransactionRequest, SchedulerError> {
+        let anchor = SettlementAnchor::new(self.anchor, &self.provider);
+        let count = u32::try_from(batch.records.len()).map_err(storage)?;
+        Ok(anchor
+            .commit(
+                U256::from(batch.context.batch_id),
+                batch.root,
+                count,
+                batch.total,
+                U48::from(batch.context.period_start),
+                U48::from(batch.context.period_end),
+            )
+            .sidecar(batch.sidecar()?)
+            .into_transaction_request())
+    }
+
+    /// Commits `batch` once, re-pricing it while stuck; false if the blob fee is above the
+    /// bound (it waits).
+    pub(super) async fn commit(&self, mut batch: StoredBatch) -> Result<bool, SchedulerError> {
+        let id = batch.context.batch_id;
+        if batch.stage == BatchStage::Built
+            && let Some(done) = self.send_built(&mut batch).await?
+        {
+            return Ok(done);
+        }
+        for _ in 0..=MAX_REPRICES {
+            let BatchStage::Sent { transaction, mut replaced } = batch.stage.clone() else {
+                return Ok(true);
+            };
+            let mut hashes = replaced.clone();
+            hashes.push(transaction.hash);
+            if let Some((hash, block, ok)) =
+                self.wait_mined(&hashes, self.settings.reprice_after).await?
+            {
+                if !ok {
+                    // Sent again from scratch next round (the anchor refuses a second commit).
+                    batch.stage = BatchStage::Built;
+                    self.put_batch(&batch)?;
+                    return Err(chain(format!("commit of batch {id} reverted in {hash}")));
+                }
+                batch.stage = BatchStage::Committed { transaction: hash, block };
+                self.put_batch(&batch)?;
+                self.committed_metrics(&batch, hash).await;
+                return Ok(true);
+            }
+            if self.anchored(&batch).await? {
+                // Mined under a hash we do not know (a resend cut short by a crash).
+                batch.stage = BatchStage::Committed { transaction: transaction.hash, block: 0 };
+                self.put_batch(&batch)?;
+                return Ok(true);
+            }
+            let Some(resent) = self.reprice(&batch, &transaction).await? else {
+                return Ok(false);
+            };
+            warn!(
+                batch = id,
+                old = %transaction.hash,
+                new = %resent.hash,
+                nonce = resent.nonce,
+                max_fee_per_gas = resent.max_fee_per_gas,
+                max_fee_per_blob_gas = ?resent.max_fee_per_blob_gas,
+                "settlement commit re-priced"
+            );
+            ::metrics::counter!(crate::metrics::REPRICED, "kind" => "commit").increment(1);
+            replaced.push(transaction.hash);
+            batch.stage = BatchStage::Sent { transaction: resent, replaced };
+            self.put_batch(&batch)?;
+        }
+        Err(chain(format!("commit of batch {id} not mined after {MAX_REPRICES} re-pricings")))
+    }
+
+    /// The first send of a `Built` batch, recorded as `Sent`. `Some(true)`: it was committed
+    /// already (a crash between sending and storing the hash leaves a committed batch `Built`);
+    /// `Some(false)`: the blob fee is above the bound, the batch waits; `None`: sent.
+    async fn send_built(&self, batch: &mut StoredBatch) -> Result<Option<bool>, SchedulerError> {
+        if self.anchored(batch).await? {
+            batch.stage = BatchStage::Committed { transaction: B256::ZERO, block: 0 };
+            self.put_batch(batch)?;
+            return Ok(Some(true));
+        }
+        let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
+        let bound = self.max_blob_fee();
+        if blob_fee > bound {
+            let id = batch.context.batch_id;
+            warn!(batch = id, blob_fee, bound, "blob fee above the bound: the batch waits");
+            return Ok(Some(false));
+        }
+        // Twice the current blob fee (at least 1 wei), within the bound: room for a rise.
+        let cap = (blob_fee.max(1) * 2).min(bound.max(1));
+        let request = self.commit_request(batch)?.max_fee_per_blob_gas(cap);
+        let transaction = self.sender.send(request).await.map_err(chain)?;
+        batch.stage = BatchStage::Sent { transaction, replaced: Vec::new() };
+        self.put_batch(batch)?;
+        Ok(None)
+    }
+
+    /// The stuck commit `transaction` sent again: outbid at its nonce, or afresh if the nonce
+    /// went to another transaction. `None` when it cannot be outbid within the blob fee bound.
+    async fn reprice(
+        &self,
+        batch: &StoredBatch,
+        transaction: &SentTransaction,
+    ) -> Result<Option<SentTransaction>, SchedulerError> {
+        let mined_nonce =
+            self.provider.get_transaction_count(self.operator).await.map_err(chain)?;
+        let request = self.commit_request(batch)?;
+        let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
+        let bound = self.max_blob_fee().max(1);
+        let previous_cap = transaction.max_fee_per_blob_gas.unwrap_or_default();
+        if mined_nonce > transaction.nonce {
+            // The nonce went to another transaction and the batch is not committed: send it
+            // afresh.
+            if blob_fee > bound {
+                return Ok(None);
+            }
+            let cap = (blob_fee.max(1) * 2).min(bound);
+            let sent = self.sender.send(request.max_fee_per_blob_gas(cap)).await;
+            return sent.map(Some).map_err(chain);
+        }
+        let cap = (previous_cap * 2).max(blob_fee.max(1) * 2).min(bound);
+        if cap <= previous_cap || blob_fee > bound {
+            let id = batch.context.batch_id;
+            warn!(
+                batch = id,
+                blob_fee, bound, "stuck commit cannot be outbid within the bound: waiting"
+            );
+            return Ok(None);
+        }
+        let resent = self.sender.resend(transaction, request.max_fee_per_blob_gas(cap)).await;
+        resent.map(Some).map_err(chain)
+    }
+
+    pub(super) async fn committed_metrics(&self, batch: &StoredBatch, transaction: B256) {
+        if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(transaction).await {
+            ::metrics::gauge!(crate::metrics::COMMIT_GAS).set(receipt.gas_used as f64);
+            ::metrics::gauge!(crate::metrics::COMMIT_BLOB_GAS)
+                .set(receipt.blob_gas_used.unwrap_or_default() as f64);
+        }
+        ::metrics::counter!(crate::metrics::BATCHES).increment(1);
+        ::metrics::gauge!(crate::metrics::RECORDS_PER_BLOB).set(batch.records.len() as f64);
+        let (batch_id, records) = (batch.context.batch_id, batch.records.len());
+        info!(batch = batch_id, records, %transaction, "settlement batch committed");
+    }
+}

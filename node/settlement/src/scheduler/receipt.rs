@@ -1,0 +1,76 @@
+//! A stream's settlement receipt: its record, the Merkle proof and the batch that carries it.
+
+use super::*;
+
+/// A stream's receipt for one batch: its record and everything needed to check it on chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementReceipt {
+    /// The record.
+    pub record: SettlementRecord,
+    /// Chain, vault, batch id, period.
+    pub context: BatchContext,
+    /// The record's leaf encoding (what `SettlementAnchor.verify` takes).
+    pub encoded: Bytes,
+    /// `keccak256(keccak256(encoded))`.
+    pub leaf: B256,
+    /// Siblings from the leaf to the root.
+    pub proof: Vec<B256>,
+    /// The batch's Merkle root.
+    pub root: B256,
+    /// The anchor and the operator the batch is committed under.
+    pub anchor: Address,
+    /// See `anchor`.
+    pub operator: Address,
+    /// The commit transaction (none until sent).
+    pub transaction_hash: Option<B256>,
+    /// The blob's versioned hash.
+    pub blob_versioned_hash: B256,
+    /// Whether the commit is mined.
+    pub committed: bool,
+}
+
+impl Settler {
+    /// The receipt of stream `stream_id` in batch `batch_id`; `None` if either is unknown.
+    pub fn receipt(
+        &self,
+        stream_id: u64,
+        batch_id: u64,
+    ) -> Result<Option<SettlementReceipt>, SchedulerError> {
+        let cached = {
+            let mut slot =
+                self.receipt_batch.lock().map_err(|_| storage("receipt cache poisoned"))?;
+            match slot.as_ref().filter(|c| c.batch.context.batch_id == batch_id) {
+                Some(cached) => cached.clone(),
+                None => {
+                    let Some(batch) = self.batch(batch_id)? else { return Ok(None) };
+                    let leaves = batch.records.iter().map(|r| r.leaf(&batch.context)).collect();
+                    let loaded = Arc::new(ReceiptBatch { tree: MerkleTree::new(leaves), batch });
+                    *slot = Some(loaded.clone());
+                    loaded
+                }
+            }
+        };
+        let (batch, tree) = (&cached.batch, &cached.tree);
+        let Ok(position) = batch.records.binary_search_by_key(&stream_id, |r| r.stream_id) else {
+            return Ok(None);
+        };
+        let record = batch.records[position].clone();
+        let encoded = record.encode(&batch.context);
+        let transaction_hash = batch.stage.transaction();
+        let committed = matches!(batch.stage, BatchStage::Committed { .. });
+        Ok(Some(SettlementReceipt {
+            leaf: crate::leaf_of(&encoded),
+            encoded: Bytes::copy_from_slice(&encoded),
+            proof: tree.proof(position).unwrap_or_default(),
+            root: batch.root,
+            record,
+            context: batch.context,
+            anchor: self.anchor,
+            operator: self.operator,
+            transaction_hash,
+            blob_versioned_hash: batch.versioned_hash,
+            committed,
+        }))
+    }
+}
