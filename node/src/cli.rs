@@ -31,8 +31,25 @@ use crate::config::{
 };
 use crate::paymaster::{PaymasterAction, PaymasterCommandConfig};
 
+mod billing;
+mod bundler;
+mod chain;
+mod log;
 mod mempool;
-use mempool::MempoolArgs;
+mod metrics;
+mod paymaster;
+mod rpc;
+mod settlement;
+
+pub use billing::BillingArgs;
+pub use bundler::BundlerArgs;
+pub use chain::ChainArgs;
+pub use log::LogArgs;
+pub use mempool::MempoolArgs;
+pub use metrics::MetricsArgs;
+pub use paymaster::PaymasterArgs;
+pub use rpc::RpcArgs;
+pub use settlement::SettlementArgs;
 
 /// settled: an ERC-4337 bundler, paymaster and per-second USDC streaming node.
 #[derive(Debug, Parser)]
@@ -192,275 +209,48 @@ pub struct RunArgs {
     pub deployment: PathBuf,
 }
 
-/// Settings shared by every subcommand.
+/// Settings shared by every subcommand, one group per subsystem (each its own help heading).
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// Data directory (database, deployment file).
     #[arg(long, env = "SETTLED_DATADIR", default_value = ".settled")]
     pub datadir: PathBuf,
 
-    /// JSON-RPC listen address.
-    #[arg(long = "rpc.addr", env = "SETTLED_RPC_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    pub rpc_addr: IpAddr,
+    /// The JSON-RPC server.
+    #[command(flatten, next_help_heading = "JSON-RPC server")]
+    pub rpc: RpcArgs,
 
-    /// JSON-RPC port (HTTP and WebSocket; 0: a free port).
-    #[arg(long = "rpc.port", env = "SETTLED_RPC_PORT", default_value_t = DEFAULT_RPC_PORT)]
-    pub rpc_port: u16,
-
-    /// Largest JSON-RPC request body, in bytes.
-    #[arg(long = "rpc.max-request-bytes", env = "SETTLED_RPC_MAX_REQUEST_BYTES", default_value_t = RpcConfig::default().max_request_bytes)]
-    pub rpc_max_request_bytes: u32,
-
-    /// Most concurrent JSON-RPC HTTP connections.
-    #[arg(long = "rpc.max-connections", env = "SETTLED_RPC_MAX_CONNECTIONS", default_value_t = RpcConfig::default().max_connections)]
-    pub rpc_max_connections: u32,
-
-    /// Most concurrent WebSocket connections (a limit of their own: idle subscribers cannot take
-    /// HTTP's connections).
-    #[arg(long = "rpc.max-ws-connections", env = "SETTLED_RPC_MAX_WS_CONNECTIONS", default_value_t = RpcConfig::default().max_ws_connections)]
-    pub rpc_max_ws_connections: u32,
-
-    /// Most concurrent connections (HTTP and WebSocket) from one client IP.
-    #[arg(long = "rpc.max-connections-per-ip", env = "SETTLED_RPC_MAX_CONNECTIONS_PER_IP", default_value_t = RpcConfig::default().max_connections_per_ip)]
-    pub rpc_max_connections_per_ip: u32,
-
-    /// Bytes of JSON-RPC request bodies in flight at once; a request past it is answered 503.
-    #[arg(long = "rpc.max-in-flight-body-bytes", env = "SETTLED_RPC_MAX_IN_FLIGHT_BODY_BYTES", default_value_t = RpcConfig::default().max_in_flight_body_bytes)]
-    pub rpc_max_in_flight_body_bytes: u64,
-
-    /// Seconds a WebSocket opened without a billing key may stay silent before it is closed
-    /// (0: no limit).
-    #[arg(long = "rpc.anonymous-ws-idle-secs", env = "SETTLED_RPC_ANONYMOUS_WS_IDLE_SECS", default_value_t = RpcConfig::default().anonymous_ws_idle_secs)]
-    pub rpc_anonymous_ws_idle_secs: u64,
-
-    /// Most calls in one JSON-RPC batch.
-    #[arg(long = "rpc.max-batch", env = "SETTLED_RPC_MAX_BATCH", default_value_t = RpcConfig::default().max_batch_len)]
-    pub rpc_max_batch: u32,
-
-    /// Serve the `debug_bundler_*` JSON-RPC methods (development and tests only).
-    #[arg(long = "rpc.debug", env = "SETTLED_RPC_DEBUG")]
-    pub rpc_debug: bool,
-
-    /// Serve the operator's `paymaster_*` JSON-RPC methods (policies at run time, status); keep
-    /// the server on loopback or behind an authenticating proxy.
-    #[arg(long = "rpc.admin", env = "SETTLED_RPC_ADMIN")]
-    pub rpc_admin: bool,
-
-    /// TOML file of billing API keys (`[[keys]]`: name, keccak256 of the token, payees or
-    /// `all = true`) for the `stream_*` JSON-RPC.
-    #[arg(long = "billing.api-keys-file", env = "SETTLED_BILLING_API_KEYS_FILE")]
-    pub billing_api_keys_file: Option<PathBuf>,
-
-    /// The key the node signs stream operator transactions with, hex (prefer the environment
-    /// or a key file to a flag).
-    #[arg(
-        long = "billing.operator-key",
-        env = "SETTLED_BILLING_OPERATOR_KEY",
-        hide_env_values = true
-    )]
-    pub billing_operator_key: Option<String>,
-
-    /// File holding the stream operator's key, hex.
-    #[arg(long = "billing.operator-key-file", env = "SETTLED_BILLING_OPERATOR_KEY_FILE")]
-    pub billing_operator_key_file: Option<PathBuf>,
-
-    /// Alert `lowBalance` when a stream will run out within this many seconds.
-    #[arg(
-        long = "billing.low-balance-secs",
-        env = "SETTLED_BILLING_LOW_BALANCE_SECS",
-        default_value_t = 3_600
-    )]
-    pub billing_low_balance_secs: u64,
-
-    /// Do not settle on a timer (batches are built and committed only when asked:
-    /// `settlement_runNow`, served with `--rpc.admin`).
-    #[arg(long = "settlement.disable", env = "SETTLED_SETTLEMENT_DISABLE")]
-    pub settlement_disable: bool,
-
-    /// Seconds between settlement periods.
-    #[arg(
-        long = "settlement.interval-secs",
-        env = "SETTLED_SETTLEMENT_INTERVAL_SECS",
-        default_value_t = 600
-    )]
-    pub settlement_interval_secs: u64,
-
-    /// Streams per `withdrawBatch` transaction.
-    #[arg(
-        long = "settlement.withdraw-batch",
-        env = "SETTLED_SETTLEMENT_WITHDRAW_BATCH",
-        default_value_t = 100
-    )]
-    pub settlement_withdraw_batch: usize,
-
-    /// The highest blob base fee (wei) a commit pays; above it the batch waits for the next
-    /// period.
-    #[arg(
-        long = "settlement.max-blob-fee-wei",
-        env = "SETTLED_SETTLEMENT_MAX_BLOB_FEE_WEI",
-        default_value_t = 50_000_000_000
-    )]
-    pub settlement_max_blob_fee_wei: u128,
-
-    /// Seconds a settlement transaction may stay unmined before it is sent again at the same
-    /// nonce with higher fees (blob fee included, within the bound).
-    #[arg(
-        long = "settlement.reprice-after-secs",
-        env = "SETTLED_SETTLEMENT_REPRICE_AFTER_SECS",
-        default_value_t = 60
-    )]
-    pub settlement_reprice_after_secs: u64,
-
-    /// Do not run the paymaster.
-    #[arg(long = "paymaster.disable", env = "SETTLED_PAYMASTER_DISABLE")]
-    pub paymaster_disable: bool,
-
-    /// The paymaster's signing key, hex (prefer the environment or a key file to a flag).
-    #[arg(long = "paymaster.key", env = "SETTLED_PAYMASTER_KEY", hide_env_values = true)]
-    pub paymaster_key: Option<String>,
-
-    /// File holding the paymaster's signing key, hex.
-    #[arg(long = "paymaster.key-file", env = "SETTLED_PAYMASTER_KEY_FILE")]
-    pub paymaster_key_file: Option<PathBuf>,
-
-    /// TOML file of sponsorship policies (`[[policies]]` tables).
-    #[arg(long = "paymaster.policies-file", env = "SETTLED_PAYMASTER_POLICIES_FILE")]
-    pub paymaster_policies_file: Option<PathBuf>,
-
-    /// Seconds a sponsorship signature stays valid.
-    #[arg(long = "paymaster.validity-secs", env = "SETTLED_PAYMASTER_VALIDITY_SECS", default_value_t = PaymasterSettings::default().validity_secs)]
-    pub paymaster_validity_secs: u64,
-
-    /// Wei the paymaster sponsors per day across all policies (default: no global budget).
-    #[arg(long = "paymaster.daily-budget-wei", env = "SETTLED_PAYMASTER_DAILY_BUDGET_WEI")]
-    pub paymaster_daily_budget_wei: Option<alloy::primitives::U256>,
-
-    /// Warn when a paymaster deposit falls below this many wei.
-    #[arg(long = "paymaster.low-deposit-wei", env = "SETTLED_PAYMASTER_LOW_DEPOSIT_WEI", default_value_t = PaymasterSettings::default().low_deposit_wei)]
-    pub paymaster_low_deposit_wei: alloy::primitives::U256,
-
-    /// The policy a `pm_*` request without `context.policyId` is judged by (`settled dev`:
-    /// `default`; elsewhere none, and such a request is refused).
-    #[arg(long = "paymaster.default-policy", env = "SETTLED_PAYMASTER_DEFAULT_POLICY")]
-    pub paymaster_default_policy: Option<String>,
-
-    /// Do not run the ERC-4337 bundler.
-    #[arg(long = "bundler.disable", env = "SETTLED_BUNDLER_DISABLE")]
-    pub bundler_disable: bool,
-
-    /// The bundler's signing key, hex (prefer the environment or a key file to a flag).
-    #[arg(long = "bundler.key", env = "SETTLED_BUNDLER_KEY", hide_env_values = true)]
-    pub bundler_key: Option<String>,
-
-    /// File holding the bundler's signing key, hex.
-    #[arg(long = "bundler.key-file", env = "SETTLED_BUNDLER_KEY_FILE")]
-    pub bundler_key_file: Option<PathBuf>,
-
-    /// Address receiving the bundles' fees (default: the bundler's own).
-    #[arg(long = "bundler.beneficiary", env = "SETTLED_BUNDLER_BENEFICIARY")]
-    pub bundler_beneficiary: Option<alloy::primitives::Address>,
-
-    /// `auto`: a bundle after each block with ops pending; `manual`: only on
-    /// `debug_bundler_sendBundleNow`.
-    #[arg(long = "bundler.mode", env = "SETTLED_BUNDLER_MODE", default_value = "auto", value_parser = parse_mode)]
-    pub bundler_mode: settled_bundler::BundlingMode,
-
-    /// In auto mode, milliseconds between bundle attempts (besides one per new block).
-    #[arg(
-        long = "bundler.interval-ms",
-        env = "SETTLED_BUNDLER_INTERVAL_MS",
-        default_value_t = 1_000
-    )]
-    pub bundler_interval_ms: u64,
-
-    /// Sum of the ops' gas limits one bundle may hold.
-    #[arg(
-        long = "bundler.max-bundle-gas",
-        env = "SETTLED_BUNDLER_MAX_BUNDLE_GAS",
-        default_value_t = 10_000_000
-    )]
-    pub bundler_max_bundle_gas: u64,
-
-    /// Ops per bundle.
-    #[arg(
-        long = "bundler.max-bundle-ops",
-        env = "SETTLED_BUNDLER_MAX_BUNDLE_OPS",
-        default_value_t = 64
-    )]
-    pub bundler_max_bundle_ops: usize,
-
-    /// A bundle not mined after this many blocks is resent with fees raised by at least 10%.
-    #[arg(
-        long = "bundler.fee-bump-blocks",
-        env = "SETTLED_BUNDLER_FEE_BUMP_BLOCKS",
-        default_value_t = 3
-    )]
-    pub bundler_fee_bump_blocks: u64,
-
-    /// The highest maxFeePerGas (wei) a bundle is sent or re-priced at; fee bumps stop there.
-    #[arg(
-        long = "bundler.max-fee-wei",
-        env = "SETTLED_BUNDLER_MAX_FEE_WEI",
-        default_value_t = settled_bundler::DEFAULT_MAX_FEE_PER_GAS
-    )]
-    pub bundler_max_fee_wei: u128,
-
-    /// Entities (sender, factory, paymaster addresses) always in good standing, whatever their
-    /// ERC-7562 reputation; comma-separated.
-    #[arg(long = "bundler.allowlist", env = "SETTLED_BUNDLER_ALLOWLIST", value_delimiter = ',')]
-    pub bundler_allowlist: Vec<alloy::primitives::Address>,
-
-    /// Entities always banned from the mempool; comma-separated.
-    #[arg(long = "bundler.blocklist", env = "SETTLED_BUNDLER_BLOCKLIST", value_delimiter = ',')]
-    pub bundler_blocklist: Vec<alloy::primitives::Address>,
-
-    /// EntryPoints served, the preferred first (0.7, 0.8).
-    #[arg(long = "bundler.entry-points", env = "SETTLED_BUNDLER_ENTRY_POINTS", value_delimiter = ',', default_values = ["0.8", "0.7"], value_parser = parse_version)]
-    pub bundler_entry_points: Vec<settled_contracts::EntryPointVersion>,
-
-    /// Prometheus listen address.
-    #[arg(long = "metrics.addr", env = "SETTLED_METRICS_ADDR", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    pub metrics_addr: IpAddr,
-
-    /// Prometheus port (0: a free port).
-    #[arg(long = "metrics.port", env = "SETTLED_METRICS_PORT", default_value_t = DEFAULT_METRICS_PORT)]
-    pub metrics_port: u16,
-
-    /// Do not serve Prometheus metrics.
-    #[arg(long = "metrics.disable", env = "SETTLED_METRICS_DISABLE")]
-    pub metrics_disable: bool,
-
-    /// Milliseconds between polls for a new block.
-    #[arg(
-        long = "chain.poll-interval-ms",
-        env = "SETTLED_CHAIN_POLL_INTERVAL_MS",
-        default_value_t = 1_000
-    )]
-    pub chain_poll_interval_ms: u64,
-
-    /// Deepest chain reorganisation the node unwinds.
-    #[arg(long = "chain.reorg-depth", env = "SETTLED_CHAIN_REORG_DEPTH", default_value_t = 64)]
-    pub chain_reorg_depth: u64,
-
-    /// Seconds to wait for the chain's RPC endpoint at start-up.
-    #[arg(
-        long = "chain.connect-timeout-secs",
-        env = "SETTLED_CHAIN_CONNECT_TIMEOUT_SECS",
-        default_value_t = 5
-    )]
-    pub chain_connect_timeout_secs: u64,
-
-    /// Log as JSON lines instead of text.
-    #[arg(long = "log.json", env = "SETTLED_LOG_JSON")]
-    pub log_json: bool,
-
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,settled_contracts=debug`.
-    #[arg(long = "log.filter", env = "SETTLED_LOG", default_value = "info")]
-    pub log_filter: String,
+    /// The bundler.
+    #[command(flatten, next_help_heading = "Bundler")]
+    pub bundler: BundlerArgs,
 
     /// ERC-7562 mempool parameters.
     #[command(flatten, next_help_heading = "Mempool (ERC-7562 parameters)")]
     pub mempool: MempoolArgs,
+
+    /// The paymaster.
+    #[command(flatten, next_help_heading = "Paymaster")]
+    pub paymaster: PaymasterArgs,
+
+    /// The billing API.
+    #[command(flatten, next_help_heading = "Billing")]
+    pub billing: BillingArgs,
+
+    /// Settlement.
+    #[command(flatten, next_help_heading = "Settlement")]
+    pub settlement: SettlementArgs,
+
+    /// Following the chain.
+    #[command(flatten, next_help_heading = "Chain")]
+    pub chain: ChainArgs,
+
+    /// Prometheus.
+    #[command(flatten, next_help_heading = "Metrics")]
+    pub metrics: MetricsArgs,
+
+    /// Logging.
+    #[command(flatten, next_help_heading = "Logging")]
+    pub log: LogArgs,
 }
 
 /// Logging settings (applied by the binary, not by the library).
@@ -673,94 +463,19 @@ fn parse_ether(value: &str) -> Result<alloy::primitives::U256, String> {
 }
 
 impl NodeArgs {
+    /// Each group's configuration, assembled.
     fn into_config(self) -> (NodeConfig, LogConfig) {
         let node = NodeConfig {
             datadir: self.datadir,
-            rpc: RpcConfig {
-                addr: SocketAddr::new(self.rpc_addr, self.rpc_port),
-                max_request_bytes: self.rpc_max_request_bytes,
-                max_connections: self.rpc_max_connections,
-                max_ws_connections: self.rpc_max_ws_connections,
-                max_connections_per_ip: self.rpc_max_connections_per_ip,
-                max_in_flight_body_bytes: self.rpc_max_in_flight_body_bytes,
-                anonymous_ws_idle_secs: self.rpc_anonymous_ws_idle_secs,
-                max_batch_len: self.rpc_max_batch.max(1),
-                debug: self.rpc_debug,
-                admin: self.rpc_admin,
-            },
-            metrics: (!self.metrics_disable)
-                .then(|| SocketAddr::new(self.metrics_addr, self.metrics_port)),
-            chain: ChainConfig {
-                poll_interval: Duration::from_millis(self.chain_poll_interval_ms.max(1)),
-                reorg_depth: self.chain_reorg_depth,
-                connect_timeout: Duration::from_secs(self.chain_connect_timeout_secs.max(1)),
-            },
-            bundler: BundlerSettings {
-                enabled: !self.bundler_disable,
-                key: self.bundler_key.map(SecretKey),
-                key_file: self.bundler_key_file,
-                beneficiary: self.bundler_beneficiary,
-                mode: self.bundler_mode,
-                interval: Duration::from_millis(self.bundler_interval_ms.max(10)),
-                max_bundle_gas: self.bundler_max_bundle_gas,
-                max_bundle_ops: self.bundler_max_bundle_ops.max(1),
-                fee_bump_after_blocks: self.bundler_fee_bump_blocks.max(1),
-                max_fee_per_gas: self.bundler_max_fee_wei,
-                reputation: settled_bundler::ReputationLists {
-                    allowlist: self.bundler_allowlist.into_iter().collect(),
-                    blocklist: self.bundler_blocklist.into_iter().collect(),
-                },
-                entry_points: dedup(self.bundler_entry_points),
-                params: self.mempool.into_params(),
-            },
-            paymaster: PaymasterSettings {
-                enabled: !self.paymaster_disable,
-                key: self.paymaster_key.map(SecretKey),
-                key_file: self.paymaster_key_file,
-                policies_file: self.paymaster_policies_file,
-                policies: Vec::new(),
-                validity_secs: self.paymaster_validity_secs.max(1),
-                daily_budget_wei: self.paymaster_daily_budget_wei,
-                low_deposit_wei: self.paymaster_low_deposit_wei,
-                default_policy: self.paymaster_default_policy,
-            },
-            billing: BillingSettings {
-                api_keys_file: self.billing_api_keys_file,
-                api_keys: Vec::new(),
-                operator_key: self.billing_operator_key.map(SecretKey),
-                operator_key_file: self.billing_operator_key_file,
-                alerts: settled_streams::AlertThresholds {
-                    low_balance_secs: self.billing_low_balance_secs,
-                },
-            },
-            settlement: settled_settlement::SettlementSettings {
-                enabled: !self.settlement_disable,
-                interval: Duration::from_secs(self.settlement_interval_secs.max(1)),
-                withdraw_batch: self.settlement_withdraw_batch.max(1),
-                max_blob_fee_wei: self.settlement_max_blob_fee_wei,
-                reprice_after: Duration::from_secs(self.settlement_reprice_after_secs.max(1)),
-            },
+            rpc: self.rpc.into_config(),
+            metrics: self.metrics.into_addr(),
+            chain: self.chain.into_config(),
+            bundler: self.bundler.into_settings(self.mempool.into_params()),
+            paymaster: self.paymaster.into_settings(),
+            billing: self.billing.into_settings(),
+            settlement: self.settlement.into_settings(),
         };
-        (node, LogConfig { json: self.log_json, filter: self.log_filter })
-    }
-}
-
-/// `list` without repeats, first occurrence kept (the first is the preferred one).
-fn dedup<T: PartialEq>(list: Vec<T>) -> Vec<T> {
-    let mut out = Vec::with_capacity(list.len());
-    for item in list {
-        if !out.contains(&item) {
-            out.push(item);
-        }
-    }
-    out
-}
-
-fn parse_mode(value: &str) -> Result<settled_bundler::BundlingMode, String> {
-    match value {
-        "auto" => Ok(settled_bundler::BundlingMode::Auto),
-        "manual" => Ok(settled_bundler::BundlingMode::Manual),
-        other => Err(format!("`{other}` is not a bundling mode (auto, manual)")),
+        (node, self.log.into_config())
     }
 }
 
@@ -799,10 +514,17 @@ fn flatten(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// One group of flags alone, for its defaults test (`Only::<RpcArgs>::parse_from(...)`).
+    #[derive(Debug, Parser)]
+    pub(crate) struct Only<T: Args> {
+        #[command(flatten)]
+        pub(crate) group: T,
+    }
 
     fn parse(args: &[&str]) -> Result<Cli, CliError> {
         Cli::parse_with_config(std::iter::once("settled").chain(args.iter().copied()))

@@ -18,7 +18,10 @@ mod rpc;
 mod storage;
 mod tasks;
 
-pub use cli::{Action, Cli, CliError, Command, LogConfig};
+pub use cli::{
+    Action, BillingArgs, BundlerArgs, ChainArgs, Cli, CliError, Command, LogArgs, LogConfig,
+    MempoolArgs, MetricsArgs, PaymasterArgs, RpcArgs, SettlementArgs,
+};
 pub use config::{
     BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_DEV_ANVIL_PORT,
     DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,

@@ -491,7 +491,12 @@ impl SettledProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err("settled did not answer within 10 s".into())
+        // The end of its log says why.
+        let log = std::fs::read_to_string(datadir.join("settled.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(format!("settled did not answer within 10 s; its log ends:\n{}", tail.join("\n"))
+            .into())
     }
 
     /// The same with the paymaster on: a policy `default` (no limits) in `datadir`'s

@@ -1,0 +1,69 @@
+//! `--billing.*`: the billing API (keys, the operator key, alerts).
+
+use super::*;
+
+/// The billing API (keys, the operator key, alerts).
+#[derive(Debug, Clone, Args)]
+pub struct BillingArgs {
+    /// TOML file of billing API keys (`[[keys]]`: name, keccak256 of the token, payees or
+    /// `all = true`) for the `stream_*` JSON-RPC.
+    #[arg(
+        long = "billing.api-keys-file",
+        id = "billing.api-keys-file",
+        env = "SETTLED_BILLING_API_KEYS_FILE"
+    )]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// The key the node signs stream operator transactions with, hex (prefer the environment
+    /// or a key file to a flag).
+    #[arg(
+        long = "billing.operator-key",
+        id = "billing.operator-key",
+        env = "SETTLED_BILLING_OPERATOR_KEY",
+        hide_env_values = true
+    )]
+    pub operator_key: Option<String>,
+
+    /// File holding the stream operator's key, hex.
+    #[arg(
+        long = "billing.operator-key-file",
+        id = "billing.operator-key-file",
+        env = "SETTLED_BILLING_OPERATOR_KEY_FILE"
+    )]
+    pub operator_key_file: Option<PathBuf>,
+
+    /// Alert `lowBalance` when a stream will run out within this many seconds.
+    #[arg(
+        long = "billing.low-balance-secs",
+        id = "billing.low-balance-secs",
+        env = "SETTLED_BILLING_LOW_BALANCE_SECS",
+        default_value_t = 3_600
+    )]
+    pub low_balance_secs: u64,
+}
+
+impl BillingArgs {
+    /// The billing API's settings (keys from the file are read at start).
+    pub fn into_settings(self) -> BillingSettings {
+        BillingSettings {
+            api_keys_file: self.api_keys_file,
+            api_keys: Vec::new(),
+            operator_key: self.operator_key.map(SecretKey),
+            operator_key_file: self.operator_key_file,
+            alerts: settled_streams::AlertThresholds { low_balance_secs: self.low_balance_secs },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No flag: the configuration's own defaults.
+    #[test]
+    fn no_flags_give_the_defaults() -> Result<(), clap::Error> {
+        let args = super::super::tests::Only::<BillingArgs>::try_parse_from(["settled"])?;
+        assert_eq!(args.group.into_settings(), BillingSettings::default());
+        Ok(())
+    }
+}
