@@ -244,38 +244,10 @@ impl Simulator {
         };
 
         // 1. The probe: everything high, nothing paid.
-        let cap = self.limits.gas_cap;
-        let high = Limits {
-            verification: cap / 6,
-            call: cap / 3,
-            paymaster_verification: if paymaster.is_some() { cap / 6 } else { 0 },
-            post_op: given_post_op.unwrap_or(if paymaster.is_some() { cap / 10 } else { 0 }),
-        };
-        let probe = run(&high, false)?;
-        execution_verdict(&probe)?;
-        let frames = probe.frames;
-        let pre_op_gas = u64::try_from(probe.pre_op_gas).unwrap_or(u64::MAX);
-        let validation_seed = pre_op_gas
-            .saturating_sub(base.preVerificationGas.to::<u64>())
-            .saturating_sub(frames.paymaster_validation);
-        let generous = |used: u64| used.saturating_mul(2).saturating_add(50_000);
-        let limits = Limits {
-            verification: generous(validation_seed),
-            call: generous(frames.execution),
-            paymaster_verification: if paymaster.is_some() {
-                generous(frames.paymaster_validation)
-            } else {
-                0
-            },
-            post_op: given_post_op.unwrap_or(if paymaster.is_some() {
-                generous(frames.post_op)
-            } else {
-                0
-            }),
-        };
+        let pre_verification = base.preVerificationGas.to::<u64>();
+        let searched = self.probe(&run, paymaster.is_some(), given_post_op, pre_verification)?;
 
         // 2. Each limit, with the op's fees.
-        let searched = Searched { frames, high, seed: limits, validation_seed, given_post_op };
         let limits = search_limits(&run, &searched, paymaster.is_some(), op.callData.is_empty())?;
 
         // 3. Margins, the floors, and one run with the estimate itself.
@@ -303,6 +275,40 @@ impl Simulator {
         estimate.pre_verification_gas =
             estimate.pre_verification_gas.max(calldata_floor(&sized, metered));
         Ok(estimate)
+    }
+
+    /// Step 1 of [`Simulator::estimate_gas`]: one run with every limit high and no fees; what
+    /// each frame used seeds the search, with generous limits to search one at a time.
+    fn probe(
+        &self,
+        run: &impl Fn(&Limits, bool) -> Result<ExecutionOutcome, SimError>,
+        has_paymaster: bool,
+        given_post_op: Option<u64>,
+        pre_verification_gas: u64,
+    ) -> Result<Searched, SimError> {
+        let cap = self.limits.gas_cap;
+        let if_paymaster = |gas: u64| if has_paymaster { gas } else { 0 };
+        let high = Limits {
+            verification: cap / 6,
+            call: cap / 3,
+            paymaster_verification: if_paymaster(cap / 6),
+            post_op: given_post_op.unwrap_or(if_paymaster(cap / 10)),
+        };
+        let probe = run(&high, false)?;
+        execution_verdict(&probe)?;
+        let frames = probe.frames;
+        let pre_op_gas = u64::try_from(probe.pre_op_gas).unwrap_or(u64::MAX);
+        let validation_seed = pre_op_gas
+            .saturating_sub(pre_verification_gas)
+            .saturating_sub(frames.paymaster_validation);
+        let generous = |used: u64| used.saturating_mul(2).saturating_add(50_000);
+        let seed = Limits {
+            verification: generous(validation_seed),
+            call: generous(frames.execution),
+            paymaster_verification: if_paymaster(generous(frames.paymaster_validation)),
+            post_op: given_post_op.unwrap_or(if_paymaster(generous(frames.post_op))),
+        };
+        Ok(Searched { frames, high, seed, validation_seed, given_post_op })
     }
 }
 

@@ -118,38 +118,48 @@ impl Simulator {
             frames: inspector.frames,
             gas_used,
         };
-        // Both versions declare these events identically.
-        use v07::EntryPoint::{PostOpRevertReason, UserOperationEvent, UserOperationRevertReason};
-        let mut saw_event = false;
-        for log in logs.iter().filter(|log| log.address == addresses.entry_point) {
-            match log.topics().first() {
-                Some(&UserOperationEvent::SIGNATURE_HASH) => {
-                    let event = UserOperationEvent::decode_log_data(&log.data).map_err(|e| {
-                        SimError::Evm(format!("undecodable UserOperationEvent: {e}"))
-                    })?;
-                    outcome.success = event.success;
-                    outcome.actual_gas_used = event.actualGasUsed;
-                    outcome.actual_gas_cost = event.actualGasCost;
-                    saw_event = true;
-                }
-                Some(&UserOperationRevertReason::SIGNATURE_HASH) => {
-                    if let Ok(event) = UserOperationRevertReason::decode_log_data(&log.data) {
-                        outcome.revert_reason = Some(event.revertReason);
-                    }
-                }
-                Some(&PostOpRevertReason::SIGNATURE_HASH) => {
-                    if let Ok(event) = PostOpRevertReason::decode_log_data(&log.data) {
-                        outcome.post_op_revert_reason = Some(event.revertReason);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if !saw_event {
-            return Err(SimError::Evm("simulateHandleOp emitted no UserOperationEvent".into()));
-        }
+        read_op_events(&mut outcome, &logs, addresses.entry_point)?;
         Ok(outcome)
     }
+}
+
+/// Fills `outcome` from the EntryPoint's events in `logs`: `UserOperationEvent` (success and
+/// the gas paid; an error without one) and the call's and postOp's revert reasons.
+fn read_op_events(
+    outcome: &mut ExecutionOutcome,
+    logs: &[alloy::primitives::Log],
+    entry_point: Address,
+) -> Result<(), SimError> {
+    // Both versions declare these events identically.
+    use v07::EntryPoint::{PostOpRevertReason, UserOperationEvent, UserOperationRevertReason};
+    let mut saw_event = false;
+    for log in logs.iter().filter(|log| log.address == entry_point) {
+        match log.topics().first() {
+            Some(&UserOperationEvent::SIGNATURE_HASH) => {
+                let event = UserOperationEvent::decode_log_data(&log.data)
+                    .map_err(|e| SimError::Evm(format!("undecodable UserOperationEvent: {e}")))?;
+                outcome.success = event.success;
+                outcome.actual_gas_used = event.actualGasUsed;
+                outcome.actual_gas_cost = event.actualGasCost;
+                saw_event = true;
+            }
+            Some(&UserOperationRevertReason::SIGNATURE_HASH) => {
+                if let Ok(event) = UserOperationRevertReason::decode_log_data(&log.data) {
+                    outcome.revert_reason = Some(event.revertReason);
+                }
+            }
+            Some(&PostOpRevertReason::SIGNATURE_HASH) => {
+                if let Ok(event) = PostOpRevertReason::decode_log_data(&log.data) {
+                    outcome.post_op_revert_reason = Some(event.revertReason);
+                }
+            }
+            _ => {}
+        }
+    }
+    if !saw_event {
+        return Err(SimError::Evm("simulateHandleOp emitted no UserOperationEvent".into()));
+    }
+    Ok(())
 }
 
 /// `simulateHandleOp(op, 0, "")` calldata for `version`.

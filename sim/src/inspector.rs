@@ -297,6 +297,32 @@ fn code_seen<CTX: ContextTr>(context: &mut CTX, address: Address) -> CodeSeen {
     }
 }
 
+impl ValidationInspector {
+    /// Remembers `keccak(A || x)` at a KECCAK256 so storage slots can be tied to addresses
+    /// (STO-0xx).
+    fn remember_preimage(&mut self, interp: &Interpreter<EthInterpreter>) {
+        let (Ok(offset), Ok(len)) = (interp.stack.peek(0), interp.stack.peek(1)) else { return };
+        if len < U256::from(32) || len > U256::from(1024) {
+            return;
+        }
+        // The offset is the validating code's to choose: one past usize is not a preimage we
+        // could read (the opcode itself runs out of gas).
+        let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
+            return;
+        };
+        if offset.saturating_add(len) > interp.memory.size() {
+            return;
+        }
+        let data = interp.memory.slice(offset..offset + len);
+        if data[..12].iter().all(|b| *b == 0) {
+            let address = Address::from_slice(&data[12..32]);
+            let hash = keccak256(&*data);
+            drop(data);
+            self.trace.keccak_preimages.insert(hash, address);
+        }
+    }
+}
+
 impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
     fn step(&mut self, interp: &mut Interpreter<EthInterpreter>, _context: &mut CTX) {
         if let Some(deadline) = self.deadline.as_mut()
@@ -344,29 +370,7 @@ impl<CTX: ContextTr> Inspector<CTX, EthInterpreter> for ValidationInspector {
                     });
                 }
             }
-            opcode::KECCAK256 => {
-                // Remember `keccak(A || x)` so storage slots can be tied to addresses (STO-0xx).
-                if let (Ok(offset), Ok(len)) = (interp.stack.peek(0), interp.stack.peek(1))
-                    && len >= U256::from(32)
-                    && len <= U256::from(1024)
-                {
-                    // The offset is the validating code's to choose: one past usize is not a
-                    // preimage we could read (the opcode itself runs out of gas).
-                    let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len))
-                    else {
-                        return;
-                    };
-                    if offset.saturating_add(len) <= interp.memory.size() {
-                        let data = interp.memory.slice(offset..offset + len);
-                        if data[..12].iter().all(|b| *b == 0) {
-                            let address = Address::from_slice(&data[12..32]);
-                            let hash = keccak256(&*data);
-                            drop(data);
-                            self.trace.keccak_preimages.insert(hash, address);
-                        }
-                    }
-                }
-            }
+            opcode::KECCAK256 => self.remember_preimage(interp),
             opcode::EXTCODESIZE | opcode::EXTCODEHASH | opcode::EXTCODECOPY => {
                 if let Ok(word) = interp.stack.peek(0) {
                     let access = ExtCodeAccess {

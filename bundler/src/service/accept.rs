@@ -67,32 +67,12 @@ impl Bundler {
             accepted_at_block: context.number,
         };
         let value = serde_json::to_vec(&entry).map_err(storage_error)?;
-        let entities: Vec<(&'static str, Address, bool)> = entry.entities().collect();
         let charged = entry.charged_entities();
         let deposit = match paymaster {
             Some(paymaster) => Some((paymaster, self.deposit_of(version, paymaster).await?)),
             None => None,
         };
-        let displaced = {
-            let mut pool = self.shared.pool.lock().map_err(storage_error)?;
-            if let Some((paymaster, deposit)) = deposit {
-                // EREP-010: the deposit covers every pooled op the paymaster pays for.
-                let committed =
-                    pool.paymaster_commitment(version, paymaster, (packed.sender, packed.nonce));
-                if deposit < committed.saturating_add(packed.max_cost()) {
-                    return Err(BundlerError::PaymasterDepositTooLow(paymaster));
-                }
-            }
-            self.check_reputation(&pool, version, &entities)?;
-            let allowance = match entry.op.paymaster {
-                Some(paymaster) => {
-                    self.shared.reputation.read(|r| r.unstaked_allowance(version, paymaster))
-                }
-                None => usize::MAX,
-            };
-            pool.add(entry, allowance)
-                .map_err(|e| BundlerError::from_pool(e, &self.shared.config.params))?
-        };
+        let displaced = self.admit(version, entry, &packed, deposit)?;
         self.charge(version, &charged, Reputation::seen)?;
         for old in &displaced {
             self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
@@ -107,6 +87,36 @@ impl Bundler {
         self.shared.accepted.notify_one();
         debug!(%hash, sender = %packed.sender, "UserOperation accepted");
         Ok(hash)
+    }
+
+    /// Takes `entry` into the pool under one lock: the paymaster's deposit covers its pooled
+    /// ops (EREP-010), reputation, then the mempool rules. The ops it displaced.
+    fn admit(
+        &self,
+        version: EntryPointVersion,
+        entry: PoolEntry,
+        packed: &PackedUserOperation,
+        deposit: Option<(Address, U256)>,
+    ) -> Result<Vec<std::sync::Arc<PoolEntry>>, BundlerError> {
+        let entities: Vec<(&'static str, Address, bool)> = entry.entities().collect();
+        let mut pool = self.shared.pool.lock().map_err(storage_error)?;
+        if let Some((paymaster, deposit)) = deposit {
+            // EREP-010: the deposit covers every pooled op the paymaster pays for.
+            let committed =
+                pool.paymaster_commitment(version, paymaster, (packed.sender, packed.nonce));
+            if deposit < committed.saturating_add(packed.max_cost()) {
+                return Err(BundlerError::PaymasterDepositTooLow(paymaster));
+            }
+        }
+        self.check_reputation(&pool, version, &entities)?;
+        let allowance = match entry.op.paymaster {
+            Some(paymaster) => {
+                self.shared.reputation.read(|r| r.unstaked_allowance(version, paymaster))
+            }
+            None => usize::MAX,
+        };
+        pool.add(entry, allowance)
+            .map_err(|e| BundlerError::from_pool(e, &self.shared.config.params))
     }
 
     /// Applies `change` (seen, unseen) to each of `entities`' counters.

@@ -185,47 +185,61 @@ pub(crate) async fn describe(
             message,
         ),
     });
-    let token = MockUSDC::new(terms.token, provider);
     // A token without ERC-5267 gets no permit: the payer approves the vault instead.
-    if let Ok(d) = token.eip712Domain().call().await {
-        let permit_nonce = token.nonces(terms.payer).call().await.map_err(internal)?;
-        // ERC-5267: bit i of `fields` says whether the i-th domain field is used.
-        let used = |bit: u8| d.fields.0[0] & (1 << bit) != 0;
-        let domain = Eip712Domain::new(
-            used(0).then(|| Cow::Owned(d.name.clone())),
-            used(1).then(|| Cow::Owned(d.version.clone())),
-            used(2).then_some(d.chainId),
-            used(3).then_some(d.verifyingContract),
-            used(4).then_some(d.salt),
-        );
-        let permit = Permit {
-            owner: terms.payer,
-            spender: vault,
-            value: U256::from(terms.amount),
-            nonce: permit_nonce,
-            deadline: U256::from(deadline),
-        };
-        answer["permitDigest"] = json!(permit.eip712_signing_hash(&domain));
-        answer["permitTypedData"] = typed_data(
-            &domain,
-            "Permit",
-            &[
-                ("owner", "address"),
-                ("spender", "address"),
-                ("value", "uint256"),
-                ("nonce", "uint256"),
-                ("deadline", "uint256"),
-            ],
-            json!({
-                "owner": permit.owner,
-                "spender": permit.spender,
-                "value": permit.value.to_string(),
-                "nonce": permit.nonce.to_string(),
-                "deadline": permit.deadline.to_string(),
-            }),
-        );
+    if let Some((digest, typed)) = describe_permit(provider, vault, &terms, deadline).await? {
+        answer["permitDigest"] = json!(digest);
+        answer["permitTypedData"] = typed;
     }
     Ok(answer)
+}
+
+/// The deposit's ERC-2612 permit for `terms`, its digest and typed data, when the token
+/// describes its domain (ERC-5267).
+async fn describe_permit(
+    provider: &alloy::providers::DynProvider,
+    vault: Address,
+    terms: &Terms,
+    deadline: u64,
+) -> Result<Option<(alloy::primitives::B256, Value)>, ErrorObjectOwned> {
+    let internal = |e: alloy::contract::Error| error(codes::INTERNAL, e.to_string());
+    let token = MockUSDC::new(terms.token, provider);
+    let Ok(d) = token.eip712Domain().call().await else { return Ok(None) };
+    let permit_nonce = token.nonces(terms.payer).call().await.map_err(internal)?;
+    // ERC-5267: bit i of `fields` says whether the i-th domain field is used.
+    let used = |bit: u8| d.fields.0[0] & (1 << bit) != 0;
+    let domain = Eip712Domain::new(
+        used(0).then(|| Cow::Owned(d.name.clone())),
+        used(1).then(|| Cow::Owned(d.version.clone())),
+        used(2).then_some(d.chainId),
+        used(3).then_some(d.verifyingContract),
+        used(4).then_some(d.salt),
+    );
+    let permit = Permit {
+        owner: terms.payer,
+        spender: vault,
+        value: U256::from(terms.amount),
+        nonce: permit_nonce,
+        deadline: U256::from(deadline),
+    };
+    let typed = typed_data(
+        &domain,
+        "Permit",
+        &[
+            ("owner", "address"),
+            ("spender", "address"),
+            ("value", "uint256"),
+            ("nonce", "uint256"),
+            ("deadline", "uint256"),
+        ],
+        json!({
+            "owner": permit.owner,
+            "spender": permit.spender,
+            "value": permit.value.to_string(),
+            "nonce": permit.nonce.to_string(),
+            "deadline": permit.deadline.to_string(),
+        }),
+    );
+    Ok(Some((permit.eip712_signing_hash(&domain), typed)))
 }
 
 /// The vault's `Permit` argument from a 65-byte `r ‖ s ‖ v` signature (none: v = 0).

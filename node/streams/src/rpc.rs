@@ -323,46 +323,7 @@ pub fn billing_module(
         })?;
         to_value(StreamView::new(id, &state, timestamp))
     });
-    register(&mut module, "stream_list", |b, params, ext| {
-        let key = b.key(ext)?;
-        let mut sequence = params.sequence();
-        let query: ListQuery = sequence.optional_next()?.unwrap_or_default();
-        let limit = query.limit.unwrap_or(100);
-        if limit == 0 || limit > 1_000 {
-            return Err(error(codes::INVALID_PARAMS, "limit must be 1 to 1000"));
-        }
-        if let Some(status) = &query.status
-            && !["active", "paused", "closed"].contains(&status.as_str())
-        {
-            return Err(error(codes::INVALID_PARAMS, format!("unknown status {status:?}")));
-        }
-        let after = query.cursor.as_deref().map(parse_id).transpose()?;
-        let now = b.now()?;
-        // A party's own index when the query names one (or the key sees one payee only).
-        let selector = match (query.payer, query.payee) {
-            (Some(payer), _) => StreamSelector::Payer(payer),
-            (None, Some(payee)) => StreamSelector::Payee(payee),
-            (None, None) if !key.all && key.payees.len() == 1 => {
-                StreamSelector::Payee(key.payees[0])
-            }
-            (None, None) => StreamSelector::All,
-        };
-        let page = b
-            .index
-            .list(selector, after, limit + 1, |s| {
-                let status = s.status();
-                key.may_see(s.payee)
-                    && query.payer.is_none_or(|p| p == s.payer)
-                    && query.payee.is_none_or(|p| p == s.payee)
-                    && query.status.as_deref().is_none_or(|want| want == status)
-            })
-            .map_err(internal)?;
-        let more = page.len() > limit;
-        let streams: Vec<StreamView> =
-            page.iter().take(limit).map(|(id, s)| StreamView::new(*id, s, now)).collect();
-        let next_cursor = more.then(|| streams.last().map(|s| s.id.clone())).flatten();
-        to_value(StreamPage { streams, next_cursor })
-    });
+    register(&mut module, "stream_list", list_streams);
     register_subscription(&mut module, billing.clone());
     if let Some(opener) = opener {
         super::open::register_open(&mut module, billing.clone(), opener);
@@ -371,6 +332,50 @@ pub fn billing_module(
         super::operator::register_mutations(&mut module, billing.clone(), operator);
     }
     (module, billing)
+}
+
+/// `stream_list`: a page of the streams the key may see, filtered by party and status.
+fn list_streams(
+    b: &Billing,
+    params: Params<'_>,
+    ext: &Extensions,
+) -> Result<serde_json::Value, ErrorObjectOwned> {
+    let key = b.key(ext)?;
+    let mut sequence = params.sequence();
+    let query: ListQuery = sequence.optional_next()?.unwrap_or_default();
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 1_000 {
+        return Err(error(codes::INVALID_PARAMS, "limit must be 1 to 1000"));
+    }
+    if let Some(status) = &query.status
+        && !["active", "paused", "closed"].contains(&status.as_str())
+    {
+        return Err(error(codes::INVALID_PARAMS, format!("unknown status {status:?}")));
+    }
+    let after = query.cursor.as_deref().map(parse_id).transpose()?;
+    let now = b.now()?;
+    // A party's own index when the query names one (or the key sees one payee only).
+    let selector = match (query.payer, query.payee) {
+        (Some(payer), _) => StreamSelector::Payer(payer),
+        (None, Some(payee)) => StreamSelector::Payee(payee),
+        (None, None) if !key.all && key.payees.len() == 1 => StreamSelector::Payee(key.payees[0]),
+        (None, None) => StreamSelector::All,
+    };
+    let page = b
+        .index
+        .list(selector, after, limit + 1, |s| {
+            let status = s.status();
+            key.may_see(s.payee)
+                && query.payer.is_none_or(|p| p == s.payer)
+                && query.payee.is_none_or(|p| p == s.payee)
+                && query.status.as_deref().is_none_or(|want| want == status)
+        })
+        .map_err(internal)?;
+    let more = page.len() > limit;
+    let streams: Vec<StreamView> =
+        page.iter().take(limit).map(|(id, s)| StreamView::new(*id, s, now)).collect();
+    let next_cursor = more.then(|| streams.last().map(|s| s.id.clone())).flatten();
+    to_value(StreamPage { streams, next_cursor })
 }
 
 /// `stream_subscribe` (WebSocket): `stream_notice` notifications — every change of a stream the
@@ -512,8 +517,8 @@ mod tests {
 
     /// The codes each method declares, its `$ref`s resolved (a dangling one fails).
     fn declared_codes(doc: &serde_json::Value, method: &str) -> Vec<i64> {
-        let methods = doc["methods"].as_array().into_iter().flatten();
-        let method = methods.filter(|m| m["name"] == method).next_back();
+        let mut methods = doc["methods"].as_array().into_iter().flatten();
+        let method = methods.find(|m| m["name"] == method);
         let refs = method.and_then(|m| m["errors"].as_array()).into_iter().flatten();
         refs.map(|r| {
             let name = r["$ref"].as_str().and_then(|r| r.rsplit('/').next()).unwrap_or_default();

@@ -23,6 +23,13 @@ use settled_sim::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod chain;
+mod types;
+
+pub use types::{
+    PaymasterAccount, PaymasterData, PaymasterStatus, Sponsor, SponsorshipContext, StubData,
+};
+
 use crate::{
     error::PaymasterError,
     ledger::{Ledger, LedgerStatus, ReservationRequest, Usage},
@@ -79,93 +86,6 @@ impl Default for PaymasterConfig {
             rules: ValidationRules::default(),
         }
     }
-}
-
-/// ERC-7677 `sponsor`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sponsor {
-    /// Who pays.
-    pub name: String,
-}
-
-/// `pm_getPaymasterStubData`'s answer (EntryPoint v0.7/v0.8 fields).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StubData {
-    /// Sponsor shown to the user.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sponsor: Option<Sponsor>,
-    /// Our paymaster.
-    pub paymaster: Address,
-    /// Stub `paymasterData` of the real length.
-    pub paymaster_data: Bytes,
-    /// Gas for our validation.
-    pub paymaster_verification_gas_limit: U256,
-    /// Gas for our postOp.
-    pub paymaster_post_op_gas_limit: U256,
-    /// Always false: the signature covers the final gas values, so `pm_getPaymasterData` follows.
-    pub is_final: bool,
-}
-
-/// `pm_getPaymasterData`'s answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymasterData {
-    /// Our paymaster.
-    pub paymaster: Address,
-    /// Signed `paymasterData`.
-    pub paymaster_data: Bytes,
-}
-
-/// What the ERC-7677 `context` says: the policy (default: the node's default policy), and the
-/// customer to charge (default: the sender).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SponsorshipContext {
-    /// The policy (`sponsorshipPolicyId`, as Pimlico's clients name it, is read too).
-    #[serde(default, alias = "sponsorshipPolicyId")]
-    pub policy_id: Option<String>,
-    /// The customer (billing account) the sponsorship is charged to.
-    #[serde(default)]
-    pub customer: Option<String>,
-}
-
-/// One paymaster's standing at its EntryPoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymasterAccount {
-    /// The EntryPoint.
-    pub entry_point: Address,
-    /// Our paymaster there.
-    pub paymaster: Address,
-    /// Deposit (wei).
-    pub deposit: U256,
-    /// Staked.
-    pub staked: bool,
-    /// Stake (wei).
-    pub stake: U256,
-    /// Unstake delay (seconds).
-    pub unstake_delay_sec: u32,
-    /// When an unlocked stake can be withdrawn (0: locked).
-    pub withdraw_time: u64,
-}
-
-/// `paymaster_status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PaymasterStatus {
-    /// The key that signs.
-    pub signer: Address,
-    /// The chain.
-    pub chain_id: u64,
-    /// Each paymaster's deposit and stake.
-    pub accounts: Vec<PaymasterAccount>,
-    /// Reservations and settled totals.
-    pub ledger: LedgerStatus,
-    /// Sponsored today (chain time), against `dailyBudget`.
-    pub today: Usage,
-    /// The daily budget.
-    pub daily_budget: Option<U256>,
 }
 
 struct Shared {
@@ -624,136 +544,6 @@ impl Paymaster {
             today: self.shared.ledger.daily_usage(block.timestamp)?,
             daily_budget: self.shared.config.daily_budget,
         })
-    }
-
-    /// The last block this paymaster applied: its durable chain cursor.
-    pub fn chain_cursor(&self) -> Result<Option<BlockRef>, PaymasterError> {
-        self.shared.cursor.get().map_err(internal)
-    }
-
-    /// Settles reservations from mined `UserOperationEvent`s, reopens them on reorgs, releases
-    /// expired ones, and watches the deposits, until `cancel`.
-    pub async fn run(self, mut events: ChainEvents, cancel: CancellationToken) {
-        let mut last_deposit_check: Option<Instant> = None;
-        loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => return,
-                event = events.recv() => event,
-            };
-            match event {
-                Some(ChainEvent::Block(block)) => {
-                    if self.shared.cursor.applied(&block.block).unwrap_or(false) {
-                        continue; // replayed after a restart: settled before it
-                    }
-                    let settled = self.settle_logs(&block.logs, block.block.hash, block.timestamp);
-                    let expired = self
-                        .shared
-                        .ledger
-                        .expire(block.timestamp, self.shared.config.expiry_grace_secs);
-                    match (settled, expired) {
-                        (Ok(settled), Ok(expired)) if settled + expired > 0 => {
-                            debug!(
-                                block = block.block.number,
-                                settled, expired, "paymaster ledger updated"
-                            );
-                        }
-                        (Err(error), _) | (_, Err(error)) => {
-                            warn!(%error, block = block.block.number, "paymaster ledger update failed");
-                        }
-                        _ => {}
-                    }
-                    if let Err(error) = self.shared.cursor.advance(block.block) {
-                        warn!(%error, "paymaster chain cursor not saved");
-                    }
-                    self.publish_ledger();
-                    if last_deposit_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        last_deposit_check = Some(Instant::now());
-                        self.check_deposits().await;
-                    }
-                }
-                Some(ChainEvent::Reorg(reorg)) => {
-                    self.shared.head.reset();
-                    if let Err(error) = self.shared.cursor.rewind(reorg.ancestor) {
-                        warn!(%error, "paymaster chain cursor not rewound");
-                    }
-                    let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
-                    match self.shared.ledger.unsettle(&removed) {
-                        Ok(reopened) if reopened > 0 => {
-                            info!(reopened, "reorg: sponsorships back to open");
-                        }
-                        Ok(_) => {}
-                        Err(error) => warn!(%error, "paymaster reorg handling failed"),
-                    }
-                }
-                None => return,
-            }
-        }
-    }
-
-    fn settle_logs(
-        &self,
-        logs: &[alloy::rpc::types::Log],
-        block: B256,
-        timestamp: u64,
-    ) -> Result<usize, crate::ledger::LedgerError> {
-        use v07::EntryPoint::UserOperationEvent;
-        let mut settled = 0;
-        for log in logs {
-            if log.topic0() != Some(&UserOperationEvent::SIGNATURE_HASH) {
-                continue;
-            }
-            let Ok((version, ours)) = self.paymaster_for(log.address()) else { continue };
-            let Ok(event) = UserOperationEvent::decode_log_data(log.data()) else { continue };
-            if event.paymaster != ours {
-                continue;
-            }
-            self.shared.ledger.settle(
-                event.userOpHash,
-                event.sender,
-                version.canonical_address(),
-                event.actualGasCost,
-                block,
-                timestamp,
-            )?;
-            ::metrics::counter!(metrics::SPONSORED_OPS).increment(1);
-            settled += 1;
-        }
-        Ok(settled)
-    }
-
-    async fn check_deposits(&self) {
-        let accounts =
-            match paymaster_accounts(&self.shared.provider, &self.shared.config.paymasters).await {
-                Ok(accounts) => accounts,
-                Err(error) => {
-                    warn!(%error, "could not read the paymaster deposits");
-                    return;
-                }
-            };
-        for account in accounts {
-            let label = account.entry_point.to_string();
-            ::metrics::gauge!(metrics::DEPOSIT_WEI, "entry_point" => label.clone())
-                .set(wei_f64(account.deposit));
-            ::metrics::gauge!(metrics::STAKE_WEI, "entry_point" => label.clone())
-                .set(wei_f64(account.stake));
-            let low = account.deposit < self.shared.config.low_deposit_wei;
-            ::metrics::gauge!(metrics::DEPOSIT_LOW, "entry_point" => label).set(if low {
-                1.0
-            } else {
-                0.0
-            });
-            if low {
-                warn!(
-                    paymaster = %account.paymaster,
-                    deposit = %account.deposit,
-                    threshold = %self.shared.config.low_deposit_wei,
-                    "paymaster deposit is low: top it up with `settled paymaster deposit`"
-                );
-            }
-            if !account.staked {
-                warn!(paymaster = %account.paymaster, "paymaster is not staked: bundlers will refuse its ops");
-            }
-        }
     }
 }
 
