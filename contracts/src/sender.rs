@@ -141,6 +141,9 @@ pub struct TransactionSender {
     address: Address,
     /// Held from the nonce read until the node has the transaction.
     nonce_lock: tokio::sync::Mutex<()>,
+    /// The chain follower's head, when the sender follows one: receipts are looked for at each
+    /// new block instead of on a timer.
+    heads: Option<tokio::sync::watch::Receiver<Option<crate::BlockRef>>>,
 }
 
 impl TransactionSender {
@@ -150,7 +153,49 @@ impl TransactionSender {
         let wallet = EthereumWallet::from(signer);
         let provider =
             ProviderBuilder::new().wallet(wallet.clone()).connect_provider(provider).erased();
-        Self { provider, wallet, address, nonce_lock: tokio::sync::Mutex::new(()) }
+        Self { provider, wallet, address, nonce_lock: tokio::sync::Mutex::new(()), heads: None }
+    }
+
+    /// The same sender, looking for receipts at each block of `heads` (a follower's head).
+    pub fn with_heads(
+        mut self,
+        heads: tokio::sync::watch::Receiver<Option<crate::BlockRef>>,
+    ) -> Self {
+        self.heads = Some(heads);
+        self
+    }
+
+    /// The receipt of the first of `hashes` mined within `within`, looked for at each new head
+    /// (every 100 ms without a head to follow, and at least every second).
+    pub async fn wait_mined(
+        &self,
+        hashes: &[B256],
+        within: std::time::Duration,
+    ) -> Result<Option<alloy::rpc::types::TransactionReceipt>, TransportError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut heads = self.heads.clone();
+        loop {
+            for hash in hashes {
+                if let Some(receipt) = self.provider.get_transaction_receipt(*hash).await? {
+                    return Ok(Some(receipt));
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let fallback = match heads {
+                Some(_) => std::time::Duration::from_secs(1),
+                None => std::time::Duration::from_millis(100),
+            };
+            let wake = (now + fallback).min(deadline);
+            match heads.as_mut() {
+                Some(heads) => {
+                    let _ = tokio::time::timeout_at(wake, heads.changed()).await;
+                }
+                None => tokio::time::sleep_until(wake).await,
+            }
+        }
     }
 
     /// The signing provider (for reads and receipts; send through [`Self::send`]).

@@ -381,7 +381,8 @@ fn start_follower_and_billing(
         merge(&mut module, paymaster_module(paymaster.clone(), config.rpc.admin)?)?;
     }
     if let Some(index) = components.streams.clone() {
-        let (billing, settler) = start_billing(wiring, &components, index, operator_key)?;
+        let heads = follower.head_watch();
+        let (billing, settler) = start_billing(wiring, &components, index, operator_key, heads)?;
         merge(&mut module, billing)?;
         components.settlement = settler;
     }
@@ -403,6 +404,7 @@ fn start_billing(
     components: &Components,
     index: Arc<StreamIndex>,
     operator_key: Option<PrivateKeySigner>,
+    heads: tokio::sync::watch::Receiver<Option<BlockRef>>,
 ) -> Result<(RpcModule<()>, Option<Arc<Settler>>), NodeError> {
     let (config, deployment) = (&wiring.config, &wiring.deployment);
     let billing = &config.billing;
@@ -419,7 +421,8 @@ fn start_billing(
         return Ok((billing_module(index, keys, None, None).0, None));
     };
     // One sender for everything signed with the operator key: one nonce sequence.
-    let sender = Arc::new(TransactionSender::new(wiring.provider.clone(), key));
+    let sender = TransactionSender::new(wiring.provider.clone(), key);
+    let sender = Arc::new(sender.with_heads(heads));
     let operator = Operator::new(sender.clone(), deployment.stream_vault, wiring.storage.db())
         .map_err(|e| wiring.storage_error(e))?;
     let operator = Arc::new(operator);

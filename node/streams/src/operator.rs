@@ -227,19 +227,8 @@ impl Operator {
         params: B256,
         transaction: B256,
     ) -> Result<OperatorReceipt, ErrorObjectOwned> {
-        let mut receipt = None;
-        for _ in 0..600 {
-            receipt = self
-                .sender
-                .provider()
-                .get_transaction_receipt(transaction)
-                .await
-                .map_err(internal)?;
-            if receipt.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let within = std::time::Duration::from_secs(60);
+        let receipt = self.sender.wait_mined(&[transaction], within).await.map_err(internal)?;
         let receipt = receipt.ok_or_else(|| {
             error(codes::CONFLICT, format!("transaction {transaction} not mined yet; retry later"))
         })?;

@@ -267,12 +267,7 @@ impl Billing {
 
     /// Waits (up to 10 s) until the index has applied `block`.
     pub(crate) async fn wait_for_block(&self, block: u64) {
-        for _ in 0..200 {
-            if self.index.cursor().ok().flatten().is_some_and(|c| c.number >= block) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        self.index.wait_for_block(block, std::time::Duration::from_secs(10)).await;
     }
 
     /// The second of the newest block the index applied (0 before any).

@@ -92,21 +92,8 @@ impl Settler {
         hashes: &[B256],
         within: Duration,
     ) -> Result<Option<(B256, u64, bool)>, SchedulerError> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            for hash in hashes {
-                if let Some(receipt) =
-                    self.provider.get_transaction_receipt(*hash).await.map_err(chain)?
-                {
-                    let block = receipt.block_number.unwrap_or_default();
-                    return Ok(Some((*hash, block, receipt.status())));
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let receipt = self.sender.wait_mined(hashes, within).await.map_err(chain)?;
+        Ok(receipt.map(|r| (r.transaction_hash, r.block_number.unwrap_or_default(), r.status())))
     }
 
     /// The block that ends the period: the last withdrawal's, or the head.
@@ -123,11 +110,8 @@ impl Settler {
     }
 
     pub(super) async fn wait_for_index(&self, block: u64) -> Result<(), SchedulerError> {
-        for _ in 0..1_200 {
-            if self.index.cursor()?.is_some_and(|c| c.number >= block) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.index.wait_for_block(block, Duration::from_secs(60)).await {
+            return Ok(());
         }
         Err(chain(format!("the stream index did not reach block {block}")))
     }

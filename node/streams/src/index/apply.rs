@@ -33,6 +33,7 @@ impl StreamIndex {
             timestamp: block.timestamp,
         };
         self.commit(&touched, cursor, previous)?;
+        self.applied.send_replace(Some(cursor));
         self.prune(cursor.number)?;
         self.record_metrics(&touched, applied, cursor.number);
         Ok(touched.into_iter().map(|(id, _, _)| id).collect())
@@ -186,6 +187,7 @@ impl StreamIndex {
                 .map_err(|e| storage(format!("{e:?}")))?;
             undone += 1;
         }
+        self.applied.send_replace(self.cursor()?);
         Ok(undone)
     }
 

@@ -156,6 +156,9 @@ pub struct StreamIndex {
     alerts: Alerts,
     /// Streams neither closed nor paused (a metric, kept up to date per block).
     active: std::sync::atomic::AtomicI64,
+    /// The cursor, pushed after every applied block and reorg: readers that wait for a block
+    /// (read-your-writes, settlement) wake on it instead of polling.
+    applied: tokio::sync::watch::Sender<Option<IndexCursor>>,
 }
 
 impl StreamIndex {
@@ -179,9 +182,18 @@ impl StreamIndex {
             notices: broadcast::channel(4_096).0,
             alerts: Alerts::new(thresholds),
             active: std::sync::atomic::AtomicI64::new(0),
+            applied: tokio::sync::watch::channel(None).0,
         };
+        index.applied.send_replace(index.cursor()?);
         index.schedule_all()?;
         Ok(index)
+    }
+
+    /// Waits until the index has applied `block` (true), or `timeout` passes (false).
+    pub async fn wait_for_block(&self, block: u64, timeout: std::time::Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        let reached = applied.wait_for(|c| c.is_some_and(|c| c.number >= block));
+        matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))
     }
 
     /// Notices of changes and alerts, as they happen.
@@ -424,6 +436,28 @@ mod tests {
         assert_eq!(index.cursor()?.map(|c| c.number), Some(1));
         index.apply_block(&block(2, 1_050, vec![deposited(1, 5)]))?;
         assert_eq!(index.get(1)?.map(|s| s.balance), Some(105));
+        Ok(())
+    }
+
+    /// A reader waiting for a block wakes when the index applies it (no polling), and gives up
+    /// at its timeout.
+    #[tokio::test]
+    async fn waiting_for_a_block_wakes_when_it_is_applied() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (_dir, index) = index()?;
+        let index = std::sync::Arc::new(index);
+        let short = std::time::Duration::from_millis(50);
+        assert!(!index.wait_for_block(1, short).await, "nothing applied yet");
+        let waiter = {
+            let index = index.clone();
+            tokio::spawn(async move {
+                index.wait_for_block(2, std::time::Duration::from_secs(10)).await
+            })
+        };
+        index.apply_block(&block(1, 1_000, Vec::new()))?;
+        index.apply_block(&block(2, 1_001, Vec::new()))?;
+        assert!(waiter.await?, "woken by block 2");
+        assert!(index.wait_for_block(2, short).await, "already there");
         Ok(())
     }
 
