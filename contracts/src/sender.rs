@@ -113,6 +113,14 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// The node's refusal, typed, if the node answered with one.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::Refused(e) | Self::Transport(e) => Refusal::of(e),
+            Self::Signing(_) | Self::Record(_) => None,
+        }
+    }
+
     /// Whether the node answered with a refusal (so the transaction is certainly not in its
     /// pool), as opposed to a transport failure after which it may be.
     pub fn refused_by_node(&self) -> bool {
@@ -254,6 +262,20 @@ impl TransactionSender {
     pub async fn broadcast(&self, signed: Signed<'_>) -> Result<SentTransaction, SendError> {
         let _pending = self.provider.send_raw_transaction(&signed.raw).await?;
         Ok(signed.sent)
+    }
+
+    /// Signs and sends `tx` exactly as given: its nonce, fees and gas limit are the caller's
+    /// (a bundle, whose gas revm measured and whose nonces the bundler pipelines).
+    pub async fn send_exact(&self, tx: TransactionRequest) -> Result<SentTransaction, SendError> {
+        let sent = SentTransaction {
+            hash: B256::ZERO,
+            nonce: tx.nonce.unwrap_or_default(),
+            max_fee_per_gas: tx.max_fee_per_gas.unwrap_or_default(),
+            max_priority_fee_per_gas: tx.max_priority_fee_per_gas.unwrap_or_default(),
+            max_fee_per_blob_gas: tx.max_fee_per_blob_gas,
+        };
+        let pending = self.provider.send_transaction(tx.from(self.address)).await?;
+        Ok(SentTransaction { hash: *pending.tx_hash(), ..sent })
     }
 
     /// Sends a recorded transaction again (after a restart): the node may never have had it.

@@ -10,9 +10,9 @@ use std::{
 
 use alloy::{
     consensus::Transaction as _,
-    network::{EthereumWallet, TransactionBuilder, TransactionBuilder7702},
+    network::{TransactionBuilder, TransactionBuilder7702},
     primitives::{Address, B256, Bytes, U256},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::{DynProvider, Provider},
     rpc::types::{Log, TransactionReceipt, TransactionRequest, state::StateOverride},
     signers::local::PrivateKeySigner,
     sol_types::{SolCall, SolEvent},
@@ -20,7 +20,7 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 use settled_contracts::{
     BlockRef, ChainCursor, ChainEvent, ChainEvents, ChecksummedAddress, EntryPointVersion,
-    PackedUserOperation, Refusal, UserOperation, v07,
+    PackedUserOperation, Refusal, TransactionSender, UserOperation, v07,
 };
 use settled_sim::{
     AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, EstimationMargins,
@@ -138,7 +138,7 @@ struct Shared {
     config: BundlerConfig,
     chain_id: u64,
     provider: DynProvider,
-    sender: DynProvider,
+    sender: TransactionSender,
     bundler_address: Address,
     simulator: Simulator,
     pool: Mutex<Mempool>,
@@ -233,15 +233,9 @@ impl Bundler {
         let account_reads = AccountReads::for_client(&client_version);
         info!(client = %client_version, ?account_reads, "reading chain state");
         let bundler_address = signer.address();
-        // The nonce is read from the node for every bundle (no cache): a reorg can take a sent
-        // bundle out of the chain, and its nonce with it.
-        let sender = ProviderBuilder::default()
-            .with_gas_estimation()
-            .with_simple_nonce_management()
-            .fetch_chain_id()
-            .wallet(EthereumWallet::from(signer))
-            .connect_provider(provider.clone())
-            .erased();
+        // Bundles go through the node's one transaction sender; their nonces and fees are the
+        // bundler's (pipelined, bumped up to the ceiling).
+        let sender = TransactionSender::new(provider.clone(), signer);
         let pool_tree = db.open_tree("bundler.pool").map_err(storage_error)?;
         let mined_tree = db.open_tree("bundler.mined").map_err(storage_error)?;
         let mined_by_block = db.open_tree("bundler.mined_by_block").map_err(storage_error)?;

@@ -214,9 +214,9 @@ impl Bundler {
                 .clone()
                 .with_max_fee_per_gas(sent.max_fee)
                 .with_max_priority_fee_per_gas(sent.priority_fee);
-            match self.shared.sender.send_transaction(attempt).await {
-                Ok(pending) => {
-                    let hash = *pending.tx_hash();
+            match self.shared.sender.send_exact(attempt).await {
+                Ok(transaction) => {
+                    let hash = transaction.hash;
                     ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
                     info!(
                         %hash,
@@ -229,7 +229,7 @@ impl Bundler {
                     return Ok(());
                 }
                 Err(error)
-                    if Refusal::of(&error) == Some(Refusal::Underpriced)
+                    if error.refusal() == Some(Refusal::Underpriced)
                         && tokio::time::Instant::now() < sent.deadline =>
                 {
                     let ceiling = self.shared.config.max_fee_per_gas;
