@@ -9,6 +9,7 @@
 
 mod accrual;
 mod alerts;
+mod error;
 mod index;
 mod open;
 mod operator;
@@ -18,6 +19,7 @@ mod rpc;
 pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
 pub use alerts::describe_metrics;
 pub use alerts::{AlertThresholds, NoticeKind, StreamNotice};
+pub use error::BillingError;
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex, StreamSelector};
 pub use open::Opener;
 pub use open::{OpenOutcome, PreparedOpen};

@@ -16,16 +16,14 @@ use alloy::{
     providers::DynProvider,
     sol_types::SolCall,
 };
-use jsonrpsee::{
-    Extensions, RpcModule,
-    types::{ErrorObjectOwned, Params},
-};
+use jsonrpsee::{Extensions, RpcModule, types::Params};
 use serde::{Deserialize, Serialize};
 use settled_bundler::Bundler;
 use settled_contracts::{EntryPointVersion, MockUSDC, StreamVault, UserOperation, v07};
 use settled_paymaster::Paymaster;
 
-use super::rpc::{Billing, codes, decimal, error};
+use super::rpc::{Billing, decimal};
+use crate::BillingError;
 
 /// A prepared, sponsored UserOperation: sign `userOpHash` with the account's key, put the
 /// signature in `userOperation.signature`, send it with `eth_sendUserOperation`.
@@ -120,14 +118,14 @@ pub struct Opener {
     pub records: sled::Tree,
 }
 
-fn invalid(message: impl Into<String>) -> ErrorObjectOwned {
-    error(codes::INVALID_PARAMS, message)
+fn invalid(message: impl Into<String>) -> BillingError {
+    BillingError::InvalidParams(message.into())
 }
 
 fn fits<const BITS: usize, const LIMBS: usize>(
     name: &str,
     value: U256,
-) -> Result<alloy::primitives::Uint<BITS, LIMBS>, ErrorObjectOwned> {
+) -> Result<alloy::primitives::Uint<BITS, LIMBS>, BillingError> {
     alloy::primitives::Uint::<BITS, LIMBS>::checked_from_limbs_slice(value.as_limbs())
         .ok_or_else(|| invalid(format!("{name} {value} does not fit {BITS} bits")))
 }
@@ -189,7 +187,7 @@ struct TermsText<'a> {
 fn checked_terms(
     text: TermsText<'_>,
     operator: Address,
-) -> Result<super::permit::Terms, ErrorObjectOwned> {
+) -> Result<super::permit::Terms, BillingError> {
     let TermsText { payer, payee, token, rate_per_second, deposit, max_rate, max_total } = text;
     let rate: U96 = fits("ratePerSecond", decimal("ratePerSecond", rate_per_second)?)?;
     if rate > U96::from(super::accrual::MAX_RATE_PER_SECOND) {
@@ -226,7 +224,7 @@ impl Opener {
         billing: &Billing,
         params: Params<'static>,
         extensions: &Extensions,
-    ) -> Result<OpenOutcome, ErrorObjectOwned> {
+    ) -> Result<OpenOutcome, BillingError> {
         let key = billing.key(extensions)?;
         let (request,): (OpenRequest,) = params.parse()?;
         if request.idempotency_key.is_empty() || request.idempotency_key.len() > 128 {
@@ -257,7 +255,7 @@ impl Opener {
         key_name: &str,
         request: &OpenRequest,
         terms: super::permit::Terms,
-    ) -> Result<Box<PreparedOpen>, ErrorObjectOwned> {
+    ) -> Result<Box<PreparedOpen>, BillingError> {
         let (Some(entry_point), Some(policy)) =
             (request.entry_point, request.sponsorship_policy.as_deref())
         else {
@@ -286,7 +284,7 @@ impl Opener {
                 &request.factory_data,
                 policy,
             ))
-            .map_err(|e| error(codes::INTERNAL, e.to_string()))?,
+            .map_err(|e| BillingError::Internal(e.to_string()))?,
         );
         let record_id = record_id(key_name, "open", &request.idempotency_key);
         if let Some(prepared) = self.replay(record_id, params_hash)? {
@@ -327,12 +325,12 @@ impl Opener {
         &self,
         key: &super::ApiKey,
         text: TermsText<'_>,
-    ) -> Result<super::permit::Terms, ErrorObjectOwned> {
+    ) -> Result<super::permit::Terms, BillingError> {
         if !key.may_see(text.payee) {
-            return Err(error(
-                codes::FORBIDDEN,
-                format!("payee {} is outside this key's payees", text.payee),
-            ));
+            return Err(BillingError::Forbidden(format!(
+                "payee {} is outside this key's payees",
+                text.payee
+            )));
         }
         let token = text.token;
         let terms = checked_terms(text, self.operator.address)?;
@@ -341,7 +339,7 @@ impl Opener {
     }
 
     /// The token must answer `decimals()` with at most 18.
-    async fn check_token(&self, token: Address) -> Result<(), ErrorObjectOwned> {
+    async fn check_token(&self, token: Address) -> Result<(), BillingError> {
         let decimals = MockUSDC::new(token, &self.provider)
             .decimals()
             .call()
@@ -364,7 +362,7 @@ impl Opener {
         idempotency_key: &str,
         terms: super::permit::Terms,
         signed: &super::permit::SignedTerms,
-    ) -> Result<super::permit::OpenedStream, ErrorObjectOwned> {
+    ) -> Result<super::permit::OpenedStream, BillingError> {
         let nonce = decimal("signedTerms.nonce", &signed.nonce)?;
         let permit = super::permit::permit_argument(signed.permit_signature.as_ref())?;
         let call = StreamVault::openForCall {
@@ -392,10 +390,10 @@ impl Opener {
             .provider()
             .get_transaction_receipt(receipt.transaction_hash)
             .await
-            .map_err(|e| error(codes::INTERNAL, e.to_string()))?
-            .ok_or_else(|| error(codes::CONFLICT, "the opening transaction is not mined yet"))?;
+            .map_err(|e| BillingError::Internal(e.to_string()))?
+            .ok_or_else(|| BillingError::Busy("the opening transaction is not mined yet".into()))?;
         let stream_id = super::permit::opened_stream(&mined)
-            .ok_or_else(|| error(codes::INTERNAL, "openFor emitted no StreamOpened"))?;
+            .ok_or_else(|| BillingError::Internal("openFor emitted no StreamOpened".into()))?;
         billing.wait_for_block(receipt.block_number).await;
         Ok(super::permit::OpenedStream {
             stream_id: stream_id.to_string(),
@@ -410,7 +408,7 @@ impl Opener {
         billing: &Billing,
         params: Params<'static>,
         extensions: &Extensions,
-    ) -> Result<serde_json::Value, ErrorObjectOwned> {
+    ) -> Result<serde_json::Value, BillingError> {
         let key = billing.key(extensions)?;
         let (request,): (TermsRequest,) = params.parse()?;
         let terms = self.checked(key, terms_text!(request)).await?;
@@ -424,7 +422,7 @@ impl Opener {
         billing: &Billing,
         params: Params<'static>,
         extensions: &Extensions,
-    ) -> Result<PreparedOpen, ErrorObjectOwned> {
+    ) -> Result<PreparedOpen, BillingError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         struct TopUpRequest {
@@ -455,7 +453,7 @@ impl Opener {
         let paymaster = self.paymaster_for(version)?;
         let params_hash = keccak256(
             serde_json::to_vec(&(id, amount, request.entry_point, &request.sponsorship_policy))
-                .map_err(|e| error(codes::INTERNAL, e.to_string()))?,
+                .map_err(|e| BillingError::Internal(e.to_string()))?,
         );
         let record_id = record_id(&key.name, "topUp", &request.idempotency_key);
         if let Some(prepared) = self.replay(record_id, params_hash)? {
@@ -482,7 +480,7 @@ impl Opener {
         Ok(prepared)
     }
 
-    fn paymaster_for(&self, version: EntryPointVersion) -> Result<Address, ErrorObjectOwned> {
+    fn paymaster_for(&self, version: EntryPointVersion) -> Result<Address, BillingError> {
         self.paymasters
             .iter()
             .find(|(v, _)| *v == version)
@@ -491,14 +489,14 @@ impl Opener {
     }
 
     /// The op prepared earlier under this record, if any (other parameters: refused).
-    fn replay(&self, record: B256, params: B256) -> Result<Option<PreparedOpen>, ErrorObjectOwned> {
+    fn replay(&self, record: B256, params: B256) -> Result<Option<PreparedOpen>, BillingError> {
         let Some(stored) =
-            self.records.get(record).map_err(|e| error(codes::INTERNAL, e.to_string()))?
+            self.records.get(record).map_err(|e| BillingError::Internal(e.to_string()))?
         else {
             return Ok(None);
         };
         let (hash, prepared): (B256, PreparedOpen) =
-            serde_json::from_slice(&stored).map_err(|e| error(codes::INTERNAL, e.to_string()))?;
+            serde_json::from_slice(&stored).map_err(|e| BillingError::Internal(e.to_string()))?;
         if hash != params {
             return Err(invalid("idempotencyKey was already used with different parameters"));
         }
@@ -510,10 +508,10 @@ impl Opener {
         record: B256,
         params: B256,
         prepared: &PreparedOpen,
-    ) -> Result<(), ErrorObjectOwned> {
+    ) -> Result<(), BillingError> {
         let value = serde_json::to_vec(&(params, prepared))
-            .map_err(|e| error(codes::INTERNAL, e.to_string()))?;
-        self.records.insert(record, value).map_err(|e| error(codes::INTERNAL, e.to_string()))?;
+            .map_err(|e| BillingError::Internal(e.to_string()))?;
+        self.records.insert(record, value).map_err(|e| BillingError::Internal(e.to_string()))?;
         Ok(())
     }
 
@@ -525,14 +523,14 @@ impl Opener {
         call_data: Bytes,
         policy: &str,
         customer: &str,
-    ) -> Result<PreparedOpen, ErrorObjectOwned> {
+    ) -> Result<PreparedOpen, BillingError> {
         let nonce = v07::IEntryPoint::new(target.entry_point, &self.provider)
             .getNonce(target.sender, alloy::primitives::aliases::U192::ZERO)
             .call()
             .await
-            .map_err(|e| error(codes::INTERNAL, e.to_string()))?;
+            .map_err(|e| BillingError::Internal(e.to_string()))?;
         let fees =
-            self.bundler.gas_prices().await.map_err(|e| error(codes::INTERNAL, e.to_string()))?;
+            self.bundler.gas_prices().await.map_err(|e| BillingError::Internal(e.to_string()))?;
         let context = serde_json::json!({ "policyId": policy, "customer": customer });
         let mut op = UserOperation {
             sender: target.sender,
@@ -552,7 +550,7 @@ impl Opener {
             signature: settled_contracts::stub_account_signature(),
             eip7702_auth: None,
         };
-        let refuse = |e: settled_paymaster::PaymasterError| ErrorObjectOwned::from(e);
+        let refuse = |e: settled_paymaster::PaymasterError| BillingError::from(e);
         let stub = self
             .paymaster
             .stub_data(op.clone(), target.entry_point, self.chain_id, Some(context.clone()))
@@ -565,7 +563,7 @@ impl Opener {
             .bundler
             .estimate(op.clone(), target.entry_point, None)
             .await
-            .map_err(ErrorObjectOwned::from)?;
+            .map_err(BillingError::from)?;
         let packed = op.pack().map_err(|e| invalid(e.to_string()))?;
         op = UserOperation {
             signature: op.signature.clone(),

@@ -17,18 +17,17 @@ use alloy::{
     providers::Provider,
     rpc::types::TransactionRequest,
 };
-use jsonrpsee::{
-    Extensions, RpcModule,
-    types::{ErrorObjectOwned, Params},
-};
+use jsonrpsee::{Extensions, RpcModule, types::Params};
 use serde::{Deserialize, Serialize};
 use settled_contracts::StreamVault;
 
 use settled_contracts::{SendError, TransactionSender};
 
+use crate::BillingError;
+
 use super::{
     index::StreamId,
-    rpc::{Billing, codes, decimal, error},
+    rpc::{Billing, decimal},
 };
 
 /// What a mutating call did.
@@ -83,8 +82,8 @@ pub struct Operator {
     boot: u64,
 }
 
-fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
-    error(codes::INTERNAL, e.to_string())
+fn internal(e: impl std::fmt::Display) -> BillingError {
+    BillingError::Internal(e.to_string())
 }
 
 impl Operator {
@@ -101,9 +100,11 @@ impl Operator {
     }
 
     /// The record id of (API key, idempotency key).
-    fn record_id(key_name: &str, idempotency_key: &str) -> Result<B256, ErrorObjectOwned> {
+    fn record_id(key_name: &str, idempotency_key: &str) -> Result<B256, BillingError> {
         if idempotency_key.is_empty() || idempotency_key.len() > 128 {
-            return Err(error(codes::INVALID_PARAMS, "idempotencyKey must be 1 to 128 characters"));
+            return Err(BillingError::InvalidParams(
+                "idempotencyKey must be 1 to 128 characters".into(),
+            ));
         }
         Ok(keccak256([key_name.as_bytes(), b"\0", idempotency_key.as_bytes()].concat()))
     }
@@ -114,13 +115,12 @@ impl Operator {
         &self,
         id: B256,
         params: B256,
-    ) -> Result<Option<OperatorReceipt>, ErrorObjectOwned> {
+    ) -> Result<Option<OperatorReceipt>, BillingError> {
         let Some(value) = self.records.get(id).map_err(internal)? else { return Ok(None) };
         let existing: Record = serde_json::from_slice(&value).map_err(internal)?;
         if existing.params() != params {
-            return Err(error(
-                codes::INVALID_PARAMS,
-                "idempotencyKey was already used with different parameters",
+            return Err(BillingError::InvalidParams(
+                "idempotencyKey was already used with different parameters".into(),
             ));
         }
         match existing {
@@ -136,9 +136,8 @@ impl Operator {
                 let _ = self.records.compare_and_swap(id, Some(value), None as Option<&[u8]>);
                 Ok(None)
             }
-            Record::Claimed { .. } => Err(error(
-                codes::CONFLICT,
-                "a call with this idempotencyKey is in progress; retry shortly",
+            Record::Claimed { .. } => Err(BillingError::Busy(
+                "a call with this idempotencyKey is in progress; retry shortly".into(),
             )),
         }
     }
@@ -149,7 +148,7 @@ impl Operator {
         id: B256,
         params: B256,
         tx: TransactionRequest,
-    ) -> Result<OperatorReceipt, ErrorObjectOwned> {
+    ) -> Result<OperatorReceipt, BillingError> {
         let claim =
             serde_json::to_vec(&Record::Claimed { params, boot: self.boot }).map_err(internal)?;
         let claimed = self
@@ -160,7 +159,7 @@ impl Operator {
             // A concurrent call with the same key got there first.
             return match self.replay(id, params).await? {
                 Some(receipt) => Ok(receipt),
-                None => Err(error(codes::CONFLICT, "retry shortly")),
+                None => Err(BillingError::Busy("retry shortly".into())),
             };
         }
         // A call abandoned before it signed (its client went away and the server dropped it)
@@ -171,28 +170,28 @@ impl Operator {
         let tx = tx.from(self.address);
         if let Err(e) = self.sender.provider().call(tx.clone()).await {
             let _ = self.records.remove(id);
-            return Err(error(
-                codes::INVALID_PARAMS,
-                format!("the vault refuses: {}", revert_reason(&e)),
-            ));
+            return Err(BillingError::InvalidParams(format!(
+                "the vault refuses: {}",
+                revert_reason(&e)
+            )));
         }
         let transaction = match self.sign_record_send(id, params, tx).await {
             Ok(transaction) => transaction,
             Err((e, Broadcast::Unknown)) => {
                 // The node may have it: the durable record lets a retry find it.
-                return Err(error(codes::INTERNAL, e.to_string()));
+                return Err(BillingError::Internal(e.to_string()));
             }
             Err((SendError::Refused(e), Broadcast::No)) if vault_error(&e).is_some() => {
                 // The estimate reverts: another call changed the stream since our check (two
                 // resumes racing). Nothing was sent; say what the vault refuses, decoded.
                 let _ = self.records.remove(id);
                 let reason = vault_error(&e).unwrap_or_default();
-                return Err(error(codes::INVALID_PARAMS, format!("the vault refuses: {reason}")));
+                return Err(BillingError::InvalidParams(format!("the vault refuses: {reason}")));
             }
             Err((e, Broadcast::No)) => {
                 // Certainly not sent: the key is free for a retry.
                 let _ = self.records.remove(id);
-                return Err(error(codes::INTERNAL, e.to_string()));
+                return Err(BillingError::Internal(e.to_string()));
             }
         };
         self.mined(id, params, transaction).await
@@ -226,20 +225,19 @@ impl Operator {
         id: B256,
         params: B256,
         transaction: B256,
-    ) -> Result<OperatorReceipt, ErrorObjectOwned> {
+    ) -> Result<OperatorReceipt, BillingError> {
         let within = std::time::Duration::from_secs(60);
         let receipt = self.sender.wait_mined(&[transaction], within).await.map_err(internal)?;
         let receipt = receipt.ok_or_else(|| {
-            error(codes::CONFLICT, format!("transaction {transaction} not mined yet; retry later"))
+            BillingError::Busy(format!("transaction {transaction} not mined yet; retry later"))
         })?;
         if !receipt.status() {
             // Another call changed the stream between our check and inclusion (two resumes
             // racing): say what the vault refused, as the check would have.
             let reason = self.refusal(transaction, receipt.block_number).await;
-            return Err(error(
-                codes::INVALID_PARAMS,
-                format!("transaction {transaction} reverted: the vault refuses: {reason}"),
-            ));
+            return Err(BillingError::InvalidParams(format!(
+                "transaction {transaction} reverted: the vault refuses: {reason}"
+            )));
         }
         let result = OperatorReceipt {
             transaction_hash: transaction,
@@ -376,14 +374,14 @@ async fn mutate(
     operator: &Operator,
     params: Params<'static>,
     extensions: &Extensions,
-) -> Result<OperatorReceipt, ErrorObjectOwned> {
+) -> Result<OperatorReceipt, BillingError> {
     let key = billing.key(extensions)?;
     let (mutation,): (Mutation,) = params.parse()?;
     let id: StreamId = mutation.stream_id.parse().map_err(|_| {
-        error(
-            codes::INVALID_PARAMS,
-            format!("stream id {:?} is not a decimal integer", mutation.stream_id),
-        )
+        BillingError::InvalidParams(format!(
+            "stream id {:?} is not a decimal integer",
+            mutation.stream_id
+        ))
     })?;
     let state = billing.visible(key, id)?;
     // The parameters the idempotency key is bound to: the method and everything it was given.
@@ -395,16 +393,13 @@ async fn mutate(
         return Ok(receipt);
     }
     if state.operator != operator.address {
-        return Err(error(
-            codes::FORBIDDEN,
-            format!(
-                "stream {id} names operator {}, not this node ({})",
-                state.operator, operator.address
-            ),
-        ));
+        return Err(BillingError::Forbidden(format!(
+            "stream {id} names operator {}, not this node ({})",
+            state.operator, operator.address
+        )));
     }
     if state.closed {
-        return Err(error(codes::INVALID_PARAMS, format!("stream {id} is closed")));
+        return Err(BillingError::InvalidParams(format!("stream {id} is closed")));
     }
     let tx = mutation_transaction(name, id, &state, &mutation, billing.now()?, operator)?;
     let receipt = operator.send_once(record, params_hash, tx).await?;
@@ -423,33 +418,34 @@ fn mutation_transaction(
     mutation: &Mutation,
     now: u64,
     operator: &Operator,
-) -> Result<TransactionRequest, ErrorObjectOwned> {
+) -> Result<TransactionRequest, BillingError> {
     let vault = StreamVault::new(operator.vault, operator.sender.provider());
     let sid = U256::from(id);
     Ok(match name {
         "stream_pause" if state.paused => {
-            return Err(error(codes::INVALID_PARAMS, format!("stream {id} is already paused")));
+            return Err(BillingError::InvalidParams(format!("stream {id} is already paused")));
         }
         "stream_pause" => vault.pause(sid).into_transaction_request(),
         "stream_resume" if !state.paused => {
-            return Err(error(codes::INVALID_PARAMS, format!("stream {id} is not paused")));
+            return Err(BillingError::InvalidParams(format!("stream {id} is not paused")));
         }
         "stream_resume" => vault.resume(sid).into_transaction_request(),
         "stream_adjustRate" => {
             let text = mutation.rate_per_second.as_deref().ok_or_else(|| {
-                error(codes::INVALID_PARAMS, "ratePerSecond (decimal, scaled to 18) is required")
+                BillingError::InvalidParams(
+                    "ratePerSecond (decimal, scaled to 18) is required".into(),
+                )
             })?;
             let rate = decimal("ratePerSecond", text)?;
             if rate.is_zero() {
-                return Err(error(
-                    codes::INVALID_PARAMS,
-                    "ratePerSecond must be positive (pause instead)",
+                return Err(BillingError::InvalidParams(
+                    "ratePerSecond must be positive (pause instead)".into(),
                 ));
             }
             if rate > U256::from(state.rate_per_second) {
-                return Err(error(
-                    codes::INVALID_PARAMS,
-                    "the operator may only lower the rate: raising it needs the payer's signature",
+                return Err(BillingError::InvalidParams(
+                    "the operator may only lower the rate: raising it needs the payer's signature"
+                        .into(),
                 ));
             }
             vault.adjustRate(sid, U96::from(rate)).into_transaction_request()
@@ -460,12 +456,9 @@ fn mutation_transaction(
                 Some(text) => {
                     let amount = decimal("amount", text)?;
                     if amount.is_zero() || amount > U256::from(available) {
-                        return Err(error(
-                            codes::INVALID_PARAMS,
-                            format!(
-                                "amount {amount} must be between 1 and the {available} withdrawable"
-                            ),
-                        ));
+                        return Err(BillingError::InvalidParams(format!(
+                            "amount {amount} must be between 1 and the {available} withdrawable"
+                        )));
                     }
                     vault.withdraw(sid, amount.to::<u128>()).into_transaction_request()
                 }

@@ -15,12 +15,11 @@ use alloy::{
     sol,
     sol_types::{Eip712Domain, SolEvent, SolStruct},
 };
-use jsonrpsee::types::ErrorObjectOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use settled_contracts::{MockUSDC, StreamVault};
 
-use super::rpc::{codes, error};
+use crate::BillingError;
 
 sol! {
     /// EIP-2612's permit, as tokens hash it.
@@ -148,8 +147,8 @@ pub(crate) async fn describe(
     vault: Address,
     terms: Terms,
     deadline: u64,
-) -> Result<Value, ErrorObjectOwned> {
-    let internal = |e: alloy::contract::Error| error(codes::INTERNAL, e.to_string());
+) -> Result<Value, BillingError> {
+    let internal = |e: alloy::contract::Error| BillingError::Internal(e.to_string());
     let nonce =
         StreamVault::new(vault, provider).nonces(terms.payer).call().await.map_err(internal)?;
     let open = terms.open_terms(nonce, deadline);
@@ -200,8 +199,8 @@ async fn describe_permit(
     vault: Address,
     terms: &Terms,
     deadline: u64,
-) -> Result<Option<(alloy::primitives::B256, Value)>, ErrorObjectOwned> {
-    let internal = |e: alloy::contract::Error| error(codes::INTERNAL, e.to_string());
+) -> Result<Option<(alloy::primitives::B256, Value)>, BillingError> {
+    let internal = |e: alloy::contract::Error| BillingError::Internal(e.to_string());
     let token = MockUSDC::new(terms.token, provider);
     let Ok(d) = token.eip712Domain().call().await else { return Ok(None) };
     let permit_nonce = token.nonces(terms.payer).call().await.map_err(internal)?;
@@ -245,17 +244,21 @@ async fn describe_permit(
 /// The vault's `Permit` argument from a 65-byte `r ‖ s ‖ v` signature (none: v = 0).
 pub(crate) fn permit_argument(
     signature: Option<&Bytes>,
-) -> Result<StreamVault::Permit, ErrorObjectOwned> {
+) -> Result<StreamVault::Permit, BillingError> {
     let Some(signature) = signature else {
         return Ok(StreamVault::Permit { v: 0, r: B256::ZERO, s: B256::ZERO });
     };
     if signature.len() != 65 {
-        return Err(error(codes::INVALID_PARAMS, "permitSignature must be 65 bytes (r ‖ s ‖ v)"));
+        return Err(BillingError::InvalidParams(
+            "permitSignature must be 65 bytes (r ‖ s ‖ v)".into(),
+        ));
     }
     let v = match signature[64] {
         v @ (27 | 28) => v,
         v @ (0 | 1) => v + 27,
-        v => return Err(error(codes::INVALID_PARAMS, format!("permitSignature has v = {v}"))),
+        v => {
+            return Err(BillingError::InvalidParams(format!("permitSignature has v = {v}")));
+        }
     };
     Ok(StreamVault::Permit {
         v,
@@ -289,8 +292,8 @@ mod tests {
         );
         assert_eq!(permit_argument(None).map_err(|e| e.to_string())?.v, 0);
         raw.pop();
-        let short = permit_argument(Some(&raw.into())).err().map(|e| e.code());
-        assert_eq!(short, Some(codes::INVALID_PARAMS));
+        let short = permit_argument(Some(&raw.into()));
+        assert!(matches!(short, Err(BillingError::InvalidParams(_))), "{short:?}");
         Ok(())
     }
 }

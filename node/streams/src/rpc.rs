@@ -19,6 +19,8 @@ use jsonrpsee::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::BillingError;
+
 use super::{
     accrual::StreamState,
     index::{IndexError, StreamId, StreamIndex, StreamSelector},
@@ -227,41 +229,55 @@ pub struct Billing {
     keys: HashMap<B256, ApiKey>,
 }
 
-/// A billing error with `code`.
-pub(crate) fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
-    ErrorObject::owned(code, message.into(), None::<()>)
+/// The billing edge's one table: each [`BillingError`] with its JSON-RPC code (the bundler's
+/// and the paymaster's refusals keep their own ERC-7769 codes and data).
+impl From<BillingError> for ErrorObjectOwned {
+    fn from(error: BillingError) -> Self {
+        let code = match error {
+            BillingError::Bundler(e) => return e.into(),
+            BillingError::Paymaster(e) => return e.into(),
+            BillingError::InvalidParams(_) => codes::INVALID_PARAMS,
+            BillingError::Unauthorized(_) => codes::UNAUTHORIZED,
+            BillingError::Forbidden(_) => codes::FORBIDDEN,
+            BillingError::Busy(_) => codes::CONFLICT,
+            BillingError::Internal(_) => codes::INTERNAL,
+        };
+        ErrorObject::owned(code, error.to_string(), None::<()>)
+    }
 }
 
-fn internal(e: IndexError) -> ErrorObjectOwned {
-    error(codes::INTERNAL, e.to_string())
+fn internal(e: IndexError) -> BillingError {
+    BillingError::Internal(e.to_string())
 }
 
-fn parse_id(text: &str) -> Result<StreamId, ErrorObjectOwned> {
+fn parse_id(text: &str) -> Result<StreamId, BillingError> {
     text.parse::<StreamId>().map_err(|_| {
-        error(codes::INVALID_PARAMS, format!("stream id {text:?} is not a decimal integer"))
+        BillingError::InvalidParams(format!("stream id {text:?} is not a decimal integer"))
     })
 }
 
 impl Billing {
     /// The caller's API key (-32001 without a known one).
-    pub fn key(&self, extensions: &Extensions) -> Result<&ApiKey, ErrorObjectOwned> {
+    pub fn key(&self, extensions: &Extensions) -> Result<&ApiKey, BillingError> {
         let token = extensions.get::<BearerToken>().ok_or_else(|| {
-            error(codes::UNAUTHORIZED, "missing API key: send `Authorization: Bearer <token>`")
+            BillingError::Unauthorized(
+                "missing API key: send `Authorization: Bearer <token>`".into(),
+            )
         })?;
         self.keys
             .get(&keccak256(token.0.as_bytes()))
-            .ok_or_else(|| error(codes::UNAUTHORIZED, "unknown API key"))
+            .ok_or_else(|| BillingError::Unauthorized("unknown API key".into()))
     }
 
     /// Stream `id`'s state, if `key` may see it.
-    pub fn visible(&self, key: &ApiKey, id: StreamId) -> Result<StreamState, ErrorObjectOwned> {
+    pub fn visible(&self, key: &ApiKey, id: StreamId) -> Result<StreamState, BillingError> {
         let state = self.index.get(id).map_err(internal)?;
         match state {
             Some(s) if key.may_see(s.payee) => Ok(s),
             Some(_) => {
-                Err(error(codes::FORBIDDEN, format!("stream {id} is outside this key's payees")))
+                Err(BillingError::Forbidden(format!("stream {id} is outside this key's payees")))
             }
-            None => Err(error(codes::INVALID_PARAMS, format!("unknown stream {id}"))),
+            None => Err(BillingError::InvalidParams(format!("unknown stream {id}"))),
         }
     }
 
@@ -271,7 +287,7 @@ impl Billing {
     }
 
     /// The second of the newest block the index applied (0 before any).
-    pub fn now(&self) -> Result<u64, ErrorObjectOwned> {
+    pub fn now(&self) -> Result<u64, BillingError> {
         Ok(self.index.cursor().map_err(internal)?.map_or(0, |c| c.timestamp))
     }
 }
@@ -294,7 +310,7 @@ pub fn billing_module(
         &Billing,
         Params<'_>,
         &Extensions,
-    ) -> Result<serde_json::Value, ErrorObjectOwned>| {
+    ) -> Result<serde_json::Value, BillingError>| {
         let billing = billing.clone();
         // The names are distinct constants: registration cannot collide.
         let _ = module.register_blocking_method(name, move |params, _, extensions| {
@@ -314,7 +330,7 @@ pub fn billing_module(
         let id = parse_id(&id)?;
         b.visible(key, id)?;
         let state = b.index.get_at(id, timestamp).map_err(internal)?.ok_or_else(|| {
-            error(codes::INVALID_PARAMS, format!("stream {id} was not open yet at {timestamp}"))
+            BillingError::InvalidParams(format!("stream {id} was not open yet at {timestamp}"))
         })?;
         to_value(StreamView::new(id, &state, timestamp))
     });
@@ -334,18 +350,18 @@ fn list_streams(
     b: &Billing,
     params: Params<'_>,
     ext: &Extensions,
-) -> Result<serde_json::Value, ErrorObjectOwned> {
+) -> Result<serde_json::Value, BillingError> {
     let key = b.key(ext)?;
     let mut sequence = params.sequence();
     let query: ListQuery = sequence.optional_next()?.unwrap_or_default();
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > 1_000 {
-        return Err(error(codes::INVALID_PARAMS, "limit must be 1 to 1000"));
+        return Err(BillingError::InvalidParams("limit must be 1 to 1000".into()));
     }
     if let Some(status) = &query.status
         && !["active", "paused", "closed"].contains(&status.as_str())
     {
-        return Err(error(codes::INVALID_PARAMS, format!("unknown status {status:?}")));
+        return Err(BillingError::InvalidParams(format!("unknown status {status:?}")));
     }
     let after = query.cursor.as_deref().map(parse_id).transpose()?;
     let now = b.now()?;
@@ -434,16 +450,16 @@ fn register_subscription(module: &mut RpcModule<()>, billing: Arc<Billing>) {
 }
 
 /// A non-negative decimal string (amounts, rates) as a number.
-pub(crate) fn decimal(name: &str, text: &str) -> Result<alloy::primitives::U256, ErrorObjectOwned> {
+pub(crate) fn decimal(name: &str, text: &str) -> Result<alloy::primitives::U256, BillingError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(error(codes::INVALID_PARAMS, format!("{name} must be a decimal string")));
+        return Err(BillingError::InvalidParams(format!("{name} must be a decimal string")));
     }
     alloy::primitives::U256::from_str_radix(text, 10)
-        .map_err(|_| error(codes::INVALID_PARAMS, format!("{name} overflows 256 bits")))
+        .map_err(|_| BillingError::InvalidParams(format!("{name} overflows 256 bits")))
 }
 
-fn to_value(value: impl Serialize) -> Result<serde_json::Value, ErrorObjectOwned> {
-    serde_json::to_value(value).map_err(|e| error(codes::INTERNAL, e.to_string()))
+fn to_value(value: impl Serialize) -> Result<serde_json::Value, BillingError> {
+    serde_json::to_value(value).map_err(|e| BillingError::Internal(e.to_string()))
 }
 
 /// Keys from the settings: those given directly plus the keys file's.
@@ -508,6 +524,31 @@ mod tests {
             assert_eq!(doc["components"]["errors"][name]["code"].as_i64(), Some(i64::from(code)));
         }
         Ok(())
+    }
+
+    /// The billing edge's table: every [`BillingError`] with its code, the bundler's and the
+    /// paymaster's refusals with theirs.
+    #[test]
+    fn every_billing_error_has_its_code() {
+        use settled_contracts::rpc_codes as erc7769;
+        let paymaster = || settled_paymaster::PaymasterError::UnknownPolicy("gold".into());
+        let paymaster_code = ErrorObjectOwned::from(paymaster()).code();
+        let table: Vec<(BillingError, i32)> = vec![
+            (BillingError::InvalidParams("x".into()), codes::INVALID_PARAMS),
+            (BillingError::Unauthorized("x".into()), codes::UNAUTHORIZED),
+            (BillingError::Forbidden("x".into()), codes::FORBIDDEN),
+            (BillingError::Busy("x".into()), codes::CONFLICT),
+            (BillingError::Internal("x".into()), codes::INTERNAL),
+            (settled_bundler::BundlerError::InvalidSignature.into(), erc7769::INVALID_SIGNATURE),
+            (paymaster().into(), paymaster_code),
+        ];
+        for (error, code) in table {
+            let message = error.to_string();
+            let object = ErrorObjectOwned::from(error);
+            assert_eq!((object.code(), object.message()), (code, message.as_str()));
+        }
+        let parse = BillingError::from(ErrorObjectOwned::owned(-32602, "bad", None::<()>));
+        assert!(matches!(parse, BillingError::InvalidParams(m) if m == "bad"));
     }
 
     /// The codes each method declares, its `$ref`s resolved (a dangling one fails).
