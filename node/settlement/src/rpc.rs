@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use jsonrpsee::{
-    RpcModule,
-    types::{ErrorObject, ErrorObjectOwned},
+    Extensions, RpcModule,
+    types::{ErrorObject, ErrorObjectOwned, Params},
 };
 use serde_json::json;
+use settled_streams::BillingError;
 
 use super::scheduler::Settler;
 
@@ -72,12 +73,35 @@ pub fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule<Arc<Se
 
 /// The billing methods settlement serves, behind the billing API keys:
 /// `billing_invoice({payer, from, to})` with the lines of the key's payees only, and
-/// `stream_recordUsage({streamId, digest, at?})` for the key's streams.
+/// `stream_recordUsage({streamId, digest, at?})` for the key's streams. Their errors are
+/// [`BillingError`]s, coded by the billing edge's one table.
 pub fn register_billing(
     module: &mut RpcModule<()>,
     billing: Arc<settled_streams::Billing>,
     settler: Arc<Settler>,
 ) {
+    let (invoice_billing, invoice_settler) = (billing.clone(), settler.clone());
+    // The names are distinct constants: registration cannot collide.
+    let _ = module.register_blocking_method("billing_invoice", move |params, _, extensions| {
+        invoice(&invoice_billing, &invoice_settler, params, &extensions)
+            .map_err(ErrorObjectOwned::from)
+    });
+    let _ = module.register_blocking_method("stream_recordUsage", move |params, _, extensions| {
+        record_usage(&billing, &settler, params, &extensions).map_err(ErrorObjectOwned::from)
+    });
+}
+
+fn billing_internal(e: impl std::fmt::Display) -> BillingError {
+    BillingError::Internal(e.to_string())
+}
+
+/// `billing_invoice`: the payer's lines for the key's payees.
+fn invoice(
+    billing: &settled_streams::Billing,
+    settler: &Settler,
+    params: Params<'_>,
+    extensions: &Extensions,
+) -> Result<serde_json::Value, BillingError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct InvoiceRequest {
@@ -85,21 +109,25 @@ pub fn register_billing(
         from: u64,
         to: u64,
     }
-    let (invoice_billing, invoice_settler) = (billing.clone(), settler.clone());
-    // The name is a distinct constant: registration cannot collide.
-    let _ = module.register_blocking_method("billing_invoice", move |params, _, extensions| {
-        let (billing, settler) = (&invoice_billing, &invoice_settler);
-        let key = billing.key(&extensions)?;
-        let (request,): (InvoiceRequest,) = params.parse()?;
-        if request.to < request.from {
-            return Err(error(codes::INVALID_PARAMS, "`to` is before `from`"));
-        }
-        let invoice = settler
-            .invoice(request.payer, request.from, request.to, |payee| key.may_see(*payee))
-            .map_err(internal)?;
-        serde_json::to_value(invoice).map_err(internal)
-    });
+    let key = billing.key(extensions)?;
+    let (request,): (InvoiceRequest,) = params.parse()?;
+    if request.to < request.from {
+        return Err(BillingError::InvalidParams("`to` is before `from`".into()));
+    }
+    let invoice = settler
+        .invoice(request.payer, request.from, request.to, |payee| key.may_see(*payee))
+        .map_err(billing_internal)?;
+    serde_json::to_value(invoice).map_err(billing_internal)
+}
 
+/// `stream_recordUsage`: a usage digest for one of the key's streams, at a second not yet
+/// settled.
+fn record_usage(
+    billing: &settled_streams::Billing,
+    settler: &Settler,
+    params: Params<'_>,
+    extensions: &Extensions,
+) -> Result<serde_json::Value, BillingError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct UsageRequest {
@@ -109,35 +137,25 @@ pub fn register_billing(
     }
     /// How far past the chain's clock a report may be (a millisecond timestamp is refused).
     const MAX_AHEAD_SECS: u64 = 86_400;
-    // The name is a distinct constant: registration cannot collide.
-    let _ = module.register_blocking_method("stream_recordUsage", move |params, _, extensions| {
-        let key = billing.key(&extensions)?;
-        let (request,): (UsageRequest,) = params.parse()?;
-        let stream: u64 = request.stream_id.parse().map_err(|_| {
-            error(
-                codes::INVALID_PARAMS,
-                format!("stream id {:?} is not a decimal integer", request.stream_id),
-            )
-        })?;
-        billing.visible(key, stream)?;
-        let now = billing.now()?;
-        let at = request.at.unwrap_or(now);
-        if at > now.saturating_add(MAX_AHEAD_SECS) {
-            return Err(error(
-                codes::INVALID_PARAMS,
-                format!("at {at} is more than a day after the chain's clock ({now}): seconds?"),
-            ));
-        }
-        settler.record_usage(stream, at, request.digest).map_err(|e| match e {
-            super::UsageError::Settled { .. } => error(codes::INVALID_PARAMS, e.to_string()),
-            super::UsageError::Storage(_) => internal(e),
-        })?;
-        Ok::<_, ErrorObjectOwned>(json!({
-            "streamId": stream.to_string(),
-            "at": at,
-            "digest": request.digest,
-        }))
-    });
+    let key = billing.key(extensions)?;
+    let (request,): (UsageRequest,) = params.parse()?;
+    let stream: u64 = request.stream_id.parse().map_err(|_| {
+        let id = &request.stream_id;
+        BillingError::InvalidParams(format!("stream id {id:?} is not a decimal integer"))
+    })?;
+    billing.visible(key, stream)?;
+    let now = billing.now()?;
+    let at = request.at.unwrap_or(now);
+    if at > now.saturating_add(MAX_AHEAD_SECS) {
+        return Err(BillingError::InvalidParams(format!(
+            "at {at} is more than a day after the chain's clock ({now}): seconds?"
+        )));
+    }
+    settler.record_usage(stream, at, request.digest).map_err(|e| match e {
+        super::UsageError::Settled { .. } => BillingError::InvalidParams(e.to_string()),
+        super::UsageError::Storage(_) => billing_internal(e),
+    })?;
+    Ok(json!({ "streamId": stream.to_string(), "at": at, "digest": request.digest }))
 }
 
 #[cfg(test)]
