@@ -15,12 +15,9 @@ use settled_contracts::{
 };
 use tracing::info;
 
-use crate::{
-    config::{DevConfig, NodeConfig},
-    error::NodeError,
-    launch::connect,
-    paymaster::paymaster_signer,
-};
+use settled_config::{DevConfig, NodeConfig};
+
+use crate::{error::NodeError, launch::connect, paymaster::paymaster_signer};
 
 /// A dev chain ready for the node.
 pub(crate) struct DevChain {

@@ -40,6 +40,9 @@ pub enum NodeError {
         /// Why (e.g. address in use).
         source: std::io::Error,
     },
+    /// The JSON-RPC or metrics server could not start.
+    #[error(transparent)]
+    Server(#[from] settled_server::ServerError),
     /// The database could not be opened or used.
     #[error("database in {path}: {reason}")]
     Storage {

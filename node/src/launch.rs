@@ -9,25 +9,24 @@ use alloy::{
 };
 use jsonrpsee::{RpcModule, server::ServerHandle};
 use settled_bundler::Bundler;
+use settled_config::{ChainSource, NodeConfig};
 use settled_contracts::{
     BlockRef, ChainEvent, ChainFollower, Deployment, EntryPointVersion, FollowerHandle, LocalAnvil,
     SponsorPaymaster, TransactionSender,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
+use settled_server::{CriticalTasks, HealthLimits, TaskFailure, node_module, serve, serve_metrics};
 use settled_settlement::{SettlementChain, Settler, register_billing, settlement_module};
 use settled_streams::{Opener, Operator, StreamIndex, api_keys, billing_module};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{ChainSource, NodeConfig},
     dev::{self, DevKeys},
     error::NodeError,
     metrics::{self, names},
     paymaster::{load_key, paymaster_signer, policies},
-    rpc,
     storage::{ChainIdentity, OnOtherChain, Storage},
-    tasks::{CriticalTasks, TaskFailure},
 };
 
 /// A running node. Dropping it does not stop it: cancel its token (or call
@@ -151,7 +150,7 @@ pub async fn launch(
     cancel: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
     let started = std::time::Instant::now();
-    crate::listener::raise_open_file_limit();
+    settled_server::raise_open_file_limit();
     let mut config = config;
     let (chain, storage) = open_chain(&mut config, source).await?;
     let metrics_handle = metrics::install()?;
@@ -179,10 +178,10 @@ pub async fn launch(
     let (follower, module, components) =
         start_follower_and_billing(&wiring, follower, components, dev_keys.operator)?;
     let Wiring { config, deployment, storage, tasks, .. } = wiring;
-    let (rpc_addr, server) = rpc::serve(&config.rpc, module).await?;
+    let (rpc_addr, server) = serve(&config.rpc, module).await?;
     let metrics_addr = match config.metrics {
         Some(addr) => {
-            let (bound, serving) = metrics::serve(addr, metrics_handle, cancel.clone()).await?;
+            let (bound, serving) = serve_metrics(addr, metrics_handle, cancel.clone()).await?;
             tasks.spawn_loop("metrics", serving);
             Some(bound)
         }
@@ -367,13 +366,13 @@ fn start_follower_and_billing(
     wiring.tasks.spawn_loop("chain follower", follow);
     let observer = follower.subscribe();
     wiring.tasks.spawn_loop("chain metrics", record_chain_metrics(observer, wiring.cancel.clone()));
-    let limits = rpc::HealthLimits {
+    let limits = HealthLimits {
         // Ten polls missed, and at least 10 s: one slow answer is not an outage.
         stale_after: (config.chain.poll_interval * 10).max(Duration::from_secs(10)),
         max_lag_blocks: config.chain.reorg_depth,
     };
     let chain_id = wiring.deployment.chain_id;
-    let mut module = rpc::node_module(chain_id, &follower, limits, wiring.tasks.clone())?;
+    let mut module = node_module(chain_id, &follower, limits, wiring.tasks.clone())?;
     if let Some(bundler) = &components.bundler {
         merge(&mut module, settled_bundler::bundler_module(bundler.clone(), config.rpc.debug)?)?;
     }
@@ -393,7 +392,7 @@ fn merge<T: Send + Sync + 'static>(
     module: &mut RpcModule<()>,
     other: RpcModule<T>,
 ) -> Result<(), NodeError> {
-    module.merge(other).map_err(|e| NodeError::Metrics(e.to_string()))
+    module.merge(other).map_err(|e| settled_server::ServerError::Register(e.to_string()).into())
 }
 
 /// The billing namespaces over the stream index: the operator's calls when it has a key,

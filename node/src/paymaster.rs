@@ -1,11 +1,11 @@
 //! The node's side of the paymaster: its key and policies from the settings, and the one-shot
 //! `settled paymaster status|deposit|withdraw` commands for operators.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use alloy::{
     network::EthereumWallet,
-    primitives::{Address, B256, U256},
+    primitives::{B256, U256},
     providers::ProviderBuilder,
     signers::local::PrivateKeySigner,
 };
@@ -15,11 +15,9 @@ use settled_paymaster::{
     PaymasterReport, SponsorshipPolicy, TreasuryError, deposit, paymaster_reports, withdraw,
 };
 
-use crate::{
-    config::{NodeConfig, SecretKey},
-    error::NodeError,
-    launch::connect,
-};
+use settled_config::{NodeConfig, PaymasterAction, PaymasterCommandConfig, SecretKey};
+
+use crate::{error::NodeError, launch::connect};
 
 /// A key from a flag/environment value or a file; `None` when neither is given.
 pub(crate) fn load_key(
@@ -73,48 +71,6 @@ pub(crate) fn dev_policy() -> SponsorshipPolicy {
         max_cost_per_op: Some(U256::from(10u128.pow(17))),
         ..SponsorshipPolicy::unlimited("default")
     }
-}
-
-/// What a `settled paymaster` command does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PaymasterAction {
-    /// Print each paymaster's deposit, stake and signer.
-    Status,
-    /// Add `amount` wei to `version`'s paymaster deposit, paid by the key's account.
-    Deposit {
-        /// Which paymaster.
-        version: EntryPointVersion,
-        /// Wei.
-        amount: U256,
-        /// Paying key.
-        key: Option<SecretKey>,
-        /// Paying key, from a file.
-        key_file: Option<PathBuf>,
-    },
-    /// Withdraw `amount` wei of `version`'s paymaster deposit to `to` (owner only).
-    Withdraw {
-        /// Which paymaster.
-        version: EntryPointVersion,
-        /// Wei.
-        amount: U256,
-        /// Recipient (default: the owner).
-        to: Option<Address>,
-        /// Owner key.
-        key: Option<SecretKey>,
-        /// Owner key, from a file.
-        key_file: Option<PathBuf>,
-    },
-}
-
-/// A `settled paymaster` command with its chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymasterCommandConfig {
-    /// Ethereum JSON-RPC endpoint.
-    pub rpc_url: String,
-    /// Deployment file.
-    pub deployment: PathBuf,
-    /// What to do.
-    pub action: PaymasterAction,
 }
 
 /// What a paymaster command printed: every paymaster's state after it ran, and its transaction.

@@ -5,12 +5,7 @@
 //! Amounts are decimal strings in the token's base units; `ratePerSecond` is a decimal string
 //! scaled to 18 decimals (`rateScale: 18`).
 
-use std::{
-    collections::HashMap,
-    path::Path,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use alloy::primitives::{Address, B256, keccak256};
 use jsonrpsee::{
@@ -74,55 +69,6 @@ impl ApiKey {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         let file: KeysFile = toml::from_str(&text).map_err(|e| e.to_string())?;
         Ok(file.keys)
-    }
-}
-
-/// The bearer token of an HTTP request, put in the request's extensions by [`BearerLayer`].
-#[derive(Debug, Clone)]
-pub(crate) struct BearerToken(String);
-
-/// Tower layer: copies `Authorization: Bearer <token>` into the request's extensions, where the
-/// `stream_*` methods find it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BearerLayer;
-
-impl<S> tower::Layer<S> for BearerLayer {
-    type Service = BearerService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BearerService { inner }
-    }
-}
-
-/// See [`BearerLayer`].
-#[derive(Debug, Clone)]
-pub struct BearerService<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<hyper::Request<B>> for BearerService<S>
-where
-    S: tower::Service<hyper::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: hyper::Request<B>) -> Self::Future {
-        let token = request
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| BearerToken(t.trim().to_string()));
-        if let Some(token) = token {
-            request.extensions_mut().insert(token);
-        }
-        self.inner.call(request)
     }
 }
 
@@ -259,13 +205,13 @@ fn parse_id(text: &str) -> Result<StreamId, BillingError> {
 impl Billing {
     /// The caller's API key (-32001 without a known one).
     pub fn key(&self, extensions: &Extensions) -> Result<&ApiKey, BillingError> {
-        let token = extensions.get::<BearerToken>().ok_or_else(|| {
+        let token = extensions.get::<settled_server::BearerToken>().ok_or_else(|| {
             BillingError::Unauthorized(
                 "missing API key: send `Authorization: Bearer <token>`".into(),
             )
         })?;
         self.keys
-            .get(&keccak256(token.0.as_bytes()))
+            .get(&keccak256(token.as_str().as_bytes()))
             .ok_or_else(|| BillingError::Unauthorized("unknown API key".into()))
     }
 

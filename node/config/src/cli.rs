@@ -24,12 +24,12 @@ use clap::{
 };
 use settled_contracts::AnvilOptions;
 
-use crate::config::{
+use crate::paymaster_command::{PaymasterAction, PaymasterCommandConfig};
+use crate::settings::{
     BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_DEV_ANVIL_PORT,
     DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
     PaymasterSettings, RpcConfig, SecretKey,
 };
-use crate::paymaster::{PaymasterAction, PaymasterCommandConfig};
 
 mod billing;
 mod bundler;

@@ -8,6 +8,7 @@ use std::{
 };
 
 use settled_contracts::{AnvilOptions, FollowerConfig};
+pub use settled_server::{DEFAULT_RPC_PORT, RpcConfig};
 
 /// Everything a node needs besides the chain it runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +121,7 @@ pub struct BundlerSettings {
 
 impl BundlerSettings {
     /// The bundler engine's configuration.
-    pub(crate) fn bundler_config(&self) -> settled_bundler::BundlerConfig {
+    pub fn bundler_config(&self) -> settled_bundler::BundlerConfig {
         settled_bundler::BundlerConfig {
             beneficiary: self.beneficiary,
             mode: self.mode,
@@ -167,32 +168,6 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
-/// JSON-RPC server settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RpcConfig {
-    /// Listen address.
-    pub addr: SocketAddr,
-    /// Largest request body accepted, in bytes.
-    pub max_request_bytes: u32,
-    /// Most concurrent HTTP connections.
-    pub max_connections: u32,
-    /// Most concurrent WebSocket connections (apart from HTTP's).
-    pub max_ws_connections: u32,
-    /// Most concurrent connections of one client IP.
-    pub max_connections_per_ip: u32,
-    /// Bytes of request bodies in flight at once, across all connections.
-    pub max_in_flight_body_bytes: u64,
-    /// Seconds a WebSocket opened without a billing key may stay silent (0: no limit).
-    pub anonymous_ws_idle_secs: u64,
-    /// Most calls in one JSON-RPC batch.
-    pub max_batch_len: u32,
-    /// Serve the `debug_bundler_*` methods (tests and development only).
-    pub debug: bool,
-    /// Serve the operator's `paymaster_*` methods (policies, status). Bind the server to
-    /// loopback or put it behind an authenticating proxy when this is on.
-    pub admin: bool,
-}
-
 /// Chain-following settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainConfig {
@@ -229,8 +204,6 @@ pub struct DevConfig {
     pub usdc_per_account: u128,
 }
 
-/// Default JSON-RPC port: the ERC-4337 number.
-pub const DEFAULT_RPC_PORT: u16 = 4337;
 /// Default Prometheus port.
 pub const DEFAULT_METRICS_PORT: u16 = 9337;
 
@@ -245,25 +218,6 @@ impl Default for NodeConfig {
             paymaster: PaymasterSettings::default(),
             billing: BillingSettings::default(),
             settlement: settled_settlement::SettlementSettings::default(),
-        }
-    }
-}
-
-impl Default for RpcConfig {
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_RPC_PORT)),
-            // An op's callData cannot pass 10 M gas / 16 per byte = 625 KB: 1 MiB bounds every
-            // legitimate request (it was 10 MiB: ~22 MB of memory per request in flight).
-            max_request_bytes: 1024 * 1024,
-            max_connections: 1_000,
-            max_ws_connections: 1_000,
-            max_connections_per_ip: 500,
-            max_in_flight_body_bytes: 64 * 1024 * 1024,
-            anonymous_ws_idle_secs: 60,
-            max_batch_len: 100,
-            debug: false,
-            admin: false,
         }
     }
 }

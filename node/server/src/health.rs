@@ -1,34 +1,26 @@
-//! The node's JSON-RPC server: HTTP and WebSocket on one port, `GET /health` proxied to
-//! `system_health`. Domain crates add their namespaces as `RpcModule`s merged here.
+//! The node's own methods — `eth_chainId`, `web3_clientVersion`, `system_health` (`GET
+//! /health`) and `system_ready` (`GET /ready`) — and what health reports: the chain's contact,
+//! the lag, each component's task.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use alloy::primitives::U64;
-use jsonrpsee::{
-    RpcModule,
-    server::{
-        BatchRequestConfig, Server, ServerConfig, ServerHandle,
-        middleware::http::ProxyGetRequestLayer,
-    },
-    types::ErrorObjectOwned,
-};
+use jsonrpsee::{RpcModule, types::ErrorObjectOwned};
 use serde::Serialize;
 use settled_contracts::{BlockRef, ChainContact, FollowerHandle};
 use tokio::sync::watch;
 
 use crate::{
-    config::RpcConfig,
-    error::NodeError,
+    ServerError,
     tasks::{CriticalTasks, TaskState},
 };
-use settled_streams::BearerLayer;
 
 /// The node's identification in `web3_clientVersion`.
-pub(crate) const CLIENT_VERSION: &str = concat!("settled/v", env!("CARGO_PKG_VERSION"));
+pub const CLIENT_VERSION: &str = concat!("settled/v", env!("CARGO_PKG_VERSION"));
 
 /// `system_ready`'s error while the node is degraded: the server is up, the chain is not
 /// (JSON-RPC's server-error range; `GET /ready` answers it with a non-2xx status).
-pub(crate) const NOT_READY: i32 = -32050;
+pub const NOT_READY: i32 = -32050;
 
 /// What `system_health` (`GET /health`, liveness: answered while the node serves) and
 /// `system_ready` (`GET /ready`, readiness: an error, so not 2xx, unless `ok`) report.
@@ -51,7 +43,7 @@ struct Health {
 
 /// When the node counts as degraded.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct HealthLimits {
+pub struct HealthLimits {
     /// No answer from the chain for this long.
     pub stale_after: std::time::Duration,
     /// Processed blocks trail the chain's head by more than this.
@@ -104,12 +96,12 @@ impl NodeInfo {
 
 /// The node's own methods: `eth_chainId`, `web3_clientVersion`, `system_health`,
 /// `system_ready`.
-pub(crate) fn node_module(
+pub fn node_module(
     chain_id: u64,
     follower: &FollowerHandle,
     limits: HealthLimits,
     tasks: CriticalTasks,
-) -> Result<RpcModule<()>, NodeError> {
+) -> Result<RpcModule<()>, ServerError> {
     let info = Arc::new(NodeInfo {
         chain_id,
         head: follower.head_watch(),
@@ -118,7 +110,7 @@ pub(crate) fn node_module(
         tasks,
     });
     let mut module = RpcModule::new(());
-    let register = |e: jsonrpsee::core::RegisterMethodError| NodeError::Metrics(e.to_string());
+    let register = |e: jsonrpsee::core::RegisterMethodError| ServerError::Register(e.to_string());
 
     let chain = info.clone();
     module
@@ -142,57 +134,6 @@ pub(crate) fn node_module(
         })
         .map_err(register)?;
     Ok(module)
-}
-
-/// Starts serving `module` on `config.addr`; returns the bound address and the server handle.
-pub(crate) async fn serve(
-    config: &RpcConfig,
-    module: RpcModule<()>,
-) -> Result<(SocketAddr, ServerHandle), NodeError> {
-    let bind = |source| NodeError::Bind { what: "JSON-RPC", addr: config.addr, source };
-    let health =
-        ProxyGetRequestLayer::new([("/health", "system_health"), ("/ready", "system_ready")])
-            .map_err(|e| bind(std::io::Error::other(e)))?;
-    let server_config = ServerConfig::builder()
-        .max_request_body_size(config.max_request_bytes)
-        // Answers (a dumped mempool, a batch's blob) may be larger than any request.
-        .max_response_body_size(config.max_request_bytes.saturating_mul(10))
-        // Our accept loop enforces the limits; jsonrpsee's own guard only backs them up.
-        .max_connections(config.max_connections.saturating_add(config.max_ws_connections))
-        .set_batch_request_config(BatchRequestConfig::Limit(config.max_batch_len))
-        .build();
-    let builder = Server::builder()
-        .set_config(server_config)
-        .set_http_middleware(
-            tower::ServiceBuilder::new()
-                .layer(crate::listener::BodyBudgetLayer::new(
-                    config.max_in_flight_body_bytes,
-                    config.max_request_bytes,
-                ))
-                .layer(health)
-                .layer(BearerLayer),
-        )
-        .to_service_builder();
-    let listener = tokio::net::TcpListener::bind(config.addr).await.map_err(bind)?;
-    let addr = listener.local_addr().map_err(bind)?;
-    let (stop, handle) = jsonrpsee::server::stop_channel();
-    let limits = crate::listener::ConnectionLimits {
-        http: config.max_connections,
-        ws: config.max_ws_connections,
-        per_ip: config.max_connections_per_ip,
-        anonymous_ws_idle: (config.anonymous_ws_idle_secs > 0)
-            .then(|| Duration::from_secs(config.anonymous_ws_idle_secs)),
-    };
-    let methods: jsonrpsee::server::Methods = module.into();
-    let (services, stop_services) = (stop.clone(), stop.clone());
-    let ws_builder = builder.clone().max_connections(config.max_ws_connections);
-    let http_builder = builder.max_connections(config.max_connections);
-    let make = move || {
-        let http = http_builder.clone().build(methods.clone(), services.clone());
-        (http, ws_builder.clone().build(methods.clone(), services.clone()))
-    };
-    tokio::spawn(crate::listener::accept_loop(listener, make, stop_services, limits));
-    Ok((addr, handle))
 }
 
 #[cfg(test)]

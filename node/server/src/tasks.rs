@@ -26,7 +26,7 @@ pub struct TaskFailure {
 /// A component's state as `/health` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) enum TaskState {
+pub enum TaskState {
     /// Working.
     Running,
     /// Ended after the node was asked to stop.
@@ -43,7 +43,7 @@ struct Board {
 
 /// The node's critical tasks, sharing its cancellation token.
 #[derive(Debug, Clone)]
-pub(crate) struct CriticalTasks {
+pub struct CriticalTasks {
     cancel: CancellationToken,
     board: Arc<Mutex<Board>>,
     handles: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -51,13 +51,13 @@ pub(crate) struct CriticalTasks {
 
 impl CriticalTasks {
     /// Tasks that stop when `cancel` fires, and fire it when one of them ends early.
-    pub(crate) fn new(cancel: CancellationToken) -> Self {
+    pub fn new(cancel: CancellationToken) -> Self {
         Self { cancel, board: Arc::default(), handles: Arc::default() }
     }
 
     /// Runs `task` under `name`. It is expected to run until the node's token is cancelled;
     /// ending any other way (an `Err`, a panic, or simply returning) stops the node.
-    pub(crate) fn spawn<F, E>(&self, name: &'static str, task: F)
+    pub fn spawn<F, E>(&self, name: &'static str, task: F)
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
@@ -93,7 +93,7 @@ impl CriticalTasks {
     }
 
     /// Runs `task` (which ends only when cancelled) under `name`.
-    pub(crate) fn spawn_loop<F>(&self, name: &'static str, task: F)
+    pub fn spawn_loop<F>(&self, name: &'static str, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -104,7 +104,7 @@ impl CriticalTasks {
     }
 
     /// Each task's state, by name.
-    pub(crate) fn states(&self) -> BTreeMap<&'static str, TaskState> {
+    pub fn states(&self) -> BTreeMap<&'static str, TaskState> {
         self.board.lock().map(|b| b.states.clone()).unwrap_or_default()
     }
 
@@ -115,7 +115,7 @@ impl CriticalTasks {
     }
 
     /// Waits for every task to end (after the token fired); the first failure, if any.
-    pub(crate) async fn join(&self) -> Option<TaskFailure> {
+    pub async fn join(&self) -> Option<TaskFailure> {
         let handles = self.handles.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
         for handle in handles {
             let _ = handle.await;

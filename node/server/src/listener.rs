@@ -124,7 +124,7 @@ pub(crate) async fn accept_loop<F, S>(
             _ = stop.clone().shutdown() => break,
         };
         let Some(claims) = admit(&gate, remote) else {
-            ::metrics::counter!(crate::metrics::names::RPC_REFUSED_CONNECTIONS).increment(1);
+            ::metrics::counter!(crate::names::RPC_REFUSED_CONNECTIONS).increment(1);
             drop(socket); // over a limit: closed at once, costing nothing while it waits
             continue;
         };
@@ -227,7 +227,7 @@ async fn back_off(error: &std::io::Error, last_warning: &mut Option<Instant>) {
             *last_warning = Some(Instant::now());
             warn!(%error, "out of file descriptors: not accepting connections for a moment");
         }
-        ::metrics::counter!(crate::metrics::names::RPC_ACCEPT_ERRORS).increment(1);
+        ::metrics::counter!(crate::names::RPC_ACCEPT_ERRORS).increment(1);
         tokio::time::sleep(EMFILE_BACKOFF).await;
     } else {
         debug!(%error, "accept failed");
@@ -237,7 +237,7 @@ async fn back_off(error: &std::io::Error, last_warning: &mut Option<Instant>) {
 
 /// Raises the soft limit of open files to the hard limit (where allowed), so connections and
 /// sled's files do not run out at the common default of 1,024; logs what it is.
-pub(crate) fn raise_open_file_limit() {
+pub fn raise_open_file_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => debug!(limit, "open file limit"),
         Err(error) => warn!(%error, "could not raise the open file limit"),
@@ -312,8 +312,7 @@ where
             kib => match self.layer.budget.clone().try_acquire_many_owned(kib) {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    ::metrics::counter!(crate::metrics::names::RPC_BODY_BUDGET_REFUSED)
-                        .increment(1);
+                    ::metrics::counter!(crate::names::RPC_BODY_BUDGET_REFUSED).increment(1);
                     let busy = hyper::Response::builder()
                         .status(hyper::StatusCode::SERVICE_UNAVAILABLE)
                         .header(hyper::header::RETRY_AFTER, "1")
