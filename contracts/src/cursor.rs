@@ -2,8 +2,29 @@
 //! database beside the consumer's own data. A restarted node resumes its follower after the
 //! lowest cursor, and each consumer passes over the blocks it had applied already.
 
-use crate::follower::BlockRef;
+use crate::follower::{BlockRef, NewBlock};
 use alloy::primitives::B256;
+
+/// A block a consumer cannot apply after its cursor.
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    /// The cursor could not be read.
+    #[error("chain cursor storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// The block does not follow the cursor: applying it would skip blocks (or apply a fork's).
+    /// The consumer stops; the next start resumes from its cursor.
+    #[error("block {block} does not follow the {consumer} cursor (block {cursor}): {reason}")]
+    Gap {
+        /// Whose cursor.
+        consumer: &'static str,
+        /// The cursor's block.
+        cursor: u64,
+        /// The block delivered.
+        block: u64,
+        /// What does not match.
+        reason: &'static str,
+    },
+}
 
 /// The sled tree all consumers' cursors live in, one key per consumer.
 const TREE: &str = "chain.cursors";
@@ -30,6 +51,29 @@ impl ChainCursor {
     /// restart delivers such blocks again.
     pub fn applied(&self, block: &BlockRef) -> sled::Result<bool> {
         Ok(self.get()?.is_some_and(|c| c.number >= block.number))
+    }
+
+    /// Whether `block` is new to this consumer (false: a replay of a block applied already),
+    /// refusing one that does not follow the cursor — a number past the next, or a parent that
+    /// is not the cursor's block.
+    pub fn check_next(&self, block: &NewBlock) -> Result<bool, CursorError> {
+        let Some(cursor) = self.get()? else { return Ok(true) };
+        if cursor.number >= block.block.number {
+            return Ok(false);
+        }
+        let gap = |reason| CursorError::Gap {
+            consumer: self.consumer,
+            cursor: cursor.number,
+            block: block.block.number,
+            reason,
+        };
+        if block.block.number != cursor.number + 1 {
+            return Err(gap("blocks missing between them"));
+        }
+        if block.parent_hash != cursor.hash {
+            return Err(gap("its parent is not the cursor's block"));
+        }
+        Ok(true)
     }
 
     /// `block` is applied. Written after the consumer's own writes for it, and not flushed by
@@ -86,6 +130,31 @@ mod tests {
         }
         let db = sled::open(dir.path())?;
         assert_eq!(ChainCursor::open(&db, "bundler")?.get()?, Some(block(5)));
+        Ok(())
+    }
+
+    /// A replay is not new, the next block is, and a block past a hole or on another branch is
+    /// refused.
+    #[test]
+    fn only_the_next_block_is_applied() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path())?;
+        let cursor = ChainCursor::open(&db, "bundler")?;
+        let hash = |n: u64| B256::repeat_byte(n as u8);
+        let block = |n: u64, parent: B256| NewBlock {
+            block: BlockRef { number: n, hash: hash(n) },
+            parent_hash: parent,
+            timestamp: n,
+            logs: Vec::new(),
+        };
+        assert!(cursor.check_next(&block(5, hash(4)))?, "no cursor: anything is next");
+        cursor.advance(BlockRef { number: 5, hash: hash(5) })?;
+        assert!(!cursor.check_next(&block(5, hash(4)))?, "a replay");
+        assert!(cursor.check_next(&block(6, hash(5)))?);
+        let hole = cursor.check_next(&block(7, hash(6)));
+        assert!(matches!(hole, Err(CursorError::Gap { cursor: 5, block: 7, .. })), "{hole:?}");
+        let fork = cursor.check_next(&block(6, B256::ZERO));
+        assert!(matches!(fork, Err(CursorError::Gap { cursor: 5, block: 6, .. })), "{fork:?}");
         Ok(())
     }
 }

@@ -285,7 +285,7 @@ async fn start_bundler(
         Bundler::new(settings, wiring.provider.clone(), signer, wiring.storage.db()).await?;
     wiring.cursors.push(("bundler", bundler.chain_cursor()?));
     let events = follower.consumer();
-    wiring.tasks.spawn_loop("bundler", bundler.clone().run(events, wiring.cancel.clone()));
+    wiring.tasks.spawn("bundler", bundler.clone().run(events, wiring.cancel.clone()));
     info!(address = %bundler.address(), mode = ?config.bundler.mode, "bundler running");
     Ok(Some(bundler))
 }
@@ -323,7 +323,7 @@ async fn start_paymaster(
         Paymaster::new(settings, wiring.provider.clone(), signer, wiring.storage.db()).await?;
     wiring.cursors.push(("paymaster", paymaster.chain_cursor()?));
     let events = follower.consumer();
-    wiring.tasks.spawn_loop("paymaster", paymaster.clone().run(events, wiring.cancel.clone()));
+    wiring.tasks.spawn("paymaster", paymaster.clone().run(events, wiring.cancel.clone()));
     info!(signer = %paymaster.signer(), "paymaster running");
     Ok(Some(paymaster))
 }

@@ -178,7 +178,11 @@ impl Bundler {
     /// Follows the chain until `cancel`: indexes mined ops, re-queues reorged ones, and in auto
     /// mode sends a bundle after each new block (and each `auto_interval`) with ops pending that
     /// are not in a bundle already sent.
-    pub async fn run(self, mut events: ChainEvents, cancel: CancellationToken) {
+    pub async fn run(
+        self,
+        mut events: ChainEvents,
+        cancel: CancellationToken,
+    ) -> Result<(), BundlerError> {
         let mut ticks = tokio::time::interval(self.shared.config.auto_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let decay_every = self.shared.config.reputation_decay_interval;
@@ -186,7 +190,7 @@ impl Bundler {
             tokio::time::interval_at(tokio::time::Instant::now() + decay_every, decay_every);
         loop {
             let event = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok(()),
                 _ = self.shared.accepted.notified() => {
                     // A moment for more ops to arrive: fewer, fuller bundles for the same block.
                     tokio::time::sleep(ACCEPT_BATCHING_DELAY).await;
@@ -208,14 +212,14 @@ impl Bundler {
             match event {
                 Some(ChainEvent::Block(block)) => {
                     self.shared.head_number.send_replace(block.block.number);
-                    if self.shared.cursor.applied(&block.block).unwrap_or(false) {
+                    if !self.shared.cursor.check_next(&block).map_err(storage_error)? {
                         continue; // replayed after a restart: applied before it
                     }
-                    self.apply_block(&block);
+                    self.apply_block(&block)?;
                     self.bundle_if_auto().await;
                 }
-                Some(ChainEvent::Reorg(reorg)) => self.apply_reorg(&reorg),
-                None => return,
+                Some(ChainEvent::Reorg(reorg)) => self.apply_reorg(&reorg)?,
+                None => return Ok(()),
             }
         }
     }
@@ -231,21 +235,16 @@ impl Bundler {
     }
 
     /// A new block: our bundles' blocks it replaced give their ops back, its `UserOperationEvent`s
-    /// are indexed, expired and long-throttled ops leave, and the cursor advances past it.
-    fn apply_block(&self, block: &settled_contracts::NewBlock) {
+    /// are indexed, expired and long-throttled ops leave, and the cursor advances past it. A
+    /// failure ends the bundler's loop (the node stops) rather than skip the block.
+    fn apply_block(&self, block: &settled_contracts::NewBlock) -> Result<(), BundlerError> {
         let replaced = self.replaced_blocks(block.block.number, block.block.hash);
         if !replaced.is_empty() {
             self.forget_nonce();
-            match self.unindex_blocks(&replaced) {
-                Ok(requeued) => {
-                    info!(requeued, "replaced block: UserOperations back in the mempool")
-                }
-                Err(error) => warn!(%error, "replaced-block handling failed"),
-            }
+            let requeued = self.unindex_blocks(&replaced)?;
+            info!(requeued, "replaced block: UserOperations back in the mempool");
         }
-        if let Err(error) = self.index_logs(&block.logs) {
-            warn!(%error, "indexing UserOperationEvents failed");
-        }
+        self.index_logs(&block.logs)?;
         let expired = self.shared.pool.lock().map(|p| p.expired(block.timestamp));
         for hash in expired.unwrap_or_default() {
             let _ = self.drop_op(hash, "validUntil passed");
@@ -254,23 +253,18 @@ impl Bundler {
             let _ = self.drop_op(hash, "throttled entity: live blocks passed");
         }
         ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
-        if let Err(error) = self.shared.cursor.advance(block.block) {
-            warn!(%error, "bundler chain cursor not saved");
-        }
+        self.shared.cursor.advance(block.block).map_err(storage_error)
     }
 
     /// A reorg: the cursor goes back to the common ancestor and the removed blocks' ops return
     /// to the mempool.
-    fn apply_reorg(&self, reorg: &settled_contracts::Reorg) {
+    fn apply_reorg(&self, reorg: &settled_contracts::Reorg) -> Result<(), BundlerError> {
         self.forget_nonce();
-        if let Err(error) = self.shared.cursor.rewind(reorg.ancestor) {
-            warn!(%error, "bundler chain cursor not rewound");
-        }
+        self.shared.cursor.rewind(reorg.ancestor).map_err(storage_error)?;
         let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
-        match self.unindex_blocks(&removed) {
-            Ok(requeued) => info!(requeued, "reorg: mined UserOperations back in the mempool"),
-            Err(error) => warn!(%error, "reorg handling failed"),
-        }
+        let requeued = self.unindex_blocks(&removed)?;
+        info!(requeued, "reorg: mined UserOperations back in the mempool");
         self.shared.head.reset();
+        Ok(())
     }
 }

@@ -10,40 +10,26 @@ impl Paymaster {
     }
 
     /// Settles reservations from mined `UserOperationEvent`s, reopens them on reorgs, releases
-    /// expired ones, and watches the deposits, until `cancel`.
-    pub async fn run(self, mut events: ChainEvents, cancel: CancellationToken) {
+    /// expired ones, and watches the deposits, until `cancel`. A block it cannot apply (a gap
+    /// after its cursor, a ledger failure) ends the loop with the error instead of being
+    /// skipped: the node stops, and resumes from the cursor at its next start.
+    pub async fn run(
+        self,
+        mut events: ChainEvents,
+        cancel: CancellationToken,
+    ) -> Result<(), PaymasterError> {
         let mut last_deposit_check: Option<Instant> = None;
         loop {
             let event = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok(()),
                 event = events.recv() => event,
             };
             match event {
                 Some(ChainEvent::Block(block)) => {
-                    if self.shared.cursor.applied(&block.block).unwrap_or(false) {
+                    if !self.shared.cursor.check_next(&block).map_err(internal)? {
                         continue; // replayed after a restart: settled before it
                     }
-                    let settled = self.settle_logs(&block.logs, block.block.hash, block.timestamp);
-                    let expired = self
-                        .shared
-                        .ledger
-                        .expire(block.timestamp, self.shared.config.expiry_grace_secs);
-                    match (settled, expired) {
-                        (Ok(settled), Ok(expired)) if settled + expired > 0 => {
-                            debug!(
-                                block = block.block.number,
-                                settled, expired, "paymaster ledger updated"
-                            );
-                        }
-                        (Err(error), _) | (_, Err(error)) => {
-                            warn!(%error, block = block.block.number, "paymaster ledger update failed");
-                        }
-                        _ => {}
-                    }
-                    if let Err(error) = self.shared.cursor.advance(block.block) {
-                        warn!(%error, "paymaster chain cursor not saved");
-                    }
-                    self.publish_ledger();
+                    self.apply_block(&block)?;
                     if last_deposit_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         last_deposit_check = Some(Instant::now());
                         self.check_deposits().await;
@@ -51,21 +37,34 @@ impl Paymaster {
                 }
                 Some(ChainEvent::Reorg(reorg)) => {
                     self.shared.head.reset();
-                    if let Err(error) = self.shared.cursor.rewind(reorg.ancestor) {
-                        warn!(%error, "paymaster chain cursor not rewound");
-                    }
+                    self.shared.cursor.rewind(reorg.ancestor).map_err(internal)?;
                     let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
-                    match self.shared.ledger.unsettle(&removed) {
-                        Ok(reopened) if reopened > 0 => {
-                            info!(reopened, "reorg: sponsorships back to open");
-                        }
-                        Ok(_) => {}
-                        Err(error) => warn!(%error, "paymaster reorg handling failed"),
+                    let reopened = self.shared.ledger.unsettle(&removed).map_err(internal)?;
+                    if reopened > 0 {
+                        info!(reopened, "reorg: sponsorships back to open");
                     }
                 }
-                None => return,
+                None => return Ok(()),
             }
         }
+    }
+
+    /// A new block: its `UserOperationEvent`s settle reservations, expired ones are released,
+    /// and the cursor advances past it.
+    fn apply_block(&self, block: &settled_contracts::NewBlock) -> Result<(), PaymasterError> {
+        let settled =
+            self.settle_logs(&block.logs, block.block.hash, block.timestamp).map_err(internal)?;
+        let expired = self
+            .shared
+            .ledger
+            .expire(block.timestamp, self.shared.config.expiry_grace_secs)
+            .map_err(internal)?;
+        if settled + expired > 0 {
+            debug!(block = block.block.number, settled, expired, "paymaster ledger updated");
+        }
+        self.shared.cursor.advance(block.block).map_err(internal)?;
+        self.publish_ledger();
+        Ok(())
     }
 
     pub(super) fn settle_logs(
