@@ -43,7 +43,8 @@ pub use follower::{
     NewBlock, Reorg,
 };
 pub use sender::{
-    ACCRUAL_HEADROOM, Refusal, SendError, SentTransaction, Signed, TransactionSender, gas_limit_for,
+    ACCRUAL_HEADROOM, Inclusion, Refusal, SendError, SentTransaction, Signed, TransactionSender,
+    gas_limit_for,
 };
 pub use user_op::{EIP7702_INIT_CODE_MARKER, pack_u128s, stub_account_signature, unpack_u128s};
 pub use user_operation::{ChecksummedAddress, InvalidUserOperation, UserOperation, rpc_codes};

@@ -95,6 +95,20 @@ impl Refusal {
     }
 }
 
+/// Where a sent transaction stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inclusion {
+    /// Mined, with its receipt.
+    Mined(Box<alloy::rpc::types::TransactionReceipt>),
+    /// In the node's pool, not mined yet.
+    Pending,
+    /// Its nonce was used by another transaction (a replacement, or one sent by another holder
+    /// of the key): it will never be mined.
+    Replaced,
+    /// The node no longer has it and its nonce is still free: it must be sent again.
+    Dropped,
+}
+
 /// Why a transaction was not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -276,6 +290,19 @@ impl TransactionSender {
         };
         let pending = self.provider.send_transaction(tx.from(self.address)).await?;
         Ok(SentTransaction { hash: *pending.tx_hash(), ..sent })
+    }
+
+    /// Where `sent` stands: mined, pending, replaced by another transaction at its nonce, or
+    /// dropped by the node.
+    pub async fn inclusion(&self, sent: &SentTransaction) -> Result<Inclusion, TransportError> {
+        if let Some(receipt) = self.provider.get_transaction_receipt(sent.hash).await? {
+            return Ok(Inclusion::Mined(Box::new(receipt)));
+        }
+        if self.provider.get_transaction_by_hash(sent.hash).await?.is_some() {
+            return Ok(Inclusion::Pending);
+        }
+        let mined_nonce = self.provider.get_transaction_count(self.address).latest().await?;
+        Ok(if mined_nonce > sent.nonce { Inclusion::Replaced } else { Inclusion::Dropped })
     }
 
     /// Sends a recorded transaction again (after a restart): the node may never have had it.
