@@ -61,18 +61,12 @@ impl ChainCursor {
         if cursor.number >= block.block.number {
             return Ok(false);
         }
-        let gap = |reason| CursorError::Gap {
+        follows(cursor, block).map_err(|reason| CursorError::Gap {
             consumer: self.consumer,
             cursor: cursor.number,
             block: block.block.number,
             reason,
-        };
-        if block.block.number != cursor.number + 1 {
-            return Err(gap("blocks missing between them"));
-        }
-        if block.parent_hash != cursor.hash {
-            return Err(gap("its parent is not the cursor's block"));
-        }
+        })?;
         Ok(true)
     }
 
@@ -90,6 +84,17 @@ impl ChainCursor {
         }
         Ok(())
     }
+}
+
+/// Whether `block` is the one right after `cursor` (number and parent); why not, if not.
+pub fn follows(cursor: BlockRef, block: &NewBlock) -> Result<(), &'static str> {
+    if block.block.number != cursor.number + 1 {
+        return Err("blocks missing between them");
+    }
+    if block.parent_hash != cursor.hash {
+        return Err("its parent is not the cursor's block");
+    }
+    Ok(())
 }
 
 fn encode(block: BlockRef) -> [u8; 40] {

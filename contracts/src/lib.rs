@@ -33,7 +33,7 @@ pub use bindings::{
 /// Each binding has its own Rust type for this struct; they share one ABI, so this one converts
 /// to any of them by ABI round trip.
 pub type PackedUserOperation = v07::PackedUserOperation;
-pub use cursor::{ChainCursor, CursorError};
+pub use cursor::{ChainCursor, CursorError, follows};
 pub use deploy::{DeployError, PaymasterFunding, deploy_all, expected_deployment, fund_paymaster};
 pub use deployment::{
     Deployment, DeploymentError, ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion,

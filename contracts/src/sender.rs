@@ -59,6 +59,19 @@ pub struct SentTransaction {
     pub max_fee_per_blob_gas: Option<u128>,
 }
 
+impl SentTransaction {
+    /// What `tx` will be sent with (its hash is known once the node has it).
+    fn before_sending(tx: &TransactionRequest) -> Self {
+        Self {
+            hash: B256::ZERO,
+            nonce: tx.nonce.unwrap_or_default(),
+            max_fee_per_gas: tx.max_fee_per_gas.unwrap_or_default(),
+            max_priority_fee_per_gas: tx.max_priority_fee_per_gas.unwrap_or_default(),
+            max_fee_per_blob_gas: tx.max_fee_per_blob_gas,
+        }
+    }
+}
+
 /// What a node's refusal of a transaction means for its sender (geth's, reth's and Anvil's
 /// wording; anything else is [`Refusal::Other`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,14 +294,9 @@ impl TransactionSender {
     /// Signs and sends `tx` exactly as given: its nonce, fees and gas limit are the caller's
     /// (a bundle, whose gas revm measured and whose nonces the bundler pipelines).
     pub async fn send_exact(&self, tx: TransactionRequest) -> Result<SentTransaction, SendError> {
-        let sent = SentTransaction {
-            hash: B256::ZERO,
-            nonce: tx.nonce.unwrap_or_default(),
-            max_fee_per_gas: tx.max_fee_per_gas.unwrap_or_default(),
-            max_priority_fee_per_gas: tx.max_priority_fee_per_gas.unwrap_or_default(),
-            max_fee_per_blob_gas: tx.max_fee_per_blob_gas,
-        };
-        let pending = self.provider.send_transaction(tx.from(self.address)).await?;
+        let tx = tx.from(self.address);
+        let sent = SentTransaction::before_sending(&tx);
+        let pending = self.provider.send_transaction(tx).await?;
         Ok(SentTransaction { hash: *pending.tx_hash(), ..sent })
     }
 
@@ -345,13 +353,7 @@ impl TransactionSender {
             }
         })?;
         tx.set_gas_limit(gas_limit_for(estimate));
-        let sent = SentTransaction {
-            hash: B256::ZERO,
-            nonce: tx.nonce.unwrap_or_default(),
-            max_fee_per_gas: tx.max_fee_per_gas.unwrap_or_default(),
-            max_priority_fee_per_gas: tx.max_priority_fee_per_gas.unwrap_or_default(),
-            max_fee_per_blob_gas: tx.max_fee_per_blob_gas,
-        };
+        let sent = SentTransaction::before_sending(&tx);
         let pending = self.provider.send_transaction(tx).await?;
         Ok(SentTransaction { hash: *pending.tx_hash(), ..sent })
     }

@@ -3,7 +3,7 @@
 
 use alloy::{
     primitives::{Address, U256},
-    providers::{Provider, ext::AnvilApi},
+    providers::ext::AnvilApi,
     rpc::types::TransactionRequest,
 };
 use settled_contracts::{Inclusion, Refusal, TransactionSender};

@@ -14,17 +14,12 @@ impl StreamIndex {
             return Ok(Vec::new());
         }
         if let Some(cursor) = previous {
-            let gap = |reason| IndexError::Gap {
+            let at = settled_contracts::BlockRef { number: cursor.number, hash: cursor.hash };
+            settled_contracts::follows(at, block).map_err(|reason| IndexError::Gap {
                 cursor: cursor.number,
                 block: block.block.number,
                 reason,
-            };
-            if block.block.number != cursor.number + 1 {
-                return Err(gap("blocks missing between them"));
-            }
-            if block.parent_hash != cursor.hash {
-                return Err(gap("its parent is not the cursor's block"));
-            }
+            })?;
         }
         let (touched, applied) = self.fold_block(block)?;
         let cursor = IndexCursor {
