@@ -1,7 +1,7 @@
 //! Building bundles: second validation (COD-010), a revm run of the whole bundle that drops
 //! failing ops, then submission; mined ops indexed from the receipt.
 
-use super::*;
+use super::{submit::Submission, *};
 
 /// What the second validation of a pooled op found.
 pub(super) struct Revalidated {

@@ -37,7 +37,6 @@ mod lookup;
 mod submit;
 mod types;
 
-use submit::Submission;
 pub use types::{
     GasPrice, GasPrices, MinedOp, StakeInfo, StakeStatus, UserOperationByHash, UserOperationReceipt,
 };
