@@ -139,10 +139,7 @@ fn record_usage(
     const MAX_AHEAD_SECS: u64 = 86_400;
     let key = billing.key(extensions)?;
     let (request,): (UsageRequest,) = params.parse()?;
-    let stream: u64 = request.stream_id.parse().map_err(|_| {
-        let id = &request.stream_id;
-        BillingError::InvalidParams(format!("stream id {id:?} is not a decimal integer"))
-    })?;
+    let stream = settled_streams::parse_stream_id(&request.stream_id)?;
     billing.visible(key, stream)?;
     let now = billing.now()?;
     let at = request.at.unwrap_or(now);

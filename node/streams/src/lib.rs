@@ -27,4 +27,4 @@ pub use operator::Operator;
 pub use operator::OperatorReceipt;
 pub use permit::OpenedStream;
 pub use rpc::{ApiKey, ListQuery, StreamPage, StreamView, codes as billing_codes};
-pub use rpc::{Billing, api_keys, billing_module};
+pub use rpc::{Billing, api_keys, billing_module, parse_stream_id};

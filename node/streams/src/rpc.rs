@@ -196,7 +196,8 @@ fn internal(e: IndexError) -> BillingError {
     BillingError::Internal(e.to_string())
 }
 
-fn parse_id(text: &str) -> Result<StreamId, BillingError> {
+/// A stream id as the billing API takes it: a decimal string.
+pub fn parse_stream_id(text: &str) -> Result<StreamId, BillingError> {
     text.parse::<StreamId>().map_err(|_| {
         BillingError::InvalidParams(format!("stream id {text:?} is not a decimal integer"))
     })
@@ -266,14 +267,14 @@ pub fn billing_module(
     register(&mut module, "stream_get", |b, params, ext| {
         let key = b.key(ext)?;
         let (id,): (String,) = params.parse()?;
-        let id = parse_id(&id)?;
+        let id = parse_stream_id(&id)?;
         let state = b.visible(key, id)?;
         to_value(StreamView::new(id, &state, b.now()?))
     });
     register(&mut module, "stream_balanceAt", |b, params, ext| {
         let key = b.key(ext)?;
         let (id, timestamp): (String, u64) = params.parse()?;
-        let id = parse_id(&id)?;
+        let id = parse_stream_id(&id)?;
         b.visible(key, id)?;
         let state = b.index.get_at(id, timestamp).map_err(internal)?.ok_or_else(|| {
             BillingError::InvalidParams(format!("stream {id} was not open yet at {timestamp}"))
@@ -309,7 +310,7 @@ fn list_streams(
     {
         return Err(BillingError::InvalidParams(format!("unknown status {status:?}")));
     }
-    let after = query.cursor.as_deref().map(parse_id).transpose()?;
+    let after = query.cursor.as_deref().map(parse_stream_id).transpose()?;
     let now = b.now()?;
     // A party's own index when the query names one (or the key sees one payee only).
     let selector = match (query.payer, query.payee) {
