@@ -32,8 +32,9 @@ pub use reputation::{
 };
 pub use rpc::{GasEstimateResponse, ReputationEntry, bundler_module, codes};
 pub use service::{
-    Bundler, BundlerConfig, BundlingMode, DEFAULT_MAX_FEE_PER_GAS, GasPrice, GasPrices, MinedOp,
-    StakeInfo, StakeStatus, UserOperationByHash, UserOperationReceipt,
+    Bundler, BundlerConfig, BundlingMode, DEFAULT_MAX_FEE_PER_GAS, GasPrice, GasPrices,
+    L1_FEE_TOLERANCE_PERCENT, MinedOp, StakeInfo, StakeStatus, UserOperationByHash,
+    UserOperationReceipt,
 };
 /// The op as ERC-7769 clients send it; defined in `settled-contracts`, shared with the paymaster.
 pub use settled_contracts::{InvalidUserOperation, UserOperation};

@@ -23,6 +23,10 @@ pub(crate) const BUNDLES_MINED: &str = "settled_bundler_bundles_mined_total";
 pub(crate) const BUNDLES_REPLACED: &str = "settled_bundler_bundles_replaced_total";
 /// Counter: bundles that reverted or could not be sent.
 pub(crate) const BUNDLES_FAILED: &str = "settled_bundler_bundles_failed_total";
+/// Counter: bundles not sent because they would cost more than their ops pay (L1 fee chains).
+pub(crate) const BUNDLES_UNPROFITABLE: &str = "settled_bundler_bundles_unprofitable_total";
+/// Gauge: the L1 data fee of the last bundle built (wei; OP stack).
+pub(crate) const BUNDLE_L1_FEE_WEI: &str = "settled_bundler_bundle_l1_fee_wei";
 /// Histogram: gas used by mined bundles.
 pub(crate) const BUNDLE_GAS: &str = "settled_bundler_bundle_gas_used";
 /// Histogram: seconds from picking a bundle's ops to sending it (second validation, estimate).
@@ -38,6 +42,11 @@ pub fn describe_metrics() {
     describe_counter!(OPS_REJECTED, "UserOperations refused, by ERC-7769 error code");
     describe_counter!(OPS_DROPPED, "UserOperations dropped from the mempool before inclusion");
     describe_counter!(OPS_MINED, "UserOperationEvents seen on chain");
+    describe_counter!(
+        BUNDLES_UNPROFITABLE,
+        "Bundles not sent: their gas and L1 data fee exceed what their ops pay"
+    );
+    describe_gauge!(BUNDLE_L1_FEE_WEI, Unit::Count, "L1 data fee of the last bundle built, wei");
     describe_counter!(BUNDLES_SENT, "Bundles (handleOps transactions) sent");
     describe_counter!(BUNDLES_MINED, "Bundles mined");
     describe_counter!(BUNDLES_REPLACED, "Bundle transactions replaced with higher fees");

@@ -6,6 +6,7 @@
 //! * [`deploy_all`]: canonical, idempotent deployment onto a dev chain, yielding a [`Deployment`].
 //! * [`ChainFollower`]: the node's one view of the chain — new blocks, their logs, reorgs.
 //! * [`TransactionSender`]: one key's transactions — nonces, fees, replacement, typed refusals.
+//! * [`ChainKind`]: Ethereum, OP stack (an L1 data fee on every transaction) or Arbitrum.
 //! * [`UserOperation`]: the op in ERC-7769's JSON shape (bundler and paymaster RPC), packed into
 //!   [`PackedUserOperation`] for the EntryPoint.
 //! * With feature `anvil`: [`LocalAnvil`], a local Anvil from the pinned npm package.
@@ -13,6 +14,7 @@
 #[cfg(feature = "anvil")]
 mod anvil;
 mod bindings;
+mod chain_kind;
 mod cursor;
 mod deploy;
 mod deployment;
@@ -33,6 +35,10 @@ pub use bindings::{
 /// Each binding has its own Rust type for this struct; they share one ABI, so this one converts
 /// to any of them by ABI round trip.
 pub type PackedUserOperation = v07::PackedUserOperation;
+pub use chain_kind::{
+    ARBITRUM_NODE_INTERFACE, ARBITRUM_SYS, ChainKind, GasPriceOracle, OP_GAS_PRICE_ORACLE,
+    OP_L1_BLOCK,
+};
 pub use cursor::{ChainCursor, CursorError, follows};
 pub use deploy::{DeployError, PaymasterFunding, deploy_all, expected_deployment, fund_paymaster};
 pub use deployment::{

@@ -11,8 +11,8 @@ use jsonrpsee::{RpcModule, server::ServerHandle};
 use settled_bundler::Bundler;
 use settled_config::{ChainSource, NodeConfig};
 use settled_contracts::{
-    BlockRef, ChainEvent, ChainFollower, Deployment, EntryPointVersion, FollowerHandle, LocalAnvil,
-    SponsorPaymaster, TransactionSender,
+    BlockRef, ChainEvent, ChainFollower, ChainKind, Deployment, EntryPointVersion, FollowerHandle,
+    LocalAnvil, SponsorPaymaster, TransactionSender,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
 use settled_server::{CriticalTasks, HealthLimits, TaskFailure, node_module, serve, serve_metrics};
@@ -154,6 +154,7 @@ pub async fn launch(
     let mut config = config;
     let (chain, storage) = open_chain(&mut config, source).await?;
     let metrics_handle = metrics::install()?;
+    metrics::set_info(config.chain.kind.unwrap_or_default());
     let watched = chain.deployment.contracts().iter().map(|(_, address)| *address).collect();
     let mut follower = ChainFollower::new(
         chain.provider.clone(),
@@ -246,6 +247,7 @@ async fn open_chain(
         }
     };
     chain.deployment.verify(&chain.provider).await?;
+    chain_kind(config, &chain).await?;
     let genesis = genesis_hash(&chain.provider, &chain.rpc_url).await?;
     let identity = ChainIdentity { chain_id: chain.deployment.chain_id, genesis };
     let storage = Storage::open(&config.datadir, identity, on_other_chain).await?;
@@ -264,6 +266,21 @@ async fn open_chain(
     Ok((chain, storage))
 }
 
+/// The chain's kind: as configured, or detected from its predeploys; logged.
+async fn chain_kind(config: &mut NodeConfig, chain: &OpenedChain) -> Result<ChainKind, NodeError> {
+    let how = if config.chain.kind.is_some() { "configured" } else { "detected" };
+    let kind = match config.chain.kind {
+        Some(kind) => kind,
+        None => ChainKind::detect(&chain.provider).await.map_err(|e| NodeError::Unreachable {
+            url: chain.rpc_url.clone(),
+            reason: format!("reading the chain's predeploys to detect its kind: {e}"),
+        })?,
+    };
+    config.chain.kind = Some(kind);
+    info!(chain_kind = %kind, how, l1_data_fee = kind.has_l1_data_fee(), "chain kind");
+    Ok(kind)
+}
+
 /// The bundler, when enabled and keyed: its chain consumer and its loop.
 async fn start_bundler(
     wiring: &mut Wiring,
@@ -280,7 +297,8 @@ async fn start_bundler(
     if !config.bundler.enabled {
         return Ok(None);
     }
-    let settings = config.bundler.bundler_config();
+    let mut settings = config.bundler.bundler_config();
+    settings.chain = config.chain.kind.unwrap_or_default();
     let bundler =
         Bundler::new(settings, wiring.provider.clone(), signer, wiring.storage.db()).await?;
     wiring.cursors.push(("bundler", bundler.chain_cursor()?));
@@ -315,6 +333,8 @@ async fn start_paymaster(
         policies: policies(config)?,
         rules: config.bundler.params.rules(),
         default_policy: config.paymaster.default_policy.clone(),
+        chain: config.chain.kind.unwrap_or_default(),
+        l1_fee_tolerance_percent: config.bundler.l1_fee_tolerance_percent,
         ..Default::default()
     };
     let signer = PaymasterSigner::new(key);

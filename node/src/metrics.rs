@@ -40,7 +40,6 @@ pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
             settled_paymaster::describe_metrics();
             settled_streams::describe_metrics();
             settled_settlement::describe_metrics();
-            metrics::gauge!(names::INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
@@ -51,9 +50,18 @@ pub(crate) fn install() -> Result<PrometheusHandle, NodeError> {
         .map_err(NodeError::Metrics)
 }
 
+/// `settled_info` with the node's version and its chain's kind.
+pub(crate) fn set_info(kind: settled_contracts::ChainKind) {
+    let version = env!("CARGO_PKG_VERSION");
+    metrics::gauge!(names::INFO, "version" => version, "chain_kind" => kind.as_str()).set(1.0);
+}
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge};
-    describe_gauge!(names::INFO, "Always 1; the version label tells which settled is running");
+    describe_gauge!(
+        names::INFO,
+        "Always 1; the labels tell which settled is running (version) and on what chain (chain_kind: ethereum, op-stack, arbitrum)"
+    );
     describe_gauge!(names::CHAIN_HEAD, "Newest block delivered by the chain follower");
     describe_counter!(names::CHAIN_REORGS, "Chain reorganisations seen by the chain follower");
     describe_counter!(names::CHAIN_REORGED_BLOCKS, "Blocks removed by chain reorganisations");

@@ -51,6 +51,19 @@ pub enum PaymasterError {
         /// The revert data, hex.
         reason: String,
     },
+    /// OP stack: the op's preVerificationGas cannot pay its L1 data fee, so the worst case the
+    /// paymaster reserves would leave the fee out (and bundlers refuse the op).
+    #[error(
+        "preVerificationGas {pre_verification_gas} cannot pay the op's L1 data fee of {l1_fee_wei} wei: at least {needed} needed; estimate the op's gas (eth_estimateUserOperationGas) before asking for paymaster data"
+    )]
+    L1FeeNotCovered {
+        /// The op's.
+        pre_verification_gas: U256,
+        /// What it must be at least.
+        needed: u64,
+        /// The L1 data fee of the op's share of a bundle.
+        l1_fee_wei: u128,
+    },
     /// Our deposit at the EntryPoint cannot cover the op's worst case (`AA31`).
     #[error("paymaster {paymaster} deposit cannot cover this op's worst case of {needed} wei")]
     DepositTooLow {

@@ -26,6 +26,12 @@ pub(crate) fn code_and_data(error: &PaymasterError) -> (i32, Option<serde_json::
         E::InvalidOp(_) | E::InvalidParams(_) | E::MissingContext | E::UnknownPolicy(_) => {
             (codes::INVALID_PARAMS, None)
         }
+        E::L1FeeNotCovered { needed, l1_fee_wei, .. } => (
+            codes::INVALID_PARAMS,
+            Some(
+                json!({ "preVerificationGasNeeded": U64::from(*needed), "l1FeeWei": l1_fee_wei.to_string() }),
+            ),
+        ),
         E::UnsupportedChain { requested, served } => (
             codes::INVALID_PARAMS,
             Some(
@@ -225,6 +231,14 @@ mod tests {
             (PaymasterError::UnsupportedChain { requested: 1, served: 2 }, codes::INVALID_PARAMS),
             (PaymasterError::UnsupportedEntryPoint(Address::ZERO), codes::INVALID_PARAMS),
             (PaymasterError::MissingContext, codes::INVALID_PARAMS),
+            (
+                PaymasterError::L1FeeNotCovered {
+                    pre_verification_gas: U256::from(1),
+                    needed: 2,
+                    l1_fee_wei: 3,
+                },
+                codes::INVALID_PARAMS,
+            ),
             (PaymasterError::UnknownPolicy("p".into()), codes::INVALID_PARAMS),
             (rejected(PolicyRule::SenderOps), codes::REJECTED_BY_PAYMASTER),
             (rejected(PolicyRule::CallTarget), codes::REJECTED_BY_PAYMASTER),

@@ -30,6 +30,8 @@ pub enum BundleOutcome {
         gas_spent: u64,
         /// Gas charged (after refunds).
         gas_used: u64,
+        /// What the beneficiary receives from the ops (wei), at the block's base fee.
+        earned: u128,
     },
     /// The EntryPoint rejected one op (`FailedOp`/`FailedOpWithRevert`): drop it and try the rest.
     OpFailed {
@@ -89,7 +91,13 @@ impl Simulator {
             )?;
         }
         let gas_limit = block.gas_limit.max(self.limits.gas_cap);
-        let mut evm = sim_context(db, &block.next(), gas_limit).build_mainnet();
+        let before = state.basic_ref(bundle.beneficiary)?.map(|a| a.balance).unwrap_or_default();
+        // The real base fee, so the EntryPoint charges each op what it will (its price is
+        // `min(maxFee, basefee + tip)`); the bundler's own transaction pays 0 here.
+        let mut evm = sim_context(db, &block.next(), gas_limit)
+            .modify_block_chained(|env| env.basefee = block.base_fee)
+            .modify_cfg_chained(|cfg| cfg.disable_base_fee = true)
+            .build_mainnet();
         let tx = TxEnv::builder()
             .caller(bundle.bundler)
             .kind(TxKind::Call(entry_point))
@@ -100,10 +108,16 @@ impl Simulator {
             .build_fill();
         let result = evm.transact(tx).map_err(|e| SimError::Evm(e.to_string()))?;
         Ok(match result.result {
-            ExecutionResult::Success { gas, .. } => BundleOutcome::Included {
-                gas_spent: gas.total_gas_spent().max(gas.floor_gas()),
-                gas_used: gas.tx_gas_used(),
-            },
+            ExecutionResult::Success { gas, .. } => {
+                let after =
+                    result.state.get(&bundle.beneficiary).map_or(before, |a| a.info.balance);
+                let earned = after.saturating_sub(before);
+                BundleOutcome::Included {
+                    gas_spent: gas.total_gas_spent().max(gas.floor_gas()),
+                    gas_used: gas.tx_gas_used(),
+                    earned: u128::try_from(earned).unwrap_or(u128::MAX),
+                }
+            }
             ExecutionResult::Revert { output, .. } => decode_failed_op(&output),
             ExecutionResult::Halt { reason, .. } => {
                 BundleOutcome::Reverted(Bytes::from(format!("{reason:?}").into_bytes()))

@@ -62,7 +62,13 @@ pub struct EstimationMargins {
     /// Per-op gas `preVerificationGas` covers beyond the op's calldata (the chain's mempool
     /// parameter; [`PRE_VERIFICATION_OVERHEAD_GAS`] by default).
     pub pre_verification_overhead_gas: u64,
+    /// Added to the L1 data fee `preVerificationGas` carries on an OP-stack chain: the L1 fee
+    /// may rise between the estimate and the bundle (the bundler tolerates a fall below it too).
+    pub l1_fee_percent: u64,
 }
+
+/// [`EstimationMargins::l1_fee_percent`] by default.
+pub const L1_FEE_MARGIN_PERCENT: u64 = 3;
 
 impl Default for EstimationMargins {
     fn default() -> Self {
@@ -70,6 +76,7 @@ impl Default for EstimationMargins {
             verification_percent: 2,
             call_percent: 2,
             pre_verification_overhead_gas: PRE_VERIFICATION_OVERHEAD_GAS,
+            l1_fee_percent: L1_FEE_MARGIN_PERCENT,
         }
     }
 }
@@ -274,6 +281,25 @@ impl Simulator {
             .saturating_sub(estimate.pre_verification_gas);
         estimate.pre_verification_gas =
             estimate.pre_verification_gas.max(calldata_floor(&sized, metered));
+
+        // 5. OP stack: the L1 data fee of the op's bundle of one, in gas at the op's price.
+        if self.chain.has_l1_data_fee() {
+            let priced = crate::l1_fee::with_incompressible_signature(&sized);
+            let required = self.required_pre_verification(
+                state,
+                block,
+                version,
+                &priced,
+                has_authorization,
+                overhead,
+            )?;
+            let fee = required.l1_fee_wei;
+            let extra = fee.saturating_mul(u128::from(margins.l1_fee_percent)).div_ceil(100);
+            let fee = fee.saturating_add(extra);
+            estimate.pre_verification_gas = estimate
+                .pre_verification_gas
+                .saturating_add(crate::l1_fee::l1_fee_gas(fee, required.gas_price));
+        }
         Ok(estimate)
     }
 

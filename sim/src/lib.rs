@@ -14,6 +14,8 @@
 //! * [`Simulator::estimate_gas`]: ERC-7769 gas estimation by binary search ([`GasEstimate`]).
 //! * [`Simulator::simulate_bundle`]: a whole `handleOps` transaction with the EntryPoint's real
 //!   code — the bundle's last check and its gas ([`BundleOutcome`]).
+//! * [`Simulator::required_pre_verification`]: what an op's preVerificationGas must hold — its
+//!   calldata, and on an OP-stack chain the L1 data fee of its share of a bundle.
 //! * [`SimOverrides`]: caller state overrides and a v0.8 op's EIP-7702 authorization.
 //!
 //! Every run is bounded by [`SimulationLimits`]: a gas cap and a wall-clock timeout.
@@ -26,6 +28,7 @@ mod execution;
 mod fork;
 mod head;
 mod inspector;
+mod l1_fee;
 mod overrides;
 mod rules;
 mod validation;
@@ -33,8 +36,8 @@ mod validation;
 pub use bundle::{Bundle, BundleOutcome};
 pub use error::SimError;
 pub use estimate::{
-    EstimationMargins, GasEstimate, MIN_CALL_GAS_LIMIT, PRE_VERIFICATION_OVERHEAD_GAS,
-    pre_verification_gas,
+    EstimationMargins, GasEstimate, L1_FEE_MARGIN_PERCENT, MIN_CALL_GAS_LIMIT,
+    PRE_VERIFICATION_OVERHEAD_GAS, pre_verification_gas,
 };
 pub use execution::{ExecutionOutcome, FrameGas};
 pub use fork::{AccountReads, BlockState, ForkError, ForkStats};
@@ -42,6 +45,10 @@ pub use head::ChainHead;
 pub use inspector::{
     CallMade, Creation, Entity, EntityTrace, ExtCodeAccess, OpAddresses, StorageAccess,
     ValidationInspector, ValidationTrace,
+};
+pub use l1_fee::{
+    RequiredPreVerification, l1_fee_gas, op_gas_price, op_transaction_bytes, transaction_bytes,
+    with_incompressible_signature,
 };
 pub use overrides::SimOverrides;
 pub use rules::{Rule, RuleViolation, Stakes, ValidationRules};

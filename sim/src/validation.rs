@@ -132,6 +132,8 @@ pub struct Simulator {
     rules: ValidationRules,
     pub(crate) margins: EstimationMargins,
     pub(crate) code: SimulationsCode,
+    /// The chain's kind (OP stack: preVerificationGas pays the L1 data fee).
+    pub(crate) chain: settled_contracts::ChainKind,
 }
 
 impl Default for Simulator {
@@ -143,7 +145,13 @@ impl Default for Simulator {
 impl Simulator {
     /// A simulator with `limits`, enforcing `rules`.
     pub fn new(limits: SimulationLimits, rules: ValidationRules) -> Self {
-        Self { limits, rules, margins: EstimationMargins::default(), code: SimulationsCode::new() }
+        Self {
+            limits,
+            rules,
+            margins: EstimationMargins::default(),
+            code: SimulationsCode::new(),
+            chain: settled_contracts::ChainKind::Ethereum,
+        }
     }
 
     /// The same simulator, estimating with `margins`.

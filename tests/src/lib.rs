@@ -4,6 +4,7 @@
 //! test panics) and deploys everything; [`TestNode`] adds a settled node running in-process on
 //! free ports against that chain and hands the test typed clients for both.
 
+pub mod op_stack;
 pub mod rpc;
 
 use std::{path::PathBuf, time::Duration};
@@ -588,6 +589,15 @@ impl TestNode {
         configure: impl FnOnce(&mut NodeConfig),
     ) -> TestResult<Self> {
         let chain = TestChain::spawn_with(anvil).await?;
+        Self::spawn_on(chain, configure).await
+    }
+
+    /// A node on `chain` (prepared by the test: predeploys, accounts), its config adjusted by
+    /// `configure`.
+    pub async fn spawn_on(
+        chain: TestChain,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> TestResult<Self> {
         let datadir = tempfile::tempdir()?;
         let deployment_file = datadir.path().join("deployment.json");
         chain.deployment.save(&deployment_file)?;

@@ -32,6 +32,7 @@ impl Bundler {
         let packed = op.pack()?;
         let (state, context) = self.head().await?;
         self.sanity_check(&op, &packed, &context)?;
+        self.check_l1_fee(&op, &packed, version, &state, &context).await?;
         let overrides = match &op.eip7702_auth {
             Some(auth) => SimOverrides::with_authorization(auth.clone()),
             None => SimOverrides::default(),
@@ -199,6 +200,54 @@ impl Bundler {
             ));
         }
         Ok(())
+    }
+
+    /// OP stack: the op's preVerificationGas must pay the L1 data fee of its share of a bundle
+    /// at its own gas price (within the configured tolerance), or the bundle would pay it.
+    async fn check_l1_fee(
+        &self,
+        op: &UserOperation,
+        packed: &PackedUserOperation,
+        version: EntryPointVersion,
+        state: &BlockState,
+        context: &BlockContext,
+    ) -> Result<(), BundlerError> {
+        let config = &self.shared.config;
+        if !config.chain.has_l1_data_fee() {
+            return Ok(());
+        }
+        let overhead = config.params.pre_verification_overhead_gas;
+        let has_authorization = op.eip7702_auth.is_some();
+        let (state, priced, context) = (state.clone(), packed.clone(), *context);
+        let required = self
+            .simulate(move |sim| {
+                sim.required_pre_verification(
+                    &state,
+                    &context,
+                    version,
+                    &priced,
+                    has_authorization,
+                    overhead,
+                )
+            })
+            .await?
+            .map_err(|e| BundlerError::Internal(format!("L1 fee: {e}")))?;
+        let floor = required.with_tolerance(config.l1_fee_tolerance_percent);
+        if packed.preVerificationGas >= U256::from(floor) {
+            return Ok(());
+        }
+        Err(BundlerError::InvalidField(format!(
+            "preVerificationGas {} cannot pay the op's L1 data fee: {} needed ({} for calldata \
+             and overhead + {} for the L1 data fee of {} wei at {} wei/gas; {}% tolerance: at \
+             least {floor})",
+            packed.preVerificationGas,
+            required.total(),
+            required.calldata_gas,
+            required.l1_gas,
+            required.l1_fee_wei,
+            required.gas_price,
+            config.l1_fee_tolerance_percent,
+        )))
     }
 
     pub(super) fn check_outcome(

@@ -92,11 +92,15 @@ impl Bundler {
         let picked = self.pick(version, candidates, &context)?;
         let bundle = self.revalidate_picked(version, picked, &state, &context).await?;
         let revalidated = building.elapsed();
-        let Some((candidate, bundle, gas_spent)) =
+        let Some((candidate, bundle, simulated)) =
             self.simulate_until_clean(version, bundle, &state, &context).await?
         else {
             return Ok(None);
         };
+        if !self.pays_its_way(&candidate, &simulated, &state, &context).await? {
+            return Ok(None);
+        }
+        let gas_spent = simulated.gas_spent;
         let tx = self.bundle_transaction(&candidate, gas_spent, &context);
         let built = building.elapsed();
         ::metrics::histogram!(metrics::BUNDLE_BUILD_SECONDS).record(built.as_secs_f64());
@@ -249,7 +253,7 @@ impl Bundler {
         mut bundle: Vec<Arc<PoolEntry>>,
         state: &BlockState,
         context: &BlockContext,
-    ) -> Result<Option<(Bundle, Vec<Arc<PoolEntry>>, u64)>, BundlerError> {
+    ) -> Result<Option<(Bundle, Vec<Arc<PoolEntry>>, SimulatedBundle)>, BundlerError> {
         let beneficiary = self.shared.config.beneficiary.unwrap_or(self.shared.bundler_address);
         for _ in 0..MAX_BUNDLE_RETRIES {
             if bundle.is_empty() {
@@ -272,8 +276,9 @@ impl Bundler {
                     .map_err(|e| BundlerError::Internal(format!("bundle simulation: {e}")))?
             };
             match outcome {
-                BundleOutcome::Included { gas_spent, .. } => {
-                    return Ok(Some((candidate, bundle, gas_spent)));
+                BundleOutcome::Included { gas_spent, gas_used, earned } => {
+                    let simulated = SimulatedBundle { gas_spent, gas_used, earned };
+                    return Ok(Some((candidate, bundle, simulated)));
                 }
                 BundleOutcome::OpFailed { index, reason } if index < bundle.len() => {
                     let entry = bundle.remove(index);
@@ -292,6 +297,51 @@ impl Bundler {
             }
         }
         Ok(None)
+    }
+
+    /// On a chain with an L1 data fee, whether the bundle earns (what the EntryPoint pays the
+    /// beneficiary) at least what it costs (its gas at the fee it would be sent at, plus its L1
+    /// data fee). One that does not is not sent: its ops wait for fees to fall (or expire).
+    /// Elsewhere every bundle passes (an op's gas pays the bundle's gas).
+    async fn pays_its_way(
+        &self,
+        candidate: &Bundle,
+        simulated: &SimulatedBundle,
+        state: &BlockState,
+        context: &BlockContext,
+    ) -> Result<bool, BundlerError> {
+        if !self.shared.config.chain.has_l1_data_fee() {
+            return Ok(true);
+        }
+        let tx = settled_sim::transaction_bytes(
+            candidate.version.canonical_address(),
+            candidate.calldata(),
+            context.chain_id,
+        );
+        let (state, block) = (state.clone(), *context);
+        let l1_fee = self
+            .simulate(move |sim| sim.l1_data_fee(&state, &block, &tx))
+            .await?
+            .map_err(|e| BundlerError::Internal(format!("L1 fee: {e}")))?;
+        let fees = self.shared.provider.estimate_eip1559_fees().await.map_err(rpc_error)?;
+        let max_fee = fees.max_fee_per_gas.min(self.shared.config.max_fee_per_gas);
+        let price = max_fee.min(u128::from(context.base_fee) + fees.max_priority_fee_per_gas);
+        let cost = u128::from(simulated.gas_used).saturating_mul(price).saturating_add(l1_fee);
+        ::metrics::gauge!(metrics::BUNDLE_L1_FEE_WEI).set(l1_fee as f64);
+        if simulated.earned >= cost {
+            return Ok(true);
+        }
+        ::metrics::counter!(metrics::BUNDLES_UNPROFITABLE).increment(1);
+        warn!(
+            ops = candidate.ops.len(),
+            earned = simulated.earned,
+            cost,
+            l1_fee,
+            gas = simulated.gas_used,
+            price,
+            "bundle would cost more than its ops pay: not sent"
+        );
+        Ok(false)
     }
 
     /// The bundle's transaction. Its gas limit has headroom over revm's figure for the
@@ -371,4 +421,15 @@ impl Bundler {
         }
         Ok(())
     }
+}
+
+/// What the revm run of a clean bundle measured.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SimulatedBundle {
+    /// Gas before refunds: what the gas limit must cover.
+    gas_spent: u64,
+    /// Gas charged.
+    gas_used: u64,
+    /// What the ops pay the beneficiary (wei).
+    earned: u128,
 }

@@ -19,8 +19,8 @@ use alloy::{
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::{
-    BlockRef, ChainCursor, ChainEvent, ChainEvents, ChecksummedAddress, EntryPointVersion,
-    PackedUserOperation, Refusal, TransactionSender, UserOperation, v07,
+    BlockRef, ChainCursor, ChainEvent, ChainEvents, ChainKind, ChecksummedAddress,
+    EntryPointVersion, PackedUserOperation, Refusal, TransactionSender, UserOperation, v07,
 };
 use settled_sim::{
     AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, EstimationMargins,
@@ -106,7 +106,18 @@ pub struct BundlerConfig {
     /// In auto mode, a bundle is also tried this often (a chain that mines only on demand,
     /// like Anvil's default, has no new block to wait for).
     pub auto_interval: Duration,
+    /// The chain's kind: on OP stack, preVerificationGas carries the L1 data fee and bundles
+    /// must earn what they cost.
+    pub chain: ChainKind,
+    /// Added to the L1 fee in estimates (percent).
+    pub l1_fee_margin_percent: u64,
+    /// How far below its L1 fee (percent) an op's preVerificationGas may fall before the op is
+    /// refused: L1 fees drift between an estimate and the op's arrival.
+    pub l1_fee_tolerance_percent: u64,
 }
+
+/// [`BundlerConfig::l1_fee_tolerance_percent`] by default.
+pub const L1_FEE_TOLERANCE_PERCENT: u64 = 10;
 
 impl Default for BundlerConfig {
     fn default() -> Self {
@@ -125,6 +136,9 @@ impl Default for BundlerConfig {
             fee_bump_after_blocks: 3,
             max_fee_per_gas: DEFAULT_MAX_FEE_PER_GAS,
             auto_interval: Duration::from_secs(1),
+            chain: ChainKind::Ethereum,
+            l1_fee_margin_percent: settled_sim::L1_FEE_MARGIN_PERCENT,
+            l1_fee_tolerance_percent: L1_FEE_TOLERANCE_PERCENT,
         }
     }
 }
@@ -259,11 +273,13 @@ impl Bundler {
         }
         let reputation = ReputationStore::open(db, config.reputation.clone(), config.params)
             .map_err(storage_error)?;
-        let simulator =
-            Simulator::new(config.limits, config.params.rules()).with_margins(EstimationMargins {
+        let simulator = Simulator::new(config.limits, config.params.rules())
+            .with_margins(EstimationMargins {
                 pre_verification_overhead_gas: config.params.pre_verification_overhead_gas,
+                l1_fee_percent: config.l1_fee_margin_percent,
                 ..EstimationMargins::default()
-            });
+            })
+            .with_chain(config.chain);
         let mode = RwLock::new(config.mode);
         let head = ChainHead::new(provider.clone(), account_reads);
         let bundler = Self {

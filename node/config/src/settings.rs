@@ -117,6 +117,11 @@ pub struct BundlerSettings {
     pub entry_points: Vec<settled_contracts::EntryPointVersion>,
     /// ERC-7562 mempool parameters (also the paymaster's staking thresholds).
     pub params: settled_bundler::MempoolParams,
+    /// Added to the L1 data fee in estimates on OP stack (percent).
+    pub l1_fee_margin_percent: u64,
+    /// How far below its L1 fee (percent) an op's preVerificationGas may fall on OP stack
+    /// (bundler and paymaster).
+    pub l1_fee_tolerance_percent: u64,
 }
 
 impl BundlerSettings {
@@ -133,6 +138,8 @@ impl BundlerSettings {
             max_fee_per_gas: self.max_fee_per_gas,
             entry_points: self.entry_points.clone(),
             params: self.params,
+            l1_fee_margin_percent: self.l1_fee_margin_percent,
+            l1_fee_tolerance_percent: self.l1_fee_tolerance_percent,
             ..Default::default()
         }
     }
@@ -154,6 +161,8 @@ impl Default for BundlerSettings {
             reputation: settled_bundler::ReputationLists::default(),
             entry_points: settled_bundler::BundlerConfig::default().entry_points,
             params: settled_bundler::MempoolParams::default(),
+            l1_fee_margin_percent: settled_bundler::BundlerConfig::default().l1_fee_margin_percent,
+            l1_fee_tolerance_percent: settled_bundler::L1_FEE_TOLERANCE_PERCENT,
         }
     }
 }
@@ -177,6 +186,8 @@ pub struct ChainConfig {
     pub reorg_depth: u64,
     /// How long to wait for the chain's RPC endpoint to answer at start-up.
     pub connect_timeout: Duration,
+    /// The chain's kind; `None`: detected from its predeploys at start.
+    pub kind: Option<settled_contracts::ChainKind>,
 }
 
 /// Where a node's chain comes from.
@@ -228,6 +239,7 @@ impl Default for ChainConfig {
             poll_interval: Duration::from_millis(1_000),
             reorg_depth: 64,
             connect_timeout: Duration::from_secs(5),
+            kind: None,
         }
     }
 }

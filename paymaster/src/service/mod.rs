@@ -14,8 +14,8 @@ use alloy::{
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::{
-    BlockRef, ChainCursor, ChainEvent, ChainEvents, EntryPointVersion, PackedUserOperation,
-    UserOperation, v07,
+    BlockRef, ChainCursor, ChainEvent, ChainEvents, ChainKind, EntryPointVersion,
+    PackedUserOperation, UserOperation, v07,
 };
 use settled_sim::{
     AccountReads, ChainHead, SimError, SimOverrides, SimulationLimits, Simulator, ValidationRules,
@@ -67,6 +67,11 @@ pub struct PaymasterConfig {
     pub limits: SimulationLimits,
     /// ERC-7562 stake minimums.
     pub rules: ValidationRules,
+    /// The chain's kind: on OP stack an op's preVerificationGas must carry its L1 data fee.
+    pub chain: ChainKind,
+    /// How far below its L1 fee (percent) an op's preVerificationGas may fall (as bundlers
+    /// tolerate fee drift).
+    pub l1_fee_tolerance_percent: u64,
 }
 
 impl Default for PaymasterConfig {
@@ -84,6 +89,8 @@ impl Default for PaymasterConfig {
             default_policy: None,
             limits: SimulationLimits::default(),
             rules: ValidationRules::default(),
+            chain: ChainKind::Ethereum,
+            l1_fee_tolerance_percent: 10,
         }
     }
 }
@@ -150,7 +157,7 @@ impl Paymaster {
                 policies.insert(id, policy);
             }
         }
-        let simulator = Simulator::new(config.limits, config.rules);
+        let simulator = Simulator::new(config.limits, config.rules).with_chain(config.chain);
         info!(signer = %signer.address(), policies = policies.len(), "paymaster ready");
         Ok(Self {
             shared: Arc::new(Shared {
@@ -427,18 +434,39 @@ impl Paymaster {
             None => SimOverrides::default(),
         };
         let shared = self.shared.clone();
-        let (validation, execution) = tokio::task::spawn_blocking(move || {
+        let has_authorization = op.eip7702_auth.is_some();
+        let (required, validation, execution) = tokio::task::spawn_blocking(move || {
+            // OP stack: the worst case the reservation holds (the op's gas limits at its max
+            // fee) includes the L1 data fee only if preVerificationGas carries it.
+            let overhead = settled_sim::PRE_VERIFICATION_OVERHEAD_GAS;
+            let required = shared.simulator.required_pre_verification(
+                &state,
+                &block,
+                version,
+                &settled_sim::with_incompressible_signature(&sim_op),
+                has_authorization,
+                overhead,
+            );
             let validation =
                 shared.simulator.simulate_validation(&state, &block, version, &sim_op, &overrides);
             if validation.is_err() {
-                return (validation, None);
+                return (required, validation, None);
             }
             let execution =
                 shared.simulator.simulate_handle_op(&state, &block, version, &sim_op, &overrides);
-            (validation, Some(execution))
+            (required, validation, Some(execution))
         })
         .await
         .map_err(internal)?;
+        let required = required.map_err(|e| self.sim_error(e, packed))?;
+        let needed = required.with_tolerance(self.shared.config.l1_fee_tolerance_percent);
+        if required.l1_fee_wei > 0 && packed.preVerificationGas < U256::from(needed) {
+            return Err(PaymasterError::L1FeeNotCovered {
+                pre_verification_gas: packed.preVerificationGas,
+                needed: required.total(),
+                l1_fee_wei: required.l1_fee_wei,
+            });
+        }
         let validation = validation.map_err(|e| self.sim_error(e, packed))?;
         if validation.paymaster.signature_failed {
             return Err(PaymasterError::Internal(

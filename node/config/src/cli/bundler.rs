@@ -53,6 +53,25 @@ pub struct BundlerArgs {
     )]
     pub max_bundle_gas: u64,
 
+    /// OP stack: percent added to the L1 data fee an estimated preVerificationGas carries.
+    #[arg(
+        long = "bundler.l1-fee-margin-percent",
+        id = "bundler.l1-fee-margin-percent",
+        env = "SETTLED_BUNDLER_L1_FEE_MARGIN_PERCENT",
+        default_value_t = 3
+    )]
+    pub l1_fee_margin_percent: u64,
+
+    /// OP stack: how far below its L1 data fee (percent) an op's preVerificationGas may fall
+    /// before the op is refused (bundler and paymaster).
+    #[arg(
+        long = "bundler.l1-fee-tolerance-percent",
+        id = "bundler.l1-fee-tolerance-percent",
+        env = "SETTLED_BUNDLER_L1_FEE_TOLERANCE_PERCENT",
+        default_value_t = 10
+    )]
+    pub l1_fee_tolerance_percent: u64,
+
     /// Ops per bundle.
     #[arg(
         long = "bundler.max-bundle-ops",
@@ -123,6 +142,8 @@ impl BundlerArgs {
             },
             entry_points: dedup(self.entry_points),
             params,
+            l1_fee_margin_percent: self.l1_fee_margin_percent,
+            l1_fee_tolerance_percent: self.l1_fee_tolerance_percent,
         }
     }
 }

@@ -31,6 +31,21 @@ pub struct ChainArgs {
         default_value_t = 5
     )]
     pub connect_timeout_secs: u64,
+
+    /// The chain's kind: `auto` (detected from its predeploys), `ethereum`, `op-stack` (an L1
+    /// data fee on every transaction: Base, OP Mainnet) or `arbitrum`.
+    #[arg(
+        long = "chain.kind",
+        id = "chain.kind",
+        env = "SETTLED_CHAIN_KIND",
+        default_value = "auto",
+        value_parser = parse_kind
+    )]
+    pub kind: Option<settled_contracts::ChainKind>,
+}
+
+fn parse_kind(s: &str) -> Result<Option<settled_contracts::ChainKind>, String> {
+    if s == "auto" { Ok(None) } else { s.parse().map(Some) }
 }
 
 impl ChainArgs {
@@ -40,6 +55,7 @@ impl ChainArgs {
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             reorg_depth: self.reorg_depth,
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
+            kind: self.kind,
         }
     }
 }
@@ -53,6 +69,16 @@ mod tests {
     fn no_flags_give_the_defaults() -> Result<(), clap::Error> {
         let args = super::super::tests::Only::<ChainArgs>::try_parse_from(["settled"])?;
         assert_eq!(args.group.into_config(), ChainConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn the_kind_is_detected_unless_named() -> Result<(), clap::Error> {
+        let args = ["settled", "--chain.kind", "op-stack"];
+        let args = super::super::tests::Only::<ChainArgs>::try_parse_from(args)?;
+        assert_eq!(args.group.kind, Some(settled_contracts::ChainKind::OpStack));
+        let args = ["settled", "--chain.kind", "solana"];
+        assert!(super::super::tests::Only::<ChainArgs>::try_parse_from(args).is_err());
         Ok(())
     }
 }
