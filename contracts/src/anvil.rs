@@ -26,6 +26,9 @@ pub struct AnvilOptions {
     pub mixed_mining: bool,
     /// Hardfork rules (Prague or newer: EIP-7702 and blobs).
     pub hardfork: String,
+    /// The chain id (`None`: Anvil's 31337). Two chains side by side (an L2 and its L1) need
+    /// two ids.
+    pub chain_id: Option<u64>,
 }
 
 impl Default for AnvilOptions {
@@ -36,6 +39,7 @@ impl Default for AnvilOptions {
             block_time: None,
             mixed_mining: false,
             hardfork: "prague".into(),
+            chain_id: None,
         }
     }
 }
@@ -77,6 +81,9 @@ impl LocalAnvil {
             "--hardfork",
             options.hardfork.as_str(),
         ]);
+        if let Some(chain_id) = options.chain_id {
+            anvil = anvil.chain_id(chain_id);
+        }
         if let Some(block_time) = options.block_time {
             anvil = anvil.block_time(block_time);
             if options.mixed_mining {

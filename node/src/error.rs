@@ -73,6 +73,14 @@ pub enum NodeError {
     /// The bundler could not start.
     #[error("bundler: {0}")]
     Bundler(#[from] settled_bundler::BundlerError),
+    /// The settlement anchor chain cannot be used as configured.
+    #[error("settlement anchor chain {url}: {reason}")]
+    Anchor {
+        /// Its endpoint.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A signing key (bundler, paymaster) is unreadable.
     #[error("{what}: {reason}")]
     Key {

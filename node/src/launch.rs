@@ -177,7 +177,7 @@ pub async fn launch(
         settlement: None,
     };
     let (follower, module, components) =
-        start_follower_and_billing(&wiring, follower, components, dev_keys.operator)?;
+        start_follower_and_billing(&wiring, follower, components, dev_keys.operator).await?;
     let Wiring { config, deployment, storage, tasks, .. } = wiring;
     let (rpc_addr, server) = serve(&config.rpc, module).await?;
     let metrics_addr = match config.metrics {
@@ -374,7 +374,7 @@ async fn start_stream_index(
 
 /// Starts the follower after the consumers' lowest cursor, then builds the RPC module: the
 /// node's own methods, the bundler's, the paymaster's and the billing namespaces.
-fn start_follower_and_billing(
+async fn start_follower_and_billing(
     wiring: &Wiring,
     mut follower: ChainFollower,
     mut components: Components,
@@ -401,7 +401,8 @@ fn start_follower_and_billing(
     }
     if let Some(index) = components.streams.clone() {
         let heads = follower.head_watch();
-        let (billing, settler) = start_billing(wiring, &components, index, operator_key, heads)?;
+        let (billing, settler) =
+            start_billing(wiring, &components, index, operator_key, heads).await?;
         merge(&mut module, billing)?;
         components.settlement = settler;
     }
@@ -418,7 +419,7 @@ fn merge<T: Send + Sync + 'static>(
 /// The billing namespaces over the stream index: the operator's calls when it has a key,
 /// `stream_open` when the bundler and paymaster run too, settlement when the deployment has an
 /// anchor.
-fn start_billing(
+async fn start_billing(
     wiring: &Wiring,
     components: &Components,
     index: Arc<StreamIndex>,
@@ -440,7 +441,7 @@ fn start_billing(
         return Ok((billing_module(index, keys, None, None).0, None));
     };
     // One sender for everything signed with the operator key: one nonce sequence.
-    let sender = TransactionSender::new(wiring.provider.clone(), key);
+    let sender = TransactionSender::new(wiring.provider.clone(), key.clone());
     let sender = Arc::new(sender.with_heads(heads));
     let operator = Operator::new(sender.clone(), deployment.stream_vault, wiring.storage.db())
         .map_err(|e| wiring.storage_error(e))?;
@@ -449,11 +450,13 @@ fn start_billing(
     let mut module = RpcModule::new(());
     let mut settler = None;
     if !deployment.settlement_anchor.is_zero() {
+        let anchor = crate::anchor::anchor_chain(config, deployment, &sender, &key).await?;
         let chain = SettlementChain {
             sender,
             vault: deployment.stream_vault,
-            anchor: deployment.settlement_anchor,
             chain_id: deployment.chain_id,
+            kind: config.chain.kind.unwrap_or_default(),
+            anchor,
         };
         let started = Settler::new(chain, index.clone(), wiring.storage.db(), config.settlement)
             .map_err(|e| wiring.storage_error(e))?;

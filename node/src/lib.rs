@@ -4,6 +4,7 @@
 //! The `settled` binary only parses its command line ([`Cli`]) and calls [`launch`]; embedders
 //! and tests build a [`NodeConfig`] (see [`NodeConfig::test`]) and do the same.
 
+mod anchor;
 mod dev;
 mod error;
 mod launch;
@@ -15,11 +16,11 @@ pub use error::NodeError;
 pub use launch::{NodeHandle, connect, launch};
 pub use paymaster::{PaymasterCommandOutput, run_paymaster_command};
 pub use settled_config::{
-    Action, BillingArgs, BillingSettings, BundlerArgs, BundlerSettings, ChainArgs, ChainConfig,
-    ChainSource, Cli, CliError, Command, DEFAULT_DEV_ANVIL_PORT, DEFAULT_DEV_BLOCK_TIME_SECS,
-    DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, LogArgs, LogConfig, MempoolArgs,
-    MetricsArgs, NodeConfig, PaymasterAction, PaymasterArgs, PaymasterCommandConfig,
-    PaymasterSettings, RpcArgs, SecretKey, SettlementArgs,
+    Action, AnchorSettings, BillingArgs, BillingSettings, BundlerArgs, BundlerSettings, ChainArgs,
+    ChainConfig, ChainSource, Cli, CliError, Command, DEFAULT_DEV_ANVIL_PORT,
+    DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, LogArgs,
+    LogConfig, MempoolArgs, MetricsArgs, NodeConfig, PaymasterAction, PaymasterArgs,
+    PaymasterCommandConfig, PaymasterSettings, RpcArgs, SecretKey, SettlementArgs,
 };
 pub use settled_contracts::SentTransaction;
 pub use settled_server::TaskFailure;

@@ -34,8 +34,8 @@ fn main() -> ExitCode {
     let (config, source, log) = match cli.into_action() {
         Action::Node(config, source, log) => (*config, source, log),
         Action::Paymaster(command) => return paymaster_command(command),
-        Action::VerifyReceipt { rpc_url, receipt } => {
-            return verify_receipt_command(&rpc_url, receipt.as_deref());
+        Action::VerifyReceipt { rpc_url, anchor_rpc_url, receipt } => {
+            return verify_receipt_command(&rpc_url, &anchor_rpc_url, receipt.as_deref());
         }
     };
     let json_logs = log.json;
@@ -101,7 +101,11 @@ fn paymaster_command(command: PaymasterCommandConfig) -> ExitCode {
 
 /// `settled verify-receipt`: the checks as JSON on stdout; exit 1 for an invalid receipt, 2 when
 /// it could not be read or checked.
-fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> ExitCode {
+fn verify_receipt_command(
+    rpc_url: &str,
+    anchor_rpc_url: &str,
+    file: Option<&std::path::Path>,
+) -> ExitCode {
     use std::io::Read as _;
     let mut text = String::new();
     let read = match file {
@@ -128,10 +132,15 @@ fn verify_receipt_command(rpc_url: &str, file: Option<&std::path::Path>) -> Exit
     };
     let result = runtime.block_on(async {
         use alloy::providers::Provider as _;
-        let url =
-            rpc_url.parse().map_err(|e| settled_settlement::ReceiptError::Chain(format!("{e}")))?;
-        let provider = alloy::providers::ProviderBuilder::new().connect_http(url).erased();
-        settled_settlement::verify_receipt(&provider, &receipt).await
+        let connect = |url: &str| {
+            let url =
+                url.parse().map_err(|e| settled_settlement::ReceiptError::Chain(format!("{e}")))?;
+            Ok::<_, settled_settlement::ReceiptError>(
+                alloy::providers::ProviderBuilder::new().connect_http(url).erased(),
+            )
+        };
+        let (streams, anchor) = (connect(rpc_url)?, connect(anchor_rpc_url)?);
+        settled_settlement::verify_receipt(&streams, &anchor, &receipt).await
     });
     match result {
         Ok(verified) => {

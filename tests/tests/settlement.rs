@@ -367,7 +367,7 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
     )?;
     let endpoint = chain.anvil().endpoint();
     let checker = alloy::providers::ProviderBuilder::new().connect_http(endpoint.parse()?).erased();
-    let verified = settled_settlement::verify_receipt(&checker, &receipt).await?;
+    let verified = settled_settlement::verify_receipt(&checker, &checker, &receipt).await?;
     assert!(verified.valid && verified.checks.len() >= 6, "{verified:?}");
     // Tampered receipts are never valid: each is refused with the check it fails.
     let mut more = receipt.clone();
@@ -389,7 +389,7 @@ async fn two_periods_settle_and_every_receipt_verifies() -> TestResult {
         ("operator", other_operator),
         ("payee", other_payee),
     ] {
-        let answer = settled_settlement::verify_receipt(&checker, &bad).await;
+        let answer = settled_settlement::verify_receipt(&checker, &checker, &bad).await;
         assert!(
             matches!(answer, Err(settled_settlement::ReceiptError::Invalid(_))),
             "{name}: {answer:?}"

@@ -5,10 +5,11 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 
 /// @title SettlementAnchor
 /// @notice Anchors settlement batches on chain: per (operator, batch id) the Merkle root of the
-///         batch's settlement records, the versioned hash of the EIP-4844 blob that carries the
-///         records, the record count, the total amount and the period. Anyone can then check a
-///         record against a committed batch with `verify`, and fetch the blob's data from
-///         whoever kept it and check it against `blobHash`.
+///         batch's settlement records, the hash of the data that carries the records — the
+///         versioned hash of the EIP-4844 blob (`commit`), or on a chain without blobs the
+///         keccak256 of the records sent in calldata (`commitCalldata`) — the record count, the
+///         total amount and the period. Anyone can then check a record against a committed
+///         batch with `verify`, and the carried data against `blobHash`.
 ///
 /// @dev Permissionless by namespace: each operator commits under its own address, so one
 ///      deployment serves every vendor and needs no roles. A batch id commits once; committing
@@ -52,6 +53,7 @@ contract SettlementAnchor {
 
     /// @notice Commits batch `batchId` of the caller: its records' Merkle `root`, how many there
     ///         are, their total amount, and the period `[periodStart, periodEnd]` they settle.
+    ///         The records travel in the transaction's first blob.
     function commit(
         uint256 batchId,
         bytes32 root,
@@ -60,15 +62,52 @@ contract SettlementAnchor {
         uint48 periodStart,
         uint48 periodEnd
     ) external {
-        if (root == bytes32(0) || recordCount == 0 || periodEnd < periodStart) revert EmptyBatch();
-        Batch storage b = _batches[msg.sender][batchId];
-        bytes32 committed = b.root;
-        if (committed != bytes32(0)) {
-            if (committed == root) return;
-            revert AlreadyCommitted(batchId, committed);
-        }
+        if (!_open(batchId, root, recordCount, periodStart, periodEnd)) return;
         bytes32 blobHash = blobhash(0);
         if (blobHash == bytes32(0)) revert NoBlob();
+        _store(batchId, root, blobHash, recordCount, totalAmount, periodStart, periodEnd);
+    }
+
+    /// @notice `commit` for a chain without blobs: the records travel in `records` (the same
+    ///         payload a blob would carry) and the anchor keeps `keccak256(records)`.
+    function commitCalldata(
+        uint256 batchId,
+        bytes32 root,
+        uint32 recordCount,
+        uint128 totalAmount,
+        uint48 periodStart,
+        uint48 periodEnd,
+        bytes calldata records
+    ) external {
+        if (!_open(batchId, root, recordCount, periodStart, periodEnd)) return;
+        if (records.length == 0) revert EmptyBatch();
+        _store(batchId, root, keccak256(records), recordCount, totalAmount, periodStart, periodEnd);
+    }
+
+    /// @dev Whether the batch is still to be stored: false when already committed with `root`
+    ///      (a retry), a revert when committed with another root or the batch is empty.
+    function _open(uint256 batchId, bytes32 root, uint32 recordCount, uint48 periodStart, uint48 periodEnd)
+        internal
+        view
+        returns (bool)
+    {
+        if (root == bytes32(0) || recordCount == 0 || periodEnd < periodStart) revert EmptyBatch();
+        bytes32 committed = _batches[msg.sender][batchId].root;
+        if (committed == bytes32(0)) return true;
+        if (committed == root) return false;
+        revert AlreadyCommitted(batchId, committed);
+    }
+
+    function _store(
+        uint256 batchId,
+        bytes32 root,
+        bytes32 blobHash,
+        uint32 recordCount,
+        uint128 totalAmount,
+        uint48 periodStart,
+        uint48 periodEnd
+    ) internal {
+        Batch storage b = _batches[msg.sender][batchId];
         b.root = root;
         b.blobHash = blobHash;
         b.recordCount = recordCount;

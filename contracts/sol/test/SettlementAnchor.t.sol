@@ -161,4 +161,44 @@ contract SettlementAnchorTest is TestBase {
         anchor.commit(1, keccak256("root"), 3_900, 1e12, 1_700_000_000, 1_700_000_600);
         emit log_named_uint("commit (call gas)", g - gasleft());
     }
+
+    /// Calldata mode: the anchor keeps keccak256 of the records sent along; retries are no-ops,
+    /// another root is refused, and a blob commit of the same id is the same batch.
+    function test_commitCalldataKeepsTheRecordsHash() public {
+        (bytes32 root,) = _tree(4);
+        bytes memory records = abi.encodePacked(_record(0), _record(1), _record(2), _record(3));
+        vm.prank(operator);
+        anchor.commitCalldata(3, root, 4, 6e6, 0, 600, records);
+        SettlementAnchor.Batch memory b = anchor.getBatch(operator, 3);
+        assertTrue(b.root == root, "root");
+        assertTrue(b.blobHash == keccak256(records), "the records' hash");
+        assertEq(b.recordCount, 4, "count");
+        vm.prank(operator);
+        anchor.commitCalldata(3, root, 4, 6e6, 0, 600, hex"01");
+        assertTrue(anchor.getBatch(operator, 3).blobHash == keccak256(records), "a retry changes nothing");
+        vm.startPrank(operator);
+        vm.expectRevert(abi.encodeWithSelector(SettlementAnchor.AlreadyCommitted.selector, 3, root));
+        anchor.commitCalldata(3, keccak256("other"), 4, 6e6, 0, 600, records);
+        vm.expectRevert(SettlementAnchor.EmptyBatch.selector);
+        anchor.commitCalldata(4, root, 4, 6e6, 0, 600, "");
+        vm.stopPrank();
+    }
+
+    /// Whatever the records, the stored hash is theirs.
+    function testFuzz_commitCalldataHashesWhatItIsSent(bytes calldata records, uint32 count) public {
+        vm.assume(records.length > 0 && count > 0);
+        vm.prank(operator);
+        anchor.commitCalldata(9, keccak256(records), count, 1, 0, 1, records);
+        assertTrue(anchor.getBatch(operator, 9).blobHash == keccak256(records), "hash");
+    }
+
+    /// Execution gas of a calldata commit of 100 records of 109 bytes (the call's own).
+    function test_gas_commitCalldata() public {
+        bytes memory records = new bytes(100 * 109);
+        for (uint256 i; i < records.length; ++i) records[i] = bytes1(uint8(i * 7 + 1));
+        vm.prank(operator);
+        uint256 g = gasleft();
+        anchor.commitCalldata(1, keccak256("root"), 100, 1e12, 1_700_000_000, 1_700_000_600, records);
+        emit log_named_uint("commitCalldata, 100 records (call gas)", g - gasleft());
+    }
 }

@@ -26,9 +26,9 @@ use settled_contracts::AnvilOptions;
 
 use crate::paymaster_command::{PaymasterAction, PaymasterCommandConfig};
 use crate::settings::{
-    BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_DEV_ANVIL_PORT,
-    DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
-    PaymasterSettings, RpcConfig, SecretKey,
+    AnchorSettings, BillingSettings, BundlerSettings, ChainConfig, ChainSource,
+    DEFAULT_DEV_ANVIL_PORT, DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT,
+    DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
 };
 
 mod billing;
@@ -82,9 +82,13 @@ pub enum Command {
 /// `settled verify-receipt`.
 #[derive(Debug, Args)]
 pub struct VerifyReceiptArgs {
-    /// Any Ethereum JSON-RPC endpoint of the receipt's chain.
+    /// Any Ethereum JSON-RPC endpoint of the receipt's chain (the streams' chain).
     #[arg(long = "eth.rpc-url", visible_alias = "rpc-url", env = "SETTLED_ETH_RPC_URL")]
     pub rpc_url: String,
+    /// An endpoint of the anchor chain, when the receipt's batch is anchored on another chain
+    /// (`anchorChainId`); default: `--rpc-url`.
+    #[arg(long = "anchor-rpc-url", env = "SETTLED_ANCHOR_RPC_URL")]
+    pub anchor_rpc_url: Option<String>,
     /// The receipt's JSON file; `-` or nothing reads standard input.
     pub receipt: Option<PathBuf>,
 }
@@ -344,6 +348,7 @@ impl Cli {
         match self.command {
             Command::Paymaster(command) => Action::Paymaster(command.into_config()),
             Command::VerifyReceipt(args) => Action::VerifyReceipt {
+                anchor_rpc_url: args.anchor_rpc_url.unwrap_or_else(|| args.rpc_url.clone()),
                 rpc_url: args.rpc_url,
                 receipt: args.receipt.filter(|p| p.as_os_str() != "-"),
             },
@@ -365,6 +370,7 @@ impl Cli {
                     block_time: (dev.anvil_block_time > 0).then_some(dev.anvil_block_time),
                     mixed_mining: true,
                     hardfork: dev.anvil_hardfork,
+                    chain_id: None,
                 };
                 let (node, log) = dev.node.into_config();
                 let source =
@@ -397,8 +403,10 @@ pub enum Action {
     Paymaster(PaymasterCommandConfig),
     /// Check a settlement receipt and exit.
     VerifyReceipt {
-        /// The chain's endpoint.
+        /// The streams' chain's endpoint.
         rpc_url: String,
+        /// The anchor chain's endpoint (the same unless the batch anchors elsewhere).
+        anchor_rpc_url: String,
         /// The receipt's file (none: standard input).
         receipt: Option<PathBuf>,
     },
@@ -473,6 +481,7 @@ impl NodeArgs {
             bundler: self.bundler.into_settings(self.mempool.into_params()),
             paymaster: self.paymaster.into_settings(),
             billing: self.billing.into_settings(),
+            anchor: self.settlement.anchor(),
             settlement: self.settlement.into_settings(),
         };
         (node, self.log.into_config())

@@ -15,7 +15,7 @@ pub use cli::{
 };
 pub use paymaster_command::{PaymasterAction, PaymasterCommandConfig};
 pub use settings::{
-    BillingSettings, BundlerSettings, ChainConfig, ChainSource, DEFAULT_DEV_ANVIL_PORT,
-    DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, NodeConfig,
-    PaymasterSettings, RpcConfig, SecretKey,
+    AnchorSettings, BillingSettings, BundlerSettings, ChainConfig, ChainSource,
+    DEFAULT_DEV_ANVIL_PORT, DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT,
+    DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
 };

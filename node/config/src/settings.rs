@@ -29,6 +29,22 @@ pub struct NodeConfig {
     pub billing: BillingSettings,
     /// Settlement batches (run by the streams' operator key).
     pub settlement: settled_settlement::SettlementSettings,
+    /// Where settlement batches are anchored (default: the streams' chain, in blobs).
+    pub anchor: AnchorSettings,
+}
+
+/// Where settlement batches are committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnchorSettings {
+    /// The anchor chain's endpoint (an L1 that takes blobs, when the streams live on an L2);
+    /// `None`: the streams' chain.
+    pub rpc_url: Option<String>,
+    /// The key commits are signed with there (hex); default: the operator key.
+    pub key: Option<SecretKey>,
+    /// A file holding that key.
+    pub key_file: Option<PathBuf>,
+    /// Blob or calldata.
+    pub mode: settled_settlement::AnchorMode,
 }
 
 /// Who may use the billing RPC.
@@ -229,6 +245,7 @@ impl Default for NodeConfig {
             paymaster: PaymasterSettings::default(),
             billing: BillingSettings::default(),
             settlement: settled_settlement::SettlementSettings::default(),
+            anchor: AnchorSettings::default(),
         }
     }
 }
@@ -286,6 +303,7 @@ impl NodeConfig {
                 enabled: false,
                 ..Default::default()
             },
+            anchor: AnchorSettings::default(),
         }
     }
 

@@ -26,8 +26,9 @@ pub use rpc::codes as settlement_codes;
 pub use rpc::{register_billing, settlement_module};
 pub use scheduler::SettlementChain;
 pub use scheduler::{
-    BatchStage, Invoice, InvoiceLine, InvoiceTotal, SchedulerError, SettlementReceipt,
-    SettlementRound, SettlementSettings, Settler, StoredBatch,
+    AnchorChain, AnchorMode, BatchCosts, BatchStage, Invoice, InvoiceLine, InvoiceTotal,
+    SchedulerError, SettlementReceipt, SettlementRound, SettlementSettings, Settler, StoredBatch,
+    overhead_ppm,
 };
 pub use tree::{MerkleTree, verify_proof};
 pub use usage::{UsageError, fold_usage};

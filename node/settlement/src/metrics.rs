@@ -16,6 +16,9 @@ pub(crate) const WITHDRAWALS: &str = "settled_settlement_withdrawal_transactions
 pub(crate) const REPRICED: &str = "settled_settlement_repriced_total";
 /// Gauge: seconds from the last settled period's end to the last round.
 pub(crate) const LAG: &str = "settled_settlement_lag_seconds";
+/// Counter: what settling cost (gwei, rounded down; exact wei per batch in
+/// `settlement_getBatch`), by kind: withdrawal_gas, withdrawal_l1_fee, anchor_gas, anchor_blob.
+pub(crate) const COST_GWEI: &str = "settled_settlement_cost_gwei_total";
 /// Counter: rounds that failed or waited, by cause.
 pub(crate) const FAILURES: &str = "settled_settlement_failures_total";
 
@@ -30,6 +33,10 @@ pub fn describe_metrics() {
         REPRICED,
         "Settlement transactions re-priced after --settlement.reprice-after-secs unmined, by kind (commit, withdrawal)"
     );
+    describe_counter!(
+        COST_GWEI,
+        "What settlement cost in gwei, by kind (withdrawal_gas, withdrawal_l1_fee on the streams' chain; anchor_gas, anchor_blob on the anchor chain)"
+    );
     describe_gauge!(LAG, "Seconds between the last settled period's end and the last round");
     describe_counter!(
         FAILURES,
@@ -39,4 +46,13 @@ pub fn describe_metrics() {
     for counter in [BATCHES, WITHDRAWALS, REPRICED] {
         metrics::counter!(counter).increment(0);
     }
+    for kind in ["withdrawal_gas", "withdrawal_l1_fee", "anchor_gas", "anchor_blob"] {
+        metrics::counter!(COST_GWEI, "kind" => kind).increment(0);
+    }
+}
+
+/// Adds `wei` to the cost counter of `kind` (in gwei).
+pub(crate) fn add_cost(kind: &'static str, wei: u128) {
+    let gwei = u64::try_from(wei / 1_000_000_000).unwrap_or(u64::MAX);
+    metrics::counter!(COST_GWEI, "kind" => kind).increment(gwei);
 }

@@ -59,13 +59,25 @@ pub fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule<Arc<Se
             .batch(id)
             .map_err(internal)?
             .ok_or_else(|| error(codes::INVALID_PARAMS, format!("unknown batch {id}")))?;
-        let sidecar = batch.sidecar().map_err(internal)?;
         let mut value = serde_json::to_value(&batch).map_err(internal)?;
-        // The blob itself, so anyone can recompute the commitment and the versioned hash.
-        value["blob"] =
-            json!(alloy::primitives::Bytes::copy_from_slice(sidecar.blobs[0].as_slice()));
-        value["anchor"] = json!(settler.anchor());
-        value["operator"] = json!(settler.operator());
+        if batch.mode == crate::AnchorMode::Blob {
+            // The blob itself, so anyone can recompute the commitment and the versioned hash.
+            let sidecar = batch.sidecar().map_err(internal)?;
+            value["blob"] =
+                json!(alloy::primitives::Bytes::copy_from_slice(sidecar.blobs[0].as_slice()));
+        }
+        let anchor = settler.anchor_chain();
+        value["anchor"] = json!(anchor.anchor);
+        value["operator"] = json!(anchor.committer());
+        value["streamsOperator"] = json!(settler.operator());
+        value["anchorChainId"] = json!(anchor.chain_id);
+        let costs = batch.costs.l2_wei().saturating_add(batch.costs.anchor_wei());
+        value["costs"]["totalWei"] = json!(costs.to_string());
+        if let Some(price) = settler.eth_price_micro_usd() {
+            // Of the amount settled, in a USD token of 6 decimals: parts per million.
+            let ppm = crate::overhead_ppm(costs, batch.total, price);
+            value["costs"]["overheadPpm"] = json!(ppm.map(|p| p.to_string()));
+        }
         Ok::<_, ErrorObjectOwned>(value)
     });
     module
@@ -184,11 +196,18 @@ mod tests {
             .erased();
         let key = alloy::signers::local::PrivateKeySigner::random();
         let sender = std::sync::Arc::new(settled_contracts::TransactionSender::new(provider, key));
+        let anchor = crate::AnchorChain {
+            sender: sender.clone(),
+            anchor: Address::ZERO,
+            chain_id: 1,
+            mode: crate::AnchorMode::Blob,
+        };
         let chain = crate::SettlementChain {
             sender,
             vault: Address::ZERO,
-            anchor: Address::ZERO,
             chain_id: 1,
+            kind: settled_contracts::ChainKind::Ethereum,
+            anchor,
         };
         let settler = crate::Settler::new(chain, index, &db, Default::default())?;
         let module = super::settlement_module(std::sync::Arc::new(settler), true);

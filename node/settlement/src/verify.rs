@@ -1,24 +1,27 @@
-//! Checking a settlement receipt from scratch against any JSON-RPC endpoint of its chain —
+//! Checking a settlement receipt from scratch against any JSON-RPC endpoints of its chains — the
+//! streams' chain and the anchor chain (the same one unless settlement anchors on an L1) —
 //! trusting nothing the node said but the receipt's bytes. Every check must pass for the
 //! receipt to be valid; the first failure is the answer.
 //!
-//! 1. The endpoint serves the receipt's chain.
+//! 1. The endpoints serve the receipt's chains.
 //! 2. `encoded` decodes, and says what `record` and `context` say.
 //! 3. `leaf` is `keccak256(keccak256(encoded))`, and `proof` takes it to `root`.
-//! 4. The anchor holds that batch under that operator, with that root and blob versioned hash.
+//! 4. The anchor holds that batch under that operator, with that root and data hash.
 //! 5. `SettlementAnchor.verify` on chain agrees.
-//! 6. The commit transaction called the anchor, succeeded, and carried that blob.
+//! 6. The commit transaction called the anchor, succeeded, and carried that blob (blob mode)
+//!    or records whose keccak256 is that hash (calldata mode).
 //! 7. The stream in the vault has the record's payer, payee and token.
 
 use alloy::{
     consensus::Transaction as _,
-    primitives::{Address, U256},
+    primitives::{Address, U256, keccak256},
     providers::{DynProvider, Provider},
+    sol_types::SolCall,
 };
 use serde::{Deserialize, Serialize};
 use settled_contracts::{SettlementAnchor, StreamVault};
 
-use super::{SettlementRecord, leaf_of, scheduler::SettlementReceipt, verify_proof};
+use super::{AnchorMode, SettlementRecord, leaf_of, scheduler::SettlementReceipt, verify_proof};
 
 /// Why a receipt is not valid (or could not be checked).
 #[derive(Debug, thiserror::Error)]
@@ -57,21 +60,26 @@ fn chain(e: impl std::fmt::Display) -> ReceiptError {
     ReceiptError::Chain(e.to_string())
 }
 
-/// Checks `receipt` against `provider`'s chain (see the module's list).
+/// Checks `receipt` against `streams` (the streams' chain) and `anchor` (the anchor chain; the
+/// same endpoint when the receipt anchors on the streams' chain). See the module's list.
 pub async fn verify_receipt(
-    provider: &DynProvider,
+    streams: &DynProvider,
+    anchor: &DynProvider,
     receipt: &SettlementReceipt,
 ) -> Result<VerifiedReceipt, ReceiptError> {
     let mut checks = Vec::new();
     let context = &receipt.context;
-    let chain_id = provider.get_chain_id().await.map_err(chain)?;
-    if chain_id != context.chain_id {
-        return Err(invalid(format!(
-            "the receipt is for chain {}, the endpoint serves {chain_id}",
-            context.chain_id
-        )));
+    for (provider, expected, what) in
+        [(streams, context.chain_id, "streams'"), (anchor, receipt.anchor_chain_id, "anchor")]
+    {
+        let chain_id = provider.get_chain_id().await.map_err(chain)?;
+        if chain_id != expected {
+            return Err(invalid(format!(
+                "the receipt's {what} chain is {expected}, the endpoint serves {chain_id}"
+            )));
+        }
+        checks.push(format!("{what} chain {chain_id}"));
     }
-    checks.push(format!("chain {chain_id}"));
 
     let (decoded, decoded_context) = SettlementRecord::decode(&receipt.encoded)
         .map_err(|e| invalid(format!("encoded record: {e}")))?;
@@ -89,19 +97,23 @@ pub async fn verify_receipt(
     }
     checks.push("the proof leads to the root".into());
 
-    check_anchor(provider, receipt).await?;
-    checks.push("the anchor holds this root and blob".into());
+    check_anchor(anchor, receipt).await?;
+    checks.push("the anchor holds this root and data hash".into());
     checks.push("SettlementAnchor.verify accepts the record".into());
     let block_number = match receipt.transaction_hash {
         Some(hash) => {
-            let block = check_commit_transaction(provider, receipt, hash).await?;
-            checks.push(format!("transaction {hash} committed it with the blob"));
+            let block = check_commit_transaction(anchor, receipt, hash).await?;
+            let carried = match receipt.anchor_mode {
+                AnchorMode::Blob => "the blob",
+                AnchorMode::Calldata => "the records in calldata",
+            };
+            checks.push(format!("transaction {hash} committed it with {carried}"));
             block
         }
         None => None,
     };
 
-    let stream = StreamVault::new(context.vault, provider)
+    let stream = StreamVault::new(context.vault, streams)
         .getStream(U256::from(receipt.record.stream_id))
         .call()
         .await
@@ -142,7 +154,7 @@ async fn check_anchor(
         return Err(invalid("the anchor holds another root for this batch"));
     }
     if committed.blobHash != receipt.blob_versioned_hash {
-        return Err(invalid("the anchor holds another blob for this batch"));
+        return Err(invalid("the anchor holds another data hash for this batch"));
     }
     if committed.periodStart.to::<u64>() != context.period_start
         || committed.periodEnd.to::<u64>() != context.period_end
@@ -175,11 +187,17 @@ async fn check_commit_transaction(
     if tx.to() != Some(receipt.anchor) {
         return Err(invalid("the commit transaction did not call the anchor"));
     }
-    if !tx
-        .blob_versioned_hashes()
-        .is_some_and(|hashes| hashes.contains(&receipt.blob_versioned_hash))
-    {
-        return Err(invalid("the commit transaction did not carry the blob"));
+    let carried = match receipt.anchor_mode {
+        AnchorMode::Blob => tx
+            .blob_versioned_hashes()
+            .is_some_and(|hashes| hashes.contains(&receipt.blob_versioned_hash)),
+        AnchorMode::Calldata => SettlementAnchor::commitCalldataCall::abi_decode(tx.input())
+            .is_ok_and(|call| {
+                call.root == receipt.root && keccak256(&call.records) == receipt.blob_versioned_hash
+            }),
+    };
+    if !carried {
+        return Err(invalid("the commit transaction did not carry the batch's data"));
     }
     let mined = provider
         .get_transaction_receipt(hash)

@@ -41,11 +41,15 @@ pub struct ChainArgs {
         default_value = "auto",
         value_parser = parse_kind
     )]
-    pub kind: Option<settled_contracts::ChainKind>,
+    pub kind: KindChoice,
 }
 
-fn parse_kind(s: &str) -> Result<Option<settled_contracts::ChainKind>, String> {
-    if s == "auto" { Ok(None) } else { s.parse().map(Some) }
+/// `--chain.kind`: a kind, or `auto` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindChoice(pub Option<settled_contracts::ChainKind>);
+
+fn parse_kind(s: &str) -> Result<KindChoice, String> {
+    if s == "auto" { Ok(KindChoice(None)) } else { s.parse().map(|k| KindChoice(Some(k))) }
 }
 
 impl ChainArgs {
@@ -55,7 +59,7 @@ impl ChainArgs {
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             reorg_depth: self.reorg_depth,
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
-            kind: self.kind,
+            kind: self.kind.0,
         }
     }
 }
@@ -76,7 +80,7 @@ mod tests {
     fn the_kind_is_detected_unless_named() -> Result<(), clap::Error> {
         let args = ["settled", "--chain.kind", "op-stack"];
         let args = super::super::tests::Only::<ChainArgs>::try_parse_from(args)?;
-        assert_eq!(args.group.kind, Some(settled_contracts::ChainKind::OpStack));
+        assert_eq!(args.group.kind.0, Some(settled_contracts::ChainKind::OpStack));
         let args = ["settled", "--chain.kind", "solana"];
         assert!(super::super::tests::Only::<ChainArgs>::try_parse_from(args).is_err());
         Ok(())

@@ -51,6 +51,69 @@ pub struct SettlementArgs {
         default_value_t = 60
     )]
     pub reprice_after_secs: u64,
+
+    /// Endpoint of the chain settlement batches are anchored on (an L1 that takes blobs, when
+    /// the streams live on an L2 that does not); default: the streams' chain.
+    #[arg(
+        long = "settlement.anchor-rpc-url",
+        id = "settlement.anchor-rpc-url",
+        env = "SETTLED_SETTLEMENT_ANCHOR_RPC_URL"
+    )]
+    pub anchor_rpc_url: Option<String>,
+
+    /// The key commits are signed with on the anchor chain, hex (default: the operator key).
+    #[arg(
+        long = "settlement.anchor-key",
+        id = "settlement.anchor-key",
+        env = "SETTLED_SETTLEMENT_ANCHOR_KEY",
+        hide_env_values = true
+    )]
+    pub anchor_key: Option<String>,
+
+    /// File holding the anchor chain's key, hex.
+    #[arg(
+        long = "settlement.anchor-key-file",
+        id = "settlement.anchor-key-file",
+        env = "SETTLED_SETTLEMENT_ANCHOR_KEY_FILE"
+    )]
+    pub anchor_key_file: Option<PathBuf>,
+
+    /// How batches reach the anchor: `blob` (EIP-4844; the chain must take type-3
+    /// transactions) or `calldata` (any chain).
+    #[arg(
+        long = "settlement.anchor-mode",
+        id = "settlement.anchor-mode",
+        env = "SETTLED_SETTLEMENT_ANCHOR_MODE",
+        default_value = "blob"
+    )]
+    pub anchor_mode: settled_settlement::AnchorMode,
+
+    /// The ETH price in dollars (e.g. `3150.25`), to report settlement costs as a share of the
+    /// amount settled (USD tokens of 6 decimals).
+    #[arg(
+        long = "settlement.eth-price-usd",
+        id = "settlement.eth-price-usd",
+        env = "SETTLED_SETTLEMENT_ETH_PRICE_USD",
+        value_parser = parse_micro_usd
+    )]
+    pub eth_price_usd: Option<u128>,
+}
+
+/// A dollar amount with up to 6 decimals, in micro-dollars (exact: no float).
+fn parse_micro_usd(s: &str) -> Result<u128, String> {
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let (whole, fraction) = match s.split_once('.') {
+        Some((whole, fraction)) if digits(fraction) => (whole, fraction),
+        Some(_) => return Err(format!("{s:?} is not a dollar amount with at most 6 decimals")),
+        None => (s, ""),
+    };
+    if !digits(whole) || fraction.len() > 6 {
+        return Err(format!("{s:?} is not a dollar amount with at most 6 decimals"));
+    }
+    let padded = format!("{fraction:0<6}");
+    let whole: u128 = whole.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let fraction: u128 = padded.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    whole.checked_mul(1_000_000).and_then(|w| w.checked_add(fraction)).ok_or("too large".into())
 }
 
 impl SettlementArgs {
@@ -62,6 +125,17 @@ impl SettlementArgs {
             withdraw_batch: self.withdraw_batch.max(1),
             max_blob_fee_wei: self.max_blob_fee_wei,
             reprice_after: Duration::from_secs(self.reprice_after_secs.max(1)),
+            eth_price_micro_usd: self.eth_price_usd,
+        }
+    }
+
+    /// Where batches are anchored.
+    pub fn anchor(&self) -> AnchorSettings {
+        AnchorSettings {
+            rpc_url: self.anchor_rpc_url.clone(),
+            key: self.anchor_key.clone().map(SecretKey),
+            key_file: self.anchor_key_file.clone(),
+            mode: self.anchor_mode,
         }
     }
 }
@@ -74,7 +148,36 @@ mod tests {
     #[test]
     fn no_flags_give_the_defaults() -> Result<(), clap::Error> {
         let args = super::super::tests::Only::<SettlementArgs>::try_parse_from(["settled"])?;
+        assert_eq!(args.group.anchor(), AnchorSettings::default());
         assert_eq!(args.group.into_settings(), settled_settlement::SettlementSettings::default());
         Ok(())
+    }
+
+    #[test]
+    fn an_anchor_chain_and_an_eth_price() -> Result<(), clap::Error> {
+        let args = [
+            "settled",
+            "--settlement.anchor-rpc-url",
+            "http://l1:8545",
+            "--settlement.anchor-mode",
+            "calldata",
+            "--settlement.eth-price-usd",
+            "3150.25",
+        ];
+        let args = super::super::tests::Only::<SettlementArgs>::try_parse_from(args)?;
+        let anchor = args.group.anchor();
+        assert_eq!(anchor.rpc_url.as_deref(), Some("http://l1:8545"));
+        assert_eq!(anchor.mode, settled_settlement::AnchorMode::Calldata);
+        assert_eq!(args.group.into_settings().eth_price_micro_usd, Some(3_150_250_000));
+        Ok(())
+    }
+
+    #[test]
+    fn dollar_amounts_are_exact() {
+        assert_eq!(parse_micro_usd("3000"), Ok(3_000_000_000));
+        assert_eq!(parse_micro_usd("0.000001"), Ok(1));
+        for bad in ["", "1.", "1.0000001", "-3", "3e3", "1,5"] {
+            assert!(parse_micro_usd(bad).is_err(), "{bad}");
+        }
     }
 }

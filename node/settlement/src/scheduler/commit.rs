@@ -1,5 +1,5 @@
-//! Committing batches: each batch's root and blob in a type-3 transaction to the anchor,
-//! recorded before it is sent, re-priced until mined.
+//! Committing batches on the anchor chain: each batch's root with its records in a type-3
+//! transaction's blob (or in calldata), recorded before it is sent, re-priced until mined.
 
 use super::*;
 
@@ -33,9 +33,10 @@ impl Settler {
 
     /// Whether the anchor holds `batch` (under this operator, with its root).
     pub(super) async fn anchored(&self, batch: &StoredBatch) -> Result<bool, SchedulerError> {
-        let anchor = SettlementAnchor::new(self.anchor, &self.provider);
+        let anchor = SettlementAnchor::new(self.anchor.anchor, self.anchor.provider());
         let id = U256::from(batch.context.batch_id);
-        let on_chain = anchor.getBatch(self.operator, id).call().await.map_err(chain)?;
+        let committer = self.anchor.committer();
+        let on_chain = anchor.getBatch(committer, id).call().await.map_err(chain)?;
         Ok(on_chain.root == batch.root)
     }
 
@@ -44,19 +45,46 @@ impl Settler {
         &self,
         batch: &StoredBatch,
     ) -> Result<TransactionRequest, SchedulerError> {
-        let anchor = SettlementAnchor::new(self.anchor, &self.provider);
+        let anchor = SettlementAnchor::new(self.anchor.anchor, self.anchor.provider());
         let count = u32::try_from(batch.records.len()).map_err(storage)?;
-        Ok(anchor
-            .commit(
-                U256::from(batch.context.batch_id),
-                batch.root,
-                count,
-                batch.total,
-                U48::from(batch.context.period_start),
-                U48::from(batch.context.period_end),
-            )
-            .sidecar(batch.sidecar()?)
-            .into_transaction_request())
+        let (id, context) = (U256::from(batch.context.batch_id), &batch.context);
+        let (start, end) = (U48::from(context.period_start), U48::from(context.period_end));
+        Ok(match batch.mode {
+            AnchorMode::Blob => anchor
+                .commit(id, batch.root, count, batch.total, start, end)
+                .sidecar(batch.sidecar()?)
+                .into_transaction_request(),
+            AnchorMode::Calldata => anchor
+                .commitCalldata(
+                    id,
+                    batch.root,
+                    count,
+                    batch.total,
+                    start,
+                    end,
+                    batch.payload.clone(),
+                )
+                .into_transaction_request(),
+        })
+    }
+
+    /// The blob fee cap of a first send: twice the current blob fee (at least 1 wei), within
+    /// the bound — `Some(None)` for a calldata batch, `None` when the fee is above the bound.
+    async fn blob_fee_cap(
+        &self,
+        batch: &StoredBatch,
+    ) -> Result<Option<Option<u128>>, SchedulerError> {
+        if batch.mode == AnchorMode::Calldata {
+            return Ok(Some(None));
+        }
+        let blob_fee = self.anchor.provider().get_blob_base_fee().await.map_err(chain)?;
+        let bound = self.max_blob_fee();
+        if blob_fee > bound {
+            let id = batch.context.batch_id;
+            warn!(batch = id, blob_fee, bound, "blob fee above the bound: the batch waits");
+            return Ok(None);
+        }
+        Ok(Some(Some((blob_fee.max(1) * 2).min(bound.max(1)))))
     }
 
     /// Commits `batch` once, re-pricing it while stuck; false if the blob fee is above the
@@ -74,8 +102,9 @@ impl Settler {
             };
             let mut hashes = replaced.clone();
             hashes.push(transaction.hash);
+            let anchor = self.anchor.sender.as_ref();
             if let Some((hash, block, ok)) =
-                self.wait_mined(&hashes, self.settings.reprice_after).await?
+                self.wait_mined_on(anchor, &hashes, self.settings.reprice_after).await?
             {
                 if !ok {
                     // Sent again from scratch next round (the anchor refuses a second commit).
@@ -84,8 +113,9 @@ impl Settler {
                     return Err(chain(format!("commit of batch {id} reverted in {hash}")));
                 }
                 batch.stage = BatchStage::Committed { transaction: hash, block };
+                self.record_commit_cost(&mut batch, hash).await;
                 self.put_batch(&batch)?;
-                self.committed_metrics(&batch, hash).await;
+                self.committed_metrics(&batch, hash);
                 return Ok(true);
             }
             if self.anchored(&batch).await? {
@@ -123,17 +153,13 @@ impl Settler {
             self.put_batch(batch)?;
             return Ok(Some(true));
         }
-        let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
-        let bound = self.max_blob_fee();
-        if blob_fee > bound {
-            let id = batch.context.batch_id;
-            warn!(batch = id, blob_fee, bound, "blob fee above the bound: the batch waits");
-            return Ok(Some(false));
+        // Twice the current blob fee, within the bound: room for a rise.
+        let Some(cap) = self.blob_fee_cap(batch).await? else { return Ok(Some(false)) };
+        let mut request = self.commit_request(batch)?;
+        if let Some(cap) = cap {
+            request = request.max_fee_per_blob_gas(cap);
         }
-        // Twice the current blob fee (at least 1 wei), within the bound: room for a rise.
-        let cap = (blob_fee.max(1) * 2).min(bound.max(1));
-        let request = self.commit_request(batch)?.max_fee_per_blob_gas(cap);
-        let transaction = self.sender.send(request).await.map_err(chain)?;
+        let transaction = self.anchor.sender.send(request).await.map_err(chain)?;
         batch.stage = BatchStage::Sent { transaction, replaced: Vec::new() };
         self.put_batch(batch)?;
         Ok(None)
@@ -146,10 +172,20 @@ impl Settler {
         batch: &StoredBatch,
         transaction: &SentTransaction,
     ) -> Result<Option<SentTransaction>, SchedulerError> {
+        let provider = self.anchor.provider();
         let mined_nonce =
-            self.provider.get_transaction_count(self.operator).await.map_err(chain)?;
+            provider.get_transaction_count(self.anchor.committer()).await.map_err(chain)?;
         let request = self.commit_request(batch)?;
-        let blob_fee = self.provider.get_blob_base_fee().await.map_err(chain)?;
+        if batch.mode == AnchorMode::Calldata {
+            let sender = &self.anchor.sender;
+            let sent = if mined_nonce > transaction.nonce {
+                sender.send(request).await
+            } else {
+                sender.resend(transaction, request).await
+            };
+            return sent.map(Some).map_err(chain);
+        }
+        let blob_fee = provider.get_blob_base_fee().await.map_err(chain)?;
         let bound = self.max_blob_fee().max(1);
         let previous_cap = transaction.max_fee_per_blob_gas.unwrap_or_default();
         if mined_nonce > transaction.nonce {
@@ -159,7 +195,7 @@ impl Settler {
                 return Ok(None);
             }
             let cap = (blob_fee.max(1) * 2).min(bound);
-            let sent = self.sender.send(request.max_fee_per_blob_gas(cap)).await;
+            let sent = self.anchor.sender.send(request.max_fee_per_blob_gas(cap)).await;
             return sent.map(Some).map_err(chain);
         }
         let cap = (previous_cap * 2).max(blob_fee.max(1) * 2).min(bound);
@@ -171,16 +207,31 @@ impl Settler {
             );
             return Ok(None);
         }
-        let resent = self.sender.resend(transaction, request.max_fee_per_blob_gas(cap)).await;
+        let resent =
+            self.anchor.sender.resend(transaction, request.max_fee_per_blob_gas(cap)).await;
         resent.map(Some).map_err(chain)
     }
 
-    pub(super) async fn committed_metrics(&self, batch: &StoredBatch, transaction: B256) {
-        if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(transaction).await {
-            ::metrics::gauge!(crate::metrics::COMMIT_GAS).set(receipt.gas_used as f64);
-            ::metrics::gauge!(crate::metrics::COMMIT_BLOB_GAS)
-                .set(receipt.blob_gas_used.unwrap_or_default() as f64);
-        }
+    /// The commit's cost on the anchor chain, from its receipt (left at 0 if it cannot be read:
+    /// the batch is committed either way).
+    async fn record_commit_cost(&self, batch: &mut StoredBatch, transaction: B256) {
+        let receipt = self.anchor.provider().get_transaction_receipt(transaction).await;
+        let Ok(Some(receipt)) = receipt else {
+            warn!(%transaction, "commit receipt unreadable: its cost is not recorded");
+            return;
+        };
+        ::metrics::gauge!(crate::metrics::COMMIT_GAS).set(receipt.gas_used as f64);
+        let blob_gas = receipt.blob_gas_used.unwrap_or_default();
+        ::metrics::gauge!(crate::metrics::COMMIT_BLOB_GAS).set(blob_gas as f64);
+        let gas_wei = u128::from(receipt.gas_used).saturating_mul(receipt.effective_gas_price);
+        let blob_wei = u128::from(blob_gas).saturating_mul(receipt.blob_gas_price.unwrap_or(0));
+        batch.costs.anchor_gas_wei = gas_wei;
+        batch.costs.anchor_blob_wei = blob_wei;
+        crate::metrics::add_cost("anchor_gas", gas_wei);
+        crate::metrics::add_cost("anchor_blob", blob_wei);
+    }
+
+    pub(super) fn committed_metrics(&self, batch: &StoredBatch, transaction: B256) {
         ::metrics::counter!(crate::metrics::BATCHES).increment(1);
         ::metrics::gauge!(crate::metrics::RECORDS_PER_BLOB).set(batch.records.len() as f64);
         let (batch_id, records) = (batch.context.batch_id, batch.records.len());

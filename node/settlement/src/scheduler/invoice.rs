@@ -26,6 +26,9 @@ pub struct InvoiceLine {
     pub usage_digest: B256,
     /// The commit transaction.
     pub transaction_hash: Option<B256>,
+    /// This line's share of what settling its batch cost (wei, all chains): the batch's costs
+    /// × this amount / the batch's total, rounded down (by record count if nothing was paid).
+    pub settlement_cost_wei: String,
 }
 
 /// A payer's invoice for the batches settled in a window: line items, totals per token, the
@@ -47,6 +50,8 @@ pub struct Invoice {
     pub batch_ids: Vec<u64>,
     /// Their commit transactions.
     pub transactions: Vec<B256>,
+    /// The lines' shares of what settling cost, by kind (wei).
+    pub settlement_costs: BatchCosts,
     /// The same, as CSV (a header, the lines, then one `total` line per token).
     pub csv: String,
 }
@@ -77,6 +82,7 @@ impl Settler {
         let mut batch_ids = Vec::new();
         let mut transactions = Vec::new();
         let mut totals: std::collections::BTreeMap<Address, (u64, u128)> = Default::default();
+        let mut settlement_costs = BatchCosts::default();
         for entry in self.batches.iter() {
             let (_, value) = entry.map_err(storage)?;
             let batch: StoredBatch = serde_json::from_slice(&value).map_err(storage)?;
@@ -91,6 +97,11 @@ impl Settler {
                 let total = totals.entry(record.token).or_default();
                 total.0 += record.seconds_billed;
                 total.1 += record.amount;
+                let share = match batch.total {
+                    0 => batch.costs.share(1, batch.records.len() as u128),
+                    total => batch.costs.share(record.amount, total),
+                };
+                settlement_costs = settlement_costs.plus(&share);
                 lines.push(InvoiceLine {
                     batch_id: context.batch_id,
                     stream_id: record.stream_id.to_string(),
@@ -102,6 +113,7 @@ impl Settler {
                     amount: record.amount.to_string(),
                     usage_digest: record.usage_digest,
                     transaction_hash: transaction,
+                    settlement_cost_wei: (share.l2_wei() + share.anchor_wei()).to_string(),
                 });
             }
             if any {
@@ -118,11 +130,11 @@ impl Settler {
             })
             .collect();
         let mut csv = String::from(
-            "batch_id,stream_id,payee,token,period_start,period_end,seconds_billed,amount,usage_digest,transaction_hash\n",
+            "batch_id,stream_id,payee,token,period_start,period_end,seconds_billed,amount,usage_digest,transaction_hash,settlement_cost_wei\n",
         );
         for line in &lines {
             csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
                 line.batch_id,
                 line.stream_id,
                 line.payee,
@@ -133,14 +145,25 @@ impl Settler {
                 line.amount,
                 line.usage_digest,
                 line.transaction_hash.map(|h| h.to_string()).unwrap_or_default(),
+                line.settlement_cost_wei,
             ));
         }
         for total in &totals {
             csv.push_str(&format!(
-                "total,,,{},{from},{to},{},{},,\n",
+                "total,,,{},{from},{to},{},{},,,\n",
                 total.token, total.seconds_billed, total.amount
             ));
         }
-        Ok(Invoice { payer, from, to, lines, totals, batch_ids, transactions, csv })
+        Ok(Invoice {
+            payer,
+            from,
+            to,
+            lines,
+            totals,
+            batch_ids,
+            transactions,
+            settlement_costs,
+            csv,
+        })
     }
 }

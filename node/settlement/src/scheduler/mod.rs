@@ -41,11 +41,13 @@ use super::{
 use settled_contracts::{SentTransaction, TransactionSender};
 use settled_streams::{StreamIndex, StreamSelector, StreamState};
 
+mod anchor;
 mod commit;
 mod invoice;
 mod receipt;
 mod round;
 
+pub use anchor::{AnchorChain, AnchorMode, BatchCosts, overhead_ppm};
 pub use invoice::{Invoice, InvoiceLine, InvoiceTotal};
 pub use receipt::SettlementReceipt;
 
@@ -66,6 +68,9 @@ pub struct SettlementSettings {
     pub max_blob_fee_wei: u128,
     /// How long a settlement transaction may stay unmined before it is re-priced.
     pub reprice_after: Duration,
+    /// The ETH price in micro-dollars, to show what settling costs as a share of what it
+    /// settled (`None`: costs in wei only).
+    pub eth_price_micro_usd: Option<u128>,
 }
 
 impl Default for SettlementSettings {
@@ -76,6 +81,7 @@ impl Default for SettlementSettings {
             withdraw_batch: 100,
             max_blob_fee_wei: 50_000_000_000,
             reprice_after: Duration::from_secs(60),
+            eth_price_micro_usd: None,
         }
     }
 }
@@ -139,11 +145,25 @@ pub struct StoredBatch {
     pub withdrawals: Vec<B256>,
     /// Where it is.
     pub stage: BatchStage,
+    /// How the records reach the anchor: in a blob (`versioned_hash` is the blob's) or in
+    /// calldata (`versioned_hash` is the payload's keccak256; no commitment or proof).
+    #[serde(default)]
+    pub mode: AnchorMode,
+    /// The chain the anchor is on (the streams' chain unless settlement anchors elsewhere).
+    #[serde(default)]
+    pub anchor_chain_id: u64,
+    /// What settling it cost (withdrawals once built, the commit once mined).
+    #[serde(default)]
+    pub costs: BatchCosts,
 }
 
 impl StoredBatch {
-    /// The blob sidecar, rebuilt from the payload (the coder and KZG are deterministic).
+    /// The blob sidecar, rebuilt from the payload (the coder and KZG are deterministic); an
+    /// error for a calldata batch, which has none.
     pub fn sidecar(&self) -> Result<BlobTransactionSidecar, SettlementError> {
+        if self.mode == AnchorMode::Calldata {
+            return Err(SettlementError::Malformed("a calldata batch has no blob".into()));
+        }
         sidecar(&self.payload)
     }
 }
@@ -208,16 +228,19 @@ pub struct SettlementRound {
 const CURSOR: &[u8] = b"cursor";
 const OPEN: &[u8] = b"open";
 
-/// Where a scheduler settles: the chain, as whom, and the contracts.
+/// Where a scheduler settles: the streams' chain, as whom, the vault, and where batches are
+/// anchored.
 pub struct SettlementChain {
-    /// Sends as the streams' operator; batches are committed under its address.
+    /// Sends as the streams' operator (the withdrawals).
     pub sender: Arc<TransactionSender>,
     /// The `StreamVault`.
     pub vault: Address,
-    /// The `SettlementAnchor`.
-    pub anchor: Address,
-    /// The chain id.
+    /// The streams' chain id.
     pub chain_id: u64,
+    /// The streams' chain kind (OP stack: withdrawals also pay an L1 data fee).
+    pub kind: settled_contracts::ChainKind,
+    /// Where batches are committed (the same chain and sender, or an anchor chain).
+    pub anchor: AnchorChain,
 }
 
 /// The scheduler.
@@ -227,8 +250,9 @@ pub struct Settler {
     operator: Address,
     index: Arc<StreamIndex>,
     vault: Address,
-    anchor: Address,
+    anchor: AnchorChain,
     chain_id: u64,
+    kind: settled_contracts::ChainKind,
     batches: sled::Tree,
     meta: sled::Tree,
     usage: UsageLog,
@@ -262,7 +286,7 @@ impl Settler {
         db: &sled::Db,
         settings: SettlementSettings,
     ) -> Result<Self, SchedulerError> {
-        let SettlementChain { sender, vault, anchor, chain_id } = chain;
+        let SettlementChain { sender, vault, chain_id, kind, anchor } = chain;
         let meta = db.open_tree("settlement.meta").map_err(storage)?;
         let settled_through = match meta.get(CURSOR).map_err(storage)? {
             Some(v) => serde_json::from_slice::<PeriodCursor>(&v).map_err(storage)?.period_end,
@@ -276,6 +300,7 @@ impl Settler {
             vault,
             anchor,
             chain_id,
+            kind,
             batches: db.open_tree("settlement.batches").map_err(storage)?,
             meta,
             usage: UsageLog::open(db, settled_through).map_err(storage)?,
@@ -304,7 +329,17 @@ impl Settler {
 
     /// The `SettlementAnchor`.
     pub fn anchor(&self) -> Address {
-        self.anchor
+        self.anchor.anchor
+    }
+
+    /// Where batches are committed.
+    pub fn anchor_chain(&self) -> &AnchorChain {
+        &self.anchor
+    }
+
+    /// The ETH price settlement overhead is shown at (micro-dollars), if configured.
+    pub fn eth_price_micro_usd(&self) -> Option<u128> {
+        self.settings.eth_price_micro_usd
     }
 
     /// Records a billing backend's usage `digest` for `stream` at second `at` (see

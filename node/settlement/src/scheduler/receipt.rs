@@ -22,9 +22,14 @@ pub struct SettlementReceipt {
     pub anchor: Address,
     /// See `anchor`.
     pub operator: Address,
-    /// The commit transaction (none until sent).
+    /// The chain the anchor is on (`context.chainId` is the streams' chain).
+    pub anchor_chain_id: u64,
+    /// How the records reached the anchor: `blob` or `calldata`.
+    pub anchor_mode: AnchorMode,
+    /// The commit transaction on the anchor chain (none until sent).
     pub transaction_hash: Option<B256>,
-    /// The blob's versioned hash.
+    /// What the anchor stores for the batch's data: the blob's versioned hash, or in calldata
+    /// mode the payload's keccak256.
     pub blob_versioned_hash: B256,
     /// Whether the commit is mined.
     pub committed: bool,
@@ -66,8 +71,14 @@ impl Settler {
             root: batch.root,
             record,
             context: batch.context,
-            anchor: self.anchor,
-            operator: self.operator,
+            anchor: self.anchor.anchor,
+            operator: self.anchor.committer(),
+            anchor_chain_id: if batch.anchor_chain_id == 0 {
+                batch.context.chain_id
+            } else {
+                batch.anchor_chain_id
+            },
+            anchor_mode: batch.mode,
             transaction_hash,
             blob_versioned_hash: batch.versioned_hash,
             committed,

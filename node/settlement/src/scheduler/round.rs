@@ -86,13 +86,24 @@ impl Settler {
         Err(chain(format!("withdrawal {hash} not mined after {MAX_REPRICES} re-pricings")))
     }
 
-    /// The first of `hashes` mined within `within`: its hash, block and status.
+    /// The first of `hashes` mined on the streams' chain within `within`: its hash, block and
+    /// status.
     pub(super) async fn wait_mined(
         &self,
         hashes: &[B256],
         within: Duration,
     ) -> Result<Option<(B256, u64, bool)>, SchedulerError> {
-        let receipt = self.sender.wait_mined(hashes, within).await.map_err(chain)?;
+        self.wait_mined_on(&self.sender, hashes, within).await
+    }
+
+    /// The same on `sender`'s chain.
+    pub(super) async fn wait_mined_on(
+        &self,
+        sender: &TransactionSender,
+        hashes: &[B256],
+        within: Duration,
+    ) -> Result<Option<(B256, u64, bool)>, SchedulerError> {
+        let receipt = sender.wait_mined(hashes, within).await.map_err(chain)?;
         Ok(receipt.map(|r| (r.transaction_hash, r.block_number.unwrap_or_default(), r.status())))
     }
 
@@ -141,14 +152,18 @@ impl Settler {
             period_start: start,
             period_end: next.period_end,
         };
-        let batches = if records.is_empty() {
+        let mut batches = if records.is_empty() {
             Vec::new()
         } else {
             let withdrawals = open.withdrawals.clone();
-            tokio::task::spawn_blocking(move || build_batches(first, records, withdrawals))
-                .await
-                .map_err(storage)??
+            let (mode, anchor_chain_id) = (self.anchor.mode, self.anchor.chain_id);
+            tokio::task::spawn_blocking(move || {
+                build_batches(first, records, withdrawals, mode, anchor_chain_id)
+            })
+            .await
+            .map_err(storage)??
         };
+        self.share_withdrawal_costs(&open.withdrawals, &mut batches).await;
         next.next_batch_id += batches.len() as u64;
         // The batches and the cursor change together; the open period goes with them.
         let mut batch_writes = sled::Batch::default();
@@ -170,6 +185,76 @@ impl Settler {
             .map_err(|e| storage(format!("{e:?}")))?;
         self.batches.flush().map_err(storage)?;
         Ok(())
+    }
+}
+
+impl Settler {
+    /// The period's withdrawal costs (L2 gas, and the L1 data fee on OP stack), shared among
+    /// its batches by record count; metrics. A receipt that cannot be read counts 0 (and is
+    /// logged): the records are what matters.
+    async fn share_withdrawal_costs(&self, withdrawals: &[B256], batches: &mut [StoredBatch]) {
+        let (mut gas_wei, mut l1_wei) = (0u128, 0u128);
+        for hash in withdrawals {
+            match self.withdrawal_cost(*hash).await {
+                Ok((gas, l1)) => {
+                    gas_wei = gas_wei.saturating_add(gas);
+                    l1_wei = l1_wei.saturating_add(l1);
+                }
+                Err(error) => warn!(%hash, %error, "withdrawal cost unreadable: counted as 0"),
+            }
+        }
+        crate::metrics::add_cost("withdrawal_gas", gas_wei);
+        crate::metrics::add_cost("withdrawal_l1_fee", l1_wei);
+        let counts: Vec<usize> = batches.iter().map(|b| b.records.len()).collect();
+        let gas = anchor::split_by_count(gas_wei, &counts);
+        let l1 = anchor::split_by_count(l1_wei, &counts);
+        for ((batch, gas), l1) in batches.iter_mut().zip(gas).zip(l1) {
+            batch.costs.withdrawal_gas_wei = gas;
+            batch.costs.withdrawal_l1_fee_wei = l1;
+        }
+    }
+
+    /// A mined withdrawal's (gas used × effective gas price, L1 data fee). The L1 fee is the
+    /// receipt's `l1Fee` where the node reports it (OP-stack nodes do); on an OP-stack chain
+    /// whose node does not, the oracle's price of the signed transaction at the head.
+    async fn withdrawal_cost(&self, hash: B256) -> Result<(u128, u128), SchedulerError> {
+        let receipt: serde_json::Value = self
+            .provider
+            .raw_request("eth_getTransactionReceipt".into(), (hash,))
+            .await
+            .map_err(chain)?;
+        let quantity = |name: &str| -> u128 {
+            receipt[name]
+                .as_str()
+                .and_then(|hex| u128::from_str_radix(hex.trim_start_matches("0x"), 16).ok())
+                .unwrap_or(0)
+        };
+        let gas = quantity("gasUsed").saturating_mul(quantity("effectiveGasPrice"));
+        let l1_fee = if receipt.get("l1Fee").is_some_and(|v| !v.is_null()) {
+            quantity("l1Fee")
+        } else if self.kind.has_l1_data_fee() {
+            self.oracle_l1_fee(hash).await?
+        } else {
+            0
+        };
+        Ok((gas, l1_fee))
+    }
+
+    async fn oracle_l1_fee(&self, hash: B256) -> Result<u128, SchedulerError> {
+        use alloy::eips::Encodable2718;
+        let tx = self
+            .provider
+            .get_transaction_by_hash(hash)
+            .await
+            .map_err(chain)?
+            .ok_or_else(|| chain(format!("no transaction {hash}")))?;
+        let raw = tx.inner.inner().encoded_2718();
+        let oracle = settled_contracts::GasPriceOracle::new(
+            settled_contracts::OP_GAS_PRICE_ORACLE,
+            &self.provider,
+        );
+        let fee = oracle.getL1Fee(raw.into()).call().await.map_err(chain)?;
+        Ok(u128::try_from(fee).unwrap_or(u128::MAX))
     }
 }
 
@@ -234,33 +319,51 @@ pub(super) fn period_records(
 }
 
 /// `records` split into blobs from batch `first` on, each with its tree, payload and KZG data.
+/// In calldata mode the payload is split as for blobs too: a batch stays one blob's worth, so
+/// a calldata commit stays well within a block.
 pub(super) fn build_batches(
     first: BatchContext,
     records: Vec<SettlementRecord>,
     withdrawals: Vec<B256>,
+    mode: AnchorMode,
+    anchor_chain_id: u64,
 ) -> Result<Vec<StoredBatch>, SchedulerError> {
     split_into_blobs(first, records)?
         .into_iter()
         .map(|(context, records)| {
             let tree = MerkleTree::new(records.iter().map(|r| r.leaf(&context)).collect());
             let payload = encode_payload(&context, &records)?;
-            let sidecar = sidecar(&payload)?;
-            let versioned_hash = sidecar
-                .versioned_hash_for_blob(0)
-                .ok_or_else(|| SettlementError::Kzg("no versioned hash".into()))?;
-            let bytes = |b: &Bytes48| Bytes::copy_from_slice(b.as_slice());
+            let (commitment, proof, versioned_hash) = match mode {
+                AnchorMode::Blob => blob_of(&payload)?,
+                AnchorMode::Calldata => {
+                    (Bytes::new(), Bytes::new(), alloy::primitives::keccak256(&payload))
+                }
+            };
             Ok(StoredBatch {
                 context,
                 total: records.iter().map(|r| r.amount).sum(),
                 root: tree.root(),
                 payload: payload.into(),
-                commitment: bytes(&sidecar.commitments[0]),
-                proof: bytes(&sidecar.proofs[0]),
+                commitment,
+                proof,
                 versioned_hash,
                 withdrawals: withdrawals.clone(),
                 stage: BatchStage::Built,
                 records,
+                mode,
+                anchor_chain_id,
+                costs: BatchCosts::default(),
             })
         })
         .collect()
+}
+
+/// The KZG commitment, proof and versioned hash of `payload`'s blob.
+fn blob_of(payload: &[u8]) -> Result<(Bytes, Bytes, B256), SchedulerError> {
+    let sidecar = sidecar(payload)?;
+    let versioned_hash = sidecar
+        .versioned_hash_for_blob(0)
+        .ok_or_else(|| SettlementError::Kzg("no versioned hash".into()))?;
+    let bytes = |b: &Bytes48| Bytes::copy_from_slice(b.as_slice());
+    Ok((bytes(&sidecar.commitments[0]), bytes(&sidecar.proofs[0]), versioned_hash))
 }
