@@ -55,6 +55,11 @@ pub enum DeployError {
     /// A contract call or transaction failed.
     #[error("contract call: {0}")]
     Contract(#[from] alloy::contract::Error),
+    /// A canonical EntryPoint is not on the chain; settled never deploys one on a network.
+    #[error(
+        "{0} is not at its canonical address on this chain; settled does not deploy EntryPoints on a network (every public chain has them)"
+    )]
+    EntryPointMissing(&'static str),
     /// A setup transaction reverted.
     #[error("{what} reverted (transaction {tx})")]
     Reverted {
@@ -66,10 +71,10 @@ pub enum DeployError {
 }
 
 /// One contract to deploy through the deterministic deployer.
-struct Create2Plan {
-    name: &'static str,
-    salt: B256,
-    init_code: Bytes,
+pub(crate) struct Create2Plan {
+    pub(crate) name: &'static str,
+    pub(crate) salt: B256,
+    pub(crate) init_code: Bytes,
 }
 
 impl Create2Plan {
@@ -80,7 +85,7 @@ impl Create2Plan {
         Self { name, salt, init_code: init_code.into() }
     }
 
-    fn address(&self) -> Address {
+    pub(crate) fn address(&self) -> Address {
         create2::address_of(self.salt, &self.init_code)
     }
 }
@@ -107,7 +112,8 @@ pub fn expected_deployment(chain_id: u64, usdc_owner: Address) -> Deployment {
     }
 }
 
-fn plans(usdc_owner: Address) -> [Create2Plan; 10] {
+/// Every contract, in deployment order: the canonical EntryPoints first, `MockUSDC` sixth.
+pub(crate) fn plans(usdc_owner: Address) -> [Create2Plan; 10] {
     let paymaster = |name, entry_point| {
         Create2Plan::new(
             name,
@@ -223,13 +229,30 @@ pub async fn deploy_all<P: Provider>(
     provider: &P,
     from: Address,
 ) -> Result<Deployment, DeployError> {
+    let chain_id = provider.get_chain_id().await?;
+    let start_block = provider.get_block_number().await?;
+    deploy_missing(provider, from, plans(from)).await?;
+    Ok(Deployment { start_block, ..expected_deployment(chain_id, from) })
+}
+
+/// Deploys the two canonical EntryPoints where they are missing: what every public chain has,
+/// for dev chains and tests (`settled deploy` only checks them).
+pub async fn deploy_entry_points<P: Provider>(
+    provider: &P,
+    from: Address,
+) -> Result<(), DeployError> {
+    deploy_missing(provider, from, plans(from).into_iter().take(2)).await
+}
+
+async fn deploy_missing<P: Provider>(
+    provider: &P,
+    from: Address,
+    plans: impl IntoIterator<Item = Create2Plan>,
+) -> Result<(), DeployError> {
     if provider.get_code_at(create2::DETERMINISTIC_DEPLOYER).await?.is_empty() {
         return Err(DeployError::NoDeterministicDeployer(create2::DETERMINISTIC_DEPLOYER));
     }
-    let chain_id = provider.get_chain_id().await?;
-    let start_block = provider.get_block_number().await?;
-
-    for plan in plans(from) {
+    for plan in plans {
         let expected = plan.address();
         if !provider.get_code_at(expected).await?.is_empty() {
             debug!(name = plan.name, %expected, "already deployed");
@@ -246,8 +269,7 @@ pub async fn deploy_all<P: Provider>(
         }
         info!(name = plan.name, address = %expected, gas = receipt.gas_used, "deployed");
     }
-
-    Ok(Deployment { start_block, ..expected_deployment(chain_id, from) })
+    Ok(())
 }
 
 #[cfg(test)]

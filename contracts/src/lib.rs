@@ -4,6 +4,8 @@
 //!   [`v08`]) and for settled's own contracts, generated from the committed artifacts in
 //!   `contracts/artifacts/` (regenerate with `cargo artifacts`).
 //! * [`deploy_all`]: canonical, idempotent deployment onto a dev chain, yielding a [`Deployment`].
+//! * [`plan_deployment`] / [`execute_plan`]: `settled deploy` on a real network (dry run first;
+//!   the canonical EntryPoints checked, never deployed).
 //! * [`ChainFollower`]: the node's one view of the chain — new blocks, their logs, reorgs.
 //! * [`TransactionSender`]: one key's transactions — nonces, fees, replacement, typed refusals.
 //! * [`ChainKind`]: Ethereum, OP stack (an L1 data fee on every transaction) or Arbitrum.
@@ -19,6 +21,7 @@ mod cursor;
 mod deploy;
 mod deployment;
 mod follower;
+mod network_deploy;
 mod sender;
 mod user_op;
 mod user_operation;
@@ -40,13 +43,19 @@ pub use chain_kind::{
     OP_L1_BLOCK,
 };
 pub use cursor::{ChainCursor, CursorError, follows};
-pub use deploy::{DeployError, PaymasterFunding, deploy_all, expected_deployment, fund_paymaster};
+pub use deploy::{
+    DeployError, PaymasterFunding, deploy_all, deploy_entry_points, expected_deployment,
+    fund_paymaster,
+};
 pub use deployment::{
     Deployment, DeploymentError, ENTRY_POINT_V07, ENTRY_POINT_V08, EntryPointVersion,
 };
 pub use follower::{
     BlockRef, ChainContact, ChainEvent, ChainEvents, ChainFollower, FollowerConfig, FollowerHandle,
     NewBlock, Reorg,
+};
+pub use network_deploy::{
+    DeployScope, DeploymentPlan, PlanAction, PlannedContract, execute_plan, plan_deployment,
 };
 pub use sender::{
     ACCRUAL_HEADROOM, Inclusion, Refusal, SendError, SentTransaction, Signed, TransactionSender,

@@ -25,7 +25,7 @@ pub enum NodeError {
     #[error(transparent)]
     Deployment(#[from] settled_contracts::DeploymentError),
     /// Deploying to the dev chain failed.
-    #[error("deploying to the dev chain: {0}")]
+    #[error("deploying settled's contracts: {0}")]
     Deploy(#[from] settled_contracts::DeployError),
     /// Anvil could not be started.
     #[error(transparent)]

@@ -5,6 +5,7 @@
 //! and tests build a [`NodeConfig`] (see [`NodeConfig::test`]) and do the same.
 
 mod anchor;
+mod deploy;
 mod dev;
 mod error;
 mod launch;
@@ -12,15 +13,17 @@ mod metrics;
 mod paymaster;
 mod storage;
 
+pub use deploy::{DeployOutput, run_deploy_command};
 pub use error::NodeError;
 pub use launch::{NodeHandle, connect, launch};
 pub use paymaster::{PaymasterCommandOutput, run_paymaster_command};
 pub use settled_config::{
     Action, AnchorSettings, BillingArgs, BillingSettings, BundlerArgs, BundlerSettings, ChainArgs,
     ChainConfig, ChainSource, Cli, CliError, Command, DEFAULT_DEV_ANVIL_PORT,
-    DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DevConfig, LogArgs,
-    LogConfig, MempoolArgs, MetricsArgs, NodeConfig, PaymasterAction, PaymasterArgs,
-    PaymasterCommandConfig, PaymasterSettings, RpcArgs, SecretKey, SettlementArgs,
+    DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DeployArgs,
+    DeployCommandConfig, DevConfig, LogArgs, LogConfig, MempoolArgs, MetricsArgs, NodeConfig,
+    PaymasterAction, PaymasterArgs, PaymasterCommandConfig, PaymasterSettings, RpcArgs, SecretKey,
+    SettlementArgs,
 };
 pub use settled_contracts::SentTransaction;
 pub use settled_server::TaskFailure;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     let (config, source, log) = match cli.into_action() {
         Action::Node(config, source, log) => (*config, source, log),
         Action::Paymaster(command) => return paymaster_command(command),
+        Action::Deploy(command) => return deploy_command(command),
         Action::VerifyReceipt { rpc_url, anchor_rpc_url, receipt } => {
             return verify_receipt_command(&rpc_url, &anchor_rpc_url, receipt.as_deref());
         }
@@ -92,6 +93,36 @@ fn paymaster_command(command: PaymasterCommandConfig) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `settled deploy`: the plan (and what was sent) as JSON on stdout; exit 1 when a dry run
+/// finds a canonical EntryPoint missing (the plan cannot run) or the deployment fails.
+fn deploy_command(command: settled_node::DeployCommandConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(settled_node::run_deploy_command(command)) {
+        Ok(output) => {
+            print_out(&serde_json::to_string_pretty(&output).unwrap_or_default());
+            let missing = output.plan.missing_entry_points();
+            if missing.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "error: {} not at the canonical address on this chain; settled does not deploy EntryPoints",
+                missing.join(" and ")
+            );
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE

@@ -34,6 +34,7 @@ use crate::settings::{
 mod billing;
 mod bundler;
 mod chain;
+mod deploy;
 mod log;
 mod mempool;
 mod metrics;
@@ -44,6 +45,7 @@ mod settlement;
 pub use billing::BillingArgs;
 pub use bundler::BundlerArgs;
 pub use chain::ChainArgs;
+pub use deploy::{DeployArgs, DeployCommandConfig};
 pub use log::LogArgs;
 pub use mempool::MempoolArgs;
 pub use metrics::MetricsArgs;
@@ -77,6 +79,10 @@ pub enum Command {
     /// Check a settlement receipt (`settlement_getReceipt`'s JSON) against a chain, trusting no
     /// settled node: prints the checks as JSON; exits 1 if the receipt is not valid.
     VerifyReceipt(VerifyReceiptArgs),
+    /// Put settled's contracts on a network: prints the plan (what is there, what would be
+    /// deployed, gas); `--send` deploys and writes the deployment file. The canonical
+    /// EntryPoints are checked, never deployed.
+    Deploy(DeployArgs),
 }
 
 /// `settled verify-receipt`.
@@ -347,6 +353,7 @@ impl Cli {
     pub fn into_action(self) -> Action {
         match self.command {
             Command::Paymaster(command) => Action::Paymaster(command.into_config()),
+            Command::Deploy(args) => Action::Deploy(args.into_config()),
             Command::VerifyReceipt(args) => Action::VerifyReceipt {
                 anchor_rpc_url: args.anchor_rpc_url.unwrap_or_else(|| args.rpc_url.clone()),
                 rpc_url: args.rpc_url,
@@ -385,7 +392,7 @@ impl Cli {
                     log,
                 )
             }
-            Command::Paymaster(_) | Command::VerifyReceipt(_) => (
+            Command::Paymaster(_) | Command::VerifyReceipt(_) | Command::Deploy(_) => (
                 NodeConfig::default(),
                 ChainSource::Dev(DevConfig::default()),
                 LogConfig { json: false, filter: "info".into() },
@@ -401,6 +408,8 @@ pub enum Action {
     Node(Box<NodeConfig>, ChainSource, LogConfig),
     /// Run one paymaster command and exit.
     Paymaster(PaymasterCommandConfig),
+    /// Plan (and with `send`, run) a deployment and exit.
+    Deploy(DeployCommandConfig),
     /// Check a settlement receipt and exit.
     VerifyReceipt {
         /// The streams' chain's endpoint.

@@ -10,8 +10,9 @@ mod paymaster_command;
 mod settings;
 
 pub use cli::{
-    Action, BillingArgs, BundlerArgs, ChainArgs, Cli, CliError, Command, LogArgs, LogConfig,
-    MempoolArgs, MetricsArgs, PaymasterArgs, RpcArgs, SettlementArgs,
+    Action, BillingArgs, BundlerArgs, ChainArgs, Cli, CliError, Command, DeployArgs,
+    DeployCommandConfig, LogArgs, LogConfig, MempoolArgs, MetricsArgs, PaymasterArgs, RpcArgs,
+    SettlementArgs,
 };
 pub use paymaster_command::{PaymasterAction, PaymasterCommandConfig};
 pub use settings::{

@@ -7,7 +7,9 @@
 //!    transaction gas and execution gas per record, blob gas per record.
 //! 3. On Anvil: `StreamVault.withdrawBatch` of 100 streams after 10 minutes of accrual: gas per
 //!    stream (the transaction's gas / 100).
-//! 4. A node on Anvil operating 9,000 streams (one full blob's worth): the time of one settlement
+//! 4. The settlement overhead per dollar settled, from the gas measured in 2–3 and calldata-mode
+//!    commits of 100 and 1,000 records, at stated fee levels (see `overhead_table`).
+//! 5. A node on Anvil operating 9,000 streams (one full blob's worth): the time of one settlement
 //!    round (withdrawals, records, blob, commit), then `settlement_getReceipt` over HTTP for
 //!    every stream: the first call (reads the batch, builds its tree), p50 and p99 of the rest,
 //!    and receipts per second.
@@ -89,7 +91,9 @@ fn build(n: u64) -> TestResult<usize> {
     Ok(per_blob)
 }
 
-async fn commit_gas(per_blob: usize) -> TestResult {
+/// Gas of a commit of `n` records: in a blob (`commit`), or in calldata (`commitCalldata`);
+/// `(transaction gas, blob gas)`.
+async fn commit_gas_of(n: usize, calldata: bool) -> TestResult<(u64, u64)> {
     let chain = TestChain::spawn().await?;
     let operator = chain.signer(3)?;
     let provider = ProviderBuilder::new()
@@ -97,36 +101,75 @@ async fn commit_gas(per_blob: usize) -> TestResult {
         .connect_http(chain.anvil().endpoint().parse()?);
     let anchor = SettlementAnchor::new(chain.deployment().settlement_anchor, &provider);
     let context = context(1);
-    let records: Vec<_> = (1..=per_blob as u64).map(record).collect();
+    let records: Vec<_> = (1..=n as u64).map(record).collect();
     let tree = MerkleTree::new(records.iter().map(|r| r.leaf(&context)).collect());
-    let sidecar = sidecar(&encode_payload(&context, &records)?)?;
+    let payload = encode_payload(&context, &records)?;
     let total: u128 = records.iter().map(|r| r.amount).sum();
-    let receipt = anchor
-        .commit(
-            U256::from(1),
-            tree.root(),
-            records.len() as u32,
-            total,
-            U48::from(context.period_start),
-            U48::from(context.period_end),
-        )
-        .sidecar(sidecar)
-        .send()
-        .await?
-        .get_receipt()
-        .await?;
-    let gas = receipt.gas_used;
+    let (start, end) = (U48::from(context.period_start), U48::from(context.period_end));
+    let (id, count) = (U256::from(1), records.len() as u32);
+    let receipt = if calldata {
+        let call = anchor.commitCalldata(id, tree.root(), count, total, start, end, payload.into());
+        call.send().await?.get_receipt().await?
+    } else {
+        let call = anchor.commit(id, tree.root(), count, total, start, end);
+        call.sidecar(sidecar(&payload)?).send().await?.get_receipt().await?
+    };
+    Ok((receipt.gas_used, receipt.blob_gas_used.unwrap_or_default()))
+}
+
+/// The settlement overhead per dollar settled (the KPI: < 0.8%) from measured gas, at stated
+/// fee levels: Base at 0.005 gwei, L1 at 1 gwei, blobs at the 1-wei floor, ETH at $3,000, each
+/// stream paying $100 a month; per streams per batch and settlement interval, for both anchor
+/// modes. The L2 withdrawal's L1 data fee (about 0.04 gwei per calldata byte at these levels,
+/// ~32 bytes per stream) is under 2e-9 ETH per stream and left out.
+async fn overhead_table(withdraw_gas_per_stream: f64) -> TestResult {
+    const L2_GWEI: f64 = 0.005;
+    const L1_GWEI: f64 = 1.0;
+    const ETH_USD: f64 = 3_000.0;
+    const REVENUE_PER_SECOND: f64 = 100.0 / (30.0 * 86_400.0);
+    let (blob_gas, blob_blob_gas) = commit_gas_of(1_000, false).await?;
+    let (calldata_100, _) = commit_gas_of(100, true).await?;
+    let (calldata_1000, _) = commit_gas_of(1_000, true).await?;
+    let per_record = (calldata_1000 - calldata_100) as f64 / 900.0;
     println!(
-        "commit of a full blob ({} records): {gas} gas in the transaction = {:.1} gas per record; blob gas {} = {:.1} per record",
-        records.len(),
-        gas as f64 / records.len() as f64,
-        receipt.blob_gas_used.unwrap_or_default(),
-        receipt.blob_gas_used.unwrap_or_default() as f64 / records.len() as f64,
+        "commit gas: blob mode {blob_gas} (+{blob_blob_gas} blob gas at 1 wei), any count up to a \
+         full blob; calldata mode 100 records {calldata_100}, 1,000 records {calldata_1000} \
+         ({per_record:.0} gas per record)"
+    );
+    println!(
+        "overhead per $ settled (L2 0.005 gwei, L1 1 gwei, blob 1 wei, ETH $3,000, $100/month per stream)"
+    );
+    println!("| streams per batch | interval | blob mode | calldata mode |");
+    println!("| ---: | ---: | ---: | ---: |");
+    let usd = |gas: f64, gwei: f64| gas * gwei * 1e-9 * ETH_USD;
+    for streams in [10usize, 100, 1_000, 9_000] {
+        for interval in [600u64, 3_600, 86_400] {
+            let revenue = streams as f64 * REVENUE_PER_SECOND * interval as f64;
+            let withdrawals = usd(withdraw_gas_per_stream * streams as f64, L2_GWEI);
+            let blob = withdrawals + usd(blob_gas as f64, L1_GWEI);
+            let calldata_gas = calldata_100 as f64 + per_record * (streams as f64 - 100.0);
+            let calldata = withdrawals + usd(calldata_gas.max(21_000.0), L1_GWEI);
+            println!(
+                "| {streams} | {interval} s | {:.3}% | {:.3}% |",
+                100.0 * blob / revenue,
+                100.0 * calldata / revenue
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn commit_gas(per_blob: usize) -> TestResult {
+    let (gas, blob_gas) = commit_gas_of(per_blob, false).await?;
+    println!(
+        "commit of a full blob ({per_blob} records): {gas} gas in the transaction = {:.1} gas per record; blob gas {blob_gas} = {:.1} per record",
+        gas as f64 / per_blob as f64,
+        blob_gas as f64 / per_blob as f64,
     );
     Ok(())
 }
 
-async fn batch_withdraw_gas() -> TestResult {
+async fn batch_withdraw_gas() -> TestResult<f64> {
     let chain = TestChain::spawn().await?;
     let provider = chain.provider();
     let deployment = chain.deployment();
@@ -147,7 +190,7 @@ async fn batch_withdraw_gas() -> TestResult {
         receipt.gas_used,
         receipt.gas_used as f64 / 100.0
     );
-    Ok(())
+    Ok(receipt.gas_used as f64 / 100.0)
 }
 
 async fn receipts(streams: u64) -> TestResult {
@@ -241,7 +284,8 @@ async fn main() -> TestResult {
         per_blob = build(n)?;
     }
     commit_gas(per_blob).await?;
-    batch_withdraw_gas().await?;
+    let withdraw_gas_per_stream = batch_withdraw_gas().await?;
+    overhead_table(withdraw_gas_per_stream).await?;
     receipts(9_000).await?;
     Ok(())
 }
