@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything settled needs besides Rust: Anvil, forge and cast, solcjs and the Solidity
-# dependencies, all pinned in package.json / package-lock.json, and the wallet SDKs the tests
+# dependencies, the OP-stack fee predeploys the L2 tests put on Anvil
+# (@eth-optimism/contracts-bedrock), all pinned in package.json / package-lock.json, and the wallet SDKs the tests
 # drive the node with (tests/sdk/package-lock.json: viem, permissionless). Idempotent: a no-op
 # when the installed trees already match the lockfiles.
 set -euo pipefail
@@ -21,7 +22,7 @@ if ! command -v npm >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
 fi
 
-echo "install-toolchain: npm ci (anvil, forge, cast, solc, ERC-4337 and OpenZeppelin contracts)" >&2
+echo "install-toolchain: npm ci (anvil, forge, cast, solc, ERC-4337, OpenZeppelin and OP-stack contracts)" >&2
 npm ci --no-audit --no-fund --loglevel=error >&2
 echo "install-toolchain: npm ci in tests/sdk (viem, permissionless)" >&2
 (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error >&2)
