@@ -283,24 +283,39 @@ impl Simulator {
             estimate.pre_verification_gas.max(calldata_floor(&sized, metered));
 
         // 5. OP stack: the L1 data fee of the op's bundle of one, in gas at the op's price.
-        if self.chain.has_l1_data_fee() {
-            let priced = crate::l1_fee::with_incompressible_signature(&sized);
-            let required = self.required_pre_verification(
-                state,
-                block,
-                version,
-                &priced,
-                has_authorization,
-                overhead,
-            )?;
-            let fee = required.l1_fee_wei;
-            let extra = fee.saturating_mul(u128::from(margins.l1_fee_percent)).div_ceil(100);
-            let fee = fee.saturating_add(extra);
-            estimate.pre_verification_gas = estimate
-                .pre_verification_gas
-                .saturating_add(crate::l1_fee::l1_fee_gas(fee, required.gas_price));
-        }
+        let l1_gas =
+            self.l1_fee_gas_with_margin(state, block, version, &sized, has_authorization)?;
+        estimate.pre_verification_gas = estimate.pre_verification_gas.saturating_add(l1_gas);
         Ok(estimate)
+    }
+
+    /// Step 5 of [`Simulator::estimate_gas`]: on OP stack, the L1 data fee of `sized`'s bundle
+    /// of one (its signature priced as incompressible bytes) plus the margin, in gas at the
+    /// op's price; 0 elsewhere.
+    fn l1_fee_gas_with_margin(
+        &self,
+        state: &BlockState,
+        block: &BlockContext,
+        version: EntryPointVersion,
+        sized: &PackedUserOperation,
+        has_authorization: bool,
+    ) -> Result<u64, SimError> {
+        if !self.chain.has_l1_data_fee() {
+            return Ok(0);
+        }
+        let priced = crate::l1_fee::with_incompressible_signature(sized);
+        let overhead = self.margins.pre_verification_overhead_gas;
+        let required = self.required_pre_verification(
+            state,
+            block,
+            version,
+            &priced,
+            has_authorization,
+            overhead,
+        )?;
+        let fee = required.l1_fee_wei;
+        let extra = fee.saturating_mul(u128::from(self.margins.l1_fee_percent)).div_ceil(100);
+        Ok(crate::l1_fee::l1_fee_gas(fee.saturating_add(extra), required.gas_price))
     }
 
     /// Step 1 of [`Simulator::estimate_gas`]: one run with every limit high and no fees; what
