@@ -8,6 +8,12 @@ cd "$root"
 
 scripts/install-toolchain.sh
 
+# The customer page's browser test drives headless Chromium through chromedriver (Debian's).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "test.sh: installing chromium and chromium-driver (apt)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 echo "== forge test (contracts/)" >&2
 (cd contracts && ../node_modules/.bin/forge test)
 

@@ -15,6 +15,7 @@ use settled_contracts::{
     LocalAnvil, SponsorPaymaster, TransactionSender,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
+use settled_server::Pages;
 use settled_server::{CriticalTasks, HealthLimits, TaskFailure, node_module, serve, serve_metrics};
 use settled_settlement::{SettlementChain, Settler, register_billing, settlement_module};
 use settled_streams::{Opener, Operator, StreamIndex, api_keys, billing_module};
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    customer::customer_pages,
     dev::{self, DevKeys},
     error::NodeError,
     metrics::{self, names},
@@ -53,6 +55,8 @@ struct Components {
     paymaster: Option<Paymaster>,
     streams: Option<Arc<StreamIndex>>,
     settlement: Option<Arc<Settler>>,
+    /// The customer page (with the stream index).
+    pages: Option<Arc<dyn Pages>>,
 }
 
 /// The bundler's key: the configured one (environment or file), else the dev chain's.
@@ -132,6 +136,8 @@ struct Wiring {
     cursors: Vec<(&'static str, Option<BlockRef>)>,
     tasks: CriticalTasks,
     cancel: CancellationToken,
+    /// The node's URL for customer links, known once the server is bound.
+    public_url: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The chain as `launch` found or started it.
@@ -168,6 +174,7 @@ pub async fn launch(
         cursors: Vec::new(),
         tasks: CriticalTasks::new(cancel.clone()),
         cancel: cancel.clone(),
+        public_url: Arc::new(std::sync::OnceLock::new()),
     };
     let dev_keys = chain.dev_keys;
     let components = Components {
@@ -175,11 +182,14 @@ pub async fn launch(
         paymaster: start_paymaster(&mut wiring, &mut follower, dev_keys.paymaster).await?,
         streams: start_stream_index(&mut wiring, &mut follower).await?,
         settlement: None,
+        pages: None,
     };
     let (follower, module, components) =
         start_follower_and_billing(&wiring, follower, components, dev_keys.operator).await?;
-    let Wiring { config, deployment, storage, tasks, .. } = wiring;
-    let (rpc_addr, server) = serve(&config.rpc, module).await?;
+    let Wiring { config, deployment, storage, tasks, public_url, .. } = wiring;
+    let (rpc_addr, server) = serve(&config.rpc, module, components.pages.clone()).await?;
+    let origin = config.billing.public_url.clone().unwrap_or_else(|| format!("http://{rpc_addr}"));
+    let _ = public_url.set(origin);
     let metrics_addr = match config.metrics {
         Some(addr) => {
             let (bound, serving) = serve_metrics(addr, metrics_handle, cancel.clone()).await?;
@@ -401,10 +411,11 @@ async fn start_follower_and_billing(
     }
     if let Some(index) = components.streams.clone() {
         let heads = follower.head_watch();
-        let (billing, settler) =
+        let (billing, settler, customer) =
             start_billing(wiring, &components, index, operator_key, heads).await?;
         merge(&mut module, billing)?;
         components.settlement = settler;
+        components.pages = Some(customer);
     }
     Ok((follower, module, components))
 }
@@ -425,7 +436,7 @@ async fn start_billing(
     index: Arc<StreamIndex>,
     operator_key: Option<PrivateKeySigner>,
     heads: tokio::sync::watch::Receiver<Option<BlockRef>>,
-) -> Result<(RpcModule<()>, Option<Arc<Settler>>), NodeError> {
+) -> Result<(RpcModule<()>, Option<Arc<Settler>>, Arc<dyn Pages>), NodeError> {
     let (config, deployment) = (&wiring.config, &wiring.deployment);
     let billing = &config.billing;
     let keys = api_keys(&billing.api_keys, billing.api_keys_file.as_deref()).map_err(|reason| {
@@ -438,7 +449,10 @@ async fn start_billing(
     )?
     .or(operator_key);
     let Some(key) = key else {
-        return Ok((billing_module(index, keys, None, None).0, None));
+        let (mut streams, billing) = billing_module(index, keys, None, None);
+        let public_url = wiring.public_url.clone();
+        let pages = customer_pages(config, &mut streams, billing, None, public_url)?;
+        return Ok((streams, None, pages));
     };
     // One sender for everything signed with the operator key: one nonce sequence.
     let sender = TransactionSender::new(wiring.provider.clone(), key.clone());
@@ -471,10 +485,12 @@ async fn start_billing(
     }
     let (mut streams, billing) = billing_module(index, keys, Some(operator), opener);
     if let Some(settler) = &settler {
-        register_billing(&mut streams, billing, settler.clone());
+        register_billing(&mut streams, billing.clone(), settler.clone());
     }
+    let public_url = wiring.public_url.clone();
+    let pages = customer_pages(config, &mut streams, billing, settler.clone(), public_url)?;
     merge(&mut module, streams)?;
-    Ok((module, settler))
+    Ok((module, settler, pages))
 }
 
 /// `stream_open` prepares sponsored ops: it needs the bundler, the paymaster and an operator.

@@ -5,6 +5,7 @@
 //! and tests build a [`NodeConfig`] (see [`NodeConfig::test`]) and do the same.
 
 mod anchor;
+mod customer;
 mod deploy;
 mod dev;
 mod error;

@@ -61,6 +61,9 @@ pub struct BillingSettings {
     pub operator_key_file: Option<PathBuf>,
     /// When streams raise alerts.
     pub alerts: settled_streams::AlertThresholds,
+    /// The node's address as customers reach it, for the links of `billing_customerLink`
+    /// (`None`: `http://` and the JSON-RPC listen address).
+    pub public_url: Option<String>,
 }
 
 /// The paymaster's node-level settings (its engine settings are

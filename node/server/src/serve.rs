@@ -64,10 +64,12 @@ impl Default for RpcConfig {
     }
 }
 
-/// Starts serving `module` on `config.addr`; returns the bound address and the server handle.
+/// Starts serving `module` on `config.addr`, and `pages` under their prefix on the same port;
+/// returns the bound address and the server handle.
 pub async fn serve(
     config: &RpcConfig,
     module: RpcModule<()>,
+    pages: Option<std::sync::Arc<dyn crate::Pages>>,
 ) -> Result<(SocketAddr, ServerHandle), ServerError> {
     let bind = |source| ServerError::Bind { what: "JSON-RPC", addr: config.addr, source };
     let health =
@@ -89,6 +91,10 @@ pub async fn serve(
                     config.max_in_flight_body_bytes,
                     config.max_request_bytes,
                 ))
+                .layer(crate::pages::PagesLayer {
+                    pages,
+                    max_body: config.max_request_bytes as usize,
+                })
                 .layer(health)
                 .layer(BearerLayer),
         )

@@ -113,7 +113,8 @@ pub struct StreamView {
 }
 
 impl StreamView {
-    pub(crate) fn new(id: StreamId, s: &StreamState, at: u64) -> Self {
+    /// Stream `id` in state `s`, its balances at second `at`.
+    pub fn new(id: StreamId, s: &StreamState, at: u64) -> Self {
         let status = s.status();
         let depletion = s.depletion_time(at);
         Self {
@@ -231,6 +232,16 @@ impl Billing {
     /// Waits (up to 10 s) until the index has applied `block`.
     pub(crate) async fn wait_for_block(&self, block: u64) {
         self.index.wait_for_block(block, std::time::Duration::from_secs(10)).await;
+    }
+
+    /// The index the billing RPC reads.
+    pub fn index(&self) -> &Arc<StreamIndex> {
+        &self.index
+    }
+
+    /// The configured API keys.
+    pub fn keys(&self) -> impl Iterator<Item = &ApiKey> {
+        self.keys.values()
     }
 
     /// The second of the newest block the index applied (0 before any).

@@ -40,6 +40,15 @@ pub struct BillingArgs {
         default_value_t = 3_600
     )]
     pub low_balance_secs: u64,
+
+    /// The node's URL as customers reach it (a proxy's, e.g. `https://billing.example.com`), for
+    /// customer page links (default: `http://` and the JSON-RPC address).
+    #[arg(
+        long = "billing.public-url",
+        id = "billing.public-url",
+        env = "SETTLED_BILLING_PUBLIC_URL"
+    )]
+    pub public_url: Option<String>,
 }
 
 impl BillingArgs {
@@ -51,6 +60,7 @@ impl BillingArgs {
             operator_key: self.operator_key.map(SecretKey),
             operator_key_file: self.operator_key_file,
             alerts: settled_streams::AlertThresholds { low_balance_secs: self.low_balance_secs },
+            public_url: self.public_url,
         }
     }
 }
