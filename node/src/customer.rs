@@ -20,7 +20,8 @@ pub(crate) fn customer_pages(
     settler: Option<Arc<Settler>>,
     public_url: Arc<OnceLock<String>>,
 ) -> Result<Arc<dyn Pages>, NodeError> {
-    let (pages, links) = CustomerPages::open(&config.datadir, &billing, settler)
+    let low_balance_secs = config.billing.alerts.low_balance_secs;
+    let (pages, links) = CustomerPages::open(&config.datadir, &billing, settler, low_balance_secs)
         .map_err(|e| NodeError::Storage { path: config.datadir.clone(), reason: e.to_string() })?;
     register_customer_link(module, billing, links, public_url, config.rpc.admin);
     Ok(Arc::new(pages))

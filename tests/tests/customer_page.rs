@@ -117,6 +117,10 @@ async fn a_customer_sees_checks_and_verifies_its_own_bill() -> TestResult {
         .connect(&format!("http://127.0.0.1:{}", driver.1))
         .await?;
     let result = check_page(&browser, &node, &url, &streams, other).await;
+    let result = match result {
+        Ok(()) => resyncs_on_notices(&browser, &node, payer, streams[0]).await,
+        failed => failed,
+    };
     browser.close().await?;
     result
 }
@@ -171,10 +175,29 @@ async fn check_page(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(text.starts_with("Verified:"), "{text}");
-    // `SETTLED_SCREENSHOT=page.png` keeps a picture of the page as the phone saw it.
-    if let Ok(path) = std::env::var("SETTLED_SCREENSHOT") {
-        std::fs::write(path, browser.screenshot().await?)?;
-    }
+    // A picture of the page as the phone saw it, for a person to look at (not committed).
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("customer-page.png");
+    std::fs::write(&shot, browser.screenshot().await?)?;
+    eprintln!("screenshot: {}", shot.display());
+
+    // A tampered receipt fails: an altered record, then a self-consistent fake the chain lacks.
+    let tampered = browser
+        .execute_async(
+            &format!(
+                "const done = arguments[arguments.length - 1]; (async () => {{ \
+                 const r = await (await fetch(location.pathname + '/receipt?stream={id}&batch=1')).json(); \
+                 const bytes = r.encoded.split(''); bytes[300] = bytes[300] === 'f' ? 'e' : 'f'; r.encoded = bytes.join(''); \
+                 const altered = await verifyReceipt(r); \
+                 r.leaf = keccakHex(unhex(keccakHex(unhex(r.encoded)))); r.proof = []; r.root = r.leaf; \
+                 return [altered, await verifyReceipt(r)]; }})().then(done);",
+                id = streams[0]
+            ),
+            vec![],
+        )
+        .await?;
+    let (altered, fake) = (tampered[0].as_str().unwrap_or(""), tampered[1].as_str().unwrap_or(""));
+    assert!(altered.starts_with("Not verified: the record does not hash"), "{altered}");
+    assert!(fake.starts_with("Not verified: the anchor holds another root"), "{fake}");
 
     // A phone's width, named controls, the chart drawn, nothing from elsewhere.
     let layout = browser
@@ -183,6 +206,7 @@ async fn check_page(
              unnamed: [...document.querySelectorAll('button')].filter(b => !(b.getAttribute('aria-label') || b.textContent.trim())).length, \
              noAlt: [...document.querySelectorAll('img')].filter(i => !i.alt).length, \
              charts: [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length, \
+             low: [...document.querySelectorAll('.low')].filter(e => e.offsetParent !== null).length, \
              foreign: performance.getEntriesByType('resource').map(r => r.name).filter(n => !n.startsWith(location.origin)) }",
             vec![],
         )
@@ -195,8 +219,39 @@ async fn check_page(
         "{layout}"
     );
     assert_eq!(layout["charts"], json!(streams.len()), "{layout}");
+    assert_eq!(layout["low"], json!(0), "hours of balance left are not low: {layout}");
     assert_eq!(layout["foreign"], json!([]), "{layout}");
     Ok(())
+}
+
+/// A top-up reaches the open page over its WebSocket: the ticking balance follows the chain.
+async fn resyncs_on_notices(
+    browser: &fantoccini::Client,
+    node: &TestNode,
+    payer: Address,
+    id: u64,
+) -> TestResult {
+    let vault = settled_contracts::StreamVault::new(
+        node.chain().deployment().stream_vault,
+        node.chain().provider(),
+    );
+    let deposit = vault.deposit(U256::from(id), 5_000_000).from(payer);
+    deposit.send().await?.get_receipt().await?;
+    for _ in 0..100 {
+        let seen = browser.execute("return window.notices", vec![]).await?;
+        if seen.as_u64().unwrap_or(0) > 0 {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            let shown = browser
+                .execute(&format!("const b = document.getElementById('balance-{id}'); return [b.dataset.at, b.dataset.baseUnits]"), vec![])
+                .await?;
+            let at: u64 = shown[0].as_str().ok_or("no data-at")?.parse()?;
+            let view = billing(node, "stream_balanceAt", json!([id.to_string(), at])).await?;
+            assert_eq!(shown[1], view["refundable"], "after the top-up, at {at}");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("no notice reached the page".into())
 }
 
 /// Links: a forged or altered token is refused (403), an expired one says so (410); the page's
@@ -227,6 +282,9 @@ async fn links_are_signed_scoped_and_expire() -> TestResult {
             .map(String::as_str)
             .collect::<Vec<_>>()
     );
+    let own = http.get(format!("{url}/chart.svg?stream={}&range=week", streams[0])).send().await?;
+    let svg = own.text().await?;
+    assert!(svg.contains("<polyline") && svg.contains("points="), "the chart has its points");
     let chart = http.get(format!("{url}/chart.svg?stream={other}")).send().await?;
     assert_eq!(chart.status().as_u16(), 404, "another payer's chart");
     let forged = url.replacen("/customer/01", "/customer/02", 1);
@@ -248,6 +306,7 @@ async fn links_are_signed_scoped_and_expire() -> TestResult {
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let expired = http.get(short["url"].as_str().ok_or("no url")?).send().await?;
     assert_eq!(expired.status().as_u16(), 410);
-    assert!(expired.text().await?.contains("expired"));
+    let page = expired.text().await?;
+    assert!(page.contains("<h1>") && page.contains("expired"), "a page for a person: {page}");
     Ok(())
 }

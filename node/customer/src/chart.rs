@@ -234,6 +234,7 @@ mod tests {
         };
         let svg = render(&chart, 6, "stream 1")?;
         assert!(svg.starts_with("<svg") && svg.contains("top-up") && svg.contains("projection"));
+        assert!(svg.contains("<polyline") && svg.contains("<circle"), "the line and the marker");
         Ok(())
     }
 }

@@ -19,6 +19,8 @@ pub(crate) struct PageData {
     pub(crate) index: Arc<StreamIndex>,
     pub(crate) settler: Option<Arc<Settler>>,
     pub(crate) keys: Vec<ApiKey>,
+    /// A stream is low on balance when it runs out within this many seconds (the alerts').
+    pub(crate) low_balance_secs: u64,
 }
 
 /// One stream as the page gets it.
@@ -84,6 +86,7 @@ impl PageData {
             "payer": claims.payer,
             "expiresAt": claims.expires_at,
             "now": now,
+            "lowBalanceSecs": self.low_balance_secs,
             "streams": streams,
             "bill": self.bill(claims)?,
         }))

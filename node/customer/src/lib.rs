@@ -33,12 +33,14 @@ impl CustomerPages {
         datadir: &Path,
         billing: &Billing,
         settler: Option<Arc<Settler>>,
+        low_balance_secs: u64,
     ) -> Result<(Self, Arc<CustomerLinks>), LinkError> {
         let links = Arc::new(CustomerLinks::open(datadir)?);
         let data = data::PageData {
             index: billing.index().clone(),
             settler,
             keys: billing.keys().cloned().collect(),
+            low_balance_secs,
         };
         Ok((Self { links: links.clone(), data: Arc::new(data) }, links))
     }

@@ -52,9 +52,7 @@ async fn route(links: &CustomerLinks, data: &Arc<PageData>, request: PageRequest
     let (token, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let claims = match links.verify(token, unix_now()) {
         Ok(claims) if data.key(&claims).is_some() => claims,
-        Ok(_) | Err(LinkError::Invalid) => return PageResponse::error(403, "invalid link"),
-        Err(error @ LinkError::Expired(_)) => return PageResponse::error(410, error),
-        Err(error) => return PageResponse::error(500, error),
+        refused => return refusal(refused.err(), tail.is_empty()),
     };
     let query = |name: &str| query_value(&request.query, name);
     match (request.method.as_str(), tail) {
@@ -64,9 +62,47 @@ async fn route(links: &CustomerLinks, data: &Arc<PageData>, request: PageRequest
             Err(error) => PageResponse::error(500, error),
         },
         ("GET", "chart.svg") => chart(data, &claims, query("stream"), query("range")),
+        ("GET", "invoice.csv" | "invoice.json") => invoice(data, &claims, tail),
         ("GET", "receipt") => receipt(data, &claims, query("stream"), query("batch")),
         ("POST", "chain") => relay(data, &request.body).await,
         _ => PageResponse::error(404, "not found"),
+    }
+}
+
+/// A refused link: a short page for a person (the page's own URL), JSON for its requests.
+fn refusal(error: Option<LinkError>, page: bool) -> PageResponse {
+    let (status, message) = match &error {
+        Some(expired @ LinkError::Expired(_)) => (410, expired.to_string()),
+        Some(LinkError::Storage(_)) => (500, "this page cannot be shown right now".into()),
+        // A forged or altered token, or one whose billing key is gone.
+        _ => (403, "this link is not valid; ask the vendor for a new one".to_string()),
+    };
+    if !page {
+        return PageResponse::error(status, message);
+    }
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
+         content=\"width=device-width, initial-scale=1\"><title>Link not valid</title></head>\
+         <body style=\"font:16px system-ui,sans-serif;max-width:640px;margin:40px auto;padding:0 16px\">\
+         <h1>This page cannot be shown</h1><p>{message}.</p></body></html>"
+    );
+    PageResponse { status, content_type: "text/html; charset=utf-8", body: html.into_bytes() }
+}
+
+/// The payer's invoice over every settled period (`billing_invoice`'s JSON, or its CSV).
+fn invoice(data: &PageData, claims: &LinkClaims, file: &str) -> PageResponse {
+    let (Some(settler), Some(key)) = (&data.settler, data.key(claims)) else {
+        return PageResponse::error(404, "this node does not settle");
+    };
+    match settler.invoice(claims.payer, 0, u64::MAX, |payee| key.may_see(*payee)) {
+        Ok(invoice) if file == "invoice.csv" => {
+            PageResponse::ok("text/csv; charset=utf-8", invoice.csv)
+        }
+        Ok(invoice) => match serde_json::to_value(invoice) {
+            Ok(value) => PageResponse::json(&value),
+            Err(error) => PageResponse::error(500, error),
+        },
+        Err(error) => PageResponse::error(500, error),
     }
 }
 

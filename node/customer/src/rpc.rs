@@ -23,7 +23,7 @@ pub fn register_customer_link(
     public_url: Arc<std::sync::OnceLock<String>>,
     admin: bool,
 ) {
-    let issuing = links.clone();
+    let (issuing, billing_for_links) = (links.clone(), billing.clone());
     // The names are distinct constants: registration cannot collide.
     let _ = module.register_blocking_method("billing_customerLink", move |params, _, ext| {
         #[derive(serde::Deserialize)]
@@ -32,7 +32,7 @@ pub fn register_customer_link(
             payer: Address,
             expires_at: u64,
         }
-        let key = billing.key(&ext)?;
+        let key = billing_for_links.key(&ext)?;
         let (request,): (LinkRequest,) = params.parse().map_err(BillingError::from)?;
         let now = unix_now();
         if request.expires_at <= now || request.expires_at > now + MAX_LINK_SECS {
@@ -50,6 +50,7 @@ pub fn register_customer_link(
             json!({ "url": url, "token": token, "expiresAt": request.expires_at }),
         )
     });
+    register_notices(module, billing.clone(), links.clone());
     if admin {
         let _ = module.register_blocking_method("customer_rotateLinkKey", move |_, _, _| {
             links
@@ -58,6 +59,62 @@ pub fn register_customer_link(
             Ok::<_, ErrorObjectOwned>(json!("rotated"))
         });
     }
+}
+
+/// `customer_subscribe(token)` → `customer_notice`s: the stream notices (`StreamNotice`, as
+/// `stream_subscribe` sends them) of the link's payer and key, until the link expires — what the
+/// page resyncs its ticking balances on.
+fn register_notices(module: &mut RpcModule<()>, billing: Arc<Billing>, links: Arc<CustomerLinks>) {
+    // The names are distinct constants: registration cannot collide.
+    let _ = module.register_subscription(
+        "customer_subscribe",
+        "customer_notice",
+        "customer_unsubscribe",
+        move |params, pending, _, _| {
+            let (billing, links) = (billing.clone(), links.clone());
+            async move {
+                let token: String = match params.one() {
+                    Ok(token) => token,
+                    Err(e) => {
+                        pending.reject(e).await;
+                        return Ok(());
+                    }
+                };
+                let claims = links.verify(&token, unix_now()).ok();
+                let key = claims.and_then(|c| {
+                    billing.keys().find(|k| crate::key_tag(&k.name) == c.key_tag).cloned()
+                });
+                let (Some(claims), Some(key)) = (claims, key) else {
+                    pending
+                        .reject(BillingError::Unauthorized("invalid or expired link".into()))
+                        .await;
+                    return Ok(());
+                };
+                let mut notices = billing.index().subscribe();
+                let sink = pending.accept().await?;
+                while unix_now() <= claims.expires_at {
+                    let notice = tokio::select! {
+                        _ = sink.closed() => break,
+                        notice = notices.recv() => notice,
+                    };
+                    let notice = match notice {
+                        Ok(notice) => notice,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    };
+                    let stream = &notice.stream;
+                    if stream.payer != claims.payer || !key.may_see(stream.payee) {
+                        continue;
+                    }
+                    let message = serde_json::value::to_raw_value(&notice)?;
+                    if sink.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                jsonrpsee::core::SubscriptionResult::Ok(())
+            }
+        },
+    );
 }
 
 fn unix_now() -> u64 {
@@ -95,6 +152,9 @@ mod tests {
         let url = Arc::new(std::sync::OnceLock::new());
         register_customer_link(&mut module, billing, links, url, true);
         let mut served: Vec<&str> = module.method_names().collect();
+        // A subscription registers its unsubscribe method too; the document lists it with the
+        // subscription.
+        served.retain(|m| *m != "customer_unsubscribe");
         served.sort_unstable();
         assert_eq!(documented, served);
         let codes = &doc["components"]["errors"];
