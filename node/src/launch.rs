@@ -471,6 +471,7 @@ async fn start_billing(
             chain_id: deployment.chain_id,
             kind: config.chain.kind.unwrap_or_default(),
             anchor,
+            currencies: currencies(config, deployment),
         };
         let started = Settler::new(chain, index.clone(), wiring.storage.db(), config.settlement)
             .map_err(|e| wiring.storage_error(e))?;
@@ -491,6 +492,17 @@ async fn start_billing(
     let pages = customer_pages(config, &mut streams, billing, settler.clone(), public_url)?;
     merge(&mut module, streams)?;
     Ok((module, settler, pages))
+}
+
+/// Each token's currency: the configured ones, and the deployment's USDC as USD unless set.
+fn currencies(
+    config: &NodeConfig,
+    deployment: &Deployment,
+) -> std::collections::BTreeMap<alloy::primitives::Address, String> {
+    let mut currencies: std::collections::BTreeMap<_, _> =
+        config.billing.currencies.iter().cloned().collect();
+    currencies.entry(deployment.usdc).or_insert_with(|| "USD".to_string());
+    currencies
 }
 
 /// `stream_open` prepares sponsored ops: it needs the bundler, the paymaster and an operator.

@@ -64,6 +64,9 @@ pub struct BillingSettings {
     /// The node's address as customers reach it, for the links of `billing_customerLink`
     /// (`None`: `http://` and the JSON-RPC listen address).
     pub public_url: Option<String>,
+    /// Each token's ISO 4217 currency for invoices and purchase orders (the deployment's USDC
+    /// is USD unless set).
+    pub currencies: Vec<(alloy::primitives::Address, String)>,
 }
 
 /// The paymaster's node-level settings (its engine settings are

@@ -9,6 +9,8 @@
 
 mod blob;
 mod metrics;
+mod orders_rpc;
+mod procurement;
 mod record;
 mod rpc;
 mod scheduler;
@@ -18,6 +20,7 @@ mod verify;
 
 pub use blob::{BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, payload_of, sidecar, split_into_blobs};
 pub use metrics::describe_metrics;
+pub use procurement::{LineConsumption, PoError, PoLine, PurchaseOrder, consumption};
 pub use record::{
     BatchContext, PAYLOAD_HEADER_LEN, RECORD_LEN, SettlementRecord, decode_payload, encode_payload,
     leaf_of,
@@ -27,8 +30,8 @@ pub use rpc::{register_billing, settlement_module};
 pub use scheduler::SettlementChain;
 pub use scheduler::{
     AnchorChain, AnchorMode, BatchCosts, BatchStage, Invoice, InvoiceLine, InvoiceTotal,
-    SchedulerError, SettlementReceipt, SettlementRound, SettlementSettings, Settler, StoredBatch,
-    overhead_ppm,
+    OrderError, SchedulerError, SettlementReceipt, SettlementRound, SettlementSettings, Settler,
+    StoredBatch, overhead_ppm,
 };
 pub use tree::{MerkleTree, verify_proof};
 pub use usage::{UsageError, fold_usage};

@@ -98,9 +98,12 @@ pub fn register_billing(
         invoice(&invoice_billing, &invoice_settler, params, &extensions)
             .map_err(ErrorObjectOwned::from)
     });
+    let (usage_billing, usage_settler) = (billing.clone(), settler.clone());
     let _ = module.register_blocking_method("stream_recordUsage", move |params, _, extensions| {
-        record_usage(&billing, &settler, params, &extensions).map_err(ErrorObjectOwned::from)
+        record_usage(&usage_billing, &usage_settler, params, &extensions)
+            .map_err(ErrorObjectOwned::from)
     });
+    crate::orders_rpc::register_orders(module, billing, settler);
 }
 
 fn billing_internal(e: impl std::fmt::Display) -> BillingError {
@@ -208,6 +211,7 @@ mod tests {
             chain_id: 1,
             kind: settled_contracts::ChainKind::Ethereum,
             anchor,
+            currencies: Default::default(),
         };
         let settler = crate::Settler::new(chain, index, &db, Default::default())?;
         let module = super::settlement_module(std::sync::Arc::new(settler), true);

@@ -466,6 +466,8 @@ mod tests {
                 "stream_topUp",
                 "billing_invoice",
                 "stream_recordUsage",
+                "billing_setPurchaseOrder",
+                "billing_getPurchaseOrder",
             ]
             .map(String::from),
         );

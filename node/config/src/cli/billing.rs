@@ -49,6 +49,27 @@ pub struct BillingArgs {
         env = "SETTLED_BILLING_PUBLIC_URL"
     )]
     pub public_url: Option<String>,
+
+    /// A token's ISO 4217 currency, `0xTOKEN=USD` (repeatable; the deployment's USDC is USD
+    /// unless set).
+    #[arg(
+        long = "billing.token-currency",
+        id = "billing.token-currency",
+        env = "SETTLED_BILLING_TOKEN_CURRENCY",
+        value_delimiter = ',',
+        value_parser = parse_token_currency
+    )]
+    pub token_currency: Vec<(alloy::primitives::Address, String)>,
+}
+
+fn parse_token_currency(s: &str) -> Result<(alloy::primitives::Address, String), String> {
+    let (token, code) = s.split_once('=').ok_or("expected 0xTOKEN=CODE")?;
+    let token = token.trim().parse().map_err(|e| format!("token {token:?}: {e}"))?;
+    let code = code.trim();
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!("{code:?} is not an ISO 4217 code"));
+    }
+    Ok((token, code.to_string()))
 }
 
 impl BillingArgs {
@@ -61,6 +82,7 @@ impl BillingArgs {
             operator_key_file: self.operator_key_file,
             alerts: settled_streams::AlertThresholds { low_balance_secs: self.low_balance_secs },
             public_url: self.public_url,
+            currencies: self.token_currency,
         }
     }
 }

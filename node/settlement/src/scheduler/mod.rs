@@ -44,11 +44,13 @@ use settled_streams::{StreamIndex, StreamSelector, StreamState};
 mod anchor;
 mod commit;
 mod invoice;
+mod orders;
 mod receipt;
 mod round;
 
 pub use anchor::{AnchorChain, AnchorMode, BatchCosts, overhead_ppm};
 pub use invoice::{Invoice, InvoiceLine, InvoiceTotal};
+pub use orders::OrderError;
 pub use receipt::SettlementReceipt;
 
 /// Re-pricings of one transaction within a round before the round gives up (and the next
@@ -241,6 +243,8 @@ pub struct SettlementChain {
     pub kind: settled_contracts::ChainKind,
     /// Where batches are committed (the same chain and sender, or an anchor chain).
     pub anchor: AnchorChain,
+    /// Each token's ISO 4217 currency (USDC → USD), for invoices and purchase orders.
+    pub currencies: std::collections::BTreeMap<Address, String>,
 }
 
 /// The scheduler.
@@ -253,7 +257,9 @@ pub struct Settler {
     anchor: AnchorChain,
     chain_id: u64,
     kind: settled_contracts::ChainKind,
+    currencies: std::collections::BTreeMap<Address, String>,
     batches: sled::Tree,
+    orders: sled::Tree,
     meta: sled::Tree,
     usage: UsageLog,
     settings: SettlementSettings,
@@ -286,7 +292,7 @@ impl Settler {
         db: &sled::Db,
         settings: SettlementSettings,
     ) -> Result<Self, SchedulerError> {
-        let SettlementChain { sender, vault, chain_id, kind, anchor } = chain;
+        let SettlementChain { sender, vault, chain_id, kind, anchor, currencies } = chain;
         let meta = db.open_tree("settlement.meta").map_err(storage)?;
         let settled_through = match meta.get(CURSOR).map_err(storage)? {
             Some(v) => serde_json::from_slice::<PeriodCursor>(&v).map_err(storage)?.period_end,
@@ -301,7 +307,9 @@ impl Settler {
             anchor,
             chain_id,
             kind,
+            currencies,
             batches: db.open_tree("settlement.batches").map_err(storage)?,
+            orders: db.open_tree("procurement.orders").map_err(storage)?,
             meta,
             usage: UsageLog::open(db, settled_through).map_err(storage)?,
             max_blob_fee_wei: std::sync::Mutex::new(settings.max_blob_fee_wei),
