@@ -27,6 +27,35 @@ pub async fn call_url(url: &str, method: &str, params: Value) -> TestResult<RpcA
     Ok(Ok(response["result"].clone()))
 }
 
+/// Calls `method` at `url` with the billing API key `token` (`Authorization: Bearer`).
+pub async fn call_with_key(
+    url: &str,
+    token: &str,
+    method: &str,
+    params: Value,
+) -> TestResult<RpcAnswer> {
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    let client = alloy::transports::http::reqwest::Client::new();
+    let response: Value =
+        client.post(url).bearer_auth(token).json(&body).send().await?.json().await?;
+    if let Some(error) = response.get("error") {
+        let code = error["code"].as_i64().unwrap_or_default();
+        let message = error["message"].as_str().unwrap_or_default().to_string();
+        return Ok(Err((code, message)));
+    }
+    Ok(Ok(response["result"].clone()))
+}
+
+/// A billing API key named `vendor` for bearer `token`, seeing every payee.
+pub fn vendor_key(token: &str) -> settled_streams::ApiKey {
+    settled_streams::ApiKey {
+        name: "vendor".into(),
+        keccak256: alloy::primitives::keccak256(token.as_bytes()),
+        payees: vec![],
+        all: true,
+    }
+}
+
 /// `op` with the gas limits the node estimates for it (`eth_estimateUserOperationGas`), the
 /// paymaster's too when it has one.
 pub async fn with_estimated_limits(

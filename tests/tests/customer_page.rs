@@ -7,12 +7,15 @@
 use std::{process::Child, time::Duration};
 
 use alloy::{
-    primitives::{Address, U256, keccak256},
+    primitives::{Address, U256},
     providers::{Provider, ext::AnvilApi},
 };
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::{Value, json};
-use settled_tests::{OPERATOR_ACCOUNT, TestNode, TestResult};
+use settled_tests::{
+    OPERATOR_ACCOUNT, TestNode, TestResult,
+    rpc::{call_with_key, vendor_key},
+};
 
 const TOKEN: &str = "vendor-token";
 
@@ -47,30 +50,14 @@ async fn driver() -> TestResult<Driver> {
 }
 
 async fn billing(node: &TestNode, method: &str, params: Value) -> TestResult<Value> {
-    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    let client = alloy::transports::http::reqwest::Client::new();
-    let answer: Value = client
-        .post(node.node()?.rpc_url())
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    answer.get("result").cloned().ok_or_else(|| format!("{method}: {answer}").into())
+    let answer = call_with_key(&node.node()?.rpc_url(), TOKEN, method, params).await?;
+    answer.map_err(|e| format!("{method}: {e:?}").into())
 }
 
 /// A node operating two payers' streams (two of payer A, one of payer B), one period settled.
 async fn node_with_two_payers() -> TestResult<(TestNode, Address, Vec<u64>, u64)> {
-    let node = TestNode::spawn_operator(|config| {
-        config.billing.api_keys = vec![settled_streams::ApiKey {
-            name: "vendor".into(),
-            keccak256: keccak256(TOKEN.as_bytes()),
-            payees: vec![],
-            all: true,
-        }];
-    })
-    .await?;
+    let node = TestNode::spawn_operator(|config| config.billing.api_keys = vec![vendor_key(TOKEN)])
+        .await?;
     let chain = node.chain();
     let (a, b, payee) = (chain.account(3)?, chain.account(6)?, chain.account(4)?);
     let operator = chain.account(OPERATOR_ACCOUNT)?;

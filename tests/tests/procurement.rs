@@ -6,48 +6,25 @@
 use std::time::Duration;
 
 use alloy::{
-    primitives::{U256, keccak256},
+    primitives::U256,
     providers::{Provider, ext::AnvilApi},
 };
 use serde_json::{Value, json};
-use settled_tests::{OPERATOR_ACCOUNT, TestNode, TestResult};
+use settled_tests::{
+    OPERATOR_ACCOUNT, TestNode, TestResult,
+    rpc::{RpcAnswer, call_with_key, vendor_key},
+};
 
 const TOKEN: &str = "vendor-token";
 
-async fn call(
-    node: &TestNode,
-    method: &str,
-    params: Value,
-) -> TestResult<Result<Value, (i64, String)>> {
-    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    let client = alloy::transports::http::reqwest::Client::new();
-    let answer: Value = client
-        .post(node.node()?.rpc_url())
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(match answer.get("error") {
-        Some(e) => {
-            Err((e["code"].as_i64().unwrap_or(0), e["message"].as_str().unwrap_or("").into()))
-        }
-        None => Ok(answer["result"].clone()),
-    })
+async fn call(node: &TestNode, method: &str, params: Value) -> TestResult<RpcAnswer> {
+    call_with_key(&node.node()?.rpc_url(), TOKEN, method, params).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchase_orders_are_checked_and_consumed_line_by_line() -> TestResult {
-    let node = TestNode::spawn_operator(|config| {
-        config.billing.api_keys = vec![settled_streams::ApiKey {
-            name: "vendor".into(),
-            keccak256: keccak256(TOKEN.as_bytes()),
-            payees: vec![],
-            all: true,
-        }];
-    })
-    .await?;
+    let node = TestNode::spawn_operator(|config| config.billing.api_keys = vec![vendor_key(TOKEN)])
+        .await?;
     let chain = node.chain();
     let (payer, compute, storage) = (chain.account(3)?, chain.account(4)?, chain.account(6)?);
     let operator = chain.account(OPERATOR_ACCOUNT)?;
