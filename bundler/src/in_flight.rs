@@ -83,7 +83,7 @@ mod tests {
             assert_eq!(sent.all(), vec![(7, SentOps { ops: other })]);
             sent.record(7, &ops).await?;
         }
-        let db = sled::open(dir.path())?;
+        let db = settled_contracts::reopen_sled(dir.path())?;
         let sent = SentBundles::open(&db)?;
         assert_eq!(sent.all(), vec![(7, SentOps { ops })]);
         Ok(())

@@ -421,7 +421,7 @@ mod tests {
             store.update(V07, account, Reputation::unseen)?;
             db.flush()?;
         }
-        let db = sled::open(dir.path())?;
+        let db = settled_contracts::reopen_sled(dir.path())?;
         let store =
             ReputationStore::open(&db, ReputationLists::default(), MempoolParams::default())?;
         assert_eq!(store.read(|r| r.status(V07, paymaster)), ReputationStatus::Banned);

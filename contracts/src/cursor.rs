@@ -110,6 +110,27 @@ fn decode(bytes: &[u8]) -> Option<BlockRef> {
     Some(BlockRef { number, hash })
 }
 
+/// Opens the sled database at `path`, waiting up to 2 s for a handle dropped just before to
+/// release its file lock (sled releases it from a background thread after the drop, so an
+/// immediate reopen in the same process can fail with `WouldBlock`). For restarts within one
+/// process (tests); a lock held by another process is still an error after the wait.
+pub fn reopen_sled(path: &std::path::Path) -> sled::Result<sled::Db> {
+    let mut opened = sled::open(path);
+    for _ in 0..100 {
+        match &opened {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    || e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                opened = sled::open(path);
+            }
+            _ => break,
+        }
+    }
+    opened
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +154,7 @@ mod tests {
             assert_eq!(other.get()?, None, "one cursor per consumer");
             db.flush()?;
         }
-        let db = sled::open(dir.path())?;
+        let db = reopen_sled(dir.path())?;
         assert_eq!(ChainCursor::open(&db, "bundler")?.get()?, Some(block(5)));
         Ok(())
     }

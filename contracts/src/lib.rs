@@ -42,7 +42,7 @@ pub use chain_kind::{
     ARBITRUM_NODE_INTERFACE, ARBITRUM_SYS, ChainKind, GasPriceOracle, OP_GAS_PRICE_ORACLE,
     OP_L1_BLOCK,
 };
-pub use cursor::{ChainCursor, CursorError, follows};
+pub use cursor::{ChainCursor, CursorError, follows, reopen_sled};
 pub use deploy::{
     DeployError, PaymasterFunding, deploy_all, deploy_entry_points, expected_deployment,
     fund_paymaster,

@@ -129,16 +129,7 @@ fn reorg_reopens_and_restart_rebuilds() -> Result<(), Box<dyn std::error::Error>
         ledger.flush()?;
         (status, ledger.sender_usage(&policy, a.sender, 1_000_000)?)
     };
-    // sled releases its file lock from a background thread after the drop: wait for it.
-    let mut reopened = sled::open(dir.path());
-    for _ in 0..100 {
-        if reopened.is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        reopened = sled::open(dir.path());
-    }
-    let db = reopened?;
+    let db = settled_contracts::reopen_sled(dir.path())?;
     let ledger = Ledger::open(db.open_tree("ledger")?)?;
     assert_eq!(ledger.status()?, before.0);
     assert_eq!(ledger.sender_usage(&policy, Address::repeat_byte(1), 1_000_000)?, before.1);
