@@ -27,6 +27,28 @@ pub async fn call_url(url: &str, method: &str, params: Value) -> TestResult<RpcA
     Ok(Ok(response["result"].clone()))
 }
 
+/// Mines a block on `miner` every 100 ms (up to 30 s) until the node at `url` reports batch
+/// `batch` committed; its last `settlement_getBatch` stage either way.
+pub async fn mine_until_committed(
+    url: &str,
+    miner: &alloy::providers::DynProvider,
+    batch: u64,
+) -> TestResult<Value> {
+    use alloy::providers::ext::AnvilApi;
+    let mut stage = Value::Null;
+    for _ in 0..300 {
+        miner.anvil_mine(Some(1), None).await?;
+        if let Ok(answer) = call_url(url, "settlement_getBatch", json!([batch])).await? {
+            stage = answer["stage"].clone();
+            if stage["stage"] == json!("committed") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(stage)
+}
+
 /// Calls `method` at `url` with the billing API key `token` (`Authorization: Bearer`).
 pub async fn call_with_key(
     url: &str,

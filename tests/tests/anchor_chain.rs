@@ -14,7 +14,7 @@ use settled_settlement::{AnchorMode, BatchStage, verify_receipt};
 use settled_tests::{
     OPERATOR_ACCOUNT, OPERATOR_KEY, SettledProcess, TestChain, TestNode, TestResult,
     op_stack::{L1FeeParams, install_op_predeploys},
-    rpc::call_url,
+    rpc::{call_url, mine_until_committed},
 };
 
 const GWEI: u128 = 1_000_000_000;
@@ -171,18 +171,7 @@ async fn a_kill_between_send_and_inclusion_on_the_l1(mode: &str) -> TestResult {
     l1_provider.anvil_mine(Some(1), None).await?;
 
     let second = SettledProcess::start_with(&l2, datadir.path(), &args, &env).await?;
-    let mut stage = json!(null);
-    for _ in 0..300 {
-        l1_provider.anvil_mine(Some(1), None).await?;
-        let batch = call_url(second.rpc_url(), "settlement_getBatch", json!([1])).await?;
-        if let Ok(batch) = batch {
-            stage = batch["stage"].clone();
-            if stage["stage"] == json!("committed") {
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let stage = mine_until_committed(second.rpc_url(), l1_provider, 1).await?;
     let log = std::fs::read_to_string(datadir.path().join("settled.log")).unwrap_or_default();
     assert_eq!(stage["stage"], json!("committed"), "{stage}\n{log}");
     for _ in 0..20 {
@@ -206,10 +195,11 @@ async fn a_kill_between_send_and_inclusion_on_the_l1(mode: &str) -> TestResult {
     };
     let on_l1 = committed(&l1).await?;
     let mut unique = on_l1.clone();
+    unique.sort_unstable();
     unique.dedup();
     println!("{mode}: batches committed on the L1 {on_l1:?}");
     assert!(!on_l1.is_empty() && on_l1.contains(&1), "{on_l1:?}");
-    assert_eq!(unique, on_l1, "a batch committed twice");
+    assert_eq!(unique.len(), on_l1.len(), "a batch committed twice: {on_l1:?}");
     assert!(committed(&l2).await?.is_empty(), "nothing committed on the L2");
     Ok(())
 }

@@ -487,20 +487,7 @@ async fn a_kill_9_between_send_and_inclusion_commits_once() -> TestResult {
     provider.anvil_mine(Some(1), None).await?;
 
     let second = SettledProcess::start_with(&chain, datadir.path(), &args, &env).await?;
-    let mut stage = json!(null);
-    for _ in 0..300 {
-        provider.anvil_mine(Some(1), None).await?;
-        let batch =
-            settled_tests::rpc::call_url(second.rpc_url(), "settlement_getBatch", json!([1]))
-                .await?;
-        if let Ok(batch) = batch {
-            stage = batch["stage"].clone();
-            if stage["stage"] == json!("committed") {
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let stage = settled_tests::rpc::mine_until_committed(second.rpc_url(), provider, 1).await?;
     let log = std::fs::read_to_string(datadir.path().join("settled.log")).unwrap_or_default();
     assert_eq!(stage["stage"], json!("committed"), "{stage}\n{log}");
     // Let a few more rounds run, then count the commits of every batch id.

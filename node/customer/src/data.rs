@@ -34,8 +34,6 @@ pub(crate) struct PageStream {
     snapshot_debt_scaled: String,
     snapshot_time: u64,
     max_total: String,
-    /// Unix second the stream was opened (its first history entry).
-    opened_at: Option<u64>,
 }
 
 impl PageData {
@@ -75,11 +73,6 @@ impl PageData {
                 snapshot_debt_scaled: state.snapshot_debt_scaled.to_string(),
                 snapshot_time: state.snapshot_time,
                 max_total: state.max_total.to_string(),
-                opened_at: self
-                    .index
-                    .changes_between(id, 0, now)
-                    .ok()
-                    .and_then(|c| c.first().map(|(t, _)| *t)),
             })
             .collect();
         Ok(json!({

@@ -4,7 +4,7 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use alloy::{
-    primitives::{Address, Bytes, U256},
+    primitives::{Address, Bytes},
     providers::Provider,
     rpc::types::TransactionRequest,
     sol_types::SolCall,
@@ -191,7 +191,6 @@ async fn relay(data: &PageData, body: &[u8]) -> PageResponse {
         Ok(output) => PageResponse::json(&json!({
             "result": output,
             "chainId": anchor.chain_id,
-            "value": U256::ZERO,
         })),
         Err(error) => PageResponse::error(502, error),
     }
