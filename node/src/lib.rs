@@ -9,6 +9,7 @@ mod customer;
 mod deploy;
 mod dev;
 mod error;
+mod invoice;
 mod launch;
 mod metrics;
 mod paymaster;
@@ -16,15 +17,16 @@ mod storage;
 
 pub use deploy::{DeployOutput, run_deploy_command};
 pub use error::NodeError;
+pub use invoice::run_invoice_command;
 pub use launch::{NodeHandle, connect, launch};
 pub use paymaster::{PaymasterCommandOutput, run_paymaster_command};
 pub use settled_config::{
     Action, AnchorSettings, BillingArgs, BillingSettings, BundlerArgs, BundlerSettings, ChainArgs,
     ChainConfig, ChainSource, Cli, CliError, Command, DEFAULT_DEV_ANVIL_PORT,
     DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DeployArgs,
-    DeployCommandConfig, DevConfig, LogArgs, LogConfig, MempoolArgs, MetricsArgs, NodeConfig,
-    PaymasterAction, PaymasterArgs, PaymasterCommandConfig, PaymasterSettings, RpcArgs, SecretKey,
-    SettlementArgs,
+    DeployCommandConfig, DevConfig, InvoiceArgs, InvoiceCommandConfig, LogArgs, LogConfig,
+    MempoolArgs, MetricsArgs, NodeConfig, PaymasterAction, PaymasterArgs, PaymasterCommandConfig,
+    PaymasterSettings, RpcArgs, SecretKey, SettlementArgs,
 };
 pub use settled_contracts::SentTransaction;
 pub use settled_server::TaskFailure;

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Action::Node(config, source, log) => (*config, source, log),
         Action::Paymaster(command) => return paymaster_command(command),
         Action::Deploy(command) => return deploy_command(command),
+        Action::Invoice(command) => return invoice_command(&command),
         Action::VerifyReceipt { rpc_url, anchor_rpc_url, receipt } => {
             return verify_receipt_command(&rpc_url, &anchor_rpc_url, receipt.as_deref());
         }
@@ -126,6 +127,38 @@ fn deploy_command(command: settled_node::DeployCommandConfig) -> ExitCode {
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `settled invoice`: the document on standard output or in `--out`; exit 1 when the node
+/// refuses (its message and code on standard error).
+fn invoice_command(command: &settled_node::InvoiceCommandConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let document = match runtime.block_on(settled_node::run_invoice_command(command)) {
+        Ok(document) => document,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match &command.out {
+        Some(path) => match std::fs::write(path, document) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {}: {err}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            print_out(document.trim_end());
+            ExitCode::SUCCESS
         }
     }
 }

@@ -35,6 +35,7 @@ mod billing;
 mod bundler;
 mod chain;
 mod deploy;
+mod invoice;
 mod log;
 mod mempool;
 mod metrics;
@@ -46,6 +47,7 @@ pub use billing::BillingArgs;
 pub use bundler::BundlerArgs;
 pub use chain::ChainArgs;
 pub use deploy::{DeployArgs, DeployCommandConfig};
+pub use invoice::{InvoiceArgs, InvoiceCommandConfig};
 pub use log::LogArgs;
 pub use mempool::MempoolArgs;
 pub use metrics::MetricsArgs;
@@ -83,6 +85,9 @@ pub enum Command {
     /// deployed, gas); `--send` deploys and writes the deployment file. The canonical
     /// EntryPoints are checked, never deployed.
     Deploy(DeployArgs),
+    /// A payer's invoice for a period from a running node (`billing_invoice`): a UBL 2.1 /
+    /// Peppol BIS Billing 3.0 or cXML document rolled up per purchase-order line, or CSV/JSON.
+    Invoice(InvoiceArgs),
 }
 
 /// `settled verify-receipt`.
@@ -354,6 +359,7 @@ impl Cli {
         match self.command {
             Command::Paymaster(command) => Action::Paymaster(command.into_config()),
             Command::Deploy(args) => Action::Deploy(args.into_config()),
+            Command::Invoice(args) => Action::Invoice(args.into_config()),
             Command::VerifyReceipt(args) => Action::VerifyReceipt {
                 anchor_rpc_url: args.anchor_rpc_url.unwrap_or_else(|| args.rpc_url.clone()),
                 rpc_url: args.rpc_url,
@@ -392,7 +398,10 @@ impl Cli {
                     log,
                 )
             }
-            Command::Paymaster(_) | Command::VerifyReceipt(_) | Command::Deploy(_) => (
+            Command::Paymaster(_)
+            | Command::VerifyReceipt(_)
+            | Command::Deploy(_)
+            | Command::Invoice(_) => (
                 NodeConfig::default(),
                 ChainSource::Dev(DevConfig::default()),
                 LogConfig { json: false, filter: "info".into() },
@@ -410,6 +419,8 @@ pub enum Action {
     Paymaster(PaymasterCommandConfig),
     /// Plan (and with `send`, run) a deployment and exit.
     Deploy(DeployCommandConfig),
+    /// Fetch an invoice document and exit.
+    Invoice(InvoiceCommandConfig),
     /// Check a settlement receipt and exit.
     VerifyReceipt {
         /// The streams' chain's endpoint.

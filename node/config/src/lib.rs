@@ -11,8 +11,8 @@ mod settings;
 
 pub use cli::{
     Action, BillingArgs, BundlerArgs, ChainArgs, Cli, CliError, Command, DeployArgs,
-    DeployCommandConfig, LogArgs, LogConfig, MempoolArgs, MetricsArgs, PaymasterArgs, RpcArgs,
-    SettlementArgs,
+    DeployCommandConfig, InvoiceArgs, InvoiceCommandConfig, LogArgs, LogConfig, MempoolArgs,
+    MetricsArgs, PaymasterArgs, RpcArgs, SettlementArgs,
 };
 pub use paymaster_command::{PaymasterAction, PaymasterCommandConfig};
 pub use settings::{

@@ -64,9 +64,11 @@ pub struct BillingSettings {
     /// The node's address as customers reach it, for the links of `billing_customerLink`
     /// (`None`: `http://` and the JSON-RPC listen address).
     pub public_url: Option<String>,
-    /// Each token's ISO 4217 currency for invoices and purchase orders (the deployment's USDC
-    /// is USD unless set).
-    pub currencies: Vec<(alloy::primitives::Address, String)>,
+    /// Each token's ISO 4217 currency and decimals for invoices and purchase orders (the
+    /// deployment's USDC is USD with 6 unless set).
+    pub currencies: Vec<(alloy::primitives::Address, settled_settlement::TokenCurrency)>,
+    /// The seller invoice documents (UBL, cXML) name; none: they are not served.
+    pub seller: Option<settled_settlement::Party>,
 }
 
 /// The paymaster's node-level settings (its engine settings are

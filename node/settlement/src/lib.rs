@@ -8,6 +8,9 @@
 //! commit; crash-safe) and answers receipts, served by the `settlement_*` RPC.
 
 mod blob;
+mod documents;
+#[cfg(test)]
+mod fixtures;
 mod metrics;
 mod orders_rpc;
 mod procurement;
@@ -19,6 +22,10 @@ mod usage;
 mod verify;
 
 pub use blob::{BLOB_GAS_PER_BLOB, BLOB_PAYLOAD_CAPACITY, payload_of, sidecar, split_into_blobs};
+pub use documents::{
+    DocumentError, DocumentFormat, Party, PeriodInvoice, PeriodLine, RollUp, TokenCurrency, money,
+    render_cxml, render_ubl, unit_seconds,
+};
 pub use metrics::describe_metrics;
 pub use procurement::{LineConsumption, PoError, PoLine, PurchaseOrder, consumption};
 pub use record::{
@@ -29,9 +36,9 @@ pub use rpc::codes as settlement_codes;
 pub use rpc::{register_billing, settlement_module};
 pub use scheduler::SettlementChain;
 pub use scheduler::{
-    AnchorChain, AnchorMode, BatchCosts, BatchStage, Invoice, InvoiceLine, InvoiceTotal,
-    OrderError, SchedulerError, SettlementReceipt, SettlementRound, SettlementSettings, Settler,
-    StoredBatch, overhead_ppm,
+    AnchorChain, AnchorMode, BatchCosts, BatchStage, Invoice, InvoiceDocument, InvoiceLine,
+    InvoiceTotal, OrderAlert, OrderError, SchedulerError, SettlementReceipt, SettlementRound,
+    SettlementSettings, Settler, StoredBatch, overhead_ppm,
 };
 pub use tree::{MerkleTree, verify_proof};
 pub use usage::{UsageError, fold_usage};

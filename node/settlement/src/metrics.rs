@@ -19,6 +19,8 @@ pub(crate) const LAG: &str = "settled_settlement_lag_seconds";
 /// Counter: what settling cost (gwei, rounded down; exact wei per batch in
 /// `settlement_getBatch`), by kind: withdrawal_gas, withdrawal_l1_fee, anchor_gas, anchor_blob.
 pub(crate) const COST_GWEI: &str = "settled_settlement_cost_gwei_total";
+/// Counter: purchase-order line alerts raised, by state (80%, 100%, over).
+pub(crate) const PO_ALERTS: &str = "settled_settlement_purchase_order_alerts_total";
 /// Counter: rounds that failed or waited, by cause.
 pub(crate) const FAILURES: &str = "settled_settlement_failures_total";
 
@@ -36,6 +38,10 @@ pub fn describe_metrics() {
     describe_counter!(
         COST_GWEI,
         "What settlement cost in gwei, by kind (withdrawal_gas, withdrawal_l1_fee on the streams' chain; anchor_gas, anchor_blob on the anchor chain)"
+    );
+    describe_counter!(
+        PO_ALERTS,
+        "Purchase-order line alerts raised, by state (80%, 100%, over of the line's cap)"
     );
     describe_gauge!(LAG, "Seconds between the last settled period's end and the last round");
     describe_counter!(

@@ -26,9 +26,53 @@ pub(crate) fn register_orders(
     let _ = module.register_blocking_method("billing_setPurchaseOrder", move |params, _, ext| {
         set_order(&set_billing, &set_settler, params, &ext).map_err(ErrorObjectOwned::from)
     });
+    let (get_billing, get_settler) = (billing.clone(), settler.clone());
     let _ = module.register_blocking_method("billing_getPurchaseOrder", move |params, _, ext| {
-        get_order(&billing, &settler, params, &ext).map_err(ErrorObjectOwned::from)
+        get_order(&get_billing, &get_settler, params, &ext).map_err(ErrorObjectOwned::from)
     });
+    register_alerts(module, billing, settler);
+}
+
+/// `billing_subscribePurchaseOrderAlerts` (WebSocket): `billing_purchaseOrderAlert`
+/// notifications — a PO line of a payee the key may see crossing into 80%, 100% or over.
+fn register_alerts(module: &mut RpcModule<()>, billing: Arc<Billing>, settler: Arc<Settler>) {
+    let _ = module.register_subscription(
+        "billing_subscribePurchaseOrderAlerts",
+        "billing_purchaseOrderAlert",
+        "billing_unsubscribePurchaseOrderAlerts",
+        move |_, pending, _, extensions| {
+            let (billing, settler) = (billing.clone(), settler.clone());
+            async move {
+                let key = match billing.key(&extensions) {
+                    Ok(key) => key.clone(),
+                    Err(e) => {
+                        pending.reject(e).await;
+                        return Ok(());
+                    }
+                };
+                let mut alerts = settler.subscribe_order_alerts();
+                let sink = pending.accept().await?;
+                loop {
+                    let alert = tokio::select! {
+                        _ = sink.closed() => break,
+                        alert = alerts.recv() => alert,
+                    };
+                    let alert = match alert {
+                        Ok(alert) => alert,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    };
+                    if !alert.payees.iter().any(|p| key.may_see(*p)) {
+                        continue;
+                    }
+                    if sink.send(serde_json::value::to_raw_value(&alert)?).await.is_err() {
+                        break;
+                    }
+                }
+                jsonrpsee::core::SubscriptionResult::Ok(())
+            }
+        },
+    );
 }
 
 /// The tokens of `payer`'s streams `key` may see; an unknown payer (none) is refused.

@@ -63,6 +63,9 @@ pub struct PurchaseOrder {
     /// Tax rate in percent (decimal, at most 2 decimals), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tax_percent: Option<String>,
+    /// The buyer as invoice documents name it (UBL and cXML need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buyer: Option<crate::Party>,
 }
 
 /// Why a purchase order is refused.
@@ -124,6 +127,9 @@ impl PurchaseOrder {
                 return Err(invalid("taxPercent is at most 100"));
             }
         }
+        if let Some(buyer) = &self.buyer {
+            buyer.check("buyer").map_err(PoError::Invalid)?;
+        }
         if self.lines.is_empty() {
             return Err(invalid("a PO needs at least one line"));
         }
@@ -141,6 +147,12 @@ impl PurchaseOrder {
         let id = &line.line_id;
         if id.trim().is_empty() || line.unit_code.trim().is_empty() || line.description.is_empty() {
             return Err(invalid("each line needs lineId, description and unitCode"));
+        }
+        if crate::unit_seconds(&line.unit_code).is_none() {
+            return Err(invalid(format!(
+                "line {id}: unitCode {:?} is not a time unit (SEC, MIN, HUR, DAY)",
+                line.unit_code
+            )));
         }
         match (&line.payee, &line.stream_ids) {
             (Some(_), None) => {}
@@ -280,6 +292,7 @@ mod tests {
             buyer_reference: "AP-42".into(),
             tax_category: Some("S".into()),
             tax_percent: Some("19".into()),
+            buyer: None,
         }
     }
 

@@ -110,7 +110,8 @@ fn billing_internal(e: impl std::fmt::Display) -> BillingError {
     BillingError::Internal(e.to_string())
 }
 
-/// `billing_invoice`: the payer's lines for the key's payees.
+/// `billing_invoice`: the payer's lines for the key's payees, as JSON (default), CSV, or a UBL
+/// (Peppol BIS 3) or cXML document rolled up per purchase-order line.
 fn invoice(
     billing: &settled_streams::Billing,
     settler: &Settler,
@@ -123,16 +124,36 @@ fn invoice(
         payer: alloy::primitives::Address,
         from: u64,
         to: u64,
+        #[serde(default)]
+        format: crate::DocumentFormat,
     }
     let key = billing.key(extensions)?;
     let (request,): (InvoiceRequest,) = params.parse()?;
     if request.to < request.from {
         return Err(BillingError::InvalidParams("`to` is before `from`".into()));
     }
-    let invoice = settler
-        .invoice(request.payer, request.from, request.to, |payee| key.may_see(*payee))
-        .map_err(billing_internal)?;
-    serde_json::to_value(invoice).map_err(billing_internal)
+    let (payer, from, to) = (request.payer, request.from, request.to);
+    let visible = |payee: &alloy::primitives::Address| key.may_see(*payee);
+    match request.format {
+        crate::DocumentFormat::Json | crate::DocumentFormat::Csv => {
+            let invoice = settler.invoice(payer, from, to, visible).map_err(billing_internal)?;
+            if request.format == crate::DocumentFormat::Json {
+                return serde_json::to_value(invoice).map_err(billing_internal);
+            }
+            Ok(json!({ "format": "csv", "contentType": "text/csv", "document": invoice.csv }))
+        }
+        format => {
+            let document =
+                settler.invoice_document(format, payer, from, to, visible).map_err(|e| {
+                    if e.is_internal() {
+                        billing_internal(e)
+                    } else {
+                        BillingError::InvalidParams(e.to_string())
+                    }
+                })?;
+            serde_json::to_value(document).map_err(billing_internal)
+        }
+    }
 }
 
 /// `stream_recordUsage`: a usage digest for one of the key's streams, at a second not yet
@@ -185,39 +206,36 @@ mod tests {
             .collect();
         documented.sort_unstable();
         // A scheduler over a provider that is never called (registration needs no chain).
-        use alloy::{primitives::Address, providers::Provider as _};
         let dir = tempfile::tempdir()?;
         let db = sled::open(dir.path())?;
+        let settler = std::sync::Arc::new(crate::fixtures::settler(&db)?);
         let index = std::sync::Arc::new(settled_streams::StreamIndex::open(
             &db,
-            Address::ZERO,
+            alloy::primitives::Address::ZERO,
             8,
             Default::default(),
         )?);
-        let provider = alloy::providers::ProviderBuilder::new()
-            .connect_http("http://127.0.0.1:1".parse()?)
-            .erased();
-        let key = alloy::signers::local::PrivateKeySigner::random();
-        let sender = std::sync::Arc::new(settled_contracts::TransactionSender::new(provider, key));
-        let anchor = crate::AnchorChain {
-            sender: sender.clone(),
-            anchor: Address::ZERO,
-            chain_id: 1,
-            mode: crate::AnchorMode::Blob,
-        };
-        let chain = crate::SettlementChain {
-            sender,
-            vault: Address::ZERO,
-            chain_id: 1,
-            kind: settled_contracts::ChainKind::Ethereum,
-            anchor,
-            currencies: Default::default(),
-        };
-        let settler = crate::Settler::new(chain, index, &db, Default::default())?;
-        let module = super::settlement_module(std::sync::Arc::new(settler), true);
+        let module = super::settlement_module(settler.clone(), true);
         let mut served: Vec<&str> = module.method_names().collect();
         served.sort_unstable();
         assert_eq!(documented, served);
+        // The billing methods settlement serves are in the billing API's document.
+        let billing_doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../streams/openrpc/stream.json"))?;
+        let billing_documented: Vec<&str> = billing_doc["methods"]
+            .as_array()
+            .ok_or("no methods")?
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        let (_, billing) = settled_streams::billing_module(index, Vec::new(), None, None);
+        let mut billing_module = jsonrpsee::RpcModule::new(());
+        super::register_billing(&mut billing_module, billing, settler);
+        let names: Vec<&str> = billing_module.method_names().collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        for name in names.into_iter().filter(|n| !n.starts_with("billing_unsubscribe")) {
+            assert!(billing_documented.contains(&name), "{name} is not in stream.json");
+        }
         assert_eq!(
             doc["components"]["errors"]["InvalidParams"]["code"].as_i64(),
             Some(i64::from(super::codes::INVALID_PARAMS))

@@ -468,6 +468,7 @@ mod tests {
                 "stream_recordUsage",
                 "billing_setPurchaseOrder",
                 "billing_getPurchaseOrder",
+                "billing_subscribePurchaseOrderAlerts",
             ]
             .map(String::from),
         );

@@ -43,13 +43,17 @@ use settled_streams::{StreamIndex, StreamSelector, StreamState};
 
 mod anchor;
 mod commit;
+mod documents;
 mod invoice;
+mod order_alerts;
 mod orders;
 mod receipt;
 mod round;
 
 pub use anchor::{AnchorChain, AnchorMode, BatchCosts, overhead_ppm};
+pub use documents::InvoiceDocument;
 pub use invoice::{Invoice, InvoiceLine, InvoiceTotal};
+pub use order_alerts::OrderAlert;
 pub use orders::OrderError;
 pub use receipt::SettlementReceipt;
 
@@ -243,8 +247,10 @@ pub struct SettlementChain {
     pub kind: settled_contracts::ChainKind,
     /// Where batches are committed (the same chain and sender, or an anchor chain).
     pub anchor: AnchorChain,
-    /// Each token's ISO 4217 currency (USDC → USD), for invoices and purchase orders.
-    pub currencies: std::collections::BTreeMap<Address, String>,
+    /// Each token's ISO 4217 currency and decimals (USDC → USD, 6), for invoices and POs.
+    pub currencies: std::collections::BTreeMap<Address, crate::TokenCurrency>,
+    /// The seller invoice documents name (`--billing.seller-*`; none: no UBL or cXML).
+    pub seller: Option<crate::Party>,
 }
 
 /// The scheduler.
@@ -257,9 +263,14 @@ pub struct Settler {
     anchor: AnchorChain,
     chain_id: u64,
     kind: settled_contracts::ChainKind,
-    currencies: std::collections::BTreeMap<Address, String>,
+    currencies: std::collections::BTreeMap<Address, crate::TokenCurrency>,
+    seller: Option<crate::Party>,
     batches: sled::Tree,
     orders: sled::Tree,
+    /// Each PO line's last alerted state.
+    order_alert_state: sled::Tree,
+    /// PO alerts to `billing_subscribePurchaseOrderAlerts`.
+    order_alerts: tokio::sync::broadcast::Sender<OrderAlert>,
     meta: sled::Tree,
     usage: UsageLog,
     settings: SettlementSettings,
@@ -292,7 +303,7 @@ impl Settler {
         db: &sled::Db,
         settings: SettlementSettings,
     ) -> Result<Self, SchedulerError> {
-        let SettlementChain { sender, vault, chain_id, kind, anchor, currencies } = chain;
+        let SettlementChain { sender, vault, chain_id, kind, anchor, currencies, seller } = chain;
         let meta = db.open_tree("settlement.meta").map_err(storage)?;
         let settled_through = match meta.get(CURSOR).map_err(storage)? {
             Some(v) => serde_json::from_slice::<PeriodCursor>(&v).map_err(storage)?.period_end,
@@ -308,8 +319,11 @@ impl Settler {
             chain_id,
             kind,
             currencies,
+            seller,
             batches: db.open_tree("settlement.batches").map_err(storage)?,
             orders: db.open_tree("procurement.orders").map_err(storage)?,
+            order_alert_state: db.open_tree("procurement.alerts").map_err(storage)?,
+            order_alerts: tokio::sync::broadcast::channel(256).0,
             meta,
             usage: UsageLog::open(db, settled_through).map_err(storage)?,
             max_blob_fee_wei: std::sync::Mutex::new(settings.max_blob_fee_wei),
@@ -435,6 +449,9 @@ impl Settler {
                 };
                 ::metrics::counter!(crate::metrics::FAILURES, "cause" => cause).increment(1);
             }
+        }
+        if let Err(error) = self.check_order_alerts() {
+            warn!(%error, "purchase order alerts not checked; retried after the next round");
         }
         if let (Ok(cursor), Ok(Some(head))) = (self.cursor(), self.index.cursor()) {
             ::metrics::gauge!(crate::metrics::LAG)

@@ -33,7 +33,7 @@ pub enum OrderError {
 impl Settler {
     /// The currency code of `token` (`None`: not configured).
     pub fn currency_of(&self, token: Address) -> Option<&str> {
-        self.currencies.get(&token).map(String::as_str)
+        self.currencies.get(&token).map(|c| c.code.as_str())
     }
 
     /// Stores `po` (replacing the payer's PO of the same number) after its own checks, its
