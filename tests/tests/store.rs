@@ -1,0 +1,178 @@
+//! The shared store's seams (issue #21, first part): the lease contract on both backends (sled,
+//! the one-node default, and PostgreSQL, shared by several nodes), fenced writes, and leadership
+//! that steps down by itself — a stalled leader's deadline passes, the other node takes over
+//! with a higher epoch and the stalled one's writes are refused; PostgreSQL killed: the leader
+//! fails closed, and leads again once it is back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use settled_store::{Lease, LeaseError, LeaseKeeper, LeaseStore, PgStore, SledLeases};
+use settled_tests::{TestResult, postgres::TestPostgres};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const TTL: Duration = Duration::from_millis(600);
+
+fn lost(result: Result<impl std::fmt::Debug, LeaseError>) -> bool {
+    matches!(result, Err(LeaseError::Lost { .. }))
+}
+
+/// What every backend must do; `a` and `b` are two nodes' handles on one store.
+async fn lease_contract<S: LeaseStore>(a: &S, b: &S, name: &str) -> TestResult {
+    let first = a.acquire(name, "node-a", TTL).await?.ok_or("a free lease is taken")?;
+    assert!(b.acquire(name, "node-b", TTL).await?.is_none(), "a live lease is not taken");
+    let first = a.renew(&first, TTL).await?;
+    b.check(&first).await?;
+    assert!(
+        a.acquire(name, "node-a", TTL).await?.is_some_and(|l| l.epoch == first.epoch + 1),
+        "re-acquiring is a new epoch"
+    );
+    assert!(lost(a.check(&first).await), "the previous epoch is fenced off");
+    let held = a.acquire(name, "node-a", TTL).await?.ok_or("own lease")?;
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    assert!(lost(a.check(&held).await), "an expired lease fences nothing");
+    let second = b.acquire(name, "node-b", TTL).await?.ok_or("an expired lease is taken over")?;
+    assert_eq!(second.epoch, held.epoch + 1);
+    assert!(lost(a.renew(&held, TTL).await), "the old holder cannot renew");
+    b.release(&second).await?;
+    assert!(lost(b.check(&second).await), "released");
+    let third = a.acquire(name, "node-a", TTL).await?.ok_or("a released lease is free")?;
+    assert_eq!(third.epoch, second.epoch + 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sled_keeps_the_lease_contract() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    let leases = SledLeases::open(&db)?;
+    lease_contract(&leases, &leases, "settlement:0xop").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_lease_contract_and_fences_writes() -> TestResult {
+    let postgres = TestPostgres::start()?;
+    let (a, b) = (
+        PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?,
+        PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?,
+    );
+    lease_contract(&a, &b, "settlement:0xop").await?;
+
+    // Eight nodes race for a free lease: exactly one wins.
+    let racers = (0..8).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.acquire("bundler:0xkey", &format!("node-{i}"), TTL).await })
+    });
+    let mut winners = 0;
+    for racer in racers {
+        winners += usize::from(racer.await??.is_some());
+    }
+    assert_eq!(winners, 1, "one holder per lease");
+
+    // A write fenced by the current epoch commits; by a stale one it never does.
+    sqlx::query("CREATE TABLE probe (writer TEXT)").execute(a.pool()).await?;
+    let old = a.acquire("chain-follower:1", "node-a", TTL).await?.ok_or("free")?;
+    let mut write = a.fenced(&old).await?;
+    sqlx::query("INSERT INTO probe VALUES ('a, epoch 1')").execute(&mut *write).await?;
+    write.commit().await?;
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    let new = b.acquire("chain-follower:1", "node-b", TTL).await?.ok_or("expired")?;
+    assert!(lost(a.fenced(&old).await.map(|_| ())), "the stale leader's write is refused");
+    let mut write = b.fenced(&new).await?;
+    sqlx::query("INSERT INTO probe VALUES ('b, epoch 2')").execute(&mut *write).await?;
+    write.commit().await?;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT writer FROM probe").fetch_all(a.pool()).await?;
+    assert_eq!(rows, vec![("a, epoch 1".into(),), ("b, epoch 2".into(),)]);
+    Ok(())
+}
+
+/// A store whose renewals hang while `stalled` (a SIGSTOPped process, a partition).
+struct Stalling {
+    inner: PgStore,
+    stalled: AtomicBool,
+}
+
+impl LeaseStore for Stalling {
+    async fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, LeaseError> {
+        self.inner.acquire(name, holder, ttl).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
+        while self.stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.inner.renew(lease, ttl).await
+    }
+    async fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.inner.check(lease).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.inner.release(lease).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leader_steps_down_and_is_fenced_off() -> TestResult {
+    let mut postgres = TestPostgres::start()?;
+    let url = postgres.url();
+    let a = Arc::new(Stalling {
+        inner: PgStore::connect(&url, Duration::from_secs(2)).await?,
+        stalled: AtomicBool::new(false),
+    });
+    let b = Arc::new(PgStore::connect(&url, Duration::from_secs(2)).await?);
+    let cancel = CancellationToken::new();
+    let keeper_a = LeaseKeeper::new(a.clone(), "settlement:0xop", "node-a", TTL);
+    let keeper_b = LeaseKeeper::new(b.clone(), "settlement:0xop", "node-b", TTL);
+    let leader = keeper_a.lead(&cancel).await.ok_or("a leads")?;
+    let first = leader.lease().ok_or("lease")?;
+    // Kept across several lifetimes of the lease by renewals.
+    tokio::time::sleep(TTL * 3).await;
+    assert!(!leader.lost.is_cancelled(), "renewed");
+
+    a.stalled.store(true, Ordering::SeqCst);
+    let stalled_at = Instant::now();
+    let follower = tokio::spawn(async move {
+        let cancel = CancellationToken::new();
+        keeper_b.lead(&cancel).await.map(|l| (l.lease(), l.acquired()))
+    });
+    tokio::time::timeout(TTL * 2, leader.lost.cancelled()).await?;
+    let stepped_down = stalled_at.elapsed();
+    let (lease_b, acquired) = follower.await?.ok_or("b leads")?;
+    let lease_b = lease_b.ok_or("lease")?;
+    let takeover = acquired.duration_since(stalled_at);
+    println!(
+        "stalled leader stepped down after {stepped_down:?}; takeover after {takeover:?} (TTL {TTL:?}); epochs {} -> {}",
+        first.epoch, lease_b.epoch
+    );
+    assert!(lease_b.epoch > first.epoch);
+    a.stalled.store(false, Ordering::SeqCst);
+    let resumed = leader.lease().ok_or("lease")?;
+    assert!(lost(a.inner.fenced(&resumed).await.map(|_| ())), "its next write is refused");
+
+    // PostgreSQL dies: the leader cannot renew and steps down before its deadline ends.
+    let keeper_b = LeaseKeeper::new(b.clone(), "settlement:0xop", "node-b", TTL);
+    b.release(&lease_b).await?;
+    let leader_b = keeper_b.lead(&cancel).await.ok_or("b leads again")?;
+    postgres.kill()?;
+    let died = Instant::now();
+    tokio::time::timeout(TTL * 2, leader_b.lost.cancelled()).await?;
+    println!("store killed: leader stepped down after {:?}", died.elapsed());
+    assert!(
+        matches!(b.check(&leader_b.lease().ok_or("lease")?).await, Err(LeaseError::Store(_))),
+        "fails closed"
+    );
+    postgres.run()?;
+    let again = tokio::time::timeout(Duration::from_secs(10), keeper_b.lead(&cancel))
+        .await?
+        .ok_or("leads")?;
+    assert!(again.lease().is_some_and(|l| l.epoch > lease_b.epoch), "the epoch survived the crash");
+    cancel.cancel();
+    Ok(())
+}
