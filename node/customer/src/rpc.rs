@@ -90,28 +90,19 @@ fn register_notices(module: &mut RpcModule<()>, billing: Arc<Billing>, links: Ar
                         .await;
                     return Ok(());
                 };
-                let mut notices = billing.index().subscribe();
+                let notices = billing.index().subscribe();
                 let sink = pending.accept().await?;
-                while unix_now() <= claims.expires_at {
-                    let notice = tokio::select! {
-                        _ = sink.closed() => break,
-                        notice = notices.recv() => notice,
-                    };
-                    let notice = match notice {
-                        Ok(notice) => notice,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    };
+                settled_streams::forward(sink, notices, |notice: &settled_streams::StreamNotice| {
                     let stream = &notice.stream;
-                    if stream.payer != claims.payer || !key.may_see(stream.payee) {
-                        continue;
+                    if unix_now() > claims.expires_at {
+                        settled_streams::Relay::Stop
+                    } else if stream.payer != claims.payer || !key.may_see(stream.payee) {
+                        settled_streams::Relay::Skip
+                    } else {
+                        settled_streams::Relay::Send
                     }
-                    let message = serde_json::value::to_raw_value(&notice)?;
-                    if sink.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                jsonrpsee::core::SubscriptionResult::Ok(())
+                })
+                .await
             }
         },
     );

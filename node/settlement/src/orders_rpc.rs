@@ -50,26 +50,16 @@ fn register_alerts(module: &mut RpcModule<()>, billing: Arc<Billing>, settler: A
                         return Ok(());
                     }
                 };
-                let mut alerts = settler.subscribe_order_alerts();
+                let alerts = settler.subscribe_order_alerts();
                 let sink = pending.accept().await?;
-                loop {
-                    let alert = tokio::select! {
-                        _ = sink.closed() => break,
-                        alert = alerts.recv() => alert,
-                    };
-                    let alert = match alert {
-                        Ok(alert) => alert,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    };
-                    if !alert.payees.iter().any(|p| key.may_see(*p)) {
-                        continue;
+                settled_streams::forward(sink, alerts, |alert: &crate::OrderAlert| {
+                    if alert.payees.iter().any(|p| key.may_see(*p)) {
+                        settled_streams::Relay::Send
+                    } else {
+                        settled_streams::Relay::Skip
                     }
-                    if sink.send(serde_json::value::to_raw_value(&alert)?).await.is_err() {
-                        break;
-                    }
-                }
-                jsonrpsee::core::SubscriptionResult::Ok(())
+                })
+                .await
             }
         },
     );

@@ -10,6 +10,7 @@
 mod accrual;
 mod alerts;
 mod error;
+mod forward;
 mod index;
 mod open;
 mod operator;
@@ -20,6 +21,7 @@ pub use accrual::{NEVER_DEPLETES, StreamError, StreamState};
 pub use alerts::describe_metrics;
 pub use alerts::{AlertThresholds, NoticeKind, StreamNotice};
 pub use error::BillingError;
+pub use forward::{Relay, forward};
 pub use index::{IndexCursor, IndexError, StreamId, StreamIndex, StreamSelector};
 pub use open::Opener;
 pub use open::{OpenOutcome, PreparedOpen};

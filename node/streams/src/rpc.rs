@@ -379,29 +379,14 @@ fn register_subscription(module: &mut RpcModule<()>, billing: Arc<Billing>) {
                     }
                 };
                 let only = filter.and_then(|f| f.stream_id);
-                let mut notices = billing.index.subscribe();
+                let notices = billing.index.subscribe();
                 let sink = pending.accept().await?;
-                loop {
-                    let notice = tokio::select! {
-                        _ = sink.closed() => break,
-                        notice = notices.recv() => notice,
-                    };
-                    let notice = match notice {
-                        Ok(notice) => notice,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    };
-                    if !key.may_see(notice.stream.payee)
-                        || only.as_ref().is_some_and(|id| *id != notice.stream.id)
-                    {
-                        continue;
-                    }
-                    let message = serde_json::value::to_raw_value(&notice)?;
-                    if sink.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                jsonrpsee::core::SubscriptionResult::Ok(())
+                crate::forward(sink, notices, |notice: &crate::StreamNotice| {
+                    let theirs = key.may_see(notice.stream.payee)
+                        && only.as_ref().is_none_or(|id| *id == notice.stream.id);
+                    if theirs { crate::Relay::Send } else { crate::Relay::Skip }
+                })
+                .await
             }
         },
     );
