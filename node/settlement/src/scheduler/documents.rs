@@ -22,11 +22,6 @@ pub struct InvoiceDocument {
 }
 
 impl Settler {
-    /// The seller documents name.
-    pub fn seller(&self) -> Option<&crate::Party> {
-        self.seller.as_ref()
-    }
-
     /// `payer`'s period `(from, to]` rolled up per line of the PO it falls in, over the records
     /// `visible` keeps.
     pub fn period_invoice(
@@ -37,13 +32,7 @@ impl Settler {
         visible: impl Fn(&Address) -> bool,
     ) -> Result<PeriodInvoice, DocumentError> {
         let stored = |e: SchedulerError| DocumentError::Storage(e.to_string());
-        let mut batches = Vec::new();
-        for entry in self.batches.iter() {
-            let (_, value) = entry.map_err(storage).map_err(stored)?;
-            batches.push(
-                serde_json::from_slice::<StoredBatch>(&value).map_err(storage).map_err(stored)?,
-            );
-        }
+        let batches = self.stored_batches().map_err(stored)?;
         let orders = self.purchase_orders(payer).map_err(stored)?;
         RollUp { payer, from, to, batches: &batches, orders: &orders, currencies: &self.currencies }
             .build(visible)

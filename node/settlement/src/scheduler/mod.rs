@@ -271,6 +271,8 @@ pub struct Settler {
     order_alert_state: sled::Tree,
     /// PO alerts to `billing_subscribePurchaseOrderAlerts`.
     order_alerts: tokio::sync::broadcast::Sender<OrderAlert>,
+    /// PO alerts must be checked after the next round even if it commits nothing.
+    order_alerts_due: std::sync::atomic::AtomicBool,
     meta: sled::Tree,
     usage: UsageLog,
     settings: SettlementSettings,
@@ -324,6 +326,7 @@ impl Settler {
             orders: db.open_tree("procurement.orders").map_err(storage)?,
             order_alert_state: db.open_tree("procurement.alerts").map_err(storage)?,
             order_alerts: tokio::sync::broadcast::channel(256).0,
+            order_alerts_due: std::sync::atomic::AtomicBool::new(true),
             meta,
             usage: UsageLog::open(db, settled_through).map_err(storage)?,
             max_blob_fee_wei: std::sync::Mutex::new(settings.max_blob_fee_wei),
@@ -450,7 +453,14 @@ impl Settler {
                 ::metrics::counter!(crate::metrics::FAILURES, "cause" => cause).increment(1);
             }
         }
-        if let Err(error) = self.check_order_alerts() {
+        // PO alerts change only when a batch commits or a PO is stored (and once after a start:
+        // a crash may have come between a commit and its check).
+        let committed = matches!(&result, Ok(round) if !round.committed.is_empty());
+        let due = self.order_alerts_due.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if (committed || due)
+            && let Err(error) = self.check_order_alerts()
+        {
+            self.order_alerts_due.store(true, std::sync::atomic::Ordering::SeqCst);
             warn!(%error, "purchase order alerts not checked; retried after the next round");
         }
         if let (Ok(cursor), Ok(Some(head))) = (self.cursor(), self.index.cursor()) {

@@ -55,11 +55,7 @@ impl Settler {
     /// Raises the alerts of every PO line that crossed into a higher state since it was last
     /// looked at; returns them.
     pub fn check_order_alerts(&self) -> Result<Vec<OrderAlert>, SchedulerError> {
-        let mut batches = Vec::new();
-        for entry in self.batches.iter() {
-            let (_, value) = entry.map_err(storage)?;
-            batches.push(serde_json::from_slice::<StoredBatch>(&value).map_err(storage)?);
-        }
+        let batches = self.stored_batches()?;
         let mut raised = Vec::new();
         for entry in self.orders.iter() {
             let (_, value) = entry.map_err(storage)?;

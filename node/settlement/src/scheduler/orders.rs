@@ -67,6 +67,7 @@ impl Settler {
         let value = serde_json::to_vec(po).map_err(storage)?;
         self.orders.insert(order_key(po.payer, &po.po_number), value).map_err(storage)?;
         self.orders.flush().map_err(storage)?;
+        self.order_alerts_due.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -96,11 +97,17 @@ impl Settler {
 
     /// Each line's consumption of `po` over every stored batch.
     pub fn consumption(&self, po: &PurchaseOrder) -> Result<Vec<LineConsumption>, SchedulerError> {
-        let mut batches = Vec::new();
-        for entry in self.batches.iter() {
-            let (_, value) = entry.map_err(storage)?;
-            batches.push(serde_json::from_slice::<StoredBatch>(&value).map_err(storage)?);
-        }
-        Ok(consumption(po, &batches))
+        Ok(consumption(po, &self.stored_batches()?))
+    }
+
+    /// Every stored batch, in id order (purchase orders and documents read them all).
+    pub(crate) fn stored_batches(&self) -> Result<Vec<StoredBatch>, SchedulerError> {
+        self.batches
+            .iter()
+            .map(|entry| {
+                let (_, value) = entry.map_err(storage)?;
+                serde_json::from_slice::<StoredBatch>(&value).map_err(storage)
+            })
+            .collect()
     }
 }
