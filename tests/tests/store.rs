@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use alloy::primitives::{Address, B256, Bytes};
 use serde_json::json;
 use settled_store::{
-    Lease, LeaseError, LeaseKeeper, LeaseStore, Notice, NoticeFeed, PgStore, SledLeases,
+    CallRecord, CallRef, Fence, Intent, Lease, LeaseError, LeaseKeeper, LeaseStore, Notice,
+    NoticeFeed, PgStore, SendStore, SendStoreError, SledLeases, SledSends, liveness_lease,
 };
 use settled_tests::{TestResult, postgres::TestPostgres};
 use tokio::time::Instant;
@@ -257,5 +259,119 @@ async fn notices_fan_out_in_order_across_a_store_crash() -> TestResult {
     assert_eq!(after, vec![json!(100), json!(101), json!(102), json!(103)]);
     let mut late = b.notices("alerts", first.ok_or("published")?).await?;
     assert_eq!(next(&mut late).await?.payload["n"], json!(101), "resumes after the id it names");
+    Ok(())
+}
+
+fn intent(nonce: u64, carries: &str, version: u8) -> Intent {
+    Intent {
+        signer: Address::repeat_byte(0xaa),
+        nonce,
+        carries: carries.into(),
+        raw: Bytes::from(vec![version; 4]),
+        hashes: vec![B256::repeat_byte(version)],
+    }
+}
+
+/// What every send store must do; `a` and `b` are two nodes' handles on one store, `fence`
+/// entitles their writes.
+async fn send_contract(a: &dyn SendStore, b: &dyn SendStore, fence: &Fence) -> TestResult {
+    let (id, params) = (B256::repeat_byte(1), B256::repeat_byte(2));
+    assert_eq!(a.claim(id, params, "a").await?, None, "a free key is claimed");
+    let taken = b.claim(id, params, "b").await?;
+    assert_eq!(taken, Some(CallRecord::Claimed { params, owner: "a".into() }));
+    assert!(!b.release_claim(id, "b").await?, "only the claimant frees its claim");
+    assert!(a.release_claim(id, "a").await?);
+    assert_eq!(b.call(id).await?, None);
+
+    // A claim another call holds now: committing under it writes nothing at all.
+    assert_eq!(b.claim(id, params, "b").await?, None);
+    let first = intent(0, "stream_pause 7", 1);
+    let refused = a.commit_intent(fence, &first, Some(CallRef { id, owner: "a" })).await;
+    assert!(matches!(refused, Err(SendStoreError::NotClaimed(_))), "{refused:?}");
+    assert!(a.unfinished(first.signer).await?.is_empty(), "the intent did not land alone");
+
+    // The claimant commits: intent and `Sent` in one step.
+    b.commit_intent(fence, &first, Some(CallRef { id, owner: "b" })).await?;
+    let sent = CallRecord::Sent { params, transaction: first.hashes[0], raw: first.raw.clone() };
+    assert_eq!(a.call(id).await?, Some(sent));
+    assert_eq!(a.unfinished(first.signer).await?, vec![first.clone()]);
+
+    // A fee bump keeps the payload and every hash; another payload at the nonce is refused.
+    let bumped = intent(0, "stream_pause 7", 2);
+    a.commit_intent(fence, &bumped, None).await?;
+    let kept = a.unfinished(first.signer).await?;
+    assert_eq!(kept[0].hashes, vec![first.hashes[0], bumped.hashes[0]]);
+    assert_eq!(kept[0].raw, bumped.raw);
+    let other = a.commit_intent(fence, &intent(0, "settlement batch 3", 3), None).await;
+    assert!(matches!(other, Err(SendStoreError::NonceTaken { .. })), "{other:?}");
+    a.commit_intent(fence, &intent(1, "settlement batch 3", 4), None).await?;
+    let nonces: Vec<u64> = b.unfinished(first.signer).await?.iter().map(|i| i.nonce).collect();
+    assert_eq!(nonces, vec![0, 1], "by nonce");
+
+    let receipt = json!({"transactionHash": B256::repeat_byte(2), "blockNumber": 9});
+    a.complete(id, params, receipt.clone()).await?;
+    assert_eq!(b.call(id).await?, Some(CallRecord::Done { params, receipt }));
+    b.finish(first.signer, 0).await?;
+    assert_eq!(a.unfinished(first.signer).await?.len(), 1, "nonce 0 finished");
+
+    // A claim of a process that is gone (no liveness anywhere) is freed.
+    let orphan = B256::repeat_byte(3);
+    assert_eq!(a.claim(orphan, params, "ghost").await?, None);
+    assert!(b.release_dead_claim(orphan, "ghost").await?);
+    assert_eq!(b.claim(orphan, params, "b").await?, None, "claimed again");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sled_keeps_the_send_contract() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    let (a, b) = (SledSends::open(&db, "a")?, SledSends::open(&db, "b")?);
+    send_contract(&a, &b, &Fence::Exclusive).await?;
+    assert!(!a.release_dead_claim(B256::repeat_byte(9), "a").await?, "its own claims are alive");
+    Ok(())
+}
+
+/// On PostgreSQL: the contract; claims race across nodes with one winner; a live node's claim
+/// stays; an intent under a stale epoch (or no lease) is never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_send_contract_and_fences_intents() -> TestResult {
+    let postgres = TestPostgres::start()?;
+    let (a, b) = (
+        PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?,
+        PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?,
+    );
+    let lease = a.acquire("sender:0xaa", "node-a", Duration::from_secs(30)).await?.ok_or("free")?;
+    send_contract(&a, &b, &Fence::Lease(lease.clone())).await?;
+
+    // Twenty calls with one key on two nodes at once: one claim.
+    let key = B256::repeat_byte(7);
+    let racers = (0..20).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.claim(key, B256::ZERO, &format!("p{i}")).await })
+    });
+    let mut claims = 0;
+    for racer in racers {
+        claims += usize::from(racer.await??.is_none());
+    }
+    assert_eq!(claims, 1, "one call per idempotency key");
+
+    // A claim whose owner keeps its liveness lease is not taken over.
+    let live = B256::repeat_byte(8);
+    a.acquire(&liveness_lease("alive"), "alive", Duration::from_secs(30)).await?.ok_or("free")?;
+    assert_eq!(a.claim(live, B256::ZERO, "alive").await?, None);
+    assert!(!b.release_dead_claim(live, "alive").await?, "a live node's claim stays");
+
+    // Fencing: no lease, or an epoch taken over, commits nothing.
+    let next = intent(5, "stream_resume 7", 5);
+    let unfenced = a.commit_intent(&Fence::Exclusive, &next, None).await;
+    assert!(matches!(unfenced, Err(SendStoreError::Unfenced)), "{unfenced:?}");
+    b.release(&lease).await?;
+    let taken = b.acquire("sender:0xaa", "node-b", Duration::from_secs(30)).await?.ok_or("free")?;
+    let stale = a.commit_intent(&Fence::Lease(lease), &next, None).await;
+    assert!(matches!(stale, Err(SendStoreError::Lost(_))), "{stale:?}");
+    assert!(a.unfinished(next.signer).await?.iter().all(|i| i.nonce != 5), "nothing landed");
+    b.commit_intent(&Fence::Lease(taken), &next, None).await?;
+    assert!(a.unfinished(next.signer).await?.iter().any(|i| i.nonce == 5));
     Ok(())
 }

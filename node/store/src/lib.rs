@@ -3,16 +3,23 @@
 //! PostgreSQL ([`PgStore`], shared by every node, with [`PgStore::fenced`] transactions), and
 //! [`LeaseKeeper`], which runs a role only while this node holds its lease; and notices every
 //! node relays to its subscribers ([`PgStore::publish`], [`NoticeFeed`]: LISTEN/NOTIFY with
-//! catch-up by id).
+//! catch-up by id); and the send store ([`SendStore`]: billing calls' idempotency records and
+//! send intents committed under the signer's lease before the broadcast) on both backends.
 
 mod keeper;
 mod lease;
 mod notices;
+mod pg_sends;
 mod postgres;
+mod sends;
 mod sled_leases;
+mod sled_sends;
 
 pub use keeper::{Leadership, LeaseKeeper};
 pub use lease::{Lease, LeaseError, LeaseStore};
 pub use notices::{Notice, NoticeError, NoticeFeed};
+pub use pg_sends::liveness_lease;
 pub use postgres::PgStore;
+pub use sends::{CallRecord, CallRef, Fence, Intent, SendStore, SendStoreError, StoreFuture};
 pub use sled_leases::SledLeases;
+pub use sled_sends::SledSends;
