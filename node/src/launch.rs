@@ -18,6 +18,7 @@ use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_m
 use settled_server::Pages;
 use settled_server::{CriticalTasks, HealthLimits, TaskFailure, node_module, serve, serve_metrics};
 use settled_settlement::{SettlementChain, Settler, register_billing, settlement_module};
+use settled_store::Sends;
 use settled_streams::{Opener, Operator, StreamIndex, api_keys, billing_module};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -457,9 +458,8 @@ async fn start_billing(
     // One sender for everything signed with the operator key: one nonce sequence.
     let sender = TransactionSender::new(wiring.provider.clone(), key.clone());
     let sender = Arc::new(sender.with_heads(heads));
-    let operator = Operator::new(sender.clone(), deployment.stream_vault, wiring.storage.db())
-        .map_err(|e| wiring.storage_error(e))?;
-    let operator = Arc::new(operator);
+    let sends = Sends::embedded(wiring.storage.db()).map_err(|e| wiring.storage_error(e))?;
+    let operator = Arc::new(Operator::new(sender.clone(), deployment.stream_vault, sends));
     let opener = start_opener(wiring, components, &operator)?;
     let mut module = RpcModule::new(());
     let mut settler = None;

@@ -20,6 +20,9 @@ pub use lease::{Lease, LeaseError, LeaseStore};
 pub use notices::{Notice, NoticeError, NoticeFeed};
 pub use pg_sends::liveness_lease;
 pub use postgres::PgStore;
-pub use sends::{CallRecord, CallRef, Fence, Intent, SendStore, SendStoreError, StoreFuture};
+pub use sends::{
+    CallRecord, CallRef, Fence, Intent, SendStore, SendStoreError, Sends, StoreFuture,
+    process_owner,
+};
 pub use sled_leases::SledLeases;
 pub use sled_sends::SledSends;

@@ -189,3 +189,40 @@ pub(crate) fn merged(existing: Option<Intent>, intent: &Intent) -> Result<Intent
     kept.raw = intent.raw.clone();
     Ok(kept)
 }
+
+/// One signer's handle on the send store: the store, this process's claim owner, and the fence
+/// its writes carry (`None` while this node does not hold the signer's lease).
+#[derive(Debug, Clone)]
+pub struct Sends {
+    /// The store.
+    pub store: std::sync::Arc<dyn SendStore>,
+    /// This process's claims' owner.
+    pub owner: String,
+    /// The current fence.
+    pub fence: tokio::sync::watch::Receiver<Option<Fence>>,
+}
+
+impl Sends {
+    /// The embedded store in `db`, this process's alone.
+    pub fn embedded(db: &sled::Db) -> Result<Self, SendStoreError> {
+        let owner = process_owner();
+        let store = crate::SledSends::open(db, owner.clone())?;
+        let (_, fence) = tokio::sync::watch::channel(Some(Fence::Exclusive));
+        Ok(Self { store: std::sync::Arc::new(store), owner, fence })
+    }
+
+    /// The fence to commit under now, if this node may send.
+    pub fn current_fence(&self) -> Option<Fence> {
+        self.fence.borrow().clone()
+    }
+}
+
+/// A name for this process, unique across nodes and restarts: the host, the process id and the
+/// start time in nanoseconds.
+pub fn process_owner() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}/{}/{nanos}", host.trim(), std::process::id())
+}

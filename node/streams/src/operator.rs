@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use settled_contracts::StreamVault;
 
 use settled_contracts::{SendError, TransactionSender};
+use settled_store::{CallRecord, CallRef, Intent, Sends};
 
 use crate::BillingError;
 
@@ -40,46 +41,13 @@ pub struct OperatorReceipt {
     pub block_number: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-enum Record {
-    /// Claimed by a call of process `boot` that has not signed yet (or failed before sending:
-    /// then removed).
-    Claimed {
-        params: B256,
-        #[serde(default)]
-        boot: u64,
-    },
-    /// Signed (`raw`, durable before the broadcast), not yet known mined.
-    Sent {
-        params: B256,
-        transaction: B256,
-        #[serde(default)]
-        raw: Bytes,
-    },
-    /// Mined.
-    Done { params: B256, receipt: OperatorReceipt },
-}
-
-impl Record {
-    fn params(&self) -> B256 {
-        match self {
-            Self::Claimed { params, .. }
-            | Self::Sent { params, .. }
-            | Self::Done { params, .. } => *params,
-        }
-    }
-}
-
-/// The operator: its signer, the vault, the idempotency records.
+/// The operator: its signer, the vault, the idempotency records and send intents.
 pub struct Operator {
     /// Sends as the operator (shared with the settlement scheduler: one nonce sequence).
     pub(crate) sender: Arc<TransactionSender>,
     pub(crate) address: Address,
     vault: Address,
-    records: sled::Tree,
-    /// This process's claims (a claim of another boot is a dead process's).
-    boot: u64,
+    sends: Sends,
 }
 
 fn internal(e: impl std::fmt::Display) -> BillingError {
@@ -87,16 +55,11 @@ fn internal(e: impl std::fmt::Display) -> BillingError {
 }
 
 impl Operator {
-    /// The operator signing through `sender`, acting on `vault`, its idempotency records in `db`.
-    pub fn new(
-        sender: Arc<TransactionSender>,
-        vault: Address,
-        db: &sled::Db,
-    ) -> Result<Self, sled::Error> {
+    /// The operator signing through `sender`, acting on `vault`, its calls and intents in
+    /// `sends`.
+    pub fn new(sender: Arc<TransactionSender>, vault: Address, sends: Sends) -> Self {
         let address = sender.address();
-        let records = db.open_tree("streams.idempotency")?;
-        let boot = rand_boot_id();
-        Ok(Self { sender, address, vault, records, boot })
+        Self { sender, address, vault, sends }
     }
 
     /// The record id of (API key, idempotency key).
@@ -116,29 +79,44 @@ impl Operator {
         id: B256,
         params: B256,
     ) -> Result<Option<OperatorReceipt>, BillingError> {
-        let Some(value) = self.records.get(id).map_err(internal)? else { return Ok(None) };
-        let existing: Record = serde_json::from_slice(&value).map_err(internal)?;
+        let Some(existing) = self.sends.store.call(id).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        self.answer(id, params, existing).await
+    }
+
+    /// What a call finding `existing` under its key answers: the earlier result, or `None`
+    /// when the key is free again (a dead process's claim).
+    async fn answer(
+        &self,
+        id: B256,
+        params: B256,
+        existing: CallRecord,
+    ) -> Result<Option<OperatorReceipt>, BillingError> {
         if existing.params() != params {
             return Err(BillingError::InvalidParams(
                 "idempotencyKey was already used with different parameters".into(),
             ));
         }
         match existing {
-            Record::Done { receipt, .. } => Ok(Some(receipt)),
-            Record::Sent { transaction, raw, .. } => {
+            CallRecord::Done { receipt, .. } => {
+                serde_json::from_value(receipt).map(Some).map_err(internal)
+            }
+            CallRecord::Sent { transaction, raw, .. } => {
                 if !raw.is_empty() {
                     self.sender.rebroadcast(&raw).await.map_err(internal)?;
                 }
-                self.mined(id, params, transaction).await.map(Some)
+                self.mined(id, params, transaction, &raw).await.map(Some)
             }
-            Record::Claimed { boot, .. } if boot != self.boot => {
-                // A dead process's claim: it never broadcast (that needs a durable `Sent`).
-                let _ = self.records.compare_and_swap(id, Some(value), None as Option<&[u8]>);
-                Ok(None)
+            CallRecord::Claimed { owner, .. } if owner != self.sends.owner => {
+                // A dead process's claim never broadcast (that needs a durable `Sent`); a live
+                // one's (another node's call in flight) stays.
+                match self.sends.store.release_dead_claim(id, &owner).await.map_err(internal)? {
+                    true => Ok(None),
+                    false => Err(in_progress()),
+                }
             }
-            Record::Claimed { .. } => Err(BillingError::Busy(
-                "a call with this idempotencyKey is in progress; retry shortly".into(),
-            )),
+            CallRecord::Claimed { .. } => Err(in_progress()),
         }
     }
 
@@ -149,34 +127,29 @@ impl Operator {
         params: B256,
         tx: TransactionRequest,
     ) -> Result<OperatorReceipt, BillingError> {
-        let claim =
-            serde_json::to_vec(&Record::Claimed { params, boot: self.boot }).map_err(internal)?;
-        let claimed = self
-            .records
-            .compare_and_swap(id, None as Option<&[u8]>, Some(claim))
-            .map_err(internal)?;
-        if claimed.is_err() {
+        let owner = self.sends.owner.as_str();
+        if let Some(existing) = self.sends.store.claim(id, params, owner).await.map_err(internal)? {
             // A concurrent call with the same key got there first.
-            return match self.replay(id, params).await? {
+            return match self.answer(id, params, existing).await? {
                 Some(receipt) => Ok(receipt),
                 None => Err(BillingError::Busy("retry shortly".into())),
             };
         }
         // A call abandoned before it signed (its client went away and the server dropped it)
         // frees its key; past the durable `Sent`, the record stays for the retry.
-        let _claim = ClaimGuard { records: &self.records, id, params, boot: self.boot };
+        let _claim = ClaimGuard { sends: &self.sends, id };
         // A call the vault would refuse is answered now, with its reason, instead of being mined
         // as a reverted transaction.
         let tx = tx.from(self.address);
         if let Err(e) = self.sender.provider().call(tx.clone()).await {
-            let _ = self.records.remove(id);
+            self.release(id).await;
             return Err(BillingError::InvalidParams(format!(
                 "the vault refuses: {}",
                 revert_reason(&e)
             )));
         }
-        let transaction = match self.sign_record_send(id, params, tx).await {
-            Ok(transaction) => transaction,
+        let (transaction, raw) = match self.sign_record_send(id, tx).await {
+            Ok(sent) => sent,
             Err((e, Broadcast::Unknown)) => {
                 // The node may have it: the durable record lets a retry find it.
                 return Err(BillingError::Internal(e.to_string()));
@@ -184,37 +157,54 @@ impl Operator {
             Err((SendError::Refused(e), Broadcast::No)) if vault_error(&e).is_some() => {
                 // The estimate reverts: another call changed the stream since our check (two
                 // resumes racing). Nothing was sent; say what the vault refuses, decoded.
-                let _ = self.records.remove(id);
+                self.release(id).await;
                 let reason = vault_error(&e).unwrap_or_default();
                 return Err(BillingError::InvalidParams(format!("the vault refuses: {reason}")));
             }
             Err((e, Broadcast::No)) => {
                 // Certainly not sent: the key is free for a retry.
-                let _ = self.records.remove(id);
+                self.release(id).await;
                 return Err(BillingError::Internal(e.to_string()));
             }
         };
-        self.mined(id, params, transaction).await
+        self.mined(id, params, transaction, &raw).await
     }
 
-    /// Signs `tx`, records it durably under `id` (fsync), then broadcasts it. An error says
-    /// whether the transaction may have reached the node.
+    /// Frees this call's claim (nothing of it was sent).
+    async fn release(&self, id: B256) {
+        if let Err(e) = self.sends.store.release_claim(id, &self.sends.owner).await {
+            tracing::warn!(%id, error = %e, "freeing an idempotency claim");
+        }
+    }
+
+    /// Signs `tx`, commits it as an intent with the call's record `Sent` (durable, under the
+    /// operator's fence), then broadcasts it. An error says whether it may have reached the node.
     async fn sign_record_send(
         &self,
         id: B256,
-        params: B256,
         tx: TransactionRequest,
-    ) -> Result<B256, (SendError, Broadcast)> {
+    ) -> Result<(B256, Bytes), (SendError, Broadcast)> {
         let not_sent = |e: SendError| (e, Broadcast::No);
+        let fence = self.sends.current_fence().ok_or_else(|| {
+            not_sent(SendError::Record("this node does not hold the operator key's lease".into()))
+        })?;
         let signed = self.sender.sign(tx).await.map_err(not_sent)?;
-        let transaction = signed.sent.hash;
-        let record = Record::Sent { params, transaction, raw: signed.raw.clone() };
-        let value =
-            serde_json::to_vec(&record).map_err(|e| not_sent(SendError::Record(e.to_string())))?;
-        self.records.insert(id, value).map_err(|e| not_sent(SendError::Record(e.to_string())))?;
-        durable(&self.records).await.map_err(|e| not_sent(SendError::Record(e)))?;
+        let (transaction, raw) = (signed.sent.hash, signed.raw.clone());
+        let intent = Intent {
+            signer: self.address,
+            nonce: signed.sent.nonce,
+            carries: format!("billing call {id}"),
+            raw: raw.clone(),
+            hashes: vec![transaction],
+        };
+        let call = CallRef { id, owner: &self.sends.owner };
+        self.sends
+            .store
+            .commit_intent(&fence, &intent, Some(call))
+            .await
+            .map_err(|e| not_sent(SendError::Record(e.to_string())))?;
         match self.sender.broadcast(signed).await {
-            Ok(_) => Ok(transaction),
+            Ok(_) => Ok((transaction, raw)),
             Err(e) if e.refused_by_node() => Err((e, Broadcast::No)),
             Err(e) => Err((e, Broadcast::Unknown)),
         }
@@ -225,12 +215,16 @@ impl Operator {
         id: B256,
         params: B256,
         transaction: B256,
+        raw: &Bytes,
     ) -> Result<OperatorReceipt, BillingError> {
         let within = std::time::Duration::from_secs(60);
         let receipt = self.sender.wait_mined(&[transaction], within).await.map_err(internal)?;
         let receipt = receipt.ok_or_else(|| {
             BillingError::Busy(format!("transaction {transaction} not mined yet; retry later"))
         })?;
+        if let Some(nonce) = nonce_of(raw) {
+            self.sends.store.finish(self.address, nonce).await.map_err(internal)?;
+        }
         if !receipt.status() {
             // Another call changed the stream between our check and inclusion (two resumes
             // racing): say what the vault refused, as the check would have.
@@ -243,28 +237,38 @@ impl Operator {
             transaction_hash: transaction,
             block_number: receipt.block_number.unwrap_or_default(),
         };
-        let done = serde_json::to_vec(&Record::Done { params, receipt: result.clone() })
-            .map_err(internal)?;
-        self.records.insert(id, done).map_err(internal)?;
+        let answer = serde_json::to_value(&result).map_err(internal)?;
+        self.sends.store.complete(id, params, answer).await.map_err(internal)?;
         Ok(result)
     }
 }
 
+/// The nonce of a signed transaction (none for an empty or undecodable one: a record from
+/// before raw transactions were kept).
+fn nonce_of(raw: &Bytes) -> Option<u64> {
+    use alloy::consensus::Transaction as _;
+    use alloy::eips::eip2718::Decodable2718 as _;
+    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut raw.as_ref()).ok()?;
+    Some(envelope.nonce())
+}
+
+fn in_progress() -> BillingError {
+    BillingError::Busy("a call with this idempotencyKey is in progress; retry shortly".into())
+}
+
 /// Frees a `Claimed` record when its call ends without replacing it: the call was dropped
-/// before anything was signed, so nothing of it can reach the chain.
+/// before anything was signed, so nothing of it can reach the chain. (A `Sent` or `Done`
+/// written since is left alone: only the owner's claim is freed.)
 struct ClaimGuard<'a> {
-    records: &'a sled::Tree,
+    sends: &'a Sends,
     id: B256,
-    params: B256,
-    boot: u64,
 }
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
-        let claim = Record::Claimed { params: self.params, boot: self.boot };
-        if let Ok(claim) = serde_json::to_vec(&claim) {
-            // Only our own claim: a `Sent` or `Done` written since is left alone.
-            let _ = self.records.compare_and_swap(self.id, Some(claim), None as Option<&[u8]>);
+        let (store, owner, id) = (self.sends.store.clone(), self.sends.owner.clone(), self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { store.release_claim(id, &owner).await });
         }
     }
 }
@@ -275,26 +279,6 @@ enum Broadcast {
     No,
     /// Perhaps (a transport failure during the broadcast).
     Unknown,
-}
-
-/// A per-process id for claims: the start time in nanoseconds and the process id, so two boots
-/// never share one.
-fn rand_boot_id() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 32)
-}
-
-/// Waits until every write to `tree` so far is on disk (a blocking flush on a blocking thread:
-/// concurrent `flush_async` calls can hang in sled 0.34).
-async fn durable(tree: &sled::Tree) -> Result<(), String> {
-    let tree = tree.clone();
-    tokio::task::spawn_blocking(move || tree.flush())
-        .await
-        .map_err(|e| e.to_string())?
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 impl Operator {
@@ -492,13 +476,20 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let db = sled::open(dir.path())?;
         let sender = Arc::new(TransactionSender::new(provider, key));
-        let operator = Operator::new(sender, Address::ZERO, &db)?;
+        let operator = Operator::new(sender, Address::ZERO, Sends::embedded(&db)?);
         let (id, params) = (B256::repeat_byte(1), B256::repeat_byte(2));
         let call = operator.send_once(id, params, TransactionRequest::default());
         let abandoned = tokio::time::timeout(std::time::Duration::from_millis(200), call).await;
         assert!(abandoned.is_err(), "the call was still checking its transaction");
-        assert_eq!(operator.replay(id, params).await?, None, "the key is free again");
-        assert!(operator.records.get(id)?.is_none());
+        // The claim is freed by a task the dropped call spawned.
+        for _ in 0..100 {
+            if operator.sends.store.call(id).await?.is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(operator.sends.store.call(id).await?, None, "the key is free again");
+        assert_eq!(operator.replay(id, params).await?, None);
         Ok(())
     }
 }

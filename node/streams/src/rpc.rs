@@ -439,7 +439,8 @@ mod tests {
             .erased();
         let key = alloy::signers::local::PrivateKeySigner::random();
         let sender = Arc::new(settled_contracts::TransactionSender::new(provider, key));
-        let operator = Arc::new(crate::operator::Operator::new(sender, Address::ZERO, &db)?);
+        let sends = settled_store::Sends::embedded(&db)?;
+        let operator = Arc::new(crate::operator::Operator::new(sender, Address::ZERO, sends));
         let (module, _) = billing_module(index, Vec::new(), Some(operator), None);
         let mut served: Vec<String> = module.method_names().map(str::to_owned).collect();
         // stream_open, stream_openTerms and stream_topUp also need a bundler and a paymaster,
