@@ -119,6 +119,21 @@ pub enum NodeError {
         /// What ended it.
         reason: String,
     },
+    /// The shared store (`--storage.url`) could not be reached or migrated.
+    #[error("shared store: {0}")]
+    SharedStore(String),
+    /// A role that keeps its state in this node's own database was asked to run on a shared
+    /// store, where another node would run it too.
+    #[error(
+        "{role} does not run on the shared store yet (its state is in one node's database); \
+         run it on one node without --storage.url, or pass {flag} here"
+    )]
+    NotShared {
+        /// The role.
+        role: &'static str,
+        /// The flag that turns it off.
+        flag: &'static str,
+    },
     /// A `settled paymaster` command failed.
     #[error("paymaster command: {0}")]
     PaymasterCommand(String),

@@ -139,6 +139,8 @@ struct Wiring {
     cancel: CancellationToken,
     /// The node's URL for customer links, known once the server is bound.
     public_url: Arc<std::sync::OnceLock<String>>,
+    /// The store shared with other nodes, if any.
+    shared: Option<crate::shared::SharedStore>,
 }
 
 /// The chain as `launch` found or started it.
@@ -167,15 +169,18 @@ pub async fn launch(
         chain.provider.clone(),
         config.follower(chain.deployment.start_block, watched),
     );
+    let tasks = CriticalTasks::new(cancel.clone());
+    let shared = crate::shared::open(&config, &tasks, &cancel).await?;
     let mut wiring = Wiring {
         config,
         provider: chain.provider,
         deployment: chain.deployment,
         storage,
         cursors: Vec::new(),
-        tasks: CriticalTasks::new(cancel.clone()),
+        tasks,
         cancel: cancel.clone(),
         public_url: Arc::new(std::sync::OnceLock::new()),
+        shared,
     };
     let dev_keys = chain.dev_keys;
     let components = Components {
@@ -458,12 +463,20 @@ async fn start_billing(
     // One sender for everything signed with the operator key: one nonce sequence.
     let sender = TransactionSender::new(wiring.provider.clone(), key.clone());
     let sender = Arc::new(sender.with_heads(heads));
-    let sends = Sends::embedded(wiring.storage.db()).map_err(|e| wiring.storage_error(e))?;
-    let operator = Arc::new(Operator::new(sender.clone(), deployment.stream_vault, sends));
+    let vault = deployment.stream_vault;
+    let operator = match &wiring.shared {
+        Some(shared) => shared.operator(sender.clone(), vault, &wiring.tasks, &wiring.cancel),
+        None => {
+            let sends =
+                Sends::embedded(wiring.storage.db()).map_err(|e| wiring.storage_error(e))?;
+            Arc::new(Operator::new(sender.clone(), vault, sends))
+        }
+    };
     let opener = start_opener(wiring, components, &operator)?;
     let mut module = RpcModule::new(());
     let mut settler = None;
-    if !deployment.settlement_anchor.is_zero() {
+    // Settlement keeps its state in this node's database: never on a shared store.
+    if !deployment.settlement_anchor.is_zero() && wiring.shared.is_none() {
         let anchor = crate::anchor::anchor_chain(config, deployment, &sender, &key).await?;
         let chain = SettlementChain {
             sender,

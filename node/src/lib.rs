@@ -13,6 +13,7 @@ mod invoice;
 mod launch;
 mod metrics;
 mod paymaster;
+mod shared;
 mod storage;
 
 pub use deploy::{DeployOutput, run_deploy_command};
@@ -26,7 +27,7 @@ pub use settled_config::{
     DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DeployArgs,
     DeployCommandConfig, DevConfig, InvoiceArgs, InvoiceCommandConfig, LogArgs, LogConfig,
     MempoolArgs, MetricsArgs, NodeConfig, PaymasterAction, PaymasterArgs, PaymasterCommandConfig,
-    PaymasterSettings, RpcArgs, SecretKey, SettlementArgs,
+    PaymasterSettings, RpcArgs, SecretKey, SettlementArgs, SharedStoreSettings, StorageArgs,
 };
 pub use settled_contracts::SentTransaction;
 pub use settled_server::TaskFailure;

@@ -314,6 +314,32 @@ async fn send_contract(a: &dyn SendStore, b: &dyn SendStore, fence: &Fence) -> T
     b.finish(first.signer, 0).await?;
     assert_eq!(a.unfinished(first.signer).await?.len(), 1, "nonce 0 finished");
 
+    // A call on a node that does not lead is queued; the leader signs it under the caller's
+    // claim, or records why it cannot.
+    let (queued, refused) = (B256::repeat_byte(4), B256::repeat_byte(5));
+    let request = json!({"to": Address::repeat_byte(1), "input": "0x01"});
+    for id in [queued, refused] {
+        assert_eq!(b.claim(id, params, "q").await?, None);
+        assert!(b.queue(id, "q", request.clone()).await?);
+    }
+    assert!(!b.queue(queued, "other", request.clone()).await?, "only the claimant queues");
+    let waiting: Vec<B256> = a.queued().await?.iter().map(|q| q.id).collect();
+    assert!(waiting.contains(&queued) && waiting.contains(&refused), "{waiting:?}");
+    a.commit_intent(
+        fence,
+        &intent(2, "billing call 4", 6),
+        Some(CallRef { id: queued, owner: "q" }),
+    )
+    .await?;
+    assert!(matches!(b.call(queued).await?, Some(CallRecord::Sent { .. })));
+    a.refuse(refused, "q", "the vault refuses: StreamPaused").await?;
+    let answer = b.call(refused).await?;
+    assert!(
+        matches!(answer, Some(CallRecord::Refused { ref reason, .. }) if reason.contains("Paused"))
+    );
+    assert!(a.queued().await?.is_empty(), "nothing waits any more");
+    assert!(b.release_claim(refused, "q").await?, "the caller frees its refused key");
+
     // A claim of a process that is gone (no liveness anywhere) is freed.
     let orphan = B256::repeat_byte(3);
     assert_eq!(a.claim(orphan, params, "ghost").await?, None);

@@ -28,7 +28,7 @@ use crate::paymaster_command::{PaymasterAction, PaymasterCommandConfig};
 use crate::settings::{
     AnchorSettings, BillingSettings, BundlerSettings, ChainConfig, ChainSource,
     DEFAULT_DEV_ANVIL_PORT, DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT,
-    DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey,
+    DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey, SharedStoreSettings,
 };
 
 mod billing;
@@ -42,6 +42,7 @@ mod metrics;
 mod paymaster;
 mod rpc;
 mod settlement;
+mod storage;
 
 pub use billing::BillingArgs;
 pub use bundler::BundlerArgs;
@@ -54,6 +55,7 @@ pub use metrics::MetricsArgs;
 pub use paymaster::PaymasterArgs;
 pub use rpc::RpcArgs;
 pub use settlement::SettlementArgs;
+pub use storage::StorageArgs;
 
 /// settled: an ERC-4337 bundler, paymaster and per-second USDC streaming node.
 #[derive(Debug, Parser)]
@@ -258,6 +260,10 @@ pub struct NodeArgs {
     /// Following the chain.
     #[command(flatten, next_help_heading = "Chain")]
     pub chain: ChainArgs,
+
+    /// The store shared by several nodes.
+    #[command(flatten, next_help_heading = "Shared store (several nodes)")]
+    pub storage: StorageArgs,
 
     /// Prometheus.
     #[command(flatten, next_help_heading = "Metrics")]
@@ -503,6 +509,7 @@ impl NodeArgs {
             billing: self.billing.into_settings(),
             anchor: self.settlement.anchor(),
             settlement: self.settlement.into_settings(),
+            shared_store: self.storage.into_settings(),
         };
         (node, self.log.into_config())
     }

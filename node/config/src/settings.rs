@@ -31,6 +31,24 @@ pub struct NodeConfig {
     pub settlement: settled_settlement::SettlementSettings,
     /// Where settlement batches are anchored (default: the streams' chain, in blobs).
     pub anchor: AnchorSettings,
+    /// The store shared by several nodes; `None`: this node's own sled database alone.
+    pub shared_store: Option<SharedStoreSettings>,
+}
+
+/// PostgreSQL shared by several nodes (`--storage.url`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedStoreSettings {
+    /// `postgres://user:password@host/db` (`?host=/dir` for a unix socket).
+    pub url: String,
+    /// How long a leader's lease lasts without renewal: the longest a dead leader's role waits.
+    pub lease_ttl: Duration,
+}
+
+impl std::fmt::Debug for SharedStoreSettings {
+    // The URL may carry a password: never logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStoreSettings").field("lease_ttl", &self.lease_ttl).finish()
+    }
 }
 
 /// Where settlement batches are committed.
@@ -254,6 +272,7 @@ impl Default for NodeConfig {
             billing: BillingSettings::default(),
             settlement: settled_settlement::SettlementSettings::default(),
             anchor: AnchorSettings::default(),
+            shared_store: None,
         }
     }
 }
@@ -312,6 +331,7 @@ impl NodeConfig {
                 ..Default::default()
             },
             anchor: AnchorSettings::default(),
+            shared_store: None,
         }
     }
 

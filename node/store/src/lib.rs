@@ -21,7 +21,7 @@ pub use notices::{Notice, NoticeError, NoticeFeed};
 pub use pg_sends::liveness_lease;
 pub use postgres::PgStore;
 pub use sends::{
-    CallRecord, CallRef, Fence, Intent, SendStore, SendStoreError, Sends, StoreFuture,
+    CallRecord, CallRef, Fence, Intent, QueuedCall, SendStore, SendStoreError, Sends, StoreFuture,
     process_owner,
 };
 pub use sled_leases::SledLeases;

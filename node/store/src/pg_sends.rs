@@ -8,7 +8,8 @@ use sqlx::{Postgres, Row as _, Transaction, postgres::PgRow};
 
 use crate::postgres::PgStore;
 use crate::sends::{
-    CallRecord, CallRef, Fence, Intent, SendStore, SendStoreError, StoreFuture, merged, store_error,
+    CallRecord, CallRef, Fence, Intent, QueuedCall, SendStore, SendStoreError, StoreFuture, merged,
+    store_error,
 };
 
 /// The liveness lease of a node's process `owner`: its claims are alive while it is held.
@@ -27,6 +28,19 @@ fn record_of(row: &PgRow) -> Result<CallRecord, SendStoreError> {
                 .map_err(store_error)?
                 .unwrap_or_default(),
         },
+        "queued" => CallRecord::Queued {
+            params,
+            owner: owner_of(row)?,
+            request: row.try_get("request").map_err(store_error)?,
+        },
+        "refused" => CallRecord::Refused {
+            params,
+            owner: owner_of(row)?,
+            reason: row
+                .try_get::<Option<String>, _>("reason")
+                .map_err(store_error)?
+                .unwrap_or_default(),
+        },
         "sent" => CallRecord::Sent {
             params,
             transaction: b256(row.try_get("transaction").map_err(store_error)?)?,
@@ -34,6 +48,10 @@ fn record_of(row: &PgRow) -> Result<CallRecord, SendStoreError> {
         },
         _ => CallRecord::Done { params, receipt: row.try_get("receipt").map_err(store_error)? },
     })
+}
+
+fn owner_of(row: &PgRow) -> Result<String, SendStoreError> {
+    Ok(row.try_get::<Option<String>, _>("owner").map_err(store_error)?.unwrap_or_default())
 }
 
 fn b256(bytes: Vec<u8>) -> Result<B256, SendStoreError> {
@@ -57,7 +75,7 @@ fn intent_of(row: &PgRow) -> Result<Intent, SendStoreError> {
     })
 }
 
-const CALL_COLUMNS: &str = "params, state, owner, transaction, raw, receipt";
+const CALL_COLUMNS: &str = "params, state, owner, transaction, raw, receipt, request, reason";
 
 impl PgStore {
     /// The intent's nonce row (locked), merged with `intent`, written under `epoch`.
@@ -104,7 +122,8 @@ impl PgStore {
         let transaction = intent.hashes.last().copied().unwrap_or_default();
         let updated = sqlx::query(
             "UPDATE settled_calls SET state = 'sent', transaction = $3, raw = $4, \
-             updated_at = now() WHERE id = $1 AND state = 'claimed' AND owner = $2",
+             request = NULL, updated_at = now() \
+             WHERE id = $1 AND state IN ('claimed', 'queued') AND owner = $2",
         )
         .bind(call.id.as_slice())
         .bind(call.owner)
@@ -164,7 +183,8 @@ impl SendStore for PgStore {
     fn release_claim<'a>(&'a self, id: B256, owner: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let removed = sqlx::query(
-                "DELETE FROM settled_calls WHERE id = $1 AND state = 'claimed' AND owner = $2",
+                "DELETE FROM settled_calls WHERE id = $1 AND state IN ('claimed', 'refused') \
+                 AND owner = $2",
             )
             .bind(id.as_slice())
             .bind(owner)
@@ -189,6 +209,64 @@ impl SendStore for PgStore {
             .await
             .map_err(store_error)?;
             Ok(removed.rows_affected() == 1)
+        })
+    }
+
+    fn queue<'a>(
+        &'a self,
+        id: B256,
+        owner: &'a str,
+        request: serde_json::Value,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let queued = sqlx::query(
+                "UPDATE settled_calls SET state = 'queued', request = $3, queued_at = now(), \
+                 updated_at = now() WHERE id = $1 AND state = 'claimed' AND owner = $2",
+            )
+            .bind(id.as_slice())
+            .bind(owner)
+            .bind(request)
+            .execute(self.pool())
+            .await
+            .map_err(store_error)?;
+            Ok(queued.rows_affected() == 1)
+        })
+    }
+
+    fn queued(&self) -> StoreFuture<'_, Vec<QueuedCall>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, owner, request FROM settled_calls WHERE state = 'queued' \
+                 ORDER BY queued_at, id",
+            )
+            .fetch_all(self.pool())
+            .await
+            .map_err(store_error)?;
+            rows.iter()
+                .map(|row| {
+                    Ok(QueuedCall {
+                        id: b256(row.try_get("id").map_err(store_error)?)?,
+                        owner: owner_of(row)?,
+                        request: row.try_get("request").map_err(store_error)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn refuse<'a>(&'a self, id: B256, owner: &'a str, reason: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE settled_calls SET state = 'refused', reason = $3, request = NULL, \
+                 updated_at = now() WHERE id = $1 AND state IN ('claimed', 'queued') AND owner = $2",
+            )
+            .bind(id.as_slice())
+            .bind(owner)
+            .bind(reason)
+            .execute(self.pool())
+            .await
+            .map_err(store_error)?;
+            Ok(())
         })
     }
 

@@ -33,6 +33,26 @@ pub enum CallRecord {
         #[serde(default)]
         owner: String,
     },
+    /// Claimed by `owner`, whose node does not hold the signer's lease: waiting for the leader
+    /// to sign `request` (a transaction request, as JSON).
+    Queued {
+        /// The call's parameters' hash.
+        params: B256,
+        /// Who claimed it.
+        owner: String,
+        /// What to sign.
+        request: serde_json::Value,
+    },
+    /// The leader could not sign the queued call (the node refuses its transaction): nothing
+    /// was sent; the caller answers `reason` and frees the key.
+    Refused {
+        /// The call's parameters' hash.
+        params: B256,
+        /// Who claimed it.
+        owner: String,
+        /// Why.
+        reason: String,
+    },
     /// Signed and committed (`raw` durable before the broadcast), not yet known mined.
     Sent {
         /// The call's parameters' hash.
@@ -57,10 +77,33 @@ impl CallRecord {
     pub fn params(&self) -> B256 {
         match self {
             Self::Claimed { params, .. }
+            | Self::Queued { params, .. }
+            | Self::Refused { params, .. }
             | Self::Sent { params, .. }
             | Self::Done { params, .. } => *params,
         }
     }
+}
+
+impl CallRecord {
+    /// Whether `owner` holds this record's claim, not yet signed (claimed or queued).
+    pub fn claimed_by(&self, owner: &str) -> bool {
+        match self {
+            Self::Claimed { owner: o, .. } | Self::Queued { owner: o, .. } => o == owner,
+            _ => false,
+        }
+    }
+}
+
+/// A queued call: its record, its claimant, what to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedCall {
+    /// The idempotency record.
+    pub id: B256,
+    /// Its claimant.
+    pub owner: String,
+    /// The transaction request to sign, as JSON.
+    pub request: serde_json::Value,
 }
 
 /// A signed transaction committed before its broadcast.
@@ -139,12 +182,28 @@ pub trait SendStore: Send + Sync + std::fmt::Debug {
     /// The record under `id`.
     fn call(&self, id: B256) -> StoreFuture<'_, Option<CallRecord>>;
 
-    /// Frees `id` if it is still `owner`'s claim (the call ended before signing). Whether it was.
+    /// Frees `id` if it is still `owner`'s claim or refusal (the call ended before signing).
+    /// Whether it was.
     fn release_claim<'a>(&'a self, id: B256, owner: &'a str) -> StoreFuture<'a, bool>;
 
     /// Frees `id` if it is a claim of `owner` and `owner` is no longer alive (a process that
     /// died before signing: nothing of its call reached the chain). Whether it was freed.
     fn release_dead_claim<'a>(&'a self, id: B256, owner: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Hands `owner`'s claim of `id` to the signer's leader: `request` waits to be signed.
+    /// Whether the claim was still `owner`'s.
+    fn queue<'a>(
+        &'a self,
+        id: B256,
+        owner: &'a str,
+        request: serde_json::Value,
+    ) -> StoreFuture<'a, bool>;
+
+    /// The queued calls, oldest first.
+    fn queued(&self) -> StoreFuture<'_, Vec<QueuedCall>>;
+
+    /// The leader could not sign queued `id` of `owner`: nothing was sent, `reason` says why.
+    fn refuse<'a>(&'a self, id: B256, owner: &'a str, reason: &'a str) -> StoreFuture<'a, ()>;
 
     /// Marks `id` done with the call's answer.
     fn complete(&self, id: B256, params: B256, receipt: serde_json::Value) -> StoreFuture<'_, ()>;

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::sends::{
-    CallRecord, CallRef, Fence, Intent, SendStore, SendStoreError, StoreFuture, merged, store_error,
+    CallRecord, CallRef, Fence, Intent, QueuedCall, SendStore, SendStoreError, StoreFuture, merged,
+    store_error,
 };
 
 /// Billing calls and send intents in sled trees.
@@ -101,12 +102,10 @@ impl SledSends {
                     Some(value) => decode::<CallRecord>(&value).map_err(abort)?,
                     None => return Err(abort(SendStoreError::NotClaimed(call.id))),
                 };
-                let CallRecord::Claimed { params, owner } = record else {
-                    return Err(abort(SendStoreError::NotClaimed(call.id)));
-                };
-                if owner != call.owner {
+                if !record.claimed_by(call.owner) {
                     return Err(abort(SendStoreError::NotClaimed(call.id)));
                 }
+                let params = record.params();
                 let transaction = intent.hashes.last().copied().unwrap_or_default();
                 let sent = CallRecord::Sent { params, transaction, raw: intent.raw.clone() };
                 calls.insert(call.id.as_slice(), encode(&sent).map_err(abort)?)?;
@@ -148,13 +147,17 @@ impl SendStore for SledSends {
 
     fn release_claim<'a>(&'a self, id: B256, owner: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let Some(CallRecord::Claimed { params, owner: claimant }) = self.record(id)? else {
-                return Ok(false);
+            let Some(record) = self.record(id)? else { return Ok(false) };
+            let own = match &record {
+                CallRecord::Claimed { owner: o, .. } | CallRecord::Refused { owner: o, .. } => {
+                    o == owner
+                }
+                _ => false,
             };
-            if claimant != owner {
+            if !own {
                 return Ok(false);
             }
-            self.remove_if(id, &CallRecord::Claimed { params, owner: claimant })
+            self.remove_if(id, &record)
         })
     }
 
@@ -173,6 +176,64 @@ impl SendStore for SledSends {
                 }
                 _ => Ok(false),
             }
+        })
+    }
+
+    fn queue<'a>(
+        &'a self,
+        id: B256,
+        owner: &'a str,
+        request: serde_json::Value,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(record @ CallRecord::Claimed { .. }) = self.record(id)? else {
+                return Ok(false);
+            };
+            if !record.claimed_by(owner) {
+                return Ok(false);
+            }
+            let queued =
+                CallRecord::Queued { params: record.params(), owner: owner.into(), request };
+            let swapped = self
+                .calls
+                .compare_and_swap(id, Some(encode(&record)?), Some(encode(&queued)?))
+                .map_err(store_error)?;
+            self.durable().await?;
+            Ok(swapped.is_ok())
+        })
+    }
+
+    fn queued(&self) -> StoreFuture<'_, Vec<QueuedCall>> {
+        // In key order: one node holds the fence and never queues.
+        Box::pin(async move {
+            let mut found = Vec::new();
+            for entry in self.calls.iter() {
+                let (key, value) = entry.map_err(store_error)?;
+                if let CallRecord::Queued { owner, request, .. } = decode(&value)? {
+                    let id = B256::try_from(key.as_ref()).map_err(store_error)?;
+                    found.push(QueuedCall { id, owner, request });
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn refuse<'a>(&'a self, id: B256, owner: &'a str, reason: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(record) = self.record(id)? else { return Ok(()) };
+            if !record.claimed_by(owner) {
+                return Ok(());
+            }
+            let refused = CallRecord::Refused {
+                params: record.params(),
+                owner: owner.into(),
+                reason: reason.into(),
+            };
+            let _ = self
+                .calls
+                .compare_and_swap(id, Some(encode(&record)?), Some(encode(&refused)?))
+                .map_err(store_error)?;
+            self.durable().await
         })
     }
 

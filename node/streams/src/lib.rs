@@ -12,6 +12,7 @@ mod alerts;
 mod error;
 mod forward;
 mod index;
+mod leader;
 mod open;
 mod operator;
 mod permit;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use settled_contracts::StreamVault;
 
 use settled_contracts::{SendError, TransactionSender};
-use settled_store::{CallRecord, CallRef, Intent, Sends};
+use settled_store::{CallRecord, CallRef, Fence, Intent, Sends};
 
 use crate::BillingError;
 
@@ -47,10 +47,10 @@ pub struct Operator {
     pub(crate) sender: Arc<TransactionSender>,
     pub(crate) address: Address,
     vault: Address,
-    sends: Sends,
+    pub(crate) sends: Sends,
 }
 
-fn internal(e: impl std::fmt::Display) -> BillingError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> BillingError {
     BillingError::Internal(e.to_string())
 }
 
@@ -117,6 +117,13 @@ impl Operator {
                 }
             }
             CallRecord::Claimed { .. } => Err(in_progress()),
+            // Waiting for the operator key's leader, whoever queued it.
+            CallRecord::Queued { .. } => self.await_leader(id, params).await.map(Some),
+            CallRecord::Refused { owner, reason, .. } => {
+                // Nothing was sent: answer why and free the key.
+                self.sends.store.release_claim(id, &owner).await.map_err(internal)?;
+                Err(BillingError::InvalidParams(reason))
+            }
         }
     }
 
@@ -148,7 +155,16 @@ impl Operator {
                 revert_reason(&e)
             )));
         }
-        let (transaction, raw) = match self.sign_record_send(id, tx).await {
+        let Some(fence) = self.sends.current_fence() else {
+            // Another node leads the operator key: it signs the call.
+            let request = serde_json::to_value(&tx).map_err(internal)?;
+            if !self.sends.store.queue(id, owner, request).await.map_err(internal)? {
+                return Err(BillingError::Internal("the call's claim was taken over".into()));
+            }
+            return self.await_leader(id, params).await;
+        };
+        let call = CallRef { id, owner };
+        let (transaction, raw) = match self.sign_record_send(&fence, call, tx).await {
             Ok(sent) => sent,
             Err((e, Broadcast::Unknown)) => {
                 // The node may have it: the durable record lets a retry find it.
@@ -179,15 +195,14 @@ impl Operator {
 
     /// Signs `tx`, commits it as an intent with the call's record `Sent` (durable, under the
     /// operator's fence), then broadcasts it. An error says whether it may have reached the node.
-    async fn sign_record_send(
+    pub(crate) async fn sign_record_send(
         &self,
-        id: B256,
+        fence: &Fence,
+        call: CallRef<'_>,
         tx: TransactionRequest,
     ) -> Result<(B256, Bytes), (SendError, Broadcast)> {
         let not_sent = |e: SendError| (e, Broadcast::No);
-        let fence = self.sends.current_fence().ok_or_else(|| {
-            not_sent(SendError::Record("this node does not hold the operator key's lease".into()))
-        })?;
+        let id = call.id;
         let signed = self.sender.sign(tx).await.map_err(not_sent)?;
         let (transaction, raw) = (signed.sent.hash, signed.raw.clone());
         let intent = Intent {
@@ -197,10 +212,9 @@ impl Operator {
             raw: raw.clone(),
             hashes: vec![transaction],
         };
-        let call = CallRef { id, owner: &self.sends.owner };
         self.sends
             .store
-            .commit_intent(&fence, &intent, Some(call))
+            .commit_intent(fence, &intent, Some(call))
             .await
             .map_err(|e| not_sent(SendError::Record(e.to_string())))?;
         match self.sender.broadcast(signed).await {
@@ -210,7 +224,7 @@ impl Operator {
         }
     }
 
-    async fn mined(
+    pub(crate) async fn mined(
         &self,
         id: B256,
         params: B256,
@@ -274,7 +288,7 @@ impl Drop for ClaimGuard<'_> {
 }
 
 /// Whether a failed send may have reached the node.
-enum Broadcast {
+pub(crate) enum Broadcast {
     /// Certainly not.
     No,
     /// Perhaps (a transport failure during the broadcast).
@@ -313,7 +327,7 @@ fn revert_reason(e: &alloy::transports::TransportError) -> String {
 }
 
 /// The vault's own error in a node's answer, decoded, if that is what it is.
-fn vault_error(e: &alloy::transports::TransportError) -> Option<String> {
+pub(crate) fn vault_error(e: &alloy::transports::TransportError) -> Option<String> {
     e.as_error_resp()
         .and_then(|payload| payload.as_decoded_interface_error::<StreamVault::StreamVaultErrors>())
         .map(|decoded| format!("{decoded:?}"))

@@ -1,0 +1,97 @@
+//! Several nodes on one PostgreSQL (`--storage.url`): each node keeps a liveness lease (its
+//! billing calls' claims are alive while it is held), and the node holding the operator key's
+//! lease signs every billing call — its own and those the other nodes queue. Roles whose state
+//! is still in one node's sled database (bundler, paymaster, settlement) are refused here.
+
+use std::{sync::Arc, time::Duration};
+
+use alloy::primitives::Address;
+use settled_config::NodeConfig;
+use settled_contracts::TransactionSender;
+use settled_server::CriticalTasks;
+use settled_store::{LeaseKeeper, PgStore, Sends, liveness_lease, process_owner};
+use settled_streams::Operator;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::NodeError;
+
+/// This node's handle on the shared store.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedStore {
+    store: PgStore,
+    /// This process, as the store knows it (claims, lease holder).
+    owner: String,
+    lease_ttl: Duration,
+}
+
+/// Connects to the shared store when one is configured, after refusing the roles that cannot
+/// share it; keeps this node's liveness lease (a critical task).
+pub(crate) async fn open(
+    config: &NodeConfig,
+    tasks: &CriticalTasks,
+    cancel: &CancellationToken,
+) -> Result<Option<SharedStore>, NodeError> {
+    let Some(settings) = &config.shared_store else { return Ok(None) };
+    refuse_unshared_roles(config)?;
+    let timeout = config.chain.connect_timeout;
+    let store = PgStore::connect(&settings.url, timeout)
+        .await
+        .map_err(|e| NodeError::SharedStore(e.to_string()))?;
+    let shared = SharedStore { store, owner: process_owner(), lease_ttl: settings.lease_ttl };
+    info!(owner = %shared.owner, lease_ms = settings.lease_ttl.as_millis() as u64, "on the shared store");
+    let keeper = shared.keeper(liveness_lease(&shared.owner));
+    tasks.spawn_loop("node liveness", keep_alive(keeper, cancel.clone()));
+    Ok(Some(shared))
+}
+
+fn refuse_unshared_roles(config: &NodeConfig) -> Result<(), NodeError> {
+    let refuse = |role, flag| Err(NodeError::NotShared { role, flag });
+    if config.bundler.enabled {
+        return refuse("the bundler", "--bundler.disable");
+    }
+    if config.paymaster.enabled {
+        return refuse("the paymaster", "--paymaster.disable");
+    }
+    if config.settlement.enabled {
+        return refuse("settlement", "--settlement.disable");
+    }
+    Ok(())
+}
+
+/// Holds the liveness lease for as long as the node runs (taking it again after an outage).
+async fn keep_alive(keeper: LeaseKeeper<PgStore>, cancel: CancellationToken) {
+    while let Some(leadership) = keeper.lead(&cancel).await {
+        leadership.lost.cancelled().await;
+        if !cancel.is_cancelled() {
+            warn!("liveness lease lost: this node's unsigned billing calls may be taken over");
+        }
+    }
+}
+
+impl SharedStore {
+    fn keeper(&self, name: String) -> LeaseKeeper<PgStore> {
+        LeaseKeeper::new(Arc::new(self.store.clone()), name, self.owner.clone(), self.lease_ttl)
+    }
+
+    /// The operator on the shared store: it signs only while this node leads the operator
+    /// key (a critical task follows the lease), and queues its calls for the leader otherwise.
+    pub(crate) fn operator(
+        &self,
+        sender: Arc<TransactionSender>,
+        vault: Address,
+        tasks: &CriticalTasks,
+        cancel: &CancellationToken,
+    ) -> Arc<Operator> {
+        let (fence_tx, fence) = tokio::sync::watch::channel(None);
+        let store: Arc<dyn settled_store::SendStore> = Arc::new(self.store.clone());
+        let sends = Sends { store, owner: self.owner.clone(), fence };
+        let keeper = self.keeper(format!("operator:{}", sender.address()));
+        let operator = Arc::new(Operator::new(sender, vault, sends));
+        let (leader, cancel) = (operator.clone(), cancel.clone());
+        tasks.spawn_loop("operator leader", async move {
+            leader.lead(keeper, fence_tx, cancel).await;
+        });
+        operator
+    }
+}
