@@ -3,7 +3,9 @@
 //! the leader signs every one (a follower queues its calls). The same idempotency key sent to
 //! both at once gives one transaction; the leader killed with calls in flight is replaced and
 //! every call is answered once; a leader stopped (SIGSTOP) past its lease is replaced and,
-//! continued, writes nothing under its old epoch; PostgreSQL stopped abruptly gives clean
+//! continued, writes nothing under its old epoch; the leader killed right after committing a
+//! call's intent (nothing broadcast), and right after the broadcast: the standby sends the same
+//! transaction again and the retry is answered from it; PostgreSQL stopped abruptly gives clean
 //! refusals and nothing is lost once it is back. At the end: one transaction per key, no nonce
 //! gap, every intent finished, and the payee paid exactly what the calls asked.
 
@@ -15,7 +17,8 @@ use alloy::{
 };
 use serde_json::{Value, json};
 use settled_contracts::AnvilOptions;
-use settled_store::PgStore;
+use settled_contracts::{StreamVault, TransactionSender};
+use settled_store::{CallRef, Fence, Intent, Lease, PgStore, SendStore as _};
 use settled_tests::{
     SettledProcess, TestChain, TestResult, postgres::TestPostgres, rpc::call_with_key,
 };
@@ -101,6 +104,58 @@ impl Cluster {
         Ok(Some((pid, row.try_get("epoch")?)))
     }
 
+    /// The operator key's live lease: its holder and epoch.
+    async fn leader_lease(&self) -> TestResult<(String, u64)> {
+        let row = sqlx::query(
+            "SELECT holder, epoch FROM settled_leases WHERE name LIKE 'operator:%' \
+             AND expires_at > now()",
+        )
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok((row.try_get("holder")?, u64::try_from(row.try_get::<i64, _>("epoch")?)?))
+    }
+
+    /// Leaves in the store (and on the chain) exactly what the leader `holder` at `epoch`
+    /// leaves when it is killed at `point` in a `stream_withdraw` of 1 under `key`: its claim,
+    /// its signed transaction committed as an intent with the call's record `Sent` in the same
+    /// step — and, after the broadcast, the transaction in the chain's pool.
+    async fn leave_as_leader(
+        &self,
+        (holder, epoch): (&str, u64),
+        key: &str,
+        point: KillPoint,
+    ) -> TestResult {
+        // The node's record id and parameter binding of this call (operator.rs).
+        let id = keccak256([b"vendor".as_slice(), b"\0", key.as_bytes()].concat());
+        let params =
+            keccak256(format!("stream_withdraw|{}|None|Some(\"1\")", self.stream).as_bytes());
+        assert_eq!(self.store.claim(id, params, holder).await?, None);
+        let provider = self.chain.provider().clone();
+        let sender = TransactionSender::new(provider, self.chain.signer(5)?);
+        let vault = StreamVault::new(self.chain.deployment().stream_vault, self.chain.provider());
+        let tx = vault.withdraw(self.stream.parse()?, 1).into_transaction_request();
+        let signed = sender.sign(tx).await?;
+        let intent = Intent {
+            signer: self.operator,
+            nonce: signed.sent.nonce,
+            carries: format!("billing call {id}"),
+            raw: signed.raw.clone(),
+            hashes: vec![signed.sent.hash],
+        };
+        let lease = Lease {
+            name: format!("operator:{}", self.operator),
+            holder: holder.into(),
+            epoch,
+            deadline: Instant::now() + Duration::from_secs(1),
+        };
+        let call = CallRef { id, owner: holder };
+        self.store.commit_intent(&Fence::Lease(lease), &intent, Some(call)).await?;
+        if let KillPoint::AfterBroadcast = point {
+            sender.broadcast(signed).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until process `pid` leads the operator key; its epoch.
     async fn led_by(&self, pid: u32, within: Duration) -> TestResult<i64> {
         let deadline = Instant::now() + within;
@@ -147,6 +202,15 @@ async fn withdraw(url: String, stream: String, key: String) -> TestResult<(Value
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Where a leader is killed in a billing call.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// Its intent committed, nothing broadcast.
+    AfterIntentCommit,
+    /// Broadcast, not yet mined.
+    AfterBroadcast,
 }
 
 fn signal(pid: u32, name: &str) -> TestResult {
@@ -251,6 +315,33 @@ async fn two_nodes_fail_over_without_losing_or_repeating_a_call() -> TestResult 
          continued, it answered its next call after {refusals} refusals, via the new leader",
         stop_takeover.as_millis()
     );
+
+    // The leader killed at chosen points of a call; the standby takes over, sends the
+    // committed transaction again, and the retry is answered from it; a fresh node joins.
+    let (mut leading, mut standby) = (restarted, survivor);
+    let extra = [tempfile::tempdir()?, tempfile::tempdir()?];
+    for (point, dir) in [KillPoint::AfterIntentCommit, KillPoint::AfterBroadcast].iter().zip(&extra)
+    {
+        let (holder, epoch) = cluster.leader_lease().await?;
+        assert!(holder.contains(&format!("/{}/", leading.pid())), "{holder} leads");
+        let key = format!("killed-{point:?}");
+        cluster.leave_as_leader((&holder, epoch), &key, *point).await?;
+        let killed_at = Instant::now();
+        leading.kill()?;
+        let next_epoch = cluster.led_by(standby.pid(), Duration::from_secs(10)).await?;
+        let takeover = killed_at.elapsed();
+        let (answer, refusals) = cluster.withdraw(standby.rpc_url(), &key).await?;
+        eprintln!(
+            "failover: leader killed {point:?}; takeover (epoch {epoch} → {next_epoch}) after {} \
+             ms, the retry answered {} ms after the kill ({refusals} refusals first)",
+            takeover.as_millis(),
+            killed_at.elapsed().as_millis()
+        );
+        answers.push((key, answer));
+        leading = standby;
+        standby = cluster.node(dir.path()).await?;
+    }
+    let restarted = leading;
 
     // PostgreSQL stopped abruptly: clean refusals; once back, the call goes through once.
     cluster.postgres.kill()?;
