@@ -408,7 +408,8 @@ async fn start_follower_and_billing(
         max_lag_blocks: config.chain.reorg_depth,
     };
     let chain_id = wiring.deployment.chain_id;
-    let mut module = node_module(chain_id, &follower, limits, wiring.tasks.clone())?;
+    let dependencies = wiring.shared.iter().map(|s| s.health()).collect();
+    let mut module = node_module(chain_id, &follower, limits, wiring.tasks.clone(), dependencies)?;
     if let Some(bundler) = &components.bundler {
         merge(&mut module, settled_bundler::bundler_module(bundler.clone(), config.rpc.debug)?)?;
     }

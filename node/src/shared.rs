@@ -23,6 +23,8 @@ pub(crate) struct SharedStore {
     /// This process, as the store knows it (claims, lease holder).
     owner: String,
     lease_ttl: Duration,
+    /// The store's current problem, if any (readiness).
+    problem: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Connects to the shared store when one is configured, after refusing the roles that cannot
@@ -38,7 +40,10 @@ pub(crate) async fn open(
     let store = PgStore::connect(&settings.url, timeout)
         .await
         .map_err(|e| NodeError::SharedStore(e.to_string()))?;
-    let shared = SharedStore { store, owner: process_owner(), lease_ttl: settings.lease_ttl };
+    let (report, problem) = tokio::sync::watch::channel(None);
+    tasks.spawn_loop("shared store probe", probe(store.clone(), report, cancel.clone()));
+    let owner = process_owner();
+    let shared = SharedStore { store, owner, lease_ttl: settings.lease_ttl, problem };
     info!(owner = %shared.owner, lease_ms = settings.lease_ttl.as_millis() as u64, "on the shared store");
     let keeper = shared.keeper(liveness_lease(&shared.owner));
     tasks.spawn_loop("node liveness", keep_alive(keeper, cancel.clone()));
@@ -59,6 +64,27 @@ fn refuse_unshared_roles(config: &NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Asks the store every second whether it answers; reports its problem (not ready) until it
+/// does again.
+async fn probe(
+    store: PgStore,
+    report: tokio::sync::watch::Sender<Option<String>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let problem = store.ping(Duration::from_secs(2)).await.err();
+        let problem = problem.map(|e| format!("the shared store does not answer: {e}"));
+        if report.borrow().is_none() && problem.is_some() {
+            warn!(problem = problem.as_deref().unwrap_or_default(), "shared store unreachable");
+        }
+        report.send_replace(problem);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Holds the liveness lease for as long as the node runs (taking it again after an outage).
 async fn keep_alive(keeper: LeaseKeeper<PgStore>, cancel: CancellationToken) {
     while let Some(leadership) = keeper.lead(&cancel).await {
@@ -70,6 +96,11 @@ async fn keep_alive(keeper: LeaseKeeper<PgStore>, cancel: CancellationToken) {
 }
 
 impl SharedStore {
+    /// The store's problem, for readiness.
+    pub(crate) fn health(&self) -> settled_server::Dependency {
+        self.problem.clone()
+    }
+
     fn keeper(&self, name: String) -> LeaseKeeper<PgStore> {
         LeaseKeeper::new(Arc::new(self.store.clone()), name, self.owner.clone(), self.lease_ttl)
     }

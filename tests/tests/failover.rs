@@ -6,8 +6,9 @@
 //! continued, writes nothing under its old epoch; the leader killed right after committing a
 //! call's intent (nothing broadcast), and right after the broadcast: the standby sends the same
 //! transaction again and the retry is answered from it; PostgreSQL stopped abruptly gives clean
-//! refusals and nothing is lost once it is back. At the end: one transaction per key, no nonce
-//! gap, every intent finished, and the payee paid exactly what the calls asked.
+//! refusals and a node not ready, and nothing is lost once it is back. At the end: one
+//! transaction per key, no nonce gap, every intent finished, and the payee paid exactly what
+//! the calls asked.
 
 use std::time::Duration;
 
@@ -213,6 +214,20 @@ enum KillPoint {
     AfterBroadcast,
 }
 
+/// How long until the node's `GET /ready` answers `ready` (2xx) or not (at most 10 s).
+async fn ready_becomes(url: &str, ready: bool) -> TestResult<Duration> {
+    let started = Instant::now();
+    let client = alloy::transports::http::reqwest::Client::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let response = client.get(format!("{url}/ready")).send().await?;
+        if response.status().is_success() == ready {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{url}/ready did not become {ready} within 10 s").into())
+}
+
 fn signal(pid: u32, name: &str) -> TestResult {
     let status = std::process::Command::new("kill").args([name, &pid.to_string()]).status()?;
     if !status.success() {
@@ -350,7 +365,14 @@ async fn two_nodes_fail_over_without_losing_or_repeating_a_call() -> TestResult 
     let down = call_with_key(restarted.rpc_url(), TOKEN, "stream_withdraw", params).await?;
     let (code, message) = down.err().ok_or("a billing call succeeded without its store")?;
     assert!(matches!(code, -32004 | -32603), "{code} {message}");
+    let unready = ready_becomes(restarted.rpc_url(), false).await?;
     cluster.postgres.run()?;
+    let ready = ready_becomes(restarted.rpc_url(), true).await?;
+    eprintln!(
+        "failover: PostgreSQL killed: not ready after {} ms; back: ready after {} ms",
+        unready.as_millis(),
+        ready.as_millis()
+    );
     answers
         .push(("store-down".into(), cluster.withdraw(restarted.rpc_url(), "store-down").await?.0));
 

@@ -56,7 +56,12 @@ struct NodeInfo {
     contact: watch::Receiver<Option<ChainContact>>,
     limits: HealthLimits,
     tasks: CriticalTasks,
+    dependencies: Vec<Dependency>,
 }
+
+/// A service the node depends on besides the chain (the shared store): its current problem,
+/// if it has one, makes the node not ready.
+pub type Dependency = watch::Receiver<Option<String>>;
 
 impl NodeInfo {
     fn health(&self) -> Health {
@@ -76,6 +81,7 @@ impl NodeInfo {
         {
             problems.push(format!("{} blocks behind the chain", chain - head));
         }
+        problems.extend(self.dependencies.iter().filter_map(|d| d.borrow().clone()));
         let components = self.tasks.states();
         for (task, state) in &components {
             if *state != TaskState::Running {
@@ -95,12 +101,13 @@ impl NodeInfo {
 }
 
 /// The node's own methods: `eth_chainId`, `web3_clientVersion`, `system_health`,
-/// `system_ready`.
+/// `system_ready` (degraded while any of `dependencies` reports a problem).
 pub fn node_module(
     chain_id: u64,
     follower: &FollowerHandle,
     limits: HealthLimits,
     tasks: CriticalTasks,
+    dependencies: Vec<Dependency>,
 ) -> Result<RpcModule<()>, ServerError> {
     let info = Arc::new(NodeInfo {
         chain_id,
@@ -108,6 +115,7 @@ pub fn node_module(
         contact: follower.contact_watch(),
         limits,
         tasks,
+        dependencies,
     });
     let mut module = RpcModule::new(());
     let register = |e: jsonrpsee::core::RegisterMethodError| ServerError::Register(e.to_string());
@@ -151,6 +159,7 @@ mod tests {
                 max_lag_blocks: 64,
             },
             tasks,
+            dependencies: Vec::new(),
         }
     }
 
@@ -180,5 +189,13 @@ mod tests {
             info(None, CriticalTasks::new(Default::default())).health().problems,
             vec!["the chain has not answered yet".to_owned()]
         );
+
+        // A dependency's problem makes the node not ready, and clears with it.
+        let (report, problem) = watch::channel(Some("the shared store is unreachable".to_owned()));
+        let mut node = info(Some(fresh), CriticalTasks::new(Default::default()));
+        node.dependencies.push(problem);
+        assert_eq!(node.health().problems, vec!["the shared store is unreachable".to_owned()]);
+        report.send_replace(None);
+        assert_eq!(node.health().status, "ok");
     }
 }

@@ -18,7 +18,7 @@ mod tasks;
 use std::net::SocketAddr;
 
 pub use bearer::{BearerLayer, BearerService, BearerToken};
-pub use health::{CLIENT_VERSION, HealthLimits, NOT_READY, node_module};
+pub use health::{CLIENT_VERSION, Dependency, HealthLimits, NOT_READY, node_module};
 pub use listener::raise_open_file_limit;
 pub use pages::{PageRequest, PageResponse, Pages};
 pub use prometheus::serve_metrics;

@@ -47,6 +47,16 @@ impl PgStore {
         Ok(Self { pool })
     }
 
+    /// Whether the store answers within `within`.
+    pub async fn ping(&self, within: Duration) -> Result<(), LeaseError> {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(within, query).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(store(e)),
+            Err(_) => Err(LeaseError::Store(format!("no answer within {within:?}"))),
+        }
+    }
+
     /// The pool (for the component stores built on it).
     pub fn pool(&self) -> &PgPool {
         &self.pool
