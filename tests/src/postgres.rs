@@ -17,6 +17,8 @@ pub struct TestPostgres {
     port: u16,
     ids: (u32, u32),
     server: Option<Child>,
+    /// Listening on 127.0.0.1 too (TLS clusters).
+    tcp: bool,
 }
 
 /// The directory of Debian's server binaries (`/usr/lib/postgresql/<major>/bin`).
@@ -38,6 +40,64 @@ fn postgres_ids() -> TestResult<(u32, u32)> {
     Ok((fields[2].parse()?, fields[3].parse()?))
 }
 
+/// A throwaway CA and a certificate for `localhost` it signed, in `data` (`server.crt`,
+/// `server.key`, owned by the server's user); the CA certificate's path.
+fn tls_files(data: &Path, ids: (u32, u32)) -> TestResult<PathBuf> {
+    let openssl = |args: &[&str]| -> TestResult {
+        let out = Command::new("openssl").args(args).current_dir(data).output()?;
+        if !out.status.success() {
+            return Err(
+                format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into()
+            );
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509", "-days", "1", "-subj", "/CN=settled test CA"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &["req", "-subj", "/CN=localhost"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat(),
+    )?;
+    std::fs::write(
+        data.join("san.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ])?;
+    for file in ["server.crt", "server.key"] {
+        std::os::unix::fs::chown(data.join(file), Some(ids.0), Some(ids.1))?;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+    Ok(data.join("ca.crt"))
+}
+
 impl TestPostgres {
     /// A new cluster, running.
     pub fn start() -> TestResult<Self> {
@@ -54,9 +114,42 @@ impl TestPostgres {
             return Err(format!("initdb: {}", String::from_utf8_lossy(&init.stderr)).into());
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut postgres = Self { dir, bin, port, ids, server: None };
+        let mut postgres = Self { dir, bin, port, ids, server: None, tcp: false };
         postgres.run()?;
         Ok(postgres)
+    }
+
+    /// A new cluster that also listens on 127.0.0.1 and takes TCP connections only over TLS,
+    /// with a certificate for `localhost` from a throwaway CA; the CA certificate's path, for
+    /// `sslrootcert=`.
+    pub fn start_tls() -> TestResult<(Self, PathBuf)> {
+        let mut postgres = Self::start()?;
+        let data = postgres.dir.path().join("data");
+        let ca = tls_files(&data, postgres.ids)?;
+        // TCP only over TLS: `hostssl` lines instead of `host` ones.
+        let hba = std::fs::read_to_string(data.join("pg_hba.conf"))?;
+        let hba: Vec<String> = hba
+            .lines()
+            .map(|l| if l.starts_with("host ") { format!("hostssl{}", &l[4..]) } else { l.into() })
+            .collect();
+        std::fs::write(data.join("pg_hba.conf"), hba.join("\n") + "\n")?;
+        let conf = "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n";
+        let mut file =
+            std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut file, conf.as_bytes())?;
+        postgres.kill()?;
+        postgres.tcp = true;
+        postgres.run()?;
+        Ok((postgres, ca))
+    }
+
+    /// The URL of a TLS connection over TCP, checking the server's certificate against `ca`.
+    pub fn tls_url(&self, ca: &Path) -> String {
+        format!(
+            "postgres://settled@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            ca.display()
+        )
     }
 
     /// Starts the server on the existing cluster and waits for its socket.
@@ -70,7 +163,7 @@ impl TestPostgres {
                 "-p",
                 &self.port.to_string(),
                 "-c",
-                "listen_addresses=",
+                if self.tcp { "listen_addresses=127.0.0.1" } else { "listen_addresses=" },
                 "-c",
                 "max_connections=60",
             ])

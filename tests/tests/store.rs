@@ -401,3 +401,21 @@ async fn postgres_keeps_the_send_contract_and_fences_intents() -> TestResult {
     assert!(a.unfinished(next.signer).await?.iter().any(|i| i.nonce == 5));
     Ok(())
 }
+
+/// A shared store over the network is reached over TLS, its certificate checked: a cluster that
+/// takes TCP only over TLS is used with `sslmode=verify-full`, and refuses a plain connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_checks_the_server() -> TestResult {
+    let (postgres, ca) = TestPostgres::start_tls()?;
+    let store = PgStore::connect(&postgres.tls_url(&ca), Duration::from_secs(5)).await?;
+    let lease = store.acquire("operator:0xtls", "node-a", TTL).await?.ok_or("free")?;
+    store.check(&lease).await?;
+    let plain = postgres.tls_url(&ca).replace("sslmode=verify-full", "sslmode=disable");
+    let refused = PgStore::connect(&plain, Duration::from_secs(5)).await;
+    assert!(refused.is_err(), "a plain connection is refused");
+    // Without the CA, only the system's roots are trusted: the throwaway CA is not among them.
+    let system_roots = postgres.tls_url(&ca).replace(&format!("&sslrootcert={}", ca.display()), "");
+    let untrusted = PgStore::connect(&system_roots, Duration::from_secs(5)).await;
+    assert!(untrusted.is_err(), "an unknown CA is not trusted");
+    Ok(())
+}
