@@ -15,7 +15,7 @@ use std::{
 use alloy::primitives::{Address, B256, U256};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{PolicyRule, Rejection, SponsorshipPolicy};
+use crate::policy::{Rejection, SponsorshipPolicy};
 
 /// The id a signature carries on chain (`GasSponsored.sponsorshipId`).
 pub type SponsorshipId = u64;
@@ -72,8 +72,8 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// What it counts against caps: `(ops, wei)`.
-    fn charge(&self) -> Option<U256> {
+    /// What it counts against caps in wei (one op with it), if anything.
+    pub fn charge(&self) -> Option<U256> {
         match self.state {
             ReservationState::Open => Some(self.max_cost),
             ReservationState::Settled => Some(self.actual_cost.unwrap_or_default()),
@@ -115,6 +115,18 @@ struct UsageKey {
     scope: Scope,
     period_secs: u64,
     index: u64,
+}
+
+impl UsageKey {
+    /// The same slot as [`Reservation::usage_slots`] names it.
+    fn slot(&self) -> crate::ledger_store::UsageSlot {
+        let scope = match &self.scope {
+            Scope::Sender(policy, sender) => format!("sender:{policy}:{sender}"),
+            Scope::Customer(policy, customer) => format!("customer:{policy}:{customer}"),
+            Scope::Global => "global".into(),
+        };
+        crate::ledger_store::UsageSlot { scope, period_secs: self.period_secs, index: self.index }
+    }
 }
 
 /// Ops and wei counted against a cap in one period.
@@ -354,54 +366,22 @@ impl Ledger {
         request: &ReservationRequest<'_>,
         reservation: &Reservation,
     ) -> Option<Rejection> {
-        let policy = request.policy;
-        let [sender_key, customer_key, global_key] = reservation.usage_keys();
-        let caps = [
-            (
-                sender_key,
-                PolicyRule::SenderOps,
-                policy.max_ops_per_sender,
-                PolicyRule::SenderWei,
-                policy.max_wei_per_sender,
-            ),
-            (
-                customer_key,
-                PolicyRule::CustomerOps,
-                policy.max_ops_per_customer,
-                PolicyRule::CustomerWei,
-                policy.max_wei_per_customer,
-            ),
-            (
-                global_key,
-                PolicyRule::DailyBudget,
-                None,
-                PolicyRule::DailyBudget,
-                request.daily_budget,
-            ),
-        ];
-        for (key, ops_rule, max_ops, wei_rule, max_wei) in caps {
-            let used = state.usage(&key);
-            if let Some(max) = max_ops
-                && used.ops >= max
-            {
-                return Some(Rejection::new(
-                    ops_rule,
-                    format!("{} of {max} sponsored ops used this period", used.ops),
-                ));
-            }
-            if let Some(max) = max_wei
-                && used.wei + request.max_cost > max
-            {
-                return Some(Rejection::new(
-                    wei_rule,
-                    format!(
-                        "{} wei used this period; this op may cost {} more, above the {max} wei cap",
-                        used.wei, request.max_cost
-                    ),
-                ));
-            }
-        }
-        None
+        let used = reservation.usage_keys().map(|key| state.usage(&key));
+        crate::ledger_store::over_caps(request, used)
+    }
+
+    /// What was used in `slot` (any scope: its key is rebuilt from the slot's scope string).
+    pub(crate) fn slot_usage(
+        &self,
+        slot: &crate::ledger_store::UsageSlot,
+    ) -> Result<Usage, LedgerError> {
+        let state = self.lock()?;
+        Ok(state
+            .usage
+            .iter()
+            .find(|(key, _)| key.slot() == *slot)
+            .map(|(_, usage)| *usage)
+            .unwrap_or_default())
     }
 
     /// Records the signed op's hash on reservation `id`, so its `UserOperationEvent` settles it.

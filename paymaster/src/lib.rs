@@ -15,6 +15,7 @@
 
 mod error;
 mod ledger;
+mod ledger_store;
 mod metrics;
 mod policy;
 mod rpc;
@@ -26,6 +27,10 @@ pub use error::PaymasterError;
 pub use ledger::{
     DAY_SECS, Ledger, LedgerError, LedgerStatus, LedgerTotals, RETENTION_SECS, Reservation,
     ReservationRequest, ReservationState, SponsorshipId, Usage,
+};
+pub use ledger_store::{
+    LedgerFuture, LedgerStore, SettledOp, UsageSlot, customer_slot, daily_slot, over_caps,
+    sender_slot,
 };
 pub use metrics::describe_metrics;
 pub use policy::{

@@ -9,11 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256, Bytes};
+use alloy::primitives::{Address, B256, Bytes, U256};
 use serde_json::json;
+use settled_paymaster::{
+    Ledger, LedgerStore, PolicyRule, ReservationRequest, ReservationState, SettledOp,
+    SponsorshipPolicy, Usage, customer_slot, daily_slot, sender_slot,
+};
 use settled_store::{
     CallRecord, CallRef, Fence, Intent, Lease, LeaseError, LeaseKeeper, LeaseStore, Notice,
-    NoticeFeed, PgStore, SendStore, SendStoreError, SledLeases, SledSends, liveness_lease,
+    NoticeFeed, PgLedger, PgStore, SendStore, SendStoreError, SledLeases, SledSends,
+    liveness_lease,
 };
 use settled_tests::{TestResult, postgres::TestPostgres};
 use tokio::time::Instant;
@@ -417,5 +422,120 @@ async fn postgres_over_tls_checks_the_server() -> TestResult {
     let system_roots = postgres.tls_url(&ca).replace(&format!("&sslrootcert={}", ca.display()), "");
     let untrusted = PgStore::connect(&system_roots, Duration::from_secs(5)).await;
     assert!(untrusted.is_err(), "an unknown CA is not trusted");
+    Ok(())
+}
+
+fn sponsorship<'a>(policy: &'a SponsorshipPolicy, sender: u8, cost: u64) -> ReservationRequest<'a> {
+    ReservationRequest {
+        policy,
+        customer: "acme",
+        sender: Address::repeat_byte(sender),
+        entry_point: Address::repeat_byte(0xee),
+        max_cost: U256::from(cost),
+        now: 1_000_000,
+        valid_until: 1_000_300,
+        daily_budget: Some(U256::from(10_000)),
+    }
+}
+
+fn mined(hash: u8, cost: u64, block: u8) -> SettledOp {
+    SettledOp {
+        user_op_hash: B256::repeat_byte(hash),
+        sender: Address::repeat_byte(1),
+        entry_point: Address::repeat_byte(0xee),
+        actual_cost: U256::from(cost),
+        block: B256::repeat_byte(block),
+        timestamp: 1_000_010,
+    }
+}
+
+/// What every ledger must do: caps, binding and settling at the actual cost (once), reorgs,
+/// cancellation and expiry, each visible in usage and status.
+async fn ledger_contract(ledger: &dyn LedgerStore) -> TestResult {
+    let policy = SponsorshipPolicy {
+        max_ops_per_sender: Some(2),
+        max_wei_per_customer: Some(U256::from(1_000)),
+        ..SponsorshipPolicy::unlimited("p")
+    };
+    let first = ledger.reserve(&sponsorship(&policy, 1, 400)).await??;
+    let second = ledger.reserve(&sponsorship(&policy, 1, 400)).await??;
+    let refused = ledger.reserve(&sponsorship(&policy, 1, 1)).await?;
+    assert_eq!(refused.map_err(|r| r.rule), Err(PolicyRule::SenderOps));
+    let over = ledger.check(&sponsorship(&policy, 2, 300)).await?;
+    assert_eq!(over.map_err(|r| r.rule), Err(PolicyRule::CustomerWei), "800 + 300 > 1,000");
+    let customer = customer_slot(&policy, "acme", 1_000_000);
+    assert_eq!(ledger.usage(customer.clone()).await?, Usage { ops: 2, wei: U256::from(800) });
+
+    // Bound and mined: charged at the actual cost, once; a reorg reopens it.
+    ledger.bind(first.id, B256::repeat_byte(0xa1)).await?;
+    ledger.settle(mined(0xa1, 150, 7)).await?;
+    ledger.settle(mined(0xa1, 150, 7)).await?;
+    assert_eq!(ledger.usage(customer.clone()).await?.wei, U256::from(550));
+    ledger.settle(mined(0xb2, 90, 7)).await?; // mined without a reservation here
+    let status = ledger.status().await?;
+    assert_eq!((status.totals.settled_ops, status.totals.unreserved_ops), (2, 1));
+    assert_eq!(status.totals.settled_wei, U256::from(240));
+    assert_eq!((status.open_reservations, status.open_wei), (1, U256::from(400)));
+    assert_eq!(ledger.unsettle(&[B256::repeat_byte(7)]).await?, 2);
+    assert_eq!(ledger.usage(customer.clone()).await?.wei, U256::from(800), "open again");
+    assert_eq!(ledger.status().await?.totals, Default::default());
+
+    // Cancelled: nothing left; expired: released, charged nothing.
+    ledger.cancel(second.id).await?;
+    assert_eq!(ledger.reservation(second.id).await?, None);
+    assert_eq!(
+        ledger.usage(sender_slot(&policy, Address::repeat_byte(1), 1_000_000)).await?.ops,
+        1
+    );
+    assert_eq!(ledger.expire(1_000_400, 60).await?, 1);
+    let released = ledger.reservation(first.id).await?.ok_or("kept")?;
+    assert_eq!(released.state, ReservationState::Released);
+    assert_eq!(ledger.usage(customer).await?, Usage::default());
+    assert_eq!(ledger.usage(daily_slot(1_000_000)).await?, Usage::default());
+    ledger.flush().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_keeps_the_ledger_contract() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    ledger_contract(&Ledger::open(db.open_tree("ledger")?)?).await
+}
+
+/// On PostgreSQL: the contract, and 50 concurrent reservations split over two nodes against a
+/// cap of 20 ops and a budget of 30 × 100 wei: exactly 20 granted, usage exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_ledger_contract_and_caps_under_concurrency() -> TestResult {
+    let postgres = TestPostgres::start()?;
+    let url = postgres.url();
+    let connect = || PgStore::connect(&url, Duration::from_secs(5));
+    let (a, b) = (PgLedger::new(connect().await?), PgLedger::new(connect().await?));
+    ledger_contract(&a).await?;
+
+    let policy = Arc::new(SponsorshipPolicy {
+        max_ops_per_customer: Some(20),
+        ..SponsorshipPolicy::unlimited("burst")
+    });
+    let started = Instant::now();
+    let racers: Vec<_> = (0..50)
+        .map(|i| {
+            let (node, policy) = (if i % 2 == 0 { a.clone() } else { b.clone() }, policy.clone());
+            tokio::spawn(async move {
+                let mut request = sponsorship(&policy, i as u8, 100);
+                request.daily_budget = Some(U256::from(3_000));
+                node.reserve(&request).await.map(|granted| granted.is_ok())
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    for racer in racers {
+        granted += usize::from(racer.await??);
+    }
+    eprintln!("ledger: 50 concurrent reservations on two nodes in {:?}", started.elapsed());
+    assert_eq!(granted, 20, "a cap of 20 ops admits exactly 20");
+    let used = a.usage(customer_slot(&policy, "acme", 1_000_000)).await?;
+    assert_eq!(used, Usage { ops: 20, wei: U256::from(2_000) });
+    assert_eq!(b.status().await?.open_reservations, 20);
     Ok(())
 }

@@ -4,11 +4,13 @@
 //! [`LeaseKeeper`], which runs a role only while this node holds its lease; and notices every
 //! node relays to its subscribers ([`PgStore::publish`], [`NoticeFeed`]: LISTEN/NOTIFY with
 //! catch-up by id); and the send store ([`SendStore`]: billing calls' idempotency records and
-//! send intents committed under the signer's lease before the broadcast) on both backends.
+//! send intents committed under the signer's lease before the broadcast) on both backends; the
+//! paymaster's ledger on PostgreSQL ([`PgLedger`], a [`settled_paymaster::LedgerStore`]).
 
 mod keeper;
 mod lease;
 mod notices;
+mod pg_ledger;
 mod pg_sends;
 mod postgres;
 mod sends;
@@ -18,6 +20,7 @@ mod sled_sends;
 pub use keeper::{Leadership, LeaseKeeper};
 pub use lease::{Lease, LeaseError, LeaseStore};
 pub use notices::{Notice, NoticeError, NoticeFeed};
+pub use pg_ledger::PgLedger;
 pub use pg_sends::liveness_lease;
 pub use postgres::PgStore;
 pub use sends::{

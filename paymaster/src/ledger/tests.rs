@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::policy::PolicyRule;
 
 fn ledger() -> Result<(tempfile::TempDir, sled::Db, Ledger), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
