@@ -355,8 +355,14 @@ async fn start_paymaster(
     };
     let signer = PaymasterSigner::new(key);
     check_paymaster_signer(&wiring.provider, deployment, signer.address()).await;
-    let paymaster =
-        Paymaster::new(settings, wiring.provider.clone(), signer, wiring.storage.db()).await?;
+    let (provider, db) = (wiring.provider.clone(), wiring.storage.db());
+    let paymaster = match &wiring.shared {
+        // Every node reserves against the one ledger, so caps hold across them.
+        Some(shared) => {
+            Paymaster::with_ledger(settings, provider, signer, db, shared.ledger()).await?
+        }
+        None => Paymaster::new(settings, provider, signer, db).await?,
+    };
     wiring.cursors.push(("paymaster", paymaster.chain_cursor()?));
     let events = follower.consumer();
     wiring.tasks.spawn("paymaster", paymaster.clone().run(events, wiring.cancel.clone()));

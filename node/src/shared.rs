@@ -1,7 +1,8 @@
 //! Several nodes on one PostgreSQL (`--storage.url`): each node keeps a liveness lease (its
-//! billing calls' claims are alive while it is held), and the node holding the operator key's
-//! lease signs every billing call — its own and those the other nodes queue. Roles whose state
-//! is still in one node's sled database (bundler, paymaster, settlement) are refused here.
+//! billing calls' claims are alive while it is held), the node holding the operator key's
+//! lease signs every billing call — its own and those the other nodes queue — and every node's
+//! paymaster reserves against the one shared ledger. Roles whose state is still in one node's
+//! sled database (bundler, settlement) are refused here.
 
 use std::{sync::Arc, time::Duration};
 
@@ -55,9 +56,6 @@ fn refuse_unshared_roles(config: &NodeConfig) -> Result<(), NodeError> {
     if config.bundler.enabled {
         return refuse("the bundler", "--bundler.disable");
     }
-    if config.paymaster.enabled {
-        return refuse("the paymaster", "--paymaster.disable");
-    }
     if config.settlement.enabled {
         return refuse("settlement", "--settlement.disable");
     }
@@ -96,6 +94,11 @@ async fn keep_alive(keeper: LeaseKeeper<PgStore>, cancel: CancellationToken) {
 }
 
 impl SharedStore {
+    /// The paymaster's ledger, shared by every node.
+    pub(crate) fn ledger(&self) -> Arc<dyn settled_paymaster::LedgerStore> {
+        Arc::new(settled_store::PgLedger::new(self.store.clone()))
+    }
+
     /// The store's problem, for readiness.
     pub(crate) fn health(&self) -> settled_server::Dependency {
         self.problem.clone()

@@ -12,16 +12,21 @@
 
 use std::time::Duration;
 
+use alloy::signers::local::PrivateKeySigner;
 use alloy::{
     primitives::{Address, U256, keccak256},
     providers::Provider,
 };
 use serde_json::{Value, json};
 use settled_contracts::AnvilOptions;
+use settled_contracts::{EntryPointVersion, UserOperation};
 use settled_contracts::{StreamVault, TransactionSender};
 use settled_store::{CallRef, Fence, Intent, Lease, PgStore, SendStore as _};
 use settled_tests::{
-    SettledProcess, TestChain, TestResult, postgres::TestPostgres, rpc::call_with_key,
+    PAYMASTER_SIGNER_ACCOUNT, SettledProcess, TestChain, TestResult,
+    postgres::TestPostgres,
+    rpc::{call_url, call_with_key},
+    unestimated_op,
 };
 use sqlx::Row as _;
 use tokio::time::Instant;
@@ -60,10 +65,20 @@ impl Cluster {
         Ok(Self { chain, postgres, store, stream: id.to_string(), keys_file, operator })
     }
 
-    /// A node on the shared store, once its index has the stream.
+    /// A billing node on the shared store, once its index has the stream.
     async fn node(&self, datadir: &std::path::Path) -> TestResult<SettledProcess> {
+        self.node_with(datadir, &["--paymaster.disable"], &[]).await
+    }
+
+    /// A node on the shared store with `args` and `env` besides, once its index has the stream.
+    async fn node_with(
+        &self,
+        datadir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> TestResult<SettledProcess> {
         let url = self.postgres.url();
-        let args = [
+        let mut all = vec![
             "--billing.api-keys-file",
             &self.keys_file,
             "--storage.url",
@@ -71,11 +86,12 @@ impl Cluster {
             "--storage.lease-secs",
             "2",
             "--bundler.disable",
-            "--paymaster.disable",
             "--settlement.disable",
         ];
-        let env = [("SETTLED_BILLING_OPERATOR_KEY", self.chain.signer(5)?.to_bytes().to_string())];
-        let node = SettledProcess::start_with(&self.chain, datadir, &args, &env).await?;
+        all.extend_from_slice(args);
+        let mut env = env.to_vec();
+        env.push(("SETTLED_BILLING_OPERATOR_KEY", self.chain.signer(5)?.to_bytes().to_string()));
+        let node = SettledProcess::start_with(&self.chain, datadir, &all, &env).await?;
         for _ in 0..100 {
             let get = json!([self.stream]);
             if call_with_key(node.rpc_url(), TOKEN, "stream_get", get).await?.is_ok() {
@@ -403,5 +419,68 @@ async fn two_nodes_fail_over_without_losing_or_repeating_a_call() -> TestResult 
     assert_eq!(low as u64, sent_before, "the intents start at the operator's first nonce");
     assert_eq!(open, 0, "every intent finished");
     assert_eq!(paid, U256::from(calls), "the payee got exactly what was asked");
+    Ok(())
+}
+
+/// Two nodes sponsoring from one ledger: 50 `pm_getPaymasterData` at once, 25 on each node,
+/// under a policy of 20 ops per customer: exactly 20 signed, 30 refused by the cap, and both
+/// nodes report the same 20 open reservations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_sponsorship_caps() -> TestResult {
+    let cluster = Cluster::start().await?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let policies = dirs[0].path().join("policies.toml");
+    std::fs::write(&policies, "[[policies]]\nid = \"burst\"\nmaxOpsPerCustomer = 20\n")?;
+    let policies = policies.to_string_lossy().into_owned();
+    let key = cluster.chain.signer(PAYMASTER_SIGNER_ACCOUNT)?.to_bytes().to_string();
+    let env = [("SETTLED_PAYMASTER_KEY", key)];
+    let args = ["--paymaster.policies-file", policies.as_str(), "--rpc.admin"];
+    let nodes = [
+        cluster.node_with(dirs[0].path(), &args, &env).await?,
+        cluster.node_with(dirs[1].path(), &args, &env).await?,
+    ];
+    let version = EntryPointVersion::V08;
+    let chain_id = cluster.chain.provider().get_chain_id().await?;
+    let mut asks = Vec::new();
+    for i in 0..50 {
+        let owner = PrivateKeySigner::random();
+        let (sender, init_code) = cluster.chain.simple_account(version, owner.address()).await?;
+        let mut op = unestimated_op(sender, 0, init_code, Default::default());
+        op.set_account_gas_limits(1_000_000, 100_000);
+        op.preVerificationGas = U256::from(100_000);
+        let params = json!([
+            UserOperation::unpack(&op, None),
+            version.canonical_address(),
+            format!("{chain_id:#x}"),
+            { "policyId": "burst", "customer": "acme" },
+        ]);
+        asks.push((nodes[i % 2].rpc_url().to_owned(), params));
+    }
+    let started = Instant::now();
+    let calls: Vec<_> = asks
+        .into_iter()
+        .map(|(url, params)| {
+            tokio::spawn(async move { call_url(&url, "pm_getPaymasterData", params).await })
+        })
+        .collect();
+    let (mut signed, mut capped) = (0, 0);
+    for call in calls {
+        match call.await.map_err(|e| e.to_string())?? {
+            Ok(_) => signed += 1,
+            Err((_, message)) if message.contains("sponsored ops used") => capped += 1,
+            Err(other) => return Err(format!("pm_getPaymasterData: {other:?}").into()),
+        }
+    }
+    eprintln!(
+        "sponsorship: 50 concurrent pm_getPaymasterData on two nodes in {} ms: {signed} signed, \
+         {capped} refused by the cap of 20",
+        started.elapsed().as_millis()
+    );
+    assert_eq!((signed, capped), (20, 30), "a cap of 20 ops admits exactly 20 across nodes");
+    for node in &nodes {
+        let status = call_url(node.rpc_url(), "paymaster_status", json!([])).await?;
+        let status = status.map_err(|e| format!("paymaster_status: {e:?}"))?;
+        assert_eq!(status["ledger"]["openReservations"], json!(20), "{status}");
+    }
     Ok(())
 }

@@ -29,7 +29,7 @@ impl Paymaster {
                     if !self.shared.cursor.check_next(&block).map_err(internal)? {
                         continue; // replayed after a restart: settled before it
                     }
-                    self.apply_block(&block)?;
+                    self.apply_block(&block).await?;
                     if last_deposit_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         last_deposit_check = Some(Instant::now());
                         self.check_deposits().await;
@@ -39,7 +39,7 @@ impl Paymaster {
                     self.shared.head.reset();
                     self.shared.cursor.rewind(reorg.ancestor).map_err(internal)?;
                     let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
-                    let reopened = self.shared.ledger.unsettle(&removed).map_err(internal)?;
+                    let reopened = self.shared.ledger.unsettle(&removed).await.map_err(internal)?;
                     if reopened > 0 {
                         info!(reopened, "reorg: sponsorships back to open");
                     }
@@ -51,23 +51,20 @@ impl Paymaster {
 
     /// A new block: its `UserOperationEvent`s settle reservations, expired ones are released,
     /// and the cursor advances past it.
-    fn apply_block(&self, block: &settled_contracts::NewBlock) -> Result<(), PaymasterError> {
-        let settled =
-            self.settle_logs(&block.logs, block.block.hash, block.timestamp).map_err(internal)?;
-        let expired = self
-            .shared
-            .ledger
-            .expire(block.timestamp, self.shared.config.expiry_grace_secs)
-            .map_err(internal)?;
+    async fn apply_block(&self, block: &settled_contracts::NewBlock) -> Result<(), PaymasterError> {
+        let (hash, timestamp) = (block.block.hash, block.timestamp);
+        let settled = self.settle_logs(&block.logs, hash, timestamp).await.map_err(internal)?;
+        let grace = self.shared.config.expiry_grace_secs;
+        let expired = self.shared.ledger.expire(timestamp, grace).await.map_err(internal)?;
         if settled + expired > 0 {
             debug!(block = block.block.number, settled, expired, "paymaster ledger updated");
         }
         self.shared.cursor.advance(block.block).map_err(internal)?;
-        self.publish_ledger();
+        self.publish_ledger().await;
         Ok(())
     }
 
-    pub(super) fn settle_logs(
+    pub(super) async fn settle_logs(
         &self,
         logs: &[alloy::rpc::types::Log],
         block: B256,
@@ -84,14 +81,15 @@ impl Paymaster {
             if event.paymaster != ours {
                 continue;
             }
-            self.shared.ledger.settle(
-                event.userOpHash,
-                event.sender,
-                version.canonical_address(),
-                event.actualGasCost,
+            let op = crate::ledger_store::SettledOp {
+                user_op_hash: event.userOpHash,
+                sender: event.sender,
+                entry_point: version.canonical_address(),
+                actual_cost: event.actualGasCost,
                 block,
                 timestamp,
-            )?;
+            };
+            self.shared.ledger.settle(op).await?;
             ::metrics::counter!(metrics::SPONSORED_OPS).increment(1);
             settled += 1;
         }

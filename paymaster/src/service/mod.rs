@@ -33,6 +33,7 @@ pub use types::{
 use crate::{
     error::PaymasterError,
     ledger::{Ledger, LedgerStatus, ReservationRequest, Usage},
+    ledger_store::{LedgerStore, customer_slot, daily_slot, sender_slot},
     metrics,
     policy::{PolicyRule, Rejection, SponsorshipPolicy, max_cost},
     signer::{PaymasterSigner, SponsorshipTerms, stub_paymaster_data},
@@ -102,7 +103,7 @@ struct Shared {
     signer: PaymasterSigner,
     simulator: Simulator,
     head: ChainHead,
-    ledger: Ledger,
+    ledger: Arc<dyn LedgerStore>,
     /// The last block whose sponsorships were settled and expired (durable).
     cursor: ChainCursor,
     policies: RwLock<BTreeMap<String, SponsorshipPolicy>>,
@@ -139,10 +140,21 @@ impl Paymaster {
         signer: PaymasterSigner,
         db: &sled::Db,
     ) -> Result<Self, PaymasterError> {
+        let ledger = Ledger::open(db.open_tree("paymaster.ledger").map_err(internal)?)?;
+        Self::with_ledger(config, provider, signer, db, Arc::new(ledger)).await
+    }
+
+    /// The same with its ledger in `ledger` (shared by several nodes).
+    pub async fn with_ledger(
+        config: PaymasterConfig,
+        provider: DynProvider,
+        signer: PaymasterSigner,
+        db: &sled::Db,
+        ledger: Arc<dyn LedgerStore>,
+    ) -> Result<Self, PaymasterError> {
         let chain_id = provider.get_chain_id().await.map_err(internal)?;
         let client_version = provider.get_client_version().await.unwrap_or_default();
         let head = ChainHead::new(provider.clone(), AccountReads::for_client(&client_version));
-        let ledger = Ledger::open(db.open_tree("paymaster.ledger").map_err(internal)?)?;
         let policy_tree = db.open_tree("paymaster.policies").map_err(internal)?;
         let cursor = ChainCursor::open(db, "paymaster").map_err(internal)?;
         let mut policies: BTreeMap<String, SponsorshipPolicy> =
@@ -181,8 +193,8 @@ impl Paymaster {
     }
 
     /// The ledger (reservations, usage, totals).
-    pub fn ledger(&self) -> &Ledger {
-        &self.shared.ledger
+    pub fn ledger(&self) -> &dyn LedgerStore {
+        self.shared.ledger.as_ref()
     }
 
     fn paymaster_for(
@@ -306,7 +318,7 @@ impl Paymaster {
             valid_until: block.timestamp,
             daily_budget: self.shared.config.daily_budget,
         };
-        self.shared.ledger.check(&request)?.map_err(|r| self.reject(&resolved.policy, r))?;
+        self.shared.ledger.check(&request).await?.map_err(|r| self.reject(&resolved.policy, r))?;
         let (verification, post_op) = packed.paymaster_gas_limits().unwrap_or_default();
         Ok(StubData {
             sponsor: resolved.policy.sponsor_name.clone().map(|name| Sponsor { name }),
@@ -378,7 +390,7 @@ impl Paymaster {
             daily_budget: config.daily_budget,
         };
         let reservation =
-            self.shared.ledger.reserve(&request)?.map_err(|r| self.reject(policy, r))?;
+            self.shared.ledger.reserve(&request).await?.map_err(|r| self.reject(policy, r))?;
         // From here on a failure must not leave the reservation behind.
         let signed = async {
             let terms = SponsorshipTerms { valid_until, valid_after, id: reservation.id };
@@ -393,7 +405,7 @@ impl Paymaster {
             self.guard(state, block, resolved.version, &packed, &op).await?;
             let delegate = op.eip7702_auth.as_ref().map(|a| a.address);
             let hash = packed.hash(resolved.version, self.shared.chain_id, delegate);
-            self.shared.ledger.bind(reservation.id, hash)?;
+            self.shared.ledger.bind(reservation.id, hash).await?;
             self.flush().await?;
             Ok::<_, PaymasterError>(data)
         }
@@ -401,11 +413,11 @@ impl Paymaster {
         match signed {
             Ok(data) => {
                 debug!(id = reservation.id, sender = %packed.sender, policy = %policy.id, "sponsorship signed");
-                self.publish_ledger();
+                self.publish_ledger().await;
                 Ok(PaymasterData { paymaster: resolved.paymaster, paymaster_data: data })
             }
             Err(error) => {
-                if let Err(cancel) = self.shared.ledger.cancel(reservation.id) {
+                if let Err(cancel) = self.shared.ledger.cancel(reservation.id).await {
                     warn!(%cancel, id = reservation.id, "could not cancel a failed reservation");
                 }
                 Err(error)
@@ -504,13 +516,11 @@ impl Paymaster {
     }
 
     async fn flush(&self) -> Result<(), PaymasterError> {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.ledger.flush()).await.map_err(internal)??;
-        Ok(())
+        Ok(self.shared.ledger.flush().await?)
     }
 
-    fn publish_ledger(&self) {
-        if let Ok(status) = self.shared.ledger.status() {
+    async fn publish_ledger(&self) {
+        if let Ok(status) = self.shared.ledger.status().await {
             ::metrics::gauge!(metrics::RESERVATIONS_OPEN).set(status.open_reservations as f64);
             ::metrics::gauge!(metrics::RESERVED_WEI).set(wei_f64(status.open_wei));
             ::metrics::gauge!(metrics::SPONSORED_WEI).set(wei_f64(status.totals.settled_wei));
@@ -551,10 +561,15 @@ impl Paymaster {
         let policy = self.policy(policy_id)?;
         let (_, block) = self.shared.head.latest().await.map_err(chain_unavailable)?;
         let ledger = &self.shared.ledger;
-        let sender =
-            sender.map(|s| ledger.sender_usage(&policy, s, block.timestamp)).transpose()?;
-        let customer =
-            customer.map(|c| ledger.customer_usage(&policy, c, block.timestamp)).transpose()?;
+        let now = block.timestamp;
+        let sender = match sender {
+            Some(s) => Some(ledger.usage(sender_slot(&policy, s, now)).await?),
+            None => None,
+        };
+        let customer = match customer {
+            Some(c) => Some(ledger.usage(customer_slot(&policy, c, now)).await?),
+            None => None,
+        };
         Ok((sender, customer))
     }
 
@@ -568,8 +583,8 @@ impl Paymaster {
             signer: self.signer(),
             chain_id: self.shared.chain_id,
             accounts,
-            ledger: self.shared.ledger.status()?,
-            today: self.shared.ledger.daily_usage(block.timestamp)?,
+            ledger: self.shared.ledger.status().await?,
+            today: self.shared.ledger.usage(daily_slot(block.timestamp)).await?,
             daily_budget: self.shared.config.daily_budget,
         })
     }
