@@ -351,6 +351,7 @@ async fn start_paymaster(
         default_policy: config.paymaster.default_policy.clone(),
         chain: config.chain.kind.unwrap_or_default(),
         l1_fee_tolerance_percent: config.bundler.l1_fee_tolerance_percent,
+        fixed_policies: wiring.shared.is_some(),
         ..Default::default()
     };
     let signer = PaymasterSigner::new(key);

@@ -5,7 +5,8 @@
 //!   [`PolicyRule`] is named in every [`Rejection`].
 //! * [`Ledger`]: every sponsorship as a sled-persisted [`Reservation`] — reserved at its worst
 //!   case under one lock (so caps hold under concurrency), settled to the EntryPoint's
-//!   `actualGasCost`, released on expiry, reopened on reorg.
+//!   `actualGasCost`, released on expiry, reopened on reorg; behind [`LedgerStore`], which a
+//!   ledger shared by several nodes implements too (`settled-store`'s PostgreSQL one).
 //! * [`PaymasterSigner`]: the key and the `paymasterData` layout of `SponsorPaymaster`.
 //! * [`Paymaster`]: ERC-7677 requests → checks → reservation → signature → denial-of-wallet
 //!   guard (revm validation and execution), plus the chain-following [`Paymaster::run`].

@@ -424,7 +424,7 @@ async fn two_nodes_fail_over_without_losing_or_repeating_a_call() -> TestResult 
 
 /// Two nodes sponsoring from one ledger: 50 `pm_getPaymasterData` at once, 25 on each node,
 /// under a policy of 20 ops per customer: exactly 20 signed, 30 refused by the cap, and both
-/// nodes report the same 20 open reservations.
+/// nodes report the same 20 open reservations; policies cannot be changed on one node alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_the_sponsorship_caps() -> TestResult {
     let cluster = Cluster::start().await?;
@@ -477,6 +477,10 @@ async fn two_nodes_share_the_sponsorship_caps() -> TestResult {
         started.elapsed().as_millis()
     );
     assert_eq!((signed, capped), (20, 30), "a cap of 20 ops admits exactly 20 across nodes");
+    let policy = json!([{ "id": "burst", "maxOpsPerCustomer": 1000 }]);
+    let refused = call_url(nodes[0].rpc_url(), "paymaster_setPolicy", policy).await?;
+    let (code, message) = refused.err().ok_or("a runtime policy change on a shared store")?;
+    assert!(code == -32602 && message.contains("policies-file"), "{code} {message}");
     for node in &nodes {
         let status = call_url(node.rpc_url(), "paymaster_status", json!([])).await?;
         let status = status.map_err(|e| format!("paymaster_status: {e:?}"))?;

@@ -73,6 +73,9 @@ pub struct PaymasterConfig {
     /// How far below its L1 fee (percent) an op's preVerificationGas may fall (as bundlers
     /// tolerate fee drift).
     pub l1_fee_tolerance_percent: u64,
+    /// Policies are the config file's alone: several nodes share the ledger, and a policy set
+    /// over one node's admin RPC would hold on that node only.
+    pub fixed_policies: bool,
 }
 
 impl Default for PaymasterConfig {
@@ -92,6 +95,7 @@ impl Default for PaymasterConfig {
             rules: ValidationRules::default(),
             chain: ChainKind::Ethereum,
             l1_fee_tolerance_percent: 10,
+            fixed_policies: false,
         }
     }
 }
@@ -529,6 +533,7 @@ impl Paymaster {
 
     /// Sets (adds or replaces) a policy; persisted, it outlives restarts and the config file.
     pub fn set_policy(&self, policy: SponsorshipPolicy) -> Result<(), PaymasterError> {
+        self.policies_changeable()?;
         policy.validate().map_err(PaymasterError::InvalidParams)?;
         let value = serde_json::to_vec(&policy).map_err(internal)?;
         self.shared.policy_tree.insert(policy.id.as_bytes(), value).map_err(internal)?;
@@ -541,9 +546,21 @@ impl Paymaster {
     /// Removes a policy (also one from the config file, until it is set again). Returns whether
     /// it existed. Signatures already issued under it stay valid until they expire.
     pub fn remove_policy(&self, id: &str) -> Result<bool, PaymasterError> {
+        self.policies_changeable()?;
         self.shared.policy_tree.insert(id.as_bytes(), &[] as &[u8]).map_err(internal)?;
         self.shared.policy_tree.flush().map_err(internal)?;
         Ok(self.shared.policies.write().map_err(internal)?.remove(id).is_some())
+    }
+
+    fn policies_changeable(&self) -> Result<(), PaymasterError> {
+        if self.shared.config.fixed_policies {
+            return Err(PaymasterError::InvalidParams(
+                "policies are fixed by --paymaster.policies-file on a shared store: change the \
+                 file on every node and restart them"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Every policy in force.
