@@ -126,13 +126,11 @@ pub enum NodeError {
     /// store, where another node would run it too.
     #[error(
         "{role} does not run on the shared store yet (its state is in one node's database); \
-         run it on one node without --storage.url, or pass {flag} here"
+         run it on one node without --storage.url, and here --roles paymaster,billing"
     )]
     NotShared {
         /// The role.
         role: &'static str,
-        /// The flag that turns it off.
-        flag: &'static str,
     },
     /// A `settled paymaster` command failed.
     #[error("paymaster command: {0}")]

@@ -304,6 +304,9 @@ async fn start_bundler(
     dev_key: Option<PrivateKeySigner>,
 ) -> Result<Option<Bundler>, NodeError> {
     let config = &wiring.config;
+    if !config.roles.bundler {
+        return Ok(None);
+    }
     let Some(signer) = bundler_signer(config, dev_key)? else {
         if config.bundler.enabled {
             warn!("bundler disabled: no key (--bundler.key-file or SETTLED_BUNDLER_KEY)");
@@ -331,6 +334,9 @@ async fn start_paymaster(
     dev_key: Option<PrivateKeySigner>,
 ) -> Result<Option<Paymaster>, NodeError> {
     let config = &wiring.config;
+    if !config.roles.paymaster {
+        return Ok(None);
+    }
     let Some(key) = paymaster_signer(config, dev_key)? else {
         if config.paymaster.enabled {
             warn!("paymaster disabled: no key (--paymaster.key-file or SETTLED_PAYMASTER_KEY)");
@@ -376,7 +382,7 @@ async fn start_stream_index(
     wiring: &mut Wiring,
     follower: &mut ChainFollower,
 ) -> Result<Option<Arc<StreamIndex>>, NodeError> {
-    if wiring.deployment.stream_vault.is_zero() {
+    if wiring.deployment.stream_vault.is_zero() || !wiring.config.roles.billing {
         return Ok(None);
     }
     let db = wiring.storage.db().clone();
@@ -484,7 +490,7 @@ async fn start_billing(
     let mut module = RpcModule::new(());
     let mut settler = None;
     // Settlement keeps its state in this node's database: never on a shared store.
-    if !deployment.settlement_anchor.is_zero() && wiring.shared.is_none() {
+    if !deployment.settlement_anchor.is_zero() && config.roles.settlement {
         let anchor = crate::anchor::anchor_chain(config, deployment, &sender, &key).await?;
         let chain = SettlementChain {
             sender,

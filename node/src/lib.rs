@@ -27,7 +27,8 @@ pub use settled_config::{
     DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT, DeployArgs,
     DeployCommandConfig, DevConfig, InvoiceArgs, InvoiceCommandConfig, LogArgs, LogConfig,
     MempoolArgs, MetricsArgs, NodeConfig, PaymasterAction, PaymasterArgs, PaymasterCommandConfig,
-    PaymasterSettings, RpcArgs, SecretKey, SettlementArgs, SharedStoreSettings, StorageArgs,
+    PaymasterSettings, Role, Roles, RpcArgs, SecretKey, SettlementArgs, SharedStoreSettings,
+    StorageArgs,
 };
 pub use settled_contracts::SentTransaction;
 pub use settled_server::TaskFailure;

@@ -52,12 +52,12 @@ pub(crate) async fn open(
 }
 
 fn refuse_unshared_roles(config: &NodeConfig) -> Result<(), NodeError> {
-    let refuse = |role, flag| Err(NodeError::NotShared { role, flag });
-    if config.bundler.enabled {
-        return refuse("the bundler", "--bundler.disable");
+    let refuse = |role| Err(NodeError::NotShared { role });
+    if config.roles.bundler && config.bundler.enabled {
+        return refuse("the bundler");
     }
-    if config.settlement.enabled {
-        return refuse("settlement", "--settlement.disable");
+    if config.roles.settlement {
+        return refuse("settlement");
     }
     Ok(())
 }

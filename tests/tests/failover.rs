@@ -67,10 +67,11 @@ impl Cluster {
 
     /// A billing node on the shared store, once its index has the stream.
     async fn node(&self, datadir: &std::path::Path) -> TestResult<SettledProcess> {
-        self.node_with(datadir, &["--paymaster.disable"], &[]).await
+        self.node_with(datadir, &["--roles", "billing"], &[]).await
     }
 
-    /// A node on the shared store with `args` and `env` besides, once its index has the stream.
+    /// A node on the shared store (its default roles: paymaster, billing) with `args` and `env`
+    /// besides, once its index has the stream.
     async fn node_with(
         &self,
         datadir: &std::path::Path,
@@ -85,8 +86,6 @@ impl Cluster {
             &url,
             "--storage.lease-secs",
             "2",
-            "--bundler.disable",
-            "--settlement.disable",
         ];
         all.extend_from_slice(args);
         let mut env = env.to_vec();

@@ -28,7 +28,7 @@ use crate::paymaster_command::{PaymasterAction, PaymasterCommandConfig};
 use crate::settings::{
     AnchorSettings, BillingSettings, BundlerSettings, ChainConfig, ChainSource,
     DEFAULT_DEV_ANVIL_PORT, DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT,
-    DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey, SharedStoreSettings,
+    DevConfig, NodeConfig, PaymasterSettings, Roles, RpcConfig, SecretKey, SharedStoreSettings,
 };
 
 mod billing;
@@ -55,7 +55,7 @@ pub use metrics::MetricsArgs;
 pub use paymaster::PaymasterArgs;
 pub use rpc::RpcArgs;
 pub use settlement::SettlementArgs;
-pub use storage::StorageArgs;
+pub use storage::{Role, StorageArgs};
 
 /// settled: an ERC-4337 bundler, paymaster and per-second USDC streaming node.
 #[derive(Debug, Parser)]
@@ -261,8 +261,8 @@ pub struct NodeArgs {
     #[command(flatten, next_help_heading = "Chain")]
     pub chain: ChainArgs,
 
-    /// The store shared by several nodes.
-    #[command(flatten, next_help_heading = "Shared store (several nodes)")]
+    /// The store shared by several nodes, and this node's roles.
+    #[command(flatten, next_help_heading = "Several nodes")]
     pub storage: StorageArgs,
 
     /// Prometheus.
@@ -509,6 +509,7 @@ impl NodeArgs {
             billing: self.billing.into_settings(),
             anchor: self.settlement.anchor(),
             settlement: self.settlement.into_settings(),
+            roles: self.storage.roles(),
             shared_store: self.storage.into_settings(),
         };
         (node, self.log.into_config())

@@ -12,11 +12,11 @@ mod settings;
 pub use cli::{
     Action, BillingArgs, BundlerArgs, ChainArgs, Cli, CliError, Command, DeployArgs,
     DeployCommandConfig, InvoiceArgs, InvoiceCommandConfig, LogArgs, LogConfig, MempoolArgs,
-    MetricsArgs, PaymasterArgs, RpcArgs, SettlementArgs, StorageArgs,
+    MetricsArgs, PaymasterArgs, Role, RpcArgs, SettlementArgs, StorageArgs,
 };
 pub use paymaster_command::{PaymasterAction, PaymasterCommandConfig};
 pub use settings::{
     AnchorSettings, BillingSettings, BundlerSettings, ChainConfig, ChainSource,
     DEFAULT_DEV_ANVIL_PORT, DEFAULT_DEV_BLOCK_TIME_SECS, DEFAULT_METRICS_PORT, DEFAULT_RPC_PORT,
-    DevConfig, NodeConfig, PaymasterSettings, RpcConfig, SecretKey, SharedStoreSettings,
+    DevConfig, NodeConfig, PaymasterSettings, Roles, RpcConfig, SecretKey, SharedStoreSettings,
 };

@@ -33,6 +33,36 @@ pub struct NodeConfig {
     pub anchor: AnchorSettings,
     /// The store shared by several nodes; `None`: this node's own sled database alone.
     pub shared_store: Option<SharedStoreSettings>,
+    /// What this node runs.
+    pub roles: Roles,
+}
+
+/// What a node runs (`--roles`): every role on one node by default; on a shared store, the
+/// roles whose state is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The ERC-4337 bundler.
+    pub bundler: bool,
+    /// The gas-sponsoring paymaster.
+    pub paymaster: bool,
+    /// The stream index and the billing API (`stream_*`, operator calls).
+    pub billing: bool,
+    /// Settlement batches.
+    pub settlement: bool,
+}
+
+impl Roles {
+    /// Everything (one node).
+    pub const ALL: Self = Self { bundler: true, paymaster: true, billing: true, settlement: true };
+    /// What runs on every node of a shared store.
+    pub const SHARED: Self =
+        Self { bundler: false, paymaster: true, billing: true, settlement: false };
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self::ALL
+    }
 }
 
 /// PostgreSQL shared by several nodes (`--storage.url`).
@@ -273,6 +303,7 @@ impl Default for NodeConfig {
             settlement: settled_settlement::SettlementSettings::default(),
             anchor: AnchorSettings::default(),
             shared_store: None,
+            roles: Roles::ALL,
         }
     }
 }
@@ -332,6 +363,7 @@ impl NodeConfig {
             },
             anchor: AnchorSettings::default(),
             shared_store: None,
+            roles: Roles::ALL,
         }
     }
 

@@ -1,4 +1,5 @@
-//! `--storage.*`: PostgreSQL shared by several nodes (leases, billing calls, send intents).
+//! `--storage.*` and `--roles`: PostgreSQL shared by several nodes (leases, billing calls, send
+//! intents, the paymaster's ledger) and what this node runs.
 
 use super::*;
 
@@ -25,6 +26,31 @@ pub struct StorageArgs {
         default_value_t = 10.0
     )]
     pub lease_secs: f64,
+
+    /// What this node runs, comma-separated: `bundler`, `paymaster`, `billing`, `settlement`.
+    /// Default: all of them; with `--storage.url`, `paymaster,billing` (the roles whose state
+    /// is shared).
+    #[arg(
+        long = "roles",
+        id = "roles",
+        env = "SETTLED_ROLES",
+        value_name = "ROLES",
+        value_delimiter = ','
+    )]
+    pub roles: Option<Vec<Role>>,
+}
+
+/// A role of `--roles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The ERC-4337 bundler.
+    Bundler,
+    /// The gas-sponsoring paymaster.
+    Paymaster,
+    /// The stream index and the billing API.
+    Billing,
+    /// Settlement batches.
+    Settlement,
 }
 
 impl StorageArgs {
@@ -33,6 +59,19 @@ impl StorageArgs {
         let lease_ttl = Duration::try_from_secs_f64(self.lease_secs.max(0.2))
             .unwrap_or(Duration::from_secs(10));
         self.url.map(|url| SharedStoreSettings { url, lease_ttl })
+    }
+
+    /// The roles asked for, else the default for the store.
+    pub fn roles(&self) -> Roles {
+        let Some(roles) = &self.roles else {
+            return if self.url.is_some() { Roles::SHARED } else { Roles::ALL };
+        };
+        Roles {
+            bundler: roles.contains(&Role::Bundler),
+            paymaster: roles.contains(&Role::Paymaster),
+            billing: roles.contains(&Role::Billing),
+            settlement: roles.contains(&Role::Settlement),
+        }
     }
 }
 
@@ -56,6 +95,23 @@ mod tests {
         })?;
         assert_eq!(settings.lease_ttl, Duration::from_secs(2));
         assert_eq!(settings.url, "postgres://settled@db/settled");
+        Ok(())
+    }
+
+    #[test]
+    fn roles_default_to_what_the_store_shares() -> Result<(), clap::Error> {
+        let parse = |args: &[&str]| {
+            let all = [&["settled"][..], args].concat();
+            super::super::tests::Only::<StorageArgs>::try_parse_from(all).map(|a| a.group.roles())
+        };
+        assert_eq!(parse(&[])?, Roles::ALL);
+        assert_eq!(parse(&["--storage.url", "postgres://db/s"])?, Roles::SHARED);
+        let billing = parse(&["--roles", "billing,settlement"])?;
+        assert_eq!(
+            billing,
+            Roles { bundler: false, paymaster: false, billing: true, settlement: true }
+        );
+        assert!(parse(&["--roles", "mempool"]).is_err(), "an unknown role is refused");
         Ok(())
     }
 }
