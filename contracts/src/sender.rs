@@ -344,6 +344,55 @@ impl TransactionSender {
         self.send_at(tx).await
     }
 
+    /// Signs a replacement of recorded transaction `raw` (an EIP-1559 one): the same nonce,
+    /// recipient, calldata, value and gas limit, every fee at least doubled and at least the
+    /// market's — what a new holder of the key sends when the recorded bytes are underpriced,
+    /// never another payload. Not broadcast: the caller records it first.
+    pub async fn sign_replacement(
+        &self,
+        raw: &Bytes,
+    ) -> Result<(SentTransaction, Bytes), SendError> {
+        use alloy::consensus::{Transaction as _, TxEnvelope};
+        use alloy::eips::eip2718::Decodable2718 as _;
+        let signing = |e: String| SendError::Signing(e);
+        let old = TxEnvelope::decode_2718(&mut raw.as_ref()).map_err(|e| signing(e.to_string()))?;
+        let fees = self.provider.estimate_eip1559_fees().await?;
+        let tip = fees
+            .max_priority_fee_per_gas
+            .max(old.max_priority_fee_per_gas().unwrap_or(0) * 2)
+            .max(1);
+        let cap = fees.max_fee_per_gas.max(old.max_fee_per_gas() * 2).max(tip);
+        let mut tx = TransactionRequest::default()
+            .from(self.address)
+            .nonce(old.nonce())
+            .input(old.input().clone().into())
+            .value(old.value())
+            .gas_limit(old.gas_limit())
+            .max_fee_per_gas(cap)
+            .max_priority_fee_per_gas(tip);
+        if let Some(to) = old.to() {
+            tx = tx.to(to);
+        }
+        if let Some(chain_id) = old.chain_id() {
+            tx = tx.with_chain_id(chain_id);
+        }
+        let envelope = tx.build(&self.wallet).await.map_err(|e| signing(e.to_string()))?;
+        let sent = SentTransaction {
+            hash: *envelope.tx_hash(),
+            nonce: old.nonce(),
+            max_fee_per_gas: cap,
+            max_priority_fee_per_gas: tip,
+            max_fee_per_blob_gas: None,
+        };
+        Ok((sent, envelope.encoded_2718().into()))
+    }
+
+    /// Sends signed bytes; the node's refusal is typed in the error ([`SendError::refusal`]).
+    pub async fn broadcast_raw(&self, raw: &Bytes) -> Result<(), SendError> {
+        let _pending = self.provider.send_raw_transaction(raw).await?;
+        Ok(())
+    }
+
     async fn send_at(&self, mut tx: TransactionRequest) -> Result<SentTransaction, SendError> {
         let estimate = self.provider.estimate_gas(tx.clone()).await.map_err(|e| {
             if e.as_error_resp().is_some() {

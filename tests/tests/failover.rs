@@ -5,7 +5,8 @@
 //! every call is answered once; a leader stopped (SIGSTOP) past its lease is replaced and,
 //! continued, writes nothing under its old epoch; the leader killed right after committing a
 //! call's intent (nothing broadcast), and right after the broadcast: the standby sends the same
-//! transaction again and the retry is answered from it; PostgreSQL stopped abruptly gives clean
+//! transaction again and the retry is answered from it; committed underpriced: the standby
+//! fee-bumps the same nonce and calldata; PostgreSQL stopped abruptly gives clean
 //! refusals and a node not ready, and nothing is lost once it is back. At the end: one
 //! transaction per key, no nonce gap, every intent finished, and the payee paid exactly what
 //! the calls asked.
@@ -150,13 +151,19 @@ impl Cluster {
         let sender = TransactionSender::new(provider, self.chain.signer(5)?);
         let vault = StreamVault::new(self.chain.deployment().stream_vault, self.chain.provider());
         let tx = vault.withdraw(self.stream.parse()?, 1).into_transaction_request();
-        let signed = sender.sign(tx).await?;
+        let (nonce, raw, hash) = match point {
+            KillPoint::Underpriced => self.sign_underpriced(tx).await?,
+            _ => {
+                let signed = sender.sign(tx).await?;
+                (signed.sent.nonce, signed.raw.clone(), signed.sent.hash)
+            }
+        };
         let intent = Intent {
             signer: self.operator,
-            nonce: signed.sent.nonce,
+            nonce,
             carries: format!("billing call {id}"),
-            raw: signed.raw.clone(),
-            hashes: vec![signed.sent.hash],
+            raw: raw.clone(),
+            hashes: vec![hash],
         };
         let lease = Lease {
             name: format!("operator:{}", self.operator),
@@ -167,9 +174,32 @@ impl Cluster {
         let call = CallRef { id, owner: holder };
         self.store.commit_intent(&Fence::Lease(lease), &intent, Some(call)).await?;
         if let KillPoint::AfterBroadcast = point {
-            sender.broadcast(signed).await?;
+            sender.broadcast_raw(&raw).await?;
         }
         Ok(())
+    }
+
+    /// `tx` from the operator at its next nonce, signed with fees of 1 wei: below any base fee,
+    /// so the chain refuses these bytes as they are.
+    async fn sign_underpriced(
+        &self,
+        tx: alloy::rpc::types::TransactionRequest,
+    ) -> TestResult<(u64, alloy::primitives::Bytes, alloy::primitives::B256)> {
+        use alloy::eips::eip2718::Encodable2718 as _;
+        use alloy::network::{
+            EthereumWallet, NetworkTransactionBuilder as _, TransactionBuilder as _,
+        };
+        let provider = self.chain.provider();
+        let nonce = provider.get_transaction_count(self.operator).pending().await?;
+        let tx = tx.from(self.operator).nonce(nonce);
+        let gas = provider.estimate_gas(tx.clone()).await? * 2;
+        let tx = tx
+            .with_chain_id(provider.get_chain_id().await?)
+            .gas_limit(gas)
+            .max_fee_per_gas(1)
+            .max_priority_fee_per_gas(1);
+        let envelope = tx.build(&EthereumWallet::from(self.chain.signer(5)?)).await?;
+        Ok((nonce, envelope.encoded_2718().into(), *envelope.tx_hash()))
     }
 
     /// Waits until process `pid` leads the operator key; its epoch.
@@ -227,6 +257,9 @@ enum KillPoint {
     AfterIntentCommit,
     /// Broadcast, not yet mined.
     AfterBroadcast,
+    /// Its intent committed with fees the chain refuses (the market moved): the new leader
+    /// must fee-bump the same nonce and calldata.
+    Underpriced,
 }
 
 /// How long until the node's `GET /ready` answers `ready` (2xx) or not (at most 10 s).
@@ -349,9 +382,9 @@ async fn two_nodes_fail_over_without_losing_or_repeating_a_call() -> TestResult 
     // The leader killed at chosen points of a call; the standby takes over, sends the
     // committed transaction again, and the retry is answered from it; a fresh node joins.
     let (mut leading, mut standby) = (restarted, survivor);
-    let extra = [tempfile::tempdir()?, tempfile::tempdir()?];
-    for (point, dir) in [KillPoint::AfterIntentCommit, KillPoint::AfterBroadcast].iter().zip(&extra)
-    {
+    let extra = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let points = [KillPoint::AfterIntentCommit, KillPoint::AfterBroadcast, KillPoint::Underpriced];
+    for (point, dir) in points.iter().zip(&extra) {
         let (holder, epoch) = cluster.leader_lease().await?;
         assert!(holder.contains(&format!("/{}/", leading.pid())), "{holder} leads");
         let key = format!("killed-{point:?}");
@@ -367,6 +400,16 @@ async fn two_nodes_fail_over_without_losing_or_repeating_a_call() -> TestResult 
             takeover.as_millis(),
             killed_at.elapsed().as_millis()
         );
+        if let KillPoint::Underpriced = point {
+            let nonce = cluster.sent().await? - 1;
+            let intent = cluster.store.intent(cluster.operator, nonce).await?.ok_or("intent")?;
+            assert_eq!(intent.hashes.len(), 2, "the new leader bumped the committed transaction");
+            assert_eq!(
+                answer["transactionHash"],
+                json!(intent.hashes[1]),
+                "answered from the bump"
+            );
+        }
         answers.push((key, answer));
         leading = standby;
         standby = cluster.node(dir.path()).await?;

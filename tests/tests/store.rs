@@ -318,6 +318,9 @@ async fn send_contract(a: &dyn SendStore, b: &dyn SendStore, fence: &Fence) -> T
     assert_eq!(b.call(id).await?, Some(CallRecord::Done { params, receipt }));
     b.finish(first.signer, 0).await?;
     assert_eq!(a.unfinished(first.signer).await?.len(), 1, "nonce 0 finished");
+    let kept = b.intent(first.signer, 0).await?.ok_or("a finished intent is kept")?;
+    assert_eq!(kept.hashes.len(), 2);
+    assert_eq!(b.intent(first.signer, 9).await?, None);
 
     // A call on a node that does not lead is queued; the leader signs it under the caller's
     // claim, or records why it cannot.

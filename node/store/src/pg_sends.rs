@@ -305,6 +305,21 @@ impl SendStore for PgStore {
         })
     }
 
+    fn intent(&self, signer: Address, nonce: u64) -> StoreFuture<'_, Option<Intent>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT signer, nonce, carries, raw, hashes FROM settled_intents \
+                 WHERE signer = $1 AND nonce = $2",
+            )
+            .bind(signer.as_slice())
+            .bind(nonce_i64(nonce)?)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(store_error)?;
+            row.as_ref().map(intent_of).transpose()
+        })
+    }
+
     fn unfinished(&self, signer: Address) -> StoreFuture<'_, Vec<Intent>> {
         Box::pin(async move {
             let rows = sqlx::query(

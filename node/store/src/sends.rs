@@ -218,6 +218,9 @@ pub trait SendStore: Send + Sync + std::fmt::Debug {
         call: Option<CallRef<'a>>,
     ) -> StoreFuture<'a, ()>;
 
+    /// The signer's intent at `nonce`, finished or not.
+    fn intent(&self, signer: Address, nonce: u64) -> StoreFuture<'_, Option<Intent>>;
+
     /// The signer's intents not yet finished, by nonce.
     fn unfinished(&self, signer: Address) -> StoreFuture<'_, Vec<Intent>>;
 

@@ -260,6 +260,13 @@ impl SendStore for SledSends {
         })
     }
 
+    fn intent(&self, signer: Address, nonce: u64) -> StoreFuture<'_, Option<Intent>> {
+        Box::pin(async move {
+            let value = self.intents.get(intent_key(signer, nonce)).map_err(store_error)?;
+            Ok(value.map(|v| decode::<IntentRow>(&v)).transpose()?.map(|row| row.intent))
+        })
+    }
+
     fn unfinished(&self, signer: Address) -> StoreFuture<'_, Vec<Intent>> {
         Box::pin(async move {
             let mut found = Vec::new();

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use alloy::{providers::Provider, rpc::types::TransactionRequest};
-use settled_contracts::SendError;
-use settled_store::{CallRecord, CallRef, Fence, LeaseKeeper, LeaseStore, QueuedCall};
+use settled_contracts::{Refusal, SendError};
+use settled_store::{CallRecord, CallRef, Fence, Intent, LeaseKeeper, LeaseStore, QueuedCall};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -70,11 +70,11 @@ impl Operator {
         while let Some(leadership) = keeper.lead(&cancel).await {
             let Some(lease) = leadership.lease() else { continue };
             let epoch = lease.epoch;
-            match self.recover_intents().await {
-                Ok(resent) => info!(epoch, resent, "leading the operator key"),
+            let current = Fence::Lease(lease);
+            match self.recover_intents(&current).await {
+                Ok((resent, bumped)) => info!(epoch, resent, bumped, "leading the operator key"),
                 Err(error) => warn!(epoch, %error, "sending the previous leader's intents again"),
             }
-            let current = Fence::Lease(lease);
             fence.send_replace(Some(current.clone()));
             self.serve_queue(&current, &leadership.lost).await;
             fence.send_replace(None);
@@ -132,21 +132,42 @@ impl Operator {
         }
     }
 
-    /// Sends the operator key's unfinished intents again (the same bytes: each is mined at
-    /// most once); those whose nonce is used already are finished. How many were sent.
-    pub async fn recover_intents(&self) -> Result<usize, BillingError> {
+    /// Sends the operator key's unfinished intents again — the same bytes, so each is mined at
+    /// most once, or, when the node refuses them as underpriced, a fee bump of the same nonce
+    /// and calldata committed under `fence` first; those whose nonce is used already are
+    /// finished. How many were sent again, and how many of those bumped.
+    pub async fn recover_intents(&self, fence: &Fence) -> Result<(usize, usize), BillingError> {
         let unfinished = self.sends.store.unfinished(self.address).await.map_err(internal)?;
         let provider = self.sender.provider();
         let used = provider.get_transaction_count(self.address).latest().await.map_err(internal)?;
-        let mut resent = 0;
+        let (mut resent, mut bumped) = (0, 0);
         for intent in unfinished {
             if intent.nonce < used {
                 self.sends.store.finish(self.address, intent.nonce).await.map_err(internal)?;
                 continue;
             }
-            self.sender.rebroadcast(&intent.raw).await.map_err(internal)?;
+            match self.sender.broadcast_raw(&intent.raw).await {
+                Ok(()) => {}
+                Err(e) if e.refusal() == Some(Refusal::Underpriced) => {
+                    self.bump(fence, &intent).await?;
+                    bumped += 1;
+                }
+                // Known already, or its nonce was used meanwhile.
+                Err(e) if e.refused_by_node() => {}
+                Err(e) => return Err(internal(e)),
+            }
             resent += 1;
         }
-        Ok(resent)
+        Ok((resent, bumped))
+    }
+
+    /// Re-signs `intent` at its nonce with its calldata and higher fees, commits the new version
+    /// under `fence`, then sends it.
+    async fn bump(&self, fence: &Fence, intent: &Intent) -> Result<(), BillingError> {
+        let (sent, raw) = self.sender.sign_replacement(&intent.raw).await.map_err(internal)?;
+        let bumped = Intent { raw: raw.clone(), hashes: vec![sent.hash], ..intent.clone() };
+        self.sends.store.commit_intent(fence, &bumped, None).await.map_err(internal)?;
+        info!(nonce = intent.nonce, hash = %sent.hash, "fee-bumped a previous leader's intent");
+        self.sender.broadcast_raw(&raw).await.map_err(internal)
     }
 }

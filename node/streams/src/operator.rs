@@ -231,11 +231,21 @@ impl Operator {
         transaction: B256,
         raw: &Bytes,
     ) -> Result<OperatorReceipt, BillingError> {
+        // Any version of the call's transaction may be the one mined (a new leader fee-bumps
+        // an underpriced one at the same nonce).
+        let mut hashes = vec![transaction];
+        if let Some(nonce) = nonce_of(raw)
+            && let Some(intent) =
+                self.sends.store.intent(self.address, nonce).await.map_err(internal)?
+        {
+            hashes.extend(intent.hashes.into_iter().filter(|h| *h != transaction));
+        }
         let within = std::time::Duration::from_secs(60);
-        let receipt = self.sender.wait_mined(&[transaction], within).await.map_err(internal)?;
+        let receipt = self.sender.wait_mined(&hashes, within).await.map_err(internal)?;
         let receipt = receipt.ok_or_else(|| {
             BillingError::Busy(format!("transaction {transaction} not mined yet; retry later"))
         })?;
+        let transaction = receipt.transaction_hash;
         if let Some(nonce) = nonce_of(raw) {
             self.sends.store.finish(self.address, nonce).await.map_err(internal)?;
         }
