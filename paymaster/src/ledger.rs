@@ -343,21 +343,7 @@ impl Ledger {
     }
 
     fn draft(state: &State, request: &ReservationRequest<'_>) -> Reservation {
-        Reservation {
-            id: state.next_id,
-            policy: request.policy.id.clone(),
-            customer: request.customer.to_string(),
-            sender: request.sender,
-            entry_point: request.entry_point,
-            user_op_hash: None,
-            max_cost: request.max_cost,
-            actual_cost: None,
-            state: ReservationState::Open,
-            created_at: request.now,
-            valid_until: request.valid_until,
-            period_secs: request.policy.period_secs,
-            settled_in: None,
-        }
+        Reservation::open_for(request, state.next_id)
     }
 
     /// The first cap `reservation` would break on top of current usage.
@@ -446,21 +432,15 @@ impl Ledger {
                 totals.unreserved_ops += 1;
                 let id = state.next_id;
                 state.next_id += 1;
-                Reservation {
-                    id,
-                    policy: String::new(),
-                    customer: String::new(),
+                let op = crate::ledger_store::SettledOp {
+                    user_op_hash,
                     sender,
                     entry_point,
-                    user_op_hash: Some(user_op_hash),
-                    max_cost: actual_cost,
-                    actual_cost: Some(actual_cost),
-                    state: ReservationState::Settled,
-                    created_at: timestamp,
-                    valid_until: timestamp,
-                    period_secs: DAY_SECS,
-                    settled_in: Some(block),
-                }
+                    actual_cost,
+                    block,
+                    timestamp,
+                };
+                Reservation::unreserved(&op, id)
             }
         };
         totals.settled_ops += 1;

@@ -29,6 +29,45 @@ pub struct UsageSlot {
 }
 
 impl Reservation {
+    /// A new open reservation `id` for `request`, at its worst case.
+    pub fn open_for(request: &ReservationRequest<'_>, id: SponsorshipId) -> Self {
+        Self {
+            id,
+            policy: request.policy.id.clone(),
+            customer: request.customer.to_string(),
+            sender: request.sender,
+            entry_point: request.entry_point,
+            user_op_hash: None,
+            max_cost: request.max_cost,
+            actual_cost: None,
+            state: crate::ledger::ReservationState::Open,
+            created_at: request.now,
+            valid_until: request.valid_until,
+            period_secs: request.policy.period_secs,
+            settled_in: None,
+        }
+    }
+
+    /// Op `op`, mined without a reservation of this ledger, accounted as settled under no
+    /// policy with `id`.
+    pub fn unreserved(op: &SettledOp, id: SponsorshipId) -> Self {
+        Self {
+            id,
+            policy: String::new(),
+            customer: String::new(),
+            sender: op.sender,
+            entry_point: op.entry_point,
+            user_op_hash: Some(op.user_op_hash),
+            max_cost: op.actual_cost,
+            actual_cost: Some(op.actual_cost),
+            state: crate::ledger::ReservationState::Settled,
+            created_at: op.timestamp,
+            valid_until: op.timestamp,
+            period_secs: DAY_SECS,
+            settled_in: Some(op.block),
+        }
+    }
+
     /// The slots it counts in: its sender's and its customer's under its policy's period, and
     /// the paymaster-wide day.
     pub fn usage_slots(&self) -> [UsageSlot; 3] {

@@ -201,51 +201,13 @@ async fn write_totals(tx: &mut Tx, totals: &LedgerTotals) -> Result<(), LedgerEr
     Ok(())
 }
 
-/// A new open reservation for `request` with `id`.
-fn draft(request: &ReservationRequest<'_>, id: SponsorshipId) -> Reservation {
-    Reservation {
-        id,
-        policy: request.policy.id.clone(),
-        customer: request.customer.to_string(),
-        sender: request.sender,
-        entry_point: request.entry_point,
-        user_op_hash: None,
-        max_cost: request.max_cost,
-        actual_cost: None,
-        state: ReservationState::Open,
-        created_at: request.now,
-        valid_until: request.valid_until,
-        period_secs: request.policy.period_secs,
-        settled_in: None,
-    }
-}
-
-/// An op mined without a reservation here: accounted as settled, under no policy.
-fn unreserved(op: &SettledOp, id: SponsorshipId) -> Reservation {
-    Reservation {
-        id,
-        policy: String::new(),
-        customer: String::new(),
-        sender: op.sender,
-        entry_point: op.entry_point,
-        user_op_hash: Some(op.user_op_hash),
-        max_cost: op.actual_cost,
-        actual_cost: Some(op.actual_cost),
-        state: ReservationState::Settled,
-        created_at: op.timestamp,
-        valid_until: op.timestamp,
-        period_secs: settled_paymaster::DAY_SECS,
-        settled_in: Some(op.block),
-    }
-}
-
 impl PgLedger {
     async fn reserve_in(
         &self,
         request: &ReservationRequest<'_>,
     ) -> Result<Result<Reservation, settled_paymaster::Rejection>, LedgerError> {
         let mut tx = self.begin().await?;
-        let reservation = draft(request, next_id(&mut tx).await?);
+        let reservation = Reservation::open_for(request, next_id(&mut tx).await?);
         let slots = reservation.usage_slots();
         let mut locked = lock_slots(&mut tx, &slots.iter().cloned().collect()).await?;
         let used = slots.map(|slot| locked.get(&slot).copied().unwrap_or_default());
@@ -283,7 +245,7 @@ impl PgLedger {
             }
             None => {
                 totals.unreserved_ops += 1;
-                (None, unreserved(&op, next_id(&mut tx).await?))
+                (None, Reservation::unreserved(&op, next_id(&mut tx).await?))
             }
         };
         let touched: Vec<&Reservation> = old.iter().chain([&settled]).collect();
@@ -437,7 +399,7 @@ impl LedgerStore for PgLedger {
         request: &'a ReservationRequest<'a>,
     ) -> LedgerFuture<'a, Result<(), settled_paymaster::Rejection>> {
         Box::pin(async move {
-            let slots = draft(request, 0).usage_slots();
+            let slots = Reservation::open_for(request, 0).usage_slots();
             let mut used = [Usage::default(); 3];
             for (slot, used) in slots.into_iter().zip(&mut used) {
                 *used = self.usage(slot).await?;
