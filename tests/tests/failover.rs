@@ -53,6 +53,11 @@ impl Cluster {
         chain.fund_payer(payer, U256::from(10u128.pow(15))).await?;
         // 100 base units a second: every withdrawal of 1 is covered.
         let id = chain.open_stream(payer, payee, operator, 10u128.pow(20), 10u128.pow(12)).await?;
+        // Two more blocks (1 s each): the stream has accrued before the first withdrawal.
+        let opened = chain.provider().get_block_number().await?;
+        while chain.provider().get_block_number().await? < opened + 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let postgres = TestPostgres::start()?;
         let store = PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?;
         let keys_dir = tempfile::tempdir()?.keep();

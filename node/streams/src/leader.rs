@@ -17,6 +17,8 @@ use crate::operator::{Broadcast, Operator, OperatorReceipt, internal, vault_erro
 
 /// How often a queued call's record, and the queue, are looked at.
 const QUEUE_POLL: Duration = Duration::from_millis(50);
+/// How often the leader looks at its unfinished intents again.
+const RECOVERY_EVERY: Duration = Duration::from_secs(10);
 /// How long a call waits for the leader before answering "retry" (the record stays queued).
 const QUEUE_WAIT: Duration = Duration::from_secs(30);
 
@@ -84,12 +86,21 @@ impl Operator {
         }
     }
 
-    /// Signs and sends the calls other nodes queued, until `lost` fires.
+    /// Signs and sends the calls other nodes queued, until `lost` fires; every
+    /// [`RECOVERY_EVERY`] looks at the unfinished intents again (one the chain dropped as
+    /// underpriced is bumped, one whose nonce was used is finished).
     async fn serve_queue(&self, fence: &Fence, lost: &CancellationToken) {
+        let mut recovered = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = lost.cancelled() => return,
                 _ = tokio::time::sleep(QUEUE_POLL) => {}
+            }
+            if recovered.elapsed() >= RECOVERY_EVERY {
+                recovered = tokio::time::Instant::now();
+                if let Err(error) = self.recover_intents(fence).await {
+                    warn!(%error, "looking at the unfinished intents");
+                }
             }
             let queued = match self.sends.store.queued().await {
                 Ok(queued) => queued,

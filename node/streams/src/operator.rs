@@ -219,6 +219,10 @@ impl Operator {
             .map_err(|e| not_sent(SendError::Record(e.to_string())))?;
         match self.sender.broadcast(signed).await {
             Ok(_) => Ok((transaction, raw)),
+            // The leader's look at its unfinished intents sent these very bytes first.
+            Err(e) if e.refusal() == Some(settled_contracts::Refusal::AlreadyKnown) => {
+                Ok((transaction, raw))
+            }
             Err(e) if e.refused_by_node() => Err((e, Broadcast::No)),
             Err(e) => Err((e, Broadcast::Unknown)),
         }
