@@ -12,7 +12,7 @@ use settled_bundler::Bundler;
 use settled_config::{ChainSource, NodeConfig};
 use settled_contracts::{
     BlockRef, ChainEvent, ChainFollower, ChainKind, Deployment, EntryPointVersion, FollowerHandle,
-    LocalAnvil, SponsorPaymaster, TransactionSender,
+    LocalAnvil, TransactionSender,
 };
 use settled_paymaster::{Paymaster, PaymasterConfig, PaymasterSigner, paymaster_module};
 use settled_server::Pages;
@@ -28,7 +28,7 @@ use crate::{
     dev::{self, DevKeys},
     error::NodeError,
     metrics::{self, names},
-    paymaster::{load_key, paymaster_signer, policies},
+    paymaster::{check_paymaster_signer, load_key, paymaster_signer, policies},
     storage::{ChainIdentity, OnOtherChain, Storage},
 };
 
@@ -562,30 +562,6 @@ fn start_opener(
 impl Wiring {
     fn storage_error(&self, e: impl std::fmt::Display) -> NodeError {
         NodeError::Storage { path: self.config.datadir.clone(), reason: e.to_string() }
-    }
-}
-
-/// Warns when the paymaster contracts accept another signer than our key: every sponsorship
-/// would then fail the EntryPoint's check (the denial-of-wallet guard refuses to hand them out).
-async fn check_paymaster_signer(
-    provider: &DynProvider,
-    deployment: &Deployment,
-    ours: alloy::primitives::Address,
-) {
-    for version in EntryPointVersion::ALL {
-        let address = deployment.paymaster(version);
-        match SponsorPaymaster::new(address, provider).signer().call().await {
-            Ok(accepted) if accepted == ours => {}
-            Ok(accepted) => warn!(
-                paymaster = %address,
-                %accepted,
-                key = %ours,
-                "the paymaster contract accepts another signer than this node's key: sponsorships will be refused"
-            ),
-            Err(error) => {
-                warn!(paymaster = %address, %error, "could not read the paymaster's signer")
-            }
-        }
     }
 }
 

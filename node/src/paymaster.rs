@@ -120,3 +120,27 @@ pub async fn run_paymaster_command(
     let paymasters = paymaster_reports(&provider, &versions).await.map_err(failed)?;
     Ok(PaymasterCommandOutput { transaction, paymasters })
 }
+
+/// Warns when the paymaster contracts accept another signer than our key: every sponsorship
+/// would then fail the EntryPoint's check (the denial-of-wallet guard refuses to hand them out).
+pub(crate) async fn check_paymaster_signer(
+    provider: &alloy::providers::DynProvider,
+    deployment: &Deployment,
+    ours: alloy::primitives::Address,
+) {
+    for version in EntryPointVersion::ALL {
+        let address = deployment.paymaster(version);
+        match settled_contracts::SponsorPaymaster::new(address, provider).signer().call().await {
+            Ok(accepted) if accepted == ours => {}
+            Ok(accepted) => tracing::warn!(
+                paymaster = %address,
+                %accepted,
+                key = %ours,
+                "the paymaster contract accepts another signer than this node's key: sponsorships will be refused"
+            ),
+            Err(error) => {
+                tracing::warn!(paymaster = %address, %error, "could not read the paymaster's signer")
+            }
+        }
+    }
+}

@@ -4,11 +4,14 @@
 //! returns the first call's result and never sends twice; the same key with other parameters is
 //! refused.
 //!
-//! The idempotency record is written before anything is signed (claimed, by this process), then
-//! holds the signed transaction — fsynced before it is broadcast — and finally the result, so a
-//! retry after a kill -9 at any instant finds the transaction (and sends the same bytes again if
-//! the node never had them) instead of sending another. A claim left by a process that died
-//! before signing is taken over: nothing of it reached the chain.
+//! The idempotency record lives in the send store (`settled-store`: this node's sled, or the
+//! PostgreSQL several nodes share). It is claimed before anything is signed, then holds the
+//! signed transaction — committed with its send intent, durably, under the operator key's
+//! fence, before it is broadcast — and finally the result, so a retry after a kill -9 at any
+//! instant, on any node, finds the transaction (and sends the same bytes again if the chain
+//! never had them) instead of sending another. A claim left by a process that died before
+//! signing is freed: nothing of it reached the chain. A node that does not lead the operator
+//! key queues its calls for the one that does (`leader.rs`).
 
 use std::sync::Arc;
 
