@@ -238,20 +238,7 @@ impl Operator {
         transaction: B256,
         raw: &Bytes,
     ) -> Result<OperatorReceipt, BillingError> {
-        // Any version of the call's transaction may be the one mined (a new leader fee-bumps
-        // an underpriced one at the same nonce).
-        let mut hashes = vec![transaction];
-        if let Some(nonce) = nonce_of(raw)
-            && let Some(intent) =
-                self.sends.store.intent(self.address, nonce).await.map_err(internal)?
-        {
-            hashes.extend(intent.hashes.into_iter().filter(|h| *h != transaction));
-        }
-        let within = std::time::Duration::from_secs(60);
-        let receipt = self.sender.wait_mined(&hashes, within).await.map_err(internal)?;
-        let receipt = receipt.ok_or_else(|| {
-            BillingError::Busy(format!("transaction {transaction} not mined yet; retry later"))
-        })?;
+        let receipt = self.receipt_of_any_version(transaction, raw).await?;
         let transaction = receipt.transaction_hash;
         if let Some(nonce) = nonce_of(raw) {
             self.sends.store.finish(self.address, nonce).await.map_err(internal)?;
@@ -271,6 +258,40 @@ impl Operator {
         let answer = serde_json::to_value(&result).map_err(internal)?;
         self.sends.store.complete(id, params, answer).await.map_err(internal)?;
         Ok(result)
+    }
+}
+
+impl Operator {
+    /// The receipt of whichever version of the call's transaction is mined, within a minute: a
+    /// new leader may fee-bump an underpriced one at the same nonce meanwhile, so the versions
+    /// are read again every two seconds.
+    async fn receipt_of_any_version(
+        &self,
+        transaction: B256,
+        raw: &Bytes,
+    ) -> Result<alloy::rpc::types::TransactionReceipt, BillingError> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let mut hashes = vec![transaction];
+            if let Some(nonce) = nonce_of(raw)
+                && let Some(intent) =
+                    self.sends.store.intent(self.address, nonce).await.map_err(internal)?
+            {
+                hashes.extend(intent.hashes.into_iter().filter(|h| *h != transaction));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let within = left.min(std::time::Duration::from_secs(2));
+            if let Some(receipt) =
+                self.sender.wait_mined(&hashes, within).await.map_err(internal)?
+            {
+                return Ok(receipt);
+            }
+            if left <= within {
+                return Err(BillingError::Busy(format!(
+                    "transaction {transaction} not mined yet; retry later"
+                )));
+            }
+        }
     }
 }
 
