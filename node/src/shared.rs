@@ -46,8 +46,13 @@ pub(crate) async fn open(
     let owner = process_owner();
     let shared = SharedStore { store, owner, lease_ttl: settings.lease_ttl, problem };
     info!(owner = %shared.owner, lease_ms = settings.lease_ttl.as_millis() as u64, "on the shared store");
+    // Alive before the first claim: a claim of an owner without its liveness lease is freed.
     let keeper = shared.keeper(liveness_lease(&shared.owner));
-    tasks.spawn_loop("node liveness", keep_alive(keeper, cancel.clone()));
+    let first = tokio::time::timeout(timeout, keeper.lead(cancel)).await;
+    let Ok(Some(first)) = first else {
+        return Err(NodeError::SharedStore(format!("no liveness lease within {timeout:?}")));
+    };
+    tasks.spawn_loop("node liveness", keep_alive(keeper, first, cancel.clone()));
     Ok(Some(shared))
 }
 
@@ -83,13 +88,21 @@ async fn probe(
     }
 }
 
-/// Holds the liveness lease for as long as the node runs (taking it again after an outage).
-async fn keep_alive(keeper: LeaseKeeper<PgStore>, cancel: CancellationToken) {
-    while let Some(leadership) = keeper.lead(&cancel).await {
+/// Holds the liveness lease (`first`, as taken) for as long as the node runs, taking it again
+/// after an outage.
+async fn keep_alive(
+    keeper: LeaseKeeper<PgStore>,
+    first: settled_store::Leadership,
+    cancel: CancellationToken,
+) {
+    let mut held = Some(first);
+    while let Some(leadership) = held.take() {
         leadership.lost.cancelled().await;
-        if !cancel.is_cancelled() {
-            warn!("liveness lease lost: this node's unsigned billing calls may be taken over");
+        if cancel.is_cancelled() {
+            return;
         }
+        warn!("liveness lease lost: this node's unsigned billing calls may be taken over");
+        held = keeper.lead(&cancel).await;
     }
 }
 
