@@ -139,6 +139,20 @@ pub struct Usage {
     pub wei: U256,
 }
 
+impl Usage {
+    /// One op charged `wei` counted in (`add`) or out: what every ledger does to each slot a
+    /// reservation counts in when it is taken, changes state or goes.
+    pub fn count(&mut self, wei: U256, add: bool) {
+        if add {
+            self.ops += 1;
+            self.wei += wei;
+        } else {
+            self.ops = self.ops.saturating_sub(1);
+            self.wei = self.wei.saturating_sub(wei);
+        }
+    }
+}
+
 /// Everything ever settled, kept across pruning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -212,15 +226,9 @@ impl State {
         let Some(wei) = reservation.charge() else { return };
         for key in reservation.usage_keys() {
             let usage = self.usage.entry(key.clone()).or_default();
-            if add {
-                usage.ops += 1;
-                usage.wei += wei;
-            } else {
-                usage.ops = usage.ops.saturating_sub(1);
-                usage.wei = usage.wei.saturating_sub(wei);
-                if usage.ops == 0 && usage.wei.is_zero() {
-                    self.usage.remove(&key);
-                }
+            usage.count(wei, add);
+            if usage.ops == 0 && usage.wei.is_zero() {
+                self.usage.remove(&key);
             }
         }
     }

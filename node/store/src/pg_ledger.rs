@@ -97,14 +97,7 @@ fn usage_of(row: &sqlx::postgres::PgRow) -> Result<Usage, LedgerError> {
 fn count(locked: &mut BTreeMap<UsageSlot, Usage>, reservation: &Reservation, add: bool) {
     let Some(wei) = reservation.charge() else { return };
     for slot in reservation.usage_slots() {
-        let usage = locked.entry(slot).or_default();
-        if add {
-            usage.ops += 1;
-            usage.wei += wei;
-        } else {
-            usage.ops = usage.ops.saturating_sub(1);
-            usage.wei = usage.wei.saturating_sub(wei);
-        }
+        locked.entry(slot).or_default().count(wei, add);
     }
 }
 
