@@ -168,6 +168,33 @@ pub struct Signed<'a> {
     pub raw: Bytes,
 }
 
+/// A boxed future of a [`SendJournal`].
+pub type JournalFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Where a sender records each transaction it signs before broadcasting it (a shared store's
+/// send intents, fenced by the signer's lease): a refusal stops the send, so a node that lost
+/// the key's lease sends nothing.
+pub trait SendJournal: Send + Sync + std::fmt::Debug {
+    /// Records `raw` (hash `hash`), `signer`'s transaction at `nonce` carrying `carries`.
+    fn record<'a>(
+        &'a self,
+        signer: Address,
+        nonce: u64,
+        carries: String,
+        raw: &'a Bytes,
+        hash: B256,
+    ) -> JournalFuture<'a>;
+}
+
+/// What a transaction carries, for its journal entry: its recipient and calldata's hash (a
+/// re-priced version carries the same).
+fn carries_of(tx: &TransactionRequest) -> String {
+    let to = tx.to.and_then(|kind| kind.to().copied()).unwrap_or_default();
+    let input = tx.input.input().cloned().unwrap_or_default();
+    format!("call {to} {}", alloy::primitives::keccak256(&input))
+}
+
 /// Signs and sends the operator's transactions (see the module docs).
 #[derive(Debug)]
 pub struct TransactionSender {
@@ -179,6 +206,8 @@ pub struct TransactionSender {
     /// The chain follower's head, when the sender follows one: receipts are looked for at each
     /// new block instead of on a timer.
     heads: Option<tokio::sync::watch::Receiver<Option<crate::BlockRef>>>,
+    /// Where each transaction is recorded before it is sent, if anywhere.
+    journal: Option<std::sync::Arc<dyn SendJournal>>,
 }
 
 impl TransactionSender {
@@ -188,7 +217,15 @@ impl TransactionSender {
         let wallet = EthereumWallet::from(signer);
         let provider =
             ProviderBuilder::new().wallet(wallet.clone()).connect_provider(provider).erased();
-        Self { provider, wallet, address, nonce_lock: tokio::sync::Mutex::new(()), heads: None }
+        let nonce_lock = tokio::sync::Mutex::new(());
+        Self { provider, wallet, address, nonce_lock, heads: None, journal: None }
+    }
+
+    /// The same sender, recording each transaction [`Self::send`] and [`Self::resend`] sign in
+    /// `journal` before sending it (signed here, sent as raw bytes).
+    pub fn with_journal(mut self, journal: std::sync::Arc<dyn SendJournal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// The same sender, looking for receipts at each block of `heads` (a follower's head).
@@ -403,8 +440,26 @@ impl TransactionSender {
         })?;
         tx.set_gas_limit(gas_limit_for(estimate));
         let sent = SentTransaction::before_sending(&tx);
-        let pending = self.provider.send_transaction(tx).await?;
-        Ok(SentTransaction { hash: *pending.tx_hash(), ..sent })
+        let Some(journal) = &self.journal else {
+            let pending = self.provider.send_transaction(tx).await?;
+            return Ok(SentTransaction { hash: *pending.tx_hash(), ..sent });
+        };
+        let carries = carries_of(&tx);
+        let chain_id = self.provider.get_chain_id().await?;
+        let envelope = tx
+            .with_chain_id(chain_id)
+            .build(&self.wallet)
+            .await
+            .map_err(|e| SendError::Signing(e.to_string()))?;
+        let hash = *envelope.tx_hash();
+        // A blob transaction encodes with its sidecar: the network form a node accepts.
+        let raw: Bytes = envelope.encoded_2718().into();
+        journal
+            .record(self.address, sent.nonce, carries, &raw, hash)
+            .await
+            .map_err(SendError::Record)?;
+        let _pending = self.provider.send_raw_transaction(&raw).await?;
+        Ok(SentTransaction { hash, ..sent })
     }
 }
 

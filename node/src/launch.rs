@@ -475,21 +475,23 @@ async fn start_billing(
         return Ok((streams, None, pages));
     };
     // One sender for everything signed with the operator key: one nonce sequence.
-    let sender = TransactionSender::new(wiring.provider.clone(), key.clone());
-    let sender = Arc::new(sender.with_heads(heads));
+    let sender = TransactionSender::new(wiring.provider.clone(), key.clone()).with_heads(heads);
     let vault = deployment.stream_vault;
-    let operator = match &wiring.shared {
-        Some(shared) => shared.operator(sender.clone(), vault, &wiring.tasks, &wiring.cancel),
+    let (operator, sender, fence) = match &wiring.shared {
+        Some(shared) => {
+            let key = shared.operator(sender, vault, &wiring.tasks, &wiring.cancel);
+            (key.operator, key.sender, Some(key.fence))
+        }
         None => {
+            let sender = Arc::new(sender);
             let sends =
                 Sends::embedded(wiring.storage.db()).map_err(|e| wiring.storage_error(e))?;
-            Arc::new(Operator::new(sender.clone(), vault, sends))
+            (Arc::new(Operator::new(sender.clone(), vault, sends)), sender, None)
         }
     };
     let opener = start_opener(wiring, components, &operator)?;
     let mut module = RpcModule::new(());
     let mut settler = None;
-    // Settlement keeps its state in this node's database: never on a shared store.
     if !deployment.settlement_anchor.is_zero() && config.roles.settlement {
         let anchor = crate::anchor::anchor_chain(config, deployment, &sender, &key).await?;
         let chain = SettlementChain {
@@ -501,8 +503,19 @@ async fn start_billing(
             currencies: currencies(config, deployment),
             seller: config.billing.seller.clone(),
         };
-        let started = Settler::new(chain, index.clone(), wiring.storage.db(), config.settlement)
-            .map_err(|e| wiring.storage_error(e))?;
+        let started = match (&wiring.shared, fence) {
+            // Rounds on the operator key's leader, state shared by every node.
+            (Some(shared), Some(fence)) => {
+                let store = shared.settlement();
+                let settler =
+                    Settler::with_store(chain, index.clone(), store, fence, config.settlement);
+                let relay = shared.order_alert_relay(settler.order_alert_sender(), &wiring.cancel);
+                wiring.tasks.spawn_loop("PO alert relay", relay);
+                settler
+            }
+            _ => Settler::new(chain, index.clone(), wiring.storage.db(), config.settlement)
+                .map_err(|e| wiring.storage_error(e))?,
+        };
         let started = Arc::new(started);
         merge(&mut module, settlement_module(started.clone(), config.rpc.admin))?;
         if config.settlement.enabled {

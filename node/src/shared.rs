@@ -1,8 +1,10 @@
 //! Several nodes on one PostgreSQL (`--storage.url`): each node keeps a liveness lease (its
 //! billing calls' claims are alive while it is held), the node holding the operator key's
 //! lease signs every billing call — its own and those the other nodes queue — and every node's
-//! paymaster reserves against the one shared ledger. Roles whose state is still in one node's
-//! sled database (bundler, settlement) are refused here.
+//! paymaster reserves against the one shared ledger. Settlement's state is shared too: every
+//! node answers receipts, invoices and POs, and the operator key's leader runs the rounds, each
+//! write fenced by its lease and each send committed as an intent first. The bundler, whose
+//! state is still in one node's sled database, is refused here.
 
 use std::{sync::Arc, time::Duration};
 
@@ -61,8 +63,8 @@ fn refuse_unshared_roles(config: &NodeConfig) -> Result<(), NodeError> {
     if config.roles.bundler && config.bundler.enabled {
         return refuse("the bundler");
     }
-    if config.roles.settlement {
-        return refuse("settlement");
+    if config.roles.settlement && config.anchor.rpc_url.is_some() {
+        return refuse("settlement on a separate anchor chain");
     }
     Ok(())
 }
@@ -123,22 +125,47 @@ impl SharedStore {
 
     /// The operator on the shared store: it signs only while this node leads the operator
     /// key (a critical task follows the lease), and queues its calls for the leader otherwise.
+    /// Every other send of the key (settlement's) is committed as an intent under the lease
+    /// before it is broadcast.
     pub(crate) fn operator(
         &self,
-        sender: Arc<TransactionSender>,
+        sender: TransactionSender,
         vault: Address,
         tasks: &CriticalTasks,
         cancel: &CancellationToken,
-    ) -> Arc<Operator> {
+    ) -> OperatorKey {
         let (fence_tx, fence) = tokio::sync::watch::channel(None);
         let store: Arc<dyn settled_store::SendStore> = Arc::new(self.store.clone());
-        let sends = Sends { store, owner: self.owner.clone(), fence };
+        let sends = Sends { store, owner: self.owner.clone(), fence: fence.clone() };
         let keeper = self.keeper(format!("operator:{}", sender.address()));
-        let operator = Arc::new(Operator::new(sender, vault, sends));
+        let sender = Arc::new(sender.with_journal(Arc::new(sends.clone())));
+        let operator = Arc::new(Operator::new(sender.clone(), vault, sends));
         let (leader, cancel) = (operator.clone(), cancel.clone());
         tasks.spawn_loop("operator leader", async move {
             leader.lead(keeper, fence_tx, cancel).await;
         });
-        operator
+        OperatorKey { operator, sender, fence }
     }
+
+    /// Relays the PO alerts the leader publishes to this node's subscribers.
+    pub(crate) fn order_alert_relay(
+        &self,
+        to: tokio::sync::broadcast::Sender<settled_settlement::OrderAlert>,
+        cancel: &CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        settled_settlement::PgSettlement::new(self.store.clone()).relay_alerts(to, cancel.clone())
+    }
+
+    /// Settlement's state, shared by every node.
+    pub(crate) fn settlement(&self) -> Arc<dyn settled_settlement::SettlementStore> {
+        Arc::new(settled_settlement::PgSettlement::new(self.store.clone()))
+    }
+}
+
+/// The operator key on the shared store: its billing calls, its sender (journaled), and the
+/// fence this node holds while it leads the key.
+pub(crate) struct OperatorKey {
+    pub(crate) operator: Arc<Operator>,
+    pub(crate) sender: Arc<TransactionSender>,
+    pub(crate) fence: tokio::sync::watch::Receiver<Option<settled_store::Fence>>,
 }

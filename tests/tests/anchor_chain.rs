@@ -59,7 +59,7 @@ async fn settles_on_the_l1(mode: AnchorMode) -> TestResult {
     let settler = node.node()?.settler().ok_or("no settlement")?;
     let round = settler.settle().await?;
     assert_eq!(round.committed, vec![1], "{round:?}");
-    let batch = settler.batch(1)?.ok_or("no batch 1")?;
+    let batch = settler.batch(1).await?.ok_or("no batch 1")?;
     let BatchStage::Committed { transaction, .. } = batch.stage else {
         return Err(format!("not committed: {:?}", batch.stage).into());
     };
@@ -79,7 +79,7 @@ async fn settles_on_the_l1(mode: AnchorMode) -> TestResult {
 
     // Every record's receipt verifies against both chains, and not against the L2 alone.
     for record in &batch.records {
-        let receipt = settler.receipt(record.stream_id, 1)?.ok_or("no receipt")?;
+        let receipt = settler.receipt(record.stream_id, 1).await?.ok_or("no receipt")?;
         assert_eq!((receipt.anchor_chain_id, receipt.anchor_mode), (31337, mode));
         let verified = verify_receipt(&l2_provider, l1.provider(), &receipt).await?;
         assert!(verified.valid && verified.checks.len() >= 8, "{verified:?}");
@@ -102,7 +102,7 @@ async fn settles_on_the_l1(mode: AnchorMode) -> TestResult {
         commit.blob_gas_used.unwrap_or_default(),
         costs.anchor_blob_wei,
     );
-    let invoice = settler.invoice(payer, 0, u64::MAX, |_| true)?;
+    let invoice = settler.invoice(payer, 0, u64::MAX, |_| true).await?;
     let shared = invoice.settlement_costs;
     let whole = costs.l2_wei() + costs.anchor_wei();
     let lines: u128 = invoice

@@ -125,7 +125,7 @@ async fn purchase_orders_are_checked_and_consumed_line_by_line() -> TestResult {
     println!("alert: {alert}");
     assert_eq!((&alert["poNumber"], &alert["lineId"]), (&json!("PO-1"), &json!("10")));
     assert_eq!(alert["state"], json!("over"), "ok to over in one period: the higher alert only");
-    assert!(settler.check_order_alerts()?.is_empty(), "once per crossing");
+    assert!(settler.check_order_alerts().await?.is_empty(), "once per crossing");
     let orders =
         call(&node, "billing_getPurchaseOrder", json!([{ "payer": payer, "poNumber": "PO-1" }]))
             .await?;

@@ -649,7 +649,7 @@ async fn a_stuck_commit_is_repriced_at_its_nonce() -> TestResult {
     let (round, first) = (round?, first?.ok_or("no commit was sent")?);
     assert_eq!(round.committed, vec![1], "{round:?}");
 
-    let batch = settler.batch(1)?.ok_or("no batch 1")?;
+    let batch = settler.batch(1).await?.ok_or("no batch 1")?;
     let mined = batch.stage.transaction().ok_or("no commit transaction")?;
     assert_ne!(mined, *first.inner.tx_hash(), "the first commit was priced out");
     let mined = provider.get_transaction_by_hash(mined).await?.ok_or("unknown commit")?;

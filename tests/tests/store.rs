@@ -542,3 +542,73 @@ async fn postgres_keeps_the_ledger_contract_and_caps_under_concurrency() -> Test
     assert_eq!(b.status().await?.open_reservations, 20);
     Ok(())
 }
+
+/// Settlement's store on PostgreSQL: the contract the sled backend keeps (in the settlement
+/// crate), rounds' writes fenced by the operator key's lease, and usage reports racing a
+/// period's close on another node: each is either in the period's fold or refused, never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_settlement_contract_and_fences_rounds() -> TestResult {
+    use settled_settlement::{
+        PgSettlement, SettlementStore, UsageError, fold_usage, store_contract,
+    };
+    let postgres = TestPostgres::start()?;
+    let (a, b) = (
+        PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?,
+        PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?,
+    );
+    let lease =
+        a.acquire("operator:0xaa", "node-a", Duration::from_secs(30)).await?.ok_or("free")?;
+    let (on_a, on_b) = (PgSettlement::new(a.clone()), Arc::new(PgSettlement::new(b.clone())));
+    let fence = Fence::Lease(lease.clone());
+    store_contract::usage_reports_fold_and_close(&on_a, &fence).await?;
+    store_contract::periods_batches_and_orders(&on_a, &fence).await?;
+
+    // 40 reports on node b while node a closes the next period (the contract's last period
+    // ended at 2026-01-01 00:01:39).
+    const AFTER: u64 = 1_767_225_600 + 1_000;
+    let racers: Vec<_> = (0..40u64)
+        .map(|i| {
+            let store = on_b.clone();
+            tokio::spawn(async move {
+                // Spread over 40 ms, so the close lands among them.
+                tokio::time::sleep(Duration::from_millis(i)).await;
+                let digest = B256::from(U256::from(i + 1));
+                (AFTER + 1 + i, digest, store.record_usage(9, AFTER + 1 + i, digest).await)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let folds = on_a.close_usage(&fence, AFTER, AFTER + 100).await?;
+    let mut expected = B256::ZERO;
+    let (mut accepted, mut refused) = (0, 0);
+    for racer in racers {
+        match racer.await? {
+            (at, digest, Ok(())) => {
+                expected = fold_usage(expected, at, digest);
+                accepted += 1;
+            }
+            (_, _, Err(UsageError::Settled { .. })) => refused += 1,
+            (_, _, Err(e)) => return Err(e.into()),
+        }
+    }
+    eprintln!("usage reports racing a close: {accepted} in the period, {refused} refused");
+    let folded = folds.get(&9).copied().unwrap_or_default();
+    assert_eq!(folded, expected, "every accepted report is in the period, in order");
+    assert_eq!(accepted + refused, 40);
+
+    // Fencing: once another node took the operator key over, the old epoch writes nothing.
+    b.release(&lease).await?;
+    let taken =
+        b.acquire("operator:0xaa", "node-b", Duration::from_secs(30)).await?.ok_or("free")?;
+    let before = on_a.batch(1).await?.ok_or("batch 1")?;
+    let mut changed = before.clone();
+    changed.stage = settled_settlement::BatchStage::Built;
+    let stale = on_a.put_batch(&fence, &changed).await;
+    assert!(matches!(stale, Err(settled_settlement::SchedulerError::Lost(_))), "{stale:?}");
+    assert!(on_a.close_usage(&fence, AFTER + 100, AFTER + 200).await.is_err(), "a stale close");
+    assert!(on_a.put_batch(&Fence::Exclusive, &changed).await.is_err(), "unfenced");
+    assert_eq!(on_b.batch(1).await?, Some(before), "nothing landed");
+    on_b.put_batch(&Fence::Lease(taken), &changed).await?;
+    assert_eq!(on_a.batch(1).await?, Some(changed), "every node reads the leader's write");
+    Ok(())
+}

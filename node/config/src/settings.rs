@@ -56,7 +56,7 @@ impl Roles {
     pub const ALL: Self = Self { bundler: true, paymaster: true, billing: true, settlement: true };
     /// What runs on every node of a shared store.
     pub const SHARED: Self =
-        Self { bundler: false, paymaster: true, billing: true, settlement: false };
+        Self { bundler: false, paymaster: true, billing: true, settlement: true };
 }
 
 impl Default for Roles {

@@ -63,7 +63,7 @@ impl PageData {
     }
 
     /// The page's JSON: now, the streams, the bill.
-    pub(crate) fn overview(&self, claims: &LinkClaims) -> Result<Value, String> {
+    pub(crate) async fn overview(&self, claims: &LinkClaims) -> Result<Value, String> {
         let now = self.now();
         let streams: Vec<PageStream> = self
             .streams(claims)?
@@ -81,24 +81,34 @@ impl PageData {
             "now": now,
             "lowBalanceSecs": self.low_balance_secs,
             "streams": streams,
-            "bill": self.bill(claims)?,
+            "bill": self.bill(claims).await?,
         }))
     }
 
     /// Every settled period of the payer's visible streams: seconds billed, amount, the rate it
     /// implies, the usage digest, the batch and its commit.
-    fn bill(&self, claims: &LinkClaims) -> Result<Value, String> {
+    async fn bill(&self, claims: &LinkClaims) -> Result<Value, String> {
         let (Some(settler), Some(key)) = (&self.settler, self.key(claims)) else {
             return Ok(json!([]));
         };
         let invoice = settler
             .invoice(claims.payer, 0, u64::MAX, |payee| key.may_see(*payee))
+            .await
             .map_err(|e| e.to_string())?;
         let mut lines = Vec::with_capacity(invoice.lines.len());
+        let mut committed_batches = std::collections::BTreeMap::new();
         for line in invoice.lines {
-            let committed = settler.batch(line.batch_id).ok().flatten().is_some_and(|b| {
-                matches!(b.stage, settled_settlement::BatchStage::Committed { .. })
-            });
+            let committed = match committed_batches.get(&line.batch_id) {
+                Some(committed) => *committed,
+                None => {
+                    let batch = settler.batch(line.batch_id).await.ok().flatten();
+                    let committed = batch.is_some_and(|b| {
+                        matches!(b.stage, settled_settlement::BatchStage::Committed { .. })
+                    });
+                    committed_batches.insert(line.batch_id, committed);
+                    committed
+                }
+            };
             lines.push(json!({
                 "streamId": line.stream_id,
                 "batchId": line.batch_id,

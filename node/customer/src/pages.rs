@@ -57,13 +57,13 @@ async fn route(links: &CustomerLinks, data: &Arc<PageData>, request: PageRequest
     let query = |name: &str| query_value(&request.query, name);
     match (request.method.as_str(), tail) {
         ("GET", "") => PageResponse::ok("text/html; charset=utf-8", PAGE),
-        ("GET", "data") => match data.overview(&claims) {
+        ("GET", "data") => match data.overview(&claims).await {
             Ok(value) => PageResponse::json(&value),
             Err(error) => PageResponse::error(500, error),
         },
         ("GET", "chart.svg") => chart(data, &claims, query("stream"), query("range")),
-        ("GET", "invoice.csv" | "invoice.json") => invoice(data, &claims, tail),
-        ("GET", "receipt") => receipt(data, &claims, query("stream"), query("batch")),
+        ("GET", "invoice.csv" | "invoice.json") => invoice(data, &claims, tail).await,
+        ("GET", "receipt") => receipt(data, &claims, query("stream"), query("batch")).await,
         ("POST", "chain") => relay(data, &request.body).await,
         _ => PageResponse::error(404, "not found"),
     }
@@ -90,11 +90,11 @@ fn refusal(error: Option<LinkError>, page: bool) -> PageResponse {
 }
 
 /// The payer's invoice over every settled period (`billing_invoice`'s JSON, or its CSV).
-fn invoice(data: &PageData, claims: &LinkClaims, file: &str) -> PageResponse {
+async fn invoice(data: &PageData, claims: &LinkClaims, file: &str) -> PageResponse {
     let (Some(settler), Some(key)) = (&data.settler, data.key(claims)) else {
         return PageResponse::error(404, "this node does not settle");
     };
-    match settler.invoice(claims.payer, 0, u64::MAX, |payee| key.may_see(*payee)) {
+    match settler.invoice(claims.payer, 0, u64::MAX, |payee| key.may_see(*payee)).await {
         Ok(invoice) if file == "invoice.csv" => {
             PageResponse::ok("text/csv; charset=utf-8", invoice.csv)
         }
@@ -137,7 +137,7 @@ fn chart(
     }
 }
 
-fn receipt(
+async fn receipt(
     data: &PageData,
     claims: &LinkClaims,
     stream: Option<String>,
@@ -151,7 +151,7 @@ fn receipt(
     let (Some(settler), Some(_)) = (&data.settler, data.stream(claims, stream)) else {
         return PageResponse::error(404, format!("no stream {stream} of this payer"));
     };
-    match settler.receipt(stream, batch) {
+    match settler.receipt(stream, batch).await {
         Ok(Some(receipt)) => match serde_json::to_value(receipt) {
             Ok(value) => PageResponse::json(&value),
             Err(error) => PageResponse::error(500, error),

@@ -5,11 +5,13 @@
 //! [`SettlementRecord`] has a fixed leaf encoding and a compact blob payload; [`MerkleTree`] is
 //! built as `SettlementAnchor.verify` checks it; [`split_into_blobs`], [`sidecar`] and
 //! [`payload_of`] carry batches in blobs; [`Settler`] runs the periods (withdraw, record,
-//! commit; crash-safe) and answers receipts, served by the `settlement_*` RPC.
+//! commit; crash-safe) and answers receipts, served by the `settlement_*` RPC; it keeps its state
+//! in a [`SettlementStore`] (sled on one node, PostgreSQL shared by several).
 
 mod blob;
 mod documents;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod fixtures;
 mod metrics;
 mod orders_rpc;
@@ -17,6 +19,7 @@ mod procurement;
 mod record;
 mod rpc;
 mod scheduler;
+mod store;
 mod tree;
 mod usage;
 mod verify;
@@ -39,6 +42,11 @@ pub use scheduler::{
     AnchorChain, AnchorMode, BatchCosts, BatchStage, Invoice, InvoiceDocument, InvoiceLine,
     InvoiceTotal, OrderAlert, OrderError, SchedulerError, SettlementReceipt, SettlementRound,
     SettlementSettings, Settler, StoredBatch, overhead_ppm,
+};
+#[cfg(any(test, feature = "testing"))]
+pub use store::contract as store_contract;
+pub use store::{
+    OpenPeriod, PeriodCursor, PgSettlement, SettlementFuture, SettlementStore, SledSettlement,
 };
 pub use tree::{MerkleTree, verify_proof};
 pub use usage::{UsageError, fold_usage};

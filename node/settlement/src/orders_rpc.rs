@@ -23,13 +23,21 @@ pub(crate) fn register_orders(
 ) {
     let (set_billing, set_settler) = (billing.clone(), settler.clone());
     // The names are distinct constants: registration cannot collide.
-    let _ = module.register_blocking_method("billing_setPurchaseOrder", move |params, _, ext| {
-        set_order(&set_billing, &set_settler, params, &ext).map_err(ErrorObjectOwned::from)
-    });
+    let _ =
+        module.register_async_method("billing_setPurchaseOrder", move |params, _, ext| {
+            let (billing, settler) = (set_billing.clone(), set_settler.clone());
+            async move {
+                set_order(&billing, &settler, params, &ext).await.map_err(ErrorObjectOwned::from)
+            }
+        });
     let (get_billing, get_settler) = (billing.clone(), settler.clone());
-    let _ = module.register_blocking_method("billing_getPurchaseOrder", move |params, _, ext| {
-        get_order(&get_billing, &get_settler, params, &ext).map_err(ErrorObjectOwned::from)
-    });
+    let _ =
+        module.register_async_method("billing_getPurchaseOrder", move |params, _, ext| {
+            let (billing, settler) = (get_billing.clone(), get_settler.clone());
+            async move {
+                get_order(&billing, &settler, params, &ext).await.map_err(ErrorObjectOwned::from)
+            }
+        });
     register_alerts(module, billing, settler);
 }
 
@@ -84,10 +92,10 @@ fn payer_tokens(
     Ok(tokens)
 }
 
-fn set_order(
+async fn set_order(
     billing: &Billing,
     settler: &Settler,
-    params: Params<'_>,
+    params: Params<'static>,
     ext: &Extensions,
 ) -> Result<Value, BillingError> {
     let key = billing.key(ext)?;
@@ -111,17 +119,17 @@ fn set_order(
             }
         }
     }
-    settler.set_purchase_order(&po, &tokens).map_err(|e| match e {
+    settler.set_purchase_order(&po, &tokens).await.map_err(|e| match e {
         OrderError::Scheduler(e) => internal(e),
         refused => BillingError::InvalidParams(refused.to_string()),
     })?;
     Ok(json!({ "payer": po.payer, "poNumber": po.po_number, "stored": true }))
 }
 
-fn get_order(
+async fn get_order(
     billing: &Billing,
     settler: &Settler,
-    params: Params<'_>,
+    params: Params<'static>,
     ext: &Extensions,
 ) -> Result<Value, BillingError> {
     #[derive(serde::Deserialize)]
@@ -134,17 +142,20 @@ fn get_order(
     let (request,): (OrderRequest,) = params.parse()?;
     payer_tokens(billing, key, request.payer)?;
     let orders = match &request.po_number {
-        Some(number) => {
-            settler.purchase_order(request.payer, number).map_err(internal)?.into_iter().collect()
-        }
-        None => settler.purchase_orders(request.payer).map_err(internal)?,
+        Some(number) => settler
+            .purchase_order(request.payer, number)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .collect(),
+        None => settler.purchase_orders(request.payer).await.map_err(internal)?,
     };
     if orders.is_empty() {
         return Err(BillingError::InvalidParams(format!("no purchase order of {}", request.payer)));
     }
     let mut answers = Vec::with_capacity(orders.len());
     for po in orders {
-        let consumption = settler.consumption(&po).map_err(internal)?;
+        let consumption = settler.consumption(&po).await.map_err(internal)?;
         answers.push(json!({ "purchaseOrder": po, "consumption": consumption }));
     }
     Ok(Value::Array(answers))

@@ -40,23 +40,28 @@ pub fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule<Arc<Se
         });
     }
     // The names are distinct constants: registration cannot collide.
-    let _ = module.register_blocking_method("settlement_getReceipt", |params, settler, _| {
-        let (stream, batch): (String, u64) = params.parse()?;
-        let stream: u64 = stream.parse().map_err(|_| {
-            error(codes::INVALID_PARAMS, format!("stream id {stream:?} is not a decimal integer"))
-        })?;
-        match settler.receipt(stream, batch).map_err(internal)? {
-            Some(receipt) => serde_json::to_value(receipt).map_err(internal),
-            None => Err(error(
-                codes::INVALID_PARAMS,
-                format!("batch {batch} is unknown or has no record of stream {stream}"),
-            )),
-        }
-    });
-    let _ = module.register_blocking_method("settlement_getBatch", |params, settler, _| {
+    let _ =
+        module.register_async_method("settlement_getReceipt", |params, settler, _| async move {
+            let (stream, batch): (String, u64) = params.parse()?;
+            let stream: u64 = stream.parse().map_err(|_| {
+                error(
+                    codes::INVALID_PARAMS,
+                    format!("stream id {stream:?} is not a decimal integer"),
+                )
+            })?;
+            match settler.receipt(stream, batch).await.map_err(internal)? {
+                Some(receipt) => serde_json::to_value(receipt).map_err(internal),
+                None => Err(error(
+                    codes::INVALID_PARAMS,
+                    format!("batch {batch} is unknown or has no record of stream {stream}"),
+                )),
+            }
+        });
+    let _ = module.register_async_method("settlement_getBatch", |params, settler, _| async move {
         let (id,): (u64,) = params.parse()?;
         let batch = settler
             .batch(id)
+            .await
             .map_err(internal)?
             .ok_or_else(|| error(codes::INVALID_PARAMS, format!("unknown batch {id}")))?;
         let mut value = serde_json::to_value(&batch).map_err(internal)?;
@@ -94,14 +99,20 @@ pub fn register_billing(
 ) {
     let (invoice_billing, invoice_settler) = (billing.clone(), settler.clone());
     // The names are distinct constants: registration cannot collide.
-    let _ = module.register_blocking_method("billing_invoice", move |params, _, extensions| {
-        invoice(&invoice_billing, &invoice_settler, params, &extensions)
-            .map_err(ErrorObjectOwned::from)
+    let _ = module.register_async_method("billing_invoice", move |params, _, extensions| {
+        let (billing, settler) = (invoice_billing.clone(), invoice_settler.clone());
+        async move {
+            invoice(&billing, &settler, params, &extensions).await.map_err(ErrorObjectOwned::from)
+        }
     });
     let (usage_billing, usage_settler) = (billing.clone(), settler.clone());
-    let _ = module.register_blocking_method("stream_recordUsage", move |params, _, extensions| {
-        record_usage(&usage_billing, &usage_settler, params, &extensions)
-            .map_err(ErrorObjectOwned::from)
+    let _ = module.register_async_method("stream_recordUsage", move |params, _, extensions| {
+        let (billing, settler) = (usage_billing.clone(), usage_settler.clone());
+        async move {
+            record_usage(&billing, &settler, params, &extensions)
+                .await
+                .map_err(ErrorObjectOwned::from)
+        }
     });
     crate::orders_rpc::register_orders(module, billing, settler);
 }
@@ -112,10 +123,10 @@ fn billing_internal(e: impl std::fmt::Display) -> BillingError {
 
 /// `billing_invoice`: the payer's lines for the key's payees, as JSON (default), CSV, or a UBL
 /// (Peppol BIS 3) or cXML document rolled up per purchase-order line.
-fn invoice(
+async fn invoice(
     billing: &settled_streams::Billing,
     settler: &Settler,
-    params: Params<'_>,
+    params: Params<'static>,
     extensions: &Extensions,
 ) -> Result<serde_json::Value, BillingError> {
     #[derive(serde::Deserialize)]
@@ -136,7 +147,8 @@ fn invoice(
     let visible = |payee: &alloy::primitives::Address| key.may_see(*payee);
     match request.format {
         crate::DocumentFormat::Json | crate::DocumentFormat::Csv => {
-            let invoice = settler.invoice(payer, from, to, visible).map_err(billing_internal)?;
+            let invoice =
+                settler.invoice(payer, from, to, visible).await.map_err(billing_internal)?;
             if request.format == crate::DocumentFormat::Json {
                 return serde_json::to_value(invoice).map_err(billing_internal);
             }
@@ -144,7 +156,7 @@ fn invoice(
         }
         format => {
             let document =
-                settler.invoice_document(format, payer, from, to, visible).map_err(|e| {
+                settler.invoice_document(format, payer, from, to, visible).await.map_err(|e| {
                     if e.is_internal() {
                         billing_internal(e)
                     } else {
@@ -158,7 +170,7 @@ fn invoice(
 
 /// `stream_recordUsage`: a usage digest for one of the key's streams, at a second not yet
 /// settled.
-fn record_usage(
+async fn record_usage(
     billing: &settled_streams::Billing,
     settler: &Settler,
     params: Params<'_>,
@@ -184,7 +196,7 @@ fn record_usage(
             "at {at} is more than a day after the chain's clock ({now}): seconds?"
         )));
     }
-    settler.record_usage(stream, at, request.digest).map_err(|e| match e {
+    settler.record_usage(stream, at, request.digest).await.map_err(|e| match e {
         super::UsageError::Settled { .. } => BillingError::InvalidParams(e.to_string()),
         super::UsageError::Storage(_) => billing_internal(e),
     })?;

@@ -39,10 +39,22 @@ impl PgStore {
         payload: &serde_json::Value,
     ) -> Result<i64, NoticeError> {
         let mut tx = self.pool().begin().await.map_err(failed)?;
+        let id = Self::publish_in(&mut tx, channel, payload).await?;
+        tx.commit().await.map_err(failed)?;
+        Ok(id)
+    }
+
+    /// Stores `payload` on `channel` in `tx` (published when `tx` commits, with whatever else
+    /// it writes); its id.
+    pub async fn publish_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        channel: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64, NoticeError> {
         // One publisher per channel at a time: ids commit in the order readers see them.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind(channel)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(failed)?;
         let id: i64 = sqlx::query(
@@ -50,18 +62,27 @@ impl PgStore {
         )
         .bind(channel)
         .bind(payload)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .and_then(|row| row.try_get("id"))
         .map_err(failed)?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(channel)
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(failed)?;
-        tx.commit().await.map_err(failed)?;
         Ok(id)
+    }
+
+    /// The latest notice id of `channel` (0: none yet): where a feed of new notices starts.
+    pub async fn latest_notice(&self, channel: &str) -> Result<i64, NoticeError> {
+        sqlx::query("SELECT coalesce(max(id), 0) AS id FROM settled_notices WHERE channel = $1")
+            .bind(channel)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|row| row.try_get("id"))
+            .map_err(failed)
     }
 
     /// The notices of `channel` after id `after`, then each new one as it is published.

@@ -279,6 +279,27 @@ impl Sends {
     }
 }
 
+/// Records each transaction the signer's sender signs as an intent under the current fence
+/// (settlement's withdrawals and commits on a shared store): no lease, no send.
+impl settled_contracts::SendJournal for Sends {
+    fn record<'a>(
+        &'a self,
+        signer: Address,
+        nonce: u64,
+        carries: String,
+        raw: &'a Bytes,
+        hash: B256,
+    ) -> settled_contracts::JournalFuture<'a> {
+        Box::pin(async move {
+            let fence = self
+                .current_fence()
+                .ok_or_else(|| "this node does not hold the signer's lease".to_string())?;
+            let intent = Intent { signer, nonce, carries, raw: raw.clone(), hashes: vec![hash] };
+            self.store.commit_intent(&fence, &intent, None).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// A name for this process, unique across nodes and restarts: the host, the process id and the
 /// start time in nanoseconds.
 pub fn process_owner() -> String {

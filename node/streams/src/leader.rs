@@ -160,8 +160,12 @@ impl Operator {
             match self.sender.broadcast_raw(&intent.raw).await {
                 Ok(()) => {}
                 Err(e) if e.refusal() == Some(Refusal::Underpriced) => {
-                    self.bump(fence, &intent).await?;
-                    bumped += 1;
+                    match self.bump(fence, &intent).await {
+                        Ok(()) => bumped += 1,
+                        // A blob commit (settlement re-prices its own) or a lost lease: the
+                        // others are still looked at.
+                        Err(error) => warn!(nonce = intent.nonce, %error, "not fee-bumped"),
+                    }
                 }
                 // Known already, or its nonce was used meanwhile.
                 Err(e) if e.refused_by_node() => {}

@@ -233,7 +233,7 @@ async fn receipts(streams: u64) -> TestResult {
     let started = Instant::now();
     let round = settler.settle().await?;
     let round_time = started.elapsed();
-    let batch = settler.batch(1)?.ok_or("no batch 1")?;
+    let batch = settler.batch(1).await?.ok_or("no batch 1")?;
     println!(
         "settlement round of {streams} streams on Anvil: {:.1} s ({} withdrawBatch transactions, {} batches, {} records in batch 1)",
         round_time.as_secs_f64(),

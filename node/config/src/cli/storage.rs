@@ -1,5 +1,5 @@
 //! `--storage.*` and `--roles`: PostgreSQL shared by several nodes (leases, billing calls, send
-//! intents, the paymaster's ledger) and what this node runs.
+//! intents, the paymaster's ledger, settlement) and what this node runs.
 
 use super::*;
 
@@ -28,8 +28,8 @@ pub struct StorageArgs {
     pub lease_secs: f64,
 
     /// What this node runs, comma-separated: `bundler`, `paymaster`, `billing`, `settlement`.
-    /// Default: all of them; with `--storage.url`, `paymaster,billing` (the roles whose state
-    /// is shared).
+    /// Default: all of them; with `--storage.url`, `paymaster,billing,settlement` (the roles
+    /// whose state is shared).
     #[arg(
         long = "roles",
         id = "roles",

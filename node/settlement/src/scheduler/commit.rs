@@ -9,17 +9,17 @@ impl Settler {
         &self,
         round: &mut SettlementRound,
     ) -> Result<(), SchedulerError> {
-        let cursor = self.cursor()?;
+        let cursor = self.cursor().await?;
         // Batches are committed in order, so the unfinished ones are the last few.
         let mut id = cursor.next_batch_id;
         while id > 1 {
-            match self.batch(id - 1)? {
+            match self.batch(id - 1).await? {
                 Some(batch) if !matches!(batch.stage, BatchStage::Committed { .. }) => id -= 1,
                 _ => break,
             }
         }
         for id in id..cursor.next_batch_id {
-            let Some(batch) = self.batch(id)? else { continue };
+            let Some(batch) = self.batch(id).await? else { continue };
             match self.commit(batch).await? {
                 true => round.committed.push(id),
                 false => {
@@ -109,19 +109,19 @@ impl Settler {
                 if !ok {
                     // Sent again from scratch next round (the anchor refuses a second commit).
                     batch.stage = BatchStage::Built;
-                    self.put_batch(&batch)?;
+                    self.put_batch(&batch).await?;
                     return Err(chain(format!("commit of batch {id} reverted in {hash}")));
                 }
                 batch.stage = BatchStage::Committed { transaction: hash, block };
                 self.record_commit_cost(&mut batch, hash).await;
-                self.put_batch(&batch)?;
+                self.put_batch(&batch).await?;
                 self.committed_metrics(&batch, hash);
                 return Ok(true);
             }
             if self.anchored(&batch).await? {
                 // Mined under a hash we do not know (a resend cut short by a crash).
                 batch.stage = BatchStage::Committed { transaction: transaction.hash, block: 0 };
-                self.put_batch(&batch)?;
+                self.put_batch(&batch).await?;
                 return Ok(true);
             }
             let Some(resent) = self.reprice(&batch, &transaction).await? else {
@@ -139,7 +139,7 @@ impl Settler {
             ::metrics::counter!(crate::metrics::REPRICED, "kind" => "commit").increment(1);
             replaced.push(transaction.hash);
             batch.stage = BatchStage::Sent { transaction: resent, replaced };
-            self.put_batch(&batch)?;
+            self.put_batch(&batch).await?;
         }
         Err(chain(format!("commit of batch {id} not mined after {MAX_REPRICES} re-pricings")))
     }
@@ -150,7 +150,7 @@ impl Settler {
     async fn send_built(&self, batch: &mut StoredBatch) -> Result<Option<bool>, SchedulerError> {
         if self.anchored(batch).await? {
             batch.stage = BatchStage::Committed { transaction: B256::ZERO, block: 0 };
-            self.put_batch(batch)?;
+            self.put_batch(batch).await?;
             return Ok(Some(true));
         }
         // Twice the current blob fee, within the bound: room for a rise.
@@ -161,7 +161,7 @@ impl Settler {
         }
         let transaction = self.anchor.sender.send(request).await.map_err(chain)?;
         batch.stage = BatchStage::Sent { transaction, replaced: Vec::new() };
-        self.put_batch(batch)?;
+        self.put_batch(batch).await?;
         Ok(None)
     }
 

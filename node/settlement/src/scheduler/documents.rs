@@ -24,7 +24,7 @@ pub struct InvoiceDocument {
 impl Settler {
     /// `payer`'s period `(from, to]` rolled up per line of the PO it falls in, over the records
     /// `visible` keeps.
-    pub fn period_invoice(
+    pub async fn period_invoice(
         &self,
         payer: Address,
         from: u64,
@@ -32,14 +32,14 @@ impl Settler {
         visible: impl Fn(&Address) -> bool,
     ) -> Result<PeriodInvoice, DocumentError> {
         let stored = |e: SchedulerError| DocumentError::Storage(e.to_string());
-        let batches = self.stored_batches().map_err(stored)?;
-        let orders = self.purchase_orders(payer).map_err(stored)?;
+        let batches = self.store.batches().await.map_err(stored)?;
+        let orders = self.purchase_orders(payer).await.map_err(stored)?;
         RollUp { payer, from, to, batches: &batches, orders: &orders, currencies: &self.currencies }
             .build(visible)
     }
 
     /// The period's UBL or cXML document.
-    pub fn invoice_document(
+    pub async fn invoice_document(
         &self,
         format: DocumentFormat,
         payer: Address,
@@ -53,7 +53,7 @@ impl Settler {
                     .into(),
             )
         })?;
-        let invoice = self.period_invoice(payer, from, to, visible)?;
+        let invoice = self.period_invoice(payer, from, to, visible).await?;
         let (document, content_type) = match format {
             DocumentFormat::Ubl => (render_ubl(&invoice, seller)?, "application/xml"),
             DocumentFormat::Cxml => (render_cxml(&invoice, seller)?, "text/xml"),

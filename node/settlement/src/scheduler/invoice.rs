@@ -71,7 +71,7 @@ pub struct InvoiceTotal {
 impl Settler {
     /// `payer`'s invoice for the batches settled in `(from, to]`, with the lines `visible` keeps
     /// (the caller's payees).
-    pub fn invoice(
+    pub async fn invoice(
         &self,
         payer: Address,
         from: u64,
@@ -83,9 +83,7 @@ impl Settler {
         let mut transactions = Vec::new();
         let mut totals: std::collections::BTreeMap<Address, (u64, u128)> = Default::default();
         let mut settlement_costs = BatchCosts::default();
-        for entry in self.batches.iter() {
-            let (_, value) = entry.map_err(storage)?;
-            let batch: StoredBatch = serde_json::from_slice(&value).map_err(storage)?;
+        for batch in self.store.batches().await? {
             let context = batch.context;
             if context.period_end <= from || context.period_end > to {
                 continue;

@@ -36,9 +36,11 @@ use tracing::{info, warn};
 use super::{
     BatchContext, MerkleTree, SettlementError, SettlementRecord, encode_payload, sidecar,
     split_into_blobs,
-    usage::{UsageError, UsageLog},
+    store::{OpenPeriod, PeriodCursor, SettlementStore, SledSettlement},
+    usage::UsageError,
 };
 use settled_contracts::{SentTransaction, TransactionSender};
+use settled_store::Fence;
 use settled_streams::{StreamIndex, StreamSelector, StreamState};
 
 mod anchor;
@@ -174,23 +176,6 @@ impl StoredBatch {
     }
 }
 
-/// The settled periods so far.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PeriodCursor {
-    /// The last settled period's end (0: none yet; the first period starts at 0).
-    period_end: u64,
-    /// The next batch id.
-    next_batch_id: u64,
-}
-
-/// A period whose withdrawals are under way.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct OpenPeriod {
-    withdrawals: Vec<B256>,
-}
-
 /// Why a settlement round did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -209,6 +194,9 @@ pub enum SchedulerError {
     /// The usage log.
     #[error(transparent)]
     Usage(#[from] UsageError),
+    /// This node does not (or no longer) hold the operator key's lease: nothing was written.
+    #[error("not leading the operator key: {0}")]
+    Lost(String),
 }
 
 fn storage(e: impl std::fmt::Display) -> SchedulerError {
@@ -230,9 +218,6 @@ pub struct SettlementRound {
     /// Batches built but waiting (blob fee above the bound).
     pub waiting: Vec<u64>,
 }
-
-const CURSOR: &[u8] = b"cursor";
-const OPEN: &[u8] = b"open";
 
 /// Where a scheduler settles: the streams' chain, as whom, the vault, and where batches are
 /// anchored.
@@ -265,31 +250,26 @@ pub struct Settler {
     kind: settled_contracts::ChainKind,
     currencies: std::collections::BTreeMap<Address, crate::TokenCurrency>,
     seller: Option<crate::Party>,
-    batches: sled::Tree,
-    orders: sled::Tree,
-    /// Each PO line's last alerted state.
-    order_alert_state: sled::Tree,
+    /// Periods, batches, usage reports, POs and their alerted states.
+    store: Arc<dyn SettlementStore>,
+    /// What the round's writes and sends are fenced by (`None`: this node does not lead the
+    /// operator key, so it runs no rounds).
+    fence: tokio::sync::watch::Receiver<Option<Fence>>,
     /// PO alerts to `billing_subscribePurchaseOrderAlerts`.
     order_alerts: tokio::sync::broadcast::Sender<OrderAlert>,
     /// PO alerts must be checked after the next round even if it commits nothing.
     order_alerts_due: std::sync::atomic::AtomicBool,
-    meta: sled::Tree,
-    usage: UsageLog,
     settings: SettlementSettings,
     /// The blob fee bound in force (wei; the settings' at start, changeable at run time).
     max_blob_fee_wei: std::sync::Mutex<u128>,
     /// One round at a time.
     round: tokio::sync::Mutex<()>,
-    /// The batch receipts were last asked of, with its tree: an auditor asks one batch for
-    /// many streams, and each miss costs reading the whole batch and hashing every leaf.
-    receipt_batch: std::sync::Mutex<Option<Arc<ReceiptBatch>>>,
+    /// The Merkle tree of the batch receipts were last asked of, by batch id and root.
+    receipt_batch: std::sync::Mutex<Option<ReceiptTree>>,
 }
 
-/// A stored batch with its Merkle tree, for receipts.
-struct ReceiptBatch {
-    batch: StoredBatch,
-    tree: MerkleTree,
-}
+/// A batch's id and root with its Merkle tree.
+type ReceiptTree = ((u64, B256), Arc<MerkleTree>);
 
 impl std::fmt::Debug for Settler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -298,20 +278,30 @@ impl std::fmt::Debug for Settler {
 }
 
 impl Settler {
-    /// A scheduler for `chain`'s operator over `index`, storing its batches in `db`.
+    /// A scheduler for `chain`'s operator over `index`, storing its batches in `db` (one node:
+    /// every write is this process's).
     pub fn new(
         chain: SettlementChain,
         index: Arc<StreamIndex>,
         db: &sled::Db,
         settings: SettlementSettings,
     ) -> Result<Self, SchedulerError> {
+        let store = Arc::new(SledSettlement::open(db)?);
+        let (_, fence) = tokio::sync::watch::channel(Some(Fence::Exclusive));
+        Ok(Self::with_store(chain, index, store, fence, settings))
+    }
+
+    /// A scheduler keeping its state in `store`, running rounds while `fence` holds one (the
+    /// operator key's lease on a shared store).
+    pub fn with_store(
+        chain: SettlementChain,
+        index: Arc<StreamIndex>,
+        store: Arc<dyn SettlementStore>,
+        fence: tokio::sync::watch::Receiver<Option<Fence>>,
+        settings: SettlementSettings,
+    ) -> Self {
         let SettlementChain { sender, vault, chain_id, kind, anchor, currencies, seller } = chain;
-        let meta = db.open_tree("settlement.meta").map_err(storage)?;
-        let settled_through = match meta.get(CURSOR).map_err(storage)? {
-            Some(v) => serde_json::from_slice::<PeriodCursor>(&v).map_err(storage)?.period_end,
-            None => 0,
-        };
-        Ok(Self {
+        Self {
             provider: sender.provider().clone(),
             operator: sender.address(),
             sender,
@@ -322,18 +312,28 @@ impl Settler {
             kind,
             currencies,
             seller,
-            batches: db.open_tree("settlement.batches").map_err(storage)?,
-            orders: db.open_tree("procurement.orders").map_err(storage)?,
-            order_alert_state: db.open_tree("procurement.alerts").map_err(storage)?,
+            store,
+            fence,
             order_alerts: tokio::sync::broadcast::channel(256).0,
             order_alerts_due: std::sync::atomic::AtomicBool::new(true),
-            meta,
-            usage: UsageLog::open(db, settled_through).map_err(storage)?,
             max_blob_fee_wei: std::sync::Mutex::new(settings.max_blob_fee_wei),
             settings,
             round: tokio::sync::Mutex::new(()),
             receipt_batch: std::sync::Mutex::new(None),
-        })
+        }
+    }
+
+    /// The fence the round's writes carry; refused when this node does not lead.
+    pub(crate) fn fence(&self) -> Result<Fence, SchedulerError> {
+        self.fence
+            .borrow()
+            .clone()
+            .ok_or_else(|| SchedulerError::Lost("another node leads it; rounds run there".into()))
+    }
+
+    /// Whether this node runs the rounds now.
+    pub fn leads(&self) -> bool {
+        self.fence.borrow().is_some()
     }
 
     /// Sets the highest blob base fee a commit pays (a spike above it delays batches).
@@ -369,52 +369,25 @@ impl Settler {
 
     /// Records a billing backend's usage `digest` for `stream` at second `at` (see
     /// [`fold_usage`](crate::fold_usage)); refused for a second already settled.
-    pub fn record_usage(&self, stream: u64, at: u64, digest: B256) -> Result<(), UsageError> {
-        self.usage.record(stream, at, digest)
+    pub async fn record_usage(&self, stream: u64, at: u64, digest: B256) -> Result<(), UsageError> {
+        self.store.record_usage(stream, at, digest).await
     }
 
     /// Batch `id`, if the node has it.
-    pub fn batch(&self, id: u64) -> Result<Option<StoredBatch>, SchedulerError> {
-        self.batches
-            .get(id.to_be_bytes())
-            .map_err(storage)?
-            .map(|v| serde_json::from_slice(&v).map_err(storage))
-            .transpose()
+    pub async fn batch(&self, id: u64) -> Result<Option<StoredBatch>, SchedulerError> {
+        self.store.batch(id).await
     }
 
-    fn put_batch(&self, batch: &StoredBatch) -> Result<(), SchedulerError> {
-        let value = serde_json::to_vec(batch).map_err(storage)?;
-        self.batches.insert(batch.context.batch_id.to_be_bytes(), value).map_err(storage)?;
-        self.batches.flush().map_err(storage)?;
-        // A receipt must not show the stage it had before. After the write: a receipt loads
-        // under the same lock, so it either loads the new batch or is cleared here.
-        if let Ok(mut cached) = self.receipt_batch.lock()
-            && cached.as_ref().is_some_and(|c| c.batch.context.batch_id == batch.context.batch_id)
-        {
-            *cached = None;
-        }
-        Ok(())
+    async fn put_batch(&self, batch: &StoredBatch) -> Result<(), SchedulerError> {
+        self.store.put_batch(&self.fence()?, batch).await
     }
 
-    fn cursor(&self) -> Result<PeriodCursor, SchedulerError> {
-        Ok(match self.meta.get(CURSOR).map_err(storage)? {
-            Some(v) => serde_json::from_slice(&v).map_err(storage)?,
-            None => PeriodCursor { period_end: 0, next_batch_id: 1 },
-        })
+    async fn cursor(&self) -> Result<PeriodCursor, SchedulerError> {
+        self.store.cursor().await
     }
 
-    fn open_period(&self) -> Result<Option<OpenPeriod>, SchedulerError> {
-        self.meta
-            .get(OPEN)
-            .map_err(storage)?
-            .map(|v| serde_json::from_slice(&v).map_err(storage))
-            .transpose()
-    }
-
-    fn put_open_period(&self, open: &OpenPeriod) -> Result<(), SchedulerError> {
-        self.meta.insert(OPEN, serde_json::to_vec(open).map_err(storage)?).map_err(storage)?;
-        self.meta.flush().map_err(storage)?;
-        Ok(())
+    async fn put_open_period(&self, open: &OpenPeriod) -> Result<(), SchedulerError> {
+        self.store.put_open_period(&self.fence()?, open).await
     }
 
     /// Runs a round every interval until `cancel`.
@@ -427,6 +400,9 @@ impl Settler {
                 _ = cancel.cancelled() => return,
                 _ = timer.tick() => {}
             }
+            if !self.leads() {
+                continue;
+            }
             match self.settle().await {
                 Ok(round) => info!(?round, "settlement round"),
                 Err(error) => warn!(%error, "settlement round failed; retried next interval"),
@@ -436,6 +412,8 @@ impl Settler {
 
     /// One round: finish any unfinished batches, then settle the period up to now.
     pub async fn settle(&self) -> Result<SettlementRound, SchedulerError> {
+        // Another node leads the operator key: its rounds, its alerts.
+        self.fence()?;
         let result = self.settle_round().await;
         match &result {
             Ok(round) if !round.waiting.is_empty() => {
@@ -449,6 +427,7 @@ impl Settler {
                     SchedulerError::Chain(_) => "chain",
                     SchedulerError::Index(_) => "index",
                     SchedulerError::Usage(_) => "storage",
+                    SchedulerError::Lost(_) => "lease",
                 };
                 ::metrics::counter!(crate::metrics::FAILURES, "cause" => cause).increment(1);
             }
@@ -458,12 +437,12 @@ impl Settler {
         let committed = matches!(&result, Ok(round) if !round.committed.is_empty());
         let due = self.order_alerts_due.swap(false, std::sync::atomic::Ordering::SeqCst);
         if (committed || due)
-            && let Err(error) = self.check_order_alerts()
+            && let Err(error) = self.check_order_alerts().await
         {
             self.order_alerts_due.store(true, std::sync::atomic::Ordering::SeqCst);
             warn!(%error, "purchase order alerts not checked; retried after the next round");
         }
-        if let (Ok(cursor), Ok(Some(head))) = (self.cursor(), self.index.cursor()) {
+        if let (Ok(cursor), Ok(Some(head))) = (self.cursor().await, self.index.cursor()) {
             ::metrics::gauge!(crate::metrics::LAG)
                 .set(head.timestamp.saturating_sub(cursor.period_end) as f64);
         }
@@ -472,16 +451,17 @@ impl Settler {
 
     async fn settle_round(&self) -> Result<SettlementRound, SchedulerError> {
         let _round = self.round.lock().await;
+        self.fence()?;
         let mut round = SettlementRound::default();
         self.commit_pending(&mut round).await?;
         if !round.waiting.is_empty() {
             return Ok(round);
         }
-        let open = match self.open_period()? {
+        let open = match self.store.open_period().await? {
             Some(open) => open,
             None => {
                 let open = OpenPeriod::default();
-                self.put_open_period(&open)?;
+                self.put_open_period(&open).await?;
                 open
             }
         };

@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::procurement::{PurchaseOrder, consumption};
+use crate::store::alert_key;
 
 /// One PO line crossing into a higher state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,49 +39,50 @@ fn rank(state: &str) -> u8 {
     }
 }
 
-fn alert_key(po: &PurchaseOrder, line: &str) -> Vec<u8> {
-    let mut key = po.payer.to_vec();
-    key.extend_from_slice(po.po_number.as_bytes());
-    key.push(0);
-    key.extend_from_slice(line.as_bytes());
-    key
-}
-
 impl Settler {
     /// New PO alerts as they are raised.
     pub fn subscribe_order_alerts(&self) -> tokio::sync::broadcast::Receiver<OrderAlert> {
         self.order_alerts.subscribe()
     }
 
+    /// Where this node's subscribers get PO alerts from (a shared store's relay sends into it).
+    pub fn order_alert_sender(&self) -> tokio::sync::broadcast::Sender<OrderAlert> {
+        self.order_alerts.clone()
+    }
+
     /// Raises the alerts of every PO line that crossed into a higher state since it was last
-    /// looked at; returns them.
-    pub fn check_order_alerts(&self) -> Result<Vec<OrderAlert>, SchedulerError> {
-        let batches = self.stored_batches()?;
-        let mut raised = Vec::new();
-        for entry in self.orders.iter() {
-            let (_, value) = entry.map_err(storage)?;
-            let po: PurchaseOrder = serde_json::from_slice(&value).map_err(storage)?;
+    /// looked at; returns them. The states are stored (fenced: the rounds' node) before any
+    /// alert is sent.
+    pub async fn check_order_alerts(&self) -> Result<Vec<OrderAlert>, SchedulerError> {
+        let batches = self.store.batches().await?;
+        let known = self.store.alert_states().await?;
+        let (mut raised, mut changed) = (Vec::new(), Vec::new());
+        for po in self.store.orders(None).await? {
             for line in consumption(&po, &batches) {
                 let key = alert_key(&po, &line.line_id);
-                let before = self.order_alert_state.get(&key).map_err(storage)?;
-                let before =
-                    before.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                let before = known.get(&key).map(String::as_str).unwrap_or_default();
                 if line.state == before {
                     continue;
                 }
-                self.order_alert_state.insert(key, line.state.as_bytes()).map_err(storage)?;
-                if rank(&line.state) > rank(&before) {
+                let higher = rank(&line.state) > rank(before);
+                changed.push((key, line.state.clone()));
+                if higher {
                     raised.push(self.alert_of(&po, &batches, line));
                 }
             }
         }
-        self.order_alert_state.flush().map_err(storage)?;
+        if !changed.is_empty() {
+            self.store.put_alert_states(&self.fence()?, &changed, &raised).await?;
+        }
         for alert in &raised {
             ::metrics::counter!(crate::metrics::PO_ALERTS, "state" => alert.state.clone())
                 .increment(1);
             warn!(payer = %alert.payer, po = %alert.po_number, line = %alert.line_id, state = %alert.state, consumed = %alert.consumed, "purchase order line alert");
             // No subscriber is not an error: `billing_getPurchaseOrder` shows the states too.
-            let _ = self.order_alerts.send(alert.clone());
+            // A shared store relays them to every node's subscribers (this one's included).
+            if !self.store.relays_alerts() {
+                let _ = self.order_alerts.send(alert.clone());
+            }
         }
         Ok(raised)
     }
@@ -120,10 +122,8 @@ mod tests {
     use super::*;
     use crate::fixtures::{JAN_1_2026, batch, payer, po, record, settler};
 
-    fn store(settler: &Settler, batch: &StoredBatch) -> Result<(), Box<dyn std::error::Error>> {
-        let value = serde_json::to_vec(batch)?;
-        settler.batches.insert(batch.context.batch_id.to_be_bytes(), value)?;
-        Ok(())
+    async fn store(settler: &Settler, batch: &StoredBatch) -> Result<(), SchedulerError> {
+        settler.store.put_batch(&Fence::Exclusive, batch).await
     }
 
     fn states(alerts: &[OrderAlert]) -> Vec<(&str, &str)> {
@@ -131,17 +131,17 @@ mod tests {
     }
 
     /// 80% then over (100% skipped: one alert, the higher), never twice, not after a reopen.
-    #[test]
-    fn alerts_fire_once_per_crossing_and_survive_a_restart()
+    #[tokio::test]
+    async fn alerts_fire_once_per_crossing_and_survive_a_restart()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let compute = Address::repeat_byte(0x22);
         {
             let db = sled::open(dir.path())?;
             let settler = settler(&db)?;
-            settler.set_purchase_order(&po(Some(5_000_000)), &[])?;
+            settler.set_purchase_order(&po(Some(5_000_000)), &[]).await?;
             let mut subscriber = settler.subscribe_order_alerts();
-            assert!(settler.check_order_alerts()?.is_empty(), "nothing consumed");
+            assert!(settler.check_order_alerts().await?.is_empty(), "nothing consumed");
             store(
                 &settler,
                 &batch(
@@ -150,12 +150,13 @@ mod tests {
                     JAN_1_2026 + 99,
                     vec![record(1, payer(), compute, 100, 4_100_000)],
                 ),
-            )?;
-            let raised = settler.check_order_alerts()?;
+            )
+            .await?;
+            let raised = settler.check_order_alerts().await?;
             assert_eq!(states(&raised), vec![("10", "80%")]);
             assert_eq!(raised[0].payees, vec![compute]);
             assert_eq!(subscriber.try_recv()?.state, "80%");
-            assert!(settler.check_order_alerts()?.is_empty(), "once per crossing");
+            assert!(settler.check_order_alerts().await?.is_empty(), "once per crossing");
             store(
                 &settler,
                 &batch(
@@ -164,16 +165,17 @@ mod tests {
                     JAN_1_2026 + 199,
                     vec![record(1, payer(), compute, 100, 1_300_000)],
                 ),
-            )?;
-            assert_eq!(states(&settler.check_order_alerts()?), vec![("10", "over")]);
+            )
+            .await?;
+            assert_eq!(states(&settler.check_order_alerts().await?), vec![("10", "over")]);
         }
         let db = settled_contracts::reopen_sled(dir.path())?;
         let settler = settler(&db)?;
-        assert!(settler.check_order_alerts()?.is_empty(), "a restart does not repeat them");
+        assert!(settler.check_order_alerts().await?.is_empty(), "a restart does not repeat them");
         let mut raised_cap = po(Some(10_000_000));
         raised_cap.lines[0].amount_cap = Some("10000000".into());
-        settler.set_purchase_order(&raised_cap, &[])?;
-        assert!(settler.check_order_alerts()?.is_empty(), "a raised cap re-arms silently");
+        settler.set_purchase_order(&raised_cap, &[]).await?;
+        assert!(settler.check_order_alerts().await?.is_empty(), "a raised cap re-arms silently");
         store(
             &settler,
             &batch(
@@ -182,8 +184,9 @@ mod tests {
                 JAN_1_2026 + 299,
                 vec![record(1, payer(), compute, 100, 2_700_000)],
             ),
-        )?;
-        assert_eq!(states(&settler.check_order_alerts()?), vec![("10", "80%")], "8.1 of 10");
+        )
+        .await?;
+        assert_eq!(states(&settler.check_order_alerts().await?), vec![("10", "80%")], "8.1 of 10");
         Ok(())
     }
 }

@@ -1,15 +1,9 @@
-//! Purchase orders kept with the batches: stored per payer and number in sled (fsynced), one
-//! PO per payer at any second, each line's consumption read from the settled batches.
+//! Purchase orders kept with the batches: stored per payer and number in the settlement store
+//! (durable before the answer), one PO per payer at any second, each line's consumption read
+//! from the settled batches.
 
 use super::*;
 use crate::procurement::{LineConsumption, PoError, PurchaseOrder, consumption};
-
-/// `payer ‖ po number`.
-fn order_key(payer: Address, number: &str) -> Vec<u8> {
-    let mut key = payer.to_vec();
-    key.extend_from_slice(number.as_bytes());
-    key
-}
 
 /// Why a purchase order could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +32,7 @@ impl Settler {
 
     /// Stores `po` (replacing the payer's PO of the same number) after its own checks, its
     /// currency against `tokens` (the payer's tokens) and the payer's other POs' validity.
-    pub fn set_purchase_order(
+    pub async fn set_purchase_order(
         &self,
         po: &PurchaseOrder,
         tokens: &[Address],
@@ -53,7 +47,7 @@ impl Settler {
                 });
             }
         }
-        for other in self.purchase_orders(po.payer)? {
+        for other in self.purchase_orders(po.payer).await? {
             if other.po_number != po.po_number && po.overlaps(&other) {
                 return Err(PoError::Overlaps {
                     po: po.po_number.clone(),
@@ -64,50 +58,33 @@ impl Settler {
                 .into());
             }
         }
-        let value = serde_json::to_vec(po).map_err(storage)?;
-        self.orders.insert(order_key(po.payer, &po.po_number), value).map_err(storage)?;
-        self.orders.flush().map_err(storage)?;
+        self.store.put_order(po).await?;
         self.order_alerts_due.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
     /// The payer's purchase orders, by number.
-    pub fn purchase_orders(&self, payer: Address) -> Result<Vec<PurchaseOrder>, SchedulerError> {
-        self.orders
-            .scan_prefix(payer.as_slice())
-            .map(|entry| {
-                let (_, value) = entry.map_err(storage)?;
-                serde_json::from_slice(&value).map_err(storage)
-            })
-            .collect()
+    pub async fn purchase_orders(
+        &self,
+        payer: Address,
+    ) -> Result<Vec<PurchaseOrder>, SchedulerError> {
+        self.store.orders(Some(payer)).await
     }
 
     /// The payer's PO `number`, if stored.
-    pub fn purchase_order(
+    pub async fn purchase_order(
         &self,
         payer: Address,
         number: &str,
     ) -> Result<Option<PurchaseOrder>, SchedulerError> {
-        self.orders
-            .get(order_key(payer, number))
-            .map_err(storage)?
-            .map(|v| serde_json::from_slice(&v).map_err(storage))
-            .transpose()
+        self.store.order(payer, number).await
     }
 
     /// Each line's consumption of `po` over every stored batch.
-    pub fn consumption(&self, po: &PurchaseOrder) -> Result<Vec<LineConsumption>, SchedulerError> {
-        Ok(consumption(po, &self.stored_batches()?))
-    }
-
-    /// Every stored batch, in id order (purchase orders and documents read them all).
-    pub(crate) fn stored_batches(&self) -> Result<Vec<StoredBatch>, SchedulerError> {
-        self.batches
-            .iter()
-            .map(|entry| {
-                let (_, value) = entry.map_err(storage)?;
-                serde_json::from_slice::<StoredBatch>(&value).map_err(storage)
-            })
-            .collect()
+    pub async fn consumption(
+        &self,
+        po: &PurchaseOrder,
+    ) -> Result<Vec<LineConsumption>, SchedulerError> {
+        Ok(consumption(po, &self.store.batches().await?))
     }
 }

@@ -36,27 +36,32 @@ pub struct SettlementReceipt {
 }
 
 impl Settler {
+    /// The Merkle tree of `batch`, from the cache when it holds this batch's records (an
+    /// auditor asks one batch for many streams, and building it hashes every leaf).
+    fn receipt_tree(&self, batch: &StoredBatch) -> Result<Arc<MerkleTree>, SchedulerError> {
+        let mut slot = self.receipt_batch.lock().map_err(|_| storage("receipt cache poisoned"))?;
+        let key = (batch.context.batch_id, batch.root);
+        if let Some((cached, tree)) = slot.as_ref()
+            && *cached == key
+        {
+            return Ok(tree.clone());
+        }
+        let leaves = batch.records.iter().map(|r| r.leaf(&batch.context)).collect();
+        let tree = Arc::new(MerkleTree::new(leaves));
+        *slot = Some((key, tree.clone()));
+        Ok(tree)
+    }
+
     /// The receipt of stream `stream_id` in batch `batch_id`; `None` if either is unknown.
-    pub fn receipt(
+    pub async fn receipt(
         &self,
         stream_id: u64,
         batch_id: u64,
     ) -> Result<Option<SettlementReceipt>, SchedulerError> {
-        let cached = {
-            let mut slot =
-                self.receipt_batch.lock().map_err(|_| storage("receipt cache poisoned"))?;
-            match slot.as_ref().filter(|c| c.batch.context.batch_id == batch_id) {
-                Some(cached) => cached.clone(),
-                None => {
-                    let Some(batch) = self.batch(batch_id)? else { return Ok(None) };
-                    let leaves = batch.records.iter().map(|r| r.leaf(&batch.context)).collect();
-                    let loaded = Arc::new(ReceiptBatch { tree: MerkleTree::new(leaves), batch });
-                    *slot = Some(loaded.clone());
-                    loaded
-                }
-            }
-        };
-        let (batch, tree) = (&cached.batch, &cached.tree);
+        // Read every time: the stage may have changed, on this node or (shared store) another.
+        let Some(batch) = self.batch(batch_id).await? else { return Ok(None) };
+        let tree = self.receipt_tree(&batch)?;
+        let (batch, tree) = (&batch, &*tree);
         let Ok(position) = batch.records.binary_search_by_key(&stream_id, |r| r.stream_id) else {
             return Ok(None);
         };

@@ -30,7 +30,7 @@ impl Settler {
                 let tx = vault.withdrawBatch(ids).into_transaction_request();
                 let sent = self.sender.send(tx).await.map_err(chain)?;
                 open.withdrawals.push(sent.hash);
-                self.put_open_period(&open)?;
+                self.put_open_period(&open).await?;
                 ::metrics::counter!(crate::metrics::WITHDRAWALS).increment(1);
             }
         }
@@ -42,7 +42,7 @@ impl Settler {
         }
         if mined != open.withdrawals {
             open.withdrawals = mined;
-            self.put_open_period(&open)?;
+            self.put_open_period(&open).await?;
         }
         Ok(open)
     }
@@ -133,12 +133,13 @@ impl Settler {
         period_end: u64,
         open: OpenPeriod,
     ) -> Result<(), SchedulerError> {
-        let cursor = self.cursor()?;
+        let cursor = self.cursor().await?;
         let start = cursor.period_end;
         let index = self.index.clone();
         let operator = self.operator;
         // From here on reports for the period are refused: what is read now is final.
-        let usage = self.usage.close_period(start, period_end)?;
+        let fence = self.fence()?;
+        let usage = self.store.close_usage(&fence, start, period_end).await?;
         let records = tokio::task::spawn_blocking(move || {
             period_records(&index, operator, start, period_end, &usage)
         })
@@ -166,25 +167,7 @@ impl Settler {
         self.share_withdrawal_costs(&open.withdrawals, &mut batches).await;
         next.next_batch_id += batches.len() as u64;
         // The batches and the cursor change together; the open period goes with them.
-        let mut batch_writes = sled::Batch::default();
-        for batch in &batches {
-            batch_writes.insert(
-                &batch.context.batch_id.to_be_bytes(),
-                serde_json::to_vec(batch).map_err(storage)?,
-            );
-        }
-        let cursor_value = serde_json::to_vec(&next).map_err(storage)?;
-        use sled::Transactional;
-        (&self.batches, &self.meta)
-            .transaction(|(b, m)| {
-                b.apply_batch(&batch_writes)?;
-                m.insert(CURSOR, cursor_value.clone())?;
-                m.remove(OPEN)?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| storage(format!("{e:?}")))?;
-        self.batches.flush().map_err(storage)?;
-        Ok(())
+        self.store.close_period(&fence, &batches, next).await
     }
 }
 
