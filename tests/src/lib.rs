@@ -4,6 +4,7 @@
 //! test panics) and deploys everything; [`TestNode`] adds a settled node running in-process on
 //! free ports against that chain and hands the test typed clients for both.
 
+pub mod cluster;
 pub mod invoice_rules;
 pub mod op_stack;
 pub mod postgres;
