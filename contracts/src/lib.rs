@@ -58,8 +58,8 @@ pub use network_deploy::{
     DeployScope, DeploymentPlan, PlanAction, PlannedContract, execute_plan, plan_deployment,
 };
 pub use sender::{
-    ACCRUAL_HEADROOM, Inclusion, JournalFuture, Refusal, SendError, SendJournal, SentTransaction,
-    Signed, TransactionSender, gas_limit_for,
+    ACCRUAL_HEADROOM, Inclusion, JournalFuture, RecordedFuture, Refusal, SendError, SendJournal,
+    SentTransaction, Signed, TransactionSender, carries_of, gas_limit_for,
 };
 pub use user_op::{EIP7702_INIT_CODE_MARKER, pack_u128s, stub_account_signature, unpack_u128s};
 pub use user_operation::{ChecksummedAddress, InvalidUserOperation, UserOperation, rpc_codes};

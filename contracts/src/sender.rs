@@ -185,11 +185,21 @@ pub trait SendJournal: Send + Sync + std::fmt::Debug {
         raw: &'a Bytes,
         hash: B256,
     ) -> JournalFuture<'a>;
+
+    /// The latest of `signer`'s recorded transactions carrying `carries`: its nonce and raw
+    /// bytes (a previous holder of the key may have signed the very payload a new one is about
+    /// to send).
+    fn recorded<'a>(&'a self, signer: Address, carries: String) -> RecordedFuture<'a>;
 }
+
+/// A boxed future of [`SendJournal::recorded`].
+pub type RecordedFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<(u64, Bytes)>, String>> + Send + 'a>,
+>;
 
 /// What a transaction carries, for its journal entry: its recipient and calldata's hash (a
 /// re-priced version carries the same).
-fn carries_of(tx: &TransactionRequest) -> String {
+pub fn carries_of(tx: &TransactionRequest) -> String {
     let to = tx.to.and_then(|kind| kind.to().copied()).unwrap_or_default();
     let input = tx.input.input().cloned().unwrap_or_default();
     format!("call {to} {}", alloy::primitives::keccak256(&input))
@@ -219,6 +229,31 @@ impl TransactionSender {
             ProviderBuilder::new().wallet(wallet.clone()).connect_provider(provider).erased();
         let nonce_lock = tokio::sync::Mutex::new(());
         Self { provider, wallet, address, nonce_lock, heads: None, journal: None }
+    }
+
+    /// The transaction recorded in the journal carrying what `tx` carries (its recipient and
+    /// calldata), as sent: another holder of the key signed this payload already, and it is to
+    /// be followed or re-priced at its nonce, never sent again at another. `None` without a
+    /// journal, or when none carries it.
+    pub async fn recorded(
+        &self,
+        tx: &TransactionRequest,
+    ) -> Result<Option<SentTransaction>, SendError> {
+        use alloy::consensus::{Transaction as _, TxEnvelope};
+        use alloy::eips::eip2718::Decodable2718 as _;
+        let Some(journal) = &self.journal else { return Ok(None) };
+        let found =
+            journal.recorded(self.address, carries_of(tx)).await.map_err(SendError::Record)?;
+        let Some((nonce, raw)) = found else { return Ok(None) };
+        let envelope = TxEnvelope::decode_2718(&mut raw.as_ref())
+            .map_err(|e| SendError::Record(e.to_string()))?;
+        Ok(Some(SentTransaction {
+            hash: *envelope.tx_hash(),
+            nonce,
+            max_fee_per_gas: envelope.max_fee_per_gas(),
+            max_priority_fee_per_gas: envelope.max_priority_fee_per_gas().unwrap_or_default(),
+            max_fee_per_blob_gas: envelope.max_fee_per_blob_gas(),
+        }))
     }
 
     /// The same sender, recording each transaction [`Self::send`] and [`Self::resend`] sign in
@@ -393,6 +428,14 @@ impl TransactionSender {
         use alloy::eips::eip2718::Decodable2718 as _;
         let signing = |e: String| SendError::Signing(e);
         let old = TxEnvelope::decode_2718(&mut raw.as_ref()).map_err(|e| signing(e.to_string()))?;
+        // An EIP-1559 replacement of a blob transaction would carry its calldata without its
+        // blobs: the one who holds the sidecar (settlement) re-prices those itself.
+        if !old.is_eip1559() {
+            return Err(signing(format!(
+                "only an EIP-1559 transaction is re-priced here, not {:?}",
+                old.tx_type()
+            )));
+        }
         let fees = self.provider.estimate_eip1559_fees().await?;
         let tip = fees
             .max_priority_fee_per_gas

@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
-use alloy::providers::Provider;
+use alloy::providers::{Provider, ext::AnvilApi as _};
 use serde_json::{Value, json};
+use settled_contracts::SettlementAnchor;
+use settled_settlement::{PgSettlement, SettlementStore as _};
 use settled_store::PgStore;
 use settled_tests::{
     SettledProcess, TestChain, TestResult,
@@ -69,8 +71,8 @@ async fn settlement_fails_over_mid_batch_and_pays_each_batch_once() -> TestResul
         }
         cluster.led_by(nodes[0].0.pid(), Duration::from_secs(10)).await?;
         takeovers.push(killed.elapsed().as_millis());
-        let answer = call_url(nodes[0].0.rpc_url(), "settlement_runNow", json!([])).await?;
-        let answer = answer.map_err(|e| format!("round {round} (kill after {delay} ms): {e:?}"))?;
+        let answer = run_now(nodes[0].0.rpc_url()).await;
+        let answer = answer.map_err(|e| format!("round {round} (kill after {delay} ms): {e}"))?;
         assert_eq!(answer["waiting"], json!([]), "round {round}: {answer}");
         acknowledged.extend(answer["committed"].as_array().cloned().unwrap_or_default());
         // The killed node comes back, as the follower.
@@ -189,4 +191,134 @@ async fn settlement_stage(store: &PgStore) -> TestResult<String> {
         (false, true) => "nothing open".into(),
         (false, false) => unfinished.join(", "),
     })
+}
+
+/// The leader killed right after committing its batch's blob commit as an intent, before the
+/// broadcast — left by the test exactly as that leader leaves it: the batch built and stored (a
+/// blob fee bound of 0 holds it back), the commit signed at the key's next nonce and committed
+/// under the leader's lease and epoch. The next leader sends those bytes again and follows them:
+/// the batch is committed by that very transaction, once, and no second commit is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_signed_by_a_dead_leader_is_followed_not_repeated() -> TestResult {
+    let cluster = Cluster::start().await?;
+    let (chain, deployment) = (&cluster.chain, cluster.chain.deployment());
+    let first_block = chain.provider().get_block_number().await?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let mut args = vec!["--roles", "billing,settlement", "--rpc.admin"];
+    args.extend(["--settlement.interval-secs", "3600"]);
+    let held_back = [args.clone(), vec!["--settlement.max-blob-fee-wei", "0"]].concat();
+    let node = cluster.node_with(dirs[0].path(), &held_back, &[]).await?;
+    cluster.led_by(node.pid(), Duration::from_secs(10)).await?;
+    let answer = call_url(node.rpc_url(), "settlement_runNow", json!([])).await?;
+    let answer = answer.map_err(|e| format!("{e:?}"))?;
+    assert_eq!(answer["waiting"], json!([1]), "built and held back: {answer}");
+    let (holder, epoch) = cluster.leader_lease().await?;
+    let (nonce, hash) = leave_signed_commit(&cluster, (&holder, epoch), node).await?;
+    let killed = Instant::now();
+
+    // No blocks until the next leader has taken over and begun its round: the commit it sends
+    // again is still pending when the round looks at batch 1.
+    chain.provider().anvil_set_interval_mining(0).await?;
+    chain.provider().anvil_set_auto_mine(false).await?;
+    let stopped_at = chain.provider().get_block_number().await?;
+    let node = cluster.node_with(dirs[1].path(), &args, &[]).await?;
+    cluster.led_by(node.pid(), Duration::from_secs(10)).await?;
+    let url = node.rpc_url().to_owned();
+    let round = tokio::spawn(async move { run_now(&url).await.map_err(|e| e.to_string()) });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(chain.provider().get_block_number().await?, stopped_at, "no block meanwhile");
+    chain.provider().anvil_set_interval_mining(1).await?;
+    let answer = round.await??;
+    assert!(answer["committed"].as_array().is_some_and(|c| c.contains(&json!(1))), "{answer}");
+    let anchor = SettlementAnchor::new(deployment.settlement_anchor, chain.provider());
+    let commits = anchor
+        .BatchCommitted_filter()
+        .topic1(cluster.operator)
+        .from_block(first_block)
+        .query()
+        .await?;
+    let batch_1: Vec<_> = commits.iter().filter(|(e, _)| e.batchId == U256::from(1)).collect();
+    let stage = call_url(node.rpc_url(), "settlement_getBatch", json!([1])).await?;
+    let stage = stage.map_err(|e| format!("{e:?}"))?["stage"].clone();
+    eprintln!(
+        "dead leader's commit: intent at nonce {nonce} ({hash}); the next leader committed batch \
+         1 {:.1} s after the kill; stage {stage}; {} commit(s) of batch 1, {} reverted operator \
+         transaction(s)",
+        killed.elapsed().as_secs_f64(),
+        batch_1.len(),
+        reverted_since(chain, cluster.operator, first_block).await?
+    );
+    assert_eq!(batch_1.len(), 1, "batch 1 committed once");
+    assert_eq!(batch_1[0].1.transaction_hash, Some(hash), "by the dead leader's transaction");
+    assert_eq!(stage["transaction"], json!(hash), "followed, not found after the fact");
+    assert_eq!(reverted_since(chain, cluster.operator, first_block).await?, 0, "no second commit");
+    Ok(())
+}
+
+/// Signs batch 1's commit (as the leader's `commit_request`, at the operator key's next nonce),
+/// kills the leader `node`, and commits the commit as an intent under its lease (`holder` at
+/// `epoch`, still live) without broadcasting it: its nonce and hash.
+async fn leave_signed_commit(
+    cluster: &Cluster,
+    (holder, epoch): (&str, u64),
+    node: SettledProcess,
+) -> TestResult<(u64, alloy::primitives::B256)> {
+    use alloy::eips::eip2718::Encodable2718 as _;
+    use alloy::network::{EthereumWallet, NetworkTransactionBuilder as _, TransactionBuilder as _};
+    use alloy::primitives::aliases::U48;
+    use settled_store::{Fence, Intent, Lease, SendStore as _};
+    let provider = cluster.chain.provider();
+    let batch = PgSettlement::new(cluster.store.clone()).batch(1).await?.ok_or("no batch 1")?;
+    let anchor = SettlementAnchor::new(cluster.chain.deployment().settlement_anchor, provider);
+    let (context, count) = (&batch.context, u32::try_from(batch.records.len())?);
+    let (start, end) = (U48::from(context.period_start), U48::from(context.period_end));
+    let request = anchor
+        .commit(U256::from(1), batch.root, count, batch.total, start, end)
+        .sidecar(batch.sidecar()?)
+        .into_transaction_request();
+    let carries = settled_contracts::carries_of(&request);
+    let nonce = provider.get_transaction_count(cluster.operator).pending().await?;
+    let fees = provider.estimate_eip1559_fees().await?;
+    let envelope = request
+        .from(cluster.operator)
+        .nonce(nonce)
+        .with_chain_id(provider.get_chain_id().await?)
+        .gas_limit(300_000)
+        .max_fee_per_gas(fees.max_fee_per_gas)
+        .max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
+        .max_fee_per_blob_gas(1_000)
+        .build(&EthereumWallet::from(cluster.chain.signer(5)?))
+        .await?;
+    let hash = *envelope.tx_hash();
+    let intent = Intent {
+        signer: cluster.operator,
+        nonce,
+        carries,
+        raw: envelope.encoded_2718().into(),
+        hashes: vec![hash],
+    };
+    let lease = Lease {
+        name: format!("operator:{}", cluster.operator),
+        holder: holder.into(),
+        epoch,
+        deadline: Instant::now() + Duration::from_secs(1),
+    };
+    node.kill()?;
+    cluster.store.commit_intent(&Fence::Lease(lease), &intent, None).await?;
+    Ok((nonce, hash))
+}
+
+/// `settlement_runNow` on a node that has just taken the operator key's lease: it runs rounds
+/// once it has sent its predecessor's unfinished intents again (until then: "not leading").
+async fn run_now(url: &str) -> TestResult<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call_url(url, "settlement_runNow", json!([])).await? {
+            Ok(answer) => return Ok(answer),
+            Err((_, message)) if message.contains("not leading") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(refused) => return Err(format!("settlement_runNow: {refused:?}").into()),
+        }
+    }
 }

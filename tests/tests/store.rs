@@ -312,6 +312,10 @@ async fn send_contract(a: &dyn SendStore, b: &dyn SendStore, fence: &Fence) -> T
     a.commit_intent(fence, &intent(1, "settlement batch 3", 4), None).await?;
     let nonces: Vec<u64> = b.unfinished(first.signer).await?.iter().map(|i| i.nonce).collect();
     assert_eq!(nonces, vec![0, 1], "by nonce");
+    // A new leader finds the payload its predecessor signed: the latest version at its nonce.
+    let found = b.intent_carrying(first.signer, "stream_pause 7").await?.ok_or("recorded")?;
+    assert_eq!((found.nonce, found.raw), (0, bumped.raw.clone()));
+    assert_eq!(b.intent_carrying(first.signer, "settlement batch 9").await?, None);
 
     let receipt = json!({"transactionHash": B256::repeat_byte(2), "blockNumber": 9});
     a.complete(id, params, receipt.clone()).await?;

@@ -67,7 +67,12 @@ pub fn settlement_module(settler: Arc<Settler>, admin: bool) -> RpcModule<Arc<Se
         let mut value = serde_json::to_value(&batch).map_err(internal)?;
         if batch.mode == crate::AnchorMode::Blob {
             // The blob itself, so anyone can recompute the commitment and the versioned hash.
-            let sidecar = batch.sidecar().map_err(internal)?;
+            // KZG on a blocking thread: it takes long enough to starve the runtime.
+            let blob_of = batch.clone();
+            let sidecar = tokio::task::spawn_blocking(move || blob_of.sidecar())
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
             value["blob"] =
                 json!(alloy::primitives::Bytes::copy_from_slice(sidecar.blobs[0].as_slice()));
         }

@@ -320,6 +320,25 @@ impl SendStore for PgStore {
         })
     }
 
+    fn intent_carrying<'a>(
+        &'a self,
+        signer: Address,
+        carries: &'a str,
+    ) -> StoreFuture<'a, Option<Intent>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT signer, nonce, carries, raw, hashes FROM settled_intents \
+                 WHERE signer = $1 AND carries = $2 ORDER BY nonce DESC LIMIT 1",
+            )
+            .bind(signer.as_slice())
+            .bind(carries)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(store_error)?;
+            row.as_ref().map(intent_of).transpose()
+        })
+    }
+
     fn unfinished(&self, signer: Address) -> StoreFuture<'_, Vec<Intent>> {
         Box::pin(async move {
             let rows = sqlx::query(

@@ -221,6 +221,13 @@ pub trait SendStore: Send + Sync + std::fmt::Debug {
     /// The signer's intent at `nonce`, finished or not.
     fn intent(&self, signer: Address, nonce: u64) -> StoreFuture<'_, Option<Intent>>;
 
+    /// The signer's latest intent carrying `carries` (by nonce), finished or not.
+    fn intent_carrying<'a>(
+        &'a self,
+        signer: Address,
+        carries: &'a str,
+    ) -> StoreFuture<'a, Option<Intent>>;
+
     /// The signer's intents not yet finished, by nonce.
     fn unfinished(&self, signer: Address) -> StoreFuture<'_, Vec<Intent>>;
 
@@ -296,6 +303,17 @@ impl settled_contracts::SendJournal for Sends {
                 .ok_or_else(|| "this node does not hold the signer's lease".to_string())?;
             let intent = Intent { signer, nonce, carries, raw: raw.clone(), hashes: vec![hash] };
             self.store.commit_intent(&fence, &intent, None).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn recorded<'a>(
+        &'a self,
+        signer: Address,
+        carries: String,
+    ) -> settled_contracts::RecordedFuture<'a> {
+        Box::pin(async move {
+            let found = self.store.intent_carrying(signer, &carries).await;
+            Ok(found.map_err(|e| e.to_string())?.map(|intent| (intent.nonce, intent.raw)))
         })
     }
 }

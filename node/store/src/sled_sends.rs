@@ -267,6 +267,23 @@ impl SendStore for SledSends {
         })
     }
 
+    fn intent_carrying<'a>(
+        &'a self,
+        signer: Address,
+        carries: &'a str,
+    ) -> StoreFuture<'a, Option<Intent>> {
+        Box::pin(async move {
+            for entry in self.intents.scan_prefix(signer.as_slice()).rev() {
+                let (_, value) = entry.map_err(store_error)?;
+                let row: IntentRow = decode(&value)?;
+                if row.intent.carries == carries {
+                    return Ok(Some(row.intent));
+                }
+            }
+            Ok(None)
+        })
+    }
+
     fn unfinished(&self, signer: Address) -> StoreFuture<'_, Vec<Intent>> {
         Box::pin(async move {
             let mut found = Vec::new();

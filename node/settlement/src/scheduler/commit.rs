@@ -40,20 +40,41 @@ impl Settler {
         Ok(on_chain.root == batch.root)
     }
 
-    /// The commit transaction of `batch`, without fees, nonce or gas.
-    pub(super) fn commit_request(
+    /// The commit transaction of `batch`, without fees, nonce or gas; its blob is computed on a
+    /// blocking thread (KZG takes long enough to starve the runtime, lease renewals included).
+    pub(super) async fn commit_request(
         &self,
         batch: &StoredBatch,
+    ) -> Result<TransactionRequest, SchedulerError> {
+        let sidecar = match batch.mode {
+            AnchorMode::Blob => {
+                let payload = batch.payload.clone();
+                let computed = tokio::task::spawn_blocking(move || crate::sidecar(&payload));
+                Some(computed.await.map_err(storage)??)
+            }
+            AnchorMode::Calldata => None,
+        };
+        self.commit_call(batch, sidecar)
+    }
+
+    /// The commit's call (recipient and calldata: what its intent carries), with `sidecar`.
+    fn commit_call(
+        &self,
+        batch: &StoredBatch,
+        sidecar: Option<BlobTransactionSidecar>,
     ) -> Result<TransactionRequest, SchedulerError> {
         let anchor = SettlementAnchor::new(self.anchor.anchor, self.anchor.provider());
         let count = u32::try_from(batch.records.len()).map_err(storage)?;
         let (id, context) = (U256::from(batch.context.batch_id), &batch.context);
         let (start, end) = (U48::from(context.period_start), U48::from(context.period_end));
         Ok(match batch.mode {
-            AnchorMode::Blob => anchor
-                .commit(id, batch.root, count, batch.total, start, end)
-                .sidecar(batch.sidecar()?)
-                .into_transaction_request(),
+            AnchorMode::Blob => {
+                let call = anchor.commit(id, batch.root, count, batch.total, start, end);
+                match sidecar {
+                    Some(sidecar) => call.sidecar(sidecar).into_transaction_request(),
+                    None => call.into_transaction_request(),
+                }
+            }
             AnchorMode::Calldata => anchor
                 .commitCalldata(
                     id,
@@ -153,9 +174,18 @@ impl Settler {
             self.put_batch(batch).await?;
             return Ok(Some(true));
         }
+        // A previous leader of the key signed this very commit before it died (its intent is
+        // committed; it may be pending, or sent again by this leader's recovery): follow it at
+        // its nonce, re-pricing it if stuck, never a second commit at another nonce.
+        if let Some(transaction) = self.recorded_commit(&self.commit_call(batch, None)?).await? {
+            info!(batch = batch.context.batch_id, hash = %transaction.hash, nonce = transaction.nonce, "following the previous leader's commit");
+            batch.stage = BatchStage::Sent { transaction, replaced: Vec::new() };
+            self.put_batch(batch).await?;
+            return Ok(None);
+        }
         // Twice the current blob fee, within the bound: room for a rise.
         let Some(cap) = self.blob_fee_cap(batch).await? else { return Ok(Some(false)) };
-        let mut request = self.commit_request(batch)?;
+        let mut request = self.commit_request(batch).await?;
         if let Some(cap) = cap {
             request = request.max_fee_per_blob_gas(cap);
         }
@@ -163,6 +193,20 @@ impl Settler {
         batch.stage = BatchStage::Sent { transaction, replaced: Vec::new() };
         self.put_batch(batch).await?;
         Ok(None)
+    }
+
+    /// The commit a previous leader signed for `request`'s payload, unless it was mined and
+    /// reverted (a commit sent again from scratch after a revert).
+    async fn recorded_commit(
+        &self,
+        request: &TransactionRequest,
+    ) -> Result<Option<SentTransaction>, SchedulerError> {
+        let Some(recorded) = self.anchor.sender.recorded(request).await.map_err(chain)? else {
+            return Ok(None);
+        };
+        let provider = self.anchor.provider();
+        let receipt = provider.get_transaction_receipt(recorded.hash).await.map_err(chain)?;
+        Ok(receipt.is_none_or(|r| r.status()).then_some(recorded))
     }
 
     /// The stuck commit `transaction` sent again: outbid at its nonce, or afresh if the nonce
@@ -175,7 +219,7 @@ impl Settler {
         let provider = self.anchor.provider();
         let mined_nonce =
             provider.get_transaction_count(self.anchor.committer()).await.map_err(chain)?;
-        let request = self.commit_request(batch)?;
+        let request = self.commit_request(batch).await?;
         if batch.mode == AnchorMode::Calldata {
             let sender = &self.anchor.sender;
             let sent = if mined_nonce > transaction.nonce {
