@@ -122,15 +122,16 @@ pub enum NodeError {
     /// The shared store (`--storage.url`) could not be reached or migrated.
     #[error("shared store: {0}")]
     SharedStore(String),
-    /// A role that keeps its state in this node's own database was asked to run on a shared
-    /// store, where another node would run it too.
+    /// A role that cannot share the store yet was asked to run on a shared store.
     #[error(
-        "{role} does not run on the shared store yet (its state is in one node's database); \
-         run it on one node without --storage.url, and here --roles paymaster,billing"
+        "{role} does not run on a shared store yet ({why}); run it on one node without \
+         --storage.url, and here --roles paymaster,billing,settlement"
     )]
     NotShared {
         /// The role.
         role: &'static str,
+        /// Why not.
+        why: &'static str,
     },
     /// A `settled paymaster` command failed.
     #[error("paymaster command: {0}")]

@@ -59,12 +59,13 @@ pub(crate) async fn open(
 }
 
 fn refuse_unshared_roles(config: &NodeConfig) -> Result<(), NodeError> {
-    let refuse = |role| Err(NodeError::NotShared { role });
+    let refuse = |role, why| Err(NodeError::NotShared { role, why });
     if config.roles.bundler && config.bundler.enabled {
-        return refuse("the bundler");
+        return refuse("the bundler", "its mempool and reputation are in one node's database");
     }
     if config.roles.settlement && config.anchor.rpc_url.is_some() {
-        return refuse("settlement on a separate anchor chain");
+        let why = "an intent names its signer and nonce, not its chain";
+        return refuse("settlement on a separate anchor chain", why);
     }
     Ok(())
 }
