@@ -82,14 +82,7 @@ async fn settlement_fails_over_mid_batch_and_pays_each_batch_once() -> TestResul
         tokio::time::timeout(Duration::from_secs(10), alerts.next()).await?.ok_or("closed")??;
     assert_eq!((&alert["poNumber"], &alert["state"]), (&json!("PO-F"), &json!("over")), "{alert}");
 
-    let anchor =
-        settled_contracts::SettlementAnchor::new(deployment.settlement_anchor, chain.provider());
-    let commits = anchor
-        .BatchCommitted_filter()
-        .topic1(cluster.operator)
-        .from_block(first_block)
-        .query()
-        .await?;
+    let commits = commits_since(&cluster, first_block).await?;
     let mut ids: Vec<u64> = commits.iter().map(|(e, _)| e.batchId.to::<u64>()).collect();
     ids.sort_unstable();
     let committed_total: u128 = commits.iter().map(|(e, _)| e.totalAmount).sum();
@@ -201,7 +194,7 @@ async fn settlement_stage(store: &PgStore) -> TestResult<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_signed_by_a_dead_leader_is_followed_not_repeated() -> TestResult {
     let cluster = Cluster::start().await?;
-    let (chain, deployment) = (&cluster.chain, cluster.chain.deployment());
+    let chain = &cluster.chain;
     let first_block = chain.provider().get_block_number().await?;
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let mut args = vec!["--roles", "billing,settlement", "--rpc.admin"];
@@ -230,13 +223,7 @@ async fn a_commit_signed_by_a_dead_leader_is_followed_not_repeated() -> TestResu
     chain.provider().anvil_set_interval_mining(1).await?;
     let answer = round.await??;
     assert!(answer["committed"].as_array().is_some_and(|c| c.contains(&json!(1))), "{answer}");
-    let anchor = SettlementAnchor::new(deployment.settlement_anchor, chain.provider());
-    let commits = anchor
-        .BatchCommitted_filter()
-        .topic1(cluster.operator)
-        .from_block(first_block)
-        .query()
-        .await?;
+    let commits = commits_since(&cluster, first_block).await?;
     let batch_1: Vec<_> = commits.iter().filter(|(e, _)| e.batchId == U256::from(1)).collect();
     let stage = call_url(node.rpc_url(), "settlement_getBatch", json!([1])).await?;
     let stage = stage.map_err(|e| format!("{e:?}"))?["stage"].clone();
@@ -355,4 +342,15 @@ async fn roles_that_cannot_share_the_store_are_refused() -> TestResult {
         assert!(errors[0].contains(needle), "{stderr}");
     }
     Ok(())
+}
+
+/// The anchor's `BatchCommitted` events of the operator since `from_block`, with their logs.
+async fn commits_since(
+    cluster: &Cluster,
+    from_block: u64,
+) -> TestResult<Vec<(SettlementAnchor::BatchCommitted, alloy::rpc::types::Log)>> {
+    let provider = cluster.chain.provider();
+    let anchor = SettlementAnchor::new(cluster.chain.deployment().settlement_anchor, provider);
+    let filter = anchor.BatchCommitted_filter().topic1(cluster.operator).from_block(from_block);
+    Ok(filter.query().await?)
 }

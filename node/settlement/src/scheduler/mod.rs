@@ -435,7 +435,9 @@ impl Settler {
         // PO alerts change only when a batch commits or a PO is stored (and once after a start:
         // a crash may have come between a commit and its check).
         let committed = matches!(&result, Ok(round) if !round.committed.is_empty());
-        let due = self.order_alerts_due.swap(false, std::sync::atomic::Ordering::SeqCst);
+        // On a shared store a PO may have been stored on another node: look every round.
+        let due = self.order_alerts_due.swap(false, std::sync::atomic::Ordering::SeqCst)
+            || self.store.relays_alerts();
         if (committed || due)
             && let Err(error) = self.check_order_alerts().await
         {
