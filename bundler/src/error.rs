@@ -85,6 +85,20 @@ pub enum BundlerError {
     /// The node itself failed (state reads, storage) (-32603).
     #[error("internal error: {0}")]
     Internal(String),
+    /// Only the bundler key's leader may do this, and this node does not lead it (-32603).
+    #[error("not leading the bundler key: {0}")]
+    NotLeading(String),
+    /// The leader's answer to an op this node handed it: the leader's code, message and data,
+    /// answered as they are.
+    #[error("{message}")]
+    Relayed {
+        /// The leader's ERC-7769 code.
+        code: i32,
+        /// Its message.
+        message: String,
+        /// Its data.
+        data: Option<serde_json::Value>,
+    },
 }
 
 /// `data` as a person reads it: an `Error(string)`'s message, a `Panic`'s code, else the hex.

@@ -1,7 +1,8 @@
 //! The ERC-4337 bundler: mempool, bundle building and submission, ERC-7769 RPC.
 //!
 //! * [`UserOperation`]: the op as ERC-7769 clients send it, packed for the EntryPoint.
-//! * [`Bundler`]: first validation (revm, ERC-7562) into the [`Mempool`] (persisted in sled)
+//! * [`Bundler`]: first validation (revm, ERC-7562) into the [`Mempool`] (its durable copy in a
+//!   [`BundlerStore`]: sled, or PostgreSQL shared by several nodes, one leading the bundler key)
 //!   under [`Reputation`], second validation and COD-010 before bundling, the whole `handleOps`
 //!   in revm as the third, pipelined submission with fee bumping, an index of mined ops fed by
 //!   the chain follower, reorged ops back in the pool.
@@ -10,13 +11,13 @@
 //!   and `debug_bundler_*`; [`BundlerError`] → ERC-7769 codes ([`codes`]) at this edge only.
 
 mod error;
-mod in_flight;
 mod metrics;
 mod params;
 mod pool;
 mod reputation;
 mod rpc;
 mod service;
+mod store;
 
 pub use error::BundlerError;
 pub use metrics::describe_metrics;
@@ -38,3 +39,10 @@ pub use service::{
 };
 /// The op as ERC-7769 clients send it; defined in `settled-contracts`, shared with the paymaster.
 pub use settled_contracts::{InvalidUserOperation, UserOperation};
+/// The bundler store's contract, for a backend's tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub use store::contract as store_contract;
+pub use store::{
+    BundlerFuture, BundlerStore, BundlerStoreError, ReputationRow, SentOps, SledBundler,
+    Submission, Verdict,
+};

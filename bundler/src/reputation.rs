@@ -5,14 +5,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use alloy::primitives::Address;
 use serde::{Deserialize, Serialize};
 use settled_contracts::EntryPointVersion;
 
-use crate::params::MempoolParams;
+use crate::{
+    params::MempoolParams,
+    store::{BundlerStore, ReputationRow},
+};
 
 /// ERC-7562 `BAN_OPS_SEEN_PENALTY` (GREP-040).
 pub const BAN_OPS_SEEN_PENALTY: u64 = 10_000;
@@ -208,114 +211,108 @@ impl Reputation {
     }
 }
 
-/// [`Reputation`] kept in a sled tree: every change is written through (not fsynced per change:
-/// counters are advisory, and sled flushes on its own within half a second).
+/// A change of the counters, written behind in order by one task.
+#[derive(Debug)]
+enum ReputationWrite {
+    Put(Vec<ReputationRow>),
+    Clear,
+    /// Answers once every earlier write is done.
+    Written(tokio::sync::oneshot::Sender<()>),
+}
+
+/// [`Reputation`] in memory, every change written behind to the bundler's store in order (not
+/// awaited: counters are advisory; on a shared store only the bundler key's leader writes).
 #[derive(Debug)]
 pub(crate) struct ReputationStore {
     reputation: Mutex<Reputation>,
-    tree: sled::Tree,
+    lists: ReputationLists,
+    params: MempoolParams,
+    writes: tokio::sync::mpsc::UnboundedSender<ReputationWrite>,
 }
 
-fn key(entry_point: EntryPointVersion, address: Address) -> [u8; 21] {
-    let mut key = [0u8; 21];
-    key[0] = match entry_point {
-        EntryPointVersion::V07 => 7,
-        EntryPointVersion::V08 => 8,
-    };
-    key[1..].copy_from_slice(address.as_slice());
-    key
-}
-
-fn from_key(key: &[u8]) -> Option<(EntryPointVersion, Address)> {
-    let version = match key.first()? {
-        7 => EntryPointVersion::V07,
-        8 => EntryPointVersion::V08,
-        _ => return None,
-    };
-    (key.len() == 21).then(|| (version, Address::from_slice(&key[1..])))
+fn locked(reputation: &Mutex<Reputation>) -> std::sync::MutexGuard<'_, Reputation> {
+    match reputation.lock() {
+        Ok(reputation) => reputation,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 impl ReputationStore {
-    /// The counters persisted in `db` (tree `bundler.reputation`), with the operator's lists.
-    pub(crate) fn open(
-        db: &sled::Db,
+    /// Empty counters with the operator's lists, written behind to `store`.
+    pub(crate) fn new(
+        store: Arc<dyn BundlerStore>,
         lists: ReputationLists,
         params: MempoolParams,
-    ) -> Result<Self, sled::Error> {
-        let tree = db.open_tree("bundler.reputation")?;
-        let mut reputation = Reputation::new(lists, params);
-        for item in tree.iter() {
-            let (key, value) = item?;
-            if let (Some((entry_point, address)), Ok(counts)) =
-                (from_key(&key), serde_json::from_slice(&value))
-            {
-                reputation.set(entry_point, address, counts);
+    ) -> Self {
+        let (writes, mut queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(write) = queue.recv().await {
+                let written = match write {
+                    ReputationWrite::Put(rows) => store.put_reputation(&rows).await,
+                    ReputationWrite::Clear => store.clear_reputation().await,
+                    ReputationWrite::Written(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
+                if let Err(error) = written {
+                    tracing::warn!(%error, "reputation counters not stored");
+                }
             }
+        });
+        let reputation = Mutex::new(Reputation::new(lists.clone(), params));
+        Self { reputation, lists, params, writes }
+    }
+
+    /// Replaces the counters in memory with `rows` (start-up, a new leader).
+    pub(crate) fn load(&self, rows: Vec<ReputationRow>) {
+        let mut loaded = Reputation::new(self.lists.clone(), self.params);
+        for (entry_point, address, counts) in rows {
+            loaded.set(entry_point, address, counts);
         }
-        Ok(Self { reputation: Mutex::new(reputation), tree })
+        *locked(&self.reputation) = loaded;
     }
 
     /// Reads through `f`.
     pub(crate) fn read<R>(&self, f: impl FnOnce(&Reputation) -> R) -> R {
-        match self.reputation.lock() {
-            Ok(reputation) => f(&reputation),
-            Err(poisoned) => f(&poisoned.into_inner()),
-        }
+        f(&locked(&self.reputation))
     }
 
-    /// Changes `address`'s counters with `f` and persists them; the new status.
+    /// Changes `address`'s counters with `f` and stores them; the new status.
     pub(crate) fn update(
         &self,
         entry_point: EntryPointVersion,
         address: Address,
         f: impl FnOnce(&mut Reputation, EntryPointVersion, Address) -> ReputationCounts,
-    ) -> Result<ReputationStatus, sled::Error> {
+    ) -> ReputationStatus {
         let (counts, status) = {
-            let mut reputation = match self.reputation.lock() {
-                Ok(reputation) => reputation,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut reputation = locked(&self.reputation);
             let counts = f(&mut reputation, entry_point, address);
             (counts, reputation.status(entry_point, address))
         };
-        self.persist(entry_point, address, counts)?;
-        Ok(status)
+        let _ = self.writes.send(ReputationWrite::Put(vec![(entry_point, address, counts)]));
+        status
     }
 
-    fn persist(
-        &self,
-        entry_point: EntryPointVersion,
-        address: Address,
-        counts: ReputationCounts,
-    ) -> Result<(), sled::Error> {
-        let key = key(entry_point, address);
-        if counts == ReputationCounts::default() {
-            self.tree.remove(key)?;
-        } else if let Ok(value) = serde_json::to_vec(&counts) {
-            self.tree.insert(key, value)?;
-        }
-        Ok(())
+    /// The hourly refresh, stored.
+    pub(crate) fn decay(&self) {
+        let changed = locked(&self.reputation).decay();
+        let rows = changed.into_iter().map(|((ep, address), counts)| (ep, address, counts));
+        let _ = self.writes.send(ReputationWrite::Put(rows.collect()));
     }
 
-    /// The hourly refresh, persisted.
-    pub(crate) fn decay(&self) -> Result<(), sled::Error> {
-        let changed = match self.reputation.lock() {
-            Ok(mut reputation) => reputation.decay(),
-            Err(poisoned) => poisoned.into_inner().decay(),
-        };
-        for ((entry_point, address), counts) in changed {
-            self.persist(entry_point, address, counts)?;
+    /// Waits until every change so far is written.
+    pub(crate) async fn written(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.writes.send(ReputationWrite::Written(done)).is_ok() {
+            let _ = wait.await;
         }
-        Ok(())
     }
 
     /// Forgets every counter.
-    pub(crate) fn clear(&self) -> Result<(), sled::Error> {
-        match self.reputation.lock() {
-            Ok(mut reputation) => reputation.clear(),
-            Err(poisoned) => poisoned.into_inner().clear(),
-        }
-        self.tree.clear()
+    pub(crate) fn clear(&self) {
+        locked(&self.reputation).clear();
+        let _ = self.writes.send(ReputationWrite::Clear);
     }
 }
 
@@ -407,28 +404,31 @@ mod tests {
         assert_eq!(reputation.status(V07, entity), ReputationStatus::Banned);
     }
 
-    #[test]
-    fn the_store_survives_a_reopen() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn counters_are_written_behind_to_the_store() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path())?;
         let (paymaster, account) = (Address::repeat_byte(5), Address::repeat_byte(6));
-        {
-            let db = sled::open(dir.path())?;
-            let store =
-                ReputationStore::open(&db, ReputationLists::default(), MempoolParams::default())?;
-            store.update(V07, paymaster, Reputation::penalize)?;
-            store.update(EntryPointVersion::V08, account, Reputation::seen)?;
-            store.update(V07, account, Reputation::seen)?;
-            store.update(V07, account, Reputation::unseen)?;
-            db.flush()?;
-        }
-        let db = settled_contracts::reopen_sled(dir.path())?;
-        let store =
-            ReputationStore::open(&db, ReputationLists::default(), MempoolParams::default())?;
-        assert_eq!(store.read(|r| r.status(V07, paymaster)), ReputationStatus::Banned);
-        assert_eq!(store.read(|r| r.counts(EntryPointVersion::V08, account)), counts(1, 0));
-        assert_eq!(store.read(|r| r.dump(V07).len()), 1, "a zeroed entity is not kept");
-        store.clear()?;
-        assert_eq!(store.read(|r| r.status(V07, paymaster)), ReputationStatus::Ok);
+        let backend = Arc::new(crate::SledBundler::open(&db)?);
+        let open = || {
+            ReputationStore::new(backend.clone(), ReputationLists::default(), Default::default())
+        };
+        let store = open();
+        store.update(V07, paymaster, Reputation::penalize);
+        store.update(EntryPointVersion::V08, account, Reputation::seen);
+        store.update(V07, account, Reputation::seen);
+        store.update(V07, account, Reputation::unseen);
+        store.written().await;
+        // A new leader's counters, from the store.
+        let next = open();
+        next.load(backend.reputation().await?);
+        assert_eq!(next.read(|r| r.status(V07, paymaster)), ReputationStatus::Banned);
+        assert_eq!(next.read(|r| r.counts(EntryPointVersion::V08, account)), counts(1, 0));
+        assert_eq!(next.read(|r| r.dump(V07).len()), 1, "a zeroed entity is not kept");
+        next.clear();
+        next.written().await;
+        assert_eq!(next.read(|r| r.status(V07, paymaster)), ReputationStatus::Ok);
+        assert!(backend.reputation().await?.is_empty());
         Ok(())
     }
 

@@ -86,8 +86,16 @@ fn code_and_data(error: &BundlerError) -> (i32, Option<serde_json::Value>) {
         E::ExecutionReverted { reason } => {
             (codes::EXECUTION_REVERTED, Some(json!({ "reason": reason })))
         }
-        E::Internal(_) => (codes::INTERNAL, None),
+        E::Internal(_) | E::NotLeading(_) => (codes::INTERNAL, None),
+        E::Relayed { code, data, .. } => (*code, data.clone()),
     }
+}
+
+/// What the node that took `error`'s op answers its client: the leader's refusal as its own
+/// edge would give it.
+pub(crate) fn verdict_of(error: &BundlerError) -> crate::store::Verdict {
+    let (code, data) = code_and_data(error);
+    crate::store::Verdict::Refused { code, message: error.to_string(), data }
 }
 
 impl From<BundlerError> for ErrorObjectOwned {
@@ -210,11 +218,11 @@ pub struct ReputationEntry {
 pub trait BundlerDebugApi {
     /// Clears the mempool and reputation.
     #[method(name = "bundler_clearState")]
-    fn clear_state(&self) -> RpcResult<&'static str>;
+    async fn clear_state(&self) -> RpcResult<&'static str>;
 
     /// Clears the mempool.
     #[method(name = "bundler_clearMempool")]
-    fn clear_mempool(&self) -> RpcResult<&'static str>;
+    async fn clear_mempool(&self) -> RpcResult<&'static str>;
 
     /// The mempool of `entry_point`.
     #[method(name = "bundler_dumpMempool")]
@@ -240,7 +248,7 @@ pub trait BundlerDebugApi {
 
     /// Sets entities' reputation counters for `entry_point`.
     #[method(name = "bundler_setReputation")]
-    fn set_reputation(
+    async fn set_reputation(
         &self,
         entries: Vec<ReputationEntry>,
         entry_point: Address,
@@ -252,7 +260,7 @@ pub trait BundlerDebugApi {
 
     /// Forgets every reputation counter.
     #[method(name = "bundler_clearReputation")]
-    fn clear_reputation(&self) -> RpcResult<&'static str>;
+    async fn clear_reputation(&self) -> RpcResult<&'static str>;
 
     /// `address`'s stake at `entry_point`.
     #[method(name = "bundler_getStakeStatus")]
@@ -303,14 +311,14 @@ impl UserOperationApiServer for Bundler {
 
 #[async_trait]
 impl BundlerDebugApiServer for Bundler {
-    fn clear_state(&self) -> RpcResult<&'static str> {
-        Bundler::clear_mempool(self)?;
-        Bundler::clear_reputation(self)?;
+    async fn clear_state(&self) -> RpcResult<&'static str> {
+        Bundler::clear_mempool(self).await?;
+        Bundler::clear_reputation(self).await?;
         Ok("ok")
     }
 
-    fn clear_mempool(&self) -> RpcResult<&'static str> {
-        Bundler::clear_mempool(self)?;
+    async fn clear_mempool(&self) -> RpcResult<&'static str> {
+        Bundler::clear_mempool(self).await?;
         Ok("ok")
     }
 
@@ -340,7 +348,7 @@ impl BundlerDebugApiServer for Bundler {
         Ok("ok")
     }
 
-    fn set_reputation(
+    async fn set_reputation(
         &self,
         entries: Vec<ReputationEntry>,
         entry_point: Address,
@@ -355,7 +363,7 @@ impl BundlerDebugApiServer for Bundler {
                 (e.address, counts)
             })
             .collect();
-        Bundler::set_reputation(self, &entries, entry_point)?;
+        Bundler::set_reputation(self, &entries, entry_point).await?;
         Ok("ok")
     }
 
@@ -371,8 +379,8 @@ impl BundlerDebugApiServer for Bundler {
             .collect())
     }
 
-    fn clear_reputation(&self) -> RpcResult<&'static str> {
-        Bundler::clear_reputation(self)?;
+    async fn clear_reputation(&self) -> RpcResult<&'static str> {
+        Bundler::clear_reputation(self).await?;
         Ok("ok")
     }
 
@@ -473,12 +481,29 @@ mod tests {
                 codes::EXECUTION_REVERTED,
             ),
             (BundlerError::Internal("x".into()), codes::INTERNAL),
+            (BundlerError::NotLeading("x".into()), codes::INTERNAL),
+            (
+                BundlerError::Relayed {
+                    code: codes::INVALID_SIGNATURE,
+                    message: "x".into(),
+                    data: None,
+                },
+                codes::INVALID_SIGNATURE,
+            ),
         ];
         for (error, code) in table {
+            // The leader's refusal of a handed-over op reads the same on the node that took it.
+            let relayed = match verdict_of(&error) {
+                crate::store::Verdict::Refused { code, message, data } => {
+                    BundlerError::Relayed { code, message, data }
+                }
+                crate::store::Verdict::Accepted(_) => BundlerError::Internal("accepted".into()),
+            };
             let shown = format!("{error:?}");
             let object = ErrorObjectOwned::from(error);
             assert_eq!(object.code(), code, "{shown}");
             assert!(!object.message().is_empty());
+            assert_eq!(ErrorObjectOwned::from(relayed), object, "{shown}: relayed as answered");
         }
     }
 

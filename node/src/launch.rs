@@ -318,8 +318,15 @@ async fn start_bundler(
     }
     let mut settings = config.bundler.bundler_config();
     settings.chain = config.chain.kind.unwrap_or_default();
-    let bundler =
-        Bundler::new(settings, wiring.provider.clone(), signer, wiring.storage.db()).await?;
+    let (provider, db) = (wiring.provider.clone(), wiring.storage.db());
+    let bundler = match &wiring.shared {
+        None => Bundler::new(settings, provider, signer, db).await?,
+        Some(shared) => {
+            let (store, leader) =
+                shared.bundler_key(signer.address(), &wiring.tasks, &wiring.cancel);
+            Bundler::with_store(settings, provider, signer, db, store, leader).await?
+        }
+    };
     wiring.cursors.push(("bundler", bundler.chain_cursor()?));
     let events = follower.consumer();
     wiring.tasks.spawn("bundler", bundler.clone().run(events, wiring.cancel.clone()));

@@ -3,8 +3,9 @@
 //! lease signs every billing call — its own and those the other nodes queue — and every node's
 //! paymaster reserves against the one shared ledger. Settlement's state is shared too: every
 //! node answers receipts, invoices and POs, and the operator key's leader runs the rounds, each
-//! write fenced by its lease and each send committed as an intent first. The bundler, whose
-//! state is still in one node's sled database, is refused here.
+//! write fenced by its lease and each send committed as an intent first. So is the bundler's:
+//! every node indexes mined ops and answers lookups, the bundler key's leader holds the pool,
+//! bundles, and judges the ops the other nodes hand it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -60,9 +61,6 @@ pub(crate) async fn open(
 
 fn refuse_unshared_roles(config: &NodeConfig) -> Result<(), NodeError> {
     let refuse = |role, why| Err(NodeError::NotShared { role, why });
-    if config.roles.bundler && config.bundler.enabled {
-        return refuse("the bundler", "its mempool and reputation are in one node's database");
-    }
     if config.roles.settlement && config.anchor.rpc_url.is_some() {
         let why = "an intent names its signer and nonce, not its chain";
         return refuse("settlement on a separate anchor chain", why);
@@ -146,6 +144,34 @@ impl SharedStore {
             leader.lead(keeper, fence_tx, cancel).await;
         });
         OperatorKey { operator, sender, fence }
+    }
+
+    /// The bundler's state on the shared store, and this node's leadership of the bundler key
+    /// (its lease epoch while it leads; a critical task follows the lease). The store's writes
+    /// are fenced by the same lease.
+    pub(crate) fn bundler_key(
+        &self,
+        address: Address,
+        tasks: &CriticalTasks,
+        cancel: &CancellationToken,
+    ) -> (Arc<dyn settled_bundler::BundlerStore>, tokio::sync::watch::Receiver<Option<u64>>) {
+        let (fence_tx, fence) = tokio::sync::watch::channel(None);
+        let (leader_tx, leader) = tokio::sync::watch::channel(None);
+        let keeper = self.keeper(format!("bundler:{address}"));
+        let cancel = cancel.clone();
+        tasks.spawn_loop("bundler leader", async move {
+            while let Some(leadership) = keeper.lead(&cancel).await {
+                let Some(lease) = leadership.lease() else { continue };
+                let epoch = lease.epoch;
+                // The fence first: the new leader's first writes (taking the pool over) need it.
+                fence_tx.send_replace(Some(settled_store::Fence::Lease(lease)));
+                leader_tx.send_replace(Some(epoch));
+                leadership.lost.cancelled().await;
+                leader_tx.send_replace(None);
+                fence_tx.send_replace(None);
+            }
+        });
+        (Arc::new(settled_store::PgBundler::new(self.store.clone(), fence)), leader)
     }
 
     /// Relays the PO alerts the leader publishes to this node's subscribers.

@@ -67,8 +67,8 @@ impl Cluster {
         self.node_with(datadir, &["--roles", "billing"], &[]).await
     }
 
-    /// A node on the shared store (its default roles: paymaster, billing) with `args` and `env`
-    /// besides, once its index has the stream.
+    /// A node on the shared store (every role by default) with `args` and `env` besides, once
+    /// its index has the stream.
     pub async fn node_with(
         &self,
         datadir: &std::path::Path,
@@ -105,10 +105,21 @@ impl Cluster {
 
     /// The operator key's lease: its holder's process id and its epoch, while it is live.
     pub async fn leader(&self) -> TestResult<Option<(u32, i64)>> {
+        self.holder_of("operator:").await
+    }
+
+    /// The bundler key's lease: its holder's process id and its epoch, while it is live.
+    pub async fn bundler_leader(&self) -> TestResult<Option<(u32, i64)>> {
+        self.holder_of("bundler:").await
+    }
+
+    /// The live lease whose name starts with `prefix`: its holder's process id and its epoch.
+    async fn holder_of(&self, prefix: &str) -> TestResult<Option<(u32, i64)>> {
         let row = sqlx::query(
-            "SELECT holder, epoch FROM settled_leases WHERE name LIKE 'operator:%' \
+            "SELECT holder, epoch FROM settled_leases WHERE starts_with(name, $1) \
              AND expires_at > now()",
         )
+        .bind(prefix)
         .fetch_optional(self.store.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -200,16 +211,25 @@ impl Cluster {
 
     /// Waits until process `pid` leads the operator key; its epoch.
     pub async fn led_by(&self, pid: u32, within: Duration) -> TestResult<i64> {
+        self.taken_by("operator:", pid, within).await
+    }
+
+    /// Waits until process `pid` leads the bundler key; its epoch.
+    pub async fn bundling_led_by(&self, pid: u32, within: Duration) -> TestResult<i64> {
+        self.taken_by("bundler:", pid, within).await
+    }
+
+    async fn taken_by(&self, prefix: &str, pid: u32, within: Duration) -> TestResult<i64> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Some((holder, epoch)) = self.leader().await?
+            if let Some((holder, epoch)) = self.holder_of(prefix).await?
                 && holder == pid
             {
                 return Ok(epoch);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(format!("process {pid} did not take the operator key within {within:?}").into())
+        Err(format!("process {pid} did not take the {prefix} lease within {within:?}").into())
     }
 
     /// How many transactions the operator key has had mined.
@@ -225,6 +245,15 @@ impl Cluster {
             .await?;
         Ok(row.try_get("n")?)
     }
+}
+
+/// Sends signal `name` (`-STOP`, `-CONT`) to process `pid`.
+pub fn signal(pid: u32, name: &str) -> TestResult {
+    let status = std::process::Command::new("kill").args([name, &pid.to_string()]).status()?;
+    if !status.success() {
+        return Err(format!("kill {name} {pid} failed").into());
+    }
+    Ok(())
 }
 
 /// `stream_withdraw` of 1 base unit of `stream` under `key`, retried while the node answers an

@@ -21,7 +21,7 @@ use settled_contracts::{EntryPointVersion, UserOperation};
 use settled_store::SendStore as _;
 use settled_tests::{
     PAYMASTER_SIGNER_ACCOUNT, TestResult,
-    cluster::{Cluster, KillPoint, TOKEN, withdraw},
+    cluster::{Cluster, KillPoint, TOKEN, signal, withdraw},
     rpc::{call_url, call_with_key},
     unestimated_op,
 };
@@ -40,14 +40,6 @@ async fn ready_becomes(url: &str, ready: bool) -> TestResult<Duration> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(format!("{url}/ready did not become {ready} within 10 s").into())
-}
-
-fn signal(pid: u32, name: &str) -> TestResult {
-    let status = std::process::Command::new("kill").args([name, &pid.to_string()]).status()?;
-    if !status.success() {
-        return Err(format!("kill {name} {pid} failed").into());
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

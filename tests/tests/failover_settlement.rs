@@ -310,37 +310,32 @@ async fn run_now(url: &str) -> TestResult<Value> {
     }
 }
 
-/// What cannot share the store yet is refused at start with one line and exit code 1, before
-/// the store is reached: the bundler, and settlement anchored on a separate chain.
+/// Settlement anchored on a separate chain cannot share the store yet: refused at start with
+/// one line and exit code 1, before the store is reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_that_cannot_share_the_store_are_refused() -> TestResult {
+async fn settlement_on_a_separate_anchor_chain_is_refused_on_a_shared_store() -> TestResult {
     let chain = TestChain::spawn().await?;
     let datadir = tempfile::tempdir()?;
     let deployment = datadir.path().join("deployment.json");
     chain.deployment().save(&deployment)?;
     let endpoint = chain.anvil().endpoint();
-    for (args, needle) in [
-        (vec!["--roles", "bundler"], "the bundler does not run on a shared store yet"),
-        (vec!["--settlement.anchor-rpc-url", &endpoint], "separate anchor chain"),
-    ] {
-        let output = std::process::Command::new("timeout")
-            .arg("30")
-            .arg(SettledProcess::binary()?)
-            .args(["run", "--eth.rpc-url", &endpoint, "--eth.deployment"])
-            .arg(&deployment)
-            .arg("--datadir")
-            .arg(datadir.path())
-            .args(["--rpc.port", "0", "--metrics.disable"])
-            .args(["--storage.url", "postgres://settled@127.0.0.1:1/settled"])
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .output()?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
-        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(errors.len(), 1, "{stderr}");
-        assert!(errors[0].contains(needle), "{stderr}");
-    }
+    let output = std::process::Command::new("timeout")
+        .arg("30")
+        .arg(SettledProcess::binary()?)
+        .args(["run", "--eth.rpc-url", &endpoint, "--eth.deployment"])
+        .arg(&deployment)
+        .arg("--datadir")
+        .arg(datadir.path())
+        .args(["--rpc.port", "0", "--metrics.disable"])
+        .args(["--storage.url", "postgres://settled@127.0.0.1:1/settled"])
+        .args(["--settlement.anchor-rpc-url", &endpoint])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("separate anchor chain"), "{stderr}");
     Ok(())
 }
 

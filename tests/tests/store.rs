@@ -616,3 +616,42 @@ async fn postgres_keeps_the_settlement_contract_and_fences_rounds() -> TestResul
     assert_eq!(on_a.batch(1).await?, Some(changed), "every node reads the leader's write");
     Ok(())
 }
+
+/// The bundler's contract on PostgreSQL (sled's runs in the bundler's unit tests), with the
+/// submissions only a shared store has; a node without the bundler key's lease, or with a lease
+/// taken over since, writes nothing, while its idempotent writes (indexing) still land.
+#[tokio::test]
+async fn postgres_keeps_the_bundler_contract_and_fences_the_leader() -> TestResult {
+    use settled_bundler::{BundlerStore as _, BundlerStoreError, store_contract};
+    use settled_store::PgBundler;
+    let postgres = TestPostgres::start()?;
+    let store = PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?;
+    let lease =
+        store.acquire("bundler:0xbb", "node-a", Duration::from_millis(300)).await?.ok_or("free")?;
+    let (fence_tx, fence) = tokio::sync::watch::channel(Some(Fence::Lease(lease)));
+    let leader = PgBundler::new(store.clone(), fence);
+    store_contract::pool_index_and_records(&leader).await?;
+    store_contract::submissions(&leader).await?;
+
+    // Not leading: refused, nothing written.
+    let (_, none) = tokio::sync::watch::channel(None);
+    let follower = PgBundler::new(store.clone(), none);
+    let op = store_contract::op(0x41, 0);
+    let v08 = settled_contracts::EntryPointVersion::V08;
+    let id = follower.submit(v08.canonical_address(), &op).await?;
+    let refused =
+        settled_bundler::Verdict::Refused { code: -32602, message: "x".into(), data: None };
+    assert!(matches!(follower.answer(id, &refused).await, Err(BundlerStoreError::Lost(_))));
+    assert!(matches!(follower.clear_reputation().await, Err(BundlerStoreError::Lost(_))));
+
+    // Taken over by node b after the lease lapsed: node a's fence is stale.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = store.acquire("bundler:0xbb", "node-b", Duration::from_secs(30)).await?;
+    assert_eq!(taken.map(|l| l.epoch), Some(2));
+    assert!(matches!(leader.record_sent(3, &[]).await, Err(BundlerStoreError::Lost(_))));
+    assert!(matches!(leader.answer(id, &refused).await, Err(BundlerStoreError::Lost(_))));
+    assert!(leader.sent().await?.is_empty(), "the stale leader's record did not land");
+    assert_eq!(follower.verdict(id, false).await?, None, "still waiting for the new leader");
+    drop(fence_tx);
+    Ok(())
+}

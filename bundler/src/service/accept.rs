@@ -11,7 +11,10 @@ impl Bundler {
         entry_point: Address,
     ) -> Result<B256, BundlerError> {
         ::metrics::counter!(metrics::OPS_RECEIVED).increment(1);
-        let result = self.accept(op, entry_point).await;
+        let result = match self.leading() {
+            true => self.accept(op, entry_point, None).await,
+            false => self.hand_over(op, entry_point).await,
+        };
         match &result {
             Ok(_) => ::metrics::counter!(metrics::OPS_ACCEPTED).increment(1),
             Err(error) => {
@@ -23,10 +26,13 @@ impl Bundler {
         result
     }
 
+    /// Judges `op` (answering submission `answers`, if another node handed it over) and
+    /// stores it.
     pub(super) async fn accept(
         &self,
         op: UserOperation,
         entry_point: Address,
+        answers: Option<i64>,
     ) -> Result<B256, BundlerError> {
         let version = self.version(entry_point)?;
         let packed = op.pack()?;
@@ -67,24 +73,26 @@ impl Bundler {
             valid_until: outcome.account.valid_until.min(outcome.paymaster.valid_until),
             accepted_at_block: context.number,
         };
-        let value = serde_json::to_vec(&entry).map_err(storage_error)?;
         let charged = entry.charged_entities();
         let deposit = match paymaster {
             Some(paymaster) => Some((paymaster, self.deposit_of(version, paymaster).await?)),
             None => None,
         };
-        let displaced = self.admit(version, entry, &packed, deposit)?;
-        self.charge(version, &charged, Reputation::seen)?;
+        let displaced = self.admit(version, entry.clone(), &packed, deposit)?;
+        let displaced_hashes: Vec<B256> = displaced.iter().map(|old| old.hash).collect();
+        // Stored before the hash is returned: an accepted op survives a crash (and, on a shared
+        // store, the leader's loss). Refused by the store, it leaves the pool again.
+        if let Err(error) = self.shared.store.admit(&entry, &displaced_hashes, answers).await {
+            self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
+            return Err(error.into());
+        }
+        self.charge(version, &charged, Reputation::seen);
         for old in &displaced {
-            self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
             // GREP-050: a replaced op's entities are charged once, for the op that replaced it.
             if old.op.sender == packed.sender && old.op.nonce == packed.nonce {
-                self.charge(version, &old.charged_entities(), Reputation::unseen)?;
+                self.charge(version, &old.charged_entities(), Reputation::unseen);
             }
         }
-        // Persisted before the hash is returned: an accepted op survives a crash.
-        self.shared.pool_tree.insert(hash, value).map_err(storage_error)?;
-        make_durable(&self.shared.pool_tree).await?;
         self.shared.accepted.notify_one();
         debug!(%hash, sender = %packed.sender, "UserOperation accepted");
         Ok(hash)
@@ -126,11 +134,10 @@ impl Bundler {
         version: EntryPointVersion,
         entities: &[Address],
         change: fn(&mut Reputation, EntryPointVersion, Address) -> ReputationCounts,
-    ) -> Result<(), BundlerError> {
+    ) {
         for address in entities {
-            self.shared.reputation.update(version, *address, change).map_err(storage_error)?;
+            self.shared.reputation.update(version, *address, change);
         }
-        Ok(())
     }
 
     /// GREP-010 and GREP-020 for an op's `entities`: none banned, and a throttled one has fewer

@@ -63,6 +63,7 @@ impl Bundler {
     /// bundle; each is then watched until mined (fee bumps included) by its own task. Bundles
     /// are pipelined: the next one goes out while earlier ones wait for their block.
     pub(super) async fn start_bundles(&self) -> Result<Vec<Submission>, BundlerError> {
+        self.require_leading()?;
         let _one_at_a_time = self.shared.bundling.lock().await;
         let mut started = Vec::new();
         for version in self.shared.config.entry_points.clone() {
@@ -89,7 +90,7 @@ impl Bundler {
         if candidates.is_empty() {
             return Ok(None);
         }
-        let picked = self.pick(version, candidates, &context)?;
+        let picked = self.pick(version, candidates, &context).await?;
         let bundle = self.revalidate_picked(version, picked, &state, &context).await?;
         let revalidated = building.elapsed();
         let Some((candidate, bundle, simulated)) =
@@ -136,7 +137,7 @@ impl Bundler {
 
     /// One op per sender, within the bundle's gas and op count, not expiring; banned entities'
     /// ops leave the pool (GREP-010), throttled ones get a few per bundle (GREP-020).
-    fn pick(
+    async fn pick(
         &self,
         version: EntryPointVersion,
         candidates: Vec<Arc<PoolEntry>>,
@@ -151,14 +152,14 @@ impl Bundler {
                 break;
             }
             if entry.valid_until < context.timestamp + MIN_VALIDITY_SECONDS {
-                self.drop_op(entry.hash, "expired")?;
+                self.drop_op(entry.hash, "expired").await?;
                 continue;
             }
             for (_, address, _) in entry.entities() {
                 match self.shared.reputation.read(|r| r.status(version, address)) {
                     ReputationStatus::Ok => {}
                     ReputationStatus::Banned => {
-                        self.drop_op(entry.hash, "an entity is banned")?;
+                        self.drop_op(entry.hash, "an entity is banned").await?;
                         continue 'candidates;
                     }
                     ReputationStatus::Throttled => {
@@ -215,7 +216,7 @@ impl Bundler {
         for (entry, check) in picked.into_iter().zip(checks) {
             match check {
                 Ok(checked) if checked.signature_failed => {
-                    self.drop_op(entry.hash, "signature no longer valid")?
+                    self.drop_op(entry.hash, "signature no longer valid").await?
                 }
                 Ok(checked)
                     if checked
@@ -233,10 +234,10 @@ impl Bundler {
                     // The op's charges are taken back and only the culprit is charged
                     // (EREP-015: never the paymaster for the account's or factory's failure).
                     if let SimError::Rejected { reason, .. } = &error {
-                        self.charge(version, &entry.charged_entities(), Reputation::unseen)?;
-                        self.charge(version, &[culprit(&entry, reason)], Reputation::seen)?;
+                        self.charge(version, &entry.charged_entities(), Reputation::unseen);
+                        self.charge(version, &[culprit(&entry, reason)], Reputation::seen);
                     }
-                    self.drop_op(entry.hash, &error.to_string())?
+                    self.drop_op(entry.hash, &error.to_string()).await?
                 }
             }
         }
@@ -282,10 +283,10 @@ impl Bundler {
                 }
                 BundleOutcome::OpFailed { index, reason } if index < bundle.len() => {
                     let entry = bundle.remove(index);
-                    self.drop_op(entry.hash, &reason)?;
+                    self.drop_op(entry.hash, &reason).await?;
                     // It passed the second validation, so its entity is banned.
                     let culprit = culprit(&entry, &reason);
-                    self.ban(version, culprit, &reason)?;
+                    self.ban(version, culprit, &reason).await?;
                     bundle.retain(|e| !e.references(culprit));
                 }
                 BundleOutcome::OpFailed { reason, .. } => {
@@ -390,18 +391,18 @@ impl Bundler {
                     in_flight.remove(hash);
                 }
             }
-            bundler.shared.sent.remove_if(nonce, &ops);
+            bundler.forget_sent(nonce, &ops).await;
             let (hash, receipt) = result.inspect_err(|error| {
                 warn!(%error, "bundle not mined; its ops stay in the mempool");
             })?;
-            bundler.record_mined(hash, &receipt)?;
+            bundler.record_mined(hash, &receipt).await?;
             Ok(hash)
         }))
     }
 
     /// Accounts for a mined bundle: metrics, its ops indexed, its block remembered (a later
     /// block at that height means it was reorged out).
-    pub(super) fn record_mined(
+    pub(super) async fn record_mined(
         &self,
         hash: B256,
         receipt: &alloy::rpc::types::TransactionReceipt,
@@ -413,7 +414,7 @@ impl Bundler {
             ::metrics::counter!(metrics::BUNDLES_FAILED).increment(1);
             warn!(%hash, "bundle reverted");
         }
-        self.index_logs(receipt.inner.logs())?;
+        self.index_logs(receipt.inner.logs()).await?;
         if let (Some(number), Some(block)) = (receipt.block_number, receipt.block_hash)
             && let Ok(mut unconfirmed) = self.shared.unconfirmed.lock()
         {

@@ -5,8 +5,8 @@ use super::*;
 
 impl Bundler {
     /// Indexes the `UserOperationEvent`s in `logs` and takes those ops out of the pool.
-    pub(super) fn index_logs(&self, logs: &[Log]) -> Result<usize, BundlerError> {
-        let mut indexed = 0;
+    pub(super) async fn index_logs(&self, logs: &[Log]) -> Result<usize, BundlerError> {
+        let mut mined = Vec::new();
         for log in logs {
             let Some(version) = EntryPointVersion::from_address(log.address()) else { continue };
             let Ok(event) = log.log_decode::<v07::IEntryPoint::UserOperationEvent>() else {
@@ -23,17 +23,18 @@ impl Bundler {
             if let Some(entry) = &pooled {
                 // opsIncluded counts only ops this bundler saw (and so counted in opsSeen).
                 for (_, address, _) in entry.entities() {
-                    self.shared
-                        .reputation
-                        .update(version, address, Reputation::included)
-                        .map_err(storage_error)?;
+                    self.shared.reputation.update(version, address, Reputation::included);
                 }
             }
             let op = match pooled {
                 Some(entry) => Some(entry.op.clone()),
-                None => self.mined(hash)?.and_then(|m| m.op),
+                // A node that does not lead finds the op in the shared pool.
+                None => match self.shared.store.pool_entry(hash).await? {
+                    Some(entry) => Some(entry.op),
+                    None => self.mined(hash).await?.and_then(|m| m.op),
+                },
             };
-            let mined = MinedOp {
+            mined.push(MinedOp {
                 hash,
                 entry_point: version.canonical_address(),
                 op,
@@ -47,62 +48,22 @@ impl Bundler {
                 block_hash,
                 transaction_hash,
                 log_index,
-            };
-            let value = serde_json::to_vec(&mined).map_err(storage_error)?;
-            self.shared.mined_tree.insert(hash, value).map_err(storage_error)?;
-            self.shared
-                .mined_by_block
-                .insert([block_hash.as_slice(), hash.as_slice()].concat(), &[])
-                .map_err(storage_error)?;
-            self.shared.pool_tree.remove(hash).map_err(storage_error)?;
-            ::metrics::counter!(metrics::OPS_MINED).increment(1);
-            indexed += 1;
+            });
         }
-        Ok(indexed)
+        self.shared.store.index_mined(&mined).await?;
+        ::metrics::counter!(metrics::OPS_MINED).increment(mined.len() as u64);
+        Ok(mined.len())
     }
 
-    /// Ops mined in blocks a reorg removed go back to the pool (and out of the index).
-    pub(super) fn unindex_blocks(&self, removed: &[B256]) -> Result<usize, BundlerError> {
-        let mut requeued = 0;
-        let mut keys = Vec::new();
-        for block in removed {
-            for item in self.shared.mined_by_block.scan_prefix(block) {
-                keys.push(item.map_err(storage_error)?.0);
-            }
+    /// Ops mined in blocks a reorg removed go back to the pool (and out of the index). On a
+    /// shared store another node may have moved them first: the leader takes the pool's new
+    /// entries from the store either way.
+    pub(super) async fn unindex_blocks(&self, removed: &[B256]) -> Result<usize, BundlerError> {
+        let moved = self.shared.store.unindex_blocks(removed).await?.len();
+        if self.leading() {
+            self.restore_pool().await?;
         }
-        for key in keys {
-            self.shared.mined_by_block.remove(&key).map_err(storage_error)?;
-            let Some(hash) = key.get(32..).map(B256::from_slice) else { continue };
-            let Some(value) = self.shared.mined_tree.get(hash).map_err(storage_error)? else {
-                continue;
-            };
-            let Ok(mined) = serde_json::from_slice::<MinedOp>(&value) else { continue };
-            // Indexed again in a block that stayed: not this reorg's.
-            if !removed.contains(&mined.block_hash) {
-                continue;
-            }
-            self.shared.mined_tree.remove(hash).map_err(storage_error)?;
-            let (Some(op), Some(version)) =
-                (mined.op, EntryPointVersion::from_address(mined.entry_point))
-            else {
-                continue;
-            };
-            let entry = PoolEntry {
-                hash: mined.hash,
-                entry_point: version,
-                op,
-                staked: StakedEntities::default(),
-                code_hashes: Default::default(),
-                valid_until: u64::MAX,
-                accepted_at_block: mined.block_number,
-            };
-            let value = serde_json::to_vec(&entry).map_err(storage_error)?;
-            if self.shared.pool.lock().map_err(storage_error)?.add(entry, usize::MAX).is_ok() {
-                self.shared.pool_tree.insert(mined.hash, value).map_err(storage_error)?;
-                requeued += 1;
-            }
-        }
-        Ok(requeued)
+        Ok(moved)
     }
 
     /// Our bundles' blocks at `number` other than `hash` (the follower saw another block there),
@@ -134,39 +95,36 @@ impl Bundler {
     }
 
     /// Bans `address` (GREP-040) and removes every op that uses it (GREP-010).
-    pub(super) fn ban(
+    pub(super) async fn ban(
         &self,
         version: EntryPointVersion,
         address: Address,
         why: &str,
     ) -> Result<(), BundlerError> {
         warn!(%address, why, "entity banned: failed bundle creation after the second validation");
-        self.shared
-            .reputation
-            .update(version, address, Reputation::penalize)
-            .map_err(storage_error)?;
-        self.drop_banned(version, address)
+        self.shared.reputation.update(version, address, Reputation::penalize);
+        self.drop_banned(version, address).await
     }
 
     /// GREP-010: the ops of `version` that use `address` leave the pool.
-    pub(super) fn drop_banned(
+    pub(super) async fn drop_banned(
         &self,
         version: EntryPointVersion,
         address: Address,
     ) -> Result<(), BundlerError> {
         let hashes = self.shared.pool.lock().map_err(storage_error)?.referencing(version, address);
         for hash in hashes {
-            self.drop_op(hash, "an entity is banned")?;
+            self.drop_op(hash, "an entity is banned").await?;
         }
         Ok(())
     }
 
-    pub(super) fn drop_op(&self, hash: B256, why: &str) -> Result<(), BundlerError> {
+    pub(super) async fn drop_op(&self, hash: B256, why: &str) -> Result<(), BundlerError> {
         warn!(%hash, why, "UserOperation dropped from the mempool");
         let reason = why.split(':').next().unwrap_or(why).to_string();
         ::metrics::counter!(metrics::OPS_DROPPED, "reason" => reason).increment(1);
         self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
-        self.shared.pool_tree.remove(hash).map_err(storage_error)?;
+        self.shared.store.remove(&[hash]).await?;
         Ok(())
     }
 
@@ -188,6 +146,9 @@ impl Bundler {
         let decay_every = self.shared.config.reputation_decay_interval;
         let mut decay =
             tokio::time::interval_at(tokio::time::Instant::now() + decay_every, decay_every);
+        let mut leader = self.shared.leader.clone();
+        let mut submissions = tokio::time::interval(leader::SUBMISSION_POLL);
+        submissions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -198,9 +159,17 @@ impl Bundler {
                     continue;
                 }
                 _ = decay.tick() => {
-                    if let Err(error) = self.shared.reputation.decay() {
-                        warn!(%error, "reputation decay failed");
+                    if self.leading() {
+                        self.shared.reputation.decay();
                     }
+                    continue;
+                }
+                _ = leader.changed() => {
+                    self.follow_leadership(&mut leader).await?;
+                    continue;
+                }
+                _ = submissions.tick(), if self.leading() => {
+                    self.serve_submissions().await;
                     continue;
                 }
                 event = events.recv() => event,
@@ -215,10 +184,10 @@ impl Bundler {
                     if !self.shared.cursor.check_next(&block).map_err(storage_error)? {
                         continue; // replayed after a restart: applied before it
                     }
-                    self.apply_block(&block)?;
+                    self.apply_block(&block).await?;
                     self.bundle_if_auto().await;
                 }
-                Some(ChainEvent::Reorg(reorg)) => self.apply_reorg(&reorg)?,
+                Some(ChainEvent::Reorg(reorg)) => self.apply_reorg(&reorg).await?,
                 None => return Ok(()),
             }
         }
@@ -227,6 +196,7 @@ impl Bundler {
     /// In auto mode, bundles the pending ops not in a bundle already sent.
     async fn bundle_if_auto(&self) {
         if self.mode() == BundlingMode::Auto
+            && self.leading()
             && self.pool_len() > 0
             && let Err(error) = self.start_bundles().await
         {
@@ -237,20 +207,20 @@ impl Bundler {
     /// A new block: our bundles' blocks it replaced give their ops back, its `UserOperationEvent`s
     /// are indexed, expired and long-throttled ops leave, and the cursor advances past it. A
     /// failure ends the bundler's loop (the node stops) rather than skip the block.
-    fn apply_block(&self, block: &settled_contracts::NewBlock) -> Result<(), BundlerError> {
+    async fn apply_block(&self, block: &settled_contracts::NewBlock) -> Result<(), BundlerError> {
         let replaced = self.replaced_blocks(block.block.number, block.block.hash);
         if !replaced.is_empty() {
             self.forget_nonce();
-            let requeued = self.unindex_blocks(&replaced)?;
+            let requeued = self.unindex_blocks(&replaced).await?;
             info!(requeued, "replaced block: UserOperations back in the mempool");
         }
-        self.index_logs(&block.logs)?;
+        self.index_logs(&block.logs).await?;
         let expired = self.shared.pool.lock().map(|p| p.expired(block.timestamp));
         for hash in expired.unwrap_or_default() {
-            let _ = self.drop_op(hash, "validUntil passed");
+            let _ = self.drop_op(hash, "validUntil passed").await;
         }
         for hash in self.throttled_too_long(block.block.number) {
-            let _ = self.drop_op(hash, "throttled entity: live blocks passed");
+            let _ = self.drop_op(hash, "throttled entity: live blocks passed").await;
         }
         ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
         self.shared.cursor.advance(block.block).map_err(storage_error)
@@ -258,11 +228,11 @@ impl Bundler {
 
     /// A reorg: the cursor goes back to the common ancestor and the removed blocks' ops return
     /// to the mempool.
-    fn apply_reorg(&self, reorg: &settled_contracts::Reorg) -> Result<(), BundlerError> {
+    async fn apply_reorg(&self, reorg: &settled_contracts::Reorg) -> Result<(), BundlerError> {
         self.forget_nonce();
         self.shared.cursor.rewind(reorg.ancestor).map_err(storage_error)?;
         let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
-        let requeued = self.unindex_blocks(&removed)?;
+        let requeued = self.unindex_blocks(&removed).await?;
         info!(requeued, "reorg: mined UserOperations back in the mempool");
         self.shared.head.reset();
         Ok(())

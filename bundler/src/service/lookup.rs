@@ -9,7 +9,14 @@ impl Bundler {
         &self,
         hash: B256,
     ) -> Result<Option<UserOperationByHash>, BundlerError> {
-        if let Some(entry) = self.shared.pool.lock().map_err(storage_error)?.get(&hash) {
+        let pooled = self.shared.pool.lock().map_err(storage_error)?.get(&hash);
+        // A node that does not lead finds pending ops in the shared pool.
+        let pooled = match pooled {
+            Some(entry) => Some(entry),
+            None if !self.leading() => self.shared.store.pool_entry(hash).await?.map(Arc::new),
+            None => None,
+        };
+        if let Some(entry) = pooled {
             return Ok(Some(UserOperationByHash {
                 user_operation: entry.op.clone(),
                 entry_point: entry.entry_point.canonical_address().into(),
@@ -18,7 +25,7 @@ impl Bundler {
                 transaction_hash: None,
             }));
         }
-        let Some(mined) = self.mined(hash)? else { return Ok(None) };
+        let Some(mined) = self.mined(hash).await? else { return Ok(None) };
         let op = match mined.op.clone() {
             Some(op) => Some(op),
             None => self.op_from_bundle(&mined).await?,
@@ -61,16 +68,13 @@ impl Bundler {
             .map(|op| UserOperation::unpack(op, authorization(op.sender))))
     }
 
-    pub(super) fn mined(&self, hash: B256) -> Result<Option<MinedOp>, BundlerError> {
-        let Some(value) = self.shared.mined_tree.get(hash).map_err(storage_error)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&value).map(Some).map_err(storage_error)
+    pub(super) async fn mined(&self, hash: B256) -> Result<Option<MinedOp>, BundlerError> {
+        Ok(self.shared.store.mined(hash).await?)
     }
 
     /// `eth_getUserOperationReceipt`.
     pub async fn receipt(&self, hash: B256) -> Result<Option<UserOperationReceipt>, BundlerError> {
-        let Some(mined) = self.mined(hash)? else { return Ok(None) };
+        let Some(mined) = self.mined(hash).await? else { return Ok(None) };
         let Some(receipt) = self
             .shared
             .provider
@@ -121,9 +125,11 @@ impl Bundler {
     }
 
     /// `debug_bundler_clearMempool` / `clearState`.
-    pub fn clear_mempool(&self) -> Result<(), BundlerError> {
+    pub async fn clear_mempool(&self) -> Result<(), BundlerError> {
+        self.require_leading()?;
+        self.shared.store.clear_pool().await?;
         self.shared.pool.lock().map_err(storage_error)?.clear();
-        self.shared.pool_tree.clear().map_err(storage_error)
+        Ok(())
     }
 
     /// `debug_bundler_addUserOps`: puts `ops` in `entry_point`'s mempool without validating
@@ -134,6 +140,7 @@ impl Bundler {
         entry_point: Address,
     ) -> Result<(), BundlerError> {
         let version = self.version(entry_point)?;
+        self.require_leading()?;
         let head = self.shared.provider.get_block_number().await.map_err(rpc_error)?;
         for op in ops {
             let packed = op.pack()?;
@@ -148,40 +155,37 @@ impl Bundler {
                 valid_until: u64::MAX,
                 accepted_at_block: head,
             };
-            let value = serde_json::to_vec(&entry).map_err(storage_error)?;
             let displaced = self
                 .shared
                 .pool
                 .lock()
                 .map_err(storage_error)?
-                .add(entry, usize::MAX)
+                .add(entry.clone(), usize::MAX)
                 .map_err(BundlerError::Mempool)?;
-            for old in displaced {
-                self.shared.pool_tree.remove(old.hash).map_err(storage_error)?;
+            let displaced: Vec<B256> = displaced.iter().map(|old| old.hash).collect();
+            if let Err(error) = self.shared.store.admit(&entry, &displaced, None).await {
+                self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
+                return Err(error.into());
             }
-            self.shared.pool_tree.insert(hash, value).map_err(storage_error)?;
         }
-        make_durable(&self.shared.pool_tree).await?;
         ::metrics::gauge!(metrics::MEMPOOL_OPS).set(self.pool_len() as f64);
         self.shared.accepted.notify_one();
         Ok(())
     }
 
     /// `debug_bundler_setReputation`: sets counters; an entity they ban leaves the pool.
-    pub fn set_reputation(
+    pub async fn set_reputation(
         &self,
         entries: &[(Address, ReputationCounts)],
         entry_point: Address,
     ) -> Result<(), BundlerError> {
         let version = self.version(entry_point)?;
+        self.require_leading()?;
         for &(address, counts) in entries {
-            let status = self
-                .shared
-                .reputation
-                .update(version, address, |r, ep, a| r.set(ep, a, counts))
-                .map_err(storage_error)?;
+            let status =
+                self.shared.reputation.update(version, address, |r, ep, a| r.set(ep, a, counts));
             if status == ReputationStatus::Banned {
-                self.drop_banned(version, address)?;
+                self.drop_banned(version, address).await?;
             }
         }
         Ok(())
@@ -197,8 +201,11 @@ impl Bundler {
     }
 
     /// `debug_bundler_clearReputation` (and `clearState`).
-    pub fn clear_reputation(&self) -> Result<(), BundlerError> {
-        self.shared.reputation.clear().map_err(storage_error)
+    pub async fn clear_reputation(&self) -> Result<(), BundlerError> {
+        self.require_leading()?;
+        self.shared.reputation.clear();
+        self.shared.reputation.written().await;
+        Ok(())
     }
 
     /// `debug_bundler_getStakeStatus`: `address`'s stake at `entry_point` and whether it counts

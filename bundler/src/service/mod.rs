@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 mod accept;
 mod build;
 mod chain;
+mod leader;
 mod lookup;
 mod submit;
 mod types;
@@ -41,7 +42,6 @@ pub use types::{
     GasPrice, GasPrices, MinedOp, StakeInfo, StakeStatus, UserOperationByHash, UserOperationReceipt,
 };
 
-use crate::in_flight::SentBundles;
 use crate::{
     error::BundlerError,
     metrics,
@@ -51,6 +51,7 @@ use crate::{
         Reputation, ReputationCounts, ReputationLists, ReputationStatus, ReputationStore,
         THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
     },
+    store::{BundlerStore, BundlerStoreError, SledBundler},
 };
 
 /// An op must stay valid at least this long after acceptance (ERC-7769 -32503 "expire soon").
@@ -158,11 +159,12 @@ struct Shared {
     reputation: ReputationStore,
     mode: RwLock<BundlingMode>,
     head: ChainHead,
-    pool_tree: sled::Tree,
-    mined_tree: sled::Tree,
-    /// `block hash ‖ op hash` of every indexed op: a reorg finds its blocks' ops directly.
-    mined_by_block: sled::Tree,
-    /// The last block whose ops, reputation and expiries were applied (durable).
+    /// The pool's durable copy, the mined index, recorded bundles, reputation, submissions.
+    store: Arc<dyn BundlerStore>,
+    /// The bundler key's lease epoch while this node leads it (`None`: it follows; it then
+    /// hands ops to the leader and indexes mined ops, and bundles nothing).
+    leader: tokio::sync::watch::Receiver<Option<u64>>,
+    /// The last block whose ops, reputation and expiries were applied (durable, this node's).
     cursor: ChainCursor,
     /// One bundle at a time.
     bundling: tokio::sync::Mutex<()>,
@@ -179,9 +181,6 @@ struct Shared {
     next_nonce: Mutex<Option<u64>>,
     /// Ops in sent, not yet mined bundles, with their senders.
     in_flight: Mutex<HashMap<B256, Address>>,
-    /// The same, durable: recorded before each bundle is broadcast, so a restarted bundler holds
-    /// the ops of a bundle it may have sent until the chain has settled its nonce.
-    sent: SentBundles,
 }
 
 /// The bundler. Cheap to clone; every clone is the same service.
@@ -200,6 +199,15 @@ fn storage_error(error: impl std::fmt::Display) -> BundlerError {
     BundlerError::Internal(format!("storage: {error}"))
 }
 
+impl From<BundlerStoreError> for BundlerError {
+    fn from(error: BundlerStoreError) -> Self {
+        match error {
+            BundlerStoreError::Lost(why) => Self::NotLeading(why),
+            BundlerStoreError::Store(why) => Self::Internal(format!("storage: {why}")),
+        }
+    }
+}
+
 /// The entity an EntryPoint rejection (`AAxx`) of `entry` is charged to: AA1x the factory;
 /// AA2x the account, or its staked factory (EREP-020); AA3x the paymaster, or the staked account
 /// (EREP-030); anything else the account.
@@ -214,32 +222,36 @@ fn culprit(entry: &PoolEntry, reason: &str) -> Address {
     }
 }
 
-/// Waits until every write made to `tree` so far is on disk. A blocking `flush` on a blocking
-/// thread, not `flush_async`: concurrent `flush_async` calls can hang forever in sled 0.34
-/// (spacejam/sled#1308, seen here under load). Concurrent flushes share one fsync, since a
-/// flush returns at once when the log is already stable past its writes.
-async fn make_durable(tree: &sled::Tree) -> Result<(), BundlerError> {
-    let tree = tree.clone();
-    tokio::task::spawn_blocking(move || tree.flush())
-        .await
-        .map_err(storage_error)?
-        .map(drop)
-        .map_err(storage_error)
-}
-
 fn rpc_error(error: impl std::fmt::Display) -> BundlerError {
     BundlerError::Internal(format!("chain: {error}"))
 }
 
 impl Bundler {
-    /// A bundler on `provider`'s chain that signs bundles with `signer`, persisting in `db`.
-    /// Ops persisted by an earlier run are back in the pool (they are validated again before
-    /// bundling).
+    /// A bundler on `provider`'s chain that signs bundles with `signer`, persisting in `db`
+    /// (the embedded default: this node alone, always leading its key). Ops persisted by an
+    /// earlier run are back in the pool (they are validated again before bundling).
     pub async fn new(
         config: BundlerConfig,
         provider: DynProvider,
         signer: PrivateKeySigner,
         db: &sled::Db,
+    ) -> Result<Self, BundlerError> {
+        let store = Arc::new(SledBundler::open(db).map_err(storage_error)?);
+        let (_, leader) = tokio::sync::watch::channel(Some(0));
+        Self::with_store(config, provider, signer, db, store, leader).await
+    }
+
+    /// A bundler whose state is in `store` (shared with other nodes on PostgreSQL), leading its
+    /// key while `leader` holds an epoch; its chain cursor is this node's, in `db`. It takes
+    /// the pool, reputation and recorded bundles over from the store each time it becomes the
+    /// leader, and forgets them when it stops.
+    pub async fn with_store(
+        config: BundlerConfig,
+        provider: DynProvider,
+        signer: PrivateKeySigner,
+        db: &sled::Db,
+        store: Arc<dyn BundlerStore>,
+        leader: tokio::sync::watch::Receiver<Option<u64>>,
     ) -> Result<Self, BundlerError> {
         let chain_id = provider.get_chain_id().await.map_err(rpc_error)?;
         let client_version = provider.get_client_version().await.unwrap_or_default();
@@ -249,30 +261,10 @@ impl Bundler {
         // Bundles go through the node's one transaction sender; their nonces and fees are the
         // bundler's (pipelined, bumped up to the ceiling).
         let sender = TransactionSender::new(provider.clone(), signer);
-        let pool_tree = db.open_tree("bundler.pool").map_err(storage_error)?;
-        let mined_tree = db.open_tree("bundler.mined").map_err(storage_error)?;
-        let mined_by_block = db.open_tree("bundler.mined_by_block").map_err(storage_error)?;
         let cursor = ChainCursor::open(db, "bundler").map_err(storage_error)?;
-        let sent = SentBundles::open(db).map_err(storage_error)?;
-        let mut pool = Mempool::new(config.pool, config.params);
-        let mut restored = 0;
-        for item in pool_tree.iter() {
-            let (_, value) = item.map_err(storage_error)?;
-            match serde_json::from_slice::<PoolEntry>(&value) {
-                Ok(entry) => {
-                    // Accepted once under the limits of their time: not re-judged.
-                    if pool.add(entry, usize::MAX).is_ok() {
-                        restored += 1;
-                    }
-                }
-                Err(error) => warn!(%error, "skipping an unreadable persisted UserOperation"),
-            }
-        }
-        if restored > 0 {
-            info!(restored, "UserOperations restored to the mempool");
-        }
-        let reputation = ReputationStore::open(db, config.reputation.clone(), config.params)
-            .map_err(storage_error)?;
+        let pool = Mempool::new(config.pool, config.params);
+        let reputation =
+            ReputationStore::new(store.clone(), config.reputation.clone(), config.params);
         let simulator = Simulator::new(config.limits, config.params.rules())
             .with_margins(EstimationMargins {
                 pre_verification_overhead_gas: config.params.pre_verification_overhead_gas,
@@ -294,20 +286,20 @@ impl Bundler {
                 reputation,
                 mode,
                 head,
-                pool_tree,
-                mined_tree,
-                mined_by_block,
+                store,
+                leader,
                 cursor,
                 bundling: tokio::sync::Mutex::new(()),
                 unconfirmed: Mutex::new(Vec::new()),
                 in_flight: Mutex::new(HashMap::new()),
-                sent,
                 next_nonce: Mutex::new(None),
                 head_number: tokio::sync::watch::Sender::new(0),
                 accepted: tokio::sync::Notify::new(),
             }),
         };
-        bundler.hold_recorded_bundles();
+        if bundler.leading() {
+            bundler.take_over().await?;
+        }
         Ok(bundler)
     }
 

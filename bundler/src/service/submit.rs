@@ -68,7 +68,10 @@ impl Bundler {
             hashes: Vec::new(),
             deadline: tokio::time::Instant::now() + self.shared.config.inclusion_timeout,
         };
-        self.shared.sent.record(nonce, ops).await.map_err(storage_error)?;
+        // Recorded before the broadcast: the ops of a bundle sent just before a kill -9 (or a
+        // lost lease) stay held by whoever leads next until the chain has settled this nonce,
+        // instead of going into a second bundle at the next nonce.
+        self.shared.store.record_sent(nonce, ops).await?;
         if let Err(error) = self.send_attempt(&mut sent, true).await {
             // Perhaps sent after all (a transport error): hold its ops until the nonce settles.
             self.hold_until_settled(nonce, ops.to_vec());
@@ -103,17 +106,26 @@ impl Bundler {
                     in_flight.remove(hash);
                 }
             }
-            bundler.shared.sent.remove_if(nonce, &ops);
+            bundler.forget_sent(nonce, &ops).await;
             debug!(nonce, ops = ops.len(), "bundle nonce settled; its ops released");
         });
     }
 
-    /// After a restart: the bundles recorded as (perhaps) sent hold their ops until settled.
-    pub(super) fn hold_recorded_bundles(&self) {
-        for (nonce, sent) in self.shared.sent.all() {
-            info!(nonce, ops = sent.ops.len(), "a bundle sent before the restart: its ops wait");
+    /// The chain settled `nonce`: its record goes, if it still holds `ops`.
+    pub(super) async fn forget_sent(&self, nonce: u64, ops: &[(B256, Address)]) {
+        if let Err(error) = self.shared.store.remove_sent(nonce, ops).await {
+            warn!(nonce, %error, "forgetting a settled bundle's record");
+        }
+    }
+
+    /// After a restart or a takeover: the bundles recorded as (perhaps) sent hold their ops
+    /// until settled.
+    pub(super) async fn hold_recorded_bundles(&self) -> Result<(), BundlerError> {
+        for (nonce, sent) in self.shared.store.sent().await? {
+            info!(nonce, ops = sent.ops.len(), "a bundle sent before: its ops wait");
             self.hold_until_settled(nonce, sent.ops);
         }
+        Ok(())
     }
 
     /// Waits until `sent` is mined. One not mined within `fee_bump_after_blocks` blocks is

@@ -63,6 +63,22 @@ pub struct MinedOp {
     pub log_index: u64,
 }
 
+impl MinedOp {
+    /// The pool entry this op becomes again when a reorg removes its block: only an op this
+    /// bundler carried (its full op is known), judged again before bundling.
+    pub fn requeued(&self) -> Option<PoolEntry> {
+        Some(PoolEntry {
+            hash: self.hash,
+            entry_point: EntryPointVersion::from_address(self.entry_point)?,
+            op: self.op.clone()?,
+            staked: StakedEntities::default(),
+            code_hashes: Default::default(),
+            valid_until: u64::MAX,
+            accepted_at_block: self.block_number,
+        })
+    }
+}
+
 /// One fee level of `settled_getUserOperationGasPrice`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -37,8 +37,7 @@ pub struct NodeConfig {
     pub roles: Roles,
 }
 
-/// What a node runs (`--roles`): every role on one node by default; on a shared store, the
-/// roles whose state is shared.
+/// What a node runs (`--roles`): every role by default, on one node or several.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
     /// The ERC-4337 bundler.
@@ -54,9 +53,6 @@ pub struct Roles {
 impl Roles {
     /// Everything (one node).
     pub const ALL: Self = Self { bundler: true, paymaster: true, billing: true, settlement: true };
-    /// What runs on every node of a shared store.
-    pub const SHARED: Self =
-        Self { bundler: false, paymaster: true, billing: true, settlement: true };
 }
 
 impl Default for Roles {

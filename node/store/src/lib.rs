@@ -5,11 +5,13 @@
 //! node relays to its subscribers ([`PgStore::publish`], [`NoticeFeed`]: LISTEN/NOTIFY with
 //! catch-up by id); and the send store ([`SendStore`]: billing calls' idempotency records and
 //! send intents committed under the signer's lease before the broadcast) on both backends; the
-//! paymaster's ledger on PostgreSQL ([`PgLedger`], a [`settled_paymaster::LedgerStore`]).
+//! paymaster's ledger on PostgreSQL ([`PgLedger`], a [`settled_paymaster::LedgerStore`]); the
+//! bundler's state on PostgreSQL ([`PgBundler`], a [`settled_bundler::BundlerStore`]).
 
 mod keeper;
 mod lease;
 mod notices;
+mod pg_bundler;
 mod pg_ledger;
 mod pg_sends;
 mod postgres;
@@ -20,6 +22,7 @@ mod sled_sends;
 pub use keeper::{Leadership, LeaseKeeper};
 pub use lease::{Lease, LeaseError, LeaseStore};
 pub use notices::{Notice, NoticeError, NoticeFeed};
+pub use pg_bundler::PgBundler;
 pub use pg_ledger::PgLedger;
 pub use pg_sends::liveness_lease;
 pub use postgres::PgStore;

@@ -28,8 +28,7 @@ pub struct StorageArgs {
     pub lease_secs: f64,
 
     /// What this node runs, comma-separated: `bundler`, `paymaster`, `billing`, `settlement`.
-    /// Default: all of them; with `--storage.url`, `paymaster,billing,settlement` (the roles
-    /// whose state is shared).
+    /// Default: all of them (on a shared store too: every role's state is shared).
     #[arg(
         long = "roles",
         id = "roles",
@@ -64,7 +63,7 @@ impl StorageArgs {
     /// The roles asked for, else the default for the store.
     pub fn roles(&self) -> Roles {
         let Some(roles) = &self.roles else {
-            return if self.url.is_some() { Roles::SHARED } else { Roles::ALL };
+            return Roles::ALL;
         };
         Roles {
             bundler: roles.contains(&Role::Bundler),
@@ -105,7 +104,7 @@ mod tests {
             super::super::tests::Only::<StorageArgs>::try_parse_from(all).map(|a| a.group.roles())
         };
         assert_eq!(parse(&[])?, Roles::ALL);
-        assert_eq!(parse(&["--storage.url", "postgres://db/s"])?, Roles::SHARED);
+        assert_eq!(parse(&["--storage.url", "postgres://db/s"])?, Roles::ALL);
         let billing = parse(&["--roles", "billing,settlement"])?;
         assert_eq!(
             billing,
