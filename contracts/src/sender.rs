@@ -372,6 +372,19 @@ impl TransactionSender {
         Ok(SentTransaction { hash: *pending.tx_hash(), ..sent })
     }
 
+    /// Signs `tx` exactly as given (nonce, fees and gas limit the caller's; the chain id
+    /// filled in) without sending it: its hash and network bytes, which the caller records
+    /// before [`Self::broadcast_raw`] (a bundle on a shared store).
+    pub async fn sign_exact(&self, tx: TransactionRequest) -> Result<(B256, Bytes), SendError> {
+        let mut tx = tx.from(self.address);
+        if tx.chain_id.is_none() {
+            tx.set_chain_id(self.provider.get_chain_id().await?);
+        }
+        let envelope =
+            tx.build(&self.wallet).await.map_err(|e| SendError::Signing(e.to_string()))?;
+        Ok((*envelope.tx_hash(), envelope.encoded_2718().into()))
+    }
+
     /// Where `sent` stands: mined, pending, replaced by another transaction at its nonce, or
     /// dropped by the node.
     pub async fn inclusion(&self, sent: &SentTransaction) -> Result<Inclusion, TransportError> {

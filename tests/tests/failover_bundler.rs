@@ -240,6 +240,12 @@ async fn the_bundler_fails_over_and_includes_every_op_once() -> TestResult {
     let waiting = sqlx::query(waiting).fetch_one(cluster.store.pool()).await?;
     let waiting: i64 = sqlx::Row::try_get(&waiting, 0)?;
     takeovers.sort();
+    let mut resent = 0;
+    for dir in &pair.dirs {
+        let log = std::fs::read_to_string(dir.path().join("settled.log")).unwrap_or_default();
+        resent += log.matches("a recorded bundle: broadcast again").count();
+    }
+    eprintln!("recorded bundles a new leader broadcast again: {resent}");
     eprintln!(
         "bundler failover: {} ops acknowledged, each included once, by {bundles} bundles ({sent} \
          bundle transactions, {reverted} reverted); takeover {:?}..{:?}; unanswered {waiting}",

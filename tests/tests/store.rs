@@ -648,7 +648,8 @@ async fn postgres_keeps_the_bundler_contract_and_fences_the_leader() -> TestResu
     tokio::time::sleep(Duration::from_millis(400)).await;
     let taken = store.acquire("bundler:0xbb", "node-b", Duration::from_secs(30)).await?;
     assert_eq!(taken.map(|l| l.epoch), Some(2));
-    assert!(matches!(leader.record_sent(3, &[]).await, Err(BundlerStoreError::Lost(_))));
+    let record = settled_bundler::SentOps { ops: Vec::new(), raw: None };
+    assert!(matches!(leader.record_sent(3, &record).await, Err(BundlerStoreError::Lost(_))));
     assert!(matches!(leader.answer(id, &refused).await, Err(BundlerStoreError::Lost(_))));
     assert!(leader.sent().await?.is_empty(), "the stale leader's record did not land");
     assert_eq!(follower.verdict(id, false).await?, None, "still waiting for the new leader");

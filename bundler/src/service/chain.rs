@@ -147,6 +147,7 @@ impl Bundler {
         let mut decay =
             tokio::time::interval_at(tokio::time::Instant::now() + decay_every, decay_every);
         let mut leader = self.shared.leader.clone();
+        let mut leadership_changes = true;
         let mut submissions = tokio::time::interval(leader::SUBMISSION_POLL);
         submissions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -164,8 +165,12 @@ impl Bundler {
                     }
                     continue;
                 }
-                _ = leader.changed() => {
-                    self.follow_leadership(&mut leader).await?;
+                changed = leader.changed(), if leadership_changes => {
+                    match changed {
+                        Ok(()) => self.follow_leadership(&mut leader).await?,
+                        // A fixed leadership (the embedded store): nothing will change.
+                        Err(_) => leadership_changes = false,
+                    }
                     continue;
                 }
                 _ = submissions.tick(), if self.leading() => {

@@ -51,7 +51,7 @@ use crate::{
         Reputation, ReputationCounts, ReputationLists, ReputationStatus, ReputationStore,
         THROTTLED_ENTITY_BUNDLE_COUNT, THROTTLED_ENTITY_LIVE_BLOCKS,
     },
-    store::{BundlerStore, BundlerStoreError, SledBundler},
+    store::{BundlerStore, BundlerStoreError, SentOps, SledBundler},
 };
 
 /// An op must stay valid at least this long after acceptance (ERC-7769 -32503 "expire soon").
@@ -403,6 +403,7 @@ mod tests {
             priority_fee: 10,
             hashes: Vec::new(),
             deadline: tokio::time::Instant::now(),
+            ops: Vec::new(),
         };
         assert!(sent.raise_fees(None, 1_000));
         assert_eq!((sent.max_fee, sent.priority_fee), (110, 11));

@@ -14,6 +14,8 @@ pub(super) struct SentBundle {
     pub(super) priority_fee: u128,
     pub(super) hashes: Vec<B256>,
     pub(super) deadline: tokio::time::Instant,
+    /// The ops it carries, with their senders (its record in the store).
+    pub(super) ops: Vec<(B256, Address)>,
 }
 
 impl SentBundle {
@@ -67,11 +69,8 @@ impl Bundler {
             priority_fee: fees.max_priority_fee_per_gas.min(max_fee),
             hashes: Vec::new(),
             deadline: tokio::time::Instant::now() + self.shared.config.inclusion_timeout,
+            ops: ops.to_vec(),
         };
-        // Recorded before the broadcast: the ops of a bundle sent just before a kill -9 (or a
-        // lost lease) stay held by whoever leads next until the chain has settled this nonce,
-        // instead of going into a second bundle at the next nonce.
-        self.shared.store.record_sent(nonce, ops).await?;
         if let Err(error) = self.send_attempt(&mut sent, true).await {
             // Perhaps sent after all (a transport error): hold its ops until the nonce settles.
             self.hold_until_settled(nonce, ops.to_vec());
@@ -118,14 +117,42 @@ impl Bundler {
         }
     }
 
-    /// After a restart or a takeover: the bundles recorded as (perhaps) sent hold their ops
-    /// until settled.
+    /// After a restart or a takeover: each bundle recorded as (perhaps) sent is sent again —
+    /// the same bytes at the same nonce (the node may never have had them), re-priced there if
+    /// the node refuses them as underpriced — and holds its ops until the nonce settles.
     pub(super) async fn hold_recorded_bundles(&self) -> Result<(), BundlerError> {
         for (nonce, sent) in self.shared.store.sent().await? {
-            info!(nonce, ops = sent.ops.len(), "a bundle sent before: its ops wait");
+            info!(nonce, ops = sent.ops.len(), "a recorded bundle: broadcast again, its ops wait");
+            if let Some(raw) = &sent.raw
+                && let Err(error) = self.send_recorded(nonce, &sent.ops, raw).await
+            {
+                warn!(nonce, %error, "sending a recorded bundle again");
+            }
             self.hold_until_settled(nonce, sent.ops);
         }
         Ok(())
+    }
+
+    /// Sends recorded bundle `raw` again; underpriced, a replacement at its nonce with the same
+    /// calldata (recorded first). Already known or its nonce used: nothing to do.
+    async fn send_recorded(
+        &self,
+        nonce: u64,
+        ops: &[(B256, Address)],
+        raw: &Bytes,
+    ) -> Result<(), BundlerError> {
+        let sender = &self.shared.sender;
+        match sender.broadcast_raw(raw).await {
+            Err(error) if error.refusal() == Some(Refusal::Underpriced) => {
+                let (replacement, raw) = sender.sign_replacement(raw).await.map_err(rpc_error)?;
+                let record = SentOps { ops: ops.to_vec(), raw: Some(raw.clone()) };
+                self.shared.store.record_sent(nonce, &record).await?;
+                sender.broadcast_raw(&raw).await.map_err(rpc_error)?;
+                info!(nonce, hash = %replacement.hash, "a recorded bundle re-priced at its nonce");
+                Ok(())
+            }
+            Ok(()) | Err(_) => Ok(()),
+        }
     }
 
     /// Waits until `sent` is mined. One not mined within `fee_bump_after_blocks` blocks is
@@ -212,6 +239,22 @@ impl Bundler {
         }
     }
 
+    /// Signs `sent` at its current fees and records it (ops and bytes) before the broadcast:
+    /// the ops of a bundle sent just before a kill -9 (or a lost lease) are held by whoever leads
+    /// next, who sends these bytes again, until the chain has settled this nonce — never put in
+    /// a second bundle at the next nonce.
+    async fn sign_and_record(&self, sent: &SentBundle) -> Result<(B256, Bytes), BundlerError> {
+        let attempt = sent
+            .tx
+            .clone()
+            .with_max_fee_per_gas(sent.max_fee)
+            .with_max_priority_fee_per_gas(sent.priority_fee);
+        let (hash, raw) = self.shared.sender.sign_exact(attempt).await.map_err(rpc_error)?;
+        let record = SentOps { ops: sent.ops.clone(), raw: Some(raw.clone()) };
+        self.shared.store.record_sent(sent.nonce, &record).await?;
+        Ok((hash, raw))
+    }
+
     /// Sends `sent` at its current fees; a node that prices it out at once (below the next
     /// base fee, an underpriced replacement) gets it again with higher fees.
     pub(super) async fn send_attempt(
@@ -221,14 +264,9 @@ impl Bundler {
     ) -> Result<(), BundlerError> {
         let provider = &self.shared.provider;
         loop {
-            let attempt = sent
-                .tx
-                .clone()
-                .with_max_fee_per_gas(sent.max_fee)
-                .with_max_priority_fee_per_gas(sent.priority_fee);
-            match self.shared.sender.send_exact(attempt).await {
-                Ok(transaction) => {
-                    let hash = transaction.hash;
+            let (hash, raw) = self.sign_and_record(sent).await?;
+            match self.shared.sender.broadcast_raw(&raw).await {
+                Ok(()) => {
                     ::metrics::counter!(metrics::BUNDLES_SENT).increment(1);
                     info!(
                         %hash,

@@ -108,14 +108,24 @@ pub async fn pool_index_and_records(store: &dyn BundlerStore) -> Outcome {
     // again leaves the new one.
     let ops = vec![(a.hash, a.op.sender)];
     let other = vec![(c.hash, c.op.sender)];
-    store.record_sent(7, &ops).await?;
-    store.record_sent(8, &ops).await?;
+    let sent = |ops: &[(B256, Address)], raw: &'static [u8]| SentOps {
+        ops: ops.to_vec(),
+        raw: Some(Bytes::from_static(raw)),
+    };
+    store.record_sent(7, &sent(&ops, b"first")).await?;
+    store.record_sent(8, &sent(&ops, b"first")).await?;
     store.remove_sent(8, &ops).await?;
-    store.record_sent(7, &other).await?;
+    store.record_sent(7, &sent(&other, b"other")).await?;
+    // A fee bump replaces the raw bytes; the record still carries the same ops.
+    store.record_sent(7, &sent(&other, b"bumped")).await?;
     store.remove_sent(7, &ops).await?;
-    assert_eq!(store.sent().await?, vec![(7, SentOps { ops: other.clone() })]);
+    assert_eq!(store.sent().await?, vec![(7, sent(&other, b"bumped"))]);
     store.remove_sent(7, &other).await?;
     assert!(store.sent().await?.is_empty());
+    // A record of an earlier version, without its bytes, reads as one.
+    store.record_sent(9, &SentOps { ops: ops.clone(), raw: None }).await?;
+    assert_eq!(store.sent().await?, vec![(9, SentOps { ops: ops.clone(), raw: None })]);
+    store.remove_sent(9, &ops).await?;
 
     // Reputation: stored, a zero forgotten, cleared.
     let (v07, v08) = (EntryPointVersion::V07, EntryPointVersion::V08);

@@ -11,7 +11,7 @@
 
 use std::{future::Future, pin::Pin};
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{Address, B256, Bytes};
 use serde::{Deserialize, Serialize};
 use settled_contracts::{EntryPointVersion, UserOperation};
 
@@ -42,11 +42,16 @@ pub(crate) fn store_error(e: impl std::fmt::Display) -> BundlerStoreError {
     BundlerStoreError::Store(e.to_string())
 }
 
-/// What a bundle recorded before its broadcast carried: each op's hash and sender.
+/// A bundle recorded before its broadcast: each op's hash and sender, and the signed
+/// transaction (its latest version: a fee bump is recorded before it is sent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentOps {
     /// Each op's hash and sender.
     pub ops: Vec<(B256, Address)>,
+    /// The signed transaction: what a new leader sends again at its nonce (none in records of
+    /// earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Bytes>,
 }
 
 /// One entity's counters in one EntryPoint's mempool.
@@ -115,10 +120,10 @@ pub trait BundlerStore: Send + Sync + std::fmt::Debug {
     /// A mined op by hash.
     fn mined(&self, hash: B256) -> BundlerFuture<'_, Option<MinedOp>>;
 
-    /// Fenced: records `ops` as sent at `nonce`, before the broadcast.
-    fn record_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()>;
+    /// Fenced: records `sent` at `nonce`, before its broadcast (replacing an earlier version).
+    fn record_sent<'a>(&'a self, nonce: u64, sent: &'a SentOps) -> BundlerFuture<'a, ()>;
 
-    /// Forgets the record at `nonce` if it still holds `ops` (the chain settled that nonce).
+    /// Forgets the record at `nonce` if it still carries `ops` (the chain settled that nonce).
     fn remove_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()>;
 
     /// Every recorded bundle, oldest nonce first.

@@ -178,22 +178,25 @@ impl BundlerStore for SledBundler {
         Box::pin(async move { self.get_mined(hash) })
     }
 
-    fn record_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()> {
+    fn record_sent<'a>(&'a self, nonce: u64, sent: &'a SentOps) -> BundlerFuture<'a, ()> {
         Box::pin(async move {
-            let value = json(&SentOps { ops: ops.to_vec() })?;
-            self.sent.insert(nonce.to_be_bytes(), value).map_err(store_error)?;
+            self.sent.insert(nonce.to_be_bytes(), json(sent)?).map_err(store_error)?;
             Self::durable(&self.sent).await
         })
     }
 
     fn remove_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()> {
         Box::pin(async move {
-            let current = json(&SentOps { ops: ops.to_vec() })?;
+            let key = nonce.to_be_bytes();
+            let Some(current) = self.sent.get(key).map_err(store_error)? else { return Ok(()) };
+            let recorded: SentOps = serde_json::from_slice(&current).map_err(store_error)?;
             // Another bundle recorded at this nonce since is not this one's to forget.
-            let _ = self
-                .sent
-                .compare_and_swap(nonce.to_be_bytes(), Some(current), None as Option<&[u8]>)
-                .map_err(store_error)?;
+            if recorded.ops == ops {
+                let _ = self
+                    .sent
+                    .compare_and_swap(key, Some(current), None as Option<&[u8]>)
+                    .map_err(store_error)?;
+            }
             Ok(())
         })
     }

@@ -261,7 +261,7 @@ impl BundlerStore for PgBundler {
         })
     }
 
-    fn record_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()> {
+    fn record_sent<'a>(&'a self, nonce: u64, sent: &'a SentOps) -> BundlerFuture<'a, ()> {
         Box::pin(async move {
             let mut tx = self.fenced().await?;
             sqlx::query(
@@ -269,7 +269,7 @@ impl BundlerStore for PgBundler {
                  ON CONFLICT (nonce) DO UPDATE SET ops = EXCLUDED.ops",
             )
             .bind(int(nonce)?)
-            .bind(Json(SentOps { ops: ops.to_vec() }))
+            .bind(Json(sent))
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
@@ -279,9 +279,10 @@ impl BundlerStore for PgBundler {
 
     fn remove_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()> {
         Box::pin(async move {
-            sqlx::query("DELETE FROM settled_bundler_sent WHERE nonce = $1 AND ops = $2")
+            // Another bundle recorded at this nonce since is not this one's to forget.
+            sqlx::query("DELETE FROM settled_bundler_sent WHERE nonce = $1 AND ops -> 'ops' = $2")
                 .bind(int(nonce)?)
-                .bind(Json(SentOps { ops: ops.to_vec() }))
+                .bind(Json(ops))
                 .execute(self.store.pool())
                 .await
                 .map_err(store_error)?;
