@@ -236,7 +236,8 @@ async fn the_bundler_fails_over_and_includes_every_op_once() -> TestResult {
     paused_leader_round(&cluster, &pair, &mut acknowledged).await?;
     let (bundles, reverted) = check_inclusions(&cluster, &pair, &acknowledged).await?;
     let sent = provider.get_transaction_count(bundler).await? - bundles_before;
-    let waiting = "SELECT count(*) FROM settled_bundler_submissions WHERE verdict IS NULL";
+    // Every handed-over op answered and its answer taken: no row left behind.
+    let waiting = "SELECT count(*) FROM settled_bundler_submissions";
     let waiting = sqlx::query(waiting).fetch_one(cluster.store.pool()).await?;
     let waiting: i64 = sqlx::Row::try_get(&waiting, 0)?;
     takeovers.sort();
@@ -248,12 +249,87 @@ async fn the_bundler_fails_over_and_includes_every_op_once() -> TestResult {
     eprintln!("recorded bundles a new leader broadcast again: {resent}");
     eprintln!(
         "bundler failover: {} ops acknowledged, each included once, by {bundles} bundles ({sent} \
-         bundle transactions, {reverted} reverted); takeover {:?}..{:?}; unanswered {waiting}",
+         bundle transactions, {reverted} reverted); takeover {:?}..{:?}; submissions left {waiting}",
         acknowledged.len(),
         takeovers.first(),
         takeovers.last(),
     );
     assert_eq!(sent, bundles as u64, "every bundle transaction carried ops that were included");
     assert_eq!((reverted, waiting), (0, 0));
+    Ok(())
+}
+
+/// What a leader killed right after recording a bundle, before its broadcast, leaves: the op
+/// pooled, the bundle signed with the bundler key at its next nonce and recorded under the
+/// dead leader's lease. The next leader sends those very bytes at that nonce: the op is included
+/// by that transaction, and by no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_recorded_by_a_dead_leader_is_sent_by_the_next() -> TestResult {
+    use alloy::{network::TransactionBuilder as _, sol_types::SolCall as _};
+    use settled_bundler::{BundlerStore as _, SentOps};
+    let cluster = Cluster::start().await?;
+    let provider = cluster.chain.provider().clone();
+    let bundler = cluster.chain.account(BUNDLER_ACCOUNT)?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    // Manual bundling: nothing is bundled but the recorded bundle.
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        nodes
+            .push(Some(cluster.node_with(dir.path(), &["--roles", "bundler,billing"], &[]).await?));
+    }
+    let nodes: [Option<SettledProcess>; 2] = [nodes[0].take(), nodes[1].take()];
+    let lead = leading(&cluster, &nodes).await?;
+    let leader = nodes[lead].as_ref().ok_or("leader")?;
+    let op = creation_op(&cluster.chain, leader.rpc_url(), VERSION, 0).await?;
+    let hash = cluster.chain.op_hash(VERSION, &op).await?;
+    send_at(leader.rpc_url(), VERSION, &op).await?.map_err(|e| format!("send: {e:?}"))?;
+    let lease =
+        sqlx::query("SELECT name, holder, epoch FROM settled_leases WHERE name LIKE 'bundler:%'")
+            .fetch_one(cluster.store.pool())
+            .await?;
+    let (mut nodes, killed) = (nodes, Instant::now());
+    nodes[lead].take().ok_or("leader")?.kill()?;
+
+    // The dead leader's bundle: signed at the key's next nonce, recorded under its lease.
+    let nonce = provider.get_transaction_count(bundler).pending().await?;
+    let fees = provider.estimate_eip1559_fees().await?;
+    let input = settled_contracts::v07::IEntryPoint::handleOpsCall {
+        ops: vec![op.clone()],
+        beneficiary: bundler,
+    }
+    .abi_encode();
+    let tx = alloy::rpc::types::TransactionRequest::default()
+        .with_to(VERSION.canonical_address())
+        .with_input(input)
+        .with_nonce(nonce)
+        .with_gas_limit(3_000_000)
+        .with_max_fee_per_gas(fees.max_fee_per_gas)
+        .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+    let sender = settled_contracts::TransactionSender::new(
+        provider.clone(),
+        cluster.chain.signer(BUNDLER_ACCOUNT)?,
+    );
+    let (bundle, raw) = sender.sign_exact(tx).await?;
+    let dead = settled_store::Lease {
+        name: sqlx::Row::try_get(&lease, "name")?,
+        holder: sqlx::Row::try_get(&lease, "holder")?,
+        epoch: u64::try_from(sqlx::Row::try_get::<i64, _>(&lease, "epoch")?)?,
+        deadline: Instant::now() + Duration::from_secs(1),
+    };
+    let (_fence, fence) = tokio::sync::watch::channel(Some(settled_store::Fence::Lease(dead)));
+    let store = settled_store::PgBundler::new(cluster.store.clone(), fence);
+    store.record_sent(nonce, &SentOps { ops: vec![(hash, op.sender)], raw: Some(raw) }).await?;
+
+    let other = nodes[1 - lead].as_ref().ok_or("the other node")?;
+    cluster.bundling_led_by(other.pid(), Duration::from_secs(15)).await?;
+    let receipt = receipt_at(other.rpc_url(), hash, Duration::from_secs(30)).await?;
+    let included_by: B256 = serde_json::from_value(receipt["receipt"]["transactionHash"].clone())?;
+    eprintln!(
+        "the recorded bundle {bundle} was sent by the next leader; op included {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(included_by, bundle, "included by the dead leader's recorded bundle");
+    assert_eq!(inclusions(&cluster, hash).await?.len(), 1);
+    assert_eq!(provider.get_transaction_count(bundler).await?, nonce + 1, "one bundle transaction");
     Ok(())
 }

@@ -156,6 +156,7 @@ pub async fn submissions(store: &dyn BundlerStore) -> Outcome {
     let accepted = PoolEntry { op: first, ..entry(0x31) };
     store.admit(&accepted, &[], Some(one)).await?;
     assert_eq!(store.verdict(one, false).await?, Some(Verdict::Accepted(accepted.hash)));
+    assert_eq!(store.verdict(one, false).await?, None, "taken when read");
     assert!(store.pool_entry(accepted.hash).await?.is_some(), "pooled in the same step");
     let refused = Verdict::Refused { code: -32507, message: "bad signature".into(), data: None };
     store.answer(two, &refused).await?;

@@ -123,7 +123,8 @@ pub trait BundlerStore: Send + Sync + std::fmt::Debug {
     /// Fenced: records `sent` at `nonce`, before its broadcast (replacing an earlier version).
     fn record_sent<'a>(&'a self, nonce: u64, sent: &'a SentOps) -> BundlerFuture<'a, ()>;
 
-    /// Forgets the record at `nonce` if it still carries `ops` (the chain settled that nonce).
+    /// Fenced: forgets the record at `nonce` if it still carries `ops` (the chain settled that
+    /// nonce).
     fn remove_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()>;
 
     /// Every recorded bundle, oldest nonce first.
@@ -147,7 +148,7 @@ pub trait BundlerStore: Send + Sync + std::fmt::Debug {
     /// Fenced: answers submission `id` (a refusal; an acceptance is answered by `admit`).
     fn answer<'a>(&'a self, id: i64, verdict: &'a Verdict) -> BundlerFuture<'a, ()>;
 
-    /// Submission `id`'s answer; with `withdraw`, an unanswered one is withdrawn in the same
-    /// step (the caller stopped waiting: no leader will judge it after).
+    /// Submission `id`'s answer, taken (it is read once); with `withdraw`, an unanswered one is
+    /// withdrawn in the same step (the caller stopped waiting: no leader will judge it after).
     fn verdict(&self, id: i64, withdraw: bool) -> BundlerFuture<'_, Option<Verdict>>;
 }

@@ -279,14 +279,16 @@ impl BundlerStore for PgBundler {
 
     fn remove_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()> {
         Box::pin(async move {
-            // Another bundle recorded at this nonce since is not this one's to forget.
+            // Fenced: a node that stopped leading leaves the record to the leader holding its
+            // ops. Another bundle recorded at this nonce since is not this one's to forget.
+            let mut tx = self.fenced().await?;
             sqlx::query("DELETE FROM settled_bundler_sent WHERE nonce = $1 AND ops -> 'ops' = $2")
                 .bind(int(nonce)?)
                 .bind(Json(ops))
-                .execute(self.store.pool())
+                .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;
-            Ok(())
+            Self::commit(tx).await
         })
     }
 
@@ -425,22 +427,16 @@ impl BundlerStore for PgBundler {
 
     fn verdict(&self, id: i64, withdraw: bool) -> BundlerFuture<'_, Option<Verdict>> {
         Box::pin(async move {
-            let pool = self.store.pool();
-            if withdraw {
-                // Withdrawn only while unanswered; an answer that came first is kept and read.
-                sqlx::query(
-                    "DELETE FROM settled_bundler_submissions WHERE id = $1 AND verdict IS NULL",
-                )
-                .bind(id)
-                .execute(pool)
-                .await
-                .map_err(store_error)?;
-            }
-            let row = sqlx::query("SELECT verdict FROM settled_bundler_submissions WHERE id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-                .map_err(store_error)?;
+            // Taken once answered (its node reads it once); withdrawn only while unanswered.
+            let row = sqlx::query(
+                "DELETE FROM settled_bundler_submissions \
+                 WHERE id = $1 AND (verdict IS NOT NULL OR $2) RETURNING verdict",
+            )
+            .bind(id)
+            .bind(withdraw)
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(store_error)?;
             let Some(row) = row else { return Ok(None) };
             let verdict: Option<Json<Verdict>> = row.try_get("verdict").map_err(store_error)?;
             Ok(verdict.map(|j| j.0))
