@@ -1,14 +1,18 @@
 //! ERC-7562 mempool rules that the compatibility suite exercises, over JSON-RPC on Anvil with the
 //! node's default (mainnet) parameters: EREP-010 (a paymaster's deposit covers all its pooled
 //! ops), GREP-050 (a replacement charges its entities once), MAX_VERIFICATION_GAS and
-//! MIN_UNSTAKE_DELAY at the spec's values.
+//! MIN_UNSTAKE_DELAY at the spec's values; and the pool in memory kept equal to its store's when
+//! the store refuses an admission.
 
 use alloy::{
-    primitives::{Address, Bytes, U256},
+    primitives::{Address, B256, Bytes, U256},
     signers::local::PrivateKeySigner,
 };
 use serde_json::{Value, json};
-use settled_bundler::codes;
+use settled_bundler::{
+    BundlerFuture, BundlerStore as _, BundlerStoreError, MinedOp, PoolEntry, ReputationRow,
+    SentOps, Submission, UserOperation, Verdict, codes,
+};
 use settled_contracts::{EntryPointVersion, PackedUserOperation};
 use settled_tests::{
     TestNode, TestResult,
@@ -134,5 +138,118 @@ async fn an_op_right_after_its_funding_sees_the_funds() -> TestResult {
         ok(call_url(&anvil, "eth_sendTransaction", fund).await?)?;
         ok(send_at(&url, version, &op).await?)?;
     }
+    Ok(())
+}
+
+/// The embedded store, refusing admissions while `refusing` is set (a shared store out of
+/// reach for a moment).
+#[derive(Debug)]
+struct Flaky {
+    inner: settled_bundler::SledBundler,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl settled_bundler::BundlerStore for Flaky {
+    fn pool(&self) -> BundlerFuture<'_, Vec<PoolEntry>> {
+        self.inner.pool()
+    }
+    fn pool_entry(&self, hash: B256) -> BundlerFuture<'_, Option<PoolEntry>> {
+        self.inner.pool_entry(hash)
+    }
+    fn admit<'a>(
+        &'a self,
+        entry: &'a PoolEntry,
+        displaced: &'a [B256],
+        answers: Option<i64>,
+    ) -> BundlerFuture<'a, ()> {
+        if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(BundlerStoreError::Store("unreachable".into())) });
+        }
+        self.inner.admit(entry, displaced, answers)
+    }
+    fn remove<'a>(&'a self, hashes: &'a [B256]) -> BundlerFuture<'a, ()> {
+        self.inner.remove(hashes)
+    }
+    fn clear_pool(&self) -> BundlerFuture<'_, ()> {
+        self.inner.clear_pool()
+    }
+    fn index_mined<'a>(&'a self, ops: &'a [MinedOp]) -> BundlerFuture<'a, ()> {
+        self.inner.index_mined(ops)
+    }
+    fn unindex_blocks<'a>(&'a self, blocks: &'a [B256]) -> BundlerFuture<'a, Vec<MinedOp>> {
+        self.inner.unindex_blocks(blocks)
+    }
+    fn mined(&self, hash: B256) -> BundlerFuture<'_, Option<MinedOp>> {
+        self.inner.mined(hash)
+    }
+    fn record_sent<'a>(&'a self, nonce: u64, sent: &'a SentOps) -> BundlerFuture<'a, ()> {
+        self.inner.record_sent(nonce, sent)
+    }
+    fn remove_sent<'a>(&'a self, nonce: u64, ops: &'a [(B256, Address)]) -> BundlerFuture<'a, ()> {
+        self.inner.remove_sent(nonce, ops)
+    }
+    fn sent(&self) -> BundlerFuture<'_, Vec<(u64, SentOps)>> {
+        self.inner.sent()
+    }
+    fn reputation(&self) -> BundlerFuture<'_, Vec<ReputationRow>> {
+        self.inner.reputation()
+    }
+    fn put_reputation<'a>(&'a self, rows: &'a [ReputationRow]) -> BundlerFuture<'a, ()> {
+        self.inner.put_reputation(rows)
+    }
+    fn clear_reputation(&self) -> BundlerFuture<'_, ()> {
+        self.inner.clear_reputation()
+    }
+    fn submit<'a>(&'a self, entry_point: Address, op: &'a UserOperation) -> BundlerFuture<'a, i64> {
+        self.inner.submit(entry_point, op)
+    }
+    fn submissions(&self) -> BundlerFuture<'_, Vec<Submission>> {
+        self.inner.submissions()
+    }
+    fn answer<'a>(&'a self, id: i64, verdict: &'a Verdict) -> BundlerFuture<'a, ()> {
+        self.inner.answer(id, verdict)
+    }
+    fn verdict(&self, id: i64, withdraw: bool) -> BundlerFuture<'_, Option<Verdict>> {
+        self.inner.verdict(id, withdraw)
+    }
+}
+
+/// A replacement the store cannot take is refused, and the op it would have replaced stays
+/// pooled and bundled: the pool in memory never drifts from the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_the_store_refuses_leaves_the_replaced_op_pooled() -> TestResult {
+    use settled_bundler::{Bundler, BundlerConfig, BundlingMode};
+    let chain = settled_tests::TestChain::spawn().await?;
+    let version = EntryPointVersion::V08;
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    let store = std::sync::Arc::new(Flaky {
+        inner: settled_bundler::SledBundler::open(&db)?,
+        refusing: false.into(),
+    });
+    let (_leading, leader) = tokio::sync::watch::channel(Some(1));
+    let config = BundlerConfig { mode: BundlingMode::Manual, ..BundlerConfig::default() };
+    let signer = chain.signer(settled_tests::BUNDLER_ACCOUNT)?;
+    let provider = chain.provider().clone();
+    let bundler = Bundler::with_store(config, provider, signer, &db, store.clone(), leader).await?;
+    let owner = PrivateKeySigner::random();
+    let mut op = chain.account_creation_op(version, &owner, ETH / 10).await?;
+    // Within MAX_VERIFICATION_GAS (the node's default parameters).
+    op.accountGasLimits = settled_contracts::pack_u128s(400_000, 50_000);
+    op.signature = chain.sign_op(version, &owner, &op).await?;
+    let entry_point = version.canonical_address();
+    let hash = bundler.send(UserOperation::unpack(&op, None), entry_point).await?;
+    let mut replacement = op.clone();
+    replacement.gasFees = settled_contracts::pack_u128s(2_000_000_000, 40_000_000_000);
+    replacement.signature = chain.sign_op(version, &owner, &replacement).await?;
+    store.refusing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = bundler.send(UserOperation::unpack(&replacement, None), entry_point).await;
+    assert!(matches!(refused, Err(settled_bundler::BundlerError::Internal(_))), "{refused:?}");
+    store.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let pooled = bundler.dump_mempool(entry_point)?;
+    assert_eq!(pooled, vec![UserOperation::unpack(&op, None)], "the replaced op stays");
+    assert_eq!(store.pool_entry(hash).await?.map(|e| e.op), Some(UserOperation::unpack(&op, None)));
+    bundler.send_bundles().await?;
+    assert!(bundler.receipt(hash).await?.is_some(), "and is bundled");
     Ok(())
 }

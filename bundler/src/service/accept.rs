@@ -83,7 +83,12 @@ impl Bundler {
         // Stored before the hash is returned: an accepted op survives a crash (and, on a shared
         // store, the leader's loss). Refused by the store, it leaves the pool again.
         if let Err(error) = self.shared.store.admit(&entry, &displaced_hashes, answers).await {
-            self.shared.pool.lock().map_err(storage_error)?.remove(&hash);
+            // Nothing of it was stored: the pool goes back to what the store holds.
+            let mut pool = self.shared.pool.lock().map_err(storage_error)?;
+            pool.remove(&hash);
+            for old in &displaced {
+                let _ = pool.add(PoolEntry::clone(old), usize::MAX);
+            }
             return Err(error.into());
         }
         self.charge(version, &charged, Reputation::seen);
