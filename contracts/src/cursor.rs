@@ -131,6 +131,39 @@ pub fn reopen_sled(path: &std::path::Path) -> sled::Result<sled::Db> {
     opened
 }
 
+/// How long a consumer keeps trying to apply one block (or reorg) whose storage fails before it
+/// gives up and stops the node: a shared store's failover takes seconds, a broken disk does not
+/// heal.
+pub const APPLY_RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `apply` (one block or reorg of a chain consumer) until it succeeds, trying again every
+/// half second for [`APPLY_RETRY_WINDOW`] while it fails — a shared store out of reach for a
+/// moment must neither skip the block nor stop the node — then returns the last error. `None`
+/// when `cancel` fires first.
+pub async fn apply_until_stored<T, E, F>(
+    consumer: &'static str,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut apply: impl FnMut() -> F,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + APPLY_RETRY_WINDOW;
+    loop {
+        let error = match apply().await {
+            Ok(applied) => return Some(Ok(applied)),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Some(Err(error)),
+            Err(error) => error,
+        };
+        tracing::warn!(consumer, %error, "applying a block failed; trying it again");
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +215,21 @@ mod tests {
         let fork = cursor.check_next(&block(6, B256::ZERO));
         assert!(matches!(fork, Err(CursorError::Gap { cursor: 5, block: 6, .. })), "{fork:?}");
         Ok(())
+    }
+
+    /// A failing apply is tried again until it succeeds (never skipped); cancelled, it stops.
+    #[tokio::test]
+    async fn a_failing_apply_is_tried_again_until_stored() {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut attempts = 0;
+        let applied = super::apply_until_stored("test", &cancel, || {
+            attempts += 1;
+            let attempt = attempts;
+            async move { if attempt < 3 { Err("store away") } else { Ok(attempt) } }
+        });
+        assert_eq!(applied.await, Some(Ok(3)));
+        cancel.cancel();
+        let stopped = super::apply_until_stored("test", &cancel, || async { Err::<(), _>("away") });
+        assert_eq!(stopped.await, None);
     }
 }

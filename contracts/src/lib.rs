@@ -42,7 +42,9 @@ pub use chain_kind::{
     ARBITRUM_NODE_INTERFACE, ARBITRUM_SYS, ChainKind, GasPriceOracle, OP_GAS_PRICE_ORACLE,
     OP_L1_BLOCK,
 };
-pub use cursor::{ChainCursor, CursorError, follows, reopen_sled};
+pub use cursor::{
+    APPLY_RETRY_WINDOW, ChainCursor, CursorError, apply_until_stored, follows, reopen_sled,
+};
 pub use deploy::{
     DeployError, PaymasterFunding, deploy_all, deploy_entry_points, expected_deployment,
     fund_paymaster,

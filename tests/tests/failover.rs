@@ -273,6 +273,7 @@ async fn two_nodes_share_the_sponsorship_caps() -> TestResult {
         ]);
         asks.push((nodes[i % 2].rpc_url().to_owned(), params));
     }
+    let ask = asks[0].1.clone();
     let started = Instant::now();
     let calls: Vec<_> = asks
         .into_iter()
@@ -301,6 +302,29 @@ async fn two_nodes_share_the_sponsorship_caps() -> TestResult {
     for node in &nodes {
         let status = call_url(node.rpc_url(), "paymaster_status", json!([])).await?;
         let status = status.map_err(|e| format!("paymaster_status: {e:?}"))?;
+        assert_eq!(status["ledger"]["openReservations"], json!(20), "{status}");
+    }
+
+    // PostgreSQL killed while blocks (1 s) come: a sponsorship is refused, and each node's
+    // paymaster waits for the store to settle its blocks instead of stopping the node; once the
+    // store is back both answer with the same 20 reservations.
+    let (mut cluster, params) = (cluster, ask.clone());
+    cluster.postgres.kill()?;
+    let refused = call_url(nodes[0].rpc_url(), "pm_getPaymasterData", params).await?;
+    assert!(refused.is_err(), "a sponsorship without its ledger: {refused:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.postgres.run()?;
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            match call_url(node.rpc_url(), "paymaster_status", json!([])).await {
+                Ok(Ok(status)) => break status,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                other => return Err(format!("after the store came back: {other:?}").into()),
+            }
+        };
         assert_eq!(status["ledger"]["openReservations"], json!(20), "{status}");
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! The bundler on two nodes sharing one PostgreSQL (#21): the node leading the bundler key holds
 //! the pool and bundles; the other hands its clients' ops over and answers what the leader
 //! answered. The leader is killed -9 right after acceptance, while bundling, and after a bundle
-//! was sent; the other takes over from the store. The chain is the judge: every acknowledged op
-//! is included exactly once, no bundle reverts, the bundle nonces have no gap.
+//! was sent; the other takes over from the store. Then PostgreSQL is killed: clean refusals,
+//! both nodes keep running. The chain is the judge: every acknowledged op is included exactly
+//! once, no bundle reverts, the bundle nonces have no gap.
 
 use std::time::Duration;
 
@@ -196,6 +197,44 @@ async fn paused_leader_round(
     Ok(())
 }
 
+/// PostgreSQL killed: an op sent to either node is refused (-32603), neither node stops (their
+/// chain loops wait for the store instead of skipping a block); once it is back a node leads
+/// the key again and the op the wallet sends again goes through. The outage's length.
+async fn store_down_round(
+    cluster: &mut Cluster,
+    pair: &Pair,
+    acknowledged: &mut Vec<B256>,
+) -> TestResult<Duration> {
+    let url = pair.url(leading(cluster, &pair.nodes).await?)?;
+    let op = creation_op(&cluster.chain, &url, VERSION, 1).await?;
+    let down = Instant::now();
+    cluster.postgres.kill()?;
+    for node in [pair.url(0)?, pair.url(1)?] {
+        let refused = send_at(&node, VERSION, &op).await?;
+        assert!(matches!(&refused, Err((-32603, _))), "store down: {refused:?}");
+    }
+    // Blocks (1 s) keep coming while the store is away.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.postgres.run()?;
+    let outage = down.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let hash = loop {
+        match send_at(&url, VERSION, &op).await? {
+            Ok(hash) => break serde_json::from_value(hash)?,
+            Err((-32603, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(refused) => return Err(format!("after the store came back: {refused:?}").into()),
+        }
+    };
+    acknowledged.push(hash);
+    for node in pair.nodes.iter().flatten() {
+        let health = call_url(node.rpc_url(), "eth_supportedEntryPoints", json!([])).await?;
+        assert!(health.is_ok(), "both nodes still serve after the outage");
+    }
+    Ok(outage)
+}
+
 /// Every acknowledged op included exactly once, with a receipt on both nodes; the bundle
 /// transactions that included them, and how many reverted.
 async fn check_inclusions(
@@ -224,7 +263,7 @@ async fn check_inclusions(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundler_fails_over_and_includes_every_op_once() -> TestResult {
-    let cluster = Cluster::start().await?;
+    let mut cluster = Cluster::start().await?;
     let bundler: Address = cluster.chain.account(BUNDLER_ACCOUNT)?;
     let provider = cluster.chain.provider().clone();
     let bundles_before = provider.get_transaction_count(bundler).await?;
@@ -234,6 +273,8 @@ async fn the_bundler_fails_over_and_includes_every_op_once() -> TestResult {
         takeovers.push(kill_round(&cluster, &mut pair, round, delay, &mut acknowledged).await?);
     }
     paused_leader_round(&cluster, &pair, &mut acknowledged).await?;
+    let outage = store_down_round(&mut cluster, &pair, &mut acknowledged).await?;
+    eprintln!("PostgreSQL killed for {outage:?}: ops refused -32603, both nodes kept running");
     let (bundles, reverted) = check_inclusions(&cluster, &pair, &acknowledged).await?;
     let sent = provider.get_transaction_count(bundler).await? - bundles_before;
     // Every handed-over op answered and its answer taken: no row left behind.

@@ -50,7 +50,10 @@ impl Bundler {
                 log_index,
             });
         }
-        self.shared.store.index_mined(&mined).await?;
+        // A block without ops touches no store (a shared one may be out of reach a moment).
+        if !mined.is_empty() {
+            self.shared.store.index_mined(&mined).await?;
+        }
         ::metrics::counter!(metrics::OPS_MINED).increment(mined.len() as u64);
         Ok(mined.len())
     }
@@ -189,10 +192,20 @@ impl Bundler {
                     if !self.shared.cursor.check_next(&block).map_err(storage_error)? {
                         continue; // replayed after a restart: applied before it
                     }
-                    self.apply_block(&block).await?;
+                    let replaced = self.replaced_blocks(block.block.number, block.block.hash);
+                    let applied = apply_until_stored("bundler", &cancel, || {
+                        self.apply_block(&block, &replaced)
+                    });
+                    let Some(applied) = applied.await else { return Ok(()) };
+                    applied?;
                     self.bundle_if_auto().await;
                 }
-                Some(ChainEvent::Reorg(reorg)) => self.apply_reorg(&reorg).await?,
+                Some(ChainEvent::Reorg(reorg)) => {
+                    let applied =
+                        apply_until_stored("bundler", &cancel, || self.apply_reorg(&reorg));
+                    let Some(applied) = applied.await else { return Ok(()) };
+                    applied?;
+                }
                 None => return Ok(()),
             }
         }
@@ -209,14 +222,19 @@ impl Bundler {
         }
     }
 
-    /// A new block: our bundles' blocks it replaced give their ops back, its `UserOperationEvent`s
-    /// are indexed, expired and long-throttled ops leave, and the cursor advances past it. A
-    /// failure ends the bundler's loop (the node stops) rather than skip the block.
-    async fn apply_block(&self, block: &settled_contracts::NewBlock) -> Result<(), BundlerError> {
-        let replaced = self.replaced_blocks(block.block.number, block.block.hash);
+    /// A new block: our bundles' blocks it `replaced` give their ops back, its
+    /// `UserOperationEvent`s are indexed, expired and long-throttled ops leave, and the cursor
+    /// advances past it. A failure is tried again (a store out of reach), and past
+    /// [`settled_contracts::APPLY_RETRY_WINDOW`] ends the bundler's loop (the node stops) rather
+    /// than skip the block.
+    async fn apply_block(
+        &self,
+        block: &settled_contracts::NewBlock,
+        replaced: &[B256],
+    ) -> Result<(), BundlerError> {
         if !replaced.is_empty() {
             self.forget_nonce();
-            let requeued = self.unindex_blocks(&replaced).await?;
+            let requeued = self.unindex_blocks(replaced).await?;
             info!(requeued, "replaced block: UserOperations back in the mempool");
         }
         self.index_logs(&block.logs).await?;

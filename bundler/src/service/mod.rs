@@ -20,7 +20,8 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 use settled_contracts::{
     BlockRef, ChainCursor, ChainEvent, ChainEvents, ChainKind, ChecksummedAddress,
-    EntryPointVersion, PackedUserOperation, Refusal, TransactionSender, UserOperation, v07,
+    EntryPointVersion, PackedUserOperation, Refusal, TransactionSender, UserOperation,
+    apply_until_stored, v07,
 };
 use settled_sim::{
     AccountReads, BlockContext, BlockState, Bundle, BundleOutcome, ChainHead, EstimationMargins,

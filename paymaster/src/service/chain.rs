@@ -11,7 +11,8 @@ impl Paymaster {
 
     /// Settles reservations from mined `UserOperationEvent`s, reopens them on reorgs, releases
     /// expired ones, and watches the deposits, until `cancel`. A block it cannot apply (a gap
-    /// after its cursor, a ledger failure) ends the loop with the error instead of being
+    /// after its cursor, a ledger failure that lasts past
+    /// [`settled_contracts::APPLY_RETRY_WINDOW`]) ends the loop with the error instead of being
     /// skipped: the node stops, and resumes from the cursor at its next start.
     pub async fn run(
         self,
@@ -29,7 +30,10 @@ impl Paymaster {
                     if !self.shared.cursor.check_next(&block).map_err(internal)? {
                         continue; // replayed after a restart: settled before it
                     }
-                    self.apply_block(&block).await?;
+                    let applied =
+                        apply_until_stored("paymaster", &cancel, || self.apply_block(&block));
+                    let Some(applied) = applied.await else { return Ok(()) };
+                    applied?;
                     if last_deposit_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         last_deposit_check = Some(Instant::now());
                         self.check_deposits().await;
@@ -39,7 +43,10 @@ impl Paymaster {
                     self.shared.head.reset();
                     self.shared.cursor.rewind(reorg.ancestor).map_err(internal)?;
                     let removed: Vec<B256> = reorg.removed.iter().map(|b| b.hash).collect();
-                    let reopened = self.shared.ledger.unsettle(&removed).await.map_err(internal)?;
+                    let unsettle = || self.shared.ledger.unsettle(&removed);
+                    let reopened = apply_until_stored("paymaster", &cancel, unsettle);
+                    let Some(reopened) = reopened.await else { return Ok(()) };
+                    let reopened = reopened.map_err(internal)?;
                     if reopened > 0 {
                         info!(reopened, "reorg: sponsorships back to open");
                     }

@@ -15,7 +15,7 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 use settled_contracts::{
     BlockRef, ChainCursor, ChainEvent, ChainEvents, ChainKind, EntryPointVersion,
-    PackedUserOperation, UserOperation, v07,
+    PackedUserOperation, UserOperation, apply_until_stored, v07,
 };
 use settled_sim::{
     AccountReads, ChainHead, SimError, SimOverrides, SimulationLimits, Simulator, ValidationRules,
