@@ -392,16 +392,23 @@ async fn start_stream_index(
     if wiring.deployment.stream_vault.is_zero() || !wiring.config.roles.billing {
         return Ok(None);
     }
-    let db = wiring.storage.db().clone();
     let (vault, depth) = (wiring.deployment.stream_vault, wiring.config.chain.reorg_depth);
     let thresholds = wiring.config.billing.alerts;
-    let index =
-        tokio::task::spawn_blocking(move || StreamIndex::open(&db, vault, depth, thresholds))
-            .await
-            .map_err(|e| wiring.storage_error(e))??;
-    index.announce();
+    if let Some(shared) = &wiring.shared {
+        // One node writes the shared index from its own follower of the vault; none feeds it
+        // from the node's follower.
+        let follow = wiring.config.follower(wiring.deployment.start_block, vec![vault]);
+        let leader = crate::shared::IndexLeader { provider: wiring.provider.clone(), follow };
+        let index = shared
+            .stream_index(vault, depth, thresholds, leader, &wiring.tasks, &wiring.cancel)
+            .await?;
+        index.announce().await;
+        return Ok(Some(index));
+    }
+    let index = StreamIndex::open(wiring.storage.db(), vault, depth, thresholds).await?;
+    index.announce().await;
     let index = Arc::new(index);
-    let cursor = index.cursor()?.map(|c| BlockRef { number: c.number, hash: c.hash });
+    let cursor = index.cursor().await?.map(|c| BlockRef { number: c.number, hash: c.hash });
     wiring.cursors.push(("stream index", cursor));
     let events = follower.consumer();
     wiring.tasks.spawn("stream index", index.clone().run(events, wiring.cancel.clone()));

@@ -14,7 +14,7 @@ use settled_config::NodeConfig;
 use settled_contracts::TransactionSender;
 use settled_server::CriticalTasks;
 use settled_store::{LeaseKeeper, PgStore, Sends, liveness_lease, process_owner};
-use settled_streams::Operator;
+use settled_streams::{IndexError, Operator, PgIndex, StreamIndex};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -174,6 +174,30 @@ impl SharedStore {
         (Arc::new(settled_store::PgBundler::new(self.store.clone(), fence)), leader)
     }
 
+    /// The stream index on the shared store, read by this node; written by it while it holds
+    /// the index's lease (`stream-index:<vault>`, a critical task follows it) from `leader`'s
+    /// follower of the vault, resuming at the shared cursor. The notices its writer publishes
+    /// reach this node's subscribers through a relay.
+    pub(crate) async fn stream_index(
+        &self,
+        vault: Address,
+        reorg_depth: u64,
+        thresholds: settled_streams::AlertThresholds,
+        leader: IndexLeader,
+        tasks: &CriticalTasks,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<StreamIndex>, NodeError> {
+        let (fence_tx, fence) = tokio::sync::watch::channel(None);
+        let store = PgIndex::new(self.store.clone(), vault, fence);
+        let shared: Arc<dyn settled_streams::IndexStore> = Arc::new(store.clone());
+        let index = Arc::new(StreamIndex::on_store(shared, vault, reorg_depth, thresholds).await?);
+        tasks.spawn_loop("stream notice relay", store.relay(index.notice_sender(), cancel.clone()));
+        let keeper = self.keeper(format!("stream-index:{vault}"));
+        let writer = leader.write(keeper, fence_tx, index.clone(), cancel.clone());
+        tasks.spawn("stream index writer", writer);
+        Ok(index)
+    }
+
     /// Relays the PO alerts the leader publishes to this node's subscribers.
     pub(crate) fn order_alert_relay(
         &self,
@@ -186,6 +210,50 @@ impl SharedStore {
     /// Settlement's state, shared by every node.
     pub(crate) fn settlement(&self) -> Arc<dyn settled_settlement::SettlementStore> {
         Arc::new(settled_settlement::PgSettlement::new(self.store.clone()))
+    }
+}
+
+/// How the shared stream index's writer follows the chain.
+pub(crate) struct IndexLeader {
+    pub(crate) provider: alloy::providers::DynProvider,
+    pub(crate) follow: settled_contracts::FollowerConfig,
+}
+
+impl IndexLeader {
+    /// Writes the index for as long as this node holds its lease, term after term. A block
+    /// that fails (the store away, the lease lost) ends the term's follower; the next resumes
+    /// from the shared cursor, so none is skipped or applied twice. A block that does not
+    /// apply to the index (the mirror and the vault disagree) stops the node.
+    async fn write(
+        self,
+        keeper: LeaseKeeper<PgStore>,
+        fence: tokio::sync::watch::Sender<Option<settled_store::Fence>>,
+        index: Arc<StreamIndex>,
+        cancel: CancellationToken,
+    ) -> Result<(), IndexError> {
+        while let Some(leadership) = keeper.lead(&cancel).await {
+            let Some(lease) = leadership.lease() else { continue };
+            fence.send_replace(Some(settled_store::Fence::Lease(lease)));
+            let term = leadership.lost.clone();
+            let ended = loop {
+                let (provider, follow) = (self.provider.clone(), self.follow.clone());
+                match index.clone().follow_term(provider, follow, term.clone()).await {
+                    Ok(()) if term.is_cancelled() => break Ok(()),
+                    Err(e @ IndexError::Diverged { .. }) => break Err(e),
+                    Ok(()) => warn!("stream index: the follower stopped; following again"),
+                    Err(e) => {
+                        warn!(%e, "stream index: a block failed; resuming from the shared cursor in 1 s")
+                    }
+                }
+                tokio::select! {
+                    _ = term.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            };
+            fence.send_replace(None);
+            ended?;
+        }
+        Ok(())
     }
 }
 

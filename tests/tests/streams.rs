@@ -216,7 +216,7 @@ async fn rust_mirror_equals_the_vault_to_the_base_unit() -> TestResult {
 async fn indexed(node: &settled_tests::TestNode, block: u64) -> TestResult {
     let index = node.node()?.streams().ok_or("no stream index")?;
     for _ in 0..100 {
-        if index.cursor()?.is_some_and(|c| c.number >= block) {
+        if index.cursor().await?.is_some_and(|c| c.number >= block) {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -259,7 +259,7 @@ async fn the_node_indexes_streams_from_events_and_unwinds_reorgs() -> TestResult
             _ => confirm(vault.refund(id, 1_000).from(payer).send().await?).await?,
         };
         indexed(&node, block).await?;
-        let mirror = index.get(id.to::<u64>())?.ok_or("stream not indexed")?;
+        let mirror = index.get(id.to::<u64>()).await?.ok_or("stream not indexed")?;
         let at =
             provider.get_block_by_number(block.into()).await?.ok_or("no block")?.header.timestamp;
         compare(&vault, id, &mirror, block, at, &format!("indexed step {step}")).await?;
@@ -273,7 +273,7 @@ async fn the_node_indexes_streams_from_events_and_unwinds_reorgs() -> TestResult
     provider.raw_request::<_, ()>("anvil_reorg".into(), (1u64, Vec::<()>::new())).await?;
     let mut restored = false;
     for _ in 0..100 {
-        let state = index.get(id.to::<u64>())?.ok_or("stream lost")?;
+        let state = index.get(id.to::<u64>()).await?.ok_or("stream lost")?;
         if state.balance == before.balance.to::<u128>()
             && state.snapshot_time == u64::from(before.snapshotTime)
         {
@@ -285,7 +285,7 @@ async fn the_node_indexes_streams_from_events_and_unwinds_reorgs() -> TestResult
     assert!(restored, "the reorged-out refund was unwound");
     let head = provider.get_block_number().await?;
     indexed(&node, head).await?;
-    let mirror = index.get(id.to::<u64>())?.ok_or("stream lost")?;
+    let mirror = index.get(id.to::<u64>()).await?.ok_or("stream lost")?;
     let at = provider.get_block_by_number(head.into()).await?.ok_or("no block")?.header.timestamp;
     compare(&vault, id, &mirror, head, at, "after the reorg").await?;
     node.shutdown().await

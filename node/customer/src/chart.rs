@@ -65,7 +65,7 @@ fn depletes_within(state: &StreamState, from: u64, to: u64) -> Option<u64> {
 }
 
 /// Stream `id`'s burn-down over `range` up to `now`.
-pub(crate) fn burn_down(
+pub(crate) async fn burn_down(
     index: &StreamIndex,
     id: u64,
     now: u64,
@@ -73,9 +73,9 @@ pub(crate) fn burn_down(
 ) -> Result<BurnDown, String> {
     let error = |e: settled_streams::IndexError| e.to_string();
     let start = now.saturating_sub(range.seconds());
-    let changes = index.changes_between(id, start, now).map_err(error)?;
+    let changes = index.changes_between(id, start, now).await.map_err(error)?;
     let mut chart = BurnDown::default();
-    let mut state = index.get_at(id, start).map_err(error)?;
+    let mut state = index.get_at(id, start).await.map_err(error)?;
     let mut at = start;
     if let Some(s) = &state {
         chart.points.push((start, s.refundable(start)));

@@ -43,30 +43,35 @@ impl PageData {
     }
 
     /// The newest second the index applied.
-    pub(crate) fn now(&self) -> u64 {
-        self.index.cursor().ok().flatten().map_or(0, |c| c.timestamp)
+    pub(crate) async fn now(&self) -> u64 {
+        self.index.cursor().await.ok().flatten().map_or(0, |c| c.timestamp)
     }
 
     /// The payer's streams the issuing key may see.
-    pub(crate) fn streams(&self, claims: &LinkClaims) -> Result<Vec<(u64, StreamState)>, String> {
+    pub(crate) async fn streams(
+        &self,
+        claims: &LinkClaims,
+    ) -> Result<Vec<(u64, StreamState)>, String> {
         let Some(key) = self.key(claims) else { return Ok(Vec::new()) };
         self.index
             .list(StreamSelector::Payer(claims.payer), None, MAX_STREAMS, |s| key.may_see(s.payee))
+            .await
             .map_err(|e| e.to_string())
     }
 
     /// Stream `id` if it is the payer's and the key may see it.
-    pub(crate) fn stream(&self, claims: &LinkClaims, id: u64) -> Option<StreamState> {
+    pub(crate) async fn stream(&self, claims: &LinkClaims, id: u64) -> Option<StreamState> {
         let key = self.key(claims)?;
-        let state = self.index.get(id).ok().flatten()?;
+        let state = self.index.get(id).await.ok().flatten()?;
         (state.payer == claims.payer && key.may_see(state.payee)).then_some(state)
     }
 
     /// The page's JSON: now, the streams, the bill.
     pub(crate) async fn overview(&self, claims: &LinkClaims) -> Result<Value, String> {
-        let now = self.now();
+        let now = self.now().await;
         let streams: Vec<PageStream> = self
-            .streams(claims)?
+            .streams(claims)
+            .await?
             .into_iter()
             .map(|(id, state)| PageStream {
                 view: StreamView::new(id, &state, now),

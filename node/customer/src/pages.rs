@@ -61,7 +61,7 @@ async fn route(links: &CustomerLinks, data: &Arc<PageData>, request: PageRequest
             Ok(value) => PageResponse::json(&value),
             Err(error) => PageResponse::error(500, error),
         },
-        ("GET", "chart.svg") => chart(data, &claims, query("stream"), query("range")),
+        ("GET", "chart.svg") => chart(data, &claims, query("stream"), query("range")).await,
         ("GET", "invoice.csv" | "invoice.json") => invoice(data, &claims, tail).await,
         ("GET", "receipt") => receipt(data, &claims, query("stream"), query("batch")).await,
         ("POST", "chain") => relay(data, &request.body).await,
@@ -113,7 +113,7 @@ fn query_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
-fn chart(
+async fn chart(
     data: &PageData,
     claims: &LinkClaims,
     stream: Option<String>,
@@ -125,11 +125,12 @@ fn chart(
     let Some(range) = Range::parse(range.as_deref().unwrap_or("day")) else {
         return PageResponse::error(400, "range is day, week or month");
     };
-    let Some(state) = data.stream(claims, id) else {
+    let Some(state) = data.stream(claims, id).await else {
         return PageResponse::error(404, format!("no stream {id} of this payer"));
     };
     let title = format!("stream {id}: remaining balance");
-    match burn_down(&data.index, id, data.now(), range)
+    match burn_down(&data.index, id, data.now().await, range)
+        .await
         .and_then(|c| render(&c, state.decimals, &title))
     {
         Ok(svg) => PageResponse::ok("image/svg+xml", svg),
@@ -148,7 +149,7 @@ async fn receipt(
     else {
         return PageResponse::error(400, "stream=<id>&batch=<id> are required");
     };
-    let (Some(settler), Some(_)) = (&data.settler, data.stream(claims, stream)) else {
+    let (Some(settler), Some(_)) = (&data.settler, data.stream(claims, stream).await) else {
         return PageResponse::error(404, format!("no stream {stream} of this payer"));
     };
     match settler.receipt(stream, batch).await {

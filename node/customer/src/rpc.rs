@@ -118,8 +118,8 @@ mod tests {
 
     /// The OpenRPC document lists exactly the methods served (with `--rpc.admin`), and every
     /// error it names has the billing edge's code.
-    #[test]
-    fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../openrpc/customer.json"))?;
         let mut documented: Vec<&str> = doc["methods"]
@@ -131,12 +131,9 @@ mod tests {
         documented.sort_unstable();
         let dir = tempfile::tempdir()?;
         let db = sled::open(dir.path().join("db"))?;
-        let index = Arc::new(settled_streams::StreamIndex::open(
-            &db,
-            Address::ZERO,
-            8,
-            Default::default(),
-        )?);
+        let index = Arc::new(
+            settled_streams::StreamIndex::open(&db, Address::ZERO, 8, Default::default()).await?,
+        );
         let (_, billing) = settled_streams::billing_module(index, Vec::new(), None, None);
         let links = Arc::new(CustomerLinks::open(dir.path())?);
         let mut module = RpcModule::new(());

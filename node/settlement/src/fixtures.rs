@@ -109,14 +109,11 @@ pub(crate) fn po(cap: Option<u128>) -> PurchaseOrder {
 }
 
 /// A scheduler over `db` whose provider is never called (what the unit tests need of it).
-pub(crate) fn settler(db: &sled::Db) -> Result<crate::Settler, Box<dyn std::error::Error>> {
+pub(crate) async fn settler(db: &sled::Db) -> Result<crate::Settler, Box<dyn std::error::Error>> {
     use alloy::providers::Provider as _;
-    let index = std::sync::Arc::new(settled_streams::StreamIndex::open(
-        db,
-        Address::ZERO,
-        8,
-        Default::default(),
-    )?);
+    let index = std::sync::Arc::new(
+        settled_streams::StreamIndex::open(db, Address::ZERO, 8, Default::default()).await?,
+    );
     let provider = alloy::providers::ProviderBuilder::new()
         .connect_http("http://127.0.0.1:1".parse()?)
         .erased();

@@ -74,7 +74,7 @@ fn register_alerts(module: &mut RpcModule<()>, billing: Arc<Billing>, settler: A
 }
 
 /// The tokens of `payer`'s streams `key` may see; an unknown payer (none) is refused.
-fn payer_tokens(
+async fn payer_tokens(
     billing: &Billing,
     key: &ApiKey,
     payer: Address,
@@ -82,6 +82,7 @@ fn payer_tokens(
     let streams = billing
         .index()
         .list(StreamSelector::Payer(payer), None, usize::MAX, |s| key.may_see(s.payee))
+        .await
         .map_err(internal)?;
     if streams.is_empty() {
         return Err(BillingError::InvalidParams(format!("unknown payer {payer}: no stream of it")));
@@ -100,7 +101,7 @@ async fn set_order(
 ) -> Result<Value, BillingError> {
     let key = billing.key(ext)?;
     let (po,): (PurchaseOrder,) = params.parse()?;
-    let tokens = payer_tokens(billing, key, po.payer)?;
+    let tokens = payer_tokens(billing, key, po.payer).await?;
     for line in &po.lines {
         if let Some(payee) = line.payee
             && !key.may_see(payee)
@@ -110,7 +111,7 @@ async fn set_order(
             )));
         }
         for id in line.stream_ids.iter().flatten() {
-            let stream = billing.visible(key, parse_stream_id(id)?)?;
+            let stream = billing.visible(key, parse_stream_id(id)?).await?;
             if stream.payer != po.payer {
                 return Err(BillingError::InvalidParams(format!(
                     "stream {id} is not paid by {}",
@@ -140,7 +141,7 @@ async fn get_order(
     }
     let key = billing.key(ext)?;
     let (request,): (OrderRequest,) = params.parse()?;
-    payer_tokens(billing, key, request.payer)?;
+    payer_tokens(billing, key, request.payer).await?;
     let orders = match &request.po_number {
         Some(number) => settler
             .purchase_order(request.payer, number)

@@ -193,8 +193,8 @@ async fn record_usage(
     let key = billing.key(extensions)?;
     let (request,): (UsageRequest,) = params.parse()?;
     let stream = settled_streams::parse_stream_id(&request.stream_id)?;
-    billing.visible(key, stream)?;
-    let now = billing.now()?;
+    billing.visible(key, stream).await?;
+    let now = billing.now().await?;
     let at = request.at.unwrap_or(now);
     if at > now.saturating_add(MAX_AHEAD_SECS) {
         return Err(BillingError::InvalidParams(format!(
@@ -211,8 +211,8 @@ async fn record_usage(
 #[cfg(test)]
 mod tests {
     /// The published OpenRPC document names exactly the methods served, with their codes.
-    #[test]
-    fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../openrpc/settlement.json"))?;
         let mut documented: Vec<&str> = doc["methods"]
@@ -225,13 +225,16 @@ mod tests {
         // A scheduler over a provider that is never called (registration needs no chain).
         let dir = tempfile::tempdir()?;
         let db = sled::open(dir.path())?;
-        let settler = std::sync::Arc::new(crate::fixtures::settler(&db)?);
-        let index = std::sync::Arc::new(settled_streams::StreamIndex::open(
-            &db,
-            alloy::primitives::Address::ZERO,
-            8,
-            Default::default(),
-        )?);
+        let settler = std::sync::Arc::new(crate::fixtures::settler(&db).await?);
+        let index = std::sync::Arc::new(
+            settled_streams::StreamIndex::open(
+                &db,
+                alloy::primitives::Address::ZERO,
+                8,
+                Default::default(),
+            )
+            .await?,
+        );
         let module = super::settlement_module(settler.clone(), true);
         let mut served: Vec<&str> = module.method_names().collect();
         served.sort_unstable();

@@ -100,6 +100,58 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Sends every notice published on `channel` from now on (by whichever node) to `to`,
+    /// decoded as `T`, until `cancel`; a lost connection resumes after the last one relayed.
+    pub async fn relay<T: serde::de::DeserializeOwned>(
+        self,
+        channel: &'static str,
+        to: tokio::sync::broadcast::Sender<T>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut after = None;
+        loop {
+            if let Err(error) = self.relay_from(channel, &mut after, &to, &cancel).await {
+                tracing::warn!(channel, %error, "relaying notices; resuming in 1 s");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn relay_from<T: serde::de::DeserializeOwned>(
+        &self,
+        channel: &'static str,
+        after: &mut Option<i64>,
+        to: &tokio::sync::broadcast::Sender<T>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), NoticeError> {
+        let start = match *after {
+            Some(id) => id,
+            None => self.latest_notice(channel).await?,
+        };
+        *after = Some(start);
+        let mut feed = self.notices(channel, start).await?;
+        loop {
+            let notice = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                notice = feed.next() => notice?,
+            };
+            *after = Some(notice.id);
+            match serde_json::from_value::<T>(notice.payload) {
+                // No subscriber is not an error.
+                Ok(decoded) => drop(to.send(decoded)),
+                Err(error) => tracing::warn!(channel, id = notice.id, %error, "unreadable notice"),
+            }
+        }
+    }
+}
+
 /// A channel's notices in id order, resumable after the last one seen.
 #[derive(Debug)]
 pub struct NoticeFeed {

@@ -110,6 +110,13 @@ impl Alerts {
         Self { thresholds, state: Mutex::default() }
     }
 
+    /// Forgets every stream's alerts and schedule (before scheduling them all again).
+    pub(crate) fn reset(&self) {
+        if let Ok(mut alerts) = self.state.lock() {
+            *alerts = AlertState::default();
+        }
+    }
+
     /// Examines `state` at second `at`: the alert it calls for now (once per situation), and
     /// when to look again.
     pub(crate) fn check(

@@ -23,7 +23,12 @@ pub use alerts::describe_metrics;
 pub use alerts::{AlertThresholds, NoticeKind, StreamNotice};
 pub use error::BillingError;
 pub use forward::{Relay, forward};
-pub use index::{IndexCursor, IndexError, StreamId, StreamIndex, StreamSelector};
+#[cfg(any(test, feature = "testing"))]
+pub use index::contract as index_contract;
+pub use index::{
+    BlockWrite, IndexCursor, IndexError, IndexFuture, IndexStore, PgIndex, SledIndex, StreamId,
+    StreamIndex, StreamSelector, Touched,
+};
 pub use open::Opener;
 pub use open::{OpenOutcome, PreparedOpen};
 pub use operator::Operator;

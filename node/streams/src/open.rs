@@ -437,7 +437,7 @@ impl Opener {
         let id: super::StreamId = request.stream_id.parse().map_err(|_| {
             invalid(format!("stream id {:?} is not a decimal integer", request.stream_id))
         })?;
-        let state = billing.visible(key, id)?;
+        let state = billing.visible(key, id).await?;
         if state.closed {
             return Err(invalid(format!("stream {id} is closed")));
         }

@@ -419,7 +419,7 @@ async fn mutate(
             mutation.stream_id
         ))
     })?;
-    let state = billing.visible(key, id)?;
+    let state = billing.visible(key, id).await?;
     // The parameters the idempotency key is bound to: the method and everything it was given.
     let params_hash = keccak256(
         format!("{name}|{id}|{:?}|{:?}", mutation.rate_per_second, mutation.amount).as_bytes(),
@@ -437,7 +437,7 @@ async fn mutate(
     if state.closed {
         return Err(BillingError::InvalidParams(format!("stream {id} is closed")));
     }
-    let tx = mutation_transaction(name, id, &state, &mutation, billing.now()?, operator)?;
+    let tx = mutation_transaction(name, id, &state, &mutation, billing.now().await?, operator)?;
     let receipt = operator.send_once(record, params_hash, tx).await?;
     // Read-your-writes: once the call returns, the index (and so stream_get and the next
     // mutation's checks) includes its block.

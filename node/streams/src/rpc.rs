@@ -218,8 +218,8 @@ impl Billing {
     }
 
     /// Stream `id`'s state, if `key` may see it.
-    pub fn visible(&self, key: &ApiKey, id: StreamId) -> Result<StreamState, BillingError> {
-        let state = self.index.get(id).map_err(internal)?;
+    pub async fn visible(&self, key: &ApiKey, id: StreamId) -> Result<StreamState, BillingError> {
+        let state = self.index.get(id).await.map_err(internal)?;
         match state {
             Some(s) if key.may_see(s.payee) => Ok(s),
             Some(_) => {
@@ -245,8 +245,8 @@ impl Billing {
     }
 
     /// The second of the newest block the index applied (0 before any).
-    pub fn now(&self) -> Result<u64, BillingError> {
-        Ok(self.index.cursor().map_err(internal)?.map_or(0, |c| c.timestamp))
+    pub async fn now(&self) -> Result<u64, BillingError> {
+        Ok(self.index.cursor().await.map_err(internal)?.map_or(0, |c| c.timestamp))
     }
 }
 
@@ -262,37 +262,8 @@ pub fn billing_module(
     let billing =
         Arc::new(Billing { index, keys: keys.into_iter().map(|k| (k.keccak256, k)).collect() });
     let mut module = RpcModule::new(());
-    let register = |module: &mut RpcModule<()>,
-                    name: &'static str,
-                    f: fn(
-        &Billing,
-        Params<'_>,
-        &Extensions,
-    ) -> Result<serde_json::Value, BillingError>| {
-        let billing = billing.clone();
-        // The names are distinct constants: registration cannot collide.
-        let _ = module.register_blocking_method(name, move |params, _, extensions| {
-            f(&billing, params, &extensions)
-        });
-    };
-    register(&mut module, "stream_get", |b, params, ext| {
-        let key = b.key(ext)?;
-        let (id,): (String,) = params.parse()?;
-        let id = parse_stream_id(&id)?;
-        let state = b.visible(key, id)?;
-        to_value(StreamView::new(id, &state, b.now()?))
-    });
-    register(&mut module, "stream_balanceAt", |b, params, ext| {
-        let key = b.key(ext)?;
-        let (id, timestamp): (String, u64) = params.parse()?;
-        let id = parse_stream_id(&id)?;
-        b.visible(key, id)?;
-        let state = b.index.get_at(id, timestamp).map_err(internal)?.ok_or_else(|| {
-            BillingError::InvalidParams(format!("stream {id} was not open yet at {timestamp}"))
-        })?;
-        to_value(StreamView::new(id, &state, timestamp))
-    });
-    register(&mut module, "stream_list", list_streams);
+    register_reads(&mut module, &billing);
+
     register_subscription(&mut module, billing.clone());
     if let Some(opener) = opener {
         super::open::register_open(&mut module, billing.clone(), opener);
@@ -303,10 +274,57 @@ pub fn billing_module(
     (module, billing)
 }
 
-/// `stream_list`: a page of the streams the key may see, filtered by party and status.
-fn list_streams(
+/// `stream_get`, `stream_balanceAt`, `stream_list`.
+fn register_reads(module: &mut RpcModule<()>, billing: &Arc<Billing>) {
+    for name in ["stream_get", "stream_balanceAt", "stream_list"] {
+        let billing = billing.clone();
+        // The names are distinct constants: registration cannot collide.
+        let _ = module.register_async_method(name, move |params, _, extensions| {
+            let billing = billing.clone();
+            async move {
+                match name {
+                    "stream_get" => get_stream(&billing, params, &extensions).await,
+                    "stream_balanceAt" => balance_at(&billing, params, &extensions).await,
+                    _ => list_streams(&billing, params, &extensions).await,
+                }
+            }
+        });
+    }
+}
+
+/// `stream_get`: the stream now (at the index's newest second).
+async fn get_stream(
     b: &Billing,
-    params: Params<'_>,
+    params: Params<'static>,
+    ext: &Extensions,
+) -> Result<serde_json::Value, BillingError> {
+    let key = b.key(ext)?;
+    let (id,): (String,) = params.parse()?;
+    let id = parse_stream_id(&id)?;
+    let state = b.visible(key, id).await?;
+    to_value(StreamView::new(id, &state, b.now().await?))
+}
+
+/// `stream_balanceAt`: the stream at a past second.
+async fn balance_at(
+    b: &Billing,
+    params: Params<'static>,
+    ext: &Extensions,
+) -> Result<serde_json::Value, BillingError> {
+    let key = b.key(ext)?;
+    let (id, timestamp): (String, u64) = params.parse()?;
+    let id = parse_stream_id(&id)?;
+    b.visible(key, id).await?;
+    let state = b.index.get_at(id, timestamp).await.map_err(internal)?.ok_or_else(|| {
+        BillingError::InvalidParams(format!("stream {id} was not open yet at {timestamp}"))
+    })?;
+    to_value(StreamView::new(id, &state, timestamp))
+}
+
+/// `stream_list`: a page of the streams the key may see, filtered by party and status.
+async fn list_streams(
+    b: &Billing,
+    params: Params<'static>,
     ext: &Extensions,
 ) -> Result<serde_json::Value, BillingError> {
     let key = b.key(ext)?;
@@ -322,7 +340,7 @@ fn list_streams(
         return Err(BillingError::InvalidParams(format!("unknown status {status:?}")));
     }
     let after = query.cursor.as_deref().map(parse_stream_id).transpose()?;
-    let now = b.now()?;
+    let now = b.now().await?;
     // A party's own index when the query names one (or the key sees one payee only).
     let selector = match (query.payer, query.payee) {
         (Some(payer), _) => StreamSelector::Payer(payer),
@@ -339,6 +357,7 @@ fn list_streams(
                 && query.payee.is_none_or(|p| p == s.payee)
                 && query.status.as_deref().is_none_or(|want| want == status)
         })
+        .await
         .map_err(internal)?;
     let more = page.len() > limit;
     let streams: Vec<StreamView> =
@@ -419,8 +438,8 @@ mod tests {
     use super::*;
 
     /// The published OpenRPC document names exactly the methods served (with an operator).
-    #[test]
-    fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn openrpc_document_lists_every_method() -> Result<(), Box<dyn std::error::Error>> {
         let doc: serde_json::Value = serde_json::from_str(include_str!("../openrpc/stream.json"))?;
         let mut documented: Vec<String> = doc["methods"]
             .as_array()
@@ -431,7 +450,7 @@ mod tests {
         documented.sort();
         let dir = tempfile::tempdir()?;
         let db = sled::open(dir.path())?;
-        let index = Arc::new(StreamIndex::open(&db, Address::ZERO, 8, Default::default())?);
+        let index = Arc::new(StreamIndex::open(&db, Address::ZERO, 8, Default::default()).await?);
         // An operator over a provider that is never called (registration needs no chain).
         use alloy::providers::Provider as _;
         let provider = alloy::providers::ProviderBuilder::new()

@@ -95,9 +95,9 @@ fn log(data: alloy::primitives::LogData) -> Log {
     Log { inner: alloy::primitives::Log { address: VAULT, data }, ..Default::default() }
 }
 
-fn index(n: u64, dir: &std::path::Path) -> TestResult<Arc<StreamIndex>> {
+async fn index(n: u64, dir: &std::path::Path) -> TestResult<Arc<StreamIndex>> {
     let db = sled::open(dir)?;
-    let index = Arc::new(StreamIndex::open(&db, VAULT, 64, Default::default())?);
+    let index = Arc::new(StreamIndex::open(&db, VAULT, 64, Default::default()).await?);
     let per_block = 1_000u64;
     let started = Instant::now();
     let mut events = 0u64;
@@ -131,7 +131,7 @@ fn index(n: u64, dir: &std::path::Path) -> TestResult<Arc<StreamIndex>> {
             timestamp: T0 + number as u64,
             logs,
         };
-        index.apply_block(&block)?;
+        index.apply_block(&block).await?;
     }
     let elapsed = started.elapsed();
     println!(
@@ -142,7 +142,7 @@ fn index(n: u64, dir: &std::path::Path) -> TestResult<Arc<StreamIndex>> {
     Ok(index)
 }
 
-fn list(index: &StreamIndex, n: u64) -> TestResult {
+async fn list(index: &StreamIndex, n: u64) -> TestResult {
     let mut unfiltered = Vec::new();
     let mut by_payee = Vec::new();
     let mut scanned = Vec::new();
@@ -150,21 +150,21 @@ fn list(index: &StreamIndex, n: u64) -> TestResult {
     for round in 0..50u64 {
         let after = (round * 7_919) % n;
         let started = Instant::now();
-        let page = index.list(StreamSelector::All, Some(after), 100, |_| true)?;
+        let page = index.list(StreamSelector::All, Some(after), 100, |_| true).await?;
         unfiltered.push(started.elapsed());
         assert!(!page.is_empty() || after + 100 > n);
         let payee = payee_of(round);
         let started = Instant::now();
-        let page = index.list(StreamSelector::Payee(payee), None, 100, |_| true)?;
+        let page = index.list(StreamSelector::Payee(payee), None, 100, |_| true).await?;
         by_payee.push(started.elapsed());
         assert_eq!(page.len(), 100.min((n / 1_000) as usize));
         let started = Instant::now();
-        let page = index.list(StreamSelector::All, None, 100, |s| s.payee == payee)?;
+        let page = index.list(StreamSelector::All, None, 100, |s| s.payee == payee).await?;
         scanned.push(started.elapsed());
         assert_eq!(page.len(), 100.min((n / 1_000) as usize));
         let id = 1 + (round * 15_485_863) % n;
         let started = Instant::now();
-        let state = index.get_at(id, T0 + n)?.ok_or("no history")?;
+        let state = index.get_at(id, T0 + n).await?.ok_or("no history")?;
         past.push(started.elapsed());
         assert_eq!(state.balance, 1_000_000);
     }
@@ -172,7 +172,7 @@ fn list(index: &StreamIndex, n: u64) -> TestResult {
         samples.sort();
     }
     let started = Instant::now();
-    let all = index.list(StreamSelector::All, None, usize::MAX, |_| true)?;
+    let all = index.list(StreamSelector::All, None, usize::MAX, |_| true).await?;
     println!(
         "full scan of {} streams from sled (once at start-up, to schedule alerts): {:.2} s",
         all.len(),
@@ -196,12 +196,13 @@ fn list(index: &StreamIndex, n: u64) -> TestResult {
     Ok(())
 }
 
-fn main() -> TestResult {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> TestResult {
     let n: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     balances(n)?;
     let dir = tempfile::tempdir()?;
-    let index = index(n, dir.path())?;
-    list(&index, n)?;
+    let index = index(n, dir.path()).await?;
+    list(&index, n).await?;
     println!("RSS at the end: {:.0} MiB", rss_mib());
     Ok(())
 }

@@ -444,7 +444,7 @@ impl Settler {
             self.order_alerts_due.store(true, std::sync::atomic::Ordering::SeqCst);
             warn!(%error, "purchase order alerts not checked; retried after the next round");
         }
-        if let (Ok(cursor), Ok(Some(head))) = (self.cursor().await, self.index.cursor()) {
+        if let (Ok(cursor), Ok(Some(head))) = (self.cursor().await, self.index.cursor().await) {
             ::metrics::gauge!(crate::metrics::LAG)
                 .set(head.timestamp.saturating_sub(cursor.period_end) as f64);
         }

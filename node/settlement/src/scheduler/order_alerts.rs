@@ -138,7 +138,7 @@ mod tests {
         let compute = Address::repeat_byte(0x22);
         {
             let db = sled::open(dir.path())?;
-            let settler = settler(&db)?;
+            let settler = settler(&db).await?;
             settler.set_purchase_order(&po(Some(5_000_000)), &[]).await?;
             let mut subscriber = settler.subscribe_order_alerts();
             assert!(settler.check_order_alerts().await?.is_empty(), "nothing consumed");
@@ -170,7 +170,7 @@ mod tests {
             assert_eq!(states(&settler.check_order_alerts().await?), vec![("10", "over")]);
         }
         let db = settled_contracts::reopen_sled(dir.path())?;
-        let settler = settler(&db)?;
+        let settler = settler(&db).await?;
         assert!(settler.check_order_alerts().await?.is_empty(), "a restart does not repeat them");
         let mut raised_cap = po(Some(10_000_000));
         raised_cap.lines[0].amount_cap = Some("10000000".into());

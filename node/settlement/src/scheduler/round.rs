@@ -13,12 +13,13 @@ impl Settler {
             // What is owed as of the head: the index must have applied it.
             let head = self.provider.get_block_number().await.map_err(chain)?;
             self.wait_for_index(head).await?;
-            let now = self.index.cursor()?.map_or(0, |c| c.timestamp);
+            let now = self.index.cursor().await?.map_or(0, |c| c.timestamp);
             let mut owed: Vec<(Address, Address, u64)> = self
                 .index
                 .list(StreamSelector::All, None, usize::MAX, |s| {
                     s.operator == self.operator && !s.closed && s.covered_debt(now) > 0
-                })?
+                })
+                .await?
                 .into_iter()
                 .map(|(id, s)| (s.token, s.payee, id))
                 .collect();
@@ -140,11 +141,7 @@ impl Settler {
         // From here on reports for the period are refused: what is read now is final.
         let fence = self.fence()?;
         let usage = self.store.close_usage(&fence, start, period_end).await?;
-        let records = tokio::task::spawn_blocking(move || {
-            period_records(&index, operator, start, period_end, &usage)
-        })
-        .await
-        .map_err(storage)??;
+        let records = period_records(&index, operator, start, period_end, &usage).await?;
         let mut next = PeriodCursor { period_end: period_end.max(start), ..cursor };
         let first = BatchContext {
             chain_id: self.chain_id,
@@ -248,7 +245,7 @@ pub(super) fn running(state: Option<&StreamState>) -> bool {
 
 /// The records of `operator`'s streams for the period `(start, end]`: what each paid its payee
 /// (from the index's history of `withdrawn`), the seconds it ran and its usage fold.
-pub(super) fn period_records(
+pub(super) async fn period_records(
     index: &StreamIndex,
     operator: Address,
     start: u64,
@@ -257,14 +254,14 @@ pub(super) fn period_records(
 ) -> Result<Vec<SettlementRecord>, SchedulerError> {
     let mut records = Vec::new();
     for (id, latest) in
-        index.list(StreamSelector::All, None, usize::MAX, |s| s.operator == operator)?
+        index.list(StreamSelector::All, None, usize::MAX, |s| s.operator == operator).await?
     {
-        let before = index.get_at(id, start)?;
+        let before = index.get_at(id, start).await?;
         // Closed before the period: nothing more to say.
         if before.as_ref().is_some_and(|s| s.closed) {
             continue;
         }
-        let changes = index.changes_between(id, start, end)?;
+        let changes = index.changes_between(id, start, end).await?;
         let mut seconds = 0u64;
         let mut at = start;
         let mut state = before.clone();

@@ -214,45 +214,7 @@ impl PgSettlement {
         to: tokio::sync::broadcast::Sender<OrderAlert>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
-        let mut after = None;
-        loop {
-            if let Err(error) = self.relay_from(&mut after, &to, &cancel).await {
-                tracing::warn!(%error, "relaying PO alerts; resuming in 1 s");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                }
-            }
-            if cancel.is_cancelled() {
-                return;
-            }
-        }
-    }
-
-    async fn relay_from(
-        &self,
-        after: &mut Option<i64>,
-        to: &tokio::sync::broadcast::Sender<OrderAlert>,
-        cancel: &tokio_util::sync::CancellationToken,
-    ) -> Result<(), settled_store::NoticeError> {
-        let start = match *after {
-            Some(id) => id,
-            None => self.store.latest_notice(ORDER_ALERTS).await?,
-        };
-        *after = Some(start);
-        let mut feed = self.store.notices(ORDER_ALERTS, start).await?;
-        loop {
-            let notice = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                notice = feed.next() => notice?,
-            };
-            *after = Some(notice.id);
-            match serde_json::from_value::<OrderAlert>(notice.payload) {
-                // No subscriber is not an error.
-                Ok(alert) => drop(to.send(alert)),
-                Err(error) => tracing::warn!(id = notice.id, %error, "unreadable PO alert notice"),
-            }
-        }
+        self.store.relay(ORDER_ALERTS, to, cancel).await
     }
 }
 

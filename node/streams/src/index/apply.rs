@@ -1,15 +1,15 @@
-//! Applying the chain to the index: a block's vault events in one transaction with its undo
-//! record and cursor (after checking that it follows the cursor), reorgs undone, and the loop
-//! that feeds both from the chain follower.
+//! Applying the chain to the index: a block's vault events in one store write with its undo
+//! record, cursor and notices (after checking that it follows the cursor), reorgs undone, and
+//! the loops that feed both from a chain follower.
 
 use super::*;
 
 impl StreamIndex {
     /// Applies `block`'s vault events. Returns the streams they changed (none for a replayed
     /// block). A block that does not follow the cursor is refused ([`IndexError::Gap`]).
-    pub fn apply_block(&self, block: &NewBlock) -> Result<Vec<StreamId>, IndexError> {
-        let _guard = self.apply.lock().map_err(|_| storage("index lock poisoned"))?;
-        let previous = self.cursor()?;
+    pub async fn apply_block(&self, block: &NewBlock) -> Result<Vec<StreamId>, IndexError> {
+        let _guard = self.apply.lock().await;
+        let previous = self.store.cursor().await?;
         if previous.is_some_and(|c| c.number >= block.block.number) {
             return Ok(Vec::new());
         }
@@ -21,22 +21,29 @@ impl StreamIndex {
                 reason,
             })?;
         }
-        let (touched, applied) = self.fold_block(block)?;
+        let (touched, applied) = self.fold_block(block).await?;
+        let notices = self.notices_for(block, &touched).await?;
         let cursor = IndexCursor {
             number: block.block.number,
             hash: block.block.hash,
             timestamp: block.timestamp,
         };
-        self.commit(&touched, cursor, previous)?;
+        let write = BlockWrite { cursor, previous, touched, notices };
+        self.store.commit(&write).await?;
+        if !self.store.publishes_notices() {
+            for notice in &write.notices {
+                let _ = self.notices.send(notice.clone());
+            }
+        }
         self.applied.send_replace(Some(cursor));
-        self.prune(cursor.number)?;
-        self.record_metrics(&touched, applied, cursor.number);
-        Ok(touched.into_iter().map(|(id, _, _)| id).collect())
+        self.store.prune(cursor.number.saturating_sub(self.reorg_depth)).await?;
+        self.record_metrics(&write.touched, applied, cursor.number);
+        Ok(write.touched.iter().map(|(id, _, _)| *id).collect())
     }
 
     /// Each stream `block`'s vault events touch: as it was, and after the events (in log
     /// order, at the block's timestamp); and how many events applied.
-    fn fold_block(&self, block: &NewBlock) -> Result<(Vec<Touched>, u64), IndexError> {
+    async fn fold_block(&self, block: &NewBlock) -> Result<(Vec<Touched>, u64), IndexError> {
         let at = block.timestamp;
         let mut touched: Vec<Touched> = Vec::new();
         let mut applied = 0;
@@ -45,7 +52,7 @@ impl StreamIndex {
             let slot = match touched.iter().position(|(t, _, _)| *t == id) {
                 Some(slot) => slot,
                 None => {
-                    let before = self.get(id)?;
+                    let before = self.store.get(id).await?;
                     touched.push((id, before.clone(), before));
                     touched.len() - 1
                 }
@@ -59,51 +66,34 @@ impl StreamIndex {
         Ok((touched, applied))
     }
 
-    /// Writes the touched streams, their history and party entries, the undo record and the
-    /// cursor in one transaction: a crash leaves the block applied whole or not at all.
-    fn commit(
+    /// The block's notices: a `changed` per touched stream, and the alerts of the touched
+    /// streams and of those whose next alert fell due.
+    async fn notices_for(
         &self,
+        block: &NewBlock,
         touched: &[Touched],
-        cursor: IndexCursor,
-        previous: Option<IndexCursor>,
-    ) -> Result<(), IndexError> {
-        let at = cursor.timestamp;
-        let undo = Undo {
-            before: touched.iter().map(|(id, before, _)| (*id, before.clone())).collect(),
-            previous_cursor: previous,
-            timestamp: at,
-        };
-        let (mut streams, mut history, mut parties) =
-            (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
-        for (id, before, after) in touched {
-            match after {
-                Some(state) => {
-                    let value = serde_json::to_vec(state).map_err(storage)?;
-                    streams.insert(&stream_key(*id), value.clone());
-                    history.insert(&history_key(*id, at, cursor.number), value);
-                    if before.is_none() {
-                        parties.insert(party_key(PAYER_PREFIX, state.payer, *id), &[]);
-                        parties.insert(party_key(PAYEE_PREFIX, state.payee, *id), &[]);
-                    }
-                }
-                None => streams.remove(&stream_key(*id)),
-            }
-        }
-        let trees = (&self.streams, &self.undo, &self.meta, &self.history, &self.parties);
-        let undo_value = serde_json::to_vec(&undo).map_err(storage)?;
-        let cursor_value = serde_json::to_vec(&cursor).map_err(storage)?;
-        use sled::Transactional;
-        trees
-            .transaction(|(s, u, m, h, p)| {
-                s.apply_batch(&streams)?;
-                h.apply_batch(&history)?;
-                p.apply_batch(&parties)?;
-                u.insert(undo_key(cursor.number, cursor.hash), undo_value.clone())?;
-                m.insert(CURSOR_KEY, cursor_value.clone())?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+    ) -> Result<Vec<StreamNotice>, IndexError> {
+        let (at, number) = (block.timestamp, block.block.number);
+        let mut notices: Vec<StreamNotice> = touched
+            .iter()
+            .filter_map(|(id, _, after)| {
+                let stream = super::super::rpc::StreamView::new(*id, after.as_ref()?, at);
+                Some(StreamNotice { kind: NoticeKind::Changed, block: number, stream })
             })
-            .map_err(|e| storage(format!("{e:?}")))?;
-        Ok(())
+            .collect();
+        let mut examine: Vec<StreamId> = touched.iter().map(|(id, _, _)| *id).collect();
+        examine.extend(self.alerts.due(at));
+        examine.sort_unstable();
+        examine.dedup();
+        for id in examine {
+            let state = match touched.iter().find(|(t, _, _)| *t == id) {
+                Some((_, _, after)) => after.clone(),
+                None => self.store.get(id).await?,
+            };
+            let Some(state) = state else { continue };
+            notices.extend(self.alerts.check(id, &state, at, number));
+        }
+        Ok(notices)
     }
 
     /// Events applied, active streams, amounts withdrawn, the index's block.
@@ -128,61 +118,19 @@ impl StreamIndex {
         ::metrics::gauge!(crate::alerts::INDEX_BLOCK).set(block as f64);
     }
 
-    fn prune(&self, head: u64) -> Result<(), IndexError> {
-        let keep_from = head.saturating_sub(self.reorg_depth);
-        for entry in self.undo.range(..keep_from.to_be_bytes().to_vec()) {
-            let (key, _) = entry.map_err(storage)?;
-            self.undo.remove(key).map_err(storage)?;
-        }
-        Ok(())
-    }
-
     /// Undoes `removed` blocks (newest first). Returns how many were undone.
-    pub fn unwind(&self, removed: &[settled_contracts::BlockRef]) -> Result<usize, IndexError> {
-        let _guard = self.apply.lock().map_err(|_| storage("index lock poisoned"))?;
+    pub async fn unwind(
+        &self,
+        removed: &[settled_contracts::BlockRef],
+    ) -> Result<usize, IndexError> {
+        let _guard = self.apply.lock().await;
         let mut undone = 0;
         for block in removed {
-            let key = undo_key(block.number, block.hash);
-            let Some(value) = self.undo.get(&key).map_err(storage)? else { continue };
-            let undo: Undo = serde_json::from_slice(&value).map_err(storage)?;
-            let (mut streams, mut history, mut parties) =
-                (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
-            for (id, before) in &undo.before {
-                history.remove(&history_key(*id, undo.timestamp, block.number));
-                match before {
-                    Some(state) => streams
-                        .insert(&stream_key(*id), serde_json::to_vec(state).map_err(storage)?),
-                    None => {
-                        // Opened in the removed block: its index entries go with it.
-                        if let Some(state) = self.get(*id)? {
-                            parties.remove(party_key(PAYER_PREFIX, state.payer, *id));
-                            parties.remove(party_key(PAYEE_PREFIX, state.payee, *id));
-                        }
-                        streams.remove(&stream_key(*id))
-                    }
-                }
+            if self.store.unwind(*block).await? {
+                undone += 1;
             }
-            let cursor_value = undo
-                .previous_cursor
-                .map(|c| serde_json::to_vec(&c).map_err(storage))
-                .transpose()?;
-            use sled::Transactional;
-            (&self.streams, &self.undo, &self.meta, &self.history, &self.parties)
-                .transaction(|(s, u, m, h, p)| {
-                    s.apply_batch(&streams)?;
-                    h.apply_batch(&history)?;
-                    p.apply_batch(&parties)?;
-                    u.remove(key.clone())?;
-                    match &cursor_value {
-                        Some(v) => m.insert(CURSOR_KEY, v.clone())?,
-                        None => m.remove(CURSOR_KEY)?,
-                    };
-                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| storage(format!("{e:?}")))?;
-            undone += 1;
         }
-        self.applied.send_replace(self.cursor()?);
+        self.applied.send_replace(self.store.cursor().await?);
         Ok(undone)
     }
 
@@ -198,20 +146,9 @@ impl StreamIndex {
                 _ = cancel.cancelled() => return Ok(()),
                 event = events.recv() => event,
             };
-            let index = self.clone();
             let (applied, undone) = match event {
-                Some(ChainEvent::Block(block)) => tokio::task::spawn_blocking(move || {
-                    let touched = index.apply_block(&block)?;
-                    index.notify(&block, &touched)?;
-                    Ok::<_, IndexError>((touched.len(), 0))
-                })
-                .await
-                .map_err(|e| IndexError::Worker(e.to_string()))??,
-                Some(ChainEvent::Reorg(reorg)) => tokio::task::spawn_blocking(move || {
-                    index.unwind(&reorg.removed).map(|n| (0, n))
-                })
-                .await
-                .map_err(|e| IndexError::Worker(e.to_string()))??,
+                Some(ChainEvent::Block(block)) => (self.apply_block(&block).await?.len(), 0),
+                Some(ChainEvent::Reorg(reorg)) => (0, self.unwind(&reorg.removed).await?),
                 None => return Ok(()),
             };
             if applied + undone > 0 {
@@ -219,10 +156,34 @@ impl StreamIndex {
             }
         }
     }
-}
 
-/// A stream a block touches: its id, its state before the block, and after.
-type Touched = (StreamId, Option<StreamState>, Option<StreamState>);
+    /// One term of writing a shared index, until `term` ends (this node lost the index's
+    /// lease) or a block fails: the alerts scheduled from the store, then the chain followed
+    /// from the shared cursor (whoever wrote it) by a follower of the vault alone.
+    pub async fn follow_term(
+        self: std::sync::Arc<Self>,
+        provider: alloy::providers::DynProvider,
+        mut config: settled_contracts::FollowerConfig,
+        term: CancellationToken,
+    ) -> Result<(), IndexError> {
+        self.schedule_all().await?;
+        let cursor = self.store.cursor().await?;
+        config.start_after =
+            cursor.map(|c| settled_contracts::BlockRef { number: c.number, hash: c.hash });
+        config.addresses = vec![self.vault];
+        info!(after = ?config.start_after.map(|c| c.number), "writing the shared stream index");
+        let mut follower = settled_contracts::ChainFollower::new(provider, config);
+        let events = follower.consumer();
+        let stop = term.child_token();
+        let (_follower, follow) = follower.into_task(stop.clone());
+        let apply = async {
+            let result = self.clone().run(events, term.clone()).await;
+            stop.cancel();
+            result
+        };
+        tokio::join!(follow, apply).1
+    }
+}
 
 /// What one vault event does to one stream.
 enum Change<'a> {
