@@ -113,6 +113,28 @@ impl Cluster {
         self.holder_of("bundler:").await
     }
 
+    /// The stream index's writer: its process id and lease epoch, while it is live.
+    pub async fn index_writer(&self) -> TestResult<Option<(u32, i64)>> {
+        self.holder_of("stream-index:").await
+    }
+
+    /// Waits until process `pid` writes the stream index; its epoch.
+    pub async fn index_written_by(&self, pid: u32, within: Duration) -> TestResult<i64> {
+        self.taken_by("stream-index:", pid, within).await
+    }
+
+    /// The shared stream index's cursor (its last block), if it has one.
+    pub async fn index_cursor(&self) -> TestResult<Option<u64>> {
+        let row = sqlx::query("SELECT number FROM settled_stream_cursor")
+            .fetch_optional(self.store.pool())
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("number"))
+            .transpose()?
+            .map(u64::try_from)
+            .transpose()?)
+    }
+
     /// The live lease whose name starts with `prefix`: its holder's process id and its epoch.
     async fn holder_of(&self, prefix: &str) -> TestResult<Option<(u32, i64)>> {
         let row = sqlx::query(
