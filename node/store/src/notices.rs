@@ -75,6 +75,40 @@ impl PgStore {
         Ok(id)
     }
 
+    /// Stores every one of `payloads` on `channel` in `tx`, in order, with one notification
+    /// (readers read by id, so one wakes them for all): a block's notices cost one round trip.
+    pub async fn publish_all_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        channel: &str,
+        payloads: &[serde_json::Value],
+    ) -> Result<(), NoticeError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(channel)
+            .execute(&mut **tx)
+            .await
+            .map_err(failed)?;
+        // `WITH ORDINALITY`: ids rise in the payloads' order.
+        sqlx::query(
+            "INSERT INTO settled_notices (channel, payload) \
+             SELECT $1, payload FROM UNNEST($2::jsonb[]) WITH ORDINALITY AS t(payload, n) \
+             ORDER BY n",
+        )
+        .bind(channel)
+        .bind(payloads)
+        .execute(&mut **tx)
+        .await
+        .map_err(failed)?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(channel)
+            .execute(&mut **tx)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
     /// The latest notice id of `channel` (0: none yet): where a feed of new notices starts.
     pub async fn latest_notice(&self, channel: &str) -> Result<i64, NoticeError> {
         sqlx::query("SELECT coalesce(max(id), 0) AS id FROM settled_notices WHERE channel = $1")

@@ -3,13 +3,15 @@
 //! 1. Exact balances of N streams at one timestamp: every view (total, covered, uncovered debt,
 //!    refundable, depletion time) of N mirrored streams, time and resident memory.
 //! 2. Indexer throughput: N `StreamOpened` + `Deposited` event pairs applied block by block
-//!    (1,000 streams per block) into sled, events/s.
-//! 3. `stream_list` with N streams in sled: a page of 100 unfiltered, a page of one payee that
+//!    (1,000 streams per block), events/s.
+//! 3. `stream_list` with N streams: a page of 100 unfiltered, a page of one payee that
 //!    owns 1 stream in 1,000 through the payee index, and the same by a scan with a filter (what
 //!    a key seeing several payees costs), p50/p99.
 //! 4. A stream's state at a past second from its history (`stream_balanceAt`), p50/p99.
 //!
-//! Run: `cargo run --release -p settled-tests --bin bench-streams [-- N]` (default 1,000,000).
+//! Run: `cargo run --release -p settled-tests --bin bench-streams [-- N [postgres]]` (default
+//! 1,000,000 streams in sled; `postgres`: the shared index, in a PostgreSQL the benchmark starts,
+//! written under a lease as a node that holds it writes).
 
 use std::{
     sync::Arc,
@@ -22,7 +24,7 @@ use alloy::{
     sol_types::SolEvent,
 };
 use settled_contracts::{BlockRef, NewBlock, StreamVault};
-use settled_streams::{StreamIndex, StreamSelector, StreamState};
+use settled_streams::{IndexStore, PgIndex, SledIndex, StreamIndex, StreamSelector, StreamState};
 use settled_tests::{TestResult, percentile};
 
 const VAULT: Address = Address::repeat_byte(0x5a);
@@ -95,9 +97,8 @@ fn log(data: alloy::primitives::LogData) -> Log {
     Log { inner: alloy::primitives::Log { address: VAULT, data }, ..Default::default() }
 }
 
-async fn index(n: u64, dir: &std::path::Path) -> TestResult<Arc<StreamIndex>> {
-    let db = sled::open(dir)?;
-    let index = Arc::new(StreamIndex::open(&db, VAULT, 64, Default::default()).await?);
+async fn index(n: u64, store: Arc<dyn IndexStore>) -> TestResult<Arc<StreamIndex>> {
+    let index = Arc::new(StreamIndex::on_store(store, VAULT, 64, Default::default()).await?);
     let per_block = 1_000u64;
     let started = Instant::now();
     let mut events = 0u64;
@@ -174,13 +175,13 @@ async fn list(index: &StreamIndex, n: u64) -> TestResult {
     let started = Instant::now();
     let all = index.list(StreamSelector::All, None, usize::MAX, |_| true).await?;
     println!(
-        "full scan of {} streams from sled (once at start-up, to schedule alerts): {:.2} s",
+        "full scan of {} streams (once at start-up, to schedule alerts): {:.2} s",
         all.len(),
         started.elapsed().as_secs_f64()
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "stream_list with {n} streams in sled, page of 100: from a cursor p50 {:.2} ms p99 {:.2} ms; one payee (1 in 1,000) by its index p50 {:.2} ms p99 {:.2} ms, by a scan p50 {:.1} ms p99 {:.1} ms",
+        "stream_list with {n} streams, page of 100: from a cursor p50 {:.2} ms p99 {:.2} ms; one payee (1 in 1,000) by its index p50 {:.2} ms p99 {:.2} ms, by a scan p50 {:.1} ms p99 {:.1} ms",
         ms(percentile(&unfiltered, 0.5)),
         ms(percentile(&unfiltered, 0.99)),
         ms(percentile(&by_payee, 0.5)),
@@ -201,7 +202,22 @@ async fn main() -> TestResult {
     let n: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     balances(n)?;
     let dir = tempfile::tempdir()?;
-    let index = index(n, dir.path()).await?;
+    let (store, _postgres): (Arc<dyn IndexStore>, _) = match std::env::args().nth(2).as_deref() {
+        Some("postgres") => {
+            let postgres = settled_tests::postgres::TestPostgres::start()?;
+            let pg =
+                settled_store::PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?;
+            let ttl = Duration::from_secs(3_600);
+            let lease = settled_store::LeaseStore::acquire(&pg, "stream-index:bench", "bench", ttl)
+                .await?
+                .ok_or("the lease")?;
+            let fence = tokio::sync::watch::channel(Some(settled_store::Fence::Lease(lease))).1;
+            println!("store: PostgreSQL (the shared index; each block one fenced transaction)");
+            (Arc::new(PgIndex::new(pg, VAULT, fence)), Some(postgres))
+        }
+        _ => (Arc::new(SledIndex::open(&sled::open(dir.path())?)?), None),
+    };
+    let index = index(n, store).await?;
     list(&index, n).await?;
     println!("RSS at the end: {:.0} MiB", rss_mib());
     Ok(())

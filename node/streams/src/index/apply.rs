@@ -45,15 +45,22 @@ impl StreamIndex {
     /// order, at the block's timestamp); and how many events applied.
     async fn fold_block(&self, block: &NewBlock) -> Result<(Vec<Touched>, u64), IndexError> {
         let at = block.timestamp;
+        let changes: Vec<_> =
+            block.logs.iter().filter(|l| l.address() == self.vault).flat_map(changes).collect();
+        let mut ids: Vec<StreamId> = changes.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // The touched streams as they were, in one read.
+        let mut before: std::collections::HashMap<StreamId, StreamState> =
+            self.store.get_many(&ids).await?.into_iter().collect();
         let mut touched: Vec<Touched> = Vec::new();
         let mut applied = 0;
-        let changes = block.logs.iter().filter(|l| l.address() == self.vault).flat_map(changes);
         for (id, change) in changes {
             let slot = match touched.iter().position(|(t, _, _)| *t == id) {
                 Some(slot) => slot,
                 None => {
-                    let before = self.store.get(id).await?;
-                    touched.push((id, before.clone(), before));
+                    let was = before.remove(&id);
+                    touched.push((id, was.clone(), was));
                     touched.len() - 1
                 }
             };

@@ -89,7 +89,8 @@ async fn history_answers_for_any_past_second(
     let now = index.get_at(1, 1_200).await?.ok_or("no state at 1200")?;
     assert_eq!(now.balance, 140);
     assert_eq!(now.covered_debt(1_200), 140);
-    assert_eq!(Some(now), index.get(1).await?);
+    assert_eq!(Some(now.clone()), index.get(1).await?);
+    assert_eq!(index.store.get_many(&[1, 99]).await?, vec![(1, now)], "only the known ones");
     let changes = index.changes_between(1, 1_000, 1_200).await?;
     assert_eq!(changes.iter().map(|(t, s)| (*t, s.balance)).collect::<Vec<_>>(), [(1_050, 140)]);
     Ok(())

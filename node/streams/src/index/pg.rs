@@ -123,59 +123,79 @@ impl PgIndex {
         Ok(())
     }
 
-    async fn put_stream(
+    /// Upserts streams `ids` with their parties and states (parties never change).
+    async fn put_streams(
         &self,
         tx: &mut Tx,
-        id: StreamId,
-        state: &StreamState,
+        ids: &[i64],
+        payers: &[Vec<u8>],
+        payees: &[Vec<u8>],
+        states: &[String],
     ) -> Result<(), IndexError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
-            "INSERT INTO settled_streams (vault, id, payer, payee, state) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO settled_streams (vault, id, payer, payee, state) \
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::bytea[], $4::bytea[], $5::text[]) \
              ON CONFLICT (vault, id) DO UPDATE SET state = EXCLUDED.state",
         )
         .bind(self.vault.as_slice())
-        .bind(int(id)?)
-        .bind(state.payer.as_slice())
-        .bind(state.payee.as_slice())
-        .bind(text(state)?)
+        .bind(ids)
+        .bind(payers)
+        .bind(payees)
+        .bind(states)
         .execute(&mut **tx)
         .await
         .map_err(storage)?;
         Ok(())
     }
 
-    async fn delete_stream(&self, tx: &mut Tx, id: StreamId) -> Result<(), IndexError> {
-        sqlx::query("DELETE FROM settled_streams WHERE vault = $1 AND id = $2")
+    async fn delete_streams(&self, tx: &mut Tx, ids: &[i64]) -> Result<(), IndexError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM settled_streams WHERE vault = $1 AND id = ANY($2)")
             .bind(self.vault.as_slice())
-            .bind(int(id)?)
+            .bind(ids)
             .execute(&mut **tx)
             .await
             .map_err(storage)?;
         Ok(())
     }
 
-    /// The block's streams, history entries and undo record.
+    /// The block's streams, history entries and undo record: one statement each, whatever
+    /// the number of streams (arrays unnested), so a busy block costs a handful of round trips.
     async fn write_touched(&self, tx: &mut Tx, block: &BlockWrite) -> Result<(), IndexError> {
         let (at, number) = (int(block.cursor.timestamp)?, int(block.cursor.number)?);
+        let (mut ids, mut payers, mut payees, mut states, mut gone) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (id, _, after) in &block.touched {
-            let Some(state) = after else {
-                self.delete_stream(tx, *id).await?;
-                continue;
-            };
-            self.put_stream(tx, *id, state).await?;
-            sqlx::query(
-                "INSERT INTO settled_stream_history (vault, id, at, block, state) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(self.vault.as_slice())
-            .bind(int(*id)?)
-            .bind(at)
-            .bind(number)
-            .bind(text(state)?)
-            .execute(&mut **tx)
-            .await
-            .map_err(storage)?;
+            match after {
+                Some(state) => {
+                    ids.push(int(*id)?);
+                    payers.push(state.payer.to_vec());
+                    payees.push(state.payee.to_vec());
+                    states.push(text(state)?);
+                }
+                None => gone.push(int(*id)?),
+            }
         }
+        self.delete_streams(tx, &gone).await?;
+        self.put_streams(tx, &ids, &payers, &payees, &states).await?;
+        sqlx::query(
+            "INSERT INTO settled_stream_history (vault, id, at, block, state) \
+             SELECT $1, id, $3, $4, state FROM UNNEST($2::bigint[], $5::text[]) AS t(id, state) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(self.vault.as_slice())
+        .bind(&ids)
+        .bind(at)
+        .bind(number)
+        .bind(&states)
+        .execute(&mut **tx)
+        .await
+        .map_err(storage)?;
         sqlx::query(
             "INSERT INTO settled_stream_undo (vault, number, hash, undo) VALUES ($1, $2, $3, $4)",
         )
@@ -201,10 +221,13 @@ impl PgIndex {
         }
         self.write_touched(&mut tx, block).await?;
         self.write_cursor(&mut tx, Some(block.cursor)).await?;
-        for notice in &block.notices {
-            let payload = serde_json::to_value(notice).map_err(storage)?;
-            PgStore::publish_in(&mut tx, NOTICES, &payload).await.map_err(storage)?;
-        }
+        let notices: Vec<serde_json::Value> = block
+            .notices
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
+        PgStore::publish_all_in(&mut tx, NOTICES, &notices).await.map_err(storage)?;
         tx.commit().await.map_err(storage)
     }
 
@@ -236,8 +259,11 @@ impl PgIndex {
             .await
             .map_err(storage)?;
             match before {
-                Some(state) => self.put_stream(&mut tx, *id, state).await?,
-                None => self.delete_stream(&mut tx, *id).await?,
+                Some(state) => {
+                    let (payer, payee) = ([state.payer.to_vec()], [state.payee.to_vec()]);
+                    self.put_streams(&mut tx, &[int(*id)?], &payer, &payee, &[text(state)?]).await?
+                }
+                None => self.delete_streams(&mut tx, &[int(*id)?]).await?,
             }
         }
         self.write_cursor(&mut tx, undo.previous_cursor).await?;
@@ -330,6 +356,24 @@ impl IndexStore for PgIndex {
     fn get(&self, id: StreamId) -> IndexFuture<'_, Option<StreamState>> {
         let sql = "SELECT state FROM settled_streams WHERE vault = $1 AND id = $2";
         Box::pin(self.read_one(sql, id, None))
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        ids: &'a [StreamId],
+    ) -> IndexFuture<'a, Vec<(StreamId, StreamState)>> {
+        Box::pin(async move {
+            let ids: Vec<i64> = ids.iter().map(|id| int(*id)).collect::<Result<_, _>>()?;
+            let rows = sqlx::query(
+                "SELECT id, state FROM settled_streams WHERE vault = $1 AND id = ANY($2)",
+            )
+            .bind(self.vault.as_slice())
+            .bind(&ids)
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(storage)?;
+            rows.iter().map(|row| Ok((uint(row, "id")?, state_of(row)?))).collect()
+        })
     }
 
     fn get_at(&self, id: StreamId, at: u64) -> IndexFuture<'_, Option<StreamState>> {

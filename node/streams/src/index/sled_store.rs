@@ -274,6 +274,21 @@ impl IndexStore for SledIndex {
         Box::pin(async move { self.read(id) })
     }
 
+    fn get_many<'a>(
+        &'a self,
+        ids: &'a [StreamId],
+    ) -> IndexFuture<'a, Vec<(StreamId, StreamState)>> {
+        Box::pin(async move {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(state) = self.read(*id)? {
+                    found.push((*id, state));
+                }
+            }
+            Ok(found)
+        })
+    }
+
     fn get_at(&self, id: StreamId, at: u64) -> IndexFuture<'_, Option<StreamState>> {
         Box::pin(async move { self.read_at(id, at) })
     }

@@ -60,6 +60,10 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// Stream `id` now.
     fn get(&self, id: StreamId) -> IndexFuture<'_, Option<StreamState>>;
 
+    /// The streams of `ids` the store has (one read, for the streams a block touches).
+    fn get_many<'a>(&'a self, ids: &'a [StreamId])
+    -> IndexFuture<'a, Vec<(StreamId, StreamState)>>;
+
     /// Stream `id` after the last block at or before second `at` that changed it.
     fn get_at(&self, id: StreamId, at: u64) -> IndexFuture<'_, Option<StreamState>>;
 
