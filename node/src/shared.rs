@@ -46,6 +46,7 @@ pub(crate) async fn open(
         .map_err(|e| NodeError::SharedStore(e.to_string()))?;
     let (report, problem) = tokio::sync::watch::channel(None);
     tasks.spawn_loop("shared store probe", probe(store.clone(), report, cancel.clone()));
+    tasks.spawn_loop("shared store retention", forget_old(store.clone(), cancel.clone()));
     let owner = process_owner();
     let shared = SharedStore { store, owner, lease_ttl: settings.lease_ttl, problem };
     info!(owner = %shared.owner, lease_ms = settings.lease_ttl.as_millis() as u64, "on the shared store");
@@ -85,6 +86,26 @@ async fn probe(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Every ten minutes, deletes the notices and bundler submissions past their retention (every
+/// node does: the deletes are idempotent); a failure waits for the next pass.
+async fn forget_old(store: PgStore, cancel: CancellationToken) {
+    loop {
+        let (notices, submissions) =
+            (settled_store::NOTICE_RETENTION, settled_store::SUBMISSION_RETENTION);
+        match store.forget_old(notices, submissions).await {
+            Ok(forgotten) if forgotten != Default::default() => {
+                info!(?forgotten, "shared store: old notices and submissions deleted")
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "shared store retention; trying again later"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
         }
     }
 }

@@ -706,3 +706,27 @@ async fn postgres_keeps_the_stream_index_contract_and_fences_the_writer() -> Tes
     assert_eq!(reader.get(1).await?.map(|s| s.balance), Some(0));
     Ok(())
 }
+
+/// Notices and submissions past their retention are deleted, younger ones kept; a second pass
+/// finds nothing more.
+#[tokio::test]
+async fn old_notices_and_submissions_are_forgotten() -> TestResult {
+    use settled_bundler::BundlerStore as _;
+    let postgres = TestPostgres::start()?;
+    let store = PgStore::connect(&postgres.url(), Duration::from_secs(5)).await?;
+    store.publish("retention", &json!({ "n": 1 })).await?;
+    store.publish("retention", &json!({ "n": 2 })).await?;
+    let (_, none) = tokio::sync::watch::channel(None);
+    let bundler = settled_store::PgBundler::new(store.clone(), none);
+    let op = settled_bundler::store_contract::op(0x42, 0);
+    bundler.submit(settled_contracts::EntryPointVersion::V08.canonical_address(), &op).await?;
+    let hour = Duration::from_secs(3_600);
+    assert_eq!(store.forget_old(hour, hour).await?, settled_store::Forgotten::default());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let forgotten = store.forget_old(Duration::from_millis(10), Duration::from_millis(10)).await?;
+    assert_eq!((forgotten.notices, forgotten.submissions), (2, 1));
+    assert_eq!(store.latest_notice("retention").await?, 0, "none left");
+    let again = store.forget_old(Duration::ZERO, Duration::ZERO).await?;
+    assert_eq!(again, settled_store::Forgotten::default());
+    Ok(())
+}

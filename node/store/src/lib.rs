@@ -15,6 +15,7 @@ mod pg_bundler;
 mod pg_ledger;
 mod pg_sends;
 mod postgres;
+mod retention;
 mod sends;
 mod sled_leases;
 mod sled_sends;
@@ -26,6 +27,7 @@ pub use pg_bundler::PgBundler;
 pub use pg_ledger::PgLedger;
 pub use pg_sends::liveness_lease;
 pub use postgres::PgStore;
+pub use retention::{Forgotten, NOTICE_RETENTION, SUBMISSION_RETENTION};
 pub use sends::{
     CallRecord, CallRef, Fence, Intent, QueuedCall, SendStore, SendStoreError, Sends, StoreFuture,
     process_owner,
