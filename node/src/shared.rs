@@ -5,7 +5,8 @@
 //! node answers receipts, invoices and POs, and the operator key's leader runs the rounds, each
 //! write fenced by its lease and each send committed as an intent first. So is the bundler's:
 //! every node indexes mined ops and answers lookups, the bundler key's leader holds the pool,
-//! bundles, and judges the ops the other nodes hand it.
+//! bundles, and judges the ops the other nodes hand it. And the stream index's: one node writes
+//! it under its lease, every node reads it.
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,8 +1,8 @@
 //! Per-second streams: the node's mirror of `StreamVault` and the billing RPC.
 //!
 //! [`StreamState`] is the vault's accrual math in Rust, equal to the contract to the base unit
-//! (differential-tested against it on Anvil). [`StreamIndex`] mirrors every stream in sled from
-//! the vault's events, reorg-safe, with each stream's history (balances at any past second) and
+//! (differential-tested against it on Anvil). [`StreamIndex`] mirrors every stream from the
+//! vault's events into an [`IndexStore`] (sled on one node, PostgreSQL shared by several), reorg-safe, with each stream's history (balances at any past second) and
 //! payer/payee indexes. [`billing_module`] serves the `stream_*` namespace behind API keys: reads,
 //! WebSocket notices and alerts, the operator's idempotent calls, and opening streams either as a
 //! sponsored UserOperation for a smart account or by the payer's signed terms and permit.
