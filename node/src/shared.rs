@@ -245,7 +245,8 @@ impl IndexLeader {
     /// Writes the index for as long as this node holds its lease, term after term. A block
     /// that fails (the store away, the lease lost) ends the term's follower; the next resumes
     /// from the shared cursor, so none is skipped or applied twice. A block that does not
-    /// apply to the index (the mirror and the vault disagree) stops the node.
+    /// apply to the index (the mirror and the vault disagree), or does not follow its cursor (a
+    /// reorg deeper than the undo records kept), stops the node.
     async fn write(
         self,
         keeper: LeaseKeeper<PgStore>,
@@ -261,7 +262,8 @@ impl IndexLeader {
                 let (provider, follow) = (self.provider.clone(), self.follow.clone());
                 match index.clone().follow_term(provider, follow, term.clone()).await {
                     Ok(()) if term.is_cancelled() => break Ok(()),
-                    Err(e @ IndexError::Diverged { .. }) => break Err(e),
+                    // Past a hole or against the vault: no retry can fix it.
+                    Err(e @ (IndexError::Diverged { .. } | IndexError::Gap { .. })) => break Err(e),
                     Ok(()) => warn!("stream index: the follower stopped; following again"),
                     Err(e) => {
                         warn!(%e, "stream index: a block failed; resuming from the shared cursor in 1 s")
