@@ -398,7 +398,7 @@ async fn start_stream_index(
         // One node writes the shared index from its own follower of the vault; none feeds it
         // from the node's follower.
         let follow = wiring.config.follower(wiring.deployment.start_block, vec![vault]);
-        let leader = crate::shared::IndexLeader { provider: wiring.provider.clone(), follow };
+        let leader = settled_streams::IndexWriter { provider: wiring.provider.clone(), follow };
         let index = shared
             .stream_index(vault, depth, thresholds, leader, &wiring.tasks, &wiring.cancel)
             .await?;

@@ -15,7 +15,7 @@ use settled_config::NodeConfig;
 use settled_contracts::TransactionSender;
 use settled_server::CriticalTasks;
 use settled_store::{LeaseKeeper, PgStore, Sends, liveness_lease, process_owner};
-use settled_streams::{IndexError, Operator, PgIndex, StreamIndex};
+use settled_streams::{Operator, PgIndex, StreamIndex};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -205,7 +205,7 @@ impl SharedStore {
         vault: Address,
         reorg_depth: u64,
         thresholds: settled_streams::AlertThresholds,
-        leader: IndexLeader,
+        leader: settled_streams::IndexWriter,
         tasks: &CriticalTasks,
         cancel: &CancellationToken,
     ) -> Result<Arc<StreamIndex>, NodeError> {
@@ -232,52 +232,6 @@ impl SharedStore {
     /// Settlement's state, shared by every node.
     pub(crate) fn settlement(&self) -> Arc<dyn settled_settlement::SettlementStore> {
         Arc::new(settled_settlement::PgSettlement::new(self.store.clone()))
-    }
-}
-
-/// How the shared stream index's writer follows the chain.
-pub(crate) struct IndexLeader {
-    pub(crate) provider: alloy::providers::DynProvider,
-    pub(crate) follow: settled_contracts::FollowerConfig,
-}
-
-impl IndexLeader {
-    /// Writes the index for as long as this node holds its lease, term after term. A block
-    /// that fails (the store away, the lease lost) ends the term's follower; the next resumes
-    /// from the shared cursor, so none is skipped or applied twice. A block that does not
-    /// apply to the index (the mirror and the vault disagree), or does not follow its cursor (a
-    /// reorg deeper than the undo records kept), stops the node.
-    async fn write(
-        self,
-        keeper: LeaseKeeper<PgStore>,
-        fence: tokio::sync::watch::Sender<Option<settled_store::Fence>>,
-        index: Arc<StreamIndex>,
-        cancel: CancellationToken,
-    ) -> Result<(), IndexError> {
-        while let Some(leadership) = keeper.lead(&cancel).await {
-            let Some(lease) = leadership.lease() else { continue };
-            fence.send_replace(Some(settled_store::Fence::Lease(lease)));
-            let term = leadership.lost.clone();
-            let ended = loop {
-                let (provider, follow) = (self.provider.clone(), self.follow.clone());
-                match index.clone().follow_term(provider, follow, term.clone()).await {
-                    Ok(()) if term.is_cancelled() => break Ok(()),
-                    // Past a hole or against the vault: no retry can fix it.
-                    Err(e @ (IndexError::Diverged { .. } | IndexError::Gap { .. })) => break Err(e),
-                    Ok(()) => warn!("stream index: the follower stopped; following again"),
-                    Err(e) => {
-                        warn!(%e, "stream index: a block failed; resuming from the shared cursor in 1 s")
-                    }
-                }
-                tokio::select! {
-                    _ = term.cancelled() => break Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            };
-            fence.send_replace(None);
-            ended?;
-        }
-        Ok(())
     }
 }
 

@@ -26,8 +26,8 @@ pub use forward::{Relay, forward};
 #[cfg(any(test, feature = "testing"))]
 pub use index::contract as index_contract;
 pub use index::{
-    BlockWrite, IndexCursor, IndexError, IndexFuture, IndexStore, PgIndex, SledIndex, StreamId,
-    StreamIndex, StreamSelector, Touched,
+    BlockWrite, IndexCursor, IndexError, IndexFuture, IndexStore, IndexWriter, PgIndex, SledIndex,
+    StreamId, StreamIndex, StreamSelector, Touched,
 };
 pub use open::Opener;
 pub use open::{OpenOutcome, PreparedOpen};

@@ -11,7 +11,7 @@
 //!
 //! The store is sled on one node ([`SledIndex`]) or PostgreSQL shared by several
 //! ([`PgIndex`]): there one node, the holder of the index's lease, follows the chain from the
-//! shared cursor and writes ([`StreamIndex::follow_term`]); every node reads the same state and
+//! shared cursor and writes ([`IndexWriter`], [`StreamIndex::follow_term`]); every node reads the same state and
 //! relays the notices the leader publishes with each block.
 
 use std::sync::{Arc, atomic::AtomicI64};
@@ -38,10 +38,12 @@ mod sled_store;
 mod store;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use pg::PgIndex;
 pub use sled_store::SledIndex;
 pub use store::{BlockWrite, IndexFuture, IndexStore, Touched};
+pub use writer::IndexWriter;
 
 use super::{
     accrual::{StreamError, StreamState},
