@@ -11,8 +11,8 @@
 //!
 //! The store is sled on one node ([`SledIndex`]) or PostgreSQL shared by several
 //! ([`PgIndex`]): there one node, the holder of the index's lease, follows the chain from the
-//! shared cursor and writes ([`IndexWriter`], [`StreamIndex::follow_term`]); every node reads the same state and
-//! relays the notices the leader publishes with each block.
+//! shared cursor and writes ([`IndexWriter`], [`StreamIndex::follow_term`]); every node reads
+//! the same state and relays the notices the writer publishes with each block.
 
 use std::sync::{Arc, atomic::AtomicI64};
 

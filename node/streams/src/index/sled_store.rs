@@ -252,19 +252,17 @@ impl SledIndex {
         }
         Ok(())
     }
-
-    /// How many streams the index holds.
-    pub fn len(&self) -> usize {
-        self.streams.len()
-    }
-
-    /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
-    }
 }
 
-/// sled answers at once: each step runs on the caller's thread.
+/// Runs a write on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    write: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    tokio::task::spawn_blocking(write).await.map_err(storage)?
+}
+
+/// sled's reads are point lookups and short ranges: they run on the caller's thread; its
+/// writes on the blocking pool.
 impl IndexStore for SledIndex {
     fn cursor(&self) -> IndexFuture<'_, Option<IndexCursor>> {
         Box::pin(async move { self.read_cursor() })
@@ -312,11 +310,14 @@ impl IndexStore for SledIndex {
     }
 
     fn commit<'a>(&'a self, block: &'a BlockWrite) -> IndexFuture<'a, ()> {
-        Box::pin(async move { self.write_block(block) })
+        // A busy block's transaction takes tens of milliseconds: off the async workers.
+        let (index, block) = (self.clone(), block.clone());
+        Box::pin(blocking(move || index.write_block(&block)))
     }
 
     fn unwind(&self, block: BlockRef) -> IndexFuture<'_, bool> {
-        Box::pin(async move { self.undo_block(block) })
+        let index = self.clone();
+        Box::pin(blocking(move || index.undo_block(block)))
     }
 
     fn prune(&self, number: u64) -> IndexFuture<'_, ()> {
