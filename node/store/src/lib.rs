@@ -26,7 +26,7 @@ pub use notices::{Notice, NoticeError, NoticeFeed};
 pub use pg_bundler::PgBundler;
 pub use pg_ledger::PgLedger;
 pub use pg_sends::liveness_lease;
-pub use postgres::PgStore;
+pub use postgres::{FenceError, PgStore};
 pub use retention::{Forgotten, NOTICE_RETENTION, SUBMISSION_RETENTION};
 pub use sends::{
     CallRecord, CallRef, Fence, Intent, QueuedCall, SendStore, SendStoreError, Sends, StoreFuture,

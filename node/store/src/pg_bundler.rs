@@ -14,7 +14,7 @@ use settled_contracts::EntryPointVersion;
 use sqlx::{Postgres, Row as _, Transaction, types::Json};
 use tokio::sync::watch;
 
-use crate::{Fence, LeaseError, PgStore};
+use crate::{Fence, FenceError, PgStore};
 
 /// The bundler's tables, fenced by this node's lease of the bundler key while it holds one.
 #[derive(Debug, Clone)]
@@ -55,16 +55,9 @@ impl PgBundler {
 
     /// A transaction fenced by this node's lease of the bundler key.
     async fn fenced(&self) -> Result<Transaction<'static, Postgres>, BundlerStoreError> {
-        let lease = match self.fence.borrow().clone() {
-            Some(Fence::Lease(lease)) => lease,
-            Some(Fence::Exclusive) => {
-                return Err(BundlerStoreError::Lost("a shared store needs a lease".into()));
-            }
-            None => return Err(BundlerStoreError::Lost("another node holds its lease".into())),
-        };
-        self.store.fenced(&lease).await.map_err(|e| match e {
-            LeaseError::Lost { .. } => BundlerStoreError::Lost(e.to_string()),
-            LeaseError::Store(why) => BundlerStoreError::Store(why),
+        self.store.fenced_by(&self.fence).await.map_err(|e| match e {
+            FenceError::NotLeading(why) => BundlerStoreError::Lost(why),
+            FenceError::Store(why) => BundlerStoreError::Store(why),
         })
     }
 

@@ -87,6 +87,39 @@ impl PgStore {
     }
 }
 
+/// Why a write fenced by this node's current fence could not begin.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// This node holds no lease for the role (another node does, or the fence is not a lease):
+    /// nothing may be written.
+    #[error("{0}")]
+    NotLeading(String),
+    /// The store failed or could not be reached: fail closed.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl PgStore {
+    /// Begins a transaction fenced by the lease `fence` holds now ([`PgStore::fenced`]); a
+    /// missing lease, or one no longer current, is [`FenceError::NotLeading`].
+    pub async fn fenced_by(
+        &self,
+        fence: &tokio::sync::watch::Receiver<Option<crate::Fence>>,
+    ) -> Result<Transaction<'static, Postgres>, FenceError> {
+        let lease = match fence.borrow().clone() {
+            Some(crate::Fence::Lease(lease)) => lease,
+            Some(crate::Fence::Exclusive) => {
+                return Err(FenceError::NotLeading("a shared store needs a lease".into()));
+            }
+            None => return Err(FenceError::NotLeading("another node holds its lease".into())),
+        };
+        self.fenced(&lease).await.map_err(|e| match e {
+            LeaseError::Lost { .. } => FenceError::NotLeading(e.to_string()),
+            LeaseError::Store(why) => FenceError::Store(why),
+        })
+    }
+}
+
 fn epoch_i64(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }

@@ -4,7 +4,7 @@
 
 use alloy::primitives::{Address, B256};
 use settled_contracts::BlockRef;
-use settled_store::{Fence, LeaseError, PgStore};
+use settled_store::{Fence, FenceError, PgStore};
 use sqlx::{Postgres, Row as _, Transaction, postgres::PgRow};
 use tokio::sync::watch;
 
@@ -63,16 +63,9 @@ impl PgIndex {
     }
 
     async fn fenced(&self) -> Result<Tx, IndexError> {
-        let lease = match self.fence.borrow().clone() {
-            Some(Fence::Lease(lease)) => lease,
-            Some(Fence::Exclusive) => {
-                return Err(IndexError::NotLeading("a shared store needs a lease".into()));
-            }
-            None => return Err(IndexError::NotLeading("another node holds its lease".into())),
-        };
-        self.store.fenced(&lease).await.map_err(|e| match e {
-            LeaseError::Lost { .. } => IndexError::NotLeading(e.to_string()),
-            LeaseError::Store(why) => IndexError::Storage(why),
+        self.store.fenced_by(&self.fence).await.map_err(|e| match e {
+            FenceError::NotLeading(why) => IndexError::NotLeading(why),
+            FenceError::Store(why) => IndexError::Storage(why),
         })
     }
 
